@@ -1,0 +1,84 @@
+"""Errors raised by the library and the exit codes the CLI maps them to.
+
+Library code raises a :class:`BscritError` subclass; ``cli.py`` catches it once, prints one
+clear message on stderr and exits with ``error.exit_code``. Nothing else should print a traceback
+for a user mistake.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes of the ``bscrit`` command."""
+
+    OK = 0
+    CHECK_FAILED = 1  # ``bscrit check``: the target batch size is past the critical batch size
+    USAGE = 2  # bad command line, spec, checkpoint or artifact
+    RUNTIME = 3  # the measurement or a run failed (NaN gradient, out of memory, ...)
+    INTERRUPTED = 130  # Ctrl-C
+
+
+class BscritError(Exception):
+    """Base class: a message meant for the user, and the exit code to leave with."""
+
+    exit_code: ExitCode = ExitCode.USAGE
+
+    def __init__(self, message: str, *, exit_code: ExitCode | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True)
+class SpecProblem:
+    """One problem in a spec: where (a dotted key path) and what was expected."""
+
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}" if self.key else self.message
+
+
+class SpecError(BscritError):
+    """A spec file is invalid. Carries *every* problem found, each with its key path."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, source: str, problems: list[SpecProblem]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        lines = [f"invalid spec {source} ({len(self.problems)} problem(s)):"]
+        lines += [f"  - {p}" for p in self.problems]
+        super().__init__("\n".join(lines))
+
+
+class CheckpointError(BscritError):
+    """A checkpoint cannot be read or does not fit the model."""
+
+    exit_code = ExitCode.USAGE
+
+
+class DataError(BscritError):
+    """The dataset cannot be built or is unsuitable (e.g. smaller than the batch size)."""
+
+    exit_code = ExitCode.USAGE
+
+
+class ArtifactError(BscritError):
+    """A JSON artifact (measurement, prediction) is missing, malformed or of the wrong schema."""
+
+    exit_code = ExitCode.USAGE
+
+
+class MeasurementError(BscritError):
+    """The measurement itself failed: a NaN/Inf gradient, a non-scalar loss, out of memory."""
+
+    exit_code = ExitCode.RUNTIME

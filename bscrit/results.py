@@ -1,0 +1,476 @@
+"""Typed results and their versioned JSON artifacts (``"schema": 1``), written atomically.
+
+The measurement artifact is what ``predict``, ``check`` and ``scale`` read: it holds the point
+estimates *and* the m leave-one-group-out values of G and N for each parameter set, so any later
+function of G and N gets an interval without torch. No torch import here; pandas only for CSV,
+imported lazily.
+
+JSON cannot hold ``inf``: an unbounded value (NSR when Ĝ ≤ 0, the upper end of an interval with
+no upper bound) is written as ``null``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import ArtifactError
+from .stats import NoiseStats, noise_stats_from_jackknife
+
+SCHEMA = 1
+KIND_MEASUREMENT = "bscrit.measurement"
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return None
+    return float(x)
+
+
+def _none_to_inf(x: float | None) -> float:
+    return math.inf if x is None else float(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Dataclasses
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OptimizerInfo:
+    """The optimizer of the run the checkpoint comes from (spec or checkpoint param_groups)."""
+
+    name: str  # sgd | adam | adamw | rmsprop
+    lr: float
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    betas: tuple[float, float] | None = None  # adam/adamw
+    eps: float | None = None  # adam/adamw/rmsprop
+    alpha: float | None = None  # rmsprop (PyTorch's smoothing constant, the paper's beta)
+    nesterov: bool = False
+    source: str = "spec"  # "spec" | "checkpoint" | "cli"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["betas"] = list(self.betas) if self.betas is not None else None
+        return d
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> OptimizerInfo:
+        betas = d.get("betas")
+        return OptimizerInfo(
+            name=str(d["name"]),
+            lr=float(d["lr"]),
+            momentum=float(d.get("momentum") or 0.0),
+            weight_decay=float(d.get("weight_decay") or 0.0),
+            betas=(float(betas[0]), float(betas[1])) if betas is not None else None,
+            eps=None if d.get("eps") is None else float(d["eps"]),
+            alpha=None if d.get("alpha") is None else float(d["alpha"]),
+            nesterov=bool(d.get("nesterov", False)),
+            source=str(d.get("source", "spec")),
+        )
+
+
+@dataclass(frozen=True)
+class ParamSetStats:
+    """G, N, NSR (with 95% intervals and the jackknife values) and R of one parameter set."""
+
+    G: float
+    G_se: float
+    G_ci95: tuple[float, float]
+    N: float
+    N_se: float
+    N_ci95: tuple[float, float]
+    nsr: float  # inf when Ĝ <= 0
+    nsr_ci95: tuple[float, float]  # hi may be inf
+    R: float  # ‖x‖² of the set's weights
+    num_params: int
+    num_tensors: int
+    jackknife_G: tuple[float, ...]
+    jackknife_N: tuple[float, ...]
+    k: int
+
+    @property
+    def signal_detected(self) -> bool:
+        return self.G_ci95[0] > 0
+
+    def noise_stats(self) -> NoiseStats:
+        """Rebuild the :class:`~bscrit.stats.NoiseStats` (intervals recomputed from jackknife)."""
+        return noise_stats_from_jackknife(
+            self.G, self.N, self.jackknife_G, self.jackknife_N, self.k
+        )
+
+    @staticmethod
+    def from_noise_stats(
+        s: NoiseStats, *, R: float, num_params: int, num_tensors: int
+    ) -> ParamSetStats:
+        return ParamSetStats(
+            G=s.G.value,
+            G_se=s.G.se,
+            G_ci95=s.G.ci95,
+            N=s.N.value,
+            N_se=s.N.se,
+            N_ci95=s.N.ci95,
+            nsr=s.nsr,
+            nsr_ci95=s.nsr_ci95,
+            R=R,
+            num_params=num_params,
+            num_tensors=num_tensors,
+            jackknife_G=s.jackknife_G,
+            jackknife_N=s.jackknife_N,
+            k=s.k,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "G": self.G,
+            "G_se": self.G_se,
+            "G_ci95": list(self.G_ci95),
+            "N": self.N,
+            "N_se": self.N_se,
+            "N_ci95": list(self.N_ci95),
+            "nsr": _finite_or_none(self.nsr),
+            "nsr_ci95": [_finite_or_none(self.nsr_ci95[0]), _finite_or_none(self.nsr_ci95[1])],
+            "signal_detected": self.signal_detected,
+            "R": self.R,
+            "num_params": self.num_params,
+            "num_tensors": self.num_tensors,
+            "k": self.k,
+            "jackknife": {"G": list(self.jackknife_G), "N": list(self.jackknife_N)},
+        }
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> ParamSetStats:
+        jk = d["jackknife"]
+        return ParamSetStats(
+            G=float(d["G"]),
+            G_se=float(d["G_se"]),
+            G_ci95=(float(d["G_ci95"][0]), float(d["G_ci95"][1])),
+            N=float(d["N"]),
+            N_se=float(d["N_se"]),
+            N_ci95=(float(d["N_ci95"][0]), float(d["N_ci95"][1])),
+            nsr=_none_to_inf(d["nsr"]),
+            nsr_ci95=(_none_to_inf(d["nsr_ci95"][0]), _none_to_inf(d["nsr_ci95"][1])),
+            R=float(d["R"]),
+            num_params=int(d["num_params"]),
+            num_tensors=int(d["num_tensors"]),
+            jackknife_G=tuple(float(x) for x in jk["G"]),
+            jackknife_N=tuple(float(x) for x in jk["N"]),
+            k=int(d["k"]),
+        )
+
+
+@dataclass(frozen=True)
+class Equilibrium:
+    """[LMA21] eq. (11) on the scale-invariant part: (2 − ηλ) λ R = η (G + N).
+
+    ``residual`` ρ = (2 − ηλ) λ R / (η (G + N)) − 1; |ρ| large means "not at equilibrium".
+    """
+
+    lr: float
+    weight_decay: float
+    R: float
+    G: float
+    N: float
+    lhs: float
+    rhs: float
+    residual: float
+    param_set: str  # "scale_invariant" | "all"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Equilibrium:
+        return Equilibrium(**{k: (v if k == "param_set" else float(v)) for k, v in d.items()})
+
+
+@dataclass(frozen=True)
+class ParameterRow:
+    """Per-tensor breakdown (no intervals: one row per trainable tensor)."""
+
+    name: str
+    shape: tuple[int, ...]
+    numel: int
+    G: float
+    N: float
+    R: float
+    scale_invariant: bool
+    invariance_ratio: float  # Σ|⟨W, g⟩| / Σ‖W‖‖g‖ (THEORY §3); ~0 for scale-invariant tensors
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        d["invariance_ratio"] = _finite_or_none(self.invariance_ratio)
+        return d
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> ParameterRow:
+        ir = d.get("invariance_ratio")
+        return ParameterRow(
+            name=str(d["name"]),
+            shape=tuple(int(s) for s in d["shape"]),
+            numel=int(d["numel"]),
+            G=float(d["G"]),
+            N=float(d["N"]),
+            R=float(d["R"]),
+            scale_invariant=bool(d["scale_invariant"]),
+            invariance_ratio=math.nan if ir is None else float(ir),
+        )
+
+
+@dataclass(frozen=True)
+class CheckpointStats:
+    """One checkpoint's measurement (before pooling)."""
+
+    path: str
+    all: ParamSetStats
+    scale_invariant: ParamSetStats | None
+    equilibrium: Equilibrium | None
+    elapsed_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "elapsed_s": self.elapsed_s,
+            "stats": {
+                "all": self.all.to_dict(),
+                "scale_invariant": (
+                    self.scale_invariant.to_dict() if self.scale_invariant else None
+                ),
+            },
+            "equilibrium": self.equilibrium.to_dict() if self.equilibrium else None,
+        }
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> CheckpointStats:
+        st = d["stats"]
+        return CheckpointStats(
+            path=str(d["path"]),
+            all=ParamSetStats.from_dict(st["all"]),
+            scale_invariant=(
+                ParamSetStats.from_dict(st["scale_invariant"]) if st.get("scale_invariant") else None
+            ),
+            equilibrium=Equilibrium.from_dict(d["equilibrium"]) if d.get("equilibrium") else None,
+            elapsed_s=float(d.get("elapsed_s", 0.0)),
+        )
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """The result of ``bscrit measure``: pooled over checkpoints, with per-checkpoint detail."""
+
+    batch_size: int
+    dataset_size: int
+    num_batches: int  # k per checkpoint
+    groups: int  # m
+    seed: int
+    device: str
+    mode: str  # "train" | "eval"
+    elapsed_s: float
+    checkpoints: tuple[CheckpointStats, ...]
+    all: ParamSetStats  # pooled
+    scale_invariant: ParamSetStats | None  # pooled
+    equilibrium: Equilibrium | None  # pooled
+    equilibrium_note: str  # why equilibrium is null, or how it was computed
+    optimizer: OptimizerInfo | None
+    per_parameter: tuple[ParameterRow, ...]  # from the first checkpoint
+    scale_invariant_fraction: float  # fraction of trainable parameters that are scale-invariant
+    spec: str | None = None
+    model: str | None = None
+    amp: str | None = None
+    estimator: str = "batch"  # "batch" | "per-example"
+    sampling: str = "independent batches of B distinct examples, uniform without replacement"
+    warnings: tuple[str, ...] = ()
+    bscrit_version: str = __version__
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "kind": KIND_MEASUREMENT,
+            "bscrit_version": self.bscrit_version,
+            "spec": self.spec,
+            "model": self.model,
+            "batch_size": self.batch_size,
+            "dataset_size": self.dataset_size,
+            "num_batches": self.num_batches,
+            "groups": self.groups,
+            "seed": self.seed,
+            "device": self.device,
+            "mode": self.mode,
+            "amp": self.amp,
+            "estimator": self.estimator,
+            "sampling": self.sampling,
+            "elapsed_s": self.elapsed_s,
+            "optimizer": self.optimizer.to_dict() if self.optimizer else None,
+            "equilibrium": self.equilibrium.to_dict() if self.equilibrium else None,
+            "equilibrium_note": self.equilibrium_note,
+            "scale_invariant_fraction": self.scale_invariant_fraction,
+            "stats": {
+                "all": self.all.to_dict(),
+                "scale_invariant": (
+                    self.scale_invariant.to_dict() if self.scale_invariant else None
+                ),
+            },
+            "checkpoints": [c.to_dict() for c in self.checkpoints],
+            "per_parameter": [r.to_dict() for r in self.per_parameter],
+            "warnings": list(self.warnings),
+            "extra": self.extra,
+        }
+
+    @staticmethod
+    def from_dict(d: dict[str, Any], source: str = "<dict>") -> Measurement:
+        check_schema(d, KIND_MEASUREMENT, source)
+        try:
+            st = d["stats"]
+            return Measurement(
+                batch_size=int(d["batch_size"]),
+                dataset_size=int(d["dataset_size"]),
+                num_batches=int(d["num_batches"]),
+                groups=int(d["groups"]),
+                seed=int(d["seed"]),
+                device=str(d["device"]),
+                mode=str(d["mode"]),
+                elapsed_s=float(d["elapsed_s"]),
+                checkpoints=tuple(CheckpointStats.from_dict(c) for c in d["checkpoints"]),
+                all=ParamSetStats.from_dict(st["all"]),
+                scale_invariant=(
+                    ParamSetStats.from_dict(st["scale_invariant"])
+                    if st.get("scale_invariant")
+                    else None
+                ),
+                equilibrium=(
+                    Equilibrium.from_dict(d["equilibrium"]) if d.get("equilibrium") else None
+                ),
+                equilibrium_note=str(d.get("equilibrium_note", "")),
+                optimizer=OptimizerInfo.from_dict(d["optimizer"]) if d.get("optimizer") else None,
+                per_parameter=tuple(ParameterRow.from_dict(r) for r in d["per_parameter"]),
+                scale_invariant_fraction=float(d["scale_invariant_fraction"]),
+                spec=d.get("spec"),
+                model=d.get("model"),
+                amp=d.get("amp"),
+                estimator=str(d.get("estimator", "batch")),
+                sampling=str(d.get("sampling", "")),
+                warnings=tuple(str(w) for w in d.get("warnings", [])),
+                bscrit_version=str(d.get("bscrit_version", "?")),
+                extra=dict(d.get("extra") or {}),
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise ArtifactError(
+                f"{source}: malformed measurement artifact ({type(e).__name__}: {e}); "
+                "expected the JSON written by `bscrit measure --out`"
+            ) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# I/O
+# ----------------------------------------------------------------------------------------------
+
+
+def check_schema(d: Any, kind: str, source: str) -> None:
+    """Raise :class:`ArtifactError` unless ``d`` is a schema-1 artifact of the given kind."""
+    if not isinstance(d, dict):
+        raise ArtifactError(f"{source}: expected a JSON object, got {type(d).__name__}")
+    if d.get("kind") != kind:
+        raise ArtifactError(f"{source}: key 'kind' is {d.get('kind')!r}, expected {kind!r}")
+    if d.get("schema") != SCHEMA:
+        raise ArtifactError(
+            f"{source}: key 'schema' is {d.get('schema')!r}; this bscrit reads schema {SCHEMA}"
+        )
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON file, turning every failure into an :class:`ArtifactError` naming the file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ArtifactError(f"{p}: no such file") from None
+    except OSError as e:
+        raise ArtifactError(f"{p}: cannot read ({e.strerror})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{p}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})")
+
+
+def load_measurement(path: str | os.PathLike[str]) -> Measurement:
+    """Read and validate a measurement artifact written by ``bscrit measure``."""
+    return Measurement.from_dict(read_json(path), source=str(path))
+
+
+def write_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temp file in the same folder, then rename).
+
+    An interrupted or failed run never leaves a half-written file behind.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def dumps(d: dict[str, Any]) -> str:
+    return json.dumps(d, indent=2, allow_nan=False) + "\n"
+
+
+def write_json(path: str | os.PathLike[str], d: dict[str, Any]) -> None:
+    write_atomic(path, dumps(d))
+
+
+def per_parameter_csv(rows: Sequence[ParameterRow]) -> str:
+    """The per-tensor table as CSV text (pandas)."""
+    import pandas as pd
+
+    df = pd.DataFrame(
+        [
+            {
+                "name": r.name,
+                "shape": "x".join(str(s) for s in r.shape),
+                "numel": r.numel,
+                "G": r.G,
+                "N": r.N,
+                "nsr": (r.N / r.G) if r.G > 0 else math.inf,
+                "R": r.R,
+                "scale_invariant": r.scale_invariant,
+                "invariance_ratio": r.invariance_ratio,
+            }
+            for r in rows
+        ]
+    )
+    return df.to_csv(index=False)
+
+
+def csv_path_for(json_path: str | os.PathLike[str]) -> Path:
+    """``m.json`` → ``m.params.csv`` beside it."""
+    p = Path(json_path)
+    return p.with_name(p.stem + ".params.csv")
+
+
+def write_measurement(m: Measurement, path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Write the JSON artifact and the per-parameter CSV beside it, both atomically."""
+    text = dumps(m.to_dict())
+    csv_text = per_parameter_csv(m.per_parameter)
+    write_atomic(path, text)
+    csv_p = csv_path_for(path)
+    write_atomic(csv_p, csv_text)
+    return Path(path), csv_p
