@@ -1,0 +1,646 @@
+"""The measurement: k independent batch gradients at fixed weights → streaming sums (THEORY §2).
+
+This is bscrit's only hot loop. For each of k batches (B distinct examples, drawn independently of
+the other batches) it computes the gradient of the mean batch loss — without the weight-decay term
+and without touching ``.grad`` — and folds it into:
+
+- one running group sum per trainable tensor, on the device (the only extra device memory, 1× the
+  parameters; the batch gradient itself is the other 1×);
+- per-tensor float64 scalars on the device: Q_j (Σ‖g‖² of the group), Σ|⟨W, g⟩| and Σ‖W‖‖g‖ (the
+  scale-invariance test, THEORY §3);
+- at the end of each of the m groups, the group sum is copied to host memory (pinned and
+  asynchronous on CUDA) and reset. One host-device synchronisation per group checks for NaN/Inf.
+
+After the loop, the m×m Gram matrix ⟨S_a, S_b⟩ of every tensor is formed in float64 on the host;
+from there on everything is pure arithmetic (:mod:`bscrit.summary`, :mod:`bscrit.stats`).
+
+The model is never modified: parameters are only read, ``torch.autograd.grad`` leaves ``.grad``
+alone, every buffer (BatchNorm running statistics and ``num_batches_tracked`` included) is restored
+bitwise afterwards, the train/eval flag is restored, and the global RNG state is forked.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import BscritError, DataError, MeasurementError
+from .stats import GroupSums
+from .summary import TAU_BF16, TAU_FP32, TensorSums
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+Progress = Callable[[int], None]
+
+#: The paper's protocol: at least 200 batches, and at least one epoch's worth ([LMA21] F.2).
+MIN_BATCHES = 200
+
+
+def default_num_batches(dataset_size: int, batch_size: int) -> int:
+    """k = max(200, ceil(n / B))."""
+    return max(MIN_BATCHES, math.ceil(dataset_size / batch_size))
+
+
+def group_counts(k: int, m: int) -> list[int]:
+    """Split k batches into m groups of sizes as equal as possible (first ones one larger)."""
+    return [k // m + (1 if j < k % m else 0) for j in range(m)]
+
+
+def sample_batches(n: int, batch_size: int, num_batches: int, seed: int) -> Tensor:
+    """``num_batches`` × B example indices: each row B distinct examples, rows independent.
+
+    Independent rows matter: batches of one shuffled epoch are negatively correlated and the
+    −N̂/k bias correction of Ĝ would over-correct (THEORY §2, "Why independent batches").
+    """
+    gen = torch.Generator().manual_seed(seed)
+    if batch_size == n:
+        return torch.arange(n).repeat(num_batches, 1)
+    # argsort of uniform keys = a uniformly random permutation; keep the first B of each row.
+    # Chunked so that k × n keys never sit in memory at once for large datasets.
+    rows = []
+    chunk = max(1, (1 << 24) // max(n, 1))
+    for start in range(0, num_batches, chunk):
+        c = min(chunk, num_batches - start)
+        keys = torch.rand(c, n, generator=gen)
+        rows.append(torch.topk(keys, batch_size, dim=1, largest=False).indices)
+    return torch.cat(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Batches
+# ----------------------------------------------------------------------------------------------
+
+
+def _to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.to(device, non_blocking=non_blocking)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(o, device, non_blocking) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device, non_blocking) for k, v in obj.items()}
+    return obj
+
+
+def _tensor_view(dataset: Any) -> tuple[Tensor, ...] | None:
+    """The underlying tensors when the dataset is a (Subset of a) TensorDataset, else None."""
+    from torch.utils.data import Subset, TensorDataset
+
+    if isinstance(dataset, TensorDataset):
+        return tuple(dataset.tensors)
+    if isinstance(dataset, Subset):
+        inner = _tensor_view(dataset.dataset)
+        if inner is not None:
+            idx = torch.as_tensor(dataset.indices, dtype=torch.long)
+            return tuple(t[idx] for t in inner)
+    return None
+
+
+@dataclass
+class BatchSource:
+    """Yields (inputs, targets) on the device for given index rows.
+
+    In-memory TensorDatasets are indexed directly on the device (no DataLoader, no collation);
+    anything else goes through a DataLoader with a fixed batch sampler (workers, pinned memory).
+    """
+
+    dataset: Any
+    device: torch.device
+    num_workers: int = 0
+    _tensors: tuple[Tensor, ...] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        view = _tensor_view(self.dataset)
+        if view is not None and len(view) >= 2:
+            self._tensors = tuple(t.to(self.device) for t in view)
+
+    @property
+    def in_memory(self) -> bool:
+        return self._tensors is not None
+
+    def batches(self, rows: Tensor, seed: int) -> Iterator[tuple[Any, Any]]:
+        if self._tensors is not None:
+            for row in rows:
+                idx = row.to(self.device)
+                x, y = self._tensors[0][idx], self._tensors[1][idx]
+                yield x, y
+            return
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=[r.tolist() for r in rows],
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=4 if self.num_workers > 0 else None,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        non_blocking = self.device.type == "cuda"
+        for item in loader:
+            if not isinstance(item, (list, tuple)) or len(item) != 2:
+                raise DataError(
+                    "data: each example must be an (input, target) pair; got a batch of "
+                    f"{type(item).__name__}"
+                    + (f" with {len(item)} elements" if isinstance(item, (list, tuple)) else "")
+                )
+            yield _to_device(item[0], self.device, non_blocking), _to_device(
+                item[1], self.device, non_blocking
+            )
+
+
+def _forward(model: nn.Module, x: Any) -> Any:
+    if isinstance(x, (list, tuple)):
+        return model(*x)
+    if isinstance(x, dict):
+        return model(**x)
+    return model(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# The measurement
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RawMeasurement:
+    """Torch-free output of :func:`measure_model` for one checkpoint."""
+
+    tensors: list[TensorSums]
+    batch_size: int
+    dataset_size: int
+    num_batches: int
+    groups: int
+    counts: tuple[int, ...]
+    seed: int
+    device: str
+    mode: str
+    amp: str | None
+    elapsed_s: float
+    mean_loss: float
+    tau: float
+    warnings: tuple[str, ...] = ()
+
+
+def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _check_loss(loss: Any, batch: int) -> Tensor:
+    if not isinstance(loss, Tensor):
+        raise MeasurementError(
+            f"loss: expected a scalar tensor from the loss function, got {type(loss).__name__}"
+        )
+    if loss.dim() != 0:
+        raise MeasurementError(
+            f"loss: expected a scalar (the mean loss of the batch), got shape "
+            f"{tuple(loss.shape)} at batch {batch}; use reduction='mean'"
+        )
+    if not loss.requires_grad:
+        raise MeasurementError(
+            "loss: does not depend on any trainable parameter (no requires_grad); "
+            "are all parameters frozen?"
+        )
+    return loss
+
+
+def measure_model(
+    model: nn.Module,
+    dataset: Any,
+    loss_fn: LossFn,
+    *,
+    batch_size: int,
+    num_batches: int | None = None,
+    groups: int = 10,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    mode: str = "train",
+    amp: str | None = None,
+    num_workers: int = 0,
+    progress: Progress | None = None,
+    tau: float | None = None,
+    batch_rows: Tensor | None = None,
+) -> RawMeasurement:
+    """Measure the streaming sums of k batch gradients of ``model`` at its current weights.
+
+    Args:
+        model: the network at the checkpoint's weights. Not modified (see module docstring). If it
+            is not on ``device``, a deep copy is moved there.
+        dataset: map-style dataset of (input, target) pairs; n = len(dataset).
+        loss_fn: ``loss_fn(output, target)`` → the *mean* loss of the batch (a scalar).
+        batch_size: B, the batch size of the run the checkpoint comes from.
+        num_batches: k; default max(200, ceil(n/B)).
+        groups: m, the number of jackknife groups (≥ 2; k ≥ 2m).
+        seed: seeds the batch indices and the model's randomness (dropout), not the global RNG.
+        device: where to run.
+        mode: "train" (BatchNorm with batch statistics, as in training) or "eval".
+        amp: None or "bf16" (CUDA autocast).
+        num_workers: DataLoader workers for datasets that are not in-memory tensors.
+        progress: called with the number of batches done since the last call.
+        tau: scale-invariance tolerance (default 1e-4, or 2e-2 under bf16).
+        batch_rows: explicit k × B index rows (overrides sampling; used by tests and ranks).
+
+    Returns:
+        A :class:`RawMeasurement` of per-tensor Gram matrices, Q_j and invariance sums.
+
+    Raises:
+        DataError: dataset smaller than B, bad items. MeasurementError: non-scalar or non-finite
+        loss, NaN/Inf gradient (names the batch and the parameter), out of memory.
+    """
+    device = torch.device(device)
+    n = len(dataset)
+    if batch_size <= 0:
+        raise BscritError(f"batch_size: expected a positive integer, got {batch_size}")
+    if n < batch_size:
+        raise DataError(
+            f"data: the dataset has {n} examples, fewer than the batch size B={batch_size}"
+        )
+    if groups < 2:
+        raise BscritError(f"groups: the jackknife needs at least 2 groups, got {groups}")
+    if mode not in ("train", "eval"):
+        raise BscritError(f"mode: expected 'train' or 'eval', got {mode!r}")
+    if amp not in (None, "bf16"):
+        raise BscritError(f"amp: expected 'bf16' or none, got {amp!r}")
+    if amp == "bf16" and device.type != "cuda":
+        raise BscritError("--amp bf16 needs a CUDA device; drop --amp or use --device cuda")
+    if batch_rows is None:
+        k = num_batches if num_batches is not None else default_num_batches(n, batch_size)
+        rows = None
+    else:
+        rows = batch_rows
+        k = rows.shape[0]
+    if k < 2 * groups:
+        raise BscritError(
+            f"batches: need at least 2 batches per group ({2 * groups} for {groups} groups), "
+            f"got {k}"
+        )
+    if rows is None:
+        rows = sample_batches(n, batch_size, k, seed)
+    tau = tau if tau is not None else (TAU_BF16 if amp == "bf16" else TAU_FP32)
+
+    params_on_device = all(p.device == device for p in model.parameters())
+    if not params_on_device:
+        model = copy.deepcopy(model).to(device)
+    named = _trainable(model)
+    if not named:
+        raise MeasurementError("model: has no trainable parameters (all requires_grad=False)")
+    names = [nm for nm, _ in named]
+    params = [p for _, p in named]
+
+    counts = group_counts(k, groups)
+    bounds = [sum(counts[:j]) for j in range(groups + 1)]
+    source = BatchSource(dataset, device, num_workers)
+
+    was_training = model.training
+    buffers = {nm: b.detach().clone() for nm, b in model.named_buffers()}
+    cuda_devices = [device] if device.type == "cuda" else []
+    warnings: list[str] = []
+    t0 = time.perf_counter()
+    try:
+        with torch.random.fork_rng(devices=cuda_devices):
+            torch.manual_seed(seed)
+            model.train(mode == "train")
+            tensors, mean_loss = _hot_loop(
+                model, params, names, source, rows, bounds, loss_fn, device, amp, progress,
+                seed, warnings,
+            )
+    finally:
+        with torch.no_grad():
+            for nm, b in model.named_buffers():
+                if nm in buffers:
+                    b.copy_(buffers[nm])
+        model.train(was_training)
+    elapsed = time.perf_counter() - t0
+
+    norm_sq = [float(p.detach().double().pow(2).sum()) for p in params]
+    sums = []
+    for i, (nm, p) in enumerate(named):
+        sums.append(
+            TensorSums(
+                name=nm,
+                shape=tuple(p.shape),
+                sums=tensors["sums"][i],
+                norm_sq=norm_sq[i],
+                abs_dot=float(tensors["abs_dot"][i]),
+                norm_prod=float(tensors["norm_prod"][i]),
+            )
+        )
+    return RawMeasurement(
+        tensors=sums,
+        batch_size=batch_size,
+        dataset_size=n,
+        num_batches=k,
+        groups=groups,
+        counts=tuple(counts),
+        seed=seed,
+        device=str(device),
+        mode=mode,
+        amp=amp,
+        elapsed_s=elapsed,
+        mean_loss=mean_loss,
+        tau=tau,
+        warnings=tuple(warnings),
+    )
+
+
+def _hot_loop(
+    model: nn.Module,
+    params: list[nn.Parameter],
+    names: list[str],
+    source: BatchSource,
+    rows: Tensor,
+    bounds: list[int],
+    loss_fn: LossFn,
+    device: torch.device,
+    amp: str | None,
+    progress: Progress | None,
+    seed: int,
+    warnings: list[str],
+) -> tuple[dict[str, Any], float]:
+    k, m, P = rows.shape[0], len(bounds) - 1, len(params)
+    f64 = dict(dtype=torch.float64, device=device)
+    weights = [p.detach() for p in params]
+    w_flat = [w.reshape(-1) for w in weights]
+    w_norm = torch.stack([w.double().norm() for w in weights])
+    group_sum = [torch.zeros_like(w) for w in weights]
+    pin = device.type == "cuda"
+    host_sums = [
+        [torch.empty(w.shape, dtype=w.dtype, pin_memory=pin) for w in weights] for _ in range(m)
+    ]
+    q = torch.zeros(m, P, **f64)
+    abs_dot = torch.zeros(P, **f64)
+    norm_prod = torch.zeros(P, **f64)
+    batch_norms = torch.zeros(k, P, **f64)
+    losses = torch.zeros(k, **f64)
+    zero_grads: dict[int, Tensor] = {}
+    autocast = (
+        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        if amp == "bf16"
+        else torch.autocast(device_type=device.type, enabled=False)
+    )
+
+    group, done_since = 0, 0
+    for i, (x, y) in enumerate(source.batches(rows, seed)):
+        try:
+            with autocast:
+                out = _forward(model, x)
+                loss = loss_fn(out, y)
+            if i == 0:
+                _check_loss(loss, i)
+                _sum_check(model, loss_fn, x, y, loss, autocast, warnings)
+            grads = list(torch.autograd.grad(loss, params, allow_unused=True))
+        except (BscritError, KeyboardInterrupt):
+            raise
+        except torch.cuda.OutOfMemoryError:
+            raise MeasurementError(
+                f"out of GPU memory at batch {i}; try --amp bf16 or a smaller model/input"
+            ) from None
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise MeasurementError(f"the forward/backward pass failed at batch {i}: {first}") from None
+        for j, g in enumerate(grads):
+            if g is None:
+                if j not in zero_grads:
+                    zero_grads[j] = torch.zeros_like(weights[j])
+                grads[j] = zero_grads[j]
+        n64 = torch.stack(torch._foreach_norm(grads)).double()
+        batch_norms[i] = n64
+        losses[i] = loss.detach().double()
+        q[group] += n64 * n64
+        dots = torch.stack([torch.dot(wf, g.reshape(-1).to(wf.dtype)) for wf, g in zip(w_flat, grads)])
+        abs_dot.add_(dots.double().abs())
+        norm_prod.add_(w_norm * n64)
+        torch._foreach_add_(group_sum, grads)
+        del grads, loss, out
+        done_since += 1
+        if i + 1 == bounds[group + 1]:
+            _check_finite(batch_norms, losses, bounds[group], i + 1, names)
+            for hs, gs in zip(host_sums[group], group_sum):
+                hs.copy_(gs, non_blocking=pin)
+            torch._foreach_zero_(group_sum)
+            group += 1
+            if progress is not None:
+                progress(done_since)
+                done_since = 0
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    if group != m:
+        raise MeasurementError(f"expected {k} batches, the data source yielded fewer")
+
+    counts = tuple(bounds[j + 1] - bounds[j] for j in range(m))
+    q_host = q.cpu().tolist()
+    sums = []
+    for t in range(P):
+        stacked = torch.stack([host_sums[j][t].reshape(-1) for j in range(m)]).double()
+        gram = (stacked @ stacked.T).tolist()
+        sums.append(
+            GroupSums(
+                gram=tuple(tuple(r) for r in gram),
+                q=tuple(q_host[j][t] for j in range(m)),
+                counts=counts,
+            )
+        )
+        del stacked
+    return (
+        {"sums": sums, "abs_dot": abs_dot.cpu().tolist(), "norm_prod": norm_prod.cpu().tolist()},
+        float(losses.double().mean()),
+    )
+
+
+def _check_finite(
+    batch_norms: Tensor, losses: Tensor, start: int, end: int, names: Sequence[str]
+) -> None:
+    """One sync per group: name the first batch and parameter with a NaN/Inf gradient."""
+    block = batch_norms[start:end]
+    lblock = losses[start:end]
+    if bool(torch.isfinite(block).all()) and bool(torch.isfinite(lblock).all()):
+        return
+    bad_loss = (~torch.isfinite(lblock)).nonzero()
+    if bad_loss.numel():
+        b = start + int(bad_loss[0, 0])
+        raise MeasurementError(
+            f"non-finite loss ({float(losses[b])}) at batch {b}: the checkpoint or the data "
+            "produce NaN/Inf"
+        )
+    bad = (~torch.isfinite(block)).nonzero()
+    b, p = start + int(bad[0, 0]), int(bad[0, 1])
+    raise MeasurementError(
+        f"non-finite gradient (NaN/Inf) at batch {b}, parameter '{names[p]}' "
+        f"(loss of that batch {float(losses[b]):.4g})"
+    )
+
+
+def _sum_check(
+    model: nn.Module, loss_fn: LossFn, x: Any, y: Any, loss: Tensor, autocast: Any,
+    warnings: list[str],
+) -> None:
+    """Warn when the loss looks like a sum over the batch (the estimators assume a mean).
+
+    A mean loss of the first half of a batch is about the loss of the whole batch; a sum is about
+    half. Only for plain tensor inputs with B ≥ 16.
+    """
+    if not (isinstance(x, Tensor) and isinstance(y, Tensor)) or x.shape[0] < 16:
+        return
+    half = x.shape[0] // 2
+    with torch.no_grad(), autocast:
+        part = float(loss_fn(_forward(model, x[:half]), y[:half]))
+    whole = float(loss.detach())
+    if part > 0 and 1.6 <= whole / part <= 2.4:
+        warnings.append(
+            f"the loss of a whole batch is {whole / part:.2f}x that of its first half: it looks "
+            "like a SUM over the batch; the estimators assume the batch MEAN (G and N would be "
+            "off by B²)"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# From a spec and checkpoints to a Measurement artifact
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MeasureOptions:
+    """Command-line overrides of the spec's ``measure`` section (None = use the spec)."""
+
+    batches: int | None = None
+    groups: int | None = None
+    seed: int | None = None
+    device: str | None = None
+    mode: str | None = None
+    amp: str | None = None
+    batch_size: int | None = None
+    unsafe_load: bool = False
+
+
+def run_measurement(
+    spec: Any,
+    checkpoints: Sequence[Any] | None = None,
+    options: MeasureOptions | None = None,
+    *,
+    progress_factory: Callable[[str, int], Any] | None = None,
+    on_checkpoint: Callable[[str], None] | None = None,
+) -> Any:
+    """Measure every checkpoint of a spec and pool them into a :class:`~bscrit.results.Measurement`.
+
+    Args:
+        spec: a :class:`bscrit.spec.Spec`.
+        checkpoints: paths overriding the spec's ``checkpoint.path``.
+        options: overrides of the spec's ``measure`` section.
+        progress_factory: ``(description, total) -> context manager yielding advance(n)``.
+        on_checkpoint: called with each checkpoint path before it is measured.
+    """
+    from pathlib import Path
+
+    from . import __version__
+    from .loading import build_dataset, build_loss, load_model, optimizer_for, resolve_device
+    from .results import Measurement
+    from .summary import pool_param_sets, summarize_checkpoint
+    from .summary import equilibrium as equilibrium_of
+
+    o = options or MeasureOptions()
+    ms = spec.measure
+    paths = [Path(p) for p in (checkpoints or spec.checkpoint.paths)]
+    if not paths:
+        raise BscritError(
+            f"{spec.path}: no checkpoint: give --checkpoint PATH or set checkpoint.path in the spec"
+        )
+    batch_size = o.batch_size or spec.batch_size
+    groups = o.groups or ms.groups
+    seed = ms.seed if o.seed is None else o.seed
+    mode = o.mode or ms.mode
+    device = resolve_device(o.device or ms.device)
+    dataset = build_dataset(spec.data, spec.base_dir, "data")
+    n = len(dataset)
+    k = o.batches or ms.batches or default_num_batches(n, batch_size)
+    loss_fn = build_loss(spec)
+
+    summaries = []
+    warnings: list[str] = []
+    opt = None
+    elapsed = 0.0
+    for ci, path in enumerate(paths):
+        if on_checkpoint is not None:
+            on_checkpoint(str(path))
+        model, ckpt = load_model(spec, path, unsafe=o.unsafe_load)
+        if ci == 0:
+            opt = optimizer_for(spec, ckpt)
+        model.to(device)
+        desc = f"measure {path.name}" + (f" ({ci + 1}/{len(paths)})" if len(paths) > 1 else "")
+        if progress_factory is None:
+            raw = measure_model(
+                model, dataset, loss_fn, batch_size=batch_size, num_batches=k, groups=groups,
+                seed=seed + ci, device=device, mode=mode, amp=o.amp,
+                num_workers=spec.data.num_workers,
+            )
+        else:
+            with progress_factory(desc, k) as advance:
+                raw = measure_model(
+                    model, dataset, loss_fn, batch_size=batch_size, num_batches=k, groups=groups,
+                    seed=seed + ci, device=device, mode=mode, amp=o.amp,
+                    num_workers=spec.data.num_workers, progress=advance,
+                )
+        elapsed += raw.elapsed_s
+        warnings.extend(w for w in raw.warnings if w not in warnings)
+        summaries.append(summarize_checkpoint(str(path), raw.tensors, opt, raw.elapsed_s, raw.tau))
+        del model
+
+    first = summaries[0]
+    if any(s.scale_invariant_names != first.scale_invariant_names for s in summaries[1:]):
+        warnings.append(
+            "the scale-invariant tensors differ between checkpoints; the pooled scale-invariant "
+            "statistics mix different parameter sets"
+        )
+    all_pooled = pool_param_sets([s.stats.all for s in summaries])
+    si_list = [s.stats.scale_invariant for s in summaries]
+    si_pooled = pool_param_sets(si_list) if all(si_list) else None  # type: ignore[arg-type]
+    eq_set, eq_name = (si_pooled, "scale_invariant") if si_pooled else (all_pooled, "all")
+    eq, note = equilibrium_of(opt, eq_set, eq_name)
+    if len(paths) > 1:
+        note += f"; pooled over {len(paths)} checkpoints"
+    if not all_pooled.signal_detected:
+        warnings.append(
+            "no signal detected at this precision: the 95% interval of G includes 0, so B* has "
+            "no upper bound; measure more batches (--batches) to tighten it"
+        )
+    from .summary import EQUILIBRIUM_TOLERANCE
+
+    if eq is not None and abs(eq.residual) > EQUILIBRIUM_TOLERANCE:
+        warnings.append(
+            f"equilibrium residual ρ = {eq.residual:+.2f} (|ρ| > {EQUILIBRIUM_TOLERANCE}): the "
+            "checkpoint does not look like SGD equilibrium ([LMA21] eq. 11); the prediction is "
+            "weaker (average several checkpoints of the constant-LR phase)"
+        )
+    if first.scale_invariant_fraction == 0:
+        warnings.append(
+            "no scale-invariant tensor found: the theorems of [LMA21] §5 assume a scale-invariant "
+            "loss; the bounds are indicative only"
+        )
+    return Measurement(
+        batch_size=batch_size,
+        dataset_size=n,
+        num_batches=k,
+        groups=groups,
+        seed=seed,
+        device=str(device),
+        mode=mode,
+        elapsed_s=elapsed,
+        checkpoints=tuple(s.stats for s in summaries),
+        all=all_pooled,
+        scale_invariant=si_pooled,
+        equilibrium=eq,
+        equilibrium_note=note,
+        optimizer=opt,
+        per_parameter=tuple(first.rows),
+        scale_invariant_fraction=first.scale_invariant_fraction,
+        spec=str(spec.path),
+        model=spec.model.name or spec.model.factory,
+        amp=o.amp,
+        warnings=tuple(warnings),
+        bscrit_version=__version__,
+        extra={"tau": summaries and raw.tau, "mean_loss": raw.mean_loss},
+    )
