@@ -149,8 +149,9 @@ class BatchSource:
                     f"{type(item).__name__}"
                     + (f" with {len(item)} elements" if isinstance(item, (list, tuple)) else "")
                 )
-            yield _to_device(item[0], self.device, non_blocking), _to_device(
-                item[1], self.device, non_blocking
+            yield (
+                _to_device(item[0], self.device, non_blocking),
+                _to_device(item[1], self.device, non_blocking),
             )
 
 
@@ -225,6 +226,7 @@ def measure_model(
     progress: Progress | None = None,
     tau: float | None = None,
     batch_rows: Tensor | None = None,
+    hooks: LoopHooks | None = None,
 ) -> RawMeasurement:
     """Measure the streaming sums of k batch gradients of ``model`` at its current weights.
 
@@ -294,6 +296,7 @@ def measure_model(
 
     counts = group_counts(k, groups)
     bounds = [sum(counts[:j]) for j in range(groups + 1)]
+    group_rows = [rows[bounds[j] : bounds[j + 1]] for j in range(groups)]
     source = BatchSource(dataset, device, num_workers)
 
     was_training = model.training
@@ -306,8 +309,18 @@ def measure_model(
             torch.manual_seed(seed)
             model.train(mode == "train")
             tensors, mean_loss = _hot_loop(
-                model, params, names, source, rows, bounds, loss_fn, device, amp, progress,
-                seed, warnings,
+                model,
+                params,
+                names,
+                source,
+                group_rows,
+                loss_fn,
+                device,
+                amp,
+                progress,
+                seed,
+                warnings,
+                hooks or LoopHooks(),
             )
     finally:
         with torch.no_grad():
@@ -334,9 +347,9 @@ def measure_model(
         tensors=sums,
         batch_size=batch_size,
         dataset_size=n,
-        num_batches=k,
-        groups=groups,
-        counts=tuple(counts),
+        num_batches=sum(tensors["counts"]),
+        groups=len(tensors["counts"]),
+        counts=tensors["counts"],
         seed=seed,
         device=str(device),
         mode=mode,
@@ -348,135 +361,208 @@ def measure_model(
     )
 
 
+@dataclass
+class LoopHooks:
+    """Extension points of the hot loop (used by the distributed and adaptive paths).
+
+    Attributes:
+        local_rows: ``(group j, rows of group j) -> rows this process computes``. Default: all.
+            A distributed run gives rank r the rows ``r::world_size`` of every group.
+        reduce: in-place sum of a list of tensors across processes. Called once at the end of
+            every group with ``[*group_sum, q_j]`` and once at the end with the invariance sums;
+            every process calls it the same number of times.
+        next_group: ``(groups done, GroupSums of all trainable tensors so far) -> rows of one more
+            group, or None to stop``. Called after the planned groups; lets a run continue until a
+            target precision is reached.
+    """
+
+    local_rows: Callable[[int, Tensor], Tensor] | None = None
+    reduce: Callable[[list[Tensor]], None] | None = None
+    next_group: Callable[[int, GroupSums], Tensor | None] | None = None
+
+
 def _hot_loop(
     model: nn.Module,
     params: list[nn.Parameter],
     names: list[str],
     source: BatchSource,
-    rows: Tensor,
-    bounds: list[int],
+    group_rows: list[Tensor],
     loss_fn: LossFn,
     device: torch.device,
     amp: str | None,
     progress: Progress | None,
     seed: int,
     warnings: list[str],
+    hooks: LoopHooks,
 ) -> tuple[dict[str, Any], float]:
-    k, m, P = rows.shape[0], len(bounds) - 1, len(params)
+    P = len(params)
     f64 = dict(dtype=torch.float64, device=device)
     weights = [p.detach() for p in params]
     w_flat = [w.reshape(-1) for w in weights]
     w_norm = torch.stack([w.double().norm() for w in weights])
     group_sum = [torch.zeros_like(w) for w in weights]
     pin = device.type == "cuda"
-    host_sums = [
-        [torch.empty(w.shape, dtype=w.dtype, pin_memory=pin) for w in weights] for _ in range(m)
-    ]
-    q = torch.zeros(m, P, **f64)
+    host_sums: list[list[Tensor]] = []
+    q_rows: list[Tensor] = []
+    counts: list[int] = []
     abs_dot = torch.zeros(P, **f64)
     norm_prod = torch.zeros(P, **f64)
-    batch_norms = torch.zeros(k, P, **f64)
-    losses = torch.zeros(k, **f64)
+    loss_sum = torch.zeros(2, **f64)  # (Σ loss, number of batches) for the mean loss
     zero_grads: dict[int, Tensor] = {}
     autocast = (
         torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         if amp == "bf16"
         else torch.autocast(device_type=device.type, enabled=False)
     )
-
-    group, done_since = 0, 0
-    for i, (x, y) in enumerate(source.batches(rows, seed)):
-        try:
-            with autocast:
-                out = _forward(model, x)
-                loss = loss_fn(out, y)
-            if i == 0:
-                _check_loss(loss, i)
-                _sum_check(model, loss_fn, x, y, loss, autocast, warnings)
-            grads = list(torch.autograd.grad(loss, params, allow_unused=True))
-        except (BscritError, KeyboardInterrupt):
-            raise
-        except torch.cuda.OutOfMemoryError:
-            raise MeasurementError(
-                f"out of GPU memory at batch {i}; try --amp bf16 or a smaller model/input"
-            ) from None
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise MeasurementError(f"the forward/backward pass failed at batch {i}: {first}") from None
-        for j, g in enumerate(grads):
-            if g is None:
-                if j not in zero_grads:
-                    zero_grads[j] = torch.zeros_like(weights[j])
-                grads[j] = zero_grads[j]
-        n64 = torch.stack(torch._foreach_norm(grads)).double()
-        batch_norms[i] = n64
-        losses[i] = loss.detach().double()
-        q[group] += n64 * n64
-        dots = torch.stack([torch.dot(wf, g.reshape(-1).to(wf.dtype)) for wf, g in zip(w_flat, grads)])
-        abs_dot.add_(dots.double().abs())
-        norm_prod.add_(w_norm * n64)
-        torch._foreach_add_(group_sum, grads)
-        del grads, loss, out
-        done_since += 1
-        if i + 1 == bounds[group + 1]:
-            _check_finite(batch_norms, losses, bounds[group], i + 1, names)
-            for hs, gs in zip(host_sums[group], group_sum):
-                hs.copy_(gs, non_blocking=pin)
-            torch._foreach_zero_(group_sum)
-            group += 1
-            if progress is not None:
-                progress(done_since)
-                done_since = 0
+    plan = list(group_rows)
+    batch_index = 0  # global index of the first batch of the current group
+    first = True
+    j = 0
+    while True:
+        if j == len(plan):
+            if hooks.next_group is None:
+                break
+            extra = hooks.next_group(j, _gram_sums(host_sums, q_rows, counts))
+            if extra is None:
+                break
+            plan.append(extra)
+        rows_j = plan[j]
+        local = hooks.local_rows(j, rows_j) if hooks.local_rows is not None else rows_j
+        q_j = torch.zeros(P, **f64)
+        norms_j = torch.zeros(max(len(local), 1), P, **f64)
+        losses_j = torch.zeros(max(len(local), 1), **f64)
+        for i, (x, y) in enumerate(source.batches(local, seed + j)):
+            b = batch_index + i
+            try:
+                with autocast:
+                    out = _forward(model, x)
+                    loss = loss_fn(out, y)
+                if first:
+                    _check_loss(loss, b)
+                    _sum_check(model, loss_fn, x, y, loss, autocast, warnings)
+                    first = False
+                grads = list(torch.autograd.grad(loss, params, allow_unused=True))
+            except (BscritError, KeyboardInterrupt):
+                raise
+            except torch.cuda.OutOfMemoryError:
+                raise MeasurementError(
+                    f"out of GPU memory at batch {b}; try --amp bf16 or a smaller model/input"
+                ) from None
+            except RuntimeError as e:
+                msg = str(e).strip()
+                first_line = msg.splitlines()[0] if msg else type(e).__name__
+                raise MeasurementError(
+                    f"the forward/backward pass failed at batch {b}: {first_line}"
+                ) from None
+            for t, g in enumerate(grads):
+                if g is None:
+                    if t not in zero_grads:
+                        zero_grads[t] = torch.zeros_like(weights[t])
+                    grads[t] = zero_grads[t]
+            n64 = torch.stack(torch._foreach_norm(grads)).double()
+            norms_j[i] = n64
+            losses_j[i] = loss.detach().double()
+            q_j += n64 * n64
+            dots = torch.stack(
+                [torch.dot(wf, g.reshape(-1).to(wf.dtype)) for wf, g in zip(w_flat, grads)]
+            )
+            abs_dot.add_(dots.double().abs())
+            norm_prod.add_(w_norm * n64)
+            torch._foreach_add_(group_sum, grads)
+            del grads, loss, out
+        # end of group j: one synchronisation (finite check), reduce, move the sum to the host
+        _check_finite(norms_j[: len(local)], losses_j[: len(local)], batch_index, names)
+        loss_sum[0] += losses_j[: len(local)].sum()
+        loss_sum[1] += len(local)
+        if hooks.reduce is not None:
+            hooks.reduce([*group_sum, q_j])
+        host = [torch.empty(w.shape, dtype=w.dtype, pin_memory=pin) for w in weights]
+        for hs, gs in zip(host, group_sum):
+            hs.copy_(gs, non_blocking=pin)
+        torch._foreach_zero_(group_sum)
+        host_sums.append(host)
+        q_rows.append(q_j)
+        counts.append(len(rows_j))
+        batch_index += len(rows_j)
+        if progress is not None:
+            progress(len(rows_j))
+        j += 1
+    if hooks.reduce is not None:
+        hooks.reduce([abs_dot, norm_prod, loss_sum])
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    if group != m:
-        raise MeasurementError(f"expected {k} batches, the data source yielded fewer")
-
-    counts = tuple(bounds[j + 1] - bounds[j] for j in range(m))
-    q_host = q.cpu().tolist()
-    sums = []
-    for t in range(P):
-        stacked = torch.stack([host_sums[j][t].reshape(-1) for j in range(m)]).double()
-        gram = (stacked @ stacked.T).tolist()
-        sums.append(
-            GroupSums(
-                gram=tuple(tuple(r) for r in gram),
-                q=tuple(q_host[j][t] for j in range(m)),
-                counts=counts,
-            )
-        )
-        del stacked
     return (
-        {"sums": sums, "abs_dot": abs_dot.cpu().tolist(), "norm_prod": norm_prod.cpu().tolist()},
-        float(losses.double().mean()),
+        {
+            "sums": _gram_sums(host_sums, q_rows, counts, per_tensor=True),
+            "abs_dot": abs_dot.cpu().tolist(),
+            "norm_prod": norm_prod.cpu().tolist(),
+            "counts": tuple(counts),
+        },
+        float(loss_sum[0] / loss_sum[1]) if float(loss_sum[1]) > 0 else math.nan,
     )
 
 
-def _check_finite(
-    batch_norms: Tensor, losses: Tensor, start: int, end: int, names: Sequence[str]
-) -> None:
-    """One sync per group: name the first batch and parameter with a NaN/Inf gradient."""
-    block = batch_norms[start:end]
-    lblock = losses[start:end]
+def _gram_sums(
+    host_sums: list[list[Tensor]],
+    q_rows: list[Tensor],
+    counts: list[int],
+    per_tensor: bool = False,
+) -> Any:
+    """GroupSums per tensor (``per_tensor``) or of all tensors together, Gram in float64."""
+    m = len(host_sums)
+    if m == 0:
+        return [] if per_tensor else None
+    num_tensors = len(host_sums[0])
+    q_host = torch.stack(q_rows).cpu().tolist()
+    out = []
+    for t in range(num_tensors):
+        stacked = torch.stack([host_sums[j][t].reshape(-1) for j in range(m)]).double()
+        gram = (stacked @ stacked.T).tolist()
+        out.append(
+            GroupSums(
+                gram=tuple(tuple(r) for r in gram),
+                q=tuple(q_host[j][t] for j in range(m)),
+                counts=tuple(counts),
+            )
+        )
+        del stacked
+    if per_tensor:
+        return out
+    total = out[0]
+    for g in out[1:]:
+        total = total + g
+    return total
+
+
+def _check_finite(block: Tensor, lblock: Tensor, offset: int, names: Sequence[str]) -> None:
+    """One sync per group: name the first batch and parameter with a NaN/Inf gradient.
+
+    ``offset`` is the index of the group's first batch (batches are numbered from 0).
+    """
     if bool(torch.isfinite(block).all()) and bool(torch.isfinite(lblock).all()):
         return
     bad_loss = (~torch.isfinite(lblock)).nonzero()
     if bad_loss.numel():
-        b = start + int(bad_loss[0, 0])
+        i = int(bad_loss[0, 0])
         raise MeasurementError(
-            f"non-finite loss ({float(losses[b])}) at batch {b}: the checkpoint or the data "
-            "produce NaN/Inf"
+            f"non-finite loss ({float(lblock[i])}) at batch {offset + i}: the checkpoint or the "
+            "data produce NaN/Inf"
         )
     bad = (~torch.isfinite(block)).nonzero()
-    b, p = start + int(bad[0, 0]), int(bad[0, 1])
+    i, p = int(bad[0, 0]), int(bad[0, 1])
     raise MeasurementError(
-        f"non-finite gradient (NaN/Inf) at batch {b}, parameter '{names[p]}' "
-        f"(loss of that batch {float(losses[b]):.4g})"
+        f"non-finite gradient (NaN/Inf) at batch {offset + i}, parameter '{names[p]}' "
+        f"(loss of that batch {float(lblock[i]):.4g})"
     )
 
 
 def _sum_check(
-    model: nn.Module, loss_fn: LossFn, x: Any, y: Any, loss: Tensor, autocast: Any,
+    model: nn.Module,
+    loss_fn: LossFn,
+    x: Any,
+    y: Any,
+    loss: Tensor,
+    autocast: Any,
     warnings: list[str],
 ) -> None:
     """Warn when the loss looks like a sum over the batch (the estimators assume a mean).
@@ -539,8 +625,8 @@ def run_measurement(
     from . import __version__
     from .loading import build_dataset, build_loss, load_model, optimizer_for, resolve_device
     from .results import Measurement
-    from .summary import pool_param_sets, summarize_checkpoint
     from .summary import equilibrium as equilibrium_of
+    from .summary import pool_param_sets, summarize_checkpoint
 
     o = options or MeasureOptions()
     ms = spec.measure
@@ -573,16 +659,33 @@ def run_measurement(
         desc = f"measure {path.name}" + (f" ({ci + 1}/{len(paths)})" if len(paths) > 1 else "")
         if progress_factory is None:
             raw = measure_model(
-                model, dataset, loss_fn, batch_size=batch_size, num_batches=k, groups=groups,
-                seed=seed + ci, device=device, mode=mode, amp=o.amp,
+                model,
+                dataset,
+                loss_fn,
+                batch_size=batch_size,
+                num_batches=k,
+                groups=groups,
+                seed=seed + ci,
+                device=device,
+                mode=mode,
+                amp=o.amp,
                 num_workers=spec.data.num_workers,
             )
         else:
             with progress_factory(desc, k) as advance:
                 raw = measure_model(
-                    model, dataset, loss_fn, batch_size=batch_size, num_batches=k, groups=groups,
-                    seed=seed + ci, device=device, mode=mode, amp=o.amp,
-                    num_workers=spec.data.num_workers, progress=advance,
+                    model,
+                    dataset,
+                    loss_fn,
+                    batch_size=batch_size,
+                    num_batches=k,
+                    groups=groups,
+                    seed=seed + ci,
+                    device=device,
+                    mode=mode,
+                    amp=o.amp,
+                    num_workers=spec.data.num_workers,
+                    progress=advance,
                 )
         elapsed += raw.elapsed_s
         warnings.extend(w for w in raw.warnings if w not in warnings)

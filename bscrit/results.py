@@ -256,7 +256,9 @@ class CheckpointStats:
             path=str(d["path"]),
             all=ParamSetStats.from_dict(st["all"]),
             scale_invariant=(
-                ParamSetStats.from_dict(st["scale_invariant"]) if st.get("scale_invariant") else None
+                ParamSetStats.from_dict(st["scale_invariant"])
+                if st.get("scale_invariant")
+                else None
             ),
             equilibrium=Equilibrium.from_dict(d["equilibrium"]) if d.get("equilibrium") else None,
             elapsed_s=float(d.get("elapsed_s", 0.0)),
@@ -399,7 +401,9 @@ def read_json(path: str | os.PathLike[str]) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise ArtifactError(f"{p}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})")
+        raise ArtifactError(
+            f"{p}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
+        ) from None
 
 
 def load_measurement(path: str | os.PathLike[str]) -> Measurement:

@@ -67,7 +67,7 @@ class TensorSums:
 
 
 def set_sums(tensors: Sequence[TensorSums]) -> GroupSums:
-    """Group sums of the union of ``tensors`` (the Gram matrices and Q add over disjoint tensors)."""
+    """Group sums of the union of ``tensors`` (Gram matrices and Q add over disjoint tensors)."""
     if not tensors:
         raise ValueError("empty parameter set")
     total = GroupSums.zeros(tensors[0].sums.counts)

@@ -156,8 +156,12 @@ def test_train_mode_uses_batch_statistics() -> None:
     model = _bn_net()
     ds = _bn_data()
     common = dict(batch_size=8, num_batches=20, groups=4, seed=0)
-    t = param_set_stats(measure_model(model, ds, nn.functional.cross_entropy, mode="train", **common).tensors)
-    e = param_set_stats(measure_model(model, ds, nn.functional.cross_entropy, mode="eval", **common).tensors)
+    t = param_set_stats(
+        measure_model(model, ds, nn.functional.cross_entropy, mode="train", **common).tensors
+    )
+    e = param_set_stats(
+        measure_model(model, ds, nn.functional.cross_entropy, mode="eval", **common).tensors
+    )
     assert t.G != pytest.approx(e.G, rel=1e-3)
 
 
@@ -170,8 +174,9 @@ def test_scale_invariance_detection() -> None:
         nn.Linear(16, 3, bias=False),
         nn.BatchNorm1d(3, affine=True),
     )
-    raw = measure_model(si_net, _bn_data(), nn.functional.cross_entropy, batch_size=8,
-                        num_batches=20, groups=4)
+    raw = measure_model(
+        si_net, _bn_data(), nn.functional.cross_entropy, batch_size=8, num_batches=20, groups=4
+    )
     flags = {t.name: t.is_scale_invariant() for t in raw.tensors}
     assert flags == {"0.weight": True, "3.weight": True, "4.weight": False, "4.bias": False}
     summary = summarize_checkpoint("x", raw.tensors, None, 0.0)
@@ -180,8 +185,9 @@ def test_scale_invariance_detection() -> None:
 
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 3))
-    raw = measure_model(mlp, _bn_data(), nn.functional.cross_entropy, batch_size=8,
-                        num_batches=20, groups=4)
+    raw = measure_model(
+        mlp, _bn_data(), nn.functional.cross_entropy, batch_size=8, num_batches=20, groups=4
+    )
     assert not any(t.is_scale_invariant() for t in raw.tensors)
     assert summarize_checkpoint("x", raw.tensors, None, 0.0).stats.scale_invariant is None
 
@@ -206,8 +212,9 @@ def test_nan_loss_names_the_batch() -> None:
     x[5] = float("nan")
     model = nn.Linear(3, 1)
     with pytest.raises(MeasurementError, match="non-finite loss"):
-        measure_model(model, TensorDataset(x, torch.zeros(16)), _mse, batch_size=16,
-                      num_batches=4, groups=2)
+        measure_model(
+            model, TensorDataset(x, torch.zeros(16)), _mse, batch_size=16, num_batches=4, groups=2
+        )
 
 
 def test_bad_inputs() -> None:
@@ -215,16 +222,23 @@ def test_bad_inputs() -> None:
     with pytest.raises(DataError, match="fewer than the batch size"):
         measure_model(model, ds, _mse, batch_size=11, num_batches=4, groups=2)
     with pytest.raises(MeasurementError, match="expected a scalar"):
-        measure_model(model, ds, lambda o, y: (o.squeeze(-1) - y) ** 2, batch_size=4,
-                      num_batches=4, groups=2)
+        measure_model(
+            model, ds, lambda o, y: (o.squeeze(-1) - y) ** 2, batch_size=4, num_batches=4, groups=2
+        )
 
 
 def test_sum_loss_is_flagged() -> None:
     torch.manual_seed(0)
     model = nn.Linear(3, 1)
     ds = TensorDataset(torch.randn(64, 3), torch.randn(64))
-    raw = measure_model(model, ds, lambda o, y: ((o.squeeze(-1) - y) ** 2).sum(),
-                        batch_size=32, num_batches=4, groups=2)
+    raw = measure_model(
+        model,
+        ds,
+        lambda o, y: ((o.squeeze(-1) - y) ** 2).sum(),
+        batch_size=32,
+        num_batches=4,
+        groups=2,
+    )
     assert any("SUM" in w for w in raw.warnings)
     raw = measure_model(model, ds, _mse, batch_size=32, num_batches=4, groups=2)
     assert not raw.warnings
@@ -235,9 +249,13 @@ def test_sum_loss_is_flagged() -> None:
 def test_cuda_matches_cpu() -> None:
     model, ds = _tiny_problem()
     rows = sample_batches(len(ds), 6, 40, seed=0)
-    cpu = param_set_stats(measure_model(model, ds, _mse, batch_size=6, groups=4, batch_rows=rows).tensors)
+    cpu = param_set_stats(
+        measure_model(model, ds, _mse, batch_size=6, groups=4, batch_rows=rows).tensors
+    )
     gpu = param_set_stats(
-        measure_model(model, ds, _mse, batch_size=6, groups=4, batch_rows=rows, device="cuda").tensors
+        measure_model(
+            model, ds, _mse, batch_size=6, groups=4, batch_rows=rows, device="cuda"
+        ).tensors
     )
     assert gpu.G == pytest.approx(cpu.G, rel=1e-6)
     assert gpu.N == pytest.approx(cpu.N, rel=1e-6)

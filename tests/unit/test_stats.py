@@ -21,7 +21,14 @@ from bscrit.stats import (
 )
 
 # Reference values of Student's t quantiles (scipy.stats.t.ppf), to 8 digits.
-T975 = {1: 12.70620474, 2: 4.30265273, 5: 2.57058184, 9: 2.26215716, 30: 2.04227246, 200: 1.97189617}
+T975 = {
+    1: 12.70620474,
+    2: 4.30265273,
+    5: 2.57058184,
+    9: 2.26215716,
+    30: 2.04227246,
+    200: 1.97189617,
+}
 
 
 @pytest.mark.parametrize("df,expected", sorted(T975.items()))
