@@ -644,6 +644,8 @@ def run_measurement(
     n = len(dataset)
     k = o.batches or ms.batches or default_num_batches(n, batch_size)
     loss_fn = build_loss(spec)
+    if isinstance(loss_fn, nn.Module):
+        loss_fn = loss_fn.to(device)  # e.g. class weights of a CrossEntropyLoss
 
     summaries = []
     warnings: list[str] = []

@@ -20,8 +20,14 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-out = Console(highlight=False, soft_wrap=False)
-err = Console(stderr=True, highlight=False)
+import os
+import sys
+
+# Outside a terminal (pipes, CI logs) rich falls back to 80 columns and truncates the tables;
+# use 120 there unless COLUMNS says otherwise.
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 120
+out = Console(highlight=False, soft_wrap=False, width=_WIDTH)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
 
 
 def fmt(x: float | None, digits: int = 4) -> str:
@@ -118,13 +124,14 @@ def measurement_table(m) -> None:  # type: ignore[no-untyped-def]
         f"[bold]bscrit measure[/]  B={m.batch_size}  n={m.dataset_size}  "
         f"k={m.num_batches} batches in {m.groups} groups  device={m.device}  mode={m.mode}"
         + (f"  amp={m.amp}" if m.amp else "")
-        + f"  {m.elapsed_s:.1f}s",
+        + f"  {m.elapsed_s:.2f}s",
         markup=True,
     )
-    t = Table(title="Gradient noise at the checkpoint (± jackknife s.e.; NSR 95% interval)")
-    for col in ("parameters", "count", "G = ‖∇L‖²", f"N = Tr Σ (B={m.batch_size})", "NSR = N/G",
-                "NSR 95%", "R = ‖x‖²"):
-        t.add_column(col, justify="right" if col != "parameters" else "left")
+    t = Table(
+        title=f"G = ‖∇L‖², N = Tr Σ at B={m.batch_size}, NSR = N/G (jackknife over {m.groups} groups)"
+    )
+    for col in ("parameters", "count", "G ± s.e.", "N ± s.e.", "NSR", "NSR 95% CI", "R = ‖x‖²"):
+        t.add_column(col, justify="right" if col != "parameters" else "left", no_wrap=True)
     _set_row(t, "all trainable", m.all, 1.0)
     if m.scale_invariant is not None:
         _set_row(t, "scale-invariant", m.scale_invariant, m.scale_invariant_fraction)
@@ -179,3 +186,169 @@ def per_tensor_table(rows, limit: int | None = 20) -> None:  # type: ignore[no-u
             fmt(r.invariance_ratio, 2),
         )
     out.print(t)
+
+
+# ==============================================================================================
+# predict / check / scale  (issue: predict, check and scale)
+# ==============================================================================================
+
+
+def _line(text: str) -> None:
+    """One line of plain text on stdout, never wrapped (CI logs grep it)."""
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _batch(x: float | None) -> str:
+    """A batch size: an integer count, '∞' when unbounded."""
+    if x is None:
+        return "—"
+    if math.isinf(x):
+        return "∞"
+    return f"{x:.0f}" if abs(x) >= 10 else f"{x:.3g}"
+
+
+def _batch_ci(ci: tuple[float, float]) -> str:
+    if math.isinf(ci[1]):
+        return f"[{_batch(ci[0])}, ∞)"
+    return f"[{_batch(ci[0])}, {_batch(ci[1])}]"
+
+
+def _hp(x: float | int | None) -> str:
+    """A hyperparameter: 6 significant digits (β₂ = 0.99975 must not print as 0.9998)."""
+    if x is None:
+        return "—"
+    return f"{x:.6g}"
+
+
+def _bounds_table(b) -> None:  # type: ignore[no-untyped-def]
+    """One measurement's bounds ([LMA21] Thms 5.2, 5.5, 5.6; [McC18]; [SDBD21] eq. 22)."""
+    from rich.table import Table
+
+    ns = b.noise
+    c2 = b.c2
+    opt = b.optimizer
+    opt_s = f"{opt.name}, lr {_hp(opt.lr)}" if opt is not None else "no optimizer recorded"
+    _line(f"{b.source}: B = {b.batch_size}, n = {b.dataset_size}, {opt_s}")
+    t = Table()
+    t.add_column("quantity")
+    t.add_column("value", justify="right")
+    t.add_column("95% CI", justify="right")
+    pset = "scale-invariant" if b.param_set == "scale_invariant" else "all"
+    t.add_row(
+        "parameter set", pset, f"s.-inv. {100 * b.scale_invariant_fraction:.1f}% of params"
+    )
+    t.add_row("G = ‖∇L‖²", fmt(ns.G.value), fmt_ci(ns.G.ci95))
+    t.add_row("N^B = Tr Σ^B", fmt(ns.N.value), fmt_ci(ns.N.ci95))
+    t.add_row("NSR = N^B/G", fmt(ns.nsr), fmt_ci(ns.nsr_ci95))
+    if b.b_star_bounded:
+        t.add_row("B* = C²(B + B·NSR)", _batch(b.b_star), _batch_ci(b.b_star_ci95))
+        t.add_row("B* ≈ C²·B·NSR", _batch(b.b_star_approx), _batch_ci(b.b_star_approx_ci95))
+    else:
+        t.add_row("B* = C²(B + B·NSR)", f"> {_batch(b.b_star_ci95[0])}", "no upper bound")
+        t.add_row("B* ≈ C²·B·NSR", f"> {_batch(b.b_star_approx_ci95[0])}", "no upper bound")
+    t.add_row("B_simple = T₁/G [McC18]", _batch(b.b_simple), "")
+    ir = b.implicit_regularisation
+    if ir is not None:
+        t.add_row("(η/4)·G  [SDBD21 eq. 22]", fmt(ir.signal_term), "")
+        t.add_row("(η/4)·N^B [SDBD21 eq. 22]", fmt(ir.noise_term), "")
+    if b.equilibrium_residual is not None:
+        t.add_row("equilibrium residual ρ", f"{b.equilibrium_residual:+.3f}", "")
+    out.print(t)
+    thr = b.sde_nsr_threshold
+    if b.sde_certified_invalid:
+        _line(
+            f"  Thm 5.2 (ii): NSR {fmt(ns.nsr)} < 1/(C² − 1) = {fmt(thr)}: the SDE approximation is "
+            "certified to FAIL at this setting."
+        )
+    else:
+        _line(
+            f"  Thm 5.2 (ii): NSR {fmt(ns.nsr)} ≥ 1/(C² − 1) = {fmt(thr)}: not certified to fail."
+        )
+    if b.thm55_base_batch_below is not None:
+        _line(
+            f"  Thm 5.5: (C² − 1)·NSR = {fmt((c2 - 1) * ns.nsr)} < 1: B = {b.batch_size} is past the "
+            f"critical batch of every base batch below {_batch(b.thm55_base_batch_below)} "
+            f"(κ > {fmt(b.thm55_kappa_min)})."
+        )
+    else:
+        _line(
+            f"  Thm 5.5: (C² − 1)·NSR = {fmt((c2 - 1) * ns.nsr)} ≥ 1: certifies nothing here."
+        )
+    if ir is not None:
+        _line(
+            "  Implicit regularisation: the noise term is NSR × the signal term; the linear rule "
+            "keeps the noise term fixed (η/B constant)."
+        )
+    _line(f"  Parameters: {b.param_set_reason}.")
+
+
+def scaled_table(s, title: str | None = None) -> None:  # type: ignore[no-untyped-def]
+    """Old -> new hyperparameters with the rule's name and reference ([LMA21], [MLPA22])."""
+    from rich.table import Table
+
+    head = title or (
+        f"{s.reference}: {s.optimizer}, B = {s.batch_size} -> B' = {s.target_batch_size} "
+        f"(κ = {s.kappa:.4g})"
+    )
+    _line(head)
+    t = Table()
+    t.add_column("hyperparameter")
+    t.add_column("old -> new", justify="right")
+    t.add_column("how")
+    for key, new in s.new.items():
+        t.add_row(key, f"{_hp(s.old.get(key))} -> {_hp(new)}", s.notes.get(key, ""))
+    for label, (old, new) in (("steps", s.steps), ("warmup_steps", s.warmup_steps)):
+        if old is not None:
+            t.add_row(label, f"{old} -> {new}", "÷ κ (training length fixed in epochs)")
+    if s.epochs is not None:
+        t.add_row("epochs", f"{_hp(s.epochs)} -> {_hp(s.epochs)}", "unchanged")
+    out.print(t)
+
+
+def prediction_report(p) -> None:  # type: ignore[no-untyped-def]
+    """Human output of ``bscrit predict``: bounds per measurement, range, recommendation."""
+    from rich.table import Table
+
+    _line(
+        f"bscrit predict: C² = {p.c2:g} ([LMA21] Thms 5.2, 5.5, 5.6; 95% intervals from the "
+        "jackknife)"
+    )
+    for b in p.measurements:
+        out.print()
+        _bounds_table(b)
+    r = p.recommended
+    out.print()
+    _line("Recommendation")
+    t = Table()
+    t.add_column("")
+    t.add_column("batch size", justify="right")
+    if len(p.measurements) > 1:
+        t.add_row("B* across baselines (min – max)", f"{_batch(p.range[0])} – {_batch(p.range[1])}")
+    if r.empty:
+        t.add_row("recommended range", "empty")
+    else:
+        t.add_row("recommended range", f"{r.min} – {_batch(r.max)}")
+        t.add_row("  largest power of two in it", _batch(r.max_pow2))
+        t.add_row("  largest multiple of 8 in it", _batch(r.max_mult8))
+    out.print(t)
+    _line(f"  {r.note}.")
+    if p.scaled is not None:
+        out.print()
+        scaled_table(p.scaled)
+    for b in p.measurements:
+        for w in b.warnings:
+            warn(f"{b.source}: {w}")
+    for w in p.warnings:
+        warn(w)
+    if p.scaled is not None:
+        for w in p.scaled.warnings:
+            warn(w)
+
+
+def check_report(r) -> None:  # type: ignore[no-untyped-def]
+    """Human output of ``bscrit check``: one line on stdout that says why; warnings on stderr."""
+    tag = {"ok": "OK", "warn": "WARN", "fail": "FAIL"}[r.verdict]
+    _line(f"{tag}: {r.reason}")
+    for b in r.prediction.measurements:
+        for w in b.warnings:
+            warn(f"{b.source}: {w}")

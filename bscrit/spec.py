@@ -1,0 +1,774 @@
+"""The measurement spec: one YAML file -> frozen dataclasses, every problem reported at once.
+
+A spec says which model to build, which checkpoint to load into it, which data and loss to take
+gradients of, the batch size B of the run the checkpoint comes from and, optionally, its
+optimizer and LR schedule. It is read with ``yaml.safe_load`` only and validated in one pass:
+unknown keys (with a "did you mean"), wrong types, missing keys and bad values are all collected
+into one :class:`~bscrit.errors.SpecError`, each with its dotted key path (``optimizer.lr``,
+``data.transforms[1].name``). No torch import here; :mod:`bscrit.loading` turns a spec into
+objects.
+
+Shorthands: ``model: resnet18`` means ``{name: resnet18}`` and ``model: net.py:make`` means
+``{factory: net.py:make}`` (a string with a ``:`` is a factory reference); the same for ``data``
+and ``loss``. ``checkpoint: ckpt.pt`` (or a list) means ``{path: ckpt.pt}``. Relative paths
+(checkpoint paths, ``file.py:fn`` factories) resolve against the spec file's folder.
+
+Number quirk: YAML 1.1 (PyYAML) reads ``1e-3`` (no dot) as a *string*; float fields accept such
+strings when Python's ``float()`` parses them. Booleans are never numbers.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import SpecError, SpecProblem
+from .results import OptimizerInfo
+
+# ----------------------------------------------------------------------------------------------
+# Dataclasses
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A torchvision model ``name`` or a ``factory`` reference, called with ``kwargs``."""
+
+    name: str | None
+    factory: str | None
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """Checkpoint file(s) (absolute), an optional key inside the file, prefixes to strip."""
+
+    paths: tuple[Path, ...] = ()
+    key: str | None = None
+    strip_prefix: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A torchvision ``dataset`` class (with ``transforms``) or a ``factory``; first ``subset``."""
+
+    dataset: str | None
+    factory: str | None
+    kwargs: dict = field(default_factory=dict)
+    transforms: tuple[dict, ...] = ()  # each {"name": str, "kwargs": dict}
+    subset: int | None = None  # first n examples; None = all
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """``cross_entropy`` / ``mse`` (``name``) or a ``factory``; both must give the batch MEAN."""
+
+    name: str | None
+    factory: str | None
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """LR schedule of the base run, in optimizer steps (used by svag)."""
+
+    name: str = "constant"  # constant | step | cosine
+    warmup_steps: int = 0  # linear warm-up length, steps
+    milestones: tuple[int, ...] = ()  # step: lr *= gamma at these steps
+    gamma: float = 0.1
+    total_steps: int | None = None  # cosine decay length, steps (None: the run's length)
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    """How to measure: number of batches k (None = auto), jackknife groups m, seed, device."""
+
+    batches: int | None = None  # None = auto = max(200, ceil(n/B))
+    groups: int = 10  # m, jackknife groups
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    mode: str = "train"  # train | eval
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A validated spec. Paths are absolute; factories keep their reference string."""
+
+    path: Path  # the spec file (absolute)
+    base_dir: Path  # its folder: relative paths resolve against it
+    model: ModelSpec
+    checkpoint: CheckpointSpec
+    data: DataSpec
+    eval_data: DataSpec | None
+    loss: LossSpec
+    batch_size: int
+    optimizer: OptimizerInfo | None  # source="spec"
+    schedule: ScheduleSpec
+    measure: MeasureSpec
+
+
+# ----------------------------------------------------------------------------------------------
+# Vocabulary
+# ----------------------------------------------------------------------------------------------
+
+TOP_KEYS = (
+    "model",
+    "checkpoint",
+    "data",
+    "eval_data",
+    "loss",
+    "batch_size",
+    "optimizer",
+    "schedule",
+    "measure",
+)
+REQUIRED_TOP_KEYS = ("model", "data", "loss", "batch_size")
+MODEL_KEYS = ("name", "factory", "kwargs")
+CHECKPOINT_KEYS = ("path", "key", "strip_prefix")
+DATA_KEYS = ("dataset", "factory", "kwargs", "transforms", "subset", "num_workers")
+TRANSFORM_KEYS = ("name", "kwargs")
+LOSS_KEYS = ("name", "factory", "kwargs")
+LOSS_NAMES = ("cross_entropy", "mse")
+SCHEDULE_KEYS = ("name", "warmup_steps", "milestones", "gamma", "total_steps")
+SCHEDULE_NAMES = ("constant", "step", "cosine")
+MEASURE_KEYS = ("batches", "groups", "seed", "device", "mode")
+MODES = ("train", "eval")
+OPTIMIZER_NAMES = ("sgd", "adam", "adamw", "rmsprop")
+# Keys each optimizer accepts (besides ``name``).
+OPTIMIZER_KEYS: dict[str, tuple[str, ...]] = {
+    "sgd": ("lr", "momentum", "nesterov", "weight_decay"),
+    "adam": ("lr", "betas", "eps", "weight_decay"),
+    "adamw": ("lr", "betas", "eps", "weight_decay"),
+    "rmsprop": ("lr", "alpha", "eps", "momentum", "weight_decay"),
+}
+ALL_OPTIMIZER_KEYS = ("name", "lr", "momentum", "nesterov", "weight_decay", "betas", "eps", "alpha")
+# PyTorch's defaults (AdamW's weight decay is 0.01, Adam's 0).
+OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sgd": {"momentum": 0.0, "weight_decay": 0.0, "nesterov": False},
+    "adam": {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
+    "adamw": {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01},
+    "rmsprop": {"alpha": 0.99, "eps": 1e-8, "momentum": 0.0, "weight_decay": 0.0},
+}
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+_MISSING = object()
+
+
+# ----------------------------------------------------------------------------------------------
+# Problem collection helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _describe(value: Any) -> str:
+    """``'abc' (str)``: the value and its type, for "expected X, got Y" messages."""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else str(key)
+
+
+def did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
+    """`` (did you mean 'lr'?)`` when a close match exists, else ``''``."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _Checker:
+    """Collects :class:`SpecProblem` s; the getters return ``None`` (or a default) on a problem."""
+
+    def __init__(self) -> None:
+        self.problems: list[SpecProblem] = []
+
+    def add(self, key: str, message: str) -> None:
+        self.problems.append(SpecProblem(key, message))
+
+    # -- structure --------------------------------------------------------------------------
+
+    def mapping(self, value: Any, path: str) -> dict | None:
+        if isinstance(value, Mapping):
+            return dict(value)
+        self.add(path, f"expected a mapping, got {_describe(value)}")
+        return None
+
+    def unknown_keys(self, d: Mapping, allowed: tuple[str, ...], path: str) -> None:
+        for key in d:
+            if key not in allowed:
+                hint = did_you_mean(str(key), allowed)
+                if not hint:
+                    hint = f" (expected one of: {', '.join(allowed)})"
+                self.add(_join(path, str(key)), f"unknown key{hint}")
+
+    def kwargs(self, d: Mapping, path: str) -> dict:
+        value = d.get("kwargs")
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.add(_join(path, "kwargs"), f"expected a mapping, got {_describe(value)}")
+            return {}
+        bad = [k for k in value if not isinstance(k, str)]
+        for k in bad:
+            self.add(_join(path, "kwargs"), f"keyword names must be strings, got {_describe(k)}")
+        return dict(value)
+
+    # -- scalars ----------------------------------------------------------------------------
+
+    def string(self, value: Any, path: str, what: str = "a string") -> str | None:
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+        self.add(path, f"expected {what}, got {_describe(value)}")
+        return None
+
+    def integer(
+        self, value: Any, path: str, *, minimum: int | None = None, what: str | None = None
+    ) -> int | None:
+        if what is None:
+            what = {None: "an integer", 0: "a non-negative integer", 1: "a positive integer"}.get(
+                minimum, f"an integer >= {minimum}"
+            )
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.add(path, f"expected {what}, got {_describe(value)}")
+            return None
+        if minimum is not None and value < minimum:
+            self.add(path, f"expected {what}, got {value}")
+            return None
+        return value
+
+    def number(
+        self,
+        value: Any,
+        path: str,
+        *,
+        low: float | None = None,
+        high: float | None = None,
+        low_open: bool = False,
+        high_open: bool = True,
+        what: str = "a number",
+    ) -> float | None:
+        x: float | None = None
+        if isinstance(value, bool):
+            x = None
+        elif isinstance(value, (int, float)):
+            x = float(value)
+        elif isinstance(value, str):  # PyYAML reads 1e-3 as a string
+            try:
+                x = float(value)
+            except ValueError:
+                x = None
+        if x is None or math.isnan(x):
+            self.add(path, f"expected {what}, got {_describe(value)}")
+            return None
+        if (
+            (low is not None and (x < low or (low_open and x == low)))
+            or (high is not None and (x > high or (high_open and x == high)))
+            or math.isinf(x)
+        ):
+            self.add(path, f"expected {what}, got {value!r}")
+            return None
+        return x
+
+    def boolean(self, value: Any, path: str) -> bool | None:
+        if isinstance(value, bool):
+            return value
+        self.add(path, f"expected true or false, got {_describe(value)}")
+        return None
+
+    def choice(self, value: Any, path: str, choices: tuple[str, ...]) -> str | None:
+        if not isinstance(value, str):
+            self.add(path, f"expected one of {', '.join(choices)}, got {_describe(value)}")
+            return None
+        v = value.strip().lower()
+        if v not in choices:
+            hint = did_you_mean(v, choices)
+            self.add(path, f"unknown value {value!r}; expected one of {', '.join(choices)}{hint}")
+            return None
+        return v
+
+
+# ----------------------------------------------------------------------------------------------
+# References and paths
+# ----------------------------------------------------------------------------------------------
+
+
+def is_file_ref(module_part: str) -> bool:
+    """True for ``path/to/file.py`` (a file), False for ``pkg.module`` (an importable module)."""
+    return module_part.endswith(".py") or "/" in module_part or "\\" in module_part
+
+
+def split_ref(ref: str) -> tuple[str, str] | None:
+    """``"a/b.py:fn"`` -> ``("a/b.py", "fn")``; ``None`` when it is not of the form ``X:name``."""
+    if ":" not in ref:
+        return None
+    module_part, _, attr = ref.rpartition(":")
+    module_part, attr = module_part.strip(), attr.strip()
+    if not module_part or not attr or not all(p.isidentifier() for p in attr.split(".")):
+        return None
+    return module_part, attr
+
+
+def _factory(c: _Checker, value: Any, path: str, base_dir: Path) -> str | None:
+    """Validate a factory reference; make a relative ``file.py`` part absolute."""
+    ref = c.string(value, path, 'a factory reference "file.py:fn" or "pkg.module:fn"')
+    if ref is None:
+        return None
+    parts = split_ref(ref)
+    if parts is None:
+        c.add(path, f'expected "file.py:fn" or "pkg.module:fn", got {ref!r}')
+        return None
+    module_part, attr = parts
+    if is_file_ref(module_part):
+        file = Path(module_part).expanduser()
+        if not file.is_absolute():
+            file = base_dir / file
+        file = file.resolve()
+        if not file.is_file():
+            c.add(path, f"file not found: {file}")
+            return None
+        return f"{file}:{attr}"
+    return ref
+
+
+def _resolve_path(value: str, base_dir: Path) -> Path:
+    p = Path(value).expanduser()
+    return (p if p.is_absolute() else base_dir / p).resolve()
+
+
+def _strings(c: _Checker, value: Any, path: str) -> tuple[str, ...] | None:
+    """A string or a list of strings -> tuple."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,) if value else ()
+    if isinstance(value, list):
+        out = []
+        for i, v in enumerate(value):
+            s = c.string(v, _join(path, i))
+            if s is not None:
+                out.append(s)
+        return tuple(out)
+    c.add(path, f"expected a string or a list of strings, got {_describe(value)}")
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections
+# ----------------------------------------------------------------------------------------------
+
+
+def _parse_model(c: _Checker, value: Any, base_dir: Path) -> ModelSpec | None:
+    path = "model"
+    if isinstance(value, str):
+        value = {"factory": value} if ":" in value else {"name": value}
+    d = c.mapping(value, path)
+    if d is None:
+        return None
+    c.unknown_keys(d, MODEL_KEYS, path)
+    kwargs = c.kwargs(d, path)
+    has_name, has_factory = d.get("name") is not None, d.get("factory") is not None
+    if has_name == has_factory:
+        c.add(path, "give exactly one of 'name' (a torchvision model) or 'factory' (file.py:fn)")
+        return None
+    if has_name:
+        name = c.string(d["name"], "model.name", "a torchvision model name")
+        return None if name is None else ModelSpec(name=name, factory=None, kwargs=kwargs)
+    factory = _factory(c, d["factory"], "model.factory", base_dir)
+    return None if factory is None else ModelSpec(name=None, factory=factory, kwargs=kwargs)
+
+
+def _parse_checkpoint(c: _Checker, value: Any, base_dir: Path) -> CheckpointSpec | None:
+    path = "checkpoint"
+    if value is None:
+        return CheckpointSpec()
+    if isinstance(value, (str, list)):
+        value = {"path": value}
+    d = c.mapping(value, path)
+    if d is None:
+        return None
+    c.unknown_keys(d, CHECKPOINT_KEYS, path)
+    raw_paths = _strings(c, d.get("path"), "checkpoint.path")
+    key = None
+    if d.get("key") is not None:
+        key = c.string(d["key"], "checkpoint.key")
+    strip = _strings(c, d.get("strip_prefix"), "checkpoint.strip_prefix")
+    if raw_paths is None or strip is None:
+        return None
+    paths = tuple(_resolve_path(p, base_dir) for p in raw_paths)
+    return CheckpointSpec(paths=paths, key=key, strip_prefix=strip)
+
+
+def _parse_transforms(c: _Checker, value: Any, path: str) -> tuple[dict, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        c.add(path, f"expected a list of {{name, kwargs}}, got {_describe(value)}")
+        return ()
+    out = []
+    for i, t in enumerate(value):
+        tpath = _join(path, i)
+        if isinstance(t, str):
+            t = {"name": t}
+        d = c.mapping(t, tpath)
+        if d is None:
+            continue
+        c.unknown_keys(d, TRANSFORM_KEYS, tpath)
+        if d.get("name") is None:
+            c.add(_join(tpath, "name"), "missing required key")
+            continue
+        name = c.string(d["name"], _join(tpath, "name"), "a torchvision.transforms name")
+        kwargs = c.kwargs(d, tpath)
+        if name is not None:
+            out.append({"name": name, "kwargs": kwargs})
+    return tuple(out)
+
+
+def _parse_data(c: _Checker, value: Any, path: str, base_dir: Path) -> DataSpec | None:
+    if isinstance(value, str):
+        value = {"factory": value} if ":" in value else {"dataset": value}
+    d = c.mapping(value, path)
+    if d is None:
+        return None
+    c.unknown_keys(d, DATA_KEYS, path)
+    kwargs = c.kwargs(d, path)
+    transforms = _parse_transforms(c, d.get("transforms"), _join(path, "transforms"))
+    subset = None
+    if d.get("subset") is not None:
+        subset = c.integer(d["subset"], _join(path, "subset"), minimum=1)
+    num_workers = 0
+    if d.get("num_workers") is not None:
+        num_workers = c.integer(d["num_workers"], _join(path, "num_workers"), minimum=0) or 0
+    has_ds, has_factory = d.get("dataset") is not None, d.get("factory") is not None
+    if has_ds == has_factory:
+        c.add(
+            path, "give exactly one of 'dataset' (a torchvision dataset) or 'factory' (file.py:fn)"
+        )
+        return None
+    if has_factory and d.get("transforms"):
+        c.add(_join(path, "transforms"), "only used with 'dataset'; a factory applies its own")
+    if has_ds:
+        name = c.string(d["dataset"], _join(path, "dataset"), "a torchvision dataset name")
+        factory = None
+        if name is None:
+            return None
+    else:
+        name = None
+        factory = _factory(c, d["factory"], _join(path, "factory"), base_dir)
+        if factory is None:
+            return None
+    return DataSpec(
+        dataset=name,
+        factory=factory,
+        kwargs=kwargs,
+        transforms=transforms,
+        subset=subset,
+        num_workers=num_workers,
+    )
+
+
+def _parse_loss(c: _Checker, value: Any, base_dir: Path) -> LossSpec | None:
+    path = "loss"
+    shorthand = isinstance(value, str)
+    if shorthand:
+        value = {"factory": value} if ":" in value else {"name": value}
+    d = c.mapping(value, path)
+    if d is None:
+        return None
+    c.unknown_keys(d, LOSS_KEYS, path)
+    kwargs = c.kwargs(d, path)
+    has_name, has_factory = d.get("name") is not None, d.get("factory") is not None
+    if has_name == has_factory:
+        c.add(path, f"give exactly one of 'name' ({' or '.join(LOSS_NAMES)}) or 'factory'")
+        return None
+    if has_name:
+        name = d["name"]
+        if not isinstance(name, str) or name.strip().lower() not in LOSS_NAMES:
+            shown = repr(name) if isinstance(name, str) else _describe(name)
+            hint = did_you_mean(str(name), LOSS_NAMES)
+            c.add(
+                path if shorthand else "loss.name",
+                f"unknown loss {shown}; expected {' or '.join(LOSS_NAMES)}, "
+                f'or a factory "file.py:fn" / "pkg.module:fn"{hint}',
+            )
+            return None
+        reduction = kwargs.get("reduction", "mean")
+        if reduction != "mean":
+            c.add("loss.kwargs.reduction", "must be 'mean': the estimators assume the batch mean")
+            return None
+        return LossSpec(name=name.strip().lower(), factory=None, kwargs=kwargs)
+    factory = _factory(c, d["factory"], "loss.factory", base_dir)
+    return None if factory is None else LossSpec(name=None, factory=factory, kwargs=kwargs)
+
+
+def _parse_optimizer(c: _Checker, value: Any) -> OptimizerInfo | None:
+    path = "optimizer"
+    if value is None:
+        return None
+    d = c.mapping(value, path)
+    if d is None:
+        return None
+    c.unknown_keys(d, ALL_OPTIMIZER_KEYS, path)
+    if d.get("name") is None:
+        c.add("optimizer.name", f"missing required key ({', '.join(OPTIMIZER_NAMES)})")
+        return None
+    name = c.choice(d["name"], "optimizer.name", OPTIMIZER_NAMES)
+    if name is None:
+        return None
+    for key in d:
+        if key in ALL_OPTIMIZER_KEYS and key != "name" and key not in OPTIMIZER_KEYS[name]:
+            c.add(_join(path, key), f"not a hyperparameter of {name}")
+    if d.get("lr") is None:
+        c.add("optimizer.lr", "missing required key (the learning rate of the run)")
+        lr = None
+    else:
+        lr = c.number(
+            d["lr"], "optimizer.lr", low=0.0, low_open=True, high=None, what="a positive number"
+        )
+    vals: dict[str, Any] = dict(OPTIMIZER_DEFAULTS[name])
+    n_before = len(c.problems)
+    unit = {"low": 0.0, "high": 1.0, "high_open": True, "what": "a number in [0, 1)"}
+    if d.get("momentum") is not None:
+        vals["momentum"] = c.number(d["momentum"], "optimizer.momentum", **unit)
+    if d.get("weight_decay") is not None:
+        vals["weight_decay"] = c.number(
+            d["weight_decay"], "optimizer.weight_decay", low=0.0, what="a non-negative number"
+        )
+    if d.get("eps") is not None:
+        vals["eps"] = c.number(
+            d["eps"], "optimizer.eps", low=0.0, low_open=True, what="a positive number"
+        )
+    if d.get("alpha") is not None:
+        vals["alpha"] = c.number(d["alpha"], "optimizer.alpha", **unit)
+    if d.get("nesterov") is not None:
+        vals["nesterov"] = c.boolean(d["nesterov"], "optimizer.nesterov")
+    if d.get("betas") is not None:
+        b = d["betas"]
+        if not isinstance(b, (list, tuple)) or len(b) != 2:
+            c.add("optimizer.betas", f"expected two numbers [beta1, beta2], got {_describe(b)}")
+            vals["betas"] = None
+        else:
+            b1 = c.number(b[0], "optimizer.betas[0]", **unit)
+            b2 = c.number(b[1], "optimizer.betas[1]", **unit)
+            vals["betas"] = None if b1 is None or b2 is None else (b1, b2)
+    if vals.get("nesterov") and not vals.get("momentum"):
+        c.add("optimizer.nesterov", "nesterov needs momentum > 0")
+    if lr is None or len(c.problems) > n_before:
+        return None
+    return OptimizerInfo(
+        name=name,
+        lr=lr,
+        momentum=float(vals.get("momentum", 0.0)),
+        weight_decay=float(vals.get("weight_decay", 0.0)),
+        betas=vals.get("betas"),
+        eps=vals.get("eps"),
+        alpha=vals.get("alpha"),
+        nesterov=bool(vals.get("nesterov", False)),
+        source="spec",
+    )
+
+
+def _parse_schedule(c: _Checker, value: Any) -> ScheduleSpec | None:
+    path = "schedule"
+    if value is None:
+        return ScheduleSpec()
+    if isinstance(value, str):
+        value = {"name": value}
+    d = c.mapping(value, path)
+    if d is None:
+        return None
+    c.unknown_keys(d, SCHEDULE_KEYS, path)
+    n_before = len(c.problems)
+    name = "constant"
+    if d.get("name") is not None:
+        name = c.choice(d["name"], "schedule.name", SCHEDULE_NAMES) or "constant"
+    warmup = 0
+    if d.get("warmup_steps") is not None:
+        warmup = c.integer(d["warmup_steps"], "schedule.warmup_steps", minimum=0) or 0
+    milestones: list[int] = []
+    ms = d.get("milestones")
+    if ms is not None:
+        if not isinstance(ms, list):
+            c.add("schedule.milestones", f"expected a list of steps, got {_describe(ms)}")
+        else:
+            for i, m in enumerate(ms):
+                v = c.integer(m, f"schedule.milestones[{i}]", minimum=0)
+                if v is not None:
+                    milestones.append(v)
+            if milestones != sorted(milestones):
+                c.add("schedule.milestones", "must be in increasing order")
+    gamma = 0.1
+    if d.get("gamma") is not None:
+        gamma = (
+            c.number(d["gamma"], "schedule.gamma", low=0.0, low_open=True, what="a positive number")
+            or 0.1
+        )
+    total = None
+    if d.get("total_steps") is not None:
+        total = c.integer(d["total_steps"], "schedule.total_steps", minimum=1)
+    if len(c.problems) > n_before:
+        return None
+    return ScheduleSpec(
+        name=name,
+        warmup_steps=warmup,
+        milestones=tuple(milestones),
+        gamma=gamma,
+        total_steps=total,
+    )
+
+
+def _parse_measure(c: _Checker, value: Any) -> MeasureSpec | None:
+    path = "measure"
+    if value is None:
+        return MeasureSpec()
+    d = c.mapping(value, path)
+    if d is None:
+        return None
+    c.unknown_keys(d, MEASURE_KEYS, path)
+    n_before = len(c.problems)
+    groups = 10
+    if d.get("groups") is not None:
+        groups = c.integer(d["groups"], "measure.groups", minimum=2) or 10
+    batches = None
+    b = d.get("batches")
+    if b is not None and not (isinstance(b, str) and b.strip().lower() == "auto"):
+        batches = c.integer(b, "measure.batches", minimum=1, what="'auto' or a positive integer")
+        if batches is not None and batches < 2 * groups:
+            c.add(
+                "measure.batches",
+                f"expected at least 2 * groups = {2 * groups} batches, got {batches}",
+            )
+    seed = 0
+    if d.get("seed") is not None:
+        seed = c.integer(d["seed"], "measure.seed", minimum=0) or 0
+    device = "auto"
+    if d.get("device") is not None:
+        dev = d["device"]
+        if not isinstance(dev, str) or not DEVICE_RE.match(dev.strip().lower()):
+            shown = repr(dev) if isinstance(dev, str) else _describe(dev)
+            c.add("measure.device", f"expected auto, cpu, cuda or cuda:N, got {shown}")
+        else:
+            device = dev.strip().lower()
+    mode = "train"
+    if d.get("mode") is not None:
+        mode = c.choice(d["mode"], "measure.mode", MODES) or "train"
+    if len(c.problems) > n_before:
+        return None
+    return MeasureSpec(batches=batches, groups=groups, seed=seed, device=device, mode=mode)
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry points
+# ----------------------------------------------------------------------------------------------
+
+
+def parse_spec(
+    raw: Any, source: str, base_dir: Path | str, *, path: Path | str | None = None
+) -> Spec:
+    """Validate a spec already read from YAML.
+
+    Args:
+        raw: the ``yaml.safe_load`` result (must be a mapping).
+        source: how to name the spec in errors (usually its path).
+        base_dir: the folder relative paths resolve against.
+        path: the spec file, stored in ``Spec.path`` (default: ``base_dir / source``).
+
+    Raises:
+        SpecError: listing every problem, each with its dotted key path.
+    """
+    base_dir = Path(base_dir).expanduser().resolve()
+    spec_path = Path(path).resolve() if path is not None else (base_dir / source).resolve()
+    if raw is None:
+        raise SpecError(
+            source,
+            [
+                SpecProblem(
+                    "",
+                    "the spec is empty; expected a mapping with keys "
+                    + ", ".join(REQUIRED_TOP_KEYS),
+                )
+            ],
+        )
+    if not isinstance(raw, Mapping):
+        raise SpecError(
+            source,
+            [SpecProblem("", f"expected a mapping at the top level, got {type(raw).__name__}")],
+        )
+    c = _Checker()
+    c.unknown_keys(raw, TOP_KEYS, "")
+    for key in REQUIRED_TOP_KEYS:
+        if raw.get(key) is None:
+            c.add(key, "missing required key")
+
+    model = _parse_model(c, raw["model"], base_dir) if raw.get("model") is not None else None
+    checkpoint = _parse_checkpoint(c, raw.get("checkpoint"), base_dir)
+    data = _parse_data(c, raw["data"], "data", base_dir) if raw.get("data") is not None else None
+    eval_data = None
+    if raw.get("eval_data") is not None:
+        eval_data = _parse_data(c, raw["eval_data"], "eval_data", base_dir)
+    loss = _parse_loss(c, raw["loss"], base_dir) if raw.get("loss") is not None else None
+    batch_size = None
+    if raw.get("batch_size") is not None:
+        batch_size = c.integer(raw["batch_size"], "batch_size", minimum=1)
+    optimizer = _parse_optimizer(c, raw.get("optimizer"))
+    schedule = _parse_schedule(c, raw.get("schedule"))
+    measure = _parse_measure(c, raw.get("measure"))
+
+    if c.problems:
+        raise SpecError(source, c.problems)
+    assert model and checkpoint and data and loss and batch_size and schedule and measure
+    return Spec(
+        path=spec_path,
+        base_dir=base_dir,
+        model=model,
+        checkpoint=checkpoint,
+        data=data,
+        eval_data=eval_data,
+        loss=loss,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        schedule=schedule,
+        measure=measure,
+    )
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a spec file (``yaml.safe_load`` only).
+
+    Raises:
+        SpecError: the file is missing or unreadable, is not valid YAML (with line and column),
+            or has any problem (all of them listed, with key paths).
+    """
+    import yaml
+
+    p = Path(path).expanduser()
+    source = str(path)
+    if not p.exists():
+        raise SpecError(source, [SpecProblem("", f"file not found: {p}")])
+    if not p.is_file():
+        raise SpecError(source, [SpecProblem("", f"not a file: {p}")])
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(source, [SpecProblem("", f"cannot read {p}: {e}")]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        context = getattr(e, "context", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        msg = f"YAML syntax error at {where}: {what}" if where else f"YAML syntax error: {what}"
+        if context:
+            msg += f" ({context})"
+        raise SpecError(source, [SpecProblem("", msg)]) from None
+    p = p.resolve()
+    return parse_spec(raw, source, p.parent, path=p)

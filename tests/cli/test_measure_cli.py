@@ -1,0 +1,149 @@
+"""`bscrit measure` through typer's CliRunner: outputs, artifacts and exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from bscrit.cli import app
+from bscrit.results import csv_path_for, load_measurement
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+runner = CliRunner()
+
+
+@pytest.fixture()
+def work(tmp_path: Path) -> Path:
+    for name in ("tiny.py", "tiny.pt", "valid.yaml"):
+        shutil.copy(ASSETS / name, tmp_path / name)
+    return tmp_path
+
+
+def _measure(*args: str) -> object:
+    return runner.invoke(app, ["measure", *args, "--quiet"])
+
+
+def test_measure_writes_json_and_csv_and_leaves_checkpoint_alone(work: Path) -> None:
+    ckpt_bytes = (work / "tiny.pt").read_bytes()
+    out = work / "out" / "m.json"
+    r = _measure(str(work / "valid.yaml"), "--batches", "40", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    assert "scale-invariant" in r.output and "NSR" in r.output
+    m = load_measurement(out)
+    assert m.batch_size == 8 and m.num_batches == 40 and m.groups == 4
+    assert m.dataset_size == 48  # subset: 48 of 64
+    assert len(m.all.jackknife_G) == 4 and len(m.all.jackknife_N) == 4
+    assert m.scale_invariant is not None and m.scale_invariant_fraction > 0
+    assert m.optimizer is not None and m.optimizer.name == "sgd" and m.optimizer.momentum == 0.9
+    assert m.equilibrium is not None
+    d = json.loads(out.read_text())
+    assert d["schema"] == 1 and d["kind"] == "bscrit.measurement"
+    assert set(d["stats"]["all"]) >= {"G", "G_se", "N", "N_se", "nsr", "nsr_ci95", "R",
+                                       "num_params", "jackknife"}
+    csv = csv_path_for(out).read_text().splitlines()
+    assert csv[0].startswith("name,shape,numel,G,N")
+    assert len(csv) == 1 + len(m.per_parameter)
+    assert (work / "tiny.pt").read_bytes() == ckpt_bytes
+    assert not list((work / "out").glob(".*.tmp"))
+
+
+def test_json_flag_prints_only_json(work: Path) -> None:
+    r = runner.invoke(app, ["measure", str(work / "valid.yaml"), "--batches", "40", "--json",
+                            "--quiet", "--per-tensor", "none"])
+    assert r.exit_code == 0
+    start = r.stdout.index("{")
+    d = json.loads(r.stdout[start:])
+    assert d["num_batches"] == 40
+    assert r.stdout[:start].strip() == ""
+
+
+def test_several_checkpoints_are_pooled(work: Path) -> None:
+    shutil.copy(work / "tiny.pt", work / "tiny2.pt")
+    out = work / "m.json"
+    r = _measure(str(work / "valid.yaml"), "-c", str(work / "tiny.pt"), "-c",
+                 str(work / "tiny2.pt"), "--batches", "40", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    m = load_measurement(out)
+    assert len(m.checkpoints) == 2
+    a, b = m.checkpoints
+    assert m.all.G == pytest.approx((a.all.G + b.all.G) / 2)
+    assert m.all.N == pytest.approx((a.all.N + b.all.N) / 2)
+    assert "Per checkpoint" in r.output
+
+
+def test_spec_errors_exit_2_with_every_problem(work: Path) -> None:
+    bad = work / "bad.yaml"
+    bad.write_text("model: {factory: tiny.py:make_model, colour: red}\nbatch_size: -3\nloss: l1\n")
+    out = work / "m.json"
+    r = _measure(str(bad), "--out", str(out))
+    assert r.exit_code == 2
+    text = r.output
+    assert "model.colour" in text and "batch_size" in text and "data" in text and "loss" in text
+    assert "Traceback" not in text
+    assert not out.exists()
+
+
+def test_missing_spec_and_checkpoint_exit_2(work: Path) -> None:
+    r = _measure(str(work / "nope.yaml"))
+    assert r.exit_code == 2 and "nope.yaml" in r.output
+    r = _measure(str(work / "valid.yaml"), "-c", str(work / "missing.pt"))
+    assert r.exit_code == 2 and "missing.pt" in r.output
+
+
+def test_checkpoint_mismatch_lists_keys(work: Path) -> None:
+    sd = torch.load(work / "tiny.pt", weights_only=True)
+    sd["model"]["extra.weight"] = torch.zeros(2)
+    torch.save(sd, work / "bad.pt")
+    r = _measure(str(work / "valid.yaml"), "-c", str(work / "bad.pt"), "--out",
+                 str(work / "m.json"))
+    assert r.exit_code == 2
+    assert "extra.weight" in r.output
+    assert not (work / "m.json").exists()
+
+
+def test_batch_size_larger_than_data_exit_2(work: Path) -> None:
+    r = _measure(str(work / "valid.yaml"), "--batch-size", "100", "--out", str(work / "m.json"))
+    assert r.exit_code == 2
+    assert "fewer than the batch size" in r.output
+    assert not (work / "m.json").exists()
+
+
+def test_runtime_failure_exit_3_and_no_file(work: Path) -> None:
+    # a NaN weight makes every gradient NaN: a runtime failure, not a usage error
+    sd = torch.load(work / "tiny.pt", weights_only=True)
+    name = next(k for k in sd["model"] if k.endswith("weight"))
+    sd["model"][name] = torch.full_like(sd["model"][name], float("nan"))
+    torch.save(sd, work / "nan.pt")
+    out = work / "m.json"
+    r = _measure(str(work / "valid.yaml"), "-c", str(work / "nan.pt"), "--out", str(out))
+    assert r.exit_code == 3, r.output
+    assert "non-finite" in r.output and "batch 0" in r.output
+    assert not out.exists()
+
+
+def test_interrupt_exits_130_without_output(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bscrit.measure
+
+    def boom(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bscrit.measure, "measure_model", boom)
+    out = work / "m.json"
+    r = _measure(str(work / "valid.yaml"), "--out", str(out))
+    assert r.exit_code == 130
+    assert "interrupted" in r.output
+    assert not out.exists()
+
+
+def test_bad_option_values_exit_2(work: Path) -> None:
+    r = _measure(str(work / "valid.yaml"), "--batches", "lots")
+    assert r.exit_code == 2
+    r = _measure(str(work / "valid.yaml"), "--batches", "7", "--groups", "4")
+    assert r.exit_code == 2 and "at least 2 batches per group" in r.output
+    r = _measure(str(work / "valid.yaml"), "--amp", "bf16", "--device", "cpu")
+    assert r.exit_code == 2 and "CUDA" in r.output
