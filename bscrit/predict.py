@@ -1,0 +1,281 @@
+"""``bscrit predict`` and ``bscrit check`` as pure functions: measurement JSON in, answers out.
+
+No torch: everything here is a few float64 operations on the sums stored in the artifact
+(THEORY.md §4, §5, §7; [LMA21] Thms 5.2, 5.5, 5.6). The first measurement is the *base* run: its
+batch size starts the recommended range and its optimizer is the one that gets scaled.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import BscritError, ExitCode
+from .results import Measurement, load_measurement
+from .scaling import ScaledHyperparameters, scale_hyperparameters
+from .theory import (
+    DEFAULT_C2,
+    MeasurementBounds,
+    Recommendation,
+    b_star_range,
+    check_c2,
+    measurement_bounds,
+    nsr_at_batch,
+    recommend,
+)
+
+
+def _num(x: float | None) -> float | None:
+    """JSON number: inf/nan → null."""
+    if x is None or not math.isfinite(x):
+        return None
+    return float(x)
+
+
+def _pair(ci: tuple[float, float]) -> list[float | None]:
+    return [_num(ci[0]), _num(ci[1])]
+
+
+def bounds_to_dict(b: MeasurementBounds) -> dict[str, Any]:
+    """One entry of ``predict --json``'s ``measurements`` list (inf written as null)."""
+    ns = b.noise
+    ir = b.implicit_regularisation
+    return {
+        "source": b.source,
+        "batch_size": b.batch_size,
+        "dataset_size": b.dataset_size,
+        "param_set": b.param_set,
+        "param_set_reason": b.param_set_reason,
+        "scale_invariant_fraction": b.scale_invariant_fraction,
+        "G": ns.G.value,
+        "G_ci95": list(ns.G.ci95),
+        "N": ns.N.value,
+        "N_ci95": list(ns.N.ci95),
+        "signal_detected": ns.signal_detected,
+        "nsr": _num(b.nsr),
+        "nsr_ci95": _pair(b.nsr_ci95),
+        "b_star": _num(b.b_star),
+        "b_star_ci95": _pair(b.b_star_ci95),
+        "b_star_approx": _num(b.b_star_approx),
+        "b_star_approx_ci95": _pair(b.b_star_approx_ci95),
+        "sde_nsr_threshold": b.sde_nsr_threshold,
+        "sde_certified_invalid": b.sde_certified_invalid,
+        "thm55_base_batch_below": _num(b.thm55_base_batch_below),
+        "thm55_kappa_min": _num(b.thm55_kappa_min),
+        "b_simple": _num(b.b_simple),
+        "implicit_regularisation": (
+            None
+            if ir is None
+            else {"lr": ir.lr, "signal_term": ir.signal_term, "noise_term": ir.noise_term}
+        ),
+        "equilibrium_residual": _num(b.equilibrium_residual),
+        "optimizer": b.optimizer.name if b.optimizer is not None else None,
+        "warnings": list(b.warnings),
+    }
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The answer of ``bscrit predict``."""
+
+    c2: float
+    measurements: tuple[MeasurementBounds, ...]
+    range: tuple[float, float]  # min and max of the B* point estimates
+    recommended: Recommendation
+    scaled: ScaledHyperparameters | None  # base run's optimizer scaled to the top of the range
+    warnings: tuple[str, ...]  # about the range / scaling (per-measurement ones live in bounds)
+
+    @property
+    def base(self) -> MeasurementBounds:
+        return self.measurements[0]
+
+    @property
+    def b_star_min(self) -> float:
+        """Smallest B* point estimate: ``check`` fails a target above it."""
+        return self.range[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        r = self.recommended
+        return {
+            "c2": self.c2,
+            "measurements": [bounds_to_dict(b) for b in self.measurements],
+            "range": [_num(self.range[0]), _num(self.range[1])],
+            "recommended": {
+                "min": r.min,
+                "max": _num(r.max),
+                "max_pow2": r.max_pow2,
+                "max_mult8": r.max_mult8,
+                "empty": r.empty,
+                "note": r.note,
+            },
+            "scaled": self.scaled.to_dict() if self.scaled is not None else None,
+            "warnings": list(self.warnings),
+        }
+
+
+def predict(measurements: Sequence[tuple[str, Measurement]], c2: float = DEFAULT_C2) -> Prediction:
+    """Bounds for each measurement, their range, the recommended range and scaled hyperparameters.
+
+    Args:
+        measurements: ``(source, measurement)`` pairs; the first is the base run.
+        c2: C² of [LMA21] (> 1).
+    """
+    c2 = check_c2(c2)
+    if not measurements:
+        raise BscritError("predict needs at least one measurement file")
+    bounds = tuple(measurement_bounds(m, src, c2) for src, m in measurements)
+    rec = recommend(bounds)
+    warnings: list[str] = []
+    scaled: ScaledHyperparameters | None = None
+    base = bounds[0]
+    target = rec.target
+    if base.optimizer is None:
+        warnings.append(
+            f"{base.source} records no optimizer: no scaled hyperparameters (use `bscrit scale`)"
+        )
+    elif rec.empty:
+        warnings.append("the recommended range is empty: no scaled hyperparameters")
+    elif target is None:
+        warnings.append("the recommended range has no upper end: no scaled hyperparameters")
+    else:
+        nsr_t = nsr_at_batch(base.nsr, base.batch_size, target, base.dataset_size)
+        try:
+            scaled = scale_hyperparameters(
+                base.optimizer, base.batch_size, target, nsr_target=nsr_t
+            )
+        except BscritError as e:
+            warnings.append(f"no scaled hyperparameters for B' = {target}: {e.message}")
+    return Prediction(
+        c2=c2,
+        measurements=bounds,
+        range=b_star_range(bounds),
+        recommended=rec,
+        scaled=scaled,
+        warnings=tuple(warnings),
+    )
+
+
+def predict_files(paths: Sequence[str | os.PathLike[str]], c2: float = DEFAULT_C2) -> Prediction:
+    """:func:`predict` on measurement JSON files (raises ArtifactError for a bad file)."""
+    return predict([(str(p), load_measurement(p)) for p in paths], c2)
+
+
+# ----------------------------------------------------------------------------------------------
+# check
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The verdict of ``bscrit check`` for a target batch size B'."""
+
+    target: int
+    verdict: str  # "ok" | "warn" (exit 0) | "fail" (exit 1)
+    exit_code: ExitCode
+    reason: str  # the one line that says why
+    strict: bool
+    prediction: Prediction
+
+    def to_dict(self) -> dict[str, Any]:
+        p = self.prediction
+        r = p.recommended
+        return {
+            "batch_size": self.target,
+            "verdict": self.verdict,
+            "exit_code": int(self.exit_code),
+            "reason": self.reason,
+            "strict": self.strict,
+            "c2": p.c2,
+            "base_batch_size": p.base.batch_size,
+            "b_star": _num(p.b_star_min),
+            "b_star_lower": _num(r.max),
+            "recommended": {
+                "min": r.min,
+                "max": _num(r.max),
+                "max_pow2": r.max_pow2,
+                "max_mult8": r.max_mult8,
+                "empty": r.empty,
+            },
+            "warnings": [w for b in p.measurements for w in b.warnings] + list(p.warnings),
+        }
+
+
+def _f(x: float) -> str:
+    return "∞" if math.isinf(x) else f"{x:.4g}"
+
+
+def check(prediction: Prediction, target: int, strict: bool = False) -> CheckResult:
+    """Is B' = ``target`` within the recommended range?
+
+    - B' ≤ the base B (scaling down or staying) or B' ≤ the lower 95% bound of B*: ok (exit 0).
+    - lower bound < B' ≤ point estimate of B*: ok with a warning (exit 0), fail with ``strict``.
+    - B' > point estimate of B* (the smallest across baselines): fail (exit 1) [LMA21 Thm 5.6].
+    """
+    if isinstance(target, bool) or target <= 0:
+        raise BscritError(f"--batch-size must be a positive integer, got {target}")
+    p = prediction
+    base = p.base.batch_size
+    lower = p.recommended.max
+    point = p.b_star_min
+    kappa = target / base
+    c2 = f"C² = {p.c2:g}"
+
+    def result(verdict: str, code: ExitCode, reason: str) -> CheckResult:
+        return CheckResult(target, verdict, code, reason, strict, p)
+
+    if target <= base:
+        return result(
+            "ok",
+            ExitCode.OK,
+            f"B' = {target} ≤ the measured B = {base}: scaling down (or not at all) is in range",
+        )
+    if target <= lower:
+        return result(
+            "ok",
+            ExitCode.OK,
+            f"B' = {target} is within the recommended range [{base}, {_f(lower)}] "
+            f"(lower 95% bound of B* = {_f(lower)}, point estimate {_f(point)}; {c2})",
+        )
+    if target <= point:
+        reason = (
+            f"B' = {target} is above the lower 95% bound of B* ({_f(lower)}) but not above its "
+            f"point estimate ({_f(point)}); {c2}: linear scaling by κ = {kappa:.3g} may fail "
+            "[LMA21 Thm 5.6]"
+        )
+        if strict:
+            return result("fail", ExitCode.CHECK_FAILED, reason + " (--strict)")
+        return result("warn", ExitCode.OK, reason)
+    return result(
+        "fail",
+        ExitCode.CHECK_FAILED,
+        f"B' = {target} is above the critical batch size B* = {_f(point)} (lower 95% bound "
+        f"{_f(lower)}; {c2}): linear scaling by κ = {kappa:.3g} > κ_max is predicted to fail "
+        "[LMA21 Thm 5.6]",
+    )
+
+
+def range_context(
+    source: str, m: Measurement, batch_size: int, target: int, c2: float = DEFAULT_C2
+) -> tuple[list[str], float | None]:
+    """What ``scale --measurement`` adds: warnings about B' and the NSR at B'.
+
+    Returns:
+        ``(warnings, nsr_target)``: a warning when B' is beyond the measurement's recommended range
+        (the reason :func:`check` gives) or when the measurement's B differs from the base B; and
+        NSR^{B'} (THEORY §1) for the adaptive-SDE warning of the square-root rule.
+    """
+    pred = predict([(source, m)], c2)
+    warnings: list[str] = []
+    if m.batch_size != batch_size:
+        warnings.append(
+            f"{source} was measured at B = {m.batch_size}, not the base B = {batch_size}: its "
+            "range is about a run at that batch size"
+        )
+    verdict = check(pred, target)
+    if verdict.verdict != "ok":
+        warnings.append(f"beyond the recommended range of {source}: {verdict.reason}")
+    pb = pred.base
+    return warnings, nsr_at_batch(pb.nsr, pb.batch_size, target, pb.dataset_size)

@@ -1,0 +1,369 @@
+"""Scaling rules for the batch size, and the SVAG hyperparameters (pure: no torch).
+
+THEORY.md §5 and §6. Going from batch size B to B' = κB with the training length fixed in
+epochs (so the number of steps and the warm-up are divided by κ):
+
+- SGD, linear scaling rule [LMA21, Def. 2.1]: η' = κη; coupled weight decay λ and momentum μ
+  unchanged (Goyal et al.'s practice; for μ > 0 it is a heuristic).
+- RMSprop, square-root scaling rule [MLPA22, Def. 5.1]: η' = √κ η, β' = 1 − κ(1 − β) (PyTorch's
+  ``alpha``), ε' = ε/√κ.
+- Adam, square-root scaling rule [MLPA22, Def. 5.2]: η' = √κ η, β₁' = 1 − κ(1 − β₁),
+  β₂' = 1 − κ(1 − β₂), ε' = ε/√κ.
+- AdamW decoupled weight decay (*derived here*, not stated in the papers): one Adam step is η² of
+  SDE time and decays the weights by ηλ, so the decay rate per unit time is λ/η; keeping it gives
+  λ' = √κ λ.
+
+Coupled (L2) weight decay of SGD, Adam and RMSprop is part of the loss and does not depend on η:
+it is left unchanged. The square-root rule cannot be applied when κ(1 − β) ≥ 1 for some β (β' would
+be ≤ 0): :func:`square_root_rule` refuses with a message that gives the largest usable κ.
+
+Traps:
+- PyTorch's RMSprop ``alpha`` is the paper's β (the EMA constant of the squared gradient).
+- ε scales *down* when the batch grows (ε' = ε/√κ) because the gradient noise, hence √v, shrinks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .errors import BscritError
+from .results import OptimizerInfo
+
+#: Optimizers bscrit knows how to scale, and the rule each one uses.
+RULES: dict[str, str] = {"sgd": "linear", "adam": "square-root", "adamw": "square-root",
+                         "rmsprop": "square-root"}  # fmt: skip
+
+RULE_NAMES: dict[str, str] = {
+    "linear": "linear scaling rule [LMA21 Def. 2.1]",
+    "square-root": "square-root scaling rule",
+}
+
+#: PyTorch defaults, used when a hyperparameter of an adaptive optimizer is not given.
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+RMSPROP_ALPHA = 0.99
+RMSPROP_EPS = 1e-8
+
+#: Below this NSR at the target batch the noise no longer dominates the gradient, which the Adam /
+#: RMSprop SDE needs ([MLPA22] §4.1, Remark 4.3: σ ≫ ‖ḡ‖). A heuristic threshold, not a theorem.
+ADAPTIVE_SDE_MIN_NSR = 1.0
+
+
+def _check_name(name: str) -> str:
+    key = name.lower()
+    if key not in RULES:
+        raise BscritError(f"unknown optimizer {name!r}; bscrit scales {', '.join(sorted(RULES))}")
+    return key
+
+
+def rule_for(optimizer: str) -> str:
+    """``"linear"`` for SGD, ``"square-root"`` for Adam, AdamW and RMSprop."""
+    return RULES[_check_name(optimizer)]
+
+
+def rule_reference(optimizer: str) -> str:
+    """The rule's name with its paper and definition, e.g. ``square-root scaling rule [MLPA22
+    Def. 5.2]``."""
+    key = _check_name(optimizer)
+    if key == "sgd":
+        return RULE_NAMES["linear"]
+    if key == "rmsprop":
+        return "square-root scaling rule [MLPA22 Def. 5.1]"
+    return "square-root scaling rule [MLPA22 Def. 5.2]"
+
+
+def _check_kappa(kappa: float) -> None:
+    if not (kappa > 0 and math.isfinite(kappa)):
+        raise BscritError(f"the batch-size ratio κ must be a positive number, got {kappa}")
+
+
+def linear_rule(opt: OptimizerInfo, kappa: float) -> OptimizerInfo:
+    """SGD from B to κB: η' = κη; momentum and coupled weight decay unchanged [LMA21, Def. 2.1].
+
+    Works for κ < 1 (scaling down) too.
+    """
+    _check_kappa(kappa)
+    return replace(opt, lr=opt.lr * kappa, source="scaled")
+
+
+def _scaled_beta(beta: float, kappa: float, label: str, optimizer: str) -> float:
+    """β' = 1 − κ(1 − β) [MLPA22, Defs. 5.1–5.2]; refuses when β' ≤ 0 (κ(1 − β) ≥ 1)."""
+    if not 0.0 <= beta < 1.0:
+        raise BscritError(f"{label} of {optimizer} must be in [0, 1), got {beta}")
+    new = 1.0 - kappa * (1.0 - beta)
+    if new <= 1e-12:  # κ(1 − β) ≥ 1 up to rounding: 1 − 10·(1 − 0.9) is 2e-16 in floating point
+        kmax = 1.0 / (1.0 - beta)
+        raise BscritError(
+            f"the square-root scaling rule cannot scale {optimizer} by κ = {kappa:g}: "
+            f"{label}' = 1 − κ(1 − {label}) = 1 − {kappa:g}·(1 − {beta:g}) = {new:.4g} ≤ 0 "
+            f"[MLPA22 Defs. 5.1–5.2]; the rule needs κ < 1/(1 − {label}) = {kmax:.4g}"
+        )
+    return new
+
+
+def square_root_rule(opt: OptimizerInfo, kappa: float) -> OptimizerInfo:
+    """Adam / AdamW / RMSprop from B to κB [MLPA22, Def. 5.1 (RMSprop) and Def. 5.2 (Adam)].
+
+    η' = √κ η, β' = 1 − κ(1 − β) for every β (Adam's β₁, β₂; RMSprop's ``alpha``), ε' = ε/√κ.
+    AdamW: λ' = √κ λ (derived: keeps λ/η, the decay rate per unit SDE time). Coupled weight decay
+    (Adam, RMSprop) and RMSprop's heavy-ball momentum are left unchanged.
+
+    Raises:
+        BscritError: when κ(1 − β) ≥ 1 for some β, i.e. β' ≤ 0: the rule cannot be applied.
+    """
+    _check_kappa(kappa)
+    name = _check_name(opt.name)
+    if name == "sgd":
+        raise BscritError("the square-root scaling rule is for Adam, AdamW and RMSprop, not SGD")
+    s = math.sqrt(kappa)
+    if name == "rmsprop":
+        alpha = RMSPROP_ALPHA if opt.alpha is None else opt.alpha
+        eps = RMSPROP_EPS if opt.eps is None else opt.eps
+        return replace(
+            opt,
+            lr=opt.lr * s,
+            alpha=_scaled_beta(alpha, kappa, "alpha", "RMSprop"),
+            eps=eps / s,
+            source="scaled",
+        )
+    b1, b2 = ADAM_BETAS if opt.betas is None else opt.betas
+    eps = ADAM_EPS if opt.eps is None else opt.eps
+    label = "AdamW" if name == "adamw" else "Adam"
+    betas = (_scaled_beta(b1, kappa, "beta1", label), _scaled_beta(b2, kappa, "beta2", label))
+    wd = opt.weight_decay * s if name == "adamw" else opt.weight_decay
+    return replace(opt, lr=opt.lr * s, betas=betas, eps=eps / s, weight_decay=wd, source="scaled")
+
+
+def scale_optimizer(opt: OptimizerInfo, kappa: float) -> OptimizerInfo:
+    """Apply the rule of ``opt.name``: :func:`linear_rule` or :func:`square_root_rule`."""
+    if rule_for(opt.name) == "linear":
+        return linear_rule(opt, kappa)
+    return square_root_rule(opt, kappa)
+
+
+def svag_hyperparameters(opt: OptimizerInfo, l: int) -> OptimizerInfo:  # noqa: E741
+    """Hyperparameters of one SVAG step with parameter l ≥ 1 (THEORY.md §6).
+
+    SVAG draws two batches and combines them with r₁,₂ = (1 ± √(2l − 1))/2 (mean kept, covariance
+    × l), then takes l steps per step of the original run:
+
+    - SGD [LMA21, Def. 4.1]: LR η/l; coupled weight decay and momentum unchanged.
+    - RMSprop / Adam [MLPA22, §6], written with bscrit's l (the paper's ℓ is √l): LR η/√l,
+      β ← 1 − (1 − β)/l for every β, ε ← ε√l. AdamW also λ ← λ/√l (keeps λ/η, derived as in
+      :func:`square_root_rule`). Missing betas/eps/alpha take PyTorch's defaults.
+
+    l = 1 returns the optimizer unchanged (SVAG with l = 1 is the plain optimizer).
+    """
+    if isinstance(l, bool) or int(l) != l or l < 1:
+        raise BscritError(f"the SVAG parameter l must be an integer >= 1, got {l}")
+    name = _check_name(opt.name)
+    if l == 1:
+        return opt
+    if name == "sgd":
+        return replace(opt, lr=opt.lr / l)
+    s = math.sqrt(l)
+
+    def beta(b: float) -> float:
+        return 1.0 - (1.0 - b) / l
+
+    if name == "rmsprop":
+        alpha = RMSPROP_ALPHA if opt.alpha is None else opt.alpha
+        eps = RMSPROP_EPS if opt.eps is None else opt.eps
+        return replace(opt, lr=opt.lr / s, alpha=beta(alpha), eps=eps * s)
+    b1, b2 = ADAM_BETAS if opt.betas is None else opt.betas
+    eps = ADAM_EPS if opt.eps is None else opt.eps
+    wd = opt.weight_decay / s if name == "adamw" else opt.weight_decay
+    return replace(opt, lr=opt.lr / s, betas=(beta(b1), beta(b2)), eps=eps * s, weight_decay=wd)
+
+
+# ----------------------------------------------------------------------------------------------
+# The full "old -> new" answer
+# ----------------------------------------------------------------------------------------------
+
+
+def hyperparameter_dict(opt: OptimizerInfo) -> dict[str, float]:
+    """The hyperparameters that apply to ``opt.name``, flat, in the ``scale --json`` key names.
+
+    SGD: lr, momentum, weight_decay. Adam/AdamW: lr, beta1, beta2, eps, weight_decay. RMSprop: lr,
+    alpha, eps, momentum, weight_decay. Missing adaptive constants take PyTorch's defaults.
+    """
+    name = _check_name(opt.name)
+    if name == "sgd":
+        return {"lr": opt.lr, "momentum": opt.momentum, "weight_decay": opt.weight_decay}
+    if name == "rmsprop":
+        return {
+            "lr": opt.lr,
+            "alpha": RMSPROP_ALPHA if opt.alpha is None else opt.alpha,
+            "eps": RMSPROP_EPS if opt.eps is None else opt.eps,
+            "momentum": opt.momentum,
+            "weight_decay": opt.weight_decay,
+        }
+    b1, b2 = ADAM_BETAS if opt.betas is None else opt.betas
+    return {
+        "lr": opt.lr,
+        "beta1": b1,
+        "beta2": b2,
+        "eps": ADAM_EPS if opt.eps is None else opt.eps,
+        "weight_decay": opt.weight_decay,
+    }
+
+
+def scale_steps(steps: int | None, kappa: float) -> int | None:
+    """Steps at the new batch size for the same number of epochs: round(steps/κ).
+
+    Rounded to the nearest integer; a positive count never rounds down to 0.
+    """
+    if steps is None:
+        return None
+    if steps < 0:
+        raise BscritError(f"a step count must be >= 0, got {steps}")
+    if steps == 0:
+        return 0
+    return max(1, math.floor(steps / kappa + 0.5))
+
+
+def adaptive_sde_warning(nsr_target: float | None, optimizer: str) -> str | None:
+    """Heuristic warning for the square-root rule when the noise stops dominating (THEORY §5).
+
+    The Adam/RMSprop SDE of [MLPA22] needs σ ≫ ‖ḡ‖ (§4.1, Remark 4.3). When the NSR at the target
+    batch size, N^{B'}/G, is below :data:`ADAPTIVE_SDE_MIN_NSR` (1), the rule's premise is doubtful.
+    Returns None for SGD, for an unknown NSR, or when the NSR is large enough.
+    """
+    if nsr_target is None or rule_for(optimizer) != "square-root":
+        return None
+    if nsr_target < ADAPTIVE_SDE_MIN_NSR:
+        return (
+            f"the noise-to-signal ratio at the target batch size is {nsr_target:.3g} < "
+            f"{ADAPTIVE_SDE_MIN_NSR:g}: the gradient noise no longer dominates the gradient, which "
+            "the adaptive-optimizer SDE behind the square-root rule assumes ([MLPA22] §4.1, "
+            "Remark 4.3; heuristic threshold)"
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class ScaledHyperparameters:
+    """The answer of ``bscrit scale``: old and new hyperparameters, rule, steps, warnings."""
+
+    optimizer: str
+    rule: str  # "linear" | "square-root"
+    reference: str  # e.g. "linear scaling rule [LMA21 Def. 2.1]"
+    batch_size: int
+    target_batch_size: int
+    kappa: float
+    old: dict[str, float]
+    new: dict[str, float]
+    notes: dict[str, str]  # per hyperparameter: why it changed or not
+    epochs: float | None
+    steps: tuple[int | None, int | None]  # (old, new)
+    warmup_steps: tuple[int | None, int | None]  # (old, new)
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``scale --json`` object (and ``predict --json``'s ``scaled``)."""
+        return {
+            "rule": self.rule,
+            "reference": self.reference,
+            "optimizer": self.optimizer,
+            "batch_size": self.batch_size,
+            "target_batch_size": self.target_batch_size,
+            "kappa": self.kappa,
+            "hyperparameters": dict(self.new),
+            "old_hyperparameters": dict(self.old),
+            "notes": dict(self.notes),
+            "epochs": self.epochs,
+            "steps": self.steps[1],
+            "warmup_steps": self.warmup_steps[1],
+            "old_steps": self.steps[0],
+            "old_warmup_steps": self.warmup_steps[0],
+            "warnings": list(self.warnings),
+        }
+
+
+def _notes(name: str, old: dict[str, float], new: dict[str, float]) -> dict[str, str]:
+    sr = rule_reference(name)
+    notes: dict[str, str] = {}
+    if name == "sgd":
+        notes["lr"] = "η' = κη " + "[LMA21 Def. 2.1]"
+        notes["momentum"] = "unchanged (Goyal et al. 2017; a heuristic)"
+        notes["weight_decay"] = "unchanged (coupled weight decay)"
+        return notes
+    ref = sr[sr.index("[") :]
+    notes["lr"] = f"η' = √κ η {ref}"
+    for b in ("beta1", "beta2", "alpha"):
+        if b in new:
+            notes[b] = f"β' = 1 − κ(1 − β) {ref}"
+    notes["eps"] = f"ε' = ε/√κ {ref}"
+    if name == "adamw":
+        notes["weight_decay"] = "λ' = √κ λ (derived: keeps λ/η; not stated in [MLPA22])"
+    else:
+        notes["weight_decay"] = "unchanged (coupled L2 weight decay)"
+    if "momentum" in new:
+        notes["momentum"] = "unchanged (heavy-ball momentum is not covered by [MLPA22 Def. 5.1])"
+    return notes
+
+
+def scale_hyperparameters(
+    opt: OptimizerInfo,
+    batch_size: int,
+    target_batch_size: int,
+    *,
+    epochs: float | None = None,
+    steps: int | None = None,
+    warmup_steps: int | None = None,
+    nsr_target: float | None = None,
+) -> ScaledHyperparameters:
+    """Scale ``opt`` from ``batch_size`` to ``target_batch_size`` with the optimizer's rule.
+
+    κ = B'/B (κ < 1 scales down). Steps and warm-up steps are divided by κ (training length fixed
+    in epochs); epochs are unchanged. ``nsr_target`` (the NSR at B', when a measurement is known)
+    enables the adaptive-SDE warning of THEORY §5.
+
+    Raises:
+        BscritError: invalid sizes, an unknown optimizer, or a κ the square-root rule cannot take.
+    """
+    if batch_size <= 0 or target_batch_size <= 0:
+        raise BscritError(
+            f"batch sizes must be positive, got --batch-size {batch_size} and "
+            f"--target-batch-size {target_batch_size}"
+        )
+    if not (opt.lr > 0 and math.isfinite(opt.lr)):
+        raise BscritError(f"the learning rate must be a positive number, got {opt.lr}")
+    name = _check_name(opt.name)
+    if not 0.0 <= opt.momentum < 1.0:
+        raise BscritError(f"momentum must be in [0, 1), got {opt.momentum}")
+    if not opt.weight_decay >= 0.0:
+        raise BscritError(f"weight decay must be >= 0, got {opt.weight_decay}")
+    if opt.eps is not None and not opt.eps > 0.0:
+        raise BscritError(f"eps must be > 0, got {opt.eps}")
+    kappa = target_batch_size / batch_size
+    new_opt = scale_optimizer(replace(opt, name=name), kappa)
+    old = hyperparameter_dict(replace(opt, name=name))
+    new = hyperparameter_dict(new_opt)
+    warnings: list[str] = []
+    if name == "sgd" and opt.nesterov:
+        warnings.append("Nesterov momentum is kept as is; the linear rule does not cover it")
+    if name == "rmsprop" and opt.momentum:
+        warnings.append(
+            "RMSprop momentum is kept unchanged: [MLPA22 Def. 5.1] covers RMSprop without momentum"
+        )
+    w = adaptive_sde_warning(nsr_target, name)
+    if w:
+        warnings.append(w)
+    return ScaledHyperparameters(
+        optimizer=name,
+        rule=RULES[name],
+        reference=rule_reference(name),
+        batch_size=int(batch_size),
+        target_batch_size=int(target_batch_size),
+        kappa=kappa,
+        old=old,
+        new=new,
+        notes=_notes(name, old, new),
+        epochs=epochs,
+        steps=(steps, scale_steps(steps, kappa)),
+        warmup_steps=(warmup_steps, scale_steps(warmup_steps, kappa)),
+        warnings=tuple(warnings),
+    )

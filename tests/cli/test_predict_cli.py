@@ -1,0 +1,486 @@
+"""``bscrit predict``, ``check`` and ``scale`` from JSON fixtures: output, JSON and exit codes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import runpy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bscrit.cli import app
+
+ASSETS = Path(__file__).parents[1] / "assets"
+MEAS = ASSETS / "measurements"
+B128 = str(MEAS / "sgd_b128.json")
+B512 = str(MEAS / "sgd_b512.json")
+ADAM = str(MEAS / "adam_noisy.json")
+SMALL = str(MEAS / "sgd_small_nsr.json")
+T9 = 2.26215716  # t_{0.975, 9}
+LO128 = 256 * (1 + 1 / (0.125 + T9 * 3 * 0.004 / 0.8))  # lower 95% bound of B* ≈ 1866.75
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def as_json(res) -> dict:
+    return json.loads(res.stdout)
+
+
+def test_fixtures_are_what_the_generator_writes(tmp_path):
+    gen = runpy.run_path(str(MEAS / "make_fixtures.py"))
+    gen["main"](tmp_path)
+    for f in sorted(tmp_path.glob("*.json")):
+        assert f.read_text() == (MEAS / f.name).read_text(), f"regenerate {f.name}"
+
+
+# ----------------------------------------------------------------------------------------------
+# predict
+# ----------------------------------------------------------------------------------------------
+
+
+def test_predict_tables():
+    res = invoke("predict", B128, B512)
+    assert res.exit_code == 0, res.output
+    out = res.stdout
+    assert "2304" in out and "[1867, 3067]" in out  # B* and its 95% interval
+    assert "2048" in out  # C²·B·NSR
+    assert "2304 – 3072" in out  # range across baselines
+    assert "128 – 1867" in out and "1024" in out and "1864" in out
+    assert "Thm 5.2 (ii)" in out and "Thm 5.5" in out
+    assert "scale-invariant" in out and "80.0%" in out
+    assert "linear scaling rule [LMA21 Def. 2.1]" in out
+    assert "0.1 -> 1.45781" in out  # 0.1 · 1866/128
+    assert "equilibrium residual" in res.stderr  # sgd_b512 has ρ = 0.8
+
+
+def test_predict_json_contract():
+    res = invoke("predict", B128, B512, "--json")
+    assert res.exit_code == 0
+    d = as_json(res)
+    assert d["c2"] == 2.0
+    m0 = d["measurements"][0]
+    assert m0["source"] == B128 and m0["batch_size"] == 128 and m0["param_set"] == "scale_invariant"
+    assert m0["nsr"] == pytest.approx(8.0)
+    assert m0["b_star"] == pytest.approx(2304.0)
+    assert m0["b_star_ci95"][0] == pytest.approx(LO128, rel=1e-7)
+    assert m0["b_star_approx"] == pytest.approx(2048.0)
+    assert m0["sde_certified_invalid"] is False and m0["thm55_base_batch_below"] is None
+    assert m0["b_simple"] == pytest.approx(0.8 * 128 * 49999 / 49872 / 0.1)
+    assert d["range"] == pytest.approx([2304.0, 3072.0])
+    assert d["recommended"]["min"] == 128
+    assert d["recommended"]["max"] == pytest.approx(LO128, rel=1e-7)
+    assert (d["recommended"]["max_pow2"], d["recommended"]["max_mult8"]) == (1024, 1864)
+    sc = d["scaled"]
+    assert sc["rule"] == "linear" and sc["kappa"] == pytest.approx(1866 / 128)
+    assert sc["hyperparameters"]["lr"] == pytest.approx(0.1 * 1866 / 128)
+
+
+def test_predict_c2_option():
+    d = as_json(invoke("predict", B128, "--c2", "4", "--json"))
+    assert d["measurements"][0]["b_star"] == pytest.approx(4 * 128 * 9)
+
+
+def test_predict_rejects_c2_not_above_one():
+    res = invoke("predict", B128, "--c2", "1")
+    assert res.exit_code == 2
+    assert "--c2" in res.stderr
+
+
+def test_predict_unbounded_b_star_prints_lower_bound_only():
+    res = invoke("predict", ADAM)
+    assert res.exit_code == 0
+    assert "> 58783" in res.stdout and "no upper bound" in res.stdout
+    assert "includes 0" in res.stderr
+    assert "κ < 1/(1 − beta1) = 10" in res.stderr  # Adam cannot be scaled by κ ≈ 229
+    d = as_json(invoke("predict", ADAM, "--json"))
+    m = d["measurements"][0]
+    assert m["b_star_ci95"][1] is None and m["nsr_ci95"][1] is None
+    assert m["param_set"] == "all"
+    assert d["scaled"] is None
+
+
+def test_predict_small_nsr_certificates():
+    res = invoke("predict", SMALL)
+    assert res.exit_code == 0
+    assert "certified to FAIL" in res.stdout
+    assert "below 1536" in res.stdout
+    d = as_json(invoke("predict", SMALL, "--json"))
+    assert d["measurements"][0]["sde_certified_invalid"] is True
+    assert d["measurements"][0]["thm55_base_batch_below"] == pytest.approx(1536.0)
+
+
+def test_predict_empty_range_does_not_crash():
+    res = invoke("predict", SMALL, B128, "--json")
+    assert res.exit_code == 0
+    d = as_json(res)
+    assert d["recommended"]["empty"] is True and d["scaled"] is None
+
+
+def test_predict_no_optimizer(tmp_path):
+    d = json.loads(Path(B128).read_text())
+    d["optimizer"] = None
+    p = tmp_path / "noopt.json"
+    p.write_text(json.dumps(d))
+    res = invoke("predict", str(p), "--json")
+    assert res.exit_code == 0
+    out = as_json(res)
+    assert out["scaled"] is None
+    assert any("no optimizer" in w for w in out["warnings"])
+
+
+# ----------------------------------------------------------------------------------------------
+# bad input: exit 2 with one clear line
+# ----------------------------------------------------------------------------------------------
+
+
+def _write(tmp_path: Path, name: str, text: str) -> str:
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def _bad_inputs(tmp_path: Path) -> list[tuple[str, str]]:
+    good = json.loads(Path(B128).read_text())
+    schema2 = dict(good, schema=2)
+    kind = dict(good, kind="bscrit.prediction")
+    missing = {k: v for k, v in good.items() if k != "stats"}
+    return [
+        (str(tmp_path / "nope.json"), "no such file"),
+        (_write(tmp_path, "bad.json", "{not json"), "not valid JSON"),
+        (_write(tmp_path, "s2.json", json.dumps(schema2)), "schema"),
+        (_write(tmp_path, "kind.json", json.dumps(kind)), "'kind'"),
+        (_write(tmp_path, "missing.json", json.dumps(missing)), "malformed measurement"),
+        (_write(tmp_path, "list.json", "[1, 2]"), "expected a JSON object"),
+    ]
+
+
+@pytest.mark.parametrize("command", ["predict", "check", "scale"])
+def test_malformed_or_wrong_schema_json_is_a_clear_usage_error(tmp_path, command):
+    for path, message in _bad_inputs(tmp_path):
+        if command == "predict":
+            res = invoke("predict", path)
+        elif command == "check":
+            res = invoke("check", path, "--batch-size", "256")
+        else:
+            res = invoke(
+                "scale",
+                "--measurement",
+                path,
+                "--optimizer",
+                "sgd",
+                "--lr",
+                "0.1",
+                "-b",
+                "128",
+                "-t",
+                "256",
+            )
+        assert res.exit_code == 2, (path, res.output)
+        assert message in res.stderr, (path, res.stderr)
+        assert "Traceback" not in res.output
+        assert res.stdout == ""
+
+
+# ----------------------------------------------------------------------------------------------
+# check
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "tag"),
+    [
+        (["-b", "1024"], 0, "OK:"),
+        (["-b", "64"], 0, "OK:"),  # scaling down
+        (["-b", "2048"], 0, "WARN:"),  # between the lower bound (1867) and B* (2304)
+        (["-b", "2048", "--strict"], 1, "FAIL:"),
+        (["-b", "1866", "--strict"], 0, "OK:"),
+        (["-b", "4096"], 1, "FAIL:"),
+    ],
+)
+def test_check_exit_codes(args, code, tag):
+    res = invoke("check", B128, *args)
+    assert res.exit_code == code, res.output
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(tag)
+
+
+def test_check_json():
+    res = invoke("check", B128, "-b", "4096", "--json")
+    assert res.exit_code == 1
+    d = as_json(res)
+    assert d["verdict"] == "fail" and d["exit_code"] == 1
+    assert d["b_star"] == pytest.approx(2304.0)
+    assert d["b_star_lower"] == pytest.approx(LO128, rel=1e-7)
+    assert "Thm 5.6" in d["reason"]
+
+
+def test_check_several_baselines_uses_the_smallest_b_star():
+    # B* = 2304 (B = 128) and 3072 (B = 512): 2500 is past the smaller one.
+    assert invoke("check", B128, B512, "-b", "2500").exit_code == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [B128],  # --batch-size missing
+        [B128, "--batch-size", "0"],
+        [B128, "--batch-size", "abc"],
+        [B128, "-b", "256", "--c2", "0.5"],
+        [],
+    ],
+)
+def test_check_usage_errors_exit_2(args):
+    assert invoke("check", *args).exit_code == 2
+
+
+def test_check_unbounded_b_star_passes_above_the_lower_bound_with_a_warning():
+    res = invoke("check", ADAM, "-b", "100000")
+    assert res.exit_code == 0
+    assert res.stdout.startswith("WARN:")
+    assert "no upper bound" in res.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# scale
+# ----------------------------------------------------------------------------------------------
+
+
+def test_scale_sgd_linear():
+    res = invoke(
+        "scale",
+        "--optimizer",
+        "sgd",
+        "-b",
+        "256",
+        "-t",
+        "1024",
+        "--lr",
+        "0.1",
+        "--momentum",
+        "0.9",
+        "--weight-decay",
+        "5e-4",
+        "--steps",
+        "10000",
+        "--warmup-steps",
+        "500",
+        "--epochs",
+        "90",
+    )
+    assert res.exit_code == 0, res.output
+    out = res.stdout
+    assert "linear scaling rule [LMA21 Def. 2.1]" in out
+    assert "0.1 -> 0.4" in out and "0.9 -> 0.9" in out
+    assert "10000 -> 2500" in out and "500 -> 125" in out and "90 -> 90" in out
+
+
+def test_scale_adam_json():
+    res = invoke(
+        "scale",
+        "--optimizer",
+        "adam",
+        "-b",
+        "256",
+        "-t",
+        "1024",
+        "--lr",
+        "3e-4",
+        "--beta2",
+        "0.98",
+        "--weight-decay",
+        "0.01",
+        "--steps",
+        "100000",
+        "--json",
+    )
+    assert res.exit_code == 0
+    d = as_json(res)
+    assert d["rule"] == "square-root" and d["kappa"] == 4.0
+    h = d["hyperparameters"]
+    assert set(h) == {"lr", "beta1", "beta2", "eps", "weight_decay"}
+    assert h["lr"] == pytest.approx(6e-4)
+    assert h["beta1"] == pytest.approx(0.6) and h["beta2"] == pytest.approx(0.92)
+    assert h["eps"] == pytest.approx(5e-9) and h["weight_decay"] == pytest.approx(0.01)
+    assert d["steps"] == 25000 and d["warmup_steps"] is None
+    assert d["warnings"] == []
+
+
+def test_scale_adamw_and_rmsprop_and_scaling_down():
+    d = as_json(
+        invoke(
+            "scale",
+            "--optimizer",
+            "adamw",
+            "-b",
+            "64",
+            "-t",
+            "256",
+            "--lr",
+            "1e-3",
+            "--weight-decay",
+            "0.05",
+            "--json",
+        )
+    )
+    assert d["hyperparameters"]["weight_decay"] == pytest.approx(0.1)  # √4 · 0.05 (derived)
+    assert "derived" in d["notes"]["weight_decay"]
+    d = as_json(
+        invoke(
+            "scale",
+            "--optimizer",
+            "rmsprop",
+            "-b",
+            "64",
+            "-t",
+            "16",
+            "--lr",
+            "1e-2",
+            "--alpha",
+            "0.99",
+            "--json",
+        )
+    )
+    assert d["kappa"] == 0.25
+    assert d["hyperparameters"]["lr"] == pytest.approx(5e-3)
+    assert d["hyperparameters"]["alpha"] == pytest.approx(1 - 0.25 * 0.01)
+    assert d["hyperparameters"]["eps"] == pytest.approx(2e-8)
+
+
+def test_scale_refuses_kappa_with_non_positive_beta():
+    res = invoke("scale", "--optimizer", "adam", "-b", "64", "-t", "1024", "--lr", "1e-3")
+    assert res.exit_code == 2
+    assert "κ < 1/(1 − beta1) = 10" in res.stderr
+    assert res.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-t", "64"],  # no optimizer, no batch size
+        ["--optimizer", "sgd", "-t", "64", "--lr", "0.1"],  # no base batch size
+        ["--optimizer", "sgd", "-b", "32", "-t", "64"],  # no lr
+        ["--optimizer", "sgd", "-b", "32", "-t", "64", "--lr", "0.1", "--beta1", "0.9"],
+        ["--optimizer", "lamb", "-b", "32", "-t", "64", "--lr", "0.1"],
+        ["--optimizer", "sgd", "-b", "32", "-t", "0", "--lr", "0.1"],
+        ["--optimizer", "sgd", "-b", "32", "-t", "64", "--lr", "-1"],
+    ],
+)
+def test_scale_usage_errors(args):
+    res = invoke("scale", *args)
+    assert res.exit_code == 2, res.output
+
+
+def test_scale_with_measurement_warns_beyond_the_range():
+    res = invoke("scale", "-m", B128, "-t", "4096", "--json")
+    assert res.exit_code == 0
+    d = as_json(res)
+    assert d["batch_size"] == 128  # from the measurement
+    assert d["hyperparameters"]["lr"] == pytest.approx(3.2)
+    assert any("beyond the recommended range" in w for w in d["warnings"])
+    inside = as_json(invoke("scale", "-m", B128, "-t", "1024", "--json"))
+    assert inside["warnings"] == []
+
+
+def test_scale_with_measurement_adam_small_nsr_warning(tmp_path):
+    # adam_noisy: NSR 500 at B = 256, n = 60000. At B' = 2048 it is about 500/8.3 > 1: no warning;
+    # a made-up NSR of 2 at B = 256 drops to ≈ 0.24 at 2048: the heuristic warning fires.
+    assert not any(
+        "noise" in w
+        for w in as_json(invoke("scale", "-m", ADAM, "-t", "2048", "--json"))["warnings"]
+    )
+    d = json.loads(Path(ADAM).read_text())
+    d["stats"]["all"]["G"] = 0.5
+    d["stats"]["all"]["jackknife"]["G"] = [0.5 + (0.01 if j % 2 == 0 else -0.01) for j in range(10)]
+    p = tmp_path / "adam2.json"
+    p.write_text(json.dumps(d))
+    out = as_json(invoke("scale", "-m", str(p), "-t", "2048", "--json"))
+    expected = 2.0 * ((60000 - 2048) / 2048) / ((60000 - 256) / 256)
+    assert math.isclose(expected, 0.2425, rel_tol=1e-3)  # 2·(57952/2048)/(59744/256)
+    assert any("heuristic" in w for w in out["warnings"])
+
+
+def test_scale_from_spec():
+    res = invoke("scale", "--from-spec", str(ASSETS / "valid.yaml"), "-t", "64", "--json")
+    assert res.exit_code == 0, res.output
+    d = as_json(res)
+    # valid.yaml: sgd, lr 0.1, momentum 0.9, batch_size 8
+    assert d["batch_size"] == 8 and d["kappa"] == 8.0
+    assert d["hyperparameters"]["lr"] == pytest.approx(0.8)
+    assert d["hyperparameters"]["momentum"] == 0.9
+    # command-line options override the spec
+    d = as_json(
+        invoke(
+            "scale", "--from-spec", str(ASSETS / "valid.yaml"), "-t", "64", "--lr", "0.2", "--json"
+        )
+    )
+    assert d["hyperparameters"]["lr"] == pytest.approx(1.6)
+
+
+def test_scale_from_invalid_spec_is_a_usage_error():
+    res = invoke("scale", "--from-spec", str(ASSETS / "invalid_many.yaml"), "-t", "64")
+    assert res.exit_code == 2
+    assert "invalid spec" in res.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# examples/ci
+# ----------------------------------------------------------------------------------------------
+
+CI = Path(__file__).parents[2] / "examples" / "ci"
+
+
+def test_ci_workflow_is_valid_yaml_and_gates_on_check():
+    import yaml
+
+    wf = yaml.safe_load((CI / "bscrit-gate.yml").read_text())
+    steps = wf["jobs"]["gate"]["steps"]
+    assert any("bscrit check" in s.get("run", "") for s in steps)
+    assert wf["jobs"]["train"]["needs"] == "gate"
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX shell")
+@pytest.mark.parametrize(("target", "code", "ran"), [("1024", 0, True), ("4096", 1, False)])
+def test_ci_shell_gate(tmp_path, target, code, ran):
+    bindir = Path(sys.executable).parent
+    if not (bindir / "bscrit").exists():
+        pytest.skip("the bscrit console script is not installed beside this python")
+    env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.update(MEASUREMENT=B128, SCALED=str(tmp_path / "scaled.json"))
+    r = subprocess.run(
+        ["sh", str(CI / "gate.sh"), target, "echo", "TRAINING"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == code, r.stderr
+    assert ("TRAINING" in r.stdout) is ran
+    if ran:
+        scaled = json.loads((tmp_path / "scaled.json").read_text())
+        assert scaled["hyperparameters"]["lr"] == pytest.approx(0.1 * 1024 / 128)
+
+
+def test_ci_shell_gate_bad_measurement_exits_2(tmp_path):
+    bindir = Path(sys.executable).parent
+    if shutil.which("sh") is None or not (bindir / "bscrit").exists():
+        pytest.skip("needs sh and the bscrit console script")
+    env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.update(MEASUREMENT=str(tmp_path / "missing.json"))
+    r = subprocess.run(
+        ["sh", str(CI / "gate.sh"), "1024", "echo", "TRAINING"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 2 and "TRAINING" not in r.stdout
+
+
+def test_scale_with_measurement_of_another_batch_size_warns():
+    d = as_json(invoke("scale", "-m", B128, "-b", "256", "-t", "512", "--lr", "0.2", "--json"))
+    assert d["batch_size"] == 256 and d["hyperparameters"]["lr"] == pytest.approx(0.4)
+    assert any("measured at B = 128" in w for w in d["warnings"])

@@ -1,0 +1,181 @@
+"""Scaling rules [LMA21 Def. 2.1], [MLPA22 Defs. 5.1, 5.2] and SVAG hyperparameters (no torch)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bscrit.errors import BscritError
+from bscrit.results import OptimizerInfo
+from bscrit.scaling import (
+    adaptive_sde_warning,
+    hyperparameter_dict,
+    linear_rule,
+    rule_for,
+    rule_reference,
+    scale_hyperparameters,
+    scale_steps,
+    square_root_rule,
+    svag_hyperparameters,
+)
+
+SGD = OptimizerInfo("sgd", lr=0.1, momentum=0.9, weight_decay=5e-4)
+ADAM = OptimizerInfo("adam", lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4)
+ADAMW = OptimizerInfo("adamw", lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+RMSPROP = OptimizerInfo("rmsprop", lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=1e-4)
+
+
+def test_rule_names_and_references():
+    assert rule_for("sgd") == "linear"
+    assert {rule_for(n) for n in ("adam", "adamw", "rmsprop")} == {"square-root"}
+    assert rule_reference("sgd") == "linear scaling rule [LMA21 Def. 2.1]"
+    assert rule_reference("adam") == "square-root scaling rule [MLPA22 Def. 5.2]"
+    assert rule_reference("rmsprop") == "square-root scaling rule [MLPA22 Def. 5.1]"
+    with pytest.raises(BscritError, match="unknown optimizer"):
+        rule_for("lamb")
+
+
+def test_linear_rule_up_and_down():
+    up = linear_rule(SGD, 8)
+    assert up.lr == pytest.approx(0.8)
+    assert (up.momentum, up.weight_decay) == (0.9, 5e-4)
+    assert linear_rule(SGD, 0.25).lr == pytest.approx(0.025)
+    with pytest.raises(BscritError):
+        linear_rule(SGD, 0)
+
+
+def test_square_root_rule_adam():
+    s = square_root_rule(ADAM, 4)
+    assert s.lr == pytest.approx(2e-3)  # √4 · 1e-3
+    assert s.betas == pytest.approx((0.6, 0.996))  # 1 − 4·0.1, 1 − 4·0.001
+    assert s.eps == pytest.approx(5e-9)  # 1e-8/2
+    assert s.weight_decay == 1e-4  # coupled L2: unchanged
+
+
+def test_square_root_rule_adamw_scales_decoupled_weight_decay():
+    s = square_root_rule(ADAMW, 9)
+    assert s.lr == pytest.approx(3e-3)
+    assert s.weight_decay == pytest.approx(0.03)  # λ' = √κ λ (derived)
+    assert s.betas == pytest.approx((0.1, 0.991))
+
+
+def test_square_root_rule_rmsprop():
+    s = square_root_rule(RMSPROP, 4)
+    assert s.lr == pytest.approx(2e-2)
+    assert s.alpha == pytest.approx(0.96)  # 1 − 4·0.01
+    assert s.eps == pytest.approx(5e-9)
+
+
+def test_square_root_rule_scaling_down():
+    s = square_root_rule(ADAM, 0.25)
+    assert s.lr == pytest.approx(5e-4)
+    assert s.betas == pytest.approx((0.975, 0.99975))
+    assert s.eps == pytest.approx(2e-8)
+
+
+def test_square_root_rule_defaults_missing_betas_to_pytorch():
+    s = square_root_rule(OptimizerInfo("adam", lr=1e-3), 2)
+    assert s.betas == pytest.approx((0.8, 0.998))
+    assert s.eps == pytest.approx(1e-8 / 2**0.5)
+
+
+@pytest.mark.parametrize("kappa", [10.0, 10.5, 100.0])
+def test_square_root_rule_refuses_when_a_beta_would_be_non_positive(kappa):
+    # β₁ = 0.9: κ(1 − β₁) ≥ 1 ⇔ κ ≥ 10
+    with pytest.raises(BscritError, match=r"κ < 1/\(1 − beta1\) = 10"):
+        square_root_rule(ADAM, kappa)
+
+
+def test_square_root_rule_just_below_the_limit():
+    s = square_root_rule(ADAM, 9.99)
+    assert s.betas[0] == pytest.approx(1 - 9.99 * 0.1)
+    with pytest.raises(BscritError, match="alpha"):
+        square_root_rule(RMSPROP, 100)  # κ(1 − 0.99) = 1
+
+
+def test_square_root_rule_refuses_sgd():
+    with pytest.raises(BscritError):
+        square_root_rule(SGD, 2)
+
+
+def test_svag_hyperparameters_sgd():
+    s = svag_hyperparameters(SGD, 4)
+    assert s.lr == pytest.approx(0.025)
+    assert (s.momentum, s.weight_decay) == (0.9, 5e-4)
+    assert svag_hyperparameters(SGD, 1) == SGD
+
+
+def test_svag_hyperparameters_adaptive():
+    a = svag_hyperparameters(ADAM, 4)
+    assert a.lr == pytest.approx(5e-4)  # η/√l
+    assert a.betas == pytest.approx((0.975, 0.99975))  # 1 − (1 − β)/l
+    assert a.eps == pytest.approx(2e-8)  # ε√l
+    assert a.weight_decay == 1e-4
+    w = svag_hyperparameters(ADAMW, 4)
+    assert w.weight_decay == pytest.approx(0.005)  # λ/√l
+    r = svag_hyperparameters(RMSPROP, 4)
+    assert r.alpha == pytest.approx(0.9975)
+    assert r.lr == pytest.approx(5e-3)
+
+
+@pytest.mark.parametrize("opt", [SGD, ADAM, ADAMW, RMSPROP])
+@pytest.mark.parametrize("l", [2, 4, 16])
+def test_svag_is_the_scaling_rule_with_kappa_one_over_l(opt, l):  # noqa: E741
+    # SVAG with l keeps the SDE: the same map as scaling the batch by κ = 1/l.
+    assert hyperparameter_dict(svag_hyperparameters(opt, l)) == pytest.approx(
+        hyperparameter_dict(
+            linear_rule(opt, 1 / l) if opt.name == "sgd" else square_root_rule(opt, 1 / l)
+        )
+    )
+
+
+@pytest.mark.parametrize("l", [0, -1, 1.5, True])
+def test_svag_rejects_bad_l(l):  # noqa: E741
+    with pytest.raises(BscritError):
+        svag_hyperparameters(SGD, l)
+
+
+def test_scale_steps():
+    assert scale_steps(1000, 4) == 250
+    assert scale_steps(10, 4) == 3  # 2.5 rounds half up
+    assert scale_steps(1000, 0.5) == 2000  # scaling down: more steps
+    assert scale_steps(1, 8) == 1  # never rounds a positive count to 0
+    assert scale_steps(0, 8) == 0
+    assert scale_steps(None, 8) is None
+
+
+def test_adaptive_sde_warning_is_heuristic_and_for_square_root_only():
+    w = adaptive_sde_warning(0.5, "adam")
+    assert w is not None and "heuristic" in w and "[MLPA22]" in w
+    assert adaptive_sde_warning(2.0, "adam") is None
+    assert adaptive_sde_warning(0.5, "sgd") is None
+    assert adaptive_sde_warning(None, "rmsprop") is None
+
+
+def test_scale_hyperparameters_json_contract():
+    s = scale_hyperparameters(ADAM, 256, 1024, steps=100000, warmup_steps=2000, nsr_target=0.3)
+    d = s.to_dict()
+    assert d["rule"] == "square-root"
+    assert d["kappa"] == 4.0
+    assert set(d["hyperparameters"]) == {"lr", "beta1", "beta2", "eps", "weight_decay"}
+    assert d["hyperparameters"]["lr"] == pytest.approx(2e-3)
+    assert (d["steps"], d["warmup_steps"]) == (25000, 500)
+    assert len(d["warnings"]) == 1 and "noise" in d["warnings"][0]
+    sgd = scale_hyperparameters(SGD, 128, 64).to_dict()
+    assert set(sgd["hyperparameters"]) == {"lr", "momentum", "weight_decay"}
+    assert sgd["hyperparameters"]["lr"] == pytest.approx(0.05)
+    assert sgd["kappa"] == 0.5
+    rms = scale_hyperparameters(RMSPROP, 32, 64).to_dict()
+    assert set(rms["hyperparameters"]) == {"lr", "alpha", "eps", "momentum", "weight_decay"}
+
+
+def test_scale_hyperparameters_rejects_bad_input():
+    with pytest.raises(BscritError, match="positive"):
+        scale_hyperparameters(SGD, 0, 64)
+    with pytest.raises(BscritError, match="learning rate"):
+        scale_hyperparameters(OptimizerInfo("sgd", lr=0.0), 32, 64)
+    with pytest.raises(BscritError, match="momentum"):
+        scale_hyperparameters(OptimizerInfo("sgd", lr=0.1, momentum=1.0), 32, 64)
+    with pytest.raises(BscritError, match="eps"):
+        scale_hyperparameters(OptimizerInfo("adam", lr=0.1, eps=0.0), 32, 64)
+    with pytest.raises(BscritError, match="beta1"):
+        scale_hyperparameters(OptimizerInfo("adam", lr=0.1, betas=(1.0, 0.999)), 32, 64)
