@@ -1,0 +1,260 @@
+"""``bscrit demo``: the whole pipeline on the built-in digits example, offline, on CPU.
+
+1. train the scale-invariant digits MLP (:mod:`bscrit.examples.digits`) with SGD + weight decay at
+   a constant LR to equilibrium, saving checkpoints of the constant-LR phase;
+2. ``measure`` G and N at those checkpoints (pooled, as [LMA21] F.2 averaged epochs);
+3. ``predict`` B* and the recommended range (Thms 5.2, 5.5, 5.6);
+4. ``scale`` the hyperparameters to the top of the range (linear rule);
+5. a short ``svag`` run at the top of the range (l = 1, 2, 4) to confirm.
+
+Every step writes its artifact into the work directory; the spec it writes there can be reused
+with the individual commands.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Base run: B = 32, η = 0.1, λ = 5e-4 reaches equilibrium of ‖x‖² by about epoch 500 (R flat).
+BASE = {"batch_size": 32, "lr": 0.1, "weight_decay": 5e-4}
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes of one demo run (``quick`` for CI: under a minute, not at equilibrium)."""
+
+    epochs: int
+    save_from: int
+    save_every: int
+    batches: int | None  # None: auto = max(200, ceil(n/B)) per checkpoint
+    svag_ls: tuple[int, ...]
+    svag_steps: int
+    svag_eval_every: int
+
+    @staticmethod
+    def full() -> DemoConfig:
+        return DemoConfig(
+            epochs=1000, save_from=600, save_every=100, batches=None, svag_ls=(1, 2, 4),
+            svag_steps=300, svag_eval_every=30,
+        )  # fmt: skip
+
+    @staticmethod
+    def quick() -> DemoConfig:
+        return DemoConfig(
+            epochs=60, save_from=40, save_every=20, batches=60, svag_ls=(1, 2, 4),
+            svag_steps=20, svag_eval_every=10,
+        )  # fmt: skip
+
+
+SPEC_TEMPLATE = """\
+# Written by `bscrit demo`: the scale-invariant digits MLP, trained by SGD + weight decay.
+model:
+  factory: bscrit.examples.digits.model:make_model
+  kwargs: {{width: 64, num_classes: 10, affine: false, seed: 0}}
+checkpoint:
+  path: [{checkpoints}]
+  key: model
+data:
+  factory: bscrit.examples.digits.data:make_dataset
+  kwargs: {{split: train}}
+eval_data:
+  factory: bscrit.examples.digits.data:make_dataset
+  kwargs: {{split: test}}
+loss: cross_entropy
+batch_size: {batch_size}
+optimizer: {{name: sgd, lr: {lr}, momentum: 0.0, weight_decay: {weight_decay}}}
+schedule: {{name: constant}}
+measure: {{batches: {batches}, groups: 10, seed: 0, device: {device}, mode: train}}
+"""
+
+
+@dataclass
+class DemoResult:
+    """Paths and headline numbers of one demo run."""
+
+    workdir: Path
+    spec: Path
+    checkpoints: list[Path]
+    measurement: Path
+    prediction: Path
+    svag_dir: Path | None
+    svag_plot: Path | None
+    train: dict[str, Any]
+    b_star: float
+    recommended_max: float
+    svag_target: int | None
+    svag_verdict: str | None
+    files: list[Path] = field(default_factory=list)
+
+
+def run_demo(
+    workdir: Path,
+    *,
+    quick: bool = False,
+    device: str = "cpu",
+    svag: bool = True,
+    say: Callable[[str], None] = print,
+    show: Any = None,
+) -> DemoResult:
+    """Run the demo pipeline; ``say`` prints step headers, ``show`` (a module with the report
+    functions, normally :mod:`bscrit.report`) prints each step's tables."""
+    from .examples.digits.train import train
+    from .measure import MeasureOptions, run_measurement
+    from .predict import predict
+    from .results import write_json, write_measurement
+    from .spec import load_spec
+
+    cfg = DemoConfig.quick() if quick else DemoConfig.full()
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+
+    # 1. train ---------------------------------------------------------------------------------
+    say(
+        f"[1/5] train the scale-invariant digits MLP: SGD, B={BASE['batch_size']}, "
+        f"η={BASE['lr']}, λ={BASE['weight_decay']}, constant LR, {cfg.epochs} epochs"
+        + (" (--quick: short, NOT at equilibrium)" if quick else " (to equilibrium)")
+    )
+    ckpt_dir = workdir / "checkpoints"
+    final = ckpt_dir / "final.pt"
+    tr = train(
+        out=final,
+        epochs=cfg.epochs,
+        batch_size=BASE["batch_size"],
+        lr=BASE["lr"],
+        weight_decay=BASE["weight_decay"],
+        save_every=cfg.save_every,
+        save_from=cfg.save_from,
+        log_every=max(cfg.epochs // 5, 1),
+        verbose=True,
+    )
+    # the phase checkpoints (the last one is the final state: final.pt is not measured twice)
+    ckpts = [Path(p) for p in tr.get("checkpoints", []) if Path(p) != final] or [final]
+    files += ckpts
+    say(
+        f"      train accuracy {tr['train_acc']:.3f}, test accuracy {tr['test_acc']:.3f}, "
+        f"{len(ckpts)} checkpoints of the constant-LR phase, {tr['seconds']:.0f}s"
+    )
+
+    # 2. measure -------------------------------------------------------------------------------
+    spec_path = workdir / "spec.yaml"
+    spec_path.write_text(
+        SPEC_TEMPLATE.format(
+            checkpoints=", ".join(str(p) for p in ckpts),
+            batches=cfg.batches if cfg.batches is not None else "auto",
+            device=device,
+            **BASE,
+        )
+    )
+    files.append(spec_path)
+    say(f"[2/5] bscrit measure {spec_path.name}: G and N at {len(ckpts)} checkpoints, pooled")
+    spec = load_spec(spec_path)
+    progress = None
+    if show is not None:
+        progress = lambda d, t: show.progress(d, t, "batch")  # noqa: E731
+    m = run_measurement(spec, ckpts, MeasureOptions(), progress_factory=progress)
+    m_path = workdir / "measurement.json"
+    files += list(write_measurement(m, m_path))
+    if show is not None:
+        show.measurement_table(m)
+        for w in m.warnings:
+            show.warn(w)
+
+    # 3. predict -------------------------------------------------------------------------------
+    say("[3/5] bscrit predict measurement.json: B* and the recommended range")
+    p = predict([(m_path.name, m)])
+    p_path = workdir / "prediction.json"
+    write_json(p_path, p.to_dict())
+    files.append(p_path)
+    if show is not None:
+        show.prediction_report(p)
+
+    # 4. scale -----------------------------------------------------------------------------------
+    say("[4/5] bscrit scale: the base run's hyperparameters at the top of the range")
+    if show is not None and p.scaled is not None:
+        show.scaled_table(p.scaled)
+    elif p.scaled is None:
+        say("      (no scaled hyperparameters: " + "; ".join(p.warnings) + ")")
+
+    # 5. svag ------------------------------------------------------------------------------------
+    target = p.recommended.target
+    n = m.dataset_size
+    svag_dir = svag_plot = None
+    verdict = None
+    if svag and target is not None:
+        # SVAG draws two batches per step: above n/2 they overlap heavily and carry little noise,
+        # so the demo confirms at the largest power of two within min(top of range, n/2).
+        cap = min(target, n // 2)
+        top = target
+        target = 1 << (cap.bit_length() - 1)
+        svag_dir = workdir / "svag"
+        svag_plot = workdir / "svag.png"
+        say(
+            f"[5/5] bscrit svag at B' = {target} (largest power of two within the recommended "
+            f"range's top {top} and n/2 = {n // 2}), l = {','.join(map(str, cfg.svag_ls))}, "
+            f"{cfg.svag_steps} effective steps"
+        )
+        verdict = _run_svag(spec, ckpts[-1], target, cfg, device, svag_dir, svag_plot, show)
+        files += [svag_dir, svag_plot]
+    else:
+        say("[5/5] svag skipped (" + ("--no-svag" if not svag else "no finite top of range") + ")")
+    b_star = p.base.b_star if p.measurements else math.nan
+    return DemoResult(
+        workdir=workdir,
+        spec=spec_path,
+        checkpoints=ckpts,
+        measurement=m_path,
+        prediction=p_path,
+        svag_dir=svag_dir,
+        svag_plot=svag_plot,
+        train=tr,
+        b_star=b_star,
+        recommended_max=p.recommended.max,
+        svag_target=target,
+        svag_verdict=verdict,
+        files=files,
+    )
+
+
+def _run_svag(
+    spec: Any,
+    checkpoint: Path,
+    target: int,
+    cfg: DemoConfig,
+    device: str,
+    out_dir: Path,
+    plot: Path,
+    show: Any,
+) -> str:
+    from .svag import prepare_svag, run_plan
+    from .svag_results import write_svag
+
+    plan = prepare_svag(
+        spec,
+        target_batch_size=target,
+        ls=cfg.svag_ls,
+        effective_steps=cfg.svag_steps,
+        checkpoint=checkpoint,
+        eval_every=cfg.svag_eval_every,
+        device=device,
+    )
+    if show is not None:
+        show.svag_cost(
+            plan.ls, plan.effective_steps, plan.forward_backward(), plan.target_batch_size,
+            str(plan.device),
+        )  # fmt: skip
+        with show.progress("SVAG", plan.total_steps, unit="step") as advance:
+            result = run_plan(plan, on_step=advance)
+        show.svag_report(result)
+        show.plot_svag(result, plot)
+    else:
+        result = run_plan(plan)
+        from .report import plot_svag
+
+        plot_svag(result, plot)
+    write_svag(result, out_dir)
+    return result.verdict.code

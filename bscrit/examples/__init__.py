@@ -1,0 +1,1 @@
+"""Built-in examples shipped with the package (used by ``bscrit demo`` and the docs)."""

@@ -1,0 +1,10 @@
+"""A scale-invariant MLP on scikit-learn's digits: model, data and its SGD training loop.
+
+The files under ``examples/digits/`` in the repository are thin wrappers around this package so
+that ``bscrit demo`` works from any installation, including a non-editable one.
+"""
+
+from .data import load_tensors, make_dataset
+from .model import make_model, scale_invariant_names
+
+__all__ = ["load_tensors", "make_dataset", "make_model", "scale_invariant_names"]

@@ -1,0 +1,33 @@
+"""`bscrit demo --quick`: the whole pipeline on the digits example, as a new user runs it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bscrit.cli import app
+from bscrit.results import load_measurement, read_json
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_the_pipeline_and_writes_every_artifact(tmp_path: Path) -> None:
+    work = tmp_path / "demo"
+    r = CliRunner().invoke(app, ["demo", "--quick", "--workdir", str(work), "--json"])
+    assert r.exit_code == 0, r.output
+    for step in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
+        assert step in r.output
+    summary = json.loads(r.stdout[r.stdout.rindex("\n{") :])
+    m = load_measurement(summary["measurement"])
+    assert m.batch_size == 32 and len(m.checkpoints) == 2
+    assert m.scale_invariant is not None and m.scale_invariant_fraction == 1.0
+    assert m.all.G > 0 and m.all.N > 0
+    p = read_json(summary["prediction"])
+    assert p["measurements"][0]["b_star"] == pytest.approx(summary["b_star"])
+    assert p["recommended"]["min"] == 32
+    assert summary["svag_verdict"] in {"sde_holds", "sde_fails", "not_converged"}
+    assert Path(summary["svag_plot"]).stat().st_size > 10_000  # a real PNG
+    assert (work / "svag" / "trajectories.csv").exists()
+    assert (work / "spec.yaml").exists() and (work / "measurement.params.csv").exists()
