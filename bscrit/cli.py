@@ -47,7 +47,8 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except BscritError as e:
-            report.error(e.message)
+            if not getattr(e, "reported", False):  # a distributed rank 0 may have printed it
+                report.error(e.message)
             raise typer.Exit(int(e.exit_code)) from None
         except KeyboardInterrupt:
             report.error("interrupted; no output file was written")
@@ -83,6 +84,35 @@ class Mode(str, Enum):
 
 class Amp(str, Enum):
     bf16 = "bf16"
+
+
+class Estimator(str, Enum):
+    batch = "batch"
+    per_example = "per-example"
+
+
+def _stopping_line(m: Any) -> str | None:
+    """One line on how an adaptive run stopped, and T1 of a per-example run."""
+    from .report import fmt, fmt_ci
+
+    parts = []
+    st = m.extra.get("stopping")
+    if st:
+        err = st.get("achieved_rel_error")
+        parts.append(
+            f"stopping: {st['reason']} after {st['batches']} batches ({st['groups']} groups); "
+            f"NSR relative 95% half-width {fmt(err) if err is not None else '∞'} "
+            f"(target {st['target_rel_error']:g}, budget {st['max_batches']} batches)"
+        )
+    t1 = m.extra.get("T1")
+    if t1:
+        ci = t1["ci95"]
+        ci_t = (ci[0], ci[1] if ci[1] is not None else float("inf"))
+        parts.append(
+            f"per-example trace T1 = {fmt(t1['value'])} ± {fmt(t1['se'])} {fmt_ci(ci_t)}; "
+            "N at another batch size B' = T1 (n - B')/(B' (n - 1))"
+        )
+    return "\n".join(parts) or None
 
 
 def _parse_batches(value: str | None) -> int | None:
@@ -145,6 +175,62 @@ def measure(
     ] = "20",
     json_out: Annotated[bool, typer.Option("--json", help="Print the JSON artifact on stdout instead of tables.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    nproc: Annotated[
+        Optional[int],
+        typer.Option(
+            "--nproc", min=1,
+            help="Run on N processes of this machine (one per GPU) by launching torchrun; for "
+            "several machines use torchrun yourself. See docs/distributed.md.",
+        ),
+    ] = None,
+    dist_timeout: Annotated[
+        Optional[float],
+        typer.Option(
+            "--dist-timeout", min=1.0,
+            help="Distributed runs: seconds to wait for the other ranks before failing "
+            "(default 600, or $BSCRIT_DIST_TIMEOUT).",
+        ),
+    ] = None,
+    estimator: Annotated[
+        Estimator,
+        typer.Option(
+            help="batch: one gradient per batch (valid with train-mode BatchNorm). per-example: "
+            "also per-example gradient norms from the same backward pass (Linear/Conv/norm "
+            "layers, no train-mode BatchNorm): T1 and N for any B with far fewer batches.",
+        ),
+    ] = Estimator.batch,
+    target_rel_error: Annotated[
+        Optional[float],
+        typer.Option(
+            "--target-rel-error",
+            help="Adaptive: start with --batches (default 10 per group) and add whole groups "
+            "until the 95% half-width of NSR is below this fraction of NSR, or --max-batches.",
+        ),
+    ] = None,
+    max_batches: Annotated[
+        Optional[int],
+        typer.Option(
+            "--max-batches", min=4,
+            help="Budget of an adaptive run (default 5 x max(200, ceil(n/B))).",
+        ),
+    ] = None,
+    compile_model: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the forward pass (CUDA recommended).")
+    ] = False,
+    num_workers: Annotated[
+        Optional[int],
+        typer.Option(
+            "--num-workers", min=0,
+            help="DataLoader workers for datasets not held in memory (default: the spec's "
+            "data.num_workers). In-memory TensorDatasets are indexed on the device directly.",
+        ),
+    ] = None,
+    prefetch: Annotated[
+        Optional[int],
+        typer.Option(
+            "--prefetch", min=1, help="Batches each DataLoader worker reads ahead (default 4)."
+        ),
+    ] = None,
 ) -> None:
     """Measure G, N and NSR = N/G at a checkpoint, with 95% jackknife intervals.
 
@@ -170,14 +256,35 @@ def measure(
         amp=amp.value if amp else None,
         batch_size=batch_size,
         unsafe_load=unsafe_load,
+        estimator=estimator.value,
+        target_rel_error=target_rel_error,
+        max_batches=max_batches,
+        compile=compile_model,
+        num_workers=num_workers,
+        prefetch=prefetch,
     )
     show_progress = not quiet and not json_out
-    m = run_measurement(
-        s,
-        checkpoint,
-        opts,
-        progress_factory=(lambda d, t: report.progress(d, t, "batch")) if not quiet else None,
-    )
+    if nproc is not None:  # the spec and options are valid: re-run this command under torchrun
+        from .distributed import launch, measure_args_from_argv
+
+        raise typer.Exit(launch(nproc, measure_args_from_argv(sys.argv)))
+    from .distributed import Session
+
+    with Session(device or s.measure.device, dist_timeout, on_error=report.error) as dist:
+        main = dist is None or dist.is_main  # under torchrun rank 0 alone prints and writes
+        if not main:
+            report.out.quiet = report.err.quiet = True
+        m = run_measurement(
+            s,
+            checkpoint,
+            opts,
+            progress_factory=(
+                (lambda d, t: report.progress(d, t, "batch")) if not quiet and main else None
+            ),
+            dist=dist,
+        )
+    if not main:
+        return
     if out is not None:
         json_path, csv_path = write_measurement(m, out)
     if json_out:
@@ -186,6 +293,9 @@ def measure(
         report.measurement_table(m)
         if per_tensor != "none":
             report.per_tensor_table(m.per_parameter, None if per_tensor == "all" else int(per_tensor))
+    line = _stopping_line(m)
+    if line is not None:
+        report.info(line)
     for w in m.warnings:
         report.warn(w)
     if out is not None:
@@ -199,14 +309,530 @@ def measure(
 # ==============================================================================================
 
 
+class OptimizerName(str, Enum):
+    sgd = "sgd"
+    adam = "adam"
+    adamw = "adamw"
+    rmsprop = "rmsprop"
+
+
+def _print_json(d: dict) -> None:  # type: ignore[type-arg]
+    from . import report
+    from .results import dumps
+
+    report.out.print(dumps(d), markup=False, highlight=False, soft_wrap=True, end="")
+
+
+C2_HELP = "C² of [LMA21] (C > 1 is the closeness constant; the paper uses C² = 2)."
+
+
+@app.command()
+@handle_errors
+def predict(
+    measurements: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Measurement JSON file(s) from `bscrit measure --out`. The first is the base run "
+            "(its B starts the recommended range, its optimizer gets scaled); more files (other "
+            "B or checkpoints) give the min and max of B* as in [LMA21] Fig. 3."
+        ),
+    ],
+    c2: Annotated[float, typer.Option("--c2", help=C2_HELP)] = 2.0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
+) -> None:
+    """Critical batch size B* with 95% intervals, the recommended range and scaled hyperparameters.
+
+    For each measurement: NSR, B* = C²(B + B·N/G) [LMA21 Thm 5.6] and its approximation C²·B·N/G,
+    the Thm 5.2 verdict on the SDE approximation, the Thm 5.5 certificate, the simple noise scale
+    [McC18] and the implicit-regularisation terms [SDBD21 eq. 22]. Reads JSON only (no torch).
+    """
+    from . import report
+    from .predict import predict_files
+
+    p = predict_files(measurements, c2)
+    if json_out:
+        _print_json(p.to_dict())
+    else:
+        report.prediction_report(p)
+
+
+@app.command()
+@handle_errors
+def check(
+    measurements: Annotated[
+        list[Path],
+        typer.Argument(help="Measurement JSON file(s); the first is the base run."),
+    ],
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch-size", "-b", min=1, help="The batch size B' the large-batch job will use."
+        ),
+    ],
+    c2: Annotated[float, typer.Option("--c2", help=C2_HELP)] = 2.0,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Fail (exit 1) above the lower 95% bound of B*, not only above its estimate.",
+        ),
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
+) -> None:
+    """CI gate: exit 0 when B' is in the recommended range, 1 when it is past B*, 2 on bad input.
+
+    Exit 1 when B' is above the point estimate of B* [LMA21 Thm 5.6] (with --strict: above its
+    lower 95% bound). Between the two without --strict: exit 0 with a warning. One line says why.
+    """
+    from . import report
+    from .predict import check as check_target
+    from .predict import predict_files
+
+    r = check_target(predict_files(measurements, c2), batch_size, strict)
+    if json_out:
+        _print_json(r.to_dict())
+    else:
+        report.check_report(r)
+    if r.exit_code != ExitCode.OK:
+        raise typer.Exit(int(r.exit_code))
+
+
+def _reject_inapplicable(name: str, given: dict[str, Any]) -> None:
+    applies = {
+        "sgd": {"momentum", "weight_decay"},
+        "adam": {"beta1", "beta2", "eps", "weight_decay"},
+        "adamw": {"beta1", "beta2", "eps", "weight_decay"},
+        "rmsprop": {"alpha", "eps", "momentum", "weight_decay"},
+    }[name]
+    bad = [k for k, v in given.items() if v is not None and k not in applies]
+    if bad:
+        opts = ", ".join("--" + k.replace("_", "-") for k in bad)
+        takes = ", ".join(sorted(applies))
+        raise BscritError(f"{opts} does not apply to {name} (it takes: {takes})")
+
+
+@app.command()
+@handle_errors
+def scale(
+    target_batch_size: Annotated[
+        int,
+        typer.Option("--target-batch-size", "-t", min=1, help="The new batch size B' = κB."),
+    ],
+    optimizer: Annotated[
+        OptimizerName | None,
+        typer.Option(
+            help="Optimizer of the base run (default: the spec's, else the measurement's)"
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size",
+            "-b",
+            min=1,
+            help="Batch size B of the base run (default: the spec's, else the measurement's).",
+        ),
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate η of the base run.")] = None,
+    momentum: Annotated[float | None, typer.Option(help="SGD / RMSprop momentum.")] = None,
+    beta1: Annotated[float | None, typer.Option(help="Adam/AdamW β₁ (default 0.9).")] = None,
+    beta2: Annotated[float | None, typer.Option(help="Adam/AdamW β₂ (default 0.999).")] = None,
+    eps: Annotated[float | None, typer.Option(help="Adam/AdamW/RMSprop ε (default 1e-8).")] = None,
+    alpha: Annotated[
+        float | None, typer.Option(help="RMSprop smoothing constant (the paper's β; default 0.99).")
+    ] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option("--weight-decay", help="Weight decay λ.")
+    ] = None,
+    epochs: Annotated[
+        float | None, typer.Option(help="Training length in epochs (unchanged).")
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(min=0, help="Training length in steps (÷ κ).")
+    ] = None,
+    warmup_steps: Annotated[
+        int | None, typer.Option("--warmup-steps", min=0, help="Warm-up length in steps (÷ κ).")
+    ] = None,
+    from_spec: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-spec",
+            help="Read the optimizer, batch_size and schedule (warmup_steps, total_steps) from a "
+            "spec; options given on the command line override it.",
+        ),
+    ] = None,
+    measurement: Annotated[
+        Path | None,
+        typer.Option(
+            "--measurement",
+            "-m",
+            help="Measurement JSON: warn when B' is beyond its recommended range.",
+        ),
+    ] = None,
+    c2: Annotated[float, typer.Option("--c2", help=C2_HELP)] = 2.0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
+) -> None:
+    """Scale the hyperparameters from B to B' = κB: linear rule (SGD), square-root rule (Adam...).
+
+    SGD: η' = κη [LMA21 Def. 2.1]. RMSprop / Adam: η' = √κ η, β' = 1 − κ(1 − β), ε' = ε/√κ
+    [MLPA22 Defs. 5.1, 5.2]; AdamW also λ' = √κ λ (derived). Steps and warm-up ÷ κ (same epochs).
+    Works for scaling down (κ < 1) too.
+    """
+    from dataclasses import replace
+
+    from . import report
+    from .results import OptimizerInfo, load_measurement
+    from .scaling import scale_hyperparameters
+
+    base: OptimizerInfo | None = None
+    b = batch_size
+    if from_spec is not None:
+        from .spec import load_spec
+
+        s = load_spec(from_spec)
+        base = s.optimizer
+        b = b if b is not None else s.batch_size
+        if steps is None and s.schedule.total_steps is not None:
+            steps = s.schedule.total_steps
+        if warmup_steps is None and s.schedule.warmup_steps > 0:
+            warmup_steps = s.schedule.warmup_steps
+    m = load_measurement(measurement) if measurement is not None else None
+    if m is not None:
+        base = base if base is not None else m.optimizer
+        b = b if b is not None else m.batch_size
+    if optimizer is not None:
+        if base is None or base.name != optimizer.value:
+            base = OptimizerInfo(optimizer.value, lr=base.lr if base else 0.0, source="cli")
+    if base is None:
+        raise BscritError("no optimizer: give --optimizer and --lr (or --from-spec spec.yaml)")
+    if b is None:
+        raise BscritError("no base batch size: give --batch-size (or --from-spec / --measurement)")
+    given = {
+        "momentum": momentum,
+        "beta1": beta1,
+        "beta2": beta2,
+        "eps": eps,
+        "alpha": alpha,
+        "weight_decay": weight_decay,
+    }
+    _reject_inapplicable(base.name, given)
+    if lr is None and not base.lr > 0:
+        raise BscritError(f"give the base run's learning rate with --lr ({base.name})")
+    b1, b2 = base.betas if base.betas is not None else (None, None)
+    if beta1 is not None or beta2 is not None:
+        from .scaling import ADAM_BETAS
+
+        b1 = beta1 if beta1 is not None else (b1 if b1 is not None else ADAM_BETAS[0])
+        b2 = beta2 if beta2 is not None else (b2 if b2 is not None else ADAM_BETAS[1])
+    opt = replace(
+        base,
+        lr=lr if lr is not None else base.lr,
+        momentum=momentum if momentum is not None else base.momentum,
+        weight_decay=weight_decay if weight_decay is not None else base.weight_decay,
+        betas=(b1, b2) if b1 is not None else base.betas,
+        eps=eps if eps is not None else base.eps,
+        alpha=alpha if alpha is not None else base.alpha,
+    )
+    warnings: list[str] = []
+    nsr_target = None
+    if m is not None:
+        from .predict import range_context
+
+        warnings, nsr_target = range_context(str(measurement), m, b, target_batch_size, c2)
+    result = scale_hyperparameters(
+        opt,
+        b,
+        target_batch_size,
+        epochs=epochs,
+        steps=steps,
+        warmup_steps=warmup_steps,
+        nsr_target=nsr_target,
+    )
+    result = replace(result, warnings=tuple(warnings) + result.warnings)
+    if json_out:
+        _print_json(result.to_dict())
+    else:
+        report.scaled_table(result)
+    for w in result.warnings:
+        report.warn(w)
+
+
 # ==============================================================================================
 # svag  (issue: bscrit svag)
 # ==============================================================================================
 
 
+def _svag_interactive() -> bool:
+    """Ask before a long run only on an interactive terminal outside CI."""
+    import os
+
+    return sys.stdin.isatty() and sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def _svag_target_from_measurement(path: Path, c2: float) -> int:
+    """The integer top of the recommended range of ``bscrit predict`` on one measurement."""
+    from .predict import predict_files
+
+    p = predict_files([path], c2)
+    r = p.recommended
+    if r.empty:
+        raise BscritError(f"{path}: {r.note}; nothing to confirm (give --target-batch-size)")
+    if r.target is None:
+        raise BscritError(f"{path}: {r.note}; give --target-batch-size")
+    return r.target
+
+
+@app.command()
+@handle_errors
+def svag(
+    spec: Annotated[Path, typer.Argument(help="YAML spec of model, data, loss, batch size.")],
+    target_batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--target-batch-size",
+            "-t",
+            min=1,
+            help="B' to test. Or --from-measurement.",
+        ),
+    ] = None,
+    from_measurement: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-measurement",
+            help="Take B' = the top of the recommended range of `bscrit predict` on this "
+            "measurement JSON (the lower 95% bound of B*): confirms the prediction.",
+        ),
+    ] = None,
+    c2: Annotated[float, typer.Option("--c2", help="C² for --from-measurement.")] = 2.0,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option("--checkpoint", "-c", help="Checkpoint to start from (default: the spec's)."),
+    ] = None,
+    l_values: Annotated[
+        str, typer.Option("--l", help="SVAG parameters l, comma-separated, at least three.")
+    ] = "1,2,4",
+    effective_steps: Annotated[
+        int, typer.Option("--effective-steps", "-e", min=1, help="Run length E (steps at B').")
+    ] = 300,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Folder for svag.json and trajectories.csv."),
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write a PNG like [LMA21] Fig. 4 here.")
+    ] = None,
+    optimizer: Annotated[
+        str | None,
+        typer.Option(
+            "--optimizer",
+            help="sgd | adam | adamw | rmsprop; only when neither spec nor checkpoint has one.",
+        ),
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help="Target LR at B' (overrides the rule).")] = None,
+    momentum: Annotated[float | None, typer.Option(help="Target momentum.")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="Target weight decay.")] = None,
+    beta1: Annotated[float | None, typer.Option(help="Target Adam beta1.")] = None,
+    beta2: Annotated[float | None, typer.Option(help="Target Adam beta2.")] = None,
+    eps: Annotated[float | None, typer.Option(help="Target Adam/RMSprop eps.")] = None,
+    alpha: Annotated[float | None, typer.Option(help="Target RMSprop alpha.")] = None,
+    eval_every: Annotated[
+        int | None,
+        typer.Option(min=1, help="Effective steps between evaluations (default E/20)."),
+    ] = None,
+    eval_batches: Annotated[
+        int,
+        typer.Option(min=2, help="Fixed training batches for train loss, G and N (k)."),
+    ] = 8,
+    eval_examples: Annotated[
+        int, typer.Option(min=1, help="Held-out examples evaluated (a fixed random subset).")
+    ] = 2048,
+    start_step: Annotated[
+        float,
+        typer.Option(help="Step (at B') of the checkpoint in the spec's LR schedule."),
+    ] = 0.0,
+    rtol: Annotated[float, typer.Option(min=0.0, help="Relative tolerance of agreement.")] = 0.1,
+    z: Annotated[float, typer.Option(min=0.0, help="Noise floor: z × combined tail sd.")] = 2.0,
+    fresh_optimizer_state: Annotated[
+        bool,
+        typer.Option(
+            "--fresh-optimizer-state",
+            help="Adam/RMSprop: start from zero moments instead of the warm start.",
+        ),
+    ] = False,
+    seed: Annotated[int | None, typer.Option(help="Seed (default: spec measure.seed).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before running.")] = False,
+    unsafe_load: Annotated[
+        bool,
+        typer.Option("--unsafe-load", help="torch.load(weights_only=False): trusted files only."),
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the JSON on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Confirm (or refute) a prediction with a short SVAG run at the target batch size.
+
+    SVAG is the Stochastic Variance Amplified Gradient of Li, Malladi & Arora ([LMA21] §4;
+    [MLPA22] §6 for Adam/RMSprop), not Balles & Hennig's SVAG. From the checkpoint, runs the
+    optimizer at B' (hyperparameters scaled from the spec's by the linear / square-root rule, or
+    given with --lr etc.) once per l for the same number of effective steps, each step combining
+    two batches as r1·g1 + r2·g2, and compares the test functions at equal effective steps:
+    l = 2, 4 agree with l = 1 -> SGD tracks its SDE (the rule should hold); 2 and 4 agree but not
+    with 1 -> SGD left the SDE regime (expect the rule to fail); 2 and 4 disagree -> not
+    converged. Costs 2·l forward-backward passes per effective step for each l.
+
+    Test functions: train loss on --eval-batches fixed batches, held-out loss and accuracy (spec
+    eval_data), G and N on the same batches, |x|^2. Two runs agree on one when the means a, b of
+    its last 20% of effective steps satisfy |a - b| <= max(rtol*max(|a|,|b|), z*sqrt(sd_a^2 +
+    sd_b^2)) (sd: spread over those points; accuracies as error rates 1 - acc). Train loss,
+    held-out loss/accuracy and |x|^2 decide; G and N are shown only. Details: docs/svag.md.
+    """
+    from . import report
+    from .results import dumps
+    from .spec import load_spec
+    from .svag import parse_ls, prepare_svag, run_plan
+    from .svag_results import write_svag
+
+    ls = parse_ls(l_values)
+    if (target_batch_size is None) == (from_measurement is None):
+        raise BscritError("give exactly one of --target-batch-size and --from-measurement")
+    if from_measurement is not None:
+        target_batch_size = _svag_target_from_measurement(from_measurement, c2)
+        report.info(
+            f"B' = {target_batch_size}: the top of the recommended range of {from_measurement}"
+        )
+    assert target_batch_size is not None
+    s = load_spec(spec)
+    plan = prepare_svag(
+        s,
+        target_batch_size=target_batch_size,
+        ls=ls,
+        effective_steps=effective_steps,
+        checkpoint=checkpoint,
+        optimizer_name=optimizer,
+        overrides=dict(
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            beta1=beta1,
+            beta2=beta2,
+            eps=eps,
+            alpha=alpha,
+        ),
+        eval_every=eval_every,
+        eval_batches=eval_batches,
+        eval_examples=eval_examples,
+        start_step=start_step,
+        seed=seed,
+        device=device,
+        warm_start=not fresh_optimizer_state,
+        unsafe=unsafe_load,
+    )
+    report.svag_cost(
+        plan.ls, plan.effective_steps, plan.forward_backward(), plan.target_batch_size,
+        str(plan.device),
+    )  # fmt: skip
+    if not yes:
+        if _svag_interactive():
+            if not typer.confirm("Run it?", default=True, err=True):
+                report.info("not started; nothing written")
+                raise typer.Exit(int(ExitCode.OK))
+        else:
+            report.info("non-interactive (no terminal or CI set): starting without asking")
+    with report.progress(
+        "SVAG", plan.total_steps, unit="step", enabled=not quiet and not json_out
+    ) as advance:
+        result = run_plan(plan, on_step=advance, rtol=rtol, z=z)
+    written = []
+    if out is not None:
+        written += [str(p) for p in write_svag(result, out)]
+    if plot is not None:
+        report.plot_svag(result, plot)
+        written.append(str(plot))
+    if json_out:
+        report.out.print(
+            dumps(result.to_dict()), markup=False, highlight=False, soft_wrap=True, end=""
+        )
+        for w in result.warnings:
+            report.warn(w)
+    else:
+        report.svag_report(result)
+    if written:
+        report.info(f"wrote {', '.join(written)}")
+
+
 # ==============================================================================================
 # demo  (issue: bscrit demo)
 # ==============================================================================================
+
+
+@app.command()
+@handle_errors
+def demo(
+    workdir: Annotated[
+        Path, typer.Option("--workdir", "-w", help="Where every artifact of the demo is written.")
+    ] = Path("bscrit-demo"),
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick", help="Short run for CI (under a minute); the network is not at equilibrium."
+        ),
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "cpu",
+    svag: Annotated[bool, typer.Option("--svag/--no-svag", help="Run the SVAG step.")] = True,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print a JSON summary on stdout after the tables.")
+    ] = False,
+) -> None:
+    """Run the whole pipeline on the built-in digits example, offline, on CPU.
+
+    Trains a small scale-invariant network (BatchNorm after every weight layer, fixed last layer)
+    on scikit-learn's digits with SGD + weight decay at a constant LR to equilibrium (about half
+    a minute), then runs measure -> predict -> scale -> a short svag at the top of the recommended
+    range, printing each step and writing the spec, checkpoints, JSON, CSV and PNG files into
+    --workdir. A few minutes in all on a laptop CPU; --quick takes well under a minute.
+    """
+    import json
+
+    from . import report
+    from .demo import run_demo
+
+    report.info(f"bscrit demo: writing into {workdir.resolve()}")
+    r = run_demo(
+        workdir,
+        quick=quick,
+        device=device,
+        svag=svag,
+        say=lambda line: report.out.print(f"\n[bold]{line}[/]", markup=True, highlight=False),
+        show=report,
+    )
+    report.out.print(
+        f"\n[bold]done.[/] B* = {report.fmt(r.b_star)} (from B = 32); recommended up to "
+        f"{report.fmt(r.recommended_max)}"
+        + (f"; SVAG at B' = {r.svag_target}: {r.svag_verdict}" if r.svag_verdict else ""),
+        markup=True,
+    )
+    report.out.print(f"files in {r.workdir}:", markup=False)
+    for f in r.files:
+        report.out.print(f"  {f}", markup=False)
+    report.out.print(
+        f"next: bscrit check {r.measurement} --batch-size 1024   "
+        f"(or any B' you plan to use)",
+        markup=False,
+    )
+    if json_out:
+        summary = {
+            "workdir": str(r.workdir),
+            "spec": str(r.spec),
+            "checkpoints": [str(c) for c in r.checkpoints],
+            "measurement": str(r.measurement),
+            "prediction": str(r.prediction),
+            "b_star": r.b_star,
+            "recommended_max": r.recommended_max,
+            "svag_target_batch_size": r.svag_target,
+            "svag_verdict": r.svag_verdict,
+            "svag_plot": str(r.svag_plot) if r.svag_plot else None,
+        }
+        typer.echo(json.dumps(summary, indent=2))
 
 
 def main() -> None:

@@ -174,11 +174,20 @@ def run_demo(
         show.prediction_report(p)
 
     # 4. scale -----------------------------------------------------------------------------------
-    say("[4/5] bscrit scale: the base run's hyperparameters at the top of the range")
-    if show is not None and p.scaled is not None:
-        show.scaled_table(p.scaled)
-    elif p.scaled is None:
-        say("      (no scaled hyperparameters: " + "; ".join(p.warnings) + ")")
+    pow2 = p.recommended.max_pow2
+    if pow2 is not None and m.optimizer is not None:
+        from .scaling import scale_hyperparameters
+
+        steps = cfg.epochs * (m.dataset_size // BASE["batch_size"])
+        say(
+            f"[4/5] bscrit scale --from-spec spec.yaml --target-batch-size {pow2}: the largest "
+            "power of two in the recommended range, with the training length"
+        )
+        scaled = scale_hyperparameters(m.optimizer, m.batch_size, pow2, steps=steps)
+        if show is not None:
+            show.scaled_table(scaled)
+    else:
+        say("[4/5] scale skipped (no power of two in the recommended range, or no optimizer)")
 
     # 5. svag ------------------------------------------------------------------------------------
     target = p.recommended.target

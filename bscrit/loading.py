@@ -179,6 +179,11 @@ def build_model(spec: Spec) -> nn.Module:
     else:
         model = _torchvision_model(m.name or "", m.kwargs, source)
         key = "model.name"
+    # A factory may wrap the network in DDP/DataParallel for training; bscrit computes per-process
+    # batch gradients on the inner module (DDP would all-reduce them per batch), and checkpoints
+    # saved from either form load into it (the "module." prefix is stripped when needed).
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
     if not isinstance(model, nn.Module):
         raise _spec_error(source, key, f"expected an nn.Module, got {type(model).__name__}")
     return model

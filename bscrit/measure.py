@@ -21,11 +21,13 @@ bitwise afterwards, the train/eval flag is restored, and the global RNG state is
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import hashlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -40,6 +42,12 @@ Progress = Callable[[int], None]
 
 #: The paper's protocol: at least 200 batches, and at least one epoch's worth ([LMA21] F.2).
 MIN_BATCHES = 200
+#: The scale-invariance test Σ|⟨W, g⟩| ≤ τ Σ‖W‖‖g‖ (THEORY §3) reads all of W; it runs on the
+#: first few batches of every group (m × this many in all), not on every batch: the ratio of
+#: sums is as informative (⟨W, g⟩ = 0 holds batch by batch) at a fraction of the memory traffic.
+INVARIANCE_BATCHES = 2
+#: Elements per chunk when the float64 Gram matrices are formed (bounded temporary memory).
+GRAM_CHUNK = 1 << 16
 
 
 def default_num_batches(dataset_size: int, batch_size: int) -> int:
@@ -101,18 +109,36 @@ def _tensor_view(dataset: Any) -> tuple[Tensor, ...] | None:
     return None
 
 
+class _RowSampler:
+    """A batch sampler whose rows are set before each pass (one DataLoader for all groups)."""
+
+    def __init__(self) -> None:
+        self.rows: list[list[int]] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
 @dataclass
 class BatchSource:
     """Yields (inputs, targets) on the device for given index rows.
 
     In-memory TensorDatasets are indexed directly on the device (no DataLoader, no collation);
     anything else goes through a DataLoader with a fixed batch sampler (workers, pinned memory).
+    With workers, one DataLoader with persistent workers serves every group (its batch sampler
+    is swapped per group), so workers start once per measurement, not once per group.
     """
 
     dataset: Any
     device: torch.device
     num_workers: int = 0
+    prefetch: int | None = None  # batches each worker loads ahead (DataLoader prefetch_factor)
     _tensors: tuple[Tensor, ...] | None = field(default=None, init=False)
+    _loader: Any = field(default=None, init=False)
+    _sampler: Any = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         view = _tensor_view(self.dataset)
@@ -132,15 +158,19 @@ class BatchSource:
             return
         from torch.utils.data import DataLoader
 
-        loader = DataLoader(
-            self.dataset,
-            batch_sampler=[r.tolist() for r in rows],
-            num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-            prefetch_factor=4 if self.num_workers > 0 else None,
-            generator=torch.Generator().manual_seed(seed),
-        )
+        if self._loader is None:
+            self._sampler = _RowSampler()
+            self._loader = DataLoader(
+                self.dataset,
+                batch_sampler=self._sampler,
+                num_workers=self.num_workers,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=self.num_workers > 0,
+                prefetch_factor=(self.prefetch or 4) if self.num_workers > 0 else None,
+                generator=torch.Generator().manual_seed(seed),
+            )
+        self._sampler.rows = [r.tolist() for r in rows]
+        loader = self._loader
         non_blocking = self.device.type == "cuda"
         for item in loader:
             if not isinstance(item, (list, tuple)) or len(item) != 2:
@@ -227,6 +257,8 @@ def measure_model(
     tau: float | None = None,
     batch_rows: Tensor | None = None,
     hooks: LoopHooks | None = None,
+    compile: bool = False,
+    prefetch: int | None = None,
 ) -> RawMeasurement:
     """Measure the streaming sums of k batch gradients of ``model`` at its current weights.
 
@@ -246,6 +278,9 @@ def measure_model(
         progress: called with the number of batches done since the last call.
         tau: scale-invariance tolerance (default 1e-4, or 2e-2 under bf16).
         batch_rows: explicit k × B index rows (overrides sampling; used by tests and ranks).
+        hooks: extension points of the hot loop (:class:`LoopHooks`).
+        compile: run the forward pass through ``torch.compile`` (the backward follows).
+        prefetch: DataLoader ``prefetch_factor`` (batches per worker; default 4).
 
     Returns:
         A :class:`RawMeasurement` of per-tensor Gram matrices, Q_j and invariance sums.
@@ -297,7 +332,8 @@ def measure_model(
     counts = group_counts(k, groups)
     bounds = [sum(counts[:j]) for j in range(groups + 1)]
     group_rows = [rows[bounds[j] : bounds[j + 1]] for j in range(groups)]
-    source = BatchSource(dataset, device, num_workers)
+    source = BatchSource(dataset, device, num_workers, prefetch)
+    forward_model = torch.compile(model) if compile else model  # same parameters and buffers
 
     was_training = model.training
     buffers = {nm: b.detach().clone() for nm, b in model.named_buffers()}
@@ -309,7 +345,7 @@ def measure_model(
             torch.manual_seed(seed)
             model.train(mode == "train")
             tensors, mean_loss = _hot_loop(
-                model,
+                forward_model,
                 params,
                 names,
                 source,
@@ -330,7 +366,9 @@ def measure_model(
         model.train(was_training)
     elapsed = time.perf_counter() - t0
 
-    norm_sq = [float(p.detach().double().pow(2).sum()) for p in params]
+    # ‖W‖² accumulated in float64 without a float64 copy of W
+    f64_norms = [torch.linalg.vector_norm(p.detach(), dtype=torch.float64) for p in params]
+    norm_sq = [float(x) ** 2 for x in f64_norms]
     sums = []
     for i, (nm, p) in enumerate(named):
         sums.append(
@@ -415,6 +453,7 @@ def _hot_loop(
         else torch.autocast(device_type=device.type, enabled=False)
     )
     plan = list(group_rows)
+    cache = _GramCache() if hooks.next_group is not None else None
     batch_index = 0  # global index of the first batch of the current group
     first = True
     j = 0
@@ -422,7 +461,7 @@ def _hot_loop(
         if j == len(plan):
             if hooks.next_group is None:
                 break
-            extra = hooks.next_group(j, _gram_sums(host_sums, q_rows, counts))
+            extra = hooks.next_group(j, _gram_sums(host_sums, q_rows, counts, cache=cache))
             if extra is None:
                 break
             plan.append(extra)
@@ -463,11 +502,12 @@ def _hot_loop(
             norms_j[i] = n64
             losses_j[i] = loss.detach().double()
             q_j += n64 * n64
-            dots = torch.stack(
-                [torch.dot(wf, g.reshape(-1).to(wf.dtype)) for wf, g in zip(w_flat, grads)]
-            )
-            abs_dot.add_(dots.double().abs())
-            norm_prod.add_(w_norm * n64)
+            if i < INVARIANCE_BATCHES:  # the invariance test reads W: a few batches per group
+                dots = torch.stack(
+                    [torch.dot(wf, g.reshape(-1).to(wf.dtype)) for wf, g in zip(w_flat, grads)]
+                )
+                abs_dot.add_(dots.double().abs())
+                norm_prod.add_(w_norm * n64)
             torch._foreach_add_(group_sum, grads)
             del grads, loss, out
         # end of group j: one synchronisation (finite check), reduce, move the sum to the host
@@ -476,11 +516,16 @@ def _hot_loop(
         loss_sum[1] += len(local)
         if hooks.reduce is not None:
             hooks.reduce([*group_sum, q_j])
-        host = [torch.empty(w.shape, dtype=w.dtype, pin_memory=pin) for w in weights]
-        for hs, gs in zip(host, group_sum):
-            hs.copy_(gs, non_blocking=pin)
-        torch._foreach_zero_(group_sum)
-        host_sums.append(host)
+        if device.type == "cpu":  # the sum is in host memory already: keep it, start a new one
+            host_sums.append(group_sum)
+            group_sum = _host_like(weights, False)
+            torch._foreach_zero_(group_sum)
+        else:
+            host = _host_like(weights, pin)
+            for hs, gs in zip(host, group_sum):
+                hs.copy_(gs, non_blocking=pin)
+            torch._foreach_zero_(group_sum)
+            host_sums.append(host)
         q_rows.append(q_j)
         counts.append(len(rows_j))
         batch_index += len(rows_j)
@@ -493,7 +538,7 @@ def _hot_loop(
         torch.cuda.synchronize(device)
     return (
         {
-            "sums": _gram_sums(host_sums, q_rows, counts, per_tensor=True),
+            "sums": _gram_sums(host_sums, q_rows, counts, per_tensor=True, cache=cache),
             "abs_dot": abs_dot.cpu().tolist(),
             "norm_prod": norm_prod.cpu().tolist(),
             "counts": tuple(counts),
@@ -502,11 +547,68 @@ def _hot_loop(
     )
 
 
+def _host_like(weights: list[Tensor], pin: bool) -> list[Tensor]:
+    """Host tensors shaped like ``weights``: one (pinned) allocation per dtype, one view each."""
+    out: list[Tensor | None] = [None] * len(weights)
+    for dtype in {w.dtype for w in weights}:
+        idx = [i for i, w in enumerate(weights) if w.dtype == dtype]
+        flat = torch.empty(sum(weights[i].numel() for i in idx), dtype=dtype, pin_memory=pin)
+        offset = 0
+        for i in idx:
+            numel = weights[i].numel()
+            out[i] = flat[offset : offset + numel].view(weights[i].shape)
+            offset += numel
+    return out  # type: ignore[return-value]
+
+
+def _gram_rows(vectors: list[Tensor], start: int = 0) -> Tensor:
+    """Rows ``start..m−1`` of the m×m float64 Gram matrix ⟨v_a, v_b⟩, shape (m − start, m).
+
+    Converted to float64 chunk by chunk (no m × numel float64 copy); ``start = 0`` gives the
+    whole matrix.
+    """
+    m, numel = len(vectors), vectors[0].numel()
+    rows = torch.zeros(m - start, m, dtype=torch.float64)
+    buf = torch.empty(m, min(GRAM_CHUNK, max(numel, 1)), dtype=torch.float64)
+    for lo in range(0, numel, GRAM_CHUNK):
+        hi = min(numel, lo + GRAM_CHUNK)
+        block = buf[:, : hi - lo]
+        for j, v in enumerate(vectors):
+            block[j].copy_(v[lo:hi])
+        rows.addmm_(block[start:], block.T)
+    return rows
+
+
+class _GramCache:
+    """Per-tensor Gram matrices extended as groups arrive (adaptive runs read them every group)."""
+
+    def __init__(self) -> None:
+        self.grams: list[Tensor] = []
+
+    def update(self, host_sums: list[list[Tensor]]) -> list[Tensor]:
+        m = len(host_sums)
+        c = self.grams[0].shape[0] if self.grams else 0
+        if m == c:
+            return self.grams
+        grams = []
+        for t in range(len(host_sums[0])):
+            rows = _gram_rows([host_sums[j][t].reshape(-1) for j in range(m)], c)
+            g = torch.zeros(m, m, dtype=torch.float64)
+            if c:
+                g[:c, :c] = self.grams[t]
+                g[:c, c:] = rows[:, :c].T
+            g[c:, :] = rows
+            grams.append(g)
+        self.grams = grams
+        return grams
+
+
 def _gram_sums(
     host_sums: list[list[Tensor]],
     q_rows: list[Tensor],
     counts: list[int],
     per_tensor: bool = False,
+    cache: _GramCache | None = None,
 ) -> Any:
     """GroupSums per tensor (``per_tensor``) or of all tensors together, Gram in float64."""
     m = len(host_sums)
@@ -514,10 +616,11 @@ def _gram_sums(
         return [] if per_tensor else None
     num_tensors = len(host_sums[0])
     q_host = torch.stack(q_rows).cpu().tolist()
+    grams = cache.update(host_sums) if cache is not None else None
     out = []
     for t in range(num_tensors):
-        stacked = torch.stack([host_sums[j][t].reshape(-1) for j in range(m)]).double()
-        gram = (stacked @ stacked.T).tolist()
+        g64 = grams[t] if grams is not None else _gram_rows([hs[t].reshape(-1) for hs in host_sums])
+        gram = g64.tolist()
         out.append(
             GroupSums(
                 gram=tuple(tuple(r) for r in gram),
@@ -525,7 +628,6 @@ def _gram_sums(
                 counts=tuple(counts),
             )
         )
-        del stacked
     if per_tensor:
         return out
     total = out[0]
@@ -585,6 +687,158 @@ def _sum_check(
 
 
 # ----------------------------------------------------------------------------------------------
+# CPU allocator
+# ----------------------------------------------------------------------------------------------
+
+#: Set to "0" to leave glibc's malloc settings alone (see :func:`tune_cpu_allocator`).
+ENV_MALLOC_TUNING = "BSCRIT_MALLOC_TUNING"
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed memory in the process (glibc): no page faults for every batch on CPU.
+
+    With glibc's default, dynamic thresholds, the activations and gradients of each batch are
+    often returned to the kernel and faulted back in on the next one (thousands of minor page
+    faults per batch, ~15% of a ResNet-18 step on CPU, for a plain training loop as well as for
+    a measurement). Raising ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` (to 1 GiB and 2 GiB)
+    keeps that memory mapped; the resident size stays near its peak instead. Process-wide and
+    permanent, so only ``run_measurement`` (the CLI) and the benchmarks call it; opt out with
+    ``BSCRIT_MALLOC_TUNING=0``. A no-op (returns False) off Linux/glibc.
+    """
+    import ctypes
+    import os
+    import sys
+
+    if os.environ.get(ENV_MALLOC_TUNING, "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+        ok = libc.mallopt(m_mmap_threshold, 1 << 30) == 1
+        return bool(libc.mallopt(m_trim_threshold, 2 << 30) == 1 and ok)
+    except (OSError, AttributeError):
+        return False
+
+
+# ----------------------------------------------------------------------------------------------
+# Adaptive stopping (--target-rel-error)
+# ----------------------------------------------------------------------------------------------
+
+#: With --target-rel-error and no --batches, the run starts with this many batches per group.
+ADAPTIVE_START_PER_GROUP = 10
+#: Default --max-batches: this many times the default k = max(200, ceil(n/B)).
+ADAPTIVE_BUDGET_FACTOR = 5
+
+
+def group_seed(seed: int, j: int) -> int:
+    """Seed of the rows of an extra group j (adaptive runs): a hash of (run seed, j)."""
+    digest = hashlib.blake2b(f"bscrit-group:{seed}:{j}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+@dataclass
+class AdaptiveState:
+    """Plan and outcome of an adaptive run: groups are added until the NSR is precise enough.
+
+    The criterion is the 95% interval of NSR (asymmetric; :func:`bscrit.stats.nsr_interval`):
+    ``rel_error = (hi − lo) / 2 / NSR``, infinite while Ĝ ≤ 0 or the interval is unbounded. It is
+    checked after the planned groups and after every added group; a group is added only if it
+    fits in ``max_batches``.
+    """
+
+    target: float
+    start: int  # batches planned before the first check
+    max_batches: int
+    group_size: int
+    reason: str | None = None  # "target reached" | "budget exhausted"
+    rel_error: float = math.inf
+    batches: int = 0
+    groups: int = 0
+    #: ``GroupSums -> (nsr, (lo, hi))`` of the reported estimator; default: the batch estimator.
+    nsr_of: Callable[[GroupSums], tuple[float, tuple[float, float]]] | None = None
+
+    def rel_error_of(self, sums: GroupSums) -> float:
+        if self.nsr_of is not None:
+            nsr, (lo, hi) = self.nsr_of(sums)
+        else:
+            from .stats import nsr_interval
+
+            g, n = sums.full()
+            if n <= 0:
+                return math.inf
+            nsr, (lo, hi) = nsr_interval(g, n, *sums.leave_one_out())
+        if not (math.isfinite(nsr) and math.isfinite(hi) and nsr > 0):
+            return math.inf
+        return (hi - lo) / 2.0 / nsr
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``extra.stopping`` entry of the measurement JSON."""
+        return {
+            "reason": self.reason,
+            "target_rel_error": self.target,
+            "achieved_rel_error": self.rel_error if math.isfinite(self.rel_error) else None,
+            "batches": self.batches,
+            "groups": self.groups,
+            "start_batches": self.start,
+            "max_batches": self.max_batches,
+            "group_size": self.group_size,
+        }
+
+
+def adaptive_plan(
+    target: float | None,
+    max_batches: int | None,
+    batches: int | None,
+    groups: int,
+    dataset_size: int,
+    batch_size: int,
+) -> AdaptiveState | None:
+    """Validate the adaptive options; None when ``target`` is None (a fixed-k run).
+
+    Starts with ``batches`` (default 10 per group), adds groups of ceil(start / m) batches, and
+    stops at ``max_batches`` (default 5 × max(200, ceil(n/B))).
+    """
+    if target is None:
+        if max_batches is not None:
+            raise BscritError("--max-batches needs --target-rel-error (--batches sets a fixed k)")
+        return None
+    if not target > 0:
+        raise BscritError(f"--target-rel-error: expected a positive number, got {target}")
+    start = batches or ADAPTIVE_START_PER_GROUP * groups
+    budget = max_batches or max(
+        start, ADAPTIVE_BUDGET_FACTOR * default_num_batches(dataset_size, batch_size)
+    )
+    if start > budget:
+        raise BscritError(f"--batches {start} is more than --max-batches {budget}")
+    return AdaptiveState(
+        target=target, start=start, max_batches=budget, group_size=math.ceil(start / groups)
+    )
+
+
+def adaptive_hooks(
+    state: AdaptiveState, dataset_size: int, batch_size: int, seed: int, base: Any = None
+) -> LoopHooks:
+    """LoopHooks whose ``next_group`` adds groups until ``state``'s target or budget is reached.
+
+    Extra group j is ``group_size`` independent batches drawn with :func:`group_seed` (seed, j),
+    so a run is reproducible and every rank of a distributed run draws the same rows.
+    """
+
+    def next_group(j: int, sums: GroupSums) -> Tensor | None:
+        state.rel_error = state.rel_error_of(sums)
+        state.batches, state.groups = sums.k, sums.m
+        if state.rel_error <= state.target:
+            state.reason = "target reached"
+            return None
+        if sums.k + state.group_size > state.max_batches:
+            state.reason = "budget exhausted"
+            return None
+        return sample_batches(dataset_size, batch_size, state.group_size, group_seed(seed, j))
+
+    return replace(base or LoopHooks(), next_group=next_group)
+
+
+# ----------------------------------------------------------------------------------------------
 # From a spec and checkpoints to a Measurement artifact
 # ----------------------------------------------------------------------------------------------
 
@@ -601,6 +855,12 @@ class MeasureOptions:
     amp: str | None = None
     batch_size: int | None = None
     unsafe_load: bool = False
+    estimator: str = "batch"  # "batch" | "per-example" (bscrit.per_example)
+    target_rel_error: float | None = None  # adaptive: stop when NSR's 95% half-width <= this
+    max_batches: int | None = None  # adaptive budget (default 5 x max(200, ceil(n/B)))
+    compile: bool = False  # torch.compile the forward pass
+    num_workers: int | None = None  # DataLoader workers (default: the spec's data.num_workers)
+    prefetch: int | None = None  # DataLoader prefetch_factor
 
 
 def run_measurement(
@@ -610,6 +870,7 @@ def run_measurement(
     *,
     progress_factory: Callable[[str, int], Any] | None = None,
     on_checkpoint: Callable[[str], None] | None = None,
+    dist: Any = None,
 ) -> Any:
     """Measure every checkpoint of a spec and pool them into a :class:`~bscrit.results.Measurement`.
 
@@ -619,6 +880,8 @@ def run_measurement(
         options: overrides of the spec's ``measure`` section.
         progress_factory: ``(description, total) -> context manager yielding advance(n)``.
         on_checkpoint: called with each checkpoint path before it is measured.
+        dist: a :class:`bscrit.distributed.DistContext` when run by torchrun (its device, rows,
+            seeds and reduction hooks), else None.
     """
     from pathlib import Path
 
@@ -639,15 +902,30 @@ def run_measurement(
     groups = o.groups or ms.groups
     seed = ms.seed if o.seed is None else o.seed
     mode = o.mode or ms.mode
-    device = resolve_device(o.device or ms.device)
+    device = dist.device if dist is not None else resolve_device(o.device or ms.device)
+    if device.type == "cpu":
+        tune_cpu_allocator()
     dataset = build_dataset(spec.data, spec.base_dir, "data")
     n = len(dataset)
     k = o.batches or ms.batches or default_num_batches(n, batch_size)
+    if o.estimator not in ("batch", "per-example"):
+        raise BscritError(f"--estimator: expected 'batch' or 'per-example', got {o.estimator!r}")
+    adaptive = adaptive_plan(
+        o.target_rel_error, o.max_batches, o.batches or ms.batches, groups, n, batch_size
+    )
+    if adaptive is not None:
+        if len(paths) > 1:
+            raise BscritError(
+                "--target-rel-error measures one checkpoint at a time (pooled checkpoints need "
+                "the same groups); give one --checkpoint, or use --batches for a fixed k"
+            )
+        k = adaptive.start
     loss_fn = build_loss(spec)
     if isinstance(loss_fn, nn.Module):
         loss_fn = loss_fn.to(device)  # e.g. class weights of a CrossEntropyLoss
 
     summaries = []
+    per_ex: list[tuple[Any, Any]] = []  # (all, scale-invariant) PerExampleStats per checkpoint
     warnings: list[str] = []
     opt = None
     elapsed = 0.0
@@ -655,43 +933,55 @@ def run_measurement(
         if on_checkpoint is not None:
             on_checkpoint(str(path))
         model, ckpt = load_model(spec, path, unsafe=o.unsafe_load)
+        if dist is not None:
+            model = dist.prepare_model(model)
+        kw = dist.measure_kwargs(n, batch_size, k, seed + ci) if dist else {"seed": seed + ci}
         if ci == 0:
             opt = optimizer_for(spec, ckpt)
         model.to(device)
         desc = f"measure {path.name}" + (f" ({ci + 1}/{len(paths)})" if len(paths) > 1 else "")
-        if progress_factory is None:
-            raw = measure_model(
-                model,
-                dataset,
-                loss_fn,
-                batch_size=batch_size,
-                num_batches=k,
-                groups=groups,
-                seed=seed + ci,
-                device=device,
-                mode=mode,
-                amp=o.amp,
-                num_workers=spec.data.num_workers,
+        run_kw: dict[str, Any] = dict(
+            batch_size=batch_size,
+            num_batches=k,
+            groups=groups,
+            **kw,
+            device=device,
+            mode=mode,
+            amp=o.amp,
+            num_workers=spec.data.num_workers if o.num_workers is None else o.num_workers,
+            prefetch=o.prefetch,
+            compile=o.compile,
+        )
+        if adaptive is not None:
+            run_kw["hooks"] = adaptive_hooks(
+                adaptive, n, batch_size, seed + ci, run_kw.get("hooks")
             )
-        else:
-            with progress_factory(desc, k) as advance:
-                raw = measure_model(
-                    model,
-                    dataset,
-                    loss_fn,
-                    batch_size=batch_size,
-                    num_batches=k,
-                    groups=groups,
-                    seed=seed + ci,
-                    device=device,
-                    mode=mode,
-                    amp=o.amp,
-                    num_workers=spec.data.num_workers,
-                    progress=advance,
+        total = adaptive.max_batches if adaptive is not None else k
+        with progress_factory(desc, total) if progress_factory else _no_progress() as advance:
+            if advance is not None:
+                run_kw["progress"] = advance
+            if o.estimator == "per-example":
+                from .per_example import measure_per_example
+
+                raw, pe_raw = measure_per_example(
+                    model, dataset, loss_fn, adaptive=adaptive, **run_kw
                 )
+            else:
+                raw = measure_model(model, dataset, loss_fn, **run_kw)
         elapsed += raw.elapsed_s
         warnings.extend(w for w in raw.warnings if w not in warnings)
-        summaries.append(summarize_checkpoint(str(path), raw.tensors, opt, raw.elapsed_s, raw.tau))
+        if o.estimator == "per-example":
+            from . import per_example
+
+            summ, pe_all, pe_si = per_example.summarize_checkpoint(
+                str(path), raw.tensors, pe_raw, n, batch_size, opt, raw.elapsed_s, raw.tau
+            )
+            summaries.append(summ)
+            per_ex.append((pe_all, pe_si))
+        else:
+            summaries.append(
+                summarize_checkpoint(str(path), raw.tensors, opt, raw.elapsed_s, raw.tau)
+            )
         del model
 
     first = summaries[0]
@@ -725,11 +1015,26 @@ def run_measurement(
             "no scale-invariant tensor found: the theorems of [LMA21] §5 assume a scale-invariant "
             "loss; the bounds are indicative only"
         )
+    extra: dict[str, Any] = {}
+    if adaptive is not None:
+        extra["stopping"] = adaptive.to_dict()
+        if adaptive.reason == "budget exhausted":
+            warnings.append(
+                f"--target-rel-error {adaptive.target:g} not reached within --max-batches "
+                f"{adaptive.max_batches}: the NSR's relative 95% half-width is "
+                f"{adaptive.rel_error:.3g}"
+            )
+    if per_ex:
+        from .per_example import estimate_dict, pool_t1
+
+        extra["T1"] = estimate_dict(pool_t1([a for a, _ in per_ex]))
+        if all(si is not None for _, si in per_ex):
+            extra["T1_scale_invariant"] = estimate_dict(pool_t1([si for _, si in per_ex]))
     return Measurement(
         batch_size=batch_size,
         dataset_size=n,
-        num_batches=k,
-        groups=groups,
+        num_batches=raw.num_batches if adaptive is not None else k,
+        groups=raw.groups if adaptive is not None else groups,
         seed=seed,
         device=str(device),
         mode=mode,
@@ -745,7 +1050,15 @@ def run_measurement(
         spec=str(spec.path),
         model=spec.model.name or spec.model.factory,
         amp=o.amp,
+        estimator=o.estimator,
         warnings=tuple(warnings),
         bscrit_version=__version__,
-        extra={"tau": summaries and raw.tau, "mean_loss": raw.mean_loss},
+        extra={"tau": summaries and raw.tau, "mean_loss": raw.mean_loss}
+        | extra
+        | ({} if dist is None else {"distributed": dist.describe(batch_size)}),
     )
+
+
+@contextlib.contextmanager
+def _no_progress() -> Iterator[None]:
+    yield None

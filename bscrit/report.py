@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -53,11 +54,11 @@ def fmt_ci(ci: tuple[float, float] | None) -> str:
 
 
 def error(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)
+    err.print(f"[yellow]warning:[/] {escape(message)}", markup=True, highlight=False)
 
 
 def info(message: str) -> None:
@@ -234,9 +235,7 @@ def _bounds_table(b) -> None:  # type: ignore[no-untyped-def]
     t.add_column("value", justify="right")
     t.add_column("95% CI", justify="right")
     pset = "scale-invariant" if b.param_set == "scale_invariant" else "all"
-    t.add_row(
-        "parameter set", pset, f"s.-inv. {100 * b.scale_invariant_fraction:.1f}% of params"
-    )
+    t.add_row("parameter set", pset, f"s.-inv. {100 * b.scale_invariant_fraction:.1f}% of params")
     t.add_row("G = ‖∇L‖²", fmt(ns.G.value), fmt_ci(ns.G.ci95))
     t.add_row("N^B = Tr Σ^B", fmt(ns.N.value), fmt_ci(ns.N.ci95))
     t.add_row("NSR = N^B/G", fmt(ns.nsr), fmt_ci(ns.nsr_ci95))
@@ -257,8 +256,8 @@ def _bounds_table(b) -> None:  # type: ignore[no-untyped-def]
     thr = b.sde_nsr_threshold
     if b.sde_certified_invalid:
         _line(
-            f"  Thm 5.2 (ii): NSR {fmt(ns.nsr)} < 1/(C² − 1) = {fmt(thr)}: the SDE approximation is "
-            "certified to FAIL at this setting."
+            f"  Thm 5.2 (ii): NSR {fmt(ns.nsr)} < 1/(C² − 1) = {fmt(thr)}: the SDE "
+            "approximation is certified to FAIL at this setting."
         )
     else:
         _line(
@@ -266,14 +265,12 @@ def _bounds_table(b) -> None:  # type: ignore[no-untyped-def]
         )
     if b.thm55_base_batch_below is not None:
         _line(
-            f"  Thm 5.5: (C² − 1)·NSR = {fmt((c2 - 1) * ns.nsr)} < 1: B = {b.batch_size} is past the "
-            f"critical batch of every base batch below {_batch(b.thm55_base_batch_below)} "
+            f"  Thm 5.5: (C² − 1)·NSR = {fmt((c2 - 1) * ns.nsr)} < 1: B = {b.batch_size} is past "
+            f"the critical batch of every base batch below {_batch(b.thm55_base_batch_below)} "
             f"(κ > {fmt(b.thm55_kappa_min)})."
         )
     else:
-        _line(
-            f"  Thm 5.5: (C² − 1)·NSR = {fmt((c2 - 1) * ns.nsr)} ≥ 1: certifies nothing here."
-        )
+        _line(f"  Thm 5.5: (C² − 1)·NSR = {fmt((c2 - 1) * ns.nsr)} ≥ 1: certifies nothing here.")
     if ir is not None:
         _line(
             "  Implicit regularisation: the noise term is NSR × the signal term; the linear rule "
@@ -352,3 +349,165 @@ def check_report(r) -> None:  # type: ignore[no-untyped-def]
     for b in r.prediction.measurements:
         for w in b.warnings:
             warn(f"{b.source}: {w}")
+
+
+# ==============================================================================================
+# svag  (issue: bscrit svag)
+# ==============================================================================================
+
+
+def _svag_hp(opt) -> str:  # type: ignore[no-untyped-def]
+    """The hyperparameters of one SVAG run, compactly (6 significant digits)."""
+    parts = [f"lr {opt.lr:.6g}"]
+    if opt.name in ("sgd", "rmsprop") and opt.momentum:
+        parts.append(f"momentum {opt.momentum:.6g}")
+    if opt.betas is not None:
+        parts.append(f"betas ({opt.betas[0]:.6g}, {opt.betas[1]:.6g})")
+    if opt.alpha is not None:
+        parts.append(f"alpha {opt.alpha:.6g}")
+    if opt.eps is not None:
+        parts.append(f"eps {opt.eps:.3g}")
+    if opt.weight_decay:
+        parts.append(f"wd {opt.weight_decay:.6g}")
+    return ", ".join(parts)
+
+
+def _pct(x: float) -> str:
+    """A relative difference as a percentage ('—' when not finite)."""
+    if not math.isfinite(x):
+        return "—"
+    return f"{100 * x:.2g}%" if x < 0.1 else f"{100 * x:.0f}%"
+
+
+def svag_cost(ls, effective_steps: int, passes: dict, target_batch_size: int, device: str) -> None:
+    """Print (stderr) what the SVAG runs will cost before they start."""
+    total = sum(passes.values())
+    info(
+        f"SVAG at B' = {target_batch_size} on {device}: {effective_steps} effective steps for "
+        f"each l in {', '.join(str(x) for x in ls)}."
+    )
+    info("Cost: SVAG with l takes 2·l forward-backward passes per effective step (+ evaluation):")
+    for lv in ls:
+        info(f"  l = {lv}: {lv * effective_steps} steps, {passes[lv]:,} forward-backward passes of "
+             f"batch {target_batch_size}")  # fmt: skip
+    info(f"  total: {total:,} forward-backward passes, i.e. about {total / 2:,.0f} training steps "
+         f"at batch size {target_batch_size}")  # fmt: skip
+
+
+def svag_report(r) -> None:  # type: ignore[no-untyped-def]
+    """Human output of ``bscrit svag`` (a :class:`~bscrit.svag_results.SvagResult`): the runs,
+    the test functions at the end (tail means) with the comparisons behind the verdict, and the
+    verdict."""
+    from rich.table import Table
+
+    from .svag_results import METRIC_LABELS, VERDICT_METRICS
+
+    _line(
+        f"SVAG (Stochastic Variance Amplified Gradient, [LMA21] §4) at B' = "
+        f"{r.target_batch_size} from B = {r.batch_size} (κ = {r.kappa:.4g}; {r.rule_reference}), "
+        f"{r.effective_steps} effective steps"
+    )
+    t = Table(title="runs", title_justify="left")
+    t.add_column("l", justify="right")
+    t.add_column("steps", justify="right")
+    t.add_column(f"{r.target_optimizer.name} hyperparameters (SVAG rule, THEORY §6)")
+    t.add_column("fwd-bwd passes", justify="right")
+    t.add_column("time", justify="right")
+    for run in r.runs:
+        t.add_row(
+            str(run.l),
+            str(run.steps),
+            _svag_hp(run.optimizer),
+            f"{r.forward_backward.get(run.l, 0):,}",
+            f"{run.elapsed_s:.1f} s" + (" (diverged)" if run.diverged_at is not None else ""),
+        )
+    out.print(t)
+
+    ls = [run.l for run in r.runs]
+    pairs = list(dict.fromkeys((c.l_a, c.l_b) for c in r.comparisons))
+    t = Table(
+        title=f"test functions: mean ±sd over the last {r.tail:.0%} of the effective steps; "
+        f"comparisons: |a − b| / threshold, both relative to max(|a|,|b|)",
+        title_justify="left",
+    )
+    t.add_column("test function")
+    for lv in ls:
+        t.add_column(f"l = {lv}", justify="right")
+    for la, lb in pairs:
+        t.add_column(f"{lb} vs {la}", justify="right")
+    for m in r.metrics():
+        label = METRIC_LABELS.get(m, m) + (" *" if m in VERDICT_METRICS else "")
+        row = [label]
+        for lv in ls:
+            s = r.summary(m, lv)
+            row.append("—" if s is None else f"{fmt(s.mean)} ±{s.sd:.1g}")
+        for la, lb in pairs:
+            c = next((c for c in r.comparisons if c.metric == m and (c.l_a, c.l_b) == (la, lb)),
+                     None)  # fmt: skip
+            if c is None:
+                row.append("—")
+            else:
+                mark = "[green]✓[/]" if c.agree else "[red]✗[/]"
+                scale = max(abs(c.a), abs(c.b))
+                rel_thr = c.threshold / scale if scale > 0 else math.nan
+                row.append(f"{_pct(c.rel_diff)} / {_pct(rel_thr)} {mark}")
+        t.add_row(*row)
+    out.print(t)
+    _line(
+        f"  * decides the verdict. Agree iff |a − b| ≤ max(rtol·max(|a|,|b|), z·√(sd_a² + sd_b²)) "
+        f"with rtol = {r.rtol:g}, z = {r.z:g}; accuracies compared as error rates 1 − acc."
+    )
+    v = r.verdict
+    colour = {"sde_holds": "green", "sde_fails": "red", "not_converged": "yellow"}.get(v.code, "")
+    out.print(f"[bold {colour}]verdict ({v.code}):[/] {v.text}", soft_wrap=True)
+    if v.failing:
+        _line(f"  disagreements: {'; '.join(v.failing)}")
+    for n in r.notes:
+        _line(f"  note: {n}")
+    for w in r.warnings:
+        warn(w)
+
+
+def plot_svag(r, path) -> None:  # type: ignore[no-untyped-def]
+    """A PNG like [LMA21] Fig. 4: one panel per test function against effective steps, one line
+    per l. matplotlib (Agg backend) is imported here only."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .svag_results import METRIC_LABELS
+
+    metrics = r.metrics()
+    ncols = min(3, len(metrics))
+    nrows = math.ceil(len(metrics) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    for ax, m in zip(axes.flat, metrics):
+        for run in r.runs:
+            label = f"l = {run.l}" + (" (SGD)" if run.l == 1 and r.target_optimizer.name == "sgd"
+                                      else "")  # fmt: skip
+            ax.plot(run.effective_steps, run.values[m], marker="." if len(run.effective_steps) < 30
+                    else None, label=label)  # fmt: skip
+        ax.set_title(METRIC_LABELS.get(m, m), fontsize=10)
+        ax.set_xlabel("effective steps")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(metrics) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(
+        f"SVAG at B' = {r.target_batch_size} ({r.target_optimizer.name}); verdict: "
+        f"{r.verdict.code}",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    p = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(p))
+    os.makedirs(d, exist_ok=True)
+    tmp = os.path.join(d, f".{os.path.basename(p)}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, p)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)

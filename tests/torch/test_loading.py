@@ -460,3 +460,21 @@ def test_resolve_device(monkeypatch):
     assert resolve_device("cuda:0") == torch.device("cuda:0")
     with pytest.raises(BscritError, match="only 1 CUDA device"):
         resolve_device("cuda:3")
+
+
+def test_data_parallel_factory_is_unwrapped_and_loads_a_plain_checkpoint(
+    tmp_path: Path, trained: nn.Module
+) -> None:
+    (tmp_path / "wrapped.py").write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(ASSETS)!r})\n"
+        "import torch, tiny\n"
+        "def make():\n"
+        "    return torch.nn.DataParallel(tiny.make_model())\n"
+    )
+    torch.save(trained.state_dict(), tmp_path / "plain.pt")
+    spec = make_spec(tmp_path, model={"factory": "wrapped.py:make"})
+    assert not isinstance(build_model(spec), nn.DataParallel)
+    model, _ = load_model(spec, tmp_path / "plain.pt")
+    for k, v in trained.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v)

@@ -1,0 +1,181 @@
+"""`bscrit svag` end to end on the digits example (examples/digits), through typer's CliRunner.
+
+The checkpoint is trained for a few SGD steps inside the test; every run is a handful of
+effective steps on a 1-thread CPU, so the whole file takes seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from bscrit.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGITS = ROOT / "examples" / "digits"
+SPEC = DIGITS / "spec.yaml"
+MEASUREMENTS = ROOT / "tests" / "assets" / "measurements"
+runner = CliRunner()
+
+FAST = ["--effective-steps", "6", "--eval-every", "3", "--eval-batches", "2",
+        "--eval-examples", "64", "--device", "cpu", "--quiet"]  # fmt: skip
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(
+        f"_svag_test_digits_{name}", DIGITS / f"{name}.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    """The digits MLP after 40 SGD steps (B = 32, lr 0.1, wd 5e-4), saved as train.py does."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model = _load("model").make_model(width=64, num_classes=10, affine=False, seed=0)
+    x, y = _load("data").load_tensors("train")
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1,
+                          weight_decay=5e-4)  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        idx = torch.randperm(len(y), generator=g)[:32]
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    path = tmp_path_factory.mktemp("svag") / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "epoch": 1, "batch_size": 32}, path)
+    yield path
+    torch.set_num_threads(threads)
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_svag_on_digits_writes_table_json_csv_png_and_leaves_the_checkpoint(ckpt, tmp_path):
+    before, mtime = _sha(ckpt), os.stat(ckpt).st_mtime_ns
+    out, png = tmp_path / "svag-128", tmp_path / "svag-128.png"
+    args = ["--out", str(out), "--plot", str(png)]
+    r = runner.invoke(app, ["svag", str(SPEC), "--checkpoint", str(ckpt), "--target-batch-size",
+                            "128", "--l", "1,2,4", *FAST, *args])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    # cost stated before the run; no prompt outside a terminal
+    assert "2·l forward-backward passes per effective step" in r.output
+    assert "non-interactive" in r.output
+    assert "verdict (" in r.output and "held-out loss" in r.output
+    d = json.loads((out / "svag.json").read_text())
+    assert d["schema"] == 1 and d["kind"] == "bscrit.svag"
+    assert d["verdict"]["code"] in ("sde_holds", "sde_fails", "not_converged")
+    assert d["target_batch_size"] == 128 and d["kappa"] == 4.0 and d["rule"] == "linear"
+    assert d["target_optimizer"]["lr"] == pytest.approx(0.4)
+    assert [run["optimizer"]["lr"] for run in d["runs"]] == pytest.approx([0.4, 0.2, 0.1])
+    assert [run["steps"] for run in d["runs"]] == [6, 12, 24]
+    assert d["runs"][0]["effective_steps"] == [0.0, 3.0, 6.0]
+    assert set(d["runs"][0]["values"]) == {"train_loss", "train_acc", "G", "N", "norm_sq",
+                                           "eval_loss", "eval_acc"}  # fmt: skip
+    assert d["cost"]["forward_backward_passes"] == {"1": 12 + 6, "2": 24 + 6, "4": 48 + 6}
+    assert d["eval_examples"] == 64 and d["eval_batches"] == 2
+    comps = {(c["metric"], c["l_a"], c["l_b"]) for c in d["comparisons"]}
+    assert ("train_loss", 1, 2) in comps and ("train_loss", 2, 4) in comps
+    assert all(c["threshold"] is not None for c in d["comparisons"] if c["in_verdict"])
+    # every l starts from the same point: identical test functions at effective step 0
+    first = [tuple(run["values"][m][0] for m in ("train_loss", "norm_sq", "eval_loss"))
+             for run in d["runs"]]  # fmt: skip
+    assert first[0] == first[1] == first[2]
+    csv = (out / "trajectories.csv").read_text().splitlines()
+    assert csv[0].startswith("l,step,effective_step,train_loss")
+    assert len(csv) == 1 + 3 * 3
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert _sha(ckpt) == before and os.stat(ckpt).st_mtime_ns == mtime
+    assert not list(out.glob(".*.tmp")) and not list(tmp_path.glob(".*.tmp*"))
+
+
+def test_svag_json_is_reproducible_and_overrides_apply(ckpt):
+    args = ["svag", str(SPEC), "-c", str(ckpt), "-t", "64", "--l", "1,2,4", *FAST, "--json",
+            "--lr", "0.3", "--momentum", "0.5"]  # fmt: skip
+    r1 = runner.invoke(app, args)
+    assert r1.exit_code == 0, r1.output
+    d1 = json.loads(r1.stdout)
+    assert d1["target_optimizer"]["lr"] == 0.3 and d1["target_optimizer"]["momentum"] == 0.5
+    assert d1["target_optimizer"]["source"] == "cli"
+    assert [run["optimizer"]["lr"] for run in d1["runs"]] == pytest.approx([0.3, 0.15, 0.075])
+    assert all(run["optimizer"]["momentum"] == 0.5 for run in d1["runs"])
+    d2 = json.loads(runner.invoke(app, args).stdout)
+    assert d1["runs"][2]["values"] == d2["runs"][2]["values"]  # same seeds, same result
+
+
+def test_svag_adam_spec_warm_starts(ckpt, tmp_path):
+    raw = yaml.safe_load(SPEC.read_text())
+    raw["model"]["factory"] = f"{DIGITS / 'model.py'}:make_model"
+    raw["data"]["factory"] = raw["eval_data"]["factory"] = f"{DIGITS / 'data.py'}:make_dataset"
+    raw["optimizer"] = {"name": "adam", "lr": 0.001, "betas": [0.9, 0.99]}
+    raw["schedule"] = {"name": "step", "milestones": [8], "gamma": 0.5}
+    spec = tmp_path / "adam.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    r = runner.invoke(app, ["svag", str(spec), "-c", str(ckpt), "-t", "128", "--l", "1,4,16",
+                            *FAST, "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["rule"] == "square-root"
+    t = d["target_optimizer"]  # κ = 4: η' = 2η, β' = 1 − 4(1 − β)
+    assert t["lr"] == pytest.approx(0.002) and t["betas"] == pytest.approx([0.6, 0.96])
+    l16 = d["runs"][2]["optimizer"]  # SVAG l = 16: η/4, β ← 1 − (1 − β)/16, ε·4
+    assert l16["lr"] == pytest.approx(0.0005)
+    assert l16["betas"] == pytest.approx([1 - 0.4 / 16, 1 - 0.04 / 16])
+    assert d["schedule"]["milestones"] == [2]
+    assert any("warm-started" in n for n in d["notes"])
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["-t", "4096"], "exceeds the 1500 training examples"),
+        (["-t", "64", "--l", "1,2"], "at least three distinct values"),
+        (["-t", "64", "--beta1", "0.9"], "--beta1/--beta2 apply to adam"),
+        (["-t", "64", "--from-measurement", str(MEASUREMENTS / "sgd_b128.json")], "exactly one"),
+        (["--from-measurement", str(MEASUREMENTS / "sgd_b128.json")], "1866"),
+    ],
+)
+def test_svag_usage_errors_exit_2(ckpt, args, message):
+    r = runner.invoke(app, ["svag", str(SPEC), "-c", str(ckpt), *args, "--device", "cpu", "-q"])
+    assert r.exit_code == 2, r.output
+    assert message in r.output
+
+
+def test_from_measurement_takes_the_top_of_the_recommended_range(ckpt):
+    r = runner.invoke(app, ["svag", str(SPEC), "-c", str(ckpt), "--device", "cpu", "-q",
+                            "--from-measurement", str(MEASUREMENTS / "sgd_b128.json")])  # fmt: skip
+    assert "B' = 1866: the top of the recommended range" in r.output
+
+
+def test_interactive_prompt_can_decline_and_yes_skips_it(ckpt, tmp_path, monkeypatch):
+    import bscrit.cli as cli
+
+    monkeypatch.setattr(cli, "_svag_interactive", lambda: True)
+    out = tmp_path / "declined"
+    base = ["svag", str(SPEC), "-c", str(ckpt), "-t", "64", *FAST, "--out", str(out)]
+    r = runner.invoke(app, base, input="n\n")
+    assert r.exit_code == 0, r.output
+    assert "Run it?" in r.output and "not started" in r.output and not out.exists()
+    r = runner.invoke(app, [*base, "--yes"])
+    assert r.exit_code == 0, r.output
+    assert "Run it?" not in r.output and (out / "svag.json").exists()
+
+
+def test_ci_env_means_non_interactive(monkeypatch):
+    import bscrit.cli as cli
+
+    monkeypatch.setenv("CI", "true")
+    assert cli._svag_interactive() is False

@@ -1,0 +1,235 @@
+"""Adaptive stopping (--target-rel-error / --max-batches) and the new measure options."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+from typer.testing import CliRunner
+
+from bscrit.cli import app
+from bscrit.errors import BscritError
+from bscrit.measure import (
+    LoopHooks,
+    adaptive_hooks,
+    adaptive_plan,
+    group_seed,
+    measure_model,
+    sample_batches,
+)
+from bscrit.per_example import measure_per_example
+from bscrit.stats import noise_stats
+from bscrit.summary import set_sums
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+
+
+def _mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return ((out.squeeze(-1) - y) ** 2).mean()
+
+
+def _problem(n: int = 64) -> tuple[nn.Module, TensorDataset]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    y = torch.sin(x @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
+    y = y + 0.3 * torch.randn(n, generator=g, dtype=torch.float64)
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double(), TensorDataset(x, y)
+
+
+def _rel_error(tensors) -> float:  # type: ignore[no-untyped-def]
+    s = noise_stats(set_sums(tensors))
+    lo, hi = s.nsr_ci95
+    return (hi - lo) / 2 / s.nsr
+
+
+def test_plan_defaults_and_validation() -> None:
+    assert adaptive_plan(None, None, None, 10, 1000, 8) is None
+    st = adaptive_plan(0.1, None, None, 10, 1000, 8)
+    assert st is not None
+    assert (st.start, st.group_size, st.max_batches) == (100, 10, 5 * 200)
+    st = adaptive_plan(0.1, 90, 45, 4, 1000, 8)
+    assert st is not None and (st.start, st.group_size, st.max_batches) == (45, 12, 90)
+    with pytest.raises(BscritError, match="needs --target-rel-error"):
+        adaptive_plan(None, 100, None, 10, 1000, 8)
+    with pytest.raises(BscritError, match="more than --max-batches"):
+        adaptive_plan(0.1, 50, 80, 10, 1000, 8)
+    with pytest.raises(BscritError, match="positive"):
+        adaptive_plan(0.0, None, None, 10, 1000, 8)
+    assert group_seed(0, 1) != group_seed(0, 2) != group_seed(1, 1)
+    assert 0 <= group_seed(123, 45) < 2**63
+
+
+def test_stops_when_target_reached_and_reports_it() -> None:
+    model, ds = _problem()
+    st = adaptive_plan(0.3, 2000, 40, 4, len(ds), 6)
+    assert st is not None
+    hooks = adaptive_hooks(st, len(ds), 6, seed=0)
+    raw = measure_model(model, ds, _mse, batch_size=6, num_batches=40, groups=4, hooks=hooks)
+    assert st.reason == "target reached"
+    assert raw.num_batches == st.batches > 40  # it had to continue
+    assert raw.groups == st.groups == 4 + (raw.num_batches - 40) // st.group_size
+    assert set(raw.counts[4:]) == {st.group_size}
+    # the recorded error is that of the final sums, and the one before stopping was too large
+    assert math.isclose(_rel_error(raw.tensors), st.rel_error, rel_tol=1e-9)
+    assert st.rel_error <= 0.3
+    d = st.to_dict()
+    assert d["reason"] == "target reached" and d["achieved_rel_error"] == st.rel_error
+
+
+def test_budget_exhausted_and_whole_groups_only() -> None:
+    model, ds = _problem()
+    st = adaptive_plan(1e-4, 30, 8, 4, len(ds), 6)
+    assert st is not None
+    raw = measure_model(
+        model,
+        ds,
+        _mse,
+        batch_size=6,
+        num_batches=8,
+        groups=4,
+        hooks=adaptive_hooks(st, len(ds), 6, seed=3),
+    )
+    assert st.reason == "budget exhausted"
+    assert raw.num_batches == 30  # 8 planned + 11 groups of 2; one more would exceed 30
+    assert st.rel_error > 1e-4
+
+
+def test_extra_groups_are_reproducible_and_match_a_fixed_run() -> None:
+    """Adaptive sums (incremental Gram) = a fixed run over the same rows in the same groups."""
+    model, ds = _problem()
+    st = adaptive_plan(1e-6, 20, 12, 3, len(ds), 6)
+    assert st is not None
+    raw = measure_model(
+        model,
+        ds,
+        _mse,
+        batch_size=6,
+        num_batches=12,
+        groups=3,
+        seed=5,
+        hooks=adaptive_hooks(st, len(ds), 6, seed=5),
+    )
+    assert raw.counts == (4, 4, 4, 4, 4)
+    rows = torch.cat(
+        [sample_batches(len(ds), 6, 12, 5)]
+        + [sample_batches(len(ds), 6, 4, group_seed(5, j)) for j in (3, 4)]
+    )
+    fixed = measure_model(model, ds, _mse, batch_size=6, batch_rows=rows, groups=5, seed=5)
+    for a, b in zip(raw.tensors, fixed.tensors):
+        assert a.sums.q == b.sums.q
+        for ra, rb in zip(a.sums.gram, b.sums.gram):
+            assert all(math.isclose(x, y, rel_tol=1e-12, abs_tol=1e-300) for x, y in zip(ra, rb))
+
+
+def test_optional_stopping_keeps_reasonable_coverage() -> None:
+    """Stopping on the interval's width must not wreck the interval: coverage of the true NSR."""
+    model, ds = _problem()
+    b = 6
+    x, y = ds.tensors
+    ps = list(model.parameters())
+    per = torch.stack(
+        [
+            torch.cat(
+                [t.reshape(-1) for t in torch.autograd.grad(_mse(model(xi[None]), yi[None]), ps)]
+            )
+            for xi, yi in zip(x, y)
+        ]
+    )
+    n = len(x)
+    mean = per.mean(0)
+    t1 = float(((per - mean) ** 2).sum(1).mean())
+    nsr_true = t1 * (n - b) / (b * (n - 1)) / float(mean @ mean)
+    reps, cover = 25, 0
+    for seed in range(reps):
+        st = adaptive_plan(0.3, 400, 40, 5, n, b)
+        assert st is not None
+        raw = measure_model(
+            model,
+            ds,
+            _mse,
+            batch_size=b,
+            num_batches=40,
+            groups=5,
+            seed=seed,
+            hooks=adaptive_hooks(st, n, b, seed),
+        )
+        s = noise_stats(set_sums(raw.tensors))
+        cover += s.nsr_ci95[0] <= nsr_true <= s.nsr_ci95[1]
+    assert cover >= 0.8 * reps
+
+
+def test_per_example_mode_stops_on_its_own_nsr() -> None:
+    model, ds = _problem()
+    st = adaptive_plan(0.15, 2000, 16, 4, len(ds), 6)
+    assert st is not None
+    raw, pe = measure_per_example(
+        model,
+        ds,
+        _mse,
+        batch_size=6,
+        num_batches=16,
+        groups=4,
+        hooks=adaptive_hooks(st, len(ds), 6, seed=0),
+        adaptive=st,
+    )
+    assert st.reason == "target reached" and st.rel_error <= 0.15
+    assert len(pe.c) == raw.groups == st.groups
+
+
+def test_hooks_compose_with_existing_local_rows() -> None:
+    seen: list[int] = []
+
+    def local_rows(j: int, rows: torch.Tensor) -> torch.Tensor:
+        seen.append(j)
+        return rows
+
+    model, ds = _problem()
+    st = adaptive_plan(1e-6, 12, 8, 4, len(ds), 6)
+    assert st is not None
+    hooks = adaptive_hooks(st, len(ds), 6, seed=0, base=LoopHooks(local_rows=local_rows))
+    measure_model(model, ds, _mse, batch_size=6, num_batches=8, groups=4, hooks=hooks)
+    assert seen == [0, 1, 2, 3, 4, 5]
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+
+
+def _cli(*args: str) -> tuple[int, str, str]:
+    r = CliRunner().invoke(app, ["measure", str(ASSETS / "valid.yaml"), "-q", *args])
+    return r.exit_code, r.stdout, r.stderr
+
+
+def test_cli_adaptive_and_per_example() -> None:
+    code, out, err = _cli("--json", "--target-rel-error", "0.3", "--max-batches", "120")
+    assert code == 0, err
+    d = json.loads(out)
+    st = d["extra"]["stopping"]
+    assert st["reason"] in ("target reached", "budget exhausted")
+    assert d["num_batches"] == st["batches"] <= 120 and d["groups"] == st["groups"]
+    assert "stopping:" in err
+
+    code, out, err = _cli("--json", "--estimator", "per-example", "--mode", "eval", "-k", "16")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["estimator"] == "per-example"
+    t1 = d["extra"]["T1"]
+    assert t1["ci95"][0] <= t1["value"] <= t1["ci95"][1] and t1["se"] > 0
+    n, b = d["dataset_size"], d["batch_size"]
+    assert math.isclose(d["stats"]["all"]["N"], t1["value"] * (n - b) / (b * (n - 1)))
+
+
+def test_cli_refusals() -> None:
+    code, _, err = _cli("--estimator", "per-example")
+    assert code == 3 and "BatchNorm1d in train mode" in err
+    code, _, err = _cli("--max-batches", "100")
+    assert code == 2 and "needs --target-rel-error" in err
+    code, _, err = _cli("--target-rel-error", "0.1", "-c", "x.pt", "-c", "y.pt")
+    assert code == 2 and "one checkpoint" in err
