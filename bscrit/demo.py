@@ -101,7 +101,31 @@ def run_demo(
     show: Any = None,
 ) -> DemoResult:
     """Run the demo pipeline; ``say`` prints step headers, ``show`` (a module with the report
-    functions, normally :mod:`bscrit.report`) prints each step's tables."""
+    functions, normally :mod:`bscrit.report`) prints each step's tables.
+
+    The demo's network is tiny: one CPU thread runs it as fast as several and does not slow to a
+    crawl when another process shares the cores, so torch is held to one thread meanwhile.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    if device == "cpu":
+        torch.set_num_threads(1)
+    try:
+        return _run_demo(workdir, quick=quick, device=device, svag=svag, say=say, show=show)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_demo(
+    workdir: Path,
+    *,
+    quick: bool,
+    device: str,
+    svag: bool,
+    say: Callable[[str], None],
+    show: Any,
+) -> DemoResult:
     from .examples.digits.train import train
     from .measure import MeasureOptions, run_measurement
     from .predict import predict

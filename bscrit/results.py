@@ -28,7 +28,7 @@ SCHEMA = 1
 KIND_MEASUREMENT = "bscrit.measurement"
 
 
-def _finite_or_none(x: float | None) -> float | None:
+def finite_or_none(x: float | None) -> float | None:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return None
     return float(x)
@@ -136,8 +136,8 @@ class ParamSetStats:
             "N": self.N,
             "N_se": self.N_se,
             "N_ci95": list(self.N_ci95),
-            "nsr": _finite_or_none(self.nsr),
-            "nsr_ci95": [_finite_or_none(self.nsr_ci95[0]), _finite_or_none(self.nsr_ci95[1])],
+            "nsr": finite_or_none(self.nsr),
+            "nsr_ci95": [finite_or_none(self.nsr_ci95[0]), finite_or_none(self.nsr_ci95[1])],
             "signal_detected": self.signal_detected,
             "R": self.R,
             "num_params": self.num_params,
@@ -208,7 +208,7 @@ class ParameterRow:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["shape"] = list(self.shape)
-        d["invariance_ratio"] = _finite_or_none(self.invariance_ratio)
+        d["invariance_ratio"] = finite_or_none(self.invariance_ratio)
         return d
 
     @staticmethod

@@ -57,6 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import BscritError, DataError, ExitCode
+from .measure import tensor_view, to_device
 from .results import OptimizerInfo
 from .scaling import (
     ADAM_BETAS,
@@ -489,16 +490,6 @@ class GaussianNoiseOracle:
         return self.sample(), self.sample()
 
 
-def _to(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to(o, device) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    return obj
-
-
 class _Batches:
     """Index lists of B distinct examples, uniform without replacement, batches independent."""
 
@@ -517,22 +508,16 @@ class BatchSource:
         self.dataset = dataset
         self.device = device
         self.num_workers = num_workers
-        self.tensors: tuple[Tensor, ...] | None = None
-        data = torch.utils.data
-        if isinstance(dataset, data.TensorDataset):
-            self.tensors = tuple(dataset.tensors)
-        elif isinstance(dataset, data.Subset) and isinstance(dataset.dataset, data.TensorDataset):
-            ix = torch.as_tensor(list(dataset.indices))  # spec `subset`: materialise once
-            self.tensors = tuple(t[ix] for t in dataset.dataset.tensors)
+        self.tensors = tensor_view(dataset)  # (Subset of a) TensorDataset: index directly
 
     def fetch(self, idx: list[int]) -> Any:
         """One batch ``(input, target)`` on the device."""
         if self.tensors is not None:
             ix = torch.as_tensor(idx)
-            return _to(tuple(t[ix] for t in self.tensors), self.device)
+            return to_device(tuple(t[ix] for t in self.tensors), self.device)
         from torch.utils.data import default_collate
 
-        return _to(default_collate([self.dataset[i] for i in idx]), self.device)
+        return to_device(default_collate([self.dataset[i] for i in idx]), self.device)
 
     def stream(self, b: int, generator: torch.Generator) -> Iterator[Any]:
         """An endless stream of independent random batches of size b."""
@@ -545,7 +530,7 @@ class BatchSource:
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
         )
-        return (_to(batch, self.device) for batch in loader)
+        return (to_device(batch, self.device) for batch in loader)
 
 
 def _buffers(model: nn.Module) -> list[Tensor]:

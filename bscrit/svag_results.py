@@ -49,7 +49,15 @@ from typing import Any
 
 from . import __version__
 from .errors import ArtifactError
-from .results import SCHEMA, OptimizerInfo, check_schema, dumps, read_json, write_atomic
+from .results import (
+    SCHEMA,
+    OptimizerInfo,
+    check_schema,
+    dumps,
+    finite_or_none,
+    read_json,
+    write_atomic,
+)
 
 KIND_SVAG = "bscrit.svag"
 
@@ -84,12 +92,6 @@ VERDICT_TEXT: dict[str, str] = {
         "(e.g. --l {suggest}) or more effective steps."
     ),
 }
-
-
-def _finite_or_none(x: float | None) -> float | None:
-    if x is None or not math.isfinite(x):
-        return None
-    return float(x)
 
 
 def _none_to_nan(x: float | None) -> float:
@@ -131,7 +133,7 @@ class SvagRun:
             "diverged_at": self.diverged_at,
             "elapsed_s": self.elapsed_s,
             "effective_steps": list(self.effective_steps),
-            "values": {k: [_finite_or_none(v) for v in vs] for k, vs in self.values.items()},
+            "values": {k: [finite_or_none(v) for v in vs] for k, vs in self.values.items()},
         }
 
     @staticmethod
@@ -168,11 +170,11 @@ class TailSummary:
         return {
             "metric": self.metric,
             "l": self.l,
-            "tail_mean": _finite_or_none(self.mean),
-            "tail_sd": _finite_or_none(self.sd),
-            "tail_se": _finite_or_none(self.se),
+            "tail_mean": finite_or_none(self.mean),
+            "tail_sd": finite_or_none(self.sd),
+            "tail_se": finite_or_none(self.se),
             "n_tail": self.n,
-            "final": _finite_or_none(self.final),
+            "final": finite_or_none(self.final),
         }
 
     @staticmethod
@@ -210,11 +212,11 @@ class Comparison:
             "metric": self.metric,
             "l_a": self.l_a,
             "l_b": self.l_b,
-            "a": _finite_or_none(self.a),
-            "b": _finite_or_none(self.b),
-            "diff": _finite_or_none(self.diff),
-            "rel_diff": _finite_or_none(self.rel_diff),
-            "threshold": _finite_or_none(self.threshold),
+            "a": finite_or_none(self.a),
+            "b": finite_or_none(self.b),
+            "diff": finite_or_none(self.diff),
+            "rel_diff": finite_or_none(self.rel_diff),
+            "threshold": finite_or_none(self.threshold),
             "agree": self.agree,
             "compared_as": self.compared_as,
             "in_verdict": self.in_verdict,
