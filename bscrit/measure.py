@@ -7,9 +7,15 @@ and without touching ``.grad`` — and folds it into:
 - one running group sum per trainable tensor, on the device (the only extra device memory, 1× the
   parameters; the batch gradient itself is the other 1×);
 - per-tensor float64 scalars on the device: Q_j (Σ‖g‖² of the group), Σ|⟨W, g⟩| and Σ‖W‖‖g‖ (the
-  scale-invariance test, THEORY §3);
+  scale-invariance test, THEORY §3, on the first ``INVARIANCE_BATCHES`` batches of each group);
 - at the end of each of the m groups, the group sum is copied to host memory (pinned and
-  asynchronous on CUDA) and reset. One host-device synchronisation per group checks for NaN/Inf.
+  asynchronous on CUDA; on CPU the tensor itself is kept) and reset. One host-device
+  synchronisation per group checks for NaN/Inf.
+
+Per-batch cost beyond forward+backward: one ``_foreach_norm`` and one ``_foreach_add_`` over the
+gradient (docs/performance.md has the benchmarks). Extension points: :class:`LoopHooks`
+(distributed ranks, adaptive stopping via :func:`adaptive_hooks`); the per-example estimator
+(:mod:`bscrit.per_example`) adds its own hooks on the model.
 
 After the loop, the m×m Gram matrix ⟨S_a, S_b⟩ of every tensor is formed in float64 on the host;
 from there on everything is pure arithmetic (:mod:`bscrit.summary`, :mod:`bscrit.stats`).
@@ -85,24 +91,24 @@ def sample_batches(n: int, batch_size: int, num_batches: int, seed: int) -> Tens
 # ----------------------------------------------------------------------------------------------
 
 
-def _to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
+def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
     if isinstance(obj, Tensor):
         return obj.to(device, non_blocking=non_blocking)
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(o, device, non_blocking) for o in obj)
+        return type(obj)(to_device(o, device, non_blocking) for o in obj)
     if isinstance(obj, dict):
-        return {k: _to_device(v, device, non_blocking) for k, v in obj.items()}
+        return {k: to_device(v, device, non_blocking) for k, v in obj.items()}
     return obj
 
 
-def _tensor_view(dataset: Any) -> tuple[Tensor, ...] | None:
+def tensor_view(dataset: Any) -> tuple[Tensor, ...] | None:
     """The underlying tensors when the dataset is a (Subset of a) TensorDataset, else None."""
     from torch.utils.data import Subset, TensorDataset
 
     if isinstance(dataset, TensorDataset):
         return tuple(dataset.tensors)
     if isinstance(dataset, Subset):
-        inner = _tensor_view(dataset.dataset)
+        inner = tensor_view(dataset.dataset)
         if inner is not None:
             idx = torch.as_tensor(dataset.indices, dtype=torch.long)
             return tuple(t[idx] for t in inner)
@@ -141,7 +147,7 @@ class BatchSource:
     _sampler: Any = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        view = _tensor_view(self.dataset)
+        view = tensor_view(self.dataset)
         if view is not None and len(view) >= 2:
             self._tensors = tuple(t.to(self.device) for t in view)
 
@@ -180,8 +186,8 @@ class BatchSource:
                     + (f" with {len(item)} elements" if isinstance(item, (list, tuple)) else "")
                 )
             yield (
-                _to_device(item[0], self.device, non_blocking),
-                _to_device(item[1], self.device, non_blocking),
+                to_device(item[0], self.device, non_blocking),
+                to_device(item[1], self.device, non_blocking),
             )
 
 
