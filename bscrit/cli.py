@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -132,35 +132,50 @@ def _parse_batches(value: str | None) -> int | None:
 def measure(
     spec: Annotated[Path, typer.Argument(help="YAML spec of model, data, loss, batch size.")],
     checkpoint: Annotated[
-        Optional[list[Path]],
+        list[Path] | None,
         typer.Option(
-            "--checkpoint", "-c",
+            "--checkpoint",
+            "-c",
             help="Checkpoint to measure; repeat to pool several (mean of G and N, as [LMA21] "
             "averaged epochs 200-250). Overrides the spec's checkpoint.path.",
         ),
     ] = None,
     out: Annotated[
-        Optional[Path],
-        typer.Option("--out", "-o", help="Write the JSON artifact here (and NAME.params.csv beside it)."),
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Write the JSON artifact here (and NAME.params.csv beside it)."
+        ),
     ] = None,
     batches: Annotated[
-        Optional[str],
-        typer.Option("--batches", "-k", help="Number of batches k: 'auto' = max(200, ceil(n/B)), or an integer."),
+        str | None,
+        typer.Option(
+            "--batches",
+            "-k",
+            help="Number of batches k: 'auto' = max(200, ceil(n/B)), or an integer.",
+        ),
     ] = None,
     groups: Annotated[
-        Optional[int], typer.Option("--groups", "-m", min=2, help="Jackknife groups m (default 10).")
+        int | None, typer.Option("--groups", "-m", min=2, help="Jackknife groups m (default 10).")
     ] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the batch sampling (default: spec, else 0).")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the batch sampling (default: spec, else 0).")
+    ] = None,
     device: Annotated[
-        Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N (auto: CUDA when present).")
+        str | None, typer.Option(help="auto | cpu | cuda | cuda:N (auto: CUDA when present).")
     ] = None,
     mode: Annotated[
-        Optional[Mode],
-        typer.Option(help="train: BatchNorm uses batch statistics as in training (running stats untouched); eval."),
+        Mode | None,
+        typer.Option(
+            help="train: BatchNorm uses batch statistics as in training (running statistics "
+            "untouched); eval: running statistics."
+        ),
     ] = None,
-    amp: Annotated[Optional[Amp], typer.Option(help="bf16 autocast for forward/backward (CUDA only).")] = None,
+    amp: Annotated[
+        Amp | None, typer.Option(help="bf16 autocast for forward/backward (CUDA only).")
+    ] = None,
     batch_size: Annotated[
-        Optional[int], typer.Option("--batch-size", "-b", min=1, help="Override the spec's batch_size B.")
+        int | None,
+        typer.Option("--batch-size", "-b", min=1, help="Override the spec's batch_size B."),
     ] = None,
     unsafe_load: Annotated[
         bool,
@@ -173,20 +188,24 @@ def measure(
     per_tensor: Annotated[
         str, typer.Option(help="Per-tensor rows to print: a number, 'all' or 'none'.")
     ] = "20",
-    json_out: Annotated[bool, typer.Option("--json", help="Print the JSON artifact on stdout instead of tables.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the JSON artifact on stdout instead of tables.")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     nproc: Annotated[
-        Optional[int],
+        int | None,
         typer.Option(
-            "--nproc", min=1,
+            "--nproc",
+            min=1,
             help="Run on N processes of this machine (one per GPU) by launching torchrun; for "
             "several machines use torchrun yourself. See docs/distributed.md.",
         ),
     ] = None,
     dist_timeout: Annotated[
-        Optional[float],
+        float | None,
         typer.Option(
-            "--dist-timeout", min=1.0,
+            "--dist-timeout",
+            min=1.0,
             help="Distributed runs: seconds to wait for the other ranks before failing "
             "(default 600, or $BSCRIT_DIST_TIMEOUT).",
         ),
@@ -200,7 +219,7 @@ def measure(
         ),
     ] = Estimator.batch,
     target_rel_error: Annotated[
-        Optional[float],
+        float | None,
         typer.Option(
             "--target-rel-error",
             help="Adaptive: start with --batches (default 10 per group) and add whole groups "
@@ -208,9 +227,10 @@ def measure(
         ),
     ] = None,
     max_batches: Annotated[
-        Optional[int],
+        int | None,
         typer.Option(
-            "--max-batches", min=4,
+            "--max-batches",
+            min=4,
             help="Budget of an adaptive run (default 5 x max(200, ceil(n/B))).",
         ),
     ] = None,
@@ -218,15 +238,16 @@ def measure(
         bool, typer.Option("--compile", help="torch.compile the forward pass (CUDA recommended).")
     ] = False,
     num_workers: Annotated[
-        Optional[int],
+        int | None,
         typer.Option(
-            "--num-workers", min=0,
+            "--num-workers",
+            min=0,
             help="DataLoader workers for datasets not held in memory (default: the spec's "
             "data.num_workers). In-memory TensorDatasets are indexed on the device directly.",
         ),
     ] = None,
     prefetch: Annotated[
-        Optional[int],
+        int | None,
         typer.Option(
             "--prefetch", min=1, help="Batches each DataLoader worker reads ahead (default 4)."
         ),
@@ -245,7 +266,9 @@ def measure(
     from .spec import load_spec
 
     if per_tensor not in ("all", "none") and not per_tensor.isdigit():
-        raise typer.BadParameter(f"expected a number, 'all' or 'none', got {per_tensor!r}", param_hint="--per-tensor")
+        raise typer.BadParameter(
+            f"expected a number, 'all' or 'none', got {per_tensor!r}", param_hint="--per-tensor"
+        )
     s = load_spec(spec)
     opts = MeasureOptions(
         batches=_parse_batches(batches),
@@ -269,7 +292,9 @@ def measure(
 
         raise typer.Exit(launch(nproc, measure_args_from_argv(sys.argv)))
     from .distributed import Session
+    from .measure import tune_cpu_allocator
 
+    tune_cpu_allocator()  # keep freed host memory mapped: no page faults per batch on CPU
     with Session(device or s.measure.device, dist_timeout, on_error=report.error) as dist:
         main = dist is None or dist.is_main  # under torchrun rank 0 alone prints and writes
         if not main:
@@ -292,7 +317,9 @@ def measure(
     else:
         report.measurement_table(m)
         if per_tensor != "none":
-            report.per_tensor_table(m.per_parameter, None if per_tensor == "all" else int(per_tensor))
+            report.per_tensor_table(
+                m.per_parameter, None if per_tensor == "all" else int(per_tensor)
+            )
     line = _stopping_line(m)
     if line is not None:
         report.info(line)
@@ -815,8 +842,7 @@ def demo(
     for f in r.files:
         report.out.print(f"  {f}", markup=False)
     report.out.print(
-        f"next: bscrit check {r.measurement} --batch-size 1024   "
-        f"(or any B' you plan to use)",
+        f"next: bscrit check {r.measurement} --batch-size 1024   (or any B' you plan to use)",
         markup=False,
     )
     if json_out:

@@ -708,7 +708,7 @@ def tune_cpu_allocator() -> bool:
     faults per batch, ~15% of a ResNet-18 step on CPU, for a plain training loop as well as for
     a measurement). Raising ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` (to 1 GiB and 2 GiB)
     keeps that memory mapped; the resident size stays near its peak instead. Process-wide and
-    permanent, so only ``run_measurement`` (the CLI) and the benchmarks call it; opt out with
+    permanent, so only the ``bscrit measure`` command and the benchmarks call it; opt out with
     ``BSCRIT_MALLOC_TUNING=0``. A no-op (returns False) off Linux/glibc.
     """
     import ctypes
@@ -909,8 +909,6 @@ def run_measurement(
     seed = ms.seed if o.seed is None else o.seed
     mode = o.mode or ms.mode
     device = dist.device if dist is not None else resolve_device(o.device or ms.device)
-    if device.type == "cpu":
-        tune_cpu_allocator()
     dataset = build_dataset(spec.data, spec.base_dir, "data")
     n = len(dataset)
     k = o.batches or ms.batches or default_num_batches(n, batch_size)

@@ -7,6 +7,8 @@ stdout carries results (tables, JSON); stderr carries progress, warnings and err
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -20,9 +22,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-
-import os
-import sys
 
 # Outside a terminal (pipes, CI logs) rich falls back to 80 columns and truncates the tables;
 # use 120 there unless COLUMNS says otherwise.
@@ -74,7 +73,9 @@ class _StepsPerSecond(TextColumn):
         from rich.text import Text
 
         speed = task.finished_speed or task.speed
-        return Text("" if speed is None else f"{speed:.1f} {self.unit}/s", style="progress.data.speed")
+        return Text(
+            "" if speed is None else f"{speed:.1f} {self.unit}/s", style="progress.data.speed"
+        )
 
 
 @contextmanager
@@ -129,7 +130,8 @@ def measurement_table(m) -> None:  # type: ignore[no-untyped-def]
         markup=True,
     )
     t = Table(
-        title=f"G = ‖∇L‖², N = Tr Σ at B={m.batch_size}, NSR = N/G (jackknife over {m.groups} groups)"
+        title=f"G = ‖∇L‖², N = Tr Σ at B={m.batch_size}, NSR = N/G "
+        f"(jackknife over {m.groups} groups)"
     )
     for col in ("parameters", "count", "G ± s.e.", "N ± s.e.", "NSR", "NSR 95% CI", "R = ‖x‖²"):
         t.add_column(col, justify="right" if col != "parameters" else "left", no_wrap=True)
@@ -171,7 +173,11 @@ def per_tensor_table(rows, limit: int | None = 20) -> None:  # type: ignore[no-u
     shown = ordered if limit is None else ordered[:limit]
     t = Table(
         title="Per tensor (largest N first"
-        + (f"; {len(shown)} of {len(rows)}, --per-tensor all for every row" if len(shown) < len(rows) else "")
+        + (
+            f"; {len(shown)} of {len(rows)}, --per-tensor all for every row"
+            if len(shown) < len(rows)
+            else ""
+        )
         + ")"
     )
     for col in ("tensor", "shape", "G", "N", "R", "scale-inv.", "|⟨W,g⟩|/‖W‖‖g‖"):

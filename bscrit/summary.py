@@ -39,8 +39,9 @@ class TensorSums:
         shape: its shape.
         sums: Gram matrix of its group sums, its Q_j and the group counts.
         norm_sq: ‖W‖² at the checkpoint (float64).
-        abs_dot: Σᵢ |⟨W, g_{i,W}⟩| over all batches.
-        norm_prod: Σᵢ ‖W‖ ‖g_{i,W}‖ over all batches.
+        abs_dot: Σᵢ |⟨W, g_{i,W}⟩| over the batches of the invariance test (the first
+            ``measure.INVARIANCE_BATCHES`` batches of every group).
+        norm_prod: Σᵢ ‖W‖ ‖g_{i,W}‖ over the same batches.
     """
 
     name: str

@@ -43,8 +43,17 @@ def test_measure_writes_json_and_csv_and_leaves_checkpoint_alone(work: Path) -> 
     assert m.equilibrium is not None
     d = json.loads(out.read_text())
     assert d["schema"] == 1 and d["kind"] == "bscrit.measurement"
-    assert set(d["stats"]["all"]) >= {"G", "G_se", "N", "N_se", "nsr", "nsr_ci95", "R",
-                                       "num_params", "jackknife"}
+    assert set(d["stats"]["all"]) >= {
+        "G",
+        "G_se",
+        "N",
+        "N_se",
+        "nsr",
+        "nsr_ci95",
+        "R",
+        "num_params",
+        "jackknife",
+    }
     csv = csv_path_for(out).read_text().splitlines()
     assert csv[0].startswith("name,shape,numel,G,N")
     assert len(csv) == 1 + len(m.per_parameter)
@@ -53,8 +62,19 @@ def test_measure_writes_json_and_csv_and_leaves_checkpoint_alone(work: Path) -> 
 
 
 def test_json_flag_prints_only_json(work: Path) -> None:
-    r = runner.invoke(app, ["measure", str(work / "valid.yaml"), "--batches", "40", "--json",
-                            "--quiet", "--per-tensor", "none"])
+    r = runner.invoke(
+        app,
+        [
+            "measure",
+            str(work / "valid.yaml"),
+            "--batches",
+            "40",
+            "--json",
+            "--quiet",
+            "--per-tensor",
+            "none",
+        ],
+    )
     assert r.exit_code == 0
     start = r.stdout.index("{")
     d = json.loads(r.stdout[start:])
@@ -65,8 +85,17 @@ def test_json_flag_prints_only_json(work: Path) -> None:
 def test_several_checkpoints_are_pooled(work: Path) -> None:
     shutil.copy(work / "tiny.pt", work / "tiny2.pt")
     out = work / "m.json"
-    r = _measure(str(work / "valid.yaml"), "-c", str(work / "tiny.pt"), "-c",
-                 str(work / "tiny2.pt"), "--batches", "40", "--out", str(out))
+    r = _measure(
+        str(work / "valid.yaml"),
+        "-c",
+        str(work / "tiny.pt"),
+        "-c",
+        str(work / "tiny2.pt"),
+        "--batches",
+        "40",
+        "--out",
+        str(out),
+    )
     assert r.exit_code == 0, r.output
     m = load_measurement(out)
     assert len(m.checkpoints) == 2
@@ -99,8 +128,9 @@ def test_checkpoint_mismatch_lists_keys(work: Path) -> None:
     sd = torch.load(work / "tiny.pt", weights_only=True)
     sd["model"]["extra.weight"] = torch.zeros(2)
     torch.save(sd, work / "bad.pt")
-    r = _measure(str(work / "valid.yaml"), "-c", str(work / "bad.pt"), "--out",
-                 str(work / "m.json"))
+    r = _measure(
+        str(work / "valid.yaml"), "-c", str(work / "bad.pt"), "--out", str(work / "m.json")
+    )
     assert r.exit_code == 2
     assert "extra.weight" in r.output
     assert not (work / "m.json").exists()
