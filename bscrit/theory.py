@@ -417,11 +417,16 @@ def recommend(bounds: Sequence[MeasurementBounds]) -> Recommendation:
             f"the base batch size {base} is already past the critical batch: the lower 95% bound "
             f"of B* across the baselines is {top:.0f} < {base}; the recommended range is empty",
         )
+    note = f"from the measured B = {base} up to the lower 95% bound of B* ({top:.0f})"
+    n = min(b.dataset_size for b in bounds)
+    if top > n:  # a batch cannot hold more than the whole training set
+        note += f", capped at the dataset size n = {n}: B* is beyond full-batch training"
+        top = float(n)
     return Recommendation(
         base,
         top,
         largest_power_of_two(base, top),
         largest_multiple(base, top, 8),
         False,
-        f"from the measured B = {base} up to the lower 95% bound of B* ({top:.0f})",
+        note,
     )

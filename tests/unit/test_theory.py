@@ -308,6 +308,17 @@ def test_range_and_recommendation_across_baselines():
     assert (r.max_pow2, r.max_mult8, r.empty, r.target) == (1024, 1864, False, 1866)
 
 
+def test_recommendation_is_capped_at_the_dataset_size():
+    import dataclasses
+
+    m = load("sgd_b128.json")
+    small = dataclasses.replace(m, dataset_size=1000)  # lower bound of B* ≈ 1867 > n
+    r = recommend([measurement_bounds(small)])
+    assert r.max == 1000 and r.target == 1000
+    assert (r.max_pow2, r.max_mult8) == (512, 1000)
+    assert "capped at the dataset size n = 1000" in r.note
+
+
 def test_recommendation_empty_when_base_is_past_the_critical_batch():
     p = predict([("small", load("sgd_small_nsr.json")), ("b128", load("sgd_b128.json"))])
     r = p.recommended
