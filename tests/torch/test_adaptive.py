@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-from torch.utils.data import TensorDataset
+from reference import mse as _mse
+from reference import tiny_problem as _tiny_problem
+from reference import truth
 from typer.testing import CliRunner
 
 from bscrit.cli import app
@@ -27,19 +28,6 @@ from bscrit.stats import noise_stats
 from bscrit.summary import set_sums
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-
-
-def _mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return ((out.squeeze(-1) - y) ** 2).mean()
-
-
-def _problem(n: int = 64) -> tuple[nn.Module, TensorDataset]:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 3, generator=g, dtype=torch.float64)
-    y = torch.sin(x @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
-    y = y + 0.3 * torch.randn(n, generator=g, dtype=torch.float64)
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double(), TensorDataset(x, y)
 
 
 def _rel_error(tensors) -> float:  # type: ignore[no-untyped-def]
@@ -66,7 +54,7 @@ def test_plan_defaults_and_validation() -> None:
 
 
 def test_stops_when_target_reached_and_reports_it() -> None:
-    model, ds = _problem()
+    model, ds = _tiny_problem(64)
     st = adaptive_plan(0.3, 2000, 40, 4, len(ds), 6)
     assert st is not None
     hooks = adaptive_hooks(st, len(ds), 6, seed=0)
@@ -83,7 +71,7 @@ def test_stops_when_target_reached_and_reports_it() -> None:
 
 
 def test_budget_exhausted_and_whole_groups_only() -> None:
-    model, ds = _problem()
+    model, ds = _tiny_problem(64)
     st = adaptive_plan(1e-4, 30, 8, 4, len(ds), 6)
     assert st is not None
     raw = measure_model(
@@ -102,7 +90,7 @@ def test_budget_exhausted_and_whole_groups_only() -> None:
 
 def test_extra_groups_are_reproducible_and_match_a_fixed_run() -> None:
     """Adaptive sums (incremental Gram) = a fixed run over the same rows in the same groups."""
-    model, ds = _problem()
+    model, ds = _tiny_problem(64)
     st = adaptive_plan(1e-6, 20, 12, 3, len(ds), 6)
     assert st is not None
     raw = measure_model(
@@ -129,22 +117,11 @@ def test_extra_groups_are_reproducible_and_match_a_fixed_run() -> None:
 
 def test_optional_stopping_keeps_reasonable_coverage() -> None:
     """Stopping on the interval's width must not wreck the interval: coverage of the true NSR."""
-    model, ds = _problem()
+    model, ds = _tiny_problem(64)
     b = 6
-    x, y = ds.tensors
-    ps = list(model.parameters())
-    per = torch.stack(
-        [
-            torch.cat(
-                [t.reshape(-1) for t in torch.autograd.grad(_mse(model(xi[None]), yi[None]), ps)]
-            )
-            for xi, yi in zip(x, y)
-        ]
-    )
-    n = len(x)
-    mean = per.mean(0)
-    t1 = float(((per - mean) ** 2).sum(1).mean())
-    nsr_true = t1 * (n - b) / (b * (n - 1)) / float(mean @ mean)
+    g_true, _, n_b = truth(model, ds, b)
+    n = len(ds)
+    nsr_true = n_b / g_true
     reps, cover = 25, 0
     for seed in range(reps):
         st = adaptive_plan(0.3, 400, 40, 5, n, b)
@@ -165,7 +142,7 @@ def test_optional_stopping_keeps_reasonable_coverage() -> None:
 
 
 def test_per_example_mode_stops_on_its_own_nsr() -> None:
-    model, ds = _problem()
+    model, ds = _tiny_problem(64)
     st = adaptive_plan(0.15, 2000, 16, 4, len(ds), 6)
     assert st is not None
     raw, pe = measure_per_example(
@@ -189,7 +166,7 @@ def test_hooks_compose_with_existing_local_rows() -> None:
         seen.append(j)
         return rows
 
-    model, ds = _problem()
+    model, ds = _tiny_problem(64)
     st = adaptive_plan(1e-6, 12, 8, 4, len(ds), 6)
     assert st is not None
     hooks = adaptive_hooks(st, len(ds), 6, seed=0, base=LoopHooks(local_rows=local_rows))

@@ -7,41 +7,15 @@ import statistics
 
 import pytest
 import torch
+from reference import mse as _mse
+from reference import tiny_problem as _tiny_problem
+from reference import truth
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from bscrit.errors import DataError, MeasurementError
 from bscrit.measure import group_counts, measure_model, sample_batches
 from bscrit.summary import param_set_stats, summarize_checkpoint
-
-
-def _mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return ((out.squeeze(-1) - y) ** 2).mean()
-
-
-def _tiny_problem(n: int = 48, seed: int = 0) -> tuple[nn.Module, TensorDataset]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 3, generator=g, dtype=torch.float64)
-    y = torch.sin(x @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
-    y = y + 0.3 * torch.randn(n, generator=g, dtype=torch.float64)
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
-    return model, TensorDataset(x, y)
-
-
-def _truth(model: nn.Module, ds: TensorDataset, b: int) -> tuple[float, float]:
-    """Exact G and N^B = T1 (n − B)/(B (n − 1)) from per-example gradients over the dataset."""
-    x, y = ds.tensors
-    ps = [p for p in model.parameters() if p.requires_grad]
-    per = []
-    for i in range(len(x)):
-        g = torch.autograd.grad(_mse(model(x[i : i + 1]), y[i : i + 1]), ps)
-        per.append(torch.cat([t.reshape(-1) for t in g]))
-    per_t = torch.stack(per)
-    mean = per_t.mean(0)
-    n = len(x)
-    t1 = float(((per_t - mean) ** 2).sum(1).mean())
-    return float(mean @ mean), t1 * (n - b) / (b * (n - 1))
 
 
 def test_sampled_batches_are_distinct_within_and_independent_across() -> None:
@@ -64,7 +38,7 @@ def test_group_counts() -> None:
 def test_one_measurement_matches_truth_and_float64_reference() -> None:
     model, ds = _tiny_problem()
     b = 6
-    g_true, n_true = _truth(model, ds, b)
+    g_true, _, n_true = truth(model, ds, b)
     raw = measure_model(model, ds, _mse, batch_size=b, num_batches=2000, groups=10, seed=0)
     s = param_set_stats(raw.tensors)
     # 2000 batches: both well inside their own 95% intervals' scale of the truth
@@ -77,7 +51,7 @@ def test_unbiased_and_jackknife_coverage_over_many_seeds() -> None:
     """Mean of Ĝ, N̂ over 200 seeds within 3 s.e. of the truth; 95% intervals cover 85-99%."""
     model, ds = _tiny_problem()
     b, reps = 6, 200
-    g_true, n_true = _truth(model, ds, b)
+    g_true, _, n_true = truth(model, ds, b)
     gs, ns, cover_g, cover_n = [], [], 0, 0
     for seed in range(reps):
         raw = measure_model(model, ds, _mse, batch_size=b, num_batches=40, groups=10, seed=seed)
@@ -98,7 +72,7 @@ def test_naive_mean_norm_is_biased_but_estimator_is_not() -> None:
     """‖ḡ‖² overestimates G by N^B/k: the correction is what makes Ĝ unbiased (THEORY §2)."""
     model, ds = _tiny_problem()
     b, k = 6, 8
-    g_true, n_true = _truth(model, ds, b)
+    g_true, _, n_true = truth(model, ds, b)
     naive, corrected = [], []
     for seed in range(300):
         raw = measure_model(model, ds, _mse, batch_size=b, num_batches=k, groups=2, seed=seed)

@@ -7,6 +7,9 @@ import statistics
 
 import pytest
 import torch
+from reference import mse as _mse
+from reference import tiny_problem as _tiny_problem
+from reference import truth as exact_truth
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -116,44 +119,10 @@ def test_layer_norms_match_brute_force_per_example_autograd(case: str) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return ((out.squeeze(-1) - y) ** 2).mean()
-
-
-def _tiny_problem(n: int = 48) -> tuple[nn.Module, TensorDataset]:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 3, generator=g, dtype=torch.float64)
-    y = torch.sin(x @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
-    y = y + 0.3 * torch.randn(n, generator=g, dtype=torch.float64)
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double(), TensorDataset(x, y)
-
-
-def _truth(model: nn.Module, ds: TensorDataset, b: int) -> tuple[float, float, float]:
-    """Exact (G, T1, N^B) from every per-example gradient."""
-    x, y = ds.tensors
-    ps = list(model.parameters())
-    per = torch.stack(
-        [
-            torch.cat(
-                [
-                    t.reshape(-1)
-                    for t in torch.autograd.grad(_mse(model(x[i : i + 1]), y[i : i + 1]), ps)
-                ]
-            )
-            for i in range(len(x))
-        ]
-    )
-    mean = per.mean(0)
-    n = len(x)
-    t1 = float(((per - mean) ** 2).sum(1).mean())
-    return float(mean @ mean), t1, t1 * (n - b) / (b * (n - 1))
-
-
 def test_t1_and_n_unbiased_and_more_precise_than_batch_estimator() -> None:
     model, ds = _tiny_problem()
     b, k, reps = 6, 20, 40
-    g_true, t1_true, n_true = _truth(model, ds, b)
+    g_true, t1_true, n_true = exact_truth(model, ds, b)
     t1s, ns, gs, se_pe, se_batch, cover = [], [], [], [], [], 0
     for seed in range(reps):
         raw, pe = measure_per_example(
@@ -168,9 +137,9 @@ def test_t1_and_n_unbiased_and_more_precise_than_batch_estimator() -> None:
         from bscrit.summary import param_set_stats
 
         se_batch.append(param_set_stats(raw.tensors).N_se)
-    for vals, truth in ((t1s, t1_true), (ns, n_true), (gs, g_true)):
+    for vals, exact in ((t1s, t1_true), (ns, n_true), (gs, g_true)):
         se = statistics.stdev(vals) / math.sqrt(reps)
-        assert abs(statistics.fmean(vals) - truth) < 3.5 * se, (statistics.fmean(vals), truth, se)
+        assert abs(statistics.fmean(vals) - exact) < 3.5 * se, (statistics.fmean(vals), exact, se)
     assert abs(statistics.fmean(ns) / n_true - 1) < 0.05  # N^B = T1 (n-B)/(B(n-1)), same batches
     assert statistics.fmean(se_pe) < 0.5 * statistics.fmean(se_batch)  # far fewer batches needed
     assert cover >= 0.75 * reps
