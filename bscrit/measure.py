@@ -931,6 +931,7 @@ def run_measurement(
     summaries = []
     per_ex: list[tuple[Any, Any]] = []  # (all, scale-invariant) PerExampleStats per checkpoint
     warnings: list[str] = []
+    mean_losses: list[float] = []
     opt = None
     elapsed = 0.0
     for ci, path in enumerate(paths):
@@ -973,6 +974,7 @@ def run_measurement(
             else:
                 raw = measure_model(model, dataset, loss_fn, **run_kw)
         elapsed += raw.elapsed_s
+        mean_losses.append(raw.mean_loss)  # mean batch loss at this checkpoint
         warnings.extend(w for w in raw.warnings if w not in warnings)
         if o.estimator == "per-example":
             from . import per_example
@@ -1057,7 +1059,7 @@ def run_measurement(
         estimator=o.estimator,
         warnings=tuple(warnings),
         bscrit_version=__version__,
-        extra={"tau": summaries and raw.tau, "mean_loss": raw.mean_loss}
+        extra={"tau": raw.tau, "mean_loss": sum(mean_losses) / len(mean_losses)}
         | extra
         | ({} if dist is None else {"distributed": dist.describe(batch_size)}),
     )
