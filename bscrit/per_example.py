@@ -58,7 +58,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .errors import BscritError, MeasurementError
+from .errors import BscritError, ExitCode, MeasurementError
 from .stats import Estimate, GroupSums, NoiseStats, interval, noise_stats_from_jackknife
 
 #: Elements of the transient per-example buffer in the norm computations (64 MiB of float32).
@@ -74,6 +74,11 @@ SUPPORTED = "Linear, Conv1d, Conv2d, LayerNorm, GroupNorm, BatchNorm (eval mode)
 # ----------------------------------------------------------------------------------------------
 
 
+def _refuse(message: str) -> MeasurementError:
+    """A model this estimator cannot handle: the option does not fit the model (exit 2)."""
+    return MeasurementError(message, exit_code=ExitCode.USAGE)
+
+
 def check_model(model: nn.Module, mode: str) -> None:
     """Refuse models whose per-example gradients this estimator cannot read (see module doc).
 
@@ -82,7 +87,7 @@ def check_model(model: nn.Module, mode: str) -> None:
         mode: the measurement mode, "train" or "eval" (the flag every module will have).
 
     Raises:
-        MeasurementError: naming the module and the reason.
+        MeasurementError: naming the module and the reason (exit code 2: a usage error).
     """
     from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -92,14 +97,14 @@ def check_model(model: nn.Module, mode: str) -> None:
         own = [p for p in mod.parameters(recurse=False) if p.requires_grad]
         if isinstance(mod, _BatchNorm):
             if mode == "train":
-                raise MeasurementError(
+                raise _refuse(
                     f"--estimator per-example: '{name}' is a {type(mod).__name__} in train mode; "
                     "per-example gradients are not defined when examples interact through the "
                     "batch statistics. Use --estimator batch (valid with train-mode BatchNorm), "
                     "or --mode eval"
                 )
             if mod.running_mean is None or mod.running_var is None:
-                raise MeasurementError(
+                raise _refuse(
                     f"--estimator per-example: '{name}' is a {type(mod).__name__} without running "
                     "statistics (track_running_stats=False): it uses batch statistics even in "
                     "eval mode; use --estimator batch"
@@ -110,7 +115,7 @@ def check_model(model: nn.Module, mode: str) -> None:
             bad.append(f"'{name or '<root>'}' ({type(mod).__name__})")
         for p in own:
             if id(p) in owners:
-                raise MeasurementError(
+                raise _refuse(
                     f"--estimator per-example: a parameter is shared by '{owners[id(p)]}' and "
                     f"'{name}' (weight tying); per-example norms cannot be split across modules. "
                     "Use --estimator batch"
@@ -118,7 +123,7 @@ def check_model(model: nn.Module, mode: str) -> None:
             owners[id(p)] = name
     if bad:
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise MeasurementError(
+        raise _refuse(
             "--estimator per-example: trainable parameters in modules without per-example "
             f"support: {', '.join(bad[:5])}{more}. Supported: {SUPPORTED}. "
             "Use --estimator batch (or freeze those parameters)"
