@@ -178,10 +178,3 @@ def test_bad_option_values_exit_2(work: Path) -> None:
     r = _measure(str(work / "valid.yaml"), "--amp", "bf16", "--device", "cpu")
     assert r.exit_code == 2 and "CUDA" in r.output
 
-
-def test_per_example_estimator_refuses_train_mode_batchnorm_with_exit_2(work: Path) -> None:
-    out = work / "m.json"
-    r = _measure(str(work / "valid.yaml"), "--estimator", "per-example", "--out", str(out))
-    assert r.exit_code == 2, r.output
-    assert "BatchNorm1d in train mode" in r.output and "--estimator batch" in r.output
-    assert not out.exists()
