@@ -18,8 +18,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from . import __version__
-from .errors import BscritError, ExitCode
+from . import __version__, optim
+from .errors import BscritError, ExitCode, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -48,7 +48,7 @@ def handle_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except BscritError as e:
             if not getattr(e, "reported", False):  # a distributed rank 0 may have printed it
-                report.error(e.message)
+                report.error(e.for_cli() if isinstance(e, UsageError) else e.message)
             raise typer.Exit(int(e.exit_code)) from None
         except KeyboardInterrupt:
             report.error("interrupted; no output file was written")
@@ -336,11 +336,7 @@ def measure(
 # ==============================================================================================
 
 
-class OptimizerName(str, Enum):
-    sgd = "sgd"
-    adam = "adam"
-    adamw = "adamw"
-    rmsprop = "rmsprop"
+OptimizerName = Enum("OptimizerName", {n: n for n in optim.NAMES}, type=str)  # type: ignore[misc]
 
 
 def _print_json(d: dict) -> None:  # type: ignore[type-arg]
@@ -424,20 +420,6 @@ def check(
         raise typer.Exit(int(r.exit_code))
 
 
-def _reject_inapplicable(name: str, given: dict[str, Any]) -> None:
-    applies = {
-        "sgd": {"momentum", "weight_decay"},
-        "adam": {"beta1", "beta2", "eps", "weight_decay"},
-        "adamw": {"beta1", "beta2", "eps", "weight_decay"},
-        "rmsprop": {"alpha", "eps", "momentum", "weight_decay"},
-    }[name]
-    bad = [k for k, v in given.items() if v is not None and k not in applies]
-    if bad:
-        opts = ", ".join("--" + k.replace("_", "-") for k in bad)
-        takes = ", ".join(sorted(applies))
-        raise BscritError(f"{opts} does not apply to {name} (it takes: {takes})")
-
-
 @app.command()
 @handle_errors
 def scale(
@@ -505,77 +487,23 @@ def scale(
     [MLPA22 Defs. 5.1, 5.2]; AdamW also λ' = √κ λ (derived). Steps and warm-up ÷ κ (same epochs).
     Works for scaling down (κ < 1) too.
     """
-    from dataclasses import replace
-
     from . import report
-    from .results import OptimizerInfo, load_measurement
-    from .scaling import scale_hyperparameters
+    from .pipeline import scale_request
 
-    base: OptimizerInfo | None = None
-    b = batch_size
-    if from_spec is not None:
-        from .spec import load_spec
-
-        s = load_spec(from_spec)
-        base = s.optimizer
-        b = b if b is not None else s.batch_size
-        if steps is None and s.schedule.total_steps is not None:
-            steps = s.schedule.total_steps
-        if warmup_steps is None and s.schedule.warmup_steps > 0:
-            warmup_steps = s.schedule.warmup_steps
-    m = load_measurement(measurement) if measurement is not None else None
-    if m is not None:
-        base = base if base is not None else m.optimizer
-        b = b if b is not None else m.batch_size
-    if optimizer is not None:
-        if base is None or base.name != optimizer.value:
-            base = OptimizerInfo(optimizer.value, lr=base.lr if base else 0.0, source="cli")
-    if base is None:
-        raise BscritError("no optimizer: give --optimizer and --lr (or --from-spec spec.yaml)")
-    if b is None:
-        raise BscritError("no base batch size: give --batch-size (or --from-spec / --measurement)")
-    given = {
-        "momentum": momentum,
-        "beta1": beta1,
-        "beta2": beta2,
-        "eps": eps,
-        "alpha": alpha,
-        "weight_decay": weight_decay,
-    }
-    _reject_inapplicable(base.name, given)
-    if lr is None and not base.lr > 0:
-        raise BscritError(f"give the base run's learning rate with --lr ({base.name})")
-    b1, b2 = base.betas if base.betas is not None else (None, None)
-    if beta1 is not None or beta2 is not None:
-        from .scaling import ADAM_BETAS
-
-        b1 = beta1 if beta1 is not None else (b1 if b1 is not None else ADAM_BETAS[0])
-        b2 = beta2 if beta2 is not None else (b2 if b2 is not None else ADAM_BETAS[1])
-    opt = replace(
-        base,
-        lr=lr if lr is not None else base.lr,
-        momentum=momentum if momentum is not None else base.momentum,
-        weight_decay=weight_decay if weight_decay is not None else base.weight_decay,
-        betas=(b1, b2) if b1 is not None else base.betas,
-        eps=eps if eps is not None else base.eps,
-        alpha=alpha if alpha is not None else base.alpha,
-    )
-    warnings: list[str] = []
-    nsr_target = None
-    if m is not None:
-        from .predict import range_context
-
-        warnings, nsr_target = range_context(str(measurement), m, b, target_batch_size, c2)
-    result = scale_hyperparameters(
-        opt,
-        b,
+    hp = {"lr": lr, "momentum": momentum, "beta1": beta1, "beta2": beta2, "eps": eps}
+    hp |= {"alpha": alpha, "weight_decay": weight_decay}
+    result = scale_request(
         target_batch_size,
+        optimizer=optimizer.value if optimizer is not None else None,
+        batch_size=batch_size,
+        values=hp,
         epochs=epochs,
         steps=steps,
         warmup_steps=warmup_steps,
-        nsr_target=nsr_target,
+        from_spec=from_spec,
+        measurement=measurement,
+        c2=c2,
     )
-    result = replace(result, warnings=tuple(warnings) + result.warnings)
     if json_out:
         _print_json(result.to_dict())
     else:

@@ -78,6 +78,33 @@ class ArtifactError(BscritError):
     exit_code = ExitCode.USAGE
 
 
+class UsageError(BscritError):
+    """A value given to the library (an option, a hyperparameter, a batch size) is invalid.
+
+    The message names values, not command-line flags: library users call functions, not flags.
+    Where it names an option it writes ``{option}`` placeholders (``options`` maps each to the
+    option's key, e.g. ``{"beta1": "beta1"}``); :meth:`for_cli` renders them as ``--beta1``.
+    """
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, template: str, **options: str) -> None:
+        self.template = template
+        self.options = options
+        super().__init__(template.format(**options))
+
+    def for_cli(self) -> str:
+        """The message with every option written as its command-line flag."""
+        flags = {k: "--" + v.replace("_", "-") for k, v in self.options.items()}
+        return self.template.format(**flags)
+
+
+class RunError(BscritError):
+    """A run (SVAG, a training branch) failed: a diverged base run, NaN loss, out of memory."""
+
+    exit_code = ExitCode.RUNTIME
+
+
 class MeasurementError(BscritError):
     """The measurement itself failed: a NaN/Inf gradient, a non-scalar loss, out of memory."""
 

@@ -33,14 +33,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import optim
 from .errors import BscritError, CheckpointError, DataError, SpecError, SpecProblem
-from .results import OptimizerInfo
+from .optim import OptimizerInfo
 from .spec import DataSpec, Spec, is_file_ref, split_ref
 
 # Wrapper keys under which training scripts commonly store the model's state_dict, in order.
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network")
 # Keys under which they store the optimizer's state_dict.
-OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optim", "opt", "optimizer_state")
 # Prefixes added by DataParallel/DDP (``module.``), Lightning (``model.``), torch.compile.
 AUTO_PREFIXES = ("module.", "model.", "_orig_mod.")
 
@@ -264,74 +264,6 @@ def _describe_keys(obj: Any) -> str:
     return f"it holds a {type(obj).__name__}"
 
 
-def _optimizer_name(group: Mapping, wrapper: Mapping | None, opt_state: Mapping) -> str | None:
-    """Guess the optimizer class from the keys of a param_group."""
-    keys = set(group)
-    if "betas" in keys and "amsgrad" in keys:
-        if group.get("decoupled_weight_decay") is True:
-            return "adamw"
-        for d in (wrapper or {}, opt_state):
-            for k, v in d.items():
-                if isinstance(k, str) and "optim" in k.lower() and isinstance(v, str):
-                    if "adamw" in v.lower():
-                        return "adamw"
-        return "adam"
-    if "alpha" in keys:
-        return "rmsprop"
-    if "momentum" in keys or "dampening" in keys:
-        return "sgd"
-    return None
-
-
-def _float(x: Any, default: float | None = None) -> float | None:
-    if x is None:
-        return default
-    try:
-        return float(x)  # a Tensor lr is allowed by PyTorch
-    except (TypeError, ValueError):
-        return default
-
-
-def _optimizer_info(obj: Any) -> OptimizerInfo | None:
-    """OptimizerInfo(source="checkpoint") from the first param_group of a saved optimizer."""
-    if not isinstance(obj, Mapping):
-        return None
-    opt_state: Any = None
-    for k in OPTIMIZER_KEYS:
-        if isinstance(obj.get(k), Mapping) and "param_groups" in obj[k]:
-            opt_state = obj[k]
-            break
-    if opt_state is None:
-        states = obj.get("optimizer_states")  # Lightning
-        if isinstance(states, (list, tuple)) and states and isinstance(states[0], Mapping):
-            opt_state = states[0]
-    if opt_state is None or not isinstance(opt_state.get("param_groups"), (list, tuple)):
-        return None
-    groups = opt_state["param_groups"]
-    if not groups or not isinstance(groups[0], Mapping):
-        return None
-    g = groups[0]
-    name = _optimizer_name(g, obj, opt_state)
-    lr = _float(g.get("lr"))
-    if name is None or lr is None:
-        return None
-    betas = g.get("betas")
-    betas_t = None
-    if name in ("adam", "adamw") and isinstance(betas, (list, tuple)) and len(betas) == 2:
-        betas_t = (float(betas[0]), float(betas[1]))
-    return OptimizerInfo(
-        name=name,
-        lr=lr,
-        momentum=_float(g.get("momentum"), 0.0) or 0.0,
-        weight_decay=_float(g.get("weight_decay"), 0.0) or 0.0,
-        betas=betas_t,
-        eps=_float(g.get("eps")) if name != "sgd" else None,
-        alpha=_float(g.get("alpha")) if name == "rmsprop" else None,
-        nesterov=bool(g.get("nesterov", False)),
-        source="checkpoint",
-    )
-
-
 def load_checkpoint(
     path: Path | str, *, key: str | None = None, unsafe: bool = False
 ) -> LoadedCheckpoint:
@@ -382,7 +314,7 @@ def load_checkpoint(
             f"no state_dict found in checkpoint {path} ({_describe_keys(obj)}); "
             "name it with checkpoint.key in the spec"
         )
-    return LoadedCheckpoint(state_dict=state_dict, optimizer=_optimizer_info(root), path=path)
+    return LoadedCheckpoint(state_dict=state_dict, optimizer=optim.from_checkpoint(root), path=path)
 
 
 def _strip(sd: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:

@@ -23,6 +23,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from . import optim
+
 # Outside a terminal (pipes, CI logs) rich falls back to 80 columns and truncates the tables;
 # use 120 there unless COLUMNS says otherwise.
 _WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 120
@@ -362,22 +364,6 @@ def check_report(r) -> None:  # type: ignore[no-untyped-def]
 # ==============================================================================================
 
 
-def _svag_hp(opt) -> str:  # type: ignore[no-untyped-def]
-    """The hyperparameters of one SVAG run, compactly (6 significant digits)."""
-    parts = [f"lr {opt.lr:.6g}"]
-    if opt.name in ("sgd", "rmsprop") and opt.momentum:
-        parts.append(f"momentum {opt.momentum:.6g}")
-    if opt.betas is not None:
-        parts.append(f"betas ({opt.betas[0]:.6g}, {opt.betas[1]:.6g})")
-    if opt.alpha is not None:
-        parts.append(f"alpha {opt.alpha:.6g}")
-    if opt.eps is not None:
-        parts.append(f"eps {opt.eps:.3g}")
-    if opt.weight_decay:
-        parts.append(f"wd {opt.weight_decay:.6g}")
-    return ", ".join(parts)
-
-
 def _pct(x: float) -> str:
     """A relative difference as a percentage ('—' when not finite)."""
     if not math.isfinite(x):
@@ -423,7 +409,7 @@ def svag_report(r) -> None:  # type: ignore[no-untyped-def]
         t.add_row(
             str(run.l),
             str(run.steps),
-            _svag_hp(run.optimizer),
+            optim.describe(run.optimizer),
             f"{r.forward_backward.get(run.l, 0):,}",
             f"{run.elapsed_s:.1f} s" + (" (diverged)" if run.diverged_at is not None else ""),
         )

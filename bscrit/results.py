@@ -22,6 +22,7 @@ from typing import Any
 
 from . import __version__
 from .errors import ArtifactError
+from .optim import OptimizerInfo
 from .stats import NoiseStats, noise_stats_from_jackknife
 
 SCHEMA = 1
@@ -41,41 +42,6 @@ def _none_to_inf(x: float | None) -> float:
 # ----------------------------------------------------------------------------------------------
 # Dataclasses
 # ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OptimizerInfo:
-    """The optimizer of the run the checkpoint comes from (spec or checkpoint param_groups)."""
-
-    name: str  # sgd | adam | adamw | rmsprop
-    lr: float
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    betas: tuple[float, float] | None = None  # adam/adamw
-    eps: float | None = None  # adam/adamw/rmsprop
-    alpha: float | None = None  # rmsprop (PyTorch's smoothing constant, the paper's beta)
-    nesterov: bool = False
-    source: str = "spec"  # "spec" | "checkpoint" | "cli"
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["betas"] = list(self.betas) if self.betas is not None else None
-        return d
-
-    @staticmethod
-    def from_dict(d: dict[str, Any]) -> OptimizerInfo:
-        betas = d.get("betas")
-        return OptimizerInfo(
-            name=str(d["name"]),
-            lr=float(d["lr"]),
-            momentum=float(d.get("momentum") or 0.0),
-            weight_decay=float(d.get("weight_decay") or 0.0),
-            betas=(float(betas[0]), float(betas[1])) if betas is not None else None,
-            eps=None if d.get("eps") is None else float(d["eps"]),
-            alpha=None if d.get("alpha") is None else float(d["alpha"]),
-            nesterov=bool(d.get("nesterov", False)),
-            source=str(d.get("source", "spec")),
-        )
 
 
 @dataclass(frozen=True)

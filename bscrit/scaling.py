@@ -28,50 +28,13 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
+from . import optim
 from .errors import BscritError
-from .results import OptimizerInfo
-
-#: Optimizers bscrit knows how to scale, and the rule each one uses.
-RULES: dict[str, str] = {"sgd": "linear", "adam": "square-root", "adamw": "square-root",
-                         "rmsprop": "square-root"}  # fmt: skip
-
-RULE_NAMES: dict[str, str] = {
-    "linear": "linear scaling rule [LMA21 Def. 2.1]",
-    "square-root": "square-root scaling rule",
-}
-
-#: PyTorch defaults, used when a hyperparameter of an adaptive optimizer is not given.
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
-RMSPROP_ALPHA = 0.99
-RMSPROP_EPS = 1e-8
+from .optim import OptimizerInfo
 
 #: Below this NSR at the target batch the noise no longer dominates the gradient, which the Adam /
 #: RMSprop SDE needs ([MLPA22] §4.1, Remark 4.3: σ ≫ ‖ḡ‖). A heuristic threshold, not a theorem.
 ADAPTIVE_SDE_MIN_NSR = 1.0
-
-
-def _check_name(name: str) -> str:
-    key = name.lower()
-    if key not in RULES:
-        raise BscritError(f"unknown optimizer {name!r}; bscrit scales {', '.join(sorted(RULES))}")
-    return key
-
-
-def rule_for(optimizer: str) -> str:
-    """``"linear"`` for SGD, ``"square-root"`` for Adam, AdamW and RMSprop."""
-    return RULES[_check_name(optimizer)]
-
-
-def rule_reference(optimizer: str) -> str:
-    """The rule's name with its paper and definition, e.g. ``square-root scaling rule [MLPA22
-    Def. 5.2]``."""
-    key = _check_name(optimizer)
-    if key == "sgd":
-        return RULE_NAMES["linear"]
-    if key == "rmsprop":
-        return "square-root scaling rule [MLPA22 Def. 5.1]"
-    return "square-root scaling rule [MLPA22 Def. 5.2]"
 
 
 def _check_kappa(kappa: float) -> None:
@@ -114,31 +77,25 @@ def square_root_rule(opt: OptimizerInfo, kappa: float) -> OptimizerInfo:
         BscritError: when κ(1 − β) ≥ 1 for some β, i.e. β' ≤ 0: the rule cannot be applied.
     """
     _check_kappa(kappa)
-    name = _check_name(opt.name)
-    if name == "sgd":
-        raise BscritError("the square-root scaling rule is for Adam, AdamW and RMSprop, not SGD")
-    s = math.sqrt(kappa)
-    if name == "rmsprop":
-        alpha = RMSPROP_ALPHA if opt.alpha is None else opt.alpha
-        eps = RMSPROP_EPS if opt.eps is None else opt.eps
-        return replace(
-            opt,
-            lr=opt.lr * s,
-            alpha=_scaled_beta(alpha, kappa, "alpha", "RMSprop"),
-            eps=eps / s,
-            source="scaled",
+    d = optim.get(opt.name)
+    if not d.adaptive:
+        raise BscritError(
+            f"the square-root scaling rule is for adaptive optimizers, not {d.torch_class}"
         )
-    b1, b2 = ADAM_BETAS if opt.betas is None else opt.betas
-    eps = ADAM_EPS if opt.eps is None else opt.eps
-    label = "AdamW" if name == "adamw" else "Adam"
-    betas = (_scaled_beta(b1, kappa, "beta1", label), _scaled_beta(b2, kappa, "beta2", label))
-    wd = opt.weight_decay * s if name == "adamw" else opt.weight_decay
-    return replace(opt, lr=opt.lr * s, betas=betas, eps=eps / s, weight_decay=wd, source="scaled")
+    s = math.sqrt(kappa)
+    v = optim.flat(opt)
+    new = {"lr": v["lr"] * s, "eps": v["eps"] / s}
+    for b in ("beta1", "beta2", "alpha"):
+        if b in v:
+            new[b] = _scaled_beta(v[b], kappa, b, d.torch_class)
+    if d.decoupled_weight_decay:
+        new["weight_decay"] = v["weight_decay"] * s
+    return optim.from_flat(d.name, {**v, "nesterov": opt.nesterov, **new}, source="scaled")
 
 
 def scale_optimizer(opt: OptimizerInfo, kappa: float) -> OptimizerInfo:
     """Apply the rule of ``opt.name``: :func:`linear_rule` or :func:`square_root_rule`."""
-    if rule_for(opt.name) == "linear":
+    if optim.get(opt.name).rule == "linear":
         return linear_rule(opt, kappa)
     return square_root_rule(opt, kappa)
 
@@ -158,56 +115,25 @@ def svag_hyperparameters(opt: OptimizerInfo, l: int) -> OptimizerInfo:  # noqa: 
     """
     if isinstance(l, bool) or int(l) != l or l < 1:
         raise BscritError(f"the SVAG parameter l must be an integer >= 1, got {l}")
-    name = _check_name(opt.name)
+    d = optim.get(opt.name)
     if l == 1:
         return opt
-    if name == "sgd":
+    if not d.adaptive:
         return replace(opt, lr=opt.lr / l)
     s = math.sqrt(l)
-
-    def beta(b: float) -> float:
-        return 1.0 - (1.0 - b) / l
-
-    if name == "rmsprop":
-        alpha = RMSPROP_ALPHA if opt.alpha is None else opt.alpha
-        eps = RMSPROP_EPS if opt.eps is None else opt.eps
-        return replace(opt, lr=opt.lr / s, alpha=beta(alpha), eps=eps * s)
-    b1, b2 = ADAM_BETAS if opt.betas is None else opt.betas
-    eps = ADAM_EPS if opt.eps is None else opt.eps
-    wd = opt.weight_decay / s if name == "adamw" else opt.weight_decay
-    return replace(opt, lr=opt.lr / s, betas=(beta(b1), beta(b2)), eps=eps * s, weight_decay=wd)
+    v = optim.flat(opt)
+    new = {"lr": v["lr"] / s, "eps": v["eps"] * s}
+    for b in ("beta1", "beta2", "alpha"):
+        if b in v:
+            new[b] = 1.0 - (1.0 - v[b]) / l
+    if d.decoupled_weight_decay:
+        new["weight_decay"] = v["weight_decay"] / s
+    return optim.from_flat(d.name, {**v, "nesterov": opt.nesterov, **new}, source=opt.source)
 
 
 # ----------------------------------------------------------------------------------------------
 # The full "old -> new" answer
 # ----------------------------------------------------------------------------------------------
-
-
-def hyperparameter_dict(opt: OptimizerInfo) -> dict[str, float]:
-    """The hyperparameters that apply to ``opt.name``, flat, in the ``scale --json`` key names.
-
-    SGD: lr, momentum, weight_decay. Adam/AdamW: lr, beta1, beta2, eps, weight_decay. RMSprop: lr,
-    alpha, eps, momentum, weight_decay. Missing adaptive constants take PyTorch's defaults.
-    """
-    name = _check_name(opt.name)
-    if name == "sgd":
-        return {"lr": opt.lr, "momentum": opt.momentum, "weight_decay": opt.weight_decay}
-    if name == "rmsprop":
-        return {
-            "lr": opt.lr,
-            "alpha": RMSPROP_ALPHA if opt.alpha is None else opt.alpha,
-            "eps": RMSPROP_EPS if opt.eps is None else opt.eps,
-            "momentum": opt.momentum,
-            "weight_decay": opt.weight_decay,
-        }
-    b1, b2 = ADAM_BETAS if opt.betas is None else opt.betas
-    return {
-        "lr": opt.lr,
-        "beta1": b1,
-        "beta2": b2,
-        "eps": ADAM_EPS if opt.eps is None else opt.eps,
-        "weight_decay": opt.weight_decay,
-    }
 
 
 def scale_steps(steps: int | None, kappa: float) -> int | None:
@@ -231,7 +157,7 @@ def adaptive_sde_warning(nsr_target: float | None, optimizer: str) -> str | None
     batch size, N^{B'}/G, is below :data:`ADAPTIVE_SDE_MIN_NSR` (1), the rule's premise is doubtful.
     Returns None for SGD, for an unknown NSR, or when the NSR is large enough.
     """
-    if nsr_target is None or rule_for(optimizer) != "square-root":
+    if nsr_target is None or not optim.get(optimizer).adaptive:
         return None
     if nsr_target < ADAPTIVE_SDE_MIN_NSR:
         return (
@@ -283,20 +209,20 @@ class ScaledHyperparameters:
 
 
 def _notes(name: str, old: dict[str, float], new: dict[str, float]) -> dict[str, str]:
-    sr = rule_reference(name)
+    d = optim.get(name)
     notes: dict[str, str] = {}
-    if name == "sgd":
+    if not d.adaptive:
         notes["lr"] = "η' = κη " + "[LMA21 Def. 2.1]"
         notes["momentum"] = "unchanged (Goyal et al. 2017; a heuristic)"
         notes["weight_decay"] = "unchanged (coupled weight decay)"
         return notes
-    ref = sr[sr.index("[") :]
+    ref = d.reference
     notes["lr"] = f"η' = √κ η {ref}"
     for b in ("beta1", "beta2", "alpha"):
         if b in new:
             notes[b] = f"β' = 1 − κ(1 − β) {ref}"
     notes["eps"] = f"ε' = ε/√κ {ref}"
-    if name == "adamw":
+    if d.decoupled_weight_decay:
         notes["weight_decay"] = "λ' = √κ λ (derived: keeps λ/η; not stated in [MLPA22])"
     else:
         notes["weight_decay"] = "unchanged (coupled L2 weight decay)"
@@ -331,7 +257,7 @@ def scale_hyperparameters(
         )
     if not (opt.lr > 0 and math.isfinite(opt.lr)):
         raise BscritError(f"the learning rate must be a positive number, got {opt.lr}")
-    name = _check_name(opt.name)
+    name = optim.get(opt.name).name
     if not 0.0 <= opt.momentum < 1.0:
         raise BscritError(f"momentum must be in [0, 1), got {opt.momentum}")
     if not opt.weight_decay >= 0.0:
@@ -340,8 +266,8 @@ def scale_hyperparameters(
         raise BscritError(f"eps must be > 0, got {opt.eps}")
     kappa = target_batch_size / batch_size
     new_opt = scale_optimizer(replace(opt, name=name), kappa)
-    old = hyperparameter_dict(replace(opt, name=name))
-    new = hyperparameter_dict(new_opt)
+    old = optim.flat(replace(opt, name=name))
+    new = optim.flat(new_opt)
     warnings: list[str] = []
     if name == "sgd" and opt.nesterov:
         warnings.append("Nesterov momentum is kept as is; the linear rule does not cover it")
@@ -354,8 +280,8 @@ def scale_hyperparameters(
         warnings.append(w)
     return ScaledHyperparameters(
         optimizer=name,
-        rule=RULES[name],
-        reference=rule_reference(name),
+        rule=optim.get(name).rule,
+        reference=optim.get(name).rule_reference,
         batch_size=int(batch_size),
         target_batch_size=int(target_batch_size),
         kappa=kappa,

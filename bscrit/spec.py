@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import optim
 from .errors import SpecError, SpecProblem
-from .results import OptimizerInfo
+from .optim import OptimizerInfo
 
 # ----------------------------------------------------------------------------------------------
 # Dataclasses
@@ -139,22 +140,11 @@ SCHEDULE_KEYS = ("name", "warmup_steps", "milestones", "gamma", "total_steps")
 SCHEDULE_NAMES = ("constant", "step", "cosine")
 MEASURE_KEYS = ("batches", "groups", "seed", "device", "mode")
 MODES = ("train", "eval")
-OPTIMIZER_NAMES = ("sgd", "adam", "adamw", "rmsprop")
-# Keys each optimizer accepts (besides ``name``).
-OPTIMIZER_KEYS: dict[str, tuple[str, ...]] = {
-    "sgd": ("lr", "momentum", "nesterov", "weight_decay"),
-    "adam": ("lr", "betas", "eps", "weight_decay"),
-    "adamw": ("lr", "betas", "eps", "weight_decay"),
-    "rmsprop": ("lr", "alpha", "eps", "momentum", "weight_decay"),
-}
-ALL_OPTIMIZER_KEYS = ("name", "lr", "momentum", "nesterov", "weight_decay", "betas", "eps", "alpha")
-# PyTorch's defaults (AdamW's weight decay is 0.01, Adam's 0).
-OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sgd": {"momentum": 0.0, "weight_decay": 0.0, "nesterov": False},
-    "adam": {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0},
-    "adamw": {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01},
-    "rmsprop": {"alpha": 0.99, "eps": 1e-8, "momentum": 0.0, "weight_decay": 0.0},
-}
+OPTIMIZER_NAMES = optim.NAMES
+ALL_OPTIMIZER_KEYS = (
+    "name",
+    *dict.fromkeys(k for d in optim.REGISTRY.values() for k in d.spec_keys),
+)
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 _MISSING = object()
@@ -523,57 +513,33 @@ def _parse_optimizer(c: _Checker, value: Any) -> OptimizerInfo | None:
     name = c.choice(d["name"], "optimizer.name", OPTIMIZER_NAMES)
     if name is None:
         return None
+    spec_keys = optim.get(name).spec_keys
     for key in d:
-        if key in ALL_OPTIMIZER_KEYS and key != "name" and key not in OPTIMIZER_KEYS[name]:
+        if key in ALL_OPTIMIZER_KEYS and key != "name" and key not in spec_keys:
             c.add(_join(path, key), f"not a hyperparameter of {name}")
     if d.get("lr") is None:
         c.add("optimizer.lr", "missing required key (the learning rate of the run)")
-        lr = None
-    else:
-        lr = c.number(
-            d["lr"], "optimizer.lr", low=0.0, low_open=True, high=None, what="a positive number"
-        )
-    vals: dict[str, Any] = dict(OPTIMIZER_DEFAULTS[name])
+    values: dict[str, Any] = {}
     n_before = len(c.problems)
-    unit = {"low": 0.0, "high": 1.0, "high_open": True, "what": "a number in [0, 1)"}
-    if d.get("momentum") is not None:
-        vals["momentum"] = c.number(d["momentum"], "optimizer.momentum", **unit)
-    if d.get("weight_decay") is not None:
-        vals["weight_decay"] = c.number(
-            d["weight_decay"], "optimizer.weight_decay", low=0.0, what="a non-negative number"
-        )
-    if d.get("eps") is not None:
-        vals["eps"] = c.number(
-            d["eps"], "optimizer.eps", low=0.0, low_open=True, what="a positive number"
-        )
-    if d.get("alpha") is not None:
-        vals["alpha"] = c.number(d["alpha"], "optimizer.alpha", **unit)
-    if d.get("nesterov") is not None:
-        vals["nesterov"] = c.boolean(d["nesterov"], "optimizer.nesterov")
-    if d.get("betas") is not None:
-        b = d["betas"]
-        if not isinstance(b, (list, tuple)) or len(b) != 2:
-            c.add("optimizer.betas", f"expected two numbers [beta1, beta2], got {_describe(b)}")
-            vals["betas"] = None
+    for key in spec_keys:
+        if d.get(key) is None:
+            continue
+        if key == "betas":
+            b = d["betas"]
+            if not isinstance(b, (list, tuple)) or len(b) != 2:
+                c.add("optimizer.betas", f"expected two numbers [beta1, beta2], got {_describe(b)}")
+                continue
+            for i, (flat_key, x) in enumerate(zip(("beta1", "beta2"), b)):
+                values[flat_key] = c.number(x, f"optimizer.betas[{i}]", **optim.bounds(flat_key))
+        elif key == "nesterov":
+            values[key] = c.boolean(d[key], "optimizer.nesterov")
         else:
-            b1 = c.number(b[0], "optimizer.betas[0]", **unit)
-            b2 = c.number(b[1], "optimizer.betas[1]", **unit)
-            vals["betas"] = None if b1 is None or b2 is None else (b1, b2)
-    if vals.get("nesterov") and not vals.get("momentum"):
+            values[key] = c.number(d[key], _join(path, key), **optim.bounds(key))
+    if values.get("nesterov") and not values.get("momentum"):
         c.add("optimizer.nesterov", "nesterov needs momentum > 0")
-    if lr is None or len(c.problems) > n_before:
+    if d.get("lr") is None or len(c.problems) > n_before:
         return None
-    return OptimizerInfo(
-        name=name,
-        lr=lr,
-        momentum=float(vals.get("momentum", 0.0)),
-        weight_decay=float(vals.get("weight_decay", 0.0)),
-        betas=vals.get("betas"),
-        eps=vals.get("eps"),
-        alpha=vals.get("alpha"),
-        nesterov=bool(vals.get("nesterov", False)),
-        source="spec",
-    )
+    return optim.from_flat(name, values, source="spec")
 
 
 def _parse_schedule(c: _Checker, value: Any) -> ScheduleSpec | None:

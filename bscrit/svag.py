@@ -56,16 +56,11 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from . import optim
 from .errors import BscritError, DataError, ExitCode
 from .measure import tensor_view, to_device
-from .results import OptimizerInfo
+from .optim import OptimizerInfo
 from .scaling import (
-    ADAM_BETAS,
-    ADAM_EPS,
-    RMSPROP_ALPHA,
-    RMSPROP_EPS,
-    rule_for,
-    rule_reference,
     scale_optimizer,
     scale_steps,
     svag_hyperparameters,
@@ -157,35 +152,8 @@ def svag_step(
 
 def make_optimizer(params: Sequence[Tensor], opt: OptimizerInfo) -> torch.optim.Optimizer:
     """PyTorch's own optimizer with the hyperparameters of ``opt`` (one parameter group)."""
-    name = opt.name.lower()
-    params = list(params)
-    if name == "sgd":
-        return torch.optim.SGD(
-            params,
-            lr=opt.lr,
-            momentum=opt.momentum,
-            weight_decay=opt.weight_decay,
-            nesterov=bool(opt.nesterov and opt.momentum > 0),
-        )
-    if name in ("adam", "adamw"):
-        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-        return cls(
-            params,
-            lr=opt.lr,
-            betas=opt.betas or ADAM_BETAS,
-            eps=ADAM_EPS if opt.eps is None else opt.eps,
-            weight_decay=opt.weight_decay,
-        )
-    if name == "rmsprop":
-        return torch.optim.RMSprop(
-            params,
-            lr=opt.lr,
-            alpha=RMSPROP_ALPHA if opt.alpha is None else opt.alpha,
-            eps=RMSPROP_EPS if opt.eps is None else opt.eps,
-            momentum=opt.momentum,
-            weight_decay=opt.weight_decay,
-        )
-    raise BscritError(f"unknown optimizer {opt.name!r}; bscrit runs sgd, adam, adamw, rmsprop")
+    cls, kwargs = optim.torch_kwargs(opt)
+    return getattr(torch.optim, cls)(list(params), **kwargs)
 
 
 def target_schedule(schedule: Any, kappa: float) -> dict[str, Any]:
@@ -749,7 +717,6 @@ def _batch_len(y: Any) -> int:
 # ----------------------------------------------------------------------------------------------
 
 #: Command-line overrides of the target hyperparameters.
-OVERRIDE_KEYS = ("lr", "momentum", "weight_decay", "beta1", "beta2", "eps", "alpha")
 
 
 @dataclass
@@ -828,40 +795,6 @@ def parse_ls(text: str | Sequence[int]) -> tuple[int, ...]:
     return tuple(ls)
 
 
-def _apply_overrides(opt: OptimizerInfo, overrides: dict[str, float | None]) -> OptimizerInfo:
-    ov = {k: v for k, v in overrides.items() if v is not None}
-    if not ov:
-        return opt
-    unknown = set(ov) - set(OVERRIDE_KEYS)
-    if unknown:
-        raise BscritError(f"unknown hyperparameter override(s): {', '.join(sorted(unknown))}")
-    name = opt.name
-    if ("beta1" in ov or "beta2" in ov) and name not in ("adam", "adamw"):
-        raise BscritError(f"--beta1/--beta2 apply to adam and adamw, not {name}")
-    if "alpha" in ov and name != "rmsprop":
-        raise BscritError(f"--alpha applies to rmsprop, not {name}")
-    if "eps" in ov and name == "sgd":
-        raise BscritError("--eps applies to adam, adamw and rmsprop, not sgd")
-    if "momentum" in ov and name not in ("sgd", "rmsprop"):
-        raise BscritError(f"--momentum applies to sgd and rmsprop, not {name}")
-    for key in ("momentum", "beta1", "beta2", "alpha"):
-        if key in ov and not 0.0 <= ov[key] < 1.0:
-            raise BscritError(f"--{key.replace('_', '-')} must be in [0, 1), got {ov[key]}")
-    for key in ("lr", "eps"):
-        if key in ov and not ov[key] > 0:
-            raise BscritError(f"--{key} must be positive, got {ov[key]}")
-    if ov.get("weight_decay", 0.0) < 0:
-        raise BscritError(f"--weight-decay must be >= 0, got {ov['weight_decay']}")
-    betas = opt.betas or ADAM_BETAS
-    changes: dict[str, Any] = {"source": "cli"}
-    for key in ("lr", "momentum", "weight_decay", "eps", "alpha"):
-        if key in ov:
-            changes[key] = float(ov[key])
-    if "beta1" in ov or "beta2" in ov:
-        changes["betas"] = (float(ov.get("beta1", betas[0])), float(ov.get("beta2", betas[1])))
-    return replace(opt, **changes)
-
-
 def prepare_svag(
     spec: Any,
     *,
@@ -935,13 +868,13 @@ def prepare_svag(
                 "no optimizer: neither the spec (optimizer:) nor the checkpoint names one; give "
                 "--optimizer and the target hyperparameters (--lr, ...)"
             )
-        target = _apply_overrides(OptimizerInfo(name=optimizer_name.lower(), lr=1.0), overrides)
+        target = optim.with_values(OptimizerInfo(name=optimizer_name.lower(), lr=1.0), overrides)
         rule, reference = "given", "hyperparameters given on the command line"
         notes.append("target hyperparameters given on the command line (no base optimizer)")
     else:
         base = replace(base, name=base.name.lower())
-        rule, reference = rule_for(base.name), rule_reference(base.name)
-        target = _apply_overrides(scale_optimizer(base, kappa), overrides)
+        rule, reference = optim.get(base.name).rule, optim.get(base.name).rule_reference
+        target = optim.with_values(scale_optimizer(base, kappa), overrides)
         given = [k for k, v in overrides.items() if v is not None]
         if given:
             notes.append(f"overridden on the command line: {', '.join(given)}")

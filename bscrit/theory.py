@@ -30,7 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import ArtifactError, BscritError
-from .results import Measurement, OptimizerInfo, ParamSetStats
+from .optim import OptimizerInfo
+from .results import Measurement, ParamSetStats
 from .stats import NoiseStats, finite_population_factor, per_example_trace
 
 #: C² of [LMA21]; C² = 2 matched the paper's "test error within 20% of the best" criterion.

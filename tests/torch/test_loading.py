@@ -24,7 +24,7 @@ from bscrit.loading import (
     resolve_callable,
     resolve_device,
 )
-from bscrit.results import OptimizerInfo
+from bscrit.optim import OptimizerInfo
 from bscrit.spec import DataSpec, load_spec, parse_spec
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"

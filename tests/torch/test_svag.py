@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from bscrit.errors import BscritError
-from bscrit.results import OptimizerInfo
+from bscrit.optim import OptimizerInfo
 from bscrit.spec import ScheduleSpec
 from bscrit.svag import (
     BatchSource,

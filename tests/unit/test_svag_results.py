@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from bscrit.errors import ArtifactError
-from bscrit.results import OptimizerInfo
+from bscrit.optim import OptimizerInfo
 from bscrit.svag_results import (
     SvagResult,
     SvagRun,
