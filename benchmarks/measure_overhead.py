@@ -4,7 +4,7 @@ Both loops see the same model, the same batches (the same k × B index rows into
 in-memory tensors on the device) and the same train/eval mode, in the same process; runs are
 interleaved (plain, bscrit, bscrit, plain, ...) and repeated, and the table reports medians, so
 that load from other processes hits both sides alike. The bscrit side is the whole
-:func:`bscrit.measure.measure_model` call (setup, the Gram matrices at the end, restoring the
+:func:`bscrit.engine.measure_model` call (setup, the Gram matrices at the end, restoring the
 buffers), divided by k.
 
 The plain loop is what a user pays anyway: ``loss = loss_fn(model(x), y); loss.backward()`` with
@@ -36,7 +36,8 @@ from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bscrit.measure import measure_model, sample_batches, tune_cpu_allocator  # noqa: E402
+from bscrit.data import sample_batches  # noqa: E402
+from bscrit.engine import measure_model, tune_cpu_allocator  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
 # Models and data (shared with measure_memory.py and precision.py)

@@ -261,7 +261,7 @@ def measure(
     per-tensor breakdown. The model, its buffers and the checkpoint are left untouched.
     """
     from . import report
-    from .measure import MeasureOptions, run_measurement
+    from .pipeline import MeasureOptions, run_measurement
     from .results import dumps, write_measurement
     from .spec import load_spec
 
@@ -292,7 +292,7 @@ def measure(
 
         raise typer.Exit(launch(nproc, measure_args_from_argv(sys.argv)))
     from .distributed import Session
-    from .measure import tune_cpu_allocator
+    from .engine import tune_cpu_allocator
 
     tune_cpu_allocator()  # keep freed host memory mapped: no page faults per batch on CPU
     with Session(device or s.measure.device, dist_timeout, on_error=report.error) as dist:

@@ -127,7 +127,7 @@ def _run_demo(
     show: Any,
 ) -> DemoResult:
     from .examples.digits.train import train
-    from .measure import MeasureOptions, run_measurement
+    from .pipeline import MeasureOptions, run_measurement
     from .predict import predict
     from .results import write_json, write_measurement
     from .spec import load_spec

@@ -4,7 +4,7 @@
 process (THEORY §2), with the k batches shared out between the ranks:
 
 - **Same batches as one process.** Every rank draws the same k × B index rows from the global seed
-  (:func:`bscrit.measure.sample_batches`) and keeps the m group boundaries; within group j, rank r
+  (:func:`bscrit.data.sample_batches`) and keeps the m group boundaries; within group j, rank r
   computes the batches r, r + W, r + 2W, ... of the group (:attr:`LoopHooks.local_rows`). A batch is
   B examples on *one* rank (the per-rank batch is the unit of sampling; B is not multiplied by W).
 - **Sums, not gradients, are reduced.** Each rank accumulates its part of the group sum S_j
@@ -38,8 +38,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .data import sample_batches
+from .engine import LoopHooks
 from .errors import BscritError, ExitCode, MeasurementError
-from .measure import LoopHooks, sample_batches
 
 #: Environment variable with the process-group timeout in seconds (tests set it low).
 ENV_TIMEOUT = "BSCRIT_DIST_TIMEOUT"
@@ -219,7 +220,7 @@ class DistContext:
         device: this rank's device (``cuda:LOCAL_RANK`` or ``cpu``).
         backend: of the default process group (``gloo``, or ``cpu:gloo,cuda:nccl`` on GPUs).
         timeout_s: collective timeout.
-        hooks: :class:`~bscrit.measure.LoopHooks` dealing out the rows and reducing the sums.
+        hooks: :class:`~bscrit.engine.LoopHooks` dealing out the rows and reducing the sums.
     """
 
     def __init__(
@@ -285,7 +286,7 @@ class DistContext:
         return (seed + self.rank * _RANK_SEED_STRIDE) % (1 << 63)
 
     def measure_kwargs(self, n: int, batch_size: int, k: int, seed: int) -> dict[str, Any]:
-        """``seed``, ``batch_rows`` and ``hooks`` for :func:`~bscrit.measure.measure_model`.
+        """``seed``, ``batch_rows`` and ``hooks`` for :func:`~bscrit.engine.measure_model`.
 
         The rows are those one process would draw with ``seed``; the model seed is per rank.
         """

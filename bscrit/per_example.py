@@ -317,7 +317,7 @@ def layer_sq_norms(mod: nn.Module, a: Tensor, g: Tensor) -> tuple[Tensor | None,
 class PerExampleNorms:
     """Hooks that add up Σᵢ ‖cᵢ‖² per trainable tensor, per group, during the hot loop.
 
-    Group boundaries come from :attr:`bscrit.measure.LoopHooks.local_rows`, which the hot loop
+    Group boundaries come from :attr:`bscrit.engine.LoopHooks.local_rows`, which the hot loop
     calls at the start of every group: :meth:`hooks` wraps an existing ``local_rows`` (the
     distributed path) and, when a ``reduce`` hook is present, reduces each group's sums too.
     Everything stays on the device until :meth:`group_sums` (no synchronisation in the loop).
@@ -382,8 +382,8 @@ class PerExampleNorms:
     # -- group boundaries ---------------------------------------------------------------------
 
     def hooks(self, base: Any = None) -> Any:
-        """LoopHooks for :func:`bscrit.measure.measure_model` (``base``: hooks to compose with)."""
-        from .measure import LoopHooks
+        """LoopHooks for :func:`bscrit.engine.measure_model` (``base``: hooks to compose with)."""
+        from .engine import LoopHooks
 
         base = base or LoopHooks()
         inner = base.local_rows
@@ -511,17 +511,17 @@ def measure_per_example(
     adaptive: Any = None,
     **kwargs: Any,
 ) -> tuple[Any, PerExampleRaw]:
-    """:func:`bscrit.measure.measure_model` with the per-example collector installed.
+    """:func:`bscrit.engine.measure_model` with the per-example collector installed.
 
     Same arguments as ``measure_model`` (``compile`` is refused). Hooks are removed afterwards;
     the model is otherwise untouched, as in the batch estimator. ``adaptive`` (an
-    :class:`bscrit.measure.AdaptiveState` whose hooks are in ``hooks``) is switched to the
+    :class:`bscrit.adaptive.AdaptiveState` whose hooks are in ``hooks``) is switched to the
     per-example NSR, so the stopping rule judges the estimate that is reported.
 
     Returns:
         ``(RawMeasurement, PerExampleRaw)``.
     """
-    from .measure import _trainable, measure_model
+    from .engine import _trainable, measure_model
 
     if kwargs.get("compile"):
         raise BscritError(

@@ -1,6 +1,6 @@
 """From raw per-tensor sums to the reported statistics (pure: no torch).
 
-The hot loop in :mod:`bscrit.measure` produces, for every trainable tensor, its
+The hot loop in :mod:`bscrit.engine` produces, for every trainable tensor, its
 :class:`~bscrit.stats.GroupSums` plus three scalars for the scale-invariance test and ‖W‖².
 Everything after that (which tensors are scale-invariant, G/N/NSR of a parameter set, the
 equilibrium residual, pooling checkpoints) is plain arithmetic and lives here, so it can be tested
@@ -40,7 +40,7 @@ class TensorSums:
         sums: Gram matrix of its group sums, its Q_j and the group counts.
         norm_sq: ‖W‖² at the checkpoint (float64).
         abs_dot: Σᵢ |⟨W, g_{i,W}⟩| over the batches of the invariance test (the first
-            ``measure.INVARIANCE_BATCHES`` batches of every group).
+            ``engine.INVARIANCE_BATCHES`` batches of every group).
         norm_prod: Σᵢ ‖W‖ ‖g_{i,W}‖ over the same batches.
     """
 

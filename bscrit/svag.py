@@ -57,8 +57,8 @@ import torch
 from torch import Tensor, nn
 
 from . import optim
+from .data import tensor_view, to_device
 from .errors import BscritError, DataError, ExitCode
-from .measure import tensor_view, to_device
 from .optim import OptimizerInfo
 from .scaling import (
     scale_optimizer,

@@ -302,7 +302,7 @@ def measure_reference(
 def measure_bscrit(
     model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, B: int, k: int, seed: int
 ) -> dict[str, dict[str, float]]:
-    """HOOK: the same numbers from bscrit's own engine (``bscrit.measure.measure_model``).
+    """HOOK: the same numbers from bscrit's own engine (``bscrit.engine.measure_model``).
 
     Adapts to the engine's current return type (a ``RawMeasurement`` of per-tensor sums, turned
     into ParamSetStats by ``bscrit.summary.param_set_stats``). If the engine's interface
@@ -310,7 +310,7 @@ def measure_bscrit(
     """
     from torch.utils.data import TensorDataset
 
-    from bscrit.measure import measure_model
+    from bscrit.engine import measure_model
     from bscrit.summary import param_set_stats
 
     raw = measure_model(

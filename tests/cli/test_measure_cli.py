@@ -157,12 +157,12 @@ def test_runtime_failure_exit_3_and_no_file(work: Path) -> None:
 
 
 def test_interrupt_exits_130_without_output(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import bscrit.measure
+    import bscrit.engine
 
     def boom(*a: object, **k: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bscrit.measure, "measure_model", boom)
+    monkeypatch.setattr(bscrit.engine, "measure_model", boom)
     out = work / "m.json"
     r = _measure(str(work / "valid.yaml"), "--out", str(out))
     assert r.exit_code == 130

@@ -13,16 +13,11 @@ from reference import tiny_problem as _tiny_problem
 from reference import truth
 from typer.testing import CliRunner
 
+from bscrit.adaptive import adaptive_hooks, adaptive_plan, group_seed
 from bscrit.cli import app
+from bscrit.data import sample_batches
+from bscrit.engine import LoopHooks, measure_model
 from bscrit.errors import BscritError
-from bscrit.measure import (
-    LoopHooks,
-    adaptive_hooks,
-    adaptive_plan,
-    group_seed,
-    measure_model,
-    sample_batches,
-)
 from bscrit.per_example import measure_per_example
 from bscrit.stats import noise_stats
 from bscrit.summary import set_sums

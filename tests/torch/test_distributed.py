@@ -29,7 +29,7 @@ from bscrit.distributed import (
     unwrap_model,
 )
 from bscrit.errors import BscritError
-from bscrit.measure import MeasureOptions, run_measurement
+from bscrit.pipeline import MeasureOptions, run_measurement
 from bscrit.spec import load_spec
 
 pytestmark = pytest.mark.skipif(

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from bscrit.engine import measure_model
 from bscrit.errors import DataError
 from bscrit.loading import build_dataset, build_loss, build_model
-from bscrit.measure import measure_model
 from bscrit.spec import load_spec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

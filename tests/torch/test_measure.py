@@ -13,8 +13,9 @@ from reference import truth
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from bscrit.data import group_counts, sample_batches
+from bscrit.engine import measure_model
 from bscrit.errors import DataError, MeasurementError
-from bscrit.measure import group_counts, measure_model, sample_batches
 from bscrit.summary import param_set_stats, summarize_checkpoint
 
 

@@ -13,8 +13,8 @@ from reference import truth as exact_truth
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from bscrit.engine import measure_model
 from bscrit.errors import BscritError, MeasurementError
-from bscrit.measure import measure_model
 from bscrit.per_example import layer_sq_norms, measure_per_example, per_example_stats
 from bscrit.summary import set_sums
 

@@ -1,0 +1,134 @@
+"""Adaptive stopping (``--target-rel-error``): add groups of batches until NSR is precise enough.
+
+The run starts with a planned number of batches, then after every group checks the relative
+half-width of the 95% interval of NSR (docs/theory.md §2) and either stops or draws one more
+group of independent batches, within a budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from torch import Tensor
+
+from .data import default_num_batches, sample_batches
+from .engine import LoopHooks
+from .errors import BscritError
+from .stats import GroupSums
+
+#: With --target-rel-error and no --batches, the run starts with this many batches per group.
+ADAPTIVE_START_PER_GROUP = 10
+#: Default --max-batches: this many times the default k = max(200, ceil(n/B)).
+ADAPTIVE_BUDGET_FACTOR = 5
+
+
+def group_seed(seed: int, j: int) -> int:
+    """Seed of the rows of an extra group j (adaptive runs): a hash of (run seed, j)."""
+    digest = hashlib.blake2b(f"bscrit-group:{seed}:{j}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+@dataclass
+class AdaptiveState:
+    """Plan and outcome of an adaptive run: groups are added until the NSR is precise enough.
+
+    The criterion is the 95% interval of NSR (asymmetric; :func:`bscrit.stats.nsr_interval`):
+    ``rel_error = (hi − lo) / 2 / NSR``, infinite while Ĝ ≤ 0 or the interval is unbounded. It is
+    checked after the planned groups and after every added group; a group is added only if it
+    fits in ``max_batches``.
+    """
+
+    target: float
+    start: int  # batches planned before the first check
+    max_batches: int
+    group_size: int
+    reason: str | None = None  # "target reached" | "budget exhausted"
+    rel_error: float = math.inf
+    batches: int = 0
+    groups: int = 0
+    #: ``GroupSums -> (nsr, (lo, hi))`` of the reported estimator; default: the batch estimator.
+    nsr_of: Callable[[GroupSums], tuple[float, tuple[float, float]]] | None = None
+
+    def rel_error_of(self, sums: GroupSums) -> float:
+        if self.nsr_of is not None:
+            nsr, (lo, hi) = self.nsr_of(sums)
+        else:
+            from .stats import nsr_interval
+
+            g, n = sums.full()
+            if n <= 0:
+                return math.inf
+            nsr, (lo, hi) = nsr_interval(g, n, *sums.leave_one_out())
+        if not (math.isfinite(nsr) and math.isfinite(hi) and nsr > 0):
+            return math.inf
+        return (hi - lo) / 2.0 / nsr
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``extra.stopping`` entry of the measurement JSON."""
+        return {
+            "reason": self.reason,
+            "target_rel_error": self.target,
+            "achieved_rel_error": self.rel_error if math.isfinite(self.rel_error) else None,
+            "batches": self.batches,
+            "groups": self.groups,
+            "start_batches": self.start,
+            "max_batches": self.max_batches,
+            "group_size": self.group_size,
+        }
+
+
+def adaptive_plan(
+    target: float | None,
+    max_batches: int | None,
+    batches: int | None,
+    groups: int,
+    dataset_size: int,
+    batch_size: int,
+) -> AdaptiveState | None:
+    """Validate the adaptive options; None when ``target`` is None (a fixed-k run).
+
+    Starts with ``batches`` (default 10 per group), adds groups of ceil(start / m) batches, and
+    stops at ``max_batches`` (default 5 × max(200, ceil(n/B))).
+    """
+    if target is None:
+        if max_batches is not None:
+            raise BscritError("--max-batches needs --target-rel-error (--batches sets a fixed k)")
+        return None
+    if not target > 0:
+        raise BscritError(f"--target-rel-error: expected a positive number, got {target}")
+    start = batches or ADAPTIVE_START_PER_GROUP * groups
+    budget = max_batches or max(
+        start, ADAPTIVE_BUDGET_FACTOR * default_num_batches(dataset_size, batch_size)
+    )
+    if start > budget:
+        raise BscritError(f"--batches {start} is more than --max-batches {budget}")
+    return AdaptiveState(
+        target=target, start=start, max_batches=budget, group_size=math.ceil(start / groups)
+    )
+
+
+def adaptive_hooks(
+    state: AdaptiveState, dataset_size: int, batch_size: int, seed: int, base: Any = None
+) -> LoopHooks:
+    """LoopHooks whose ``next_group`` adds groups until ``state``'s target or budget is reached.
+
+    Extra group j is ``group_size`` independent batches drawn with :func:`group_seed` (seed, j),
+    so a run is reproducible and every rank of a distributed run draws the same rows.
+    """
+
+    def next_group(j: int, sums: GroupSums) -> Tensor | None:
+        state.rel_error = state.rel_error_of(sums)
+        state.batches, state.groups = sums.k, sums.m
+        if state.rel_error <= state.target:
+            state.reason = "target reached"
+            return None
+        if sums.k + state.group_size > state.max_batches:
+            state.reason = "budget exhausted"
+            return None
+        return sample_batches(dataset_size, batch_size, state.group_size, group_seed(seed, j))
+
+    return replace(base or LoopHooks(), next_group=next_group)

@@ -1,0 +1,160 @@
+"""Which examples go into which batch, and how a batch reaches the device (torch).
+
+One :class:`BatchSource` serves every loop that draws batches (the measurement engine and the
+SVAG runs): in-memory TensorDatasets are indexed on the device directly; anything else goes
+through one DataLoader with a fixed batch sampler. docs/theory.md §2 says why the batches of a
+measurement are drawn independently (not as one shuffled epoch).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import DataError
+
+#: The paper's protocol: at least 200 batches, and at least one epoch's worth ([LMA21] F.2).
+MIN_BATCHES = 200
+
+
+def default_num_batches(dataset_size: int, batch_size: int) -> int:
+    """k = max(200, ceil(n / B))."""
+    return max(MIN_BATCHES, math.ceil(dataset_size / batch_size))
+
+
+def group_counts(k: int, m: int) -> list[int]:
+    """Split k batches into m groups of sizes as equal as possible (first ones one larger)."""
+    return [k // m + (1 if j < k % m else 0) for j in range(m)]
+
+
+def sample_batches(n: int, batch_size: int, num_batches: int, seed: int) -> Tensor:
+    """``num_batches`` × B example indices: each row B distinct examples, rows independent.
+
+    Independent rows matter: batches of one shuffled epoch are negatively correlated and the
+    −N̂/k bias correction of Ĝ would over-correct (THEORY §2, "Why independent batches").
+    """
+    gen = torch.Generator().manual_seed(seed)
+    if batch_size == n:
+        return torch.arange(n).repeat(num_batches, 1)
+    # argsort of uniform keys = a uniformly random permutation; keep the first B of each row.
+    # Chunked so that k × n keys never sit in memory at once for large datasets.
+    rows = []
+    chunk = max(1, (1 << 24) // max(n, 1))
+    for start in range(0, num_batches, chunk):
+        c = min(chunk, num_batches - start)
+        keys = torch.rand(c, n, generator=gen)
+        rows.append(torch.topk(keys, batch_size, dim=1, largest=False).indices)
+    return torch.cat(rows)
+
+
+def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.to(device, non_blocking=non_blocking)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(o, device, non_blocking) for o in obj)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device, non_blocking) for k, v in obj.items()}
+    return obj
+
+
+def tensor_view(dataset: Any) -> tuple[Tensor, ...] | None:
+    """The underlying tensors when the dataset is a (Subset of a) TensorDataset, else None."""
+    from torch.utils.data import Subset, TensorDataset
+
+    if isinstance(dataset, TensorDataset):
+        return tuple(dataset.tensors)
+    if isinstance(dataset, Subset):
+        inner = tensor_view(dataset.dataset)
+        if inner is not None:
+            idx = torch.as_tensor(dataset.indices, dtype=torch.long)
+            return tuple(t[idx] for t in inner)
+    return None
+
+
+class _RowSampler:
+    """A batch sampler whose rows are set before each pass (one DataLoader for all groups)."""
+
+    def __init__(self) -> None:
+        self.rows: list[list[int]] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclass
+class BatchSource:
+    """Yields (inputs, targets) on the device for given index rows.
+
+    In-memory TensorDatasets are indexed directly on the device (no DataLoader, no collation);
+    anything else goes through a DataLoader with a fixed batch sampler (workers, pinned memory).
+    With workers, one DataLoader with persistent workers serves every group (its batch sampler
+    is swapped per group), so workers start once per measurement, not once per group.
+    """
+
+    dataset: Any
+    device: torch.device
+    num_workers: int = 0
+    prefetch: int | None = None  # batches each worker loads ahead (DataLoader prefetch_factor)
+    _tensors: tuple[Tensor, ...] | None = field(default=None, init=False)
+    _loader: Any = field(default=None, init=False)
+    _sampler: Any = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        view = tensor_view(self.dataset)
+        if view is not None and len(view) >= 2:
+            self._tensors = tuple(t.to(self.device) for t in view)
+
+    @property
+    def in_memory(self) -> bool:
+        return self._tensors is not None
+
+    def batches(self, rows: Tensor, seed: int) -> Iterator[tuple[Any, Any]]:
+        if self._tensors is not None:
+            for row in rows:
+                idx = row.to(self.device)
+                x, y = self._tensors[0][idx], self._tensors[1][idx]
+                yield x, y
+            return
+        from torch.utils.data import DataLoader
+
+        if self._loader is None:
+            self._sampler = _RowSampler()
+            self._loader = DataLoader(
+                self.dataset,
+                batch_sampler=self._sampler,
+                num_workers=self.num_workers,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=self.num_workers > 0,
+                prefetch_factor=(self.prefetch or 4) if self.num_workers > 0 else None,
+                generator=torch.Generator().manual_seed(seed),
+            )
+        self._sampler.rows = [r.tolist() for r in rows]
+        loader = self._loader
+        non_blocking = self.device.type == "cuda"
+        for item in loader:
+            if not isinstance(item, (list, tuple)) or len(item) != 2:
+                raise DataError(
+                    "data: each example must be an (input, target) pair; got a batch of "
+                    f"{type(item).__name__}"
+                    + (f" with {len(item)} elements" if isinstance(item, (list, tuple)) else "")
+                )
+            yield (
+                to_device(item[0], self.device, non_blocking),
+                to_device(item[1], self.device, non_blocking),
+            )
+
+
+def forward(model: nn.Module, x: Any) -> Any:
+    if isinstance(x, (list, tuple)):
+        return model(*x)
+    if isinstance(x, dict):
+        return model(**x)
+    return model(x)
