@@ -38,8 +38,11 @@ from measure_overhead import make_data, make_small_cnn  # noqa: E402
 
 from bscrit.adaptive import adaptive_hooks, adaptive_plan  # noqa: E402
 from bscrit.engine import measure_model, tune_cpu_allocator  # noqa: E402
-from bscrit.per_example import measure_per_example, per_example_stats  # noqa: E402
-from bscrit.stats import noise_stats  # noqa: E402
+from bscrit.estimators import (
+    noise_stats,  # noqa: E402
+    per_example_stats,  # noqa: E402
+)
+from bscrit.per_example import measure_per_example  # noqa: E402
 from bscrit.summary import set_sums  # noqa: E402
 
 C2 = 2.0

@@ -18,7 +18,7 @@ from torch import Tensor
 from .data import default_num_batches, sample_batches
 from .engine import LoopHooks
 from .errors import BscritError
-from .stats import GroupSums
+from .estimators import GroupSums
 
 #: With --target-rel-error and no --batches, the run starts with this many batches per group.
 ADAPTIVE_START_PER_GROUP = 10
@@ -36,7 +36,7 @@ def group_seed(seed: int, j: int) -> int:
 class AdaptiveState:
     """Plan and outcome of an adaptive run: groups are added until the NSR is precise enough.
 
-    The criterion is the 95% interval of NSR (asymmetric; :func:`bscrit.stats.nsr_interval`):
+    The criterion is the 95% interval of NSR (asymmetric; :func:`bscrit.estimators.nsr_interval`):
     ``rel_error = (hi − lo) / 2 / NSR``, infinite while Ĝ ≤ 0 or the interval is unbounded. It is
     checked after the planned groups and after every added group; a group is added only if it
     fits in ``max_batches``.
@@ -57,7 +57,7 @@ class AdaptiveState:
         if self.nsr_of is not None:
             nsr, (lo, hi) = self.nsr_of(sums)
         else:
-            from .stats import nsr_interval
+            from .estimators import nsr_interval
 
             g, n = sums.full()
             if n <= 0:

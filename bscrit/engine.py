@@ -18,7 +18,7 @@ gradient (docs/performance.md has the benchmarks). Extension points: :class:`Loo
 (:mod:`bscrit.per_example`) adds its own hooks on the model.
 
 After the loop, the m×m Gram matrix ⟨S_a, S_b⟩ of every tensor is formed in float64 on the host;
-from there on everything is pure arithmetic (:mod:`bscrit.summary`, :mod:`bscrit.stats`).
+from there on everything is pure arithmetic (:mod:`bscrit.summary`, :mod:`bscrit.estimators`).
 
 The model is never modified: parameters are only read, ``torch.autograd.grad`` leaves ``.grad``
 alone, every buffer (BatchNorm running statistics and ``num_batches_tracked`` included) is restored
@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from .data import BatchSource, default_num_batches, forward, group_counts, sample_batches
 from .errors import BscritError, DataError, MeasurementError
-from .stats import GroupSums
+from .estimators import GroupSums
 from .summary import TAU_BF16, TAU_FP32, TensorSums
 
 LossFn = Callable[[Tensor, Tensor], Tensor]

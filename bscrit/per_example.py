@@ -49,9 +49,8 @@ weight-gradient convolution with the examples as groups (no im2col).
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -59,7 +58,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .errors import BscritError, ExitCode, MeasurementError
-from .stats import Estimate, GroupSums, NoiseStats, interval, noise_stats_from_jackknife
+from .estimators import GroupSums, PerExampleRaw, per_example_stats
 
 #: Elements of the transient per-example buffer in the norm computations (64 MiB of float32).
 CHUNK_ELEMENTS = 1 << 24
@@ -415,88 +414,8 @@ class PerExampleNorms:
 
 
 # ----------------------------------------------------------------------------------------------
-# Estimators (pure arithmetic on the group sums)
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PerExampleStats:
-    """G, N^B (per-example estimator) and T₁ with jackknife intervals, for one parameter set."""
-
-    noise: NoiseStats
-    T1: Estimate
-    jackknife_T1: tuple[float, ...]
-
-
-def _t1(u: float, k: int, n: int, b: int) -> float:
-    """T̂₁ = (n−1)/n · U / ((B−1) k), U = Σ_batches Σᵢ ‖∇ℓᵢ − ḡ‖²."""
-    return (n - 1) / n * u / ((b - 1) * k)
-
-
-def _n_of_t1(t1: float, n: int, b: int) -> float:
-    """N^B = T₁ (n − B)/(B (n − 1)) ([SDBD21] eq. 22)."""
-    return t1 * (n - b) / (b * (n - 1)) if n > 1 else 0.0
-
-
-def per_example_stats(sums: GroupSums, c: Sequence[float], n: int, b: int) -> PerExampleStats:
-    """Ĝ, N̂^B, NSR and T̂₁ with delete-one-group jackknife intervals (see module docstring).
-
-    Args:
-        sums: the batch estimator's group sums of the parameter set (Gram of S_j, Q_j, k_j).
-        c: per group, C_j = Σ_{batches in j} Σᵢ ‖cᵢ‖² over the set's tensors (cᵢ = ∇ℓᵢ/B).
-        n: dataset size.
-        b: batch size B (≥ 2).
-    """
-    if b < 2:
-        raise BscritError("--estimator per-example needs a batch size B >= 2")
-    if len(c) != sums.m:
-        raise ValueError(f"{len(c)} per-example group sums for {sums.m} groups")
-    m, k = sums.m, sums.k
-    u = [b * b * cj - b * qj for cj, qj in zip(c, sums.q)]
-    u_all = sum(u)
-    s2 = sum(sum(row) for row in sums.gram)
-    t1 = _t1(u_all, k, n, b)
-    nb = _n_of_t1(t1, n, b)
-    g = s2 / (k * k) - nb / k
-    g_loo, n_loo, t_loo = [], [], []
-    for j in range(m):
-        kj = k - sums.counts[j]
-        s2_j = s2 - 2.0 * sum(sums.gram[j]) + sums.gram[j][j]
-        t1_j = _t1(u_all - u[j], kj, n, b)
-        n_j = _n_of_t1(t1_j, n, b)
-        t_loo.append(t1_j)
-        n_loo.append(n_j)
-        g_loo.append(s2_j / (kj * kj) - n_j / kj)
-    return PerExampleStats(
-        noise=noise_stats_from_jackknife(g, nb, g_loo, n_loo, k),
-        T1=interval(t1, t_loo),
-        jackknife_T1=tuple(t_loo),
-    )
-
-
-def estimate_dict(e: Estimate) -> dict[str, Any]:
-    """JSON form of an :class:`Estimate` (inf → None)."""
-
-    def f(x: float) -> float | None:
-        return x if math.isfinite(x) else None
-
-    return {"value": f(e.value), "se": f(e.se), "ci95": [f(e.ci95[0]), f(e.ci95[1])]}
-
-
-# ----------------------------------------------------------------------------------------------
 # Measuring
 # ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PerExampleRaw:
-    """What a per-example run adds to the batch estimator's sums: C[j][t]."""
-
-    c: list[list[float]]
-
-    def set_c(self, indices: Sequence[int]) -> list[float]:
-        """Per-group C_j of a parameter set given by tensor indices."""
-        return [sum(row[t] for t in indices) for row in self.c]
 
 
 def measure_per_example(
@@ -562,81 +481,3 @@ def measure_per_example(
     if len(c) != raw.groups:
         raise MeasurementError(f"per-example sums of {len(c)} groups for {raw.groups} groups")
     return raw, PerExampleRaw(c)
-
-
-def summarize_checkpoint(
-    path: str,
-    tensors: Sequence[Any],
-    pe: PerExampleRaw,
-    n: int,
-    b: int,
-    opt: Any,
-    elapsed_s: float,
-    tau: float,
-) -> tuple[Any, PerExampleStats, PerExampleStats | None]:
-    """:func:`bscrit.summary.summarize_checkpoint` with the per-example estimator of G and N.
-
-    Returns:
-        ``(CheckpointSummary, stats of all tensors, stats of the scale-invariant ones or None)``.
-    """
-    from .results import CheckpointStats, ParameterRow, ParamSetStats
-    from .summary import CheckpointSummary, equilibrium, set_sums
-
-    def stats_of(idx: list[int]) -> tuple[ParamSetStats, PerExampleStats]:
-        sel = [tensors[i] for i in idx]
-        s = per_example_stats(set_sums(sel), pe.set_c(idx), n, b)
-        return (
-            ParamSetStats.from_noise_stats(
-                s.noise,
-                R=sum(t.norm_sq for t in sel),
-                num_params=sum(t.numel for t in sel),
-                num_tensors=len(sel),
-            ),
-            s,
-        )
-
-    all_idx = list(range(len(tensors)))
-    si_idx = [i for i, t in enumerate(tensors) if t.is_scale_invariant(tau)]
-    all_stats, all_pe = stats_of(all_idx)
-    si_stats, si_pe = stats_of(si_idx) if si_idx else (None, None)
-    eq_set, eq_name = (si_stats, "scale_invariant") if si_stats else (all_stats, "all")
-    eq, note = equilibrium(opt, eq_set, eq_name)
-    rows = []
-    for i, t in enumerate(tensors):
-        u = sum(b * b * cj[i] - b * qj for cj, qj in zip(pe.c, t.sums.q))
-        nb = _n_of_t1(_t1(u, t.sums.k, n, b), n, b)
-        s2 = sum(sum(r) for r in t.sums.gram)
-        rows.append(
-            ParameterRow(
-                name=t.name,
-                shape=t.shape,
-                numel=t.numel,
-                G=s2 / (t.sums.k**2) - nb / t.sums.k,
-                N=nb,
-                R=t.norm_sq,
-                scale_invariant=t.is_scale_invariant(tau),
-                invariance_ratio=t.invariance_ratio,
-            )
-        )
-    total = sum(t.numel for t in tensors)
-    summary = CheckpointSummary(
-        stats=CheckpointStats(
-            path=path, all=all_stats, scale_invariant=si_stats, equilibrium=eq, elapsed_s=elapsed_s
-        ),
-        rows=rows,
-        scale_invariant_names=tuple(tensors[i].name for i in si_idx),
-        scale_invariant_fraction=(sum(tensors[i].numel for i in si_idx) / total) if total else 0,
-        equilibrium_note=note,
-    )
-    return summary, all_pe, si_pe
-
-
-def pool_t1(stats: Sequence[PerExampleStats]) -> Estimate:
-    """T₁ pooled over checkpoints like G and N (mean; slice-j jackknife, see stats.pool)."""
-    if len(stats) == 1:
-        return stats[0].T1
-    c = len(stats)
-    m = len(stats[0].jackknife_T1)
-    value = sum(s.T1.value for s in stats) / c
-    loo = [sum(s.jackknife_T1[j] for s in stats) / c for j in range(m)]
-    return interval(value, loo)

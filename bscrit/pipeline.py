@@ -11,14 +11,25 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import optim
-from .errors import BscritError, UsageError
+from .errors import UsageError
 from .optim import OptimizerInfo
 from .scaling import ScaledHyperparameters, scale_hyperparameters
 
+if TYPE_CHECKING:
+    from .adaptive import AdaptiveState
+    from .distributed import DistContext
+    from .engine import RawMeasurement
+    from .results import Equilibrium, Measurement, ParamSetStats
+    from .spec import Spec
+    from .summary import CheckpointSummary
+
 PathLike = str | os.PathLike[str]
+#: ``(description, total) -> context manager yielding advance(n)`` (a progress bar).
+ProgressFactory = Callable[[str, int], Any]
 
 
 def scale_request(
@@ -116,153 +127,154 @@ class MeasureOptions:
     prefetch: int | None = None  # DataLoader prefetch_factor
 
 
-def run_measurement(
-    spec: Any,
-    checkpoints: Sequence[Any] | None = None,
-    options: MeasureOptions | None = None,
-    *,
-    progress_factory: Callable[[str, int], Any] | None = None,
-    on_checkpoint: Callable[[str], None] | None = None,
-    dist: Any = None,
-) -> Any:
-    """Measure every checkpoint of a spec and pool them into a :class:`~bscrit.results.Measurement`.
+@dataclass
+class _MeasurePlan:
+    """Everything a measurement needs, resolved from the spec and the options, before any work."""
 
-    Args:
-        spec: a :class:`bscrit.spec.Spec`.
-        checkpoints: paths overriding the spec's ``checkpoint.path``.
-        options: overrides of the spec's ``measure`` section.
-        progress_factory: ``(description, total) -> context manager yielding advance(n)``.
-        on_checkpoint: called with each checkpoint path before it is measured.
-        dist: a :class:`bscrit.distributed.DistContext` when run by torchrun (its device, rows,
-            seeds and reduction hooks), else None.
-    """
-    from pathlib import Path
+    spec: Spec
+    paths: list[Path]
+    options: MeasureOptions
+    batch_size: int
+    groups: int
+    seed: int
+    mode: str
+    device: Any  # torch.device
+    dataset: Any
+    k: int
+    adaptive: AdaptiveState | None
+    loss_fn: Any
 
-    from . import __version__
-    from .adaptive import adaptive_hooks, adaptive_plan
+
+def _plan_measurement(
+    spec: Spec, checkpoints: Sequence[PathLike] | None, o: MeasureOptions, dist: DistContext | None
+) -> _MeasurePlan:
+    from .adaptive import adaptive_plan
     from .data import default_num_batches
-    from .engine import measure_model
-    from .loading import build_dataset, build_loss, load_model, optimizer_for, resolve_device
-    from .results import Measurement
-    from .summary import equilibrium as equilibrium_of
-    from .summary import pool_param_sets, summarize_checkpoint
+    from .loading import build_dataset, build_loss, resolve_device
 
-    o = options or MeasureOptions()
     ms = spec.measure
     paths = [Path(p) for p in (checkpoints or spec.checkpoint.paths)]
     if not paths:
-        raise BscritError(
-            f"{spec.path}: no checkpoint: give --checkpoint PATH or set checkpoint.path in the spec"
+        raise UsageError(
+            f"{spec.path}: no checkpoint: give {{checkpoint}} PATH or set checkpoint.path in the "
+            "spec",
+            checkpoint="checkpoint",
+        )
+    if o.estimator not in ("batch", "per-example"):
+        raise UsageError(
+            f"{{estimator}}: expected 'batch' or 'per-example', got {o.estimator!r}",
+            estimator="estimator",
         )
     batch_size = o.batch_size or spec.batch_size
     groups = o.groups or ms.groups
-    seed = ms.seed if o.seed is None else o.seed
-    mode = o.mode or ms.mode
     device = dist.device if dist is not None else resolve_device(o.device or ms.device)
     dataset = build_dataset(spec.data, spec.base_dir, "data")
     n = len(dataset)
     k = o.batches or ms.batches or default_num_batches(n, batch_size)
-    if o.estimator not in ("batch", "per-example"):
-        raise BscritError(f"--estimator: expected 'batch' or 'per-example', got {o.estimator!r}")
     adaptive = adaptive_plan(
         o.target_rel_error, o.max_batches, o.batches or ms.batches, groups, n, batch_size
     )
     if adaptive is not None:
         if len(paths) > 1:
-            raise BscritError(
-                "--target-rel-error measures one checkpoint at a time (pooled checkpoints need "
-                "the same groups); give one --checkpoint, or use --batches for a fixed k"
+            raise UsageError(
+                "{target_rel_error} measures one checkpoint at a time (pooled checkpoints need "
+                "the same groups); give one checkpoint, or use {batches} for a fixed k",
+                target_rel_error="target_rel_error",
+                batches="batches",
             )
         k = adaptive.start
     loss_fn = build_loss(spec)
     if hasattr(loss_fn, "to"):  # an nn.Module loss, e.g. class weights of a CrossEntropyLoss
         loss_fn = loss_fn.to(device)
+    return _MeasurePlan(
+        spec=spec,
+        paths=paths,
+        options=o,
+        batch_size=batch_size,
+        groups=groups,
+        seed=ms.seed if o.seed is None else o.seed,
+        mode=o.mode or ms.mode,
+        device=device,
+        dataset=dataset,
+        k=k,
+        adaptive=adaptive,
+        loss_fn=loss_fn,
+    )
 
-    summaries = []
-    per_ex: list[tuple[Any, Any]] = []  # (all, scale-invariant) PerExampleStats per checkpoint
-    warnings: list[str] = []
-    mean_losses: list[float] = []
-    opt = None
-    elapsed = 0.0
-    for ci, path in enumerate(paths):
-        if on_checkpoint is not None:
-            on_checkpoint(str(path))
-        model, ckpt = load_model(spec, path, unsafe=o.unsafe_load)
-        if dist is not None:
-            model = dist.prepare_model(model)
-        kw = dist.measure_kwargs(n, batch_size, k, seed + ci) if dist else {"seed": seed + ci}
-        if ci == 0:
-            opt = optimizer_for(spec, ckpt)
-        model.to(device)
-        desc = f"measure {path.name}" + (f" ({ci + 1}/{len(paths)})" if len(paths) > 1 else "")
-        run_kw: dict[str, Any] = dict(
-            batch_size=batch_size,
-            num_batches=k,
-            groups=groups,
-            **kw,
-            device=device,
-            mode=mode,
-            amp=o.amp,
-            num_workers=spec.data.num_workers if o.num_workers is None else o.num_workers,
-            prefetch=o.prefetch,
-            compile=o.compile,
-        )
-        if adaptive is not None:
-            run_kw["hooks"] = adaptive_hooks(
-                adaptive, n, batch_size, seed + ci, run_kw.get("hooks")
-            )
-        total = adaptive.max_batches if adaptive is not None else k
-        with progress_factory(desc, total) if progress_factory else _no_progress() as advance:
-            if advance is not None:
-                run_kw["progress"] = advance
-            if o.estimator == "per-example":
-                from .per_example import measure_per_example
 
-                raw, pe_raw = measure_per_example(
-                    model, dataset, loss_fn, adaptive=adaptive, **run_kw
-                )
-            else:
-                raw = measure_model(model, dataset, loss_fn, **run_kw)
-        elapsed += raw.elapsed_s
-        mean_losses.append(raw.mean_loss)  # mean batch loss at this checkpoint
-        warnings.extend(w for w in raw.warnings if w not in warnings)
+def _measure_one(
+    plan: _MeasurePlan,
+    ci: int,
+    model: Any,
+    opt: OptimizerInfo | None,
+    progress_factory: ProgressFactory | None,
+    dist: DistContext | None,
+) -> tuple[CheckpointSummary, RawMeasurement]:
+    """Measure checkpoint number ``ci`` (its model already loaded) and summarise it."""
+    from .adaptive import adaptive_hooks
+    from .engine import measure_model
+    from .summary import PerExampleInput, summarize_checkpoint
+
+    o, path, n, b = plan.options, plan.paths[ci], len(plan.dataset), plan.batch_size
+    seed = plan.seed + ci
+    kw = dist.measure_kwargs(n, b, plan.k, seed) if dist is not None else {"seed": seed}
+    run_kw: dict[str, Any] = dict(
+        batch_size=b,
+        num_batches=plan.k,
+        groups=plan.groups,
+        **kw,
+        device=plan.device,
+        mode=plan.mode,
+        amp=o.amp,
+        num_workers=plan.spec.data.num_workers if o.num_workers is None else o.num_workers,
+        prefetch=o.prefetch,
+        compile=o.compile,
+    )
+    if plan.adaptive is not None:
+        run_kw["hooks"] = adaptive_hooks(plan.adaptive, n, b, seed, run_kw.get("hooks"))
+    total = plan.adaptive.max_batches if plan.adaptive is not None else plan.k
+    many = len(plan.paths) > 1
+    desc = f"measure {path.name}" + (f" ({ci + 1}/{len(plan.paths)})" if many else "")
+    pe = None
+    with progress_factory(desc, total) if progress_factory else _no_progress() as advance:
+        if advance is not None:
+            run_kw["progress"] = advance
         if o.estimator == "per-example":
-            from . import per_example
+            from .per_example import measure_per_example
 
-            summ, pe_all, pe_si = per_example.summarize_checkpoint(
-                str(path), raw.tensors, pe_raw, n, batch_size, opt, raw.elapsed_s, raw.tau
+            raw, pe_raw = measure_per_example(
+                model, plan.dataset, plan.loss_fn, adaptive=plan.adaptive, **run_kw
             )
-            summaries.append(summ)
-            per_ex.append((pe_all, pe_si))
+            pe = PerExampleInput(pe_raw, n, b)
         else:
-            summaries.append(
-                summarize_checkpoint(str(path), raw.tensors, opt, raw.elapsed_s, raw.tau)
-            )
-        del model
+            raw = measure_model(model, plan.dataset, plan.loss_fn, **run_kw)
+    summary = summarize_checkpoint(str(path), raw.tensors, opt, raw.elapsed_s, raw.tau, pe)
+    return summary, raw
 
+
+def _pooled_warnings(
+    plan: _MeasurePlan,
+    summaries: Sequence[CheckpointSummary],
+    all_pooled: ParamSetStats,
+    eq: Equilibrium | None,
+) -> list[str]:
+    from .theory import EQUILIBRIUM_RESIDUAL_MAX
+
+    warnings: list[str] = []
     first = summaries[0]
     if any(s.scale_invariant_names != first.scale_invariant_names for s in summaries[1:]):
         warnings.append(
             "the scale-invariant tensors differ between checkpoints; the pooled scale-invariant "
             "statistics mix different parameter sets"
         )
-    all_pooled = pool_param_sets([s.stats.all for s in summaries])
-    si_list = [s.stats.scale_invariant for s in summaries]
-    si_pooled = pool_param_sets(si_list) if all(si_list) else None  # type: ignore[arg-type]
-    eq_set, eq_name = (si_pooled, "scale_invariant") if si_pooled else (all_pooled, "all")
-    eq, note = equilibrium_of(opt, eq_set, eq_name)
-    if len(paths) > 1:
-        note += f"; pooled over {len(paths)} checkpoints"
     if not all_pooled.signal_detected:
         warnings.append(
             "no signal detected at this precision: the 95% interval of G includes 0, so B* has "
             "no upper bound; measure more batches (--batches) to tighten it"
         )
-    from .summary import EQUILIBRIUM_TOLERANCE
-
-    if eq is not None and abs(eq.residual) > EQUILIBRIUM_TOLERANCE:
+    if eq is not None and abs(eq.residual) > EQUILIBRIUM_RESIDUAL_MAX:
         warnings.append(
-            f"equilibrium residual ρ = {eq.residual:+.2f} (|ρ| > {EQUILIBRIUM_TOLERANCE}): the "
+            f"equilibrium residual ρ = {eq.residual:+.2f} (|ρ| > {EQUILIBRIUM_RESIDUAL_MAX}): the "
             "checkpoint does not look like SGD equilibrium ([LMA21] eq. 11); the prediction is "
             "weaker (average several checkpoints of the constant-LR phase)"
         )
@@ -271,47 +283,117 @@ def run_measurement(
             "no scale-invariant tensor found: the theorems of [LMA21] §5 assume a scale-invariant "
             "loss; the bounds are indicative only"
         )
-    extra: dict[str, Any] = {}
-    if adaptive is not None:
-        extra["stopping"] = adaptive.to_dict()
-        if adaptive.reason == "budget exhausted":
-            warnings.append(
-                f"--target-rel-error {adaptive.target:g} not reached within --max-batches "
-                f"{adaptive.max_batches}: the NSR's relative 95% half-width is "
-                f"{adaptive.rel_error:.3g}"
-            )
-    if per_ex:
-        from .per_example import estimate_dict, pool_t1
+    a = plan.adaptive
+    if a is not None and a.reason == "budget exhausted":
+        warnings.append(
+            f"--target-rel-error {a.target:g} not reached within --max-batches "
+            f"{a.max_batches}: the NSR's relative 95% half-width is {a.rel_error:.3g}"
+        )
+    return warnings
 
-        extra["T1"] = estimate_dict(pool_t1([a for a, _ in per_ex]))
-        if all(si is not None for _, si in per_ex):
-            extra["T1_scale_invariant"] = estimate_dict(pool_t1([si for _, si in per_ex]))
+
+def _per_example_extra(summaries: Sequence[CheckpointSummary]) -> dict[str, Any]:
+    """``extra.T1`` (and ``T1_scale_invariant``) of a per-example measurement, pooled."""
+    from .estimators import pool_t1
+    from .results import estimate_dict
+
+    pes = [s.per_example for s in summaries if s.per_example is not None]
+    if not pes:
+        return {}
+    extra = {"T1": estimate_dict(pool_t1([a for a, _ in pes]))}
+    si = [b for _, b in pes]
+    if all(x is not None for x in si):
+        extra["T1_scale_invariant"] = estimate_dict(pool_t1(si))  # type: ignore[arg-type]
+    return extra
+
+
+def run_measurement(
+    spec: Spec,
+    checkpoints: Sequence[PathLike] | None = None,
+    options: MeasureOptions | None = None,
+    *,
+    progress_factory: ProgressFactory | None = None,
+    on_checkpoint: Callable[[str], None] | None = None,
+    dist: DistContext | None = None,
+) -> Measurement:
+    """Measure every checkpoint of a spec and pool them into a :class:`~bscrit.results.Measurement`.
+
+    Everything that can be checked before the work is (the plan: checkpoints, options, dataset,
+    loss); then each checkpoint is loaded and measured in turn, and the checkpoints are pooled
+    (mean of G and N, docs/theory.md §8).
+
+    Args:
+        spec: the parsed spec.
+        checkpoints: paths overriding the spec's ``checkpoint.path``.
+        options: overrides of the spec's ``measure`` section.
+        progress_factory: ``(description, total) -> context manager yielding advance(n)``.
+        on_checkpoint: called with each checkpoint path before it is measured.
+        dist: the torchrun context (its device, rows, seeds and reduction hooks), else None.
+    """
+    from . import __version__
+    from .loading import load_model, optimizer_for
+    from .results import Measurement
+    from .summary import equilibrium, equilibrium_set, pool_param_sets
+
+    plan = _plan_measurement(spec, checkpoints, options or MeasureOptions(), dist)
+    summaries: list[CheckpointSummary] = []
+    warnings: list[str] = []
+    mean_losses: list[float] = []
+    opt: OptimizerInfo | None = None
+    for ci, path in enumerate(plan.paths):
+        if on_checkpoint is not None:
+            on_checkpoint(str(path))
+        model, ckpt = load_model(spec, path, unsafe=plan.options.unsafe_load)
+        if dist is not None:
+            model = dist.prepare_model(model)
+        if ci == 0:
+            opt = optimizer_for(spec, ckpt)
+        model.to(plan.device)
+        summary, raw = _measure_one(plan, ci, model, opt, progress_factory, dist)
+        del model
+        summaries.append(summary)
+        mean_losses.append(raw.mean_loss)  # mean batch loss at this checkpoint
+        warnings.extend(w for w in raw.warnings if w not in warnings)
+
+    all_pooled = pool_param_sets([s.stats.all for s in summaries])
+    si_list = [s.stats.scale_invariant for s in summaries]
+    si_pooled = pool_param_sets(si_list) if all(si_list) else None  # type: ignore[arg-type]
+    eq_set, eq_name = equilibrium_set(all_pooled, si_pooled)
+    eq, note = equilibrium(opt, eq_set, eq_name)
+    if len(plan.paths) > 1:
+        note += f"; pooled over {len(plan.paths)} checkpoints"
+    warnings += _pooled_warnings(plan, summaries, all_pooled, eq)
+    extra: dict[str, Any] = {"tau": raw.tau, "mean_loss": sum(mean_losses) / len(mean_losses)}
+    if plan.adaptive is not None:
+        extra["stopping"] = plan.adaptive.to_dict()
+    extra |= _per_example_extra(summaries)
+    if dist is not None:
+        extra["distributed"] = dist.describe(plan.batch_size)
+    adaptive = plan.adaptive is not None
     return Measurement(
-        batch_size=batch_size,
-        dataset_size=n,
-        num_batches=raw.num_batches if adaptive is not None else k,
-        groups=raw.groups if adaptive is not None else groups,
-        seed=seed,
-        device=str(device),
-        mode=mode,
-        elapsed_s=elapsed,
+        batch_size=plan.batch_size,
+        dataset_size=len(plan.dataset),
+        num_batches=raw.num_batches if adaptive else plan.k,
+        groups=raw.groups if adaptive else plan.groups,
+        seed=plan.seed,
+        device=str(plan.device),
+        mode=plan.mode,
+        elapsed_s=sum(s.stats.elapsed_s for s in summaries),
         checkpoints=tuple(s.stats for s in summaries),
         all=all_pooled,
         scale_invariant=si_pooled,
         equilibrium=eq,
         equilibrium_note=note,
         optimizer=opt,
-        per_parameter=tuple(first.rows),
-        scale_invariant_fraction=first.scale_invariant_fraction,
+        per_parameter=tuple(summaries[0].rows),
+        scale_invariant_fraction=summaries[0].scale_invariant_fraction,
         spec=str(spec.path),
         model=spec.model.name or spec.model.factory,
-        amp=o.amp,
-        estimator=o.estimator,
+        amp=plan.options.amp,
+        estimator=plan.options.estimator,
         warnings=tuple(warnings),
         bscrit_version=__version__,
-        extra={"tau": raw.tau, "mean_loss": sum(mean_losses) / len(mean_losses)}
-        | extra
-        | ({} if dist is None else {"distributed": dist.describe(batch_size)}),
+        extra=extra,
     )
 
 

@@ -22,8 +22,8 @@ from typing import Any
 
 from . import __version__
 from .errors import ArtifactError
+from .estimators import Estimate, NoiseStats, noise_stats_from_jackknife
 from .optim import OptimizerInfo
-from .stats import NoiseStats, noise_stats_from_jackknife
 
 SCHEMA = 1
 KIND_MEASUREMENT = "bscrit.measurement"
@@ -33,6 +33,15 @@ def finite_or_none(x: float | None) -> float | None:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return None
     return float(x)
+
+
+def estimate_dict(e: Estimate) -> dict[str, Any]:
+    """JSON form of an :class:`~bscrit.estimators.Estimate` (inf → None)."""
+    return {
+        "value": finite_or_none(e.value),
+        "se": finite_or_none(e.se),
+        "ci95": [finite_or_none(e.ci95[0]), finite_or_none(e.ci95[1])],
+    }
 
 
 def _none_to_inf(x: float | None) -> float:
@@ -68,7 +77,7 @@ class ParamSetStats:
         return self.G_ci95[0] > 0
 
     def noise_stats(self) -> NoiseStats:
-        """Rebuild the :class:`~bscrit.stats.NoiseStats` (intervals recomputed from jackknife)."""
+        """Rebuild the :class:`~bscrit.estimators.NoiseStats` (intervals from the jackknife)."""
         return noise_stats_from_jackknife(
             self.G, self.N, self.jackknife_G, self.jackknife_N, self.k
         )

@@ -1,7 +1,7 @@
 """From raw per-tensor sums to the reported statistics (pure: no torch).
 
 The hot loop in :mod:`bscrit.engine` produces, for every trainable tensor, its
-:class:`~bscrit.stats.GroupSums` plus three scalars for the scale-invariance test and ‖W‖².
+:class:`~bscrit.estimators.GroupSums` plus three scalars for the scale-invariance test and ‖W‖².
 Everything after that (which tensors are scale-invariant, G/N/NSR of a parameter set, the
 equilibrium residual, pooling checkpoints) is plain arithmetic and lives here, so it can be tested
 without torch and reused by the distributed path.
@@ -13,6 +13,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .estimators import (
+    GroupSums,
+    NoiseStats,
+    PerExampleRaw,
+    PerExampleStats,
+    noise_stats,
+    per_example_stats,
+    pool,
+)
 from .results import (
     CheckpointStats,
     Equilibrium,
@@ -20,14 +29,20 @@ from .results import (
     ParameterRow,
     ParamSetStats,
 )
-from .stats import GroupSums, noise_stats, pool
 
 #: Default tolerance of the scale-invariance test Σ|⟨W, g⟩| ≤ τ Σ‖W‖‖g‖ (THEORY §3, fp32).
 TAU_FP32 = 1e-4
 #: With bf16 autocast the gradients carry ~3 significant digits; the test needs a looser τ.
 TAU_BF16 = 2e-2
-#: |ρ| above this is reported as "not at equilibrium".
-EQUILIBRIUM_TOLERANCE = 0.5
+
+
+@dataclass(frozen=True)
+class PerExampleInput:
+    """What the per-example estimator adds to one checkpoint's sums: C[j][t], n and B."""
+
+    raw: PerExampleRaw
+    n: int
+    b: int
 
 
 @dataclass(frozen=True)
@@ -77,9 +92,14 @@ def set_sums(tensors: Sequence[TensorSums]) -> GroupSums:
     return total
 
 
-def param_set_stats(tensors: Sequence[TensorSums]) -> ParamSetStats:
-    """G, N, NSR with jackknife intervals, and R = ‖x‖², of a set of tensors."""
-    s = noise_stats(set_sums(tensors))
+def param_set_stats(
+    tensors: Sequence[TensorSums], noise: NoiseStats | None = None
+) -> ParamSetStats:
+    """G, N, NSR with jackknife intervals, and R = ‖x‖², of a set of tensors.
+
+    ``noise``: G and N from another estimator of the same set (default: the batch estimator).
+    """
+    s = noise if noise is not None else noise_stats(set_sums(tensors))
     return ParamSetStats.from_noise_stats(
         s,
         R=sum(t.norm_sq for t in tensors),
@@ -88,24 +108,18 @@ def param_set_stats(tensors: Sequence[TensorSums]) -> ParamSetStats:
     )
 
 
-def parameter_rows(tensors: Sequence[TensorSums], tau: float = TAU_FP32) -> list[ParameterRow]:
-    """The per-tensor breakdown: point values of G and N for each tensor alone."""
-    rows = []
-    for t in tensors:
-        g, n = t.sums.full()
-        rows.append(
-            ParameterRow(
-                name=t.name,
-                shape=t.shape,
-                numel=t.numel,
-                G=g,
-                N=n,
-                R=t.norm_sq,
-                scale_invariant=t.is_scale_invariant(tau),
-                invariance_ratio=t.invariance_ratio,
-            )
-        )
-    return rows
+def parameter_row(t: TensorSums, g: float, n: float, tau: float = TAU_FP32) -> ParameterRow:
+    """One row of the per-tensor breakdown: G and N of the tensor alone."""
+    return ParameterRow(
+        name=t.name,
+        shape=t.shape,
+        numel=t.numel,
+        G=g,
+        N=n,
+        R=t.norm_sq,
+        scale_invariant=t.is_scale_invariant(tau),
+        invariance_ratio=t.invariance_ratio,
+    )
 
 
 def equilibrium(
@@ -157,15 +171,28 @@ def equilibrium(
     )
 
 
+def equilibrium_set(
+    all_stats: ParamSetStats, si_stats: ParamSetStats | None
+) -> tuple[ParamSetStats, str]:
+    """The parameter set the equilibrium condition is tested on: the scale-invariant one if any
+    (the condition is about scale-invariant weights, docs/theory.md §3), else all parameters."""
+    return (si_stats, "scale_invariant") if si_stats is not None else (all_stats, "all")
+
+
 @dataclass(frozen=True)
 class CheckpointSummary:
-    """One checkpoint, summarised: its stats, per-tensor rows and the names of the SI tensors."""
+    """One checkpoint, summarised: its stats, per-tensor rows and the names of the SI tensors.
+
+    ``per_example`` holds the per-example estimator's (all, scale-invariant or None) statistics
+    when it was used.
+    """
 
     stats: CheckpointStats
     rows: list[ParameterRow]
     scale_invariant_names: tuple[str, ...]
     scale_invariant_fraction: float
     equilibrium_note: str
+    per_example: tuple[PerExampleStats, PerExampleStats | None] | None = None
 
 
 def summarize_checkpoint(
@@ -174,27 +201,48 @@ def summarize_checkpoint(
     opt: OptimizerInfo | None,
     elapsed_s: float,
     tau: float = TAU_FP32,
+    per_example: PerExampleInput | None = None,
 ) -> CheckpointSummary:
-    """Stats for all trainable tensors and for the scale-invariant subset of one checkpoint."""
-    si = [t for t in tensors if t.is_scale_invariant(tau)]
-    all_stats = param_set_stats(tensors)
-    si_stats = param_set_stats(si) if si else None
-    eq_set, eq_name = (si_stats, "scale_invariant") if si_stats else (all_stats, "all")
-    eq, note = equilibrium(opt, eq_set, eq_name)
+    """Stats for all trainable tensors and for the scale-invariant subset of one checkpoint.
+
+    With ``per_example`` (the C_j of the per-example estimator, with n and B) G and N come from
+    :func:`~bscrit.estimators.per_example_stats` instead of the batch estimator (docs/theory.md §2).
+    """
+
+    def noise_of(idx: list[int]) -> tuple[NoiseStats, PerExampleStats | None]:
+        sums = set_sums([tensors[i] for i in idx])
+        if per_example is None:
+            return noise_stats(sums), None
+        pe = per_example_stats(sums, per_example.raw.set_c(idx), per_example.n, per_example.b)
+        return pe.noise, pe
+
+    def set_stats(idx: list[int]) -> tuple[ParamSetStats, PerExampleStats | None]:
+        noise, pe = noise_of(idx)
+        return param_set_stats([tensors[i] for i in idx], noise), pe
+
+    si_idx = [i for i, t in enumerate(tensors) if t.is_scale_invariant(tau)]
+    all_stats, all_pe = set_stats(list(range(len(tensors))))
+    si_stats, si_pe = set_stats(si_idx) if si_idx else (None, None)
+    eq, note = equilibrium(opt, *equilibrium_set(all_stats, si_stats))
+    rows = []
+    for i, t in enumerate(tensors):
+        noise = noise_of([i])[0]
+        rows.append(parameter_row(t, noise.G.value, noise.N.value, tau))
     total = sum(t.numel for t in tensors)
     return CheckpointSummary(
         stats=CheckpointStats(
             path=path, all=all_stats, scale_invariant=si_stats, equilibrium=eq, elapsed_s=elapsed_s
         ),
-        rows=parameter_rows(tensors, tau),
-        scale_invariant_names=tuple(t.name for t in si),
-        scale_invariant_fraction=(sum(t.numel for t in si) / total) if total else 0.0,
+        rows=rows,
+        scale_invariant_names=tuple(tensors[i].name for i in si_idx),
+        scale_invariant_fraction=(sum(tensors[i].numel for i in si_idx) / total) if total else 0.0,
         equilibrium_note=note,
+        per_example=None if per_example is None else (all_pe, si_pe),  # type: ignore[arg-type]
     )
 
 
 def pool_param_sets(sets: Sequence[ParamSetStats]) -> ParamSetStats:
-    """Pool one parameter set across checkpoints (mean of G, N and R; see :func:`stats.pool`)."""
+    """Pool one parameter set across checkpoints (mean of G, N, R; :func:`estimators.pool`)."""
     pooled = pool([s.noise_stats() for s in sets])
     first = sets[0]
     return ParamSetStats.from_noise_stats(

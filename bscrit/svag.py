@@ -65,7 +65,7 @@ from .scaling import (
     scale_steps,
     svag_hyperparameters,
 )
-from .stats import estimate_g_n
+from .estimators import estimate_g_n
 from .svag_results import (
     DEFAULT_RTOL,
     DEFAULT_TAIL,
@@ -583,7 +583,7 @@ class ModelEvaluator:
     - ``train_loss`` (and ``train_acc`` for class logits): mean over k fixed batches of the
       training set (drawn once, the same for every l), in the spec's measurement mode (train mode:
       batch statistics, running statistics restored afterwards);
-    - ``G``, ``N``: the unbiased Ĝ, N̂ of :func:`bscrit.stats.estimate_g_n` from the k loss
+    - ``G``, ``N``: the unbiased Ĝ, N̂ of :func:`bscrit.estimators.estimate_g_n` from the k loss
       gradients on the same batches (N is N^{B'}, at the target batch size; no weight decay);
     - ``norm_sq``: ‖x‖² of the trainable parameters;
     - ``eval_loss``, ``eval_acc``: on a fixed set of held-out examples, eval mode, when given.

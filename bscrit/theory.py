@@ -14,7 +14,7 @@ THEORY.md §4 and §7. With NSR = N^B/G measured at batch size B and a closeness
   ratio of the two terms.
 
 Intervals: B* and its approximation are increasing in NSR, so their 95% intervals are the NSR
-interval (built from the stored jackknife values by :func:`bscrit.stats.nsr_interval`) mapped
+interval (built from the stored jackknife values by :func:`bscrit.estimators.nsr_interval`) mapped
 through the formula, never endpoints of G and N plugged in separately. When Ĝ's interval reaches 0
 the NSR (and B*) has no upper bound at this precision: the upper end is ``inf`` ("> X").
 
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from .errors import ArtifactError, BscritError
 from .optim import OptimizerInfo
 from .results import Measurement, ParamSetStats
-from .stats import NoiseStats, finite_population_factor, per_example_trace
+from .estimators import NoiseStats, finite_population_factor, per_example_trace
 
 #: C² of [LMA21]; C² = 2 matched the paper's "test error within 20% of the best" criterion.
 DEFAULT_C2 = 2.0

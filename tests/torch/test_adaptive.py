@@ -18,8 +18,8 @@ from bscrit.cli import app
 from bscrit.data import sample_batches
 from bscrit.engine import LoopHooks, measure_model
 from bscrit.errors import BscritError
+from bscrit.estimators import noise_stats
 from bscrit.per_example import measure_per_example
-from bscrit.stats import noise_stats
 from bscrit.summary import set_sums
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"

@@ -15,7 +15,8 @@ from torch.utils.data import TensorDataset
 
 from bscrit.engine import measure_model
 from bscrit.errors import BscritError, MeasurementError
-from bscrit.per_example import layer_sq_norms, measure_per_example, per_example_stats
+from bscrit.estimators import per_example_stats
+from bscrit.per_example import layer_sq_norms, measure_per_example
 from bscrit.summary import set_sums
 
 # ----------------------------------------------------------------------------------------------

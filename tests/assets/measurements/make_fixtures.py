@@ -26,6 +26,7 @@ import json
 import sys
 from pathlib import Path
 
+from bscrit.estimators import noise_stats_from_jackknife
 from bscrit.results import (
     CheckpointStats,
     Equilibrium,
@@ -34,7 +35,6 @@ from bscrit.results import (
     ParameterRow,
     ParamSetStats,
 )
-from bscrit.stats import noise_stats_from_jackknife
 
 HERE = Path(__file__).parent
 M = 10  # jackknife groups

@@ -27,6 +27,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .errors import UsageError
+
 #: Two-sided confidence level of every interval bscrit reports.
 LEVEL = 0.95
 
@@ -321,3 +323,85 @@ def per_example_trace(n_b: float, n: int, b: int) -> float:
     if f <= 0:
         return math.nan  # B = n: every batch is the full dataset, N^B = 0 carries no T₁
     return n_b * b / f
+
+
+# ----------------------------------------------------------------------------------------------
+# The per-example estimator (bscrit.per_example collects C_j; docs/theory.md §2)
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PerExampleStats:
+    """G, N^B (per-example estimator) and T₁ with jackknife intervals, for one parameter set."""
+
+    noise: NoiseStats
+    T1: Estimate
+    jackknife_T1: tuple[float, ...]
+
+
+def _t1(u: float, k: int, n: int, b: int) -> float:
+    """T̂₁ = (n−1)/n · U / ((B−1) k), U = Σ_batches Σᵢ ‖∇ℓᵢ − ḡ‖²."""
+    return (n - 1) / n * u / ((b - 1) * k)
+
+
+def _n_of_t1(t1: float, n: int, b: int) -> float:
+    """N^B = T₁ (n − B)/(B (n − 1)) ([SDBD21] eq. 22)."""
+    return t1 * finite_population_factor(n, b) / b if n > 1 else 0.0
+
+
+def per_example_stats(sums: GroupSums, c: Sequence[float], n: int, b: int) -> PerExampleStats:
+    """Ĝ, N̂^B, NSR and T̂₁ with delete-one-group jackknife intervals (see module docstring).
+
+    Args:
+        sums: the batch estimator's group sums of the parameter set (Gram of S_j, Q_j, k_j).
+        c: per group, C_j = Σ_{batches in j} Σᵢ ‖cᵢ‖² over the set's tensors (cᵢ = ∇ℓᵢ/B).
+        n: dataset size.
+        b: batch size B (≥ 2).
+    """
+    if b < 2:
+        raise UsageError("the per-example estimator needs a batch size B >= 2")
+    if len(c) != sums.m:
+        raise ValueError(f"{len(c)} per-example group sums for {sums.m} groups")
+    m, k = sums.m, sums.k
+    u = [b * b * cj - b * qj for cj, qj in zip(c, sums.q)]
+    u_all = sum(u)
+    s2 = sum(sum(row) for row in sums.gram)
+    t1 = _t1(u_all, k, n, b)
+    nb = _n_of_t1(t1, n, b)
+    g = s2 / (k * k) - nb / k
+    g_loo, n_loo, t_loo = [], [], []
+    for j in range(m):
+        kj = k - sums.counts[j]
+        s2_j = s2 - 2.0 * sum(sums.gram[j]) + sums.gram[j][j]
+        t1_j = _t1(u_all - u[j], kj, n, b)
+        n_j = _n_of_t1(t1_j, n, b)
+        t_loo.append(t1_j)
+        n_loo.append(n_j)
+        g_loo.append(s2_j / (kj * kj) - n_j / kj)
+    return PerExampleStats(
+        noise=noise_stats_from_jackknife(g, nb, g_loo, n_loo, k),
+        T1=interval(t1, t_loo),
+        jackknife_T1=tuple(t_loo),
+    )
+
+
+@dataclass(frozen=True)
+class PerExampleRaw:
+    """What a per-example run adds to the batch estimator's sums: C[j][t]."""
+
+    c: list[list[float]]
+
+    def set_c(self, indices: Sequence[int]) -> list[float]:
+        """Per-group C_j of a parameter set given by tensor indices."""
+        return [sum(row[t] for t in indices) for row in self.c]
+
+
+def pool_t1(stats: Sequence[PerExampleStats]) -> Estimate:
+    """T₁ pooled over checkpoints like G and N (mean; slice-j jackknife, see :func:`pool`)."""
+    if len(stats) == 1:
+        return stats[0].T1
+    c = len(stats)
+    m = len(stats[0].jackknife_T1)
+    value = sum(s.T1.value for s in stats) / c
+    loo = [sum(s.jackknife_T1[j] for s in stats) / c for j in range(m)]
+    return interval(value, loo)

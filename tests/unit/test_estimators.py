@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from bscrit.stats import (
+from bscrit.estimators import (
     GroupSums,
     estimate_g_n,
     finite_population_factor,
