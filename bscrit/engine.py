@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from .data import BatchSource, default_num_batches, forward, group_counts, sample_batches
-from .errors import BscritError, DataError, MeasurementError
+from .errors import BscritError, DataError, MeasurementError, UsageError
 from .estimators import GroupSums
 from .summary import TAU_BF16, TAU_FP32, TensorSums
 
@@ -95,6 +95,29 @@ def _check_loss(loss: Any, batch: int) -> Tensor:
     return loss
 
 
+def _validate(
+    n: int, batch_size: int, groups: int, mode: str, amp: str | None, device: torch.device
+) -> None:
+    """Every argument check of :func:`measure_model` that needs no work (before any batch)."""
+    if batch_size <= 0:
+        raise UsageError(f"batch_size: expected a positive integer, got {batch_size}")
+    if n < batch_size:
+        raise DataError(
+            f"data: the dataset has {n} examples, fewer than the batch size B={batch_size}"
+        )
+    if groups < 2:
+        raise UsageError(f"groups: the jackknife needs at least 2 groups, got {groups}")
+    if mode not in ("train", "eval"):
+        raise UsageError(f"mode: expected 'train' or 'eval', got {mode!r}")
+    if amp not in (None, "bf16"):
+        raise UsageError(f"amp: expected 'bf16' or none, got {amp!r}")
+    if amp == "bf16" and device.type != "cuda":
+        raise UsageError(
+            "{amp} bf16 needs a CUDA device; drop {amp} or use {device} cuda", amp="amp",
+            device="device",
+        )  # fmt: skip
+
+
 def measure_model(
     model: nn.Module,
     dataset: Any,
@@ -141,117 +164,89 @@ def measure_model(
         A :class:`RawMeasurement` of per-tensor Gram matrices, Q_j and invariance sums.
 
     Raises:
-        DataError: dataset smaller than B, bad items. MeasurementError: non-scalar or non-finite
-        loss, NaN/Inf gradient (names the batch and the parameter), out of memory.
+        DataError: dataset smaller than B, bad items. UsageError: bad arguments.
+        MeasurementError: non-scalar or non-finite loss, NaN/Inf gradient (names the batch and
+        the parameter), out of memory.
     """
     device = torch.device(device)
     n = len(dataset)
-    if batch_size <= 0:
-        raise BscritError(f"batch_size: expected a positive integer, got {batch_size}")
-    if n < batch_size:
-        raise DataError(
-            f"data: the dataset has {n} examples, fewer than the batch size B={batch_size}"
-        )
-    if groups < 2:
-        raise BscritError(f"groups: the jackknife needs at least 2 groups, got {groups}")
-    if mode not in ("train", "eval"):
-        raise BscritError(f"mode: expected 'train' or 'eval', got {mode!r}")
-    if amp not in (None, "bf16"):
-        raise BscritError(f"amp: expected 'bf16' or none, got {amp!r}")
-    if amp == "bf16" and device.type != "cuda":
-        raise BscritError("--amp bf16 needs a CUDA device; drop --amp or use --device cuda")
-    if batch_rows is None:
-        k = num_batches if num_batches is not None else default_num_batches(n, batch_size)
-        rows = None
-    else:
-        rows = batch_rows
-        k = rows.shape[0]
+    _validate(n, batch_size, groups, mode, amp, device)
+    k = batch_rows.shape[0] if batch_rows is not None else (
+        num_batches if num_batches is not None else default_num_batches(n, batch_size)
+    )  # fmt: skip
     if k < 2 * groups:
-        raise BscritError(
+        raise UsageError(
             f"batches: need at least 2 batches per group ({2 * groups} for {groups} groups), "
             f"got {k}"
         )
-    if rows is None:
-        rows = sample_batches(n, batch_size, k, seed)
+    rows = batch_rows if batch_rows is not None else sample_batches(n, batch_size, k, seed)
     tau = tau if tau is not None else (TAU_BF16 if amp == "bf16" else TAU_FP32)
 
-    params_on_device = all(p.device == device for p in model.parameters())
-    if not params_on_device:
+    if not all(p.device == device for p in model.parameters()):
         model = copy.deepcopy(model).to(device)
     named = _trainable(model)
     if not named:
         raise MeasurementError("model: has no trainable parameters (all requires_grad=False)")
-    names = [nm for nm, _ in named]
-    params = [p for _, p in named]
 
     counts = group_counts(k, groups)
     bounds = [sum(counts[:j]) for j in range(groups + 1)]
-    group_rows = [rows[bounds[j] : bounds[j + 1]] for j in range(groups)]
-    source = BatchSource(dataset, device, num_workers, prefetch)
-    forward_model = torch.compile(model) if compile else model  # same parameters and buffers
-
+    loop = _HotLoop(
+        model=torch.compile(model) if compile else model,  # same parameters and buffers
+        named=named,
+        source=BatchSource(dataset, device, num_workers, prefetch),
+        loss_fn=loss_fn,
+        device=device,
+        amp=amp,
+        progress=progress,
+        seed=seed,
+        hooks=hooks or LoopHooks(),
+    )
     was_training = model.training
     buffers = {nm: b.detach().clone() for nm, b in model.named_buffers()}
-    cuda_devices = [device] if device.type == "cuda" else []
-    warnings: list[str] = []
     t0 = time.perf_counter()
     try:
-        with torch.random.fork_rng(devices=cuda_devices):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             model.train(mode == "train")
-            tensors, mean_loss = _hot_loop(
-                forward_model,
-                params,
-                names,
-                source,
-                group_rows,
-                loss_fn,
-                device,
-                amp,
-                progress,
-                seed,
-                warnings,
-                hooks or LoopHooks(),
-            )
+            result = loop.run([rows[bounds[j] : bounds[j + 1]] for j in range(groups)])
     finally:
         with torch.no_grad():
             for nm, b in model.named_buffers():
                 if nm in buffers:
                     b.copy_(buffers[nm])
         model.train(was_training)
-    elapsed = time.perf_counter() - t0
-
-    # ‖W‖² accumulated in float64 without a float64 copy of W
-    f64_norms = [torch.linalg.vector_norm(p.detach(), dtype=torch.float64) for p in params]
-    norm_sq = [float(x) ** 2 for x in f64_norms]
-    sums = []
-    for i, (nm, p) in enumerate(named):
-        sums.append(
-            TensorSums(
-                name=nm,
-                shape=tuple(p.shape),
-                sums=tensors["sums"][i],
-                norm_sq=norm_sq[i],
-                abs_dot=float(tensors["abs_dot"][i]),
-                norm_prod=float(tensors["norm_prod"][i]),
-            )
-        )
     return RawMeasurement(
-        tensors=sums,
+        tensors=_tensor_sums(named, result),
         batch_size=batch_size,
         dataset_size=n,
-        num_batches=sum(tensors["counts"]),
-        groups=len(tensors["counts"]),
-        counts=tensors["counts"],
+        num_batches=sum(result.counts),
+        groups=len(result.counts),
+        counts=result.counts,
         seed=seed,
         device=str(device),
         mode=mode,
         amp=amp,
-        elapsed_s=elapsed,
-        mean_loss=mean_loss,
+        elapsed_s=time.perf_counter() - t0,
+        mean_loss=result.mean_loss,
         tau=tau,
-        warnings=tuple(warnings),
+        warnings=tuple(loop.warnings),
     )
+
+
+def _tensor_sums(named: list[tuple[str, nn.Parameter]], r: LoopResult) -> list[TensorSums]:
+    """Per-tensor sums of a finished loop, with ‖W‖² in float64 (no float64 copy of W)."""
+    f64_norms = [torch.linalg.vector_norm(p.detach(), dtype=torch.float64) for _, p in named]
+    return [
+        TensorSums(
+            name=nm,
+            shape=tuple(p.shape),
+            sums=r.sums[i],
+            norm_sq=float(f64_norms[i]) ** 2,
+            abs_dot=r.abs_dot[i],
+            norm_prod=r.norm_prod[i],
+        )
+        for i, (nm, p) in enumerate(named)
+    ]
 
 
 @dataclass
@@ -274,132 +269,161 @@ class LoopHooks:
     next_group: Callable[[int, GroupSums], Tensor | None] | None = None
 
 
-def _hot_loop(
-    model: nn.Module,
-    params: list[nn.Parameter],
-    names: list[str],
-    source: BatchSource,
-    group_rows: list[Tensor],
-    loss_fn: LossFn,
-    device: torch.device,
-    amp: str | None,
-    progress: Progress | None,
-    seed: int,
-    warnings: list[str],
-    hooks: LoopHooks,
-) -> tuple[dict[str, Any], float]:
-    P = len(params)
-    f64 = dict(dtype=torch.float64, device=device)
-    weights = [p.detach() for p in params]
-    w_flat = [w.reshape(-1) for w in weights]
-    w_norm = torch.stack([w.double().norm() for w in weights])
-    group_sum = [torch.zeros_like(w) for w in weights]
-    pin = device.type == "cuda"
-    host_sums: list[list[Tensor]] = []
-    q_rows: list[Tensor] = []
-    counts: list[int] = []
-    abs_dot = torch.zeros(P, **f64)
-    norm_prod = torch.zeros(P, **f64)
-    loss_sum = torch.zeros(2, **f64)  # (Σ loss, number of batches) for the mean loss
-    zero_grads: dict[int, Tensor] = {}
-    autocast = (
-        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        if amp == "bf16"
-        else torch.autocast(device_type=device.type, enabled=False)
-    )
-    plan = list(group_rows)
-    cache = _GramCache() if hooks.next_group is not None else None
-    batch_index = 0  # global index of the first batch of the current group
-    first = True
-    j = 0
-    while True:
-        if j == len(plan):
-            if hooks.next_group is None:
-                break
-            extra = hooks.next_group(j, _gram_sums(host_sums, q_rows, counts, cache=cache))
-            if extra is None:
-                break
-            plan.append(extra)
-        rows_j = plan[j]
-        local = hooks.local_rows(j, rows_j) if hooks.local_rows is not None else rows_j
-        q_j = torch.zeros(P, **f64)
-        norms_j = torch.zeros(max(len(local), 1), P, **f64)
+@dataclass(frozen=True)
+class LoopResult:
+    """What the hot loop returns: per-tensor group sums, invariance sums, counts, mean loss."""
+
+    sums: list[GroupSums]
+    abs_dot: list[float]
+    norm_prod: list[float]
+    counts: tuple[int, ...]
+    mean_loss: float
+
+
+class _HotLoop:
+    """The loop over groups of batches: forward, backward, fold the gradient into the sums.
+
+    State lives on the device (one running group sum per tensor, float64 scalars) until the end
+    of each group, when the group sum moves to host memory (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        named: list[tuple[str, nn.Parameter]],
+        source: BatchSource,
+        loss_fn: LossFn,
+        device: torch.device,
+        amp: str | None,
+        progress: Progress | None,
+        seed: int,
+        hooks: LoopHooks,
+    ) -> None:
+        self.model, self.source, self.loss_fn, self.device = model, source, loss_fn, device
+        self.progress, self.seed, self.hooks = progress, seed, hooks
+        self.names = [nm for nm, _ in named]
+        self.params = [p for _, p in named]
+        self.warnings: list[str] = []
+        f64 = dict(dtype=torch.float64, device=device)
+        self.weights = [p.detach() for p in self.params]
+        self.w_flat = [w.reshape(-1) for w in self.weights]
+        self.w_norm = torch.stack([w.double().norm() for w in self.weights])
+        self.group_sum = [torch.zeros_like(w) for w in self.weights]
+        self.host_sums: list[list[Tensor]] = []
+        self.q_rows: list[Tensor] = []
+        self.counts: list[int] = []
+        self.abs_dot = torch.zeros(len(self.params), **f64)
+        self.norm_prod = torch.zeros(len(self.params), **f64)
+        self.loss_sum = torch.zeros(2, **f64)  # (Σ loss, number of batches) for the mean loss
+        self.zero_grads: dict[int, Tensor] = {}
+        self.autocast = (
+            torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            if amp == "bf16"
+            else torch.autocast(device_type=device.type, enabled=False)
+        )
+        self.cache = _GramCache() if hooks.next_group is not None else None
+        self.first = True
+
+    def run(self, group_rows: list[Tensor]) -> LoopResult:
+        plan = list(group_rows)
+        batch_index = 0  # global index of the first batch of the current group
+        j = 0
+        while True:
+            if j == len(plan):
+                if self.hooks.next_group is None:
+                    break
+                sums = _gram_sums(self.host_sums, self.q_rows, self.counts, cache=self.cache)
+                extra = self.hooks.next_group(j, sums)
+                if extra is None:
+                    break
+                plan.append(extra)
+            self._group(j, plan[j], batch_index)
+            batch_index += len(plan[j])
+            j += 1
+        if self.hooks.reduce is not None:
+            self.hooks.reduce([self.abs_dot, self.norm_prod, self.loss_sum])
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        loss_n = float(self.loss_sum[1])
+        return LoopResult(
+            sums=_gram_sums(
+                self.host_sums, self.q_rows, self.counts, per_tensor=True, cache=self.cache
+            ),
+            abs_dot=self.abs_dot.cpu().tolist(),
+            norm_prod=self.norm_prod.cpu().tolist(),
+            counts=tuple(self.counts),
+            mean_loss=float(self.loss_sum[0]) / loss_n if loss_n > 0 else math.nan,
+        )
+
+    def _group(self, j: int, rows_j: Tensor, batch_index: int) -> None:
+        """One group: its batches, then one synchronisation (finite check), reduce, move to host."""
+        local = self.hooks.local_rows(j, rows_j) if self.hooks.local_rows is not None else rows_j
+        f64 = dict(dtype=torch.float64, device=self.device)
+        q_j = torch.zeros(len(self.params), **f64)
+        norms_j = torch.zeros(max(len(local), 1), len(self.params), **f64)
         losses_j = torch.zeros(max(len(local), 1), **f64)
-        for i, (x, y) in enumerate(source.batches(local, seed + j)):
-            b = batch_index + i
-            try:
-                with autocast:
-                    out = forward(model, x)
-                    loss = loss_fn(out, y)
-                if first:
-                    _check_loss(loss, b)
-                    _sum_check(model, loss_fn, x, y, loss, autocast, warnings)
-                    first = False
-                grads = list(torch.autograd.grad(loss, params, allow_unused=True))
-            except (BscritError, KeyboardInterrupt):
-                raise
-            except torch.cuda.OutOfMemoryError:
-                raise MeasurementError(
-                    f"out of GPU memory at batch {b}; try --amp bf16 or a smaller model/input"
-                ) from None
-            except RuntimeError as e:
-                msg = str(e).strip()
-                first_line = msg.splitlines()[0] if msg else type(e).__name__
-                raise MeasurementError(
-                    f"the forward/backward pass failed at batch {b}: {first_line}"
-                ) from None
-            for t, g in enumerate(grads):
-                if g is None:
-                    if t not in zero_grads:
-                        zero_grads[t] = torch.zeros_like(weights[t])
-                    grads[t] = zero_grads[t]
-            n64 = torch.stack(torch._foreach_norm(grads)).double()
+        for i, (x, y) in enumerate(self.source.batches(local, self.seed + j)):
+            n64, loss = self._batch(x, y, batch_index + i, invariance=i < INVARIANCE_BATCHES)
             norms_j[i] = n64
-            losses_j[i] = loss.detach().double()
+            losses_j[i] = loss
             q_j += n64 * n64
-            if i < INVARIANCE_BATCHES:  # the invariance test reads W: a few batches per group
-                dots = torch.stack(
-                    [torch.dot(wf, g.reshape(-1).to(wf.dtype)) for wf, g in zip(w_flat, grads)]
-                )
-                abs_dot.add_(dots.double().abs())
-                norm_prod.add_(w_norm * n64)
-            torch._foreach_add_(group_sum, grads)
-            del grads, loss, out
-        # end of group j: one synchronisation (finite check), reduce, move the sum to the host
-        _check_finite(norms_j[: len(local)], losses_j[: len(local)], batch_index, names)
-        loss_sum[0] += losses_j[: len(local)].sum()
-        loss_sum[1] += len(local)
-        if hooks.reduce is not None:
-            hooks.reduce([*group_sum, q_j])
-        if device.type == "cpu":  # the sum is in host memory already: keep it, start a new one
-            host_sums.append(group_sum)
-            group_sum = _host_like(weights, False)
-            torch._foreach_zero_(group_sum)
+        _check_finite(norms_j[: len(local)], losses_j[: len(local)], batch_index, self.names)
+        self.loss_sum[0] += losses_j[: len(local)].sum()
+        self.loss_sum[1] += len(local)
+        if self.hooks.reduce is not None:
+            self.hooks.reduce([*self.group_sum, q_j])
+        if self.device.type == "cpu":  # the sum is in host memory already: keep it, start anew
+            self.host_sums.append(self.group_sum)
+            self.group_sum = _host_like(self.weights, False)
+            torch._foreach_zero_(self.group_sum)
         else:
-            host = _host_like(weights, pin)
-            for hs, gs in zip(host, group_sum):
+            pin = self.device.type == "cuda"
+            host = _host_like(self.weights, pin)
+            for hs, gs in zip(host, self.group_sum):
                 hs.copy_(gs, non_blocking=pin)
-            torch._foreach_zero_(group_sum)
-            host_sums.append(host)
-        q_rows.append(q_j)
-        counts.append(len(rows_j))
-        batch_index += len(rows_j)
-        if progress is not None:
-            progress(len(rows_j))
-        j += 1
-    if hooks.reduce is not None:
-        hooks.reduce([abs_dot, norm_prod, loss_sum])
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (
-        {
-            "sums": _gram_sums(host_sums, q_rows, counts, per_tensor=True, cache=cache),
-            "abs_dot": abs_dot.cpu().tolist(),
-            "norm_prod": norm_prod.cpu().tolist(),
-            "counts": tuple(counts),
-        },
-        float(loss_sum[0] / loss_sum[1]) if float(loss_sum[1]) > 0 else math.nan,
-    )
+            torch._foreach_zero_(self.group_sum)
+            self.host_sums.append(host)
+        self.q_rows.append(q_j)
+        self.counts.append(len(rows_j))
+        if self.progress is not None:
+            self.progress(len(rows_j))
+
+    def _batch(self, x: Any, y: Any, b: int, invariance: bool) -> tuple[Tensor, Tensor]:
+        """Forward, backward and fold batch ``b`` in; returns (per-tensor ‖g‖ float64, loss)."""
+        try:
+            with self.autocast:
+                out = forward(self.model, x)
+                loss = self.loss_fn(out, y)
+            if self.first:
+                _check_loss(loss, b)
+                _sum_check(self.model, self.loss_fn, x, y, loss, self.autocast, self.warnings)
+                self.first = False
+            grads = list(torch.autograd.grad(loss, self.params, allow_unused=True))
+        except (BscritError, KeyboardInterrupt):
+            raise
+        except torch.cuda.OutOfMemoryError:
+            raise MeasurementError(
+                f"out of GPU memory at batch {b}; try --amp bf16 or a smaller model/input"
+            ) from None
+        except RuntimeError as e:
+            msg = str(e).strip()
+            first_line = msg.splitlines()[0] if msg else type(e).__name__
+            raise MeasurementError(
+                f"the forward/backward pass failed at batch {b}: {first_line}"
+            ) from None
+        for t, g in enumerate(grads):
+            if g is None:
+                if t not in self.zero_grads:
+                    self.zero_grads[t] = torch.zeros_like(self.weights[t])
+                grads[t] = self.zero_grads[t]
+        n64 = torch.stack(torch._foreach_norm(grads)).double()
+        if invariance:  # the invariance test reads W: a few batches per group
+            dots = [torch.dot(wf, g.reshape(-1).to(wf.dtype)) for wf, g in zip(self.w_flat, grads)]
+            self.abs_dot.add_(torch.stack(dots).double().abs())
+            self.norm_prod.add_(self.w_norm * n64)
+        torch._foreach_add_(self.group_sum, grads)
+        return n64, loss.detach().double()
 
 
 def _host_like(weights: list[Tensor], pin: bool) -> list[Tensor]:
