@@ -1,7 +1,7 @@
 """Estimator against closed-form truth: bias and 95% interval coverage over many seeds.
 
 A tiny float64 MLP (3 → 4 → 1, tanh) on n = 48 examples, where the per-example gradients over the
-whole dataset give the exact G and N^B = T₁ (n − B)/(B (n − 1)) (THEORY §1). Runs
+whole dataset give the exact G and N^B = T₁ (n − B)/(B (n − 1)) (docs/theory.md §1). Runs
 ``bscrit.engine.measure_model`` R times with different seeds (k batches in m groups each) and
 prints the mean of Ĝ and N̂ against the truth (in units of their Monte-Carlo standard error) and
 how often the 95% jackknife intervals of G, N and NSR cover the truth.

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .data import default_num_batches, sample_batches
 from .engine import LoopHooks
-from .errors import BscritError
+from .errors import UsageError
 from .estimators import GroupSums
 
 #: With --target-rel-error and no --batches, the run starts with this many batches per group.
@@ -96,16 +96,28 @@ def adaptive_plan(
     """
     if target is None:
         if max_batches is not None:
-            raise BscritError("--max-batches needs --target-rel-error (--batches sets a fixed k)")
+            raise UsageError(
+                "{max_batches} needs {target_rel_error} ({batches} sets a fixed k)",
+                max_batches="max_batches",
+                target_rel_error="target_rel_error",
+                batches="batches",
+            )
         return None
     if not target > 0:
-        raise BscritError(f"--target-rel-error: expected a positive number, got {target}")
+        raise UsageError(
+            f"{{target_rel_error}}: expected a positive number, got {target}",
+            target_rel_error="target_rel_error",
+        )
     start = batches or ADAPTIVE_START_PER_GROUP * groups
     budget = max_batches or max(
         start, ADAPTIVE_BUDGET_FACTOR * default_num_batches(dataset_size, batch_size)
     )
     if start > budget:
-        raise BscritError(f"--batches {start} is more than --max-batches {budget}")
+        raise UsageError(
+            f"{{batches}} {start} is more than {{max_batches}} {budget}",
+            batches="batches",
+            max_batches="max_batches",
+        )
     return AdaptiveState(
         target=target, start=start, max_batches=budget, group_size=math.ceil(start / groups)
     )

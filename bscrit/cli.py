@@ -315,11 +315,10 @@ def measure(
     if json_out:
         report.out.print(dumps(m.to_dict()), markup=False, highlight=False, soft_wrap=True, end="")
     else:
-        report.measurement_table(m)
+        report.show(report.format_measurement(m))
         if per_tensor != "none":
-            report.per_tensor_table(
-                m.per_parameter, None if per_tensor == "all" else int(per_tensor)
-            )
+            limit = None if per_tensor == "all" else int(per_tensor)
+            report.show(report.format_per_tensor(m.per_parameter, limit))
     line = _stopping_line(m)
     if line is not None:
         report.info(line)
@@ -376,7 +375,7 @@ def predict(
     if json_out:
         _print_json(p.to_dict())
     else:
-        report.prediction_report(p)
+        report.show(report.format_prediction(p))
 
 
 @app.command()
@@ -415,7 +414,7 @@ def check(
     if json_out:
         _print_json(r.to_dict())
     else:
-        report.check_report(r)
+        report.show(report.format_check(r))
     if r.exit_code != ExitCode.OK:
         raise typer.Exit(int(r.exit_code))
 
@@ -507,7 +506,7 @@ def scale(
     if json_out:
         _print_json(result.to_dict())
     else:
-        report.scaled_table(result)
+        report.show(report.format_scaled(result))
     for w in result.warnings:
         report.warn(w)
 
@@ -644,8 +643,9 @@ def svag(
     from . import report
     from .results import dumps
     from .spec import load_spec
-    from .svag import parse_ls, prepare_svag, run_plan
-    from .svag_results import write_svag
+    from .svag.plan import parse_ls, prepare_svag
+    from .svag.results import write_svag
+    from .svag.run import run_plan
 
     ls = parse_ls(l_values)
     if (target_batch_size is None) == (from_measurement is None):
@@ -682,10 +682,10 @@ def svag(
         warm_start=not fresh_optimizer_state,
         unsafe=unsafe_load,
     )
-    report.svag_cost(
+    report.show(report.format_svag_cost(
         plan.ls, plan.effective_steps, plan.forward_backward(), plan.target_batch_size,
         str(plan.device),
-    )  # fmt: skip
+    ), stderr=True)  # fmt: skip
     if not yes:
         if _svag_interactive():
             if not typer.confirm("Run it?", default=True, err=True):
@@ -710,7 +710,7 @@ def svag(
         for w in result.warnings:
             report.warn(w)
     else:
-        report.svag_report(result)
+        report.show(report.format_svag(result))
     if written:
         report.info(f"wrote {', '.join(written)}")
 

@@ -9,7 +9,7 @@ measurement are drawn independently (not as one shuffled epoch).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +36,7 @@ def sample_batches(n: int, batch_size: int, num_batches: int, seed: int) -> Tens
     """``num_batches`` × B example indices: each row B distinct examples, rows independent.
 
     Independent rows matter: batches of one shuffled epoch are negatively correlated and the
-    −N̂/k bias correction of Ĝ would over-correct (THEORY §2, "Why independent batches").
+    −N̂/k bias correction of Ĝ would over-correct (docs/theory.md §2, "Why independent batches").
     """
     gen = torch.Generator().manual_seed(seed)
     if batch_size == n:
@@ -116,7 +116,8 @@ class BatchSource:
     def in_memory(self) -> bool:
         return self._tensors is not None
 
-    def batches(self, rows: Tensor, seed: int) -> Iterator[tuple[Any, Any]]:
+    def batches(self, rows: Tensor | Sequence[Tensor], seed: int) -> Iterator[tuple[Any, Any]]:
+        """The batches of ``rows`` (one row of example indices per batch, in order)."""
         if self._tensors is not None:
             for row in rows:
                 idx = row.to(self.device)
@@ -140,16 +141,55 @@ class BatchSource:
         loader = self._loader
         non_blocking = self.device.type == "cuda"
         for item in loader:
-            if not isinstance(item, (list, tuple)) or len(item) != 2:
-                raise DataError(
-                    "data: each example must be an (input, target) pair; got a batch of "
-                    f"{type(item).__name__}"
-                    + (f" with {len(item)} elements" if isinstance(item, (list, tuple)) else "")
-                )
-            yield (
-                to_device(item[0], self.device, non_blocking),
-                to_device(item[1], self.device, non_blocking),
-            )
+            yield _pair(item, self.device, non_blocking)
+
+    def stream(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Any, Any]]:
+        """An endless stream of independent random batches of ``batch_size`` distinct examples.
+
+        Each batch is the first B of a fresh permutation drawn from ``generator`` (the SVAG
+        runs). Anything not held in memory goes through a DataLoader of its own, so
+        :meth:`batches` can serve fixed rows between two batches of the stream.
+        """
+        rows = _RandomRows(len(self.dataset), batch_size, generator)
+        if self._tensors is not None:
+            for row in rows:
+                idx = torch.as_tensor(row, device=self.device)
+                yield self._tensors[0][idx], self._tensors[1][idx]
+            return  # not reached: the rows never end
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=rows,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=(self.prefetch or 4) if self.num_workers > 0 else None,
+        )
+        non_blocking = self.device.type == "cuda"
+        for item in loader:
+            yield _pair(item, self.device, non_blocking)
+
+
+class _RandomRows:
+    """Endless batch sampler: B distinct examples per row, uniform, rows independent."""
+
+    def __init__(self, n: int, b: int, generator: torch.Generator) -> None:
+        self.n, self.b, self.generator = n, b, generator
+
+    def __iter__(self) -> Iterator[list[int]]:
+        while True:
+            yield torch.randperm(self.n, generator=self.generator)[: self.b].tolist()
+
+
+def _pair(item: Any, device: torch.device, non_blocking: bool) -> tuple[Any, Any]:
+    """A collated batch as ``(inputs, targets)`` on the device; a DataError if it is no pair."""
+    if not isinstance(item, (list, tuple)) or len(item) != 2:
+        raise DataError(
+            "data: each example must be an (input, target) pair; got a batch of "
+            f"{type(item).__name__}"
+            + (f" with {len(item)} elements" if isinstance(item, (list, tuple)) else "")
+        )
+    return to_device(item[0], device, non_blocking), to_device(item[1], device, non_blocking)
 
 
 def forward(model: nn.Module, x: Any) -> Any:

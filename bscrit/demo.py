@@ -184,7 +184,7 @@ def _run_demo(
     m_path = workdir / "measurement.json"
     files += list(write_measurement(m, m_path))
     if show is not None:
-        show.measurement_table(m)
+        show.show(show.format_measurement(m))
         for w in m.warnings:
             show.warn(w)
 
@@ -195,7 +195,7 @@ def _run_demo(
     write_json(p_path, p.to_dict())
     files.append(p_path)
     if show is not None:
-        show.prediction_report(p)
+        show.show(show.format_prediction(p))
 
     # 4. scale -----------------------------------------------------------------------------------
     pow2 = p.recommended.max_pow2
@@ -209,7 +209,7 @@ def _run_demo(
         )
         scaled = scale_hyperparameters(m.optimizer, m.batch_size, pow2, steps=steps)
         if show is not None:
-            show.scaled_table(scaled)
+            show.show(show.format_scaled(scaled))
     else:
         say("[4/5] scale skipped (no power of two in the recommended range, or no optimizer)")
 
@@ -263,8 +263,9 @@ def _run_svag(
     plot: Path,
     show: Any,
 ) -> str:
-    from .svag import prepare_svag, run_plan
-    from .svag_results import write_svag
+    from .svag.plan import prepare_svag
+    from .svag.results import write_svag
+    from .svag.run import run_plan
 
     plan = prepare_svag(
         spec,
@@ -276,13 +277,13 @@ def _run_svag(
         device=device,
     )
     if show is not None:
-        show.svag_cost(
+        show.show(show.format_svag_cost(
             plan.ls, plan.effective_steps, plan.forward_backward(), plan.target_batch_size,
             str(plan.device),
-        )  # fmt: skip
+        ), stderr=True)  # fmt: skip
         with show.progress("SVAG", plan.total_steps, unit="step") as advance:
             result = run_plan(plan, on_step=advance)
-        show.svag_report(result)
+        show.show(show.format_svag(result))
         show.plot_svag(result, plot)
     else:
         result = run_plan(plan)

@@ -1,7 +1,7 @@
 """Multi-GPU and multi-node measurement on torch.distributed (torchrun).
 
 ``torchrun --nproc-per-node 8 -m bscrit measure spec.yaml ...`` runs the same estimator as one
-process (THEORY §2), with the k batches shared out between the ranks:
+process (docs/theory.md §2), with the k batches shared out between the ranks:
 
 - **Same batches as one process.** Every rank draws the same k × B index rows from the global seed
   (:func:`bscrit.data.sample_batches`) and keeps the m group boundaries; within group j, rank r
@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from .data import sample_batches
 from .engine import LoopHooks
-from .errors import BscritError, ExitCode, MeasurementError
+from .errors import BscritError, ExitCode, MeasurementError, UsageError
 
 #: Environment variable with the process-group timeout in seconds (tests set it low).
 ENV_TIMEOUT = "BSCRIT_DIST_TIMEOUT"
@@ -81,11 +81,11 @@ def detect() -> tuple[int, int, int] | None:
         rank = int(os.environ["RANK"])
         local = int(os.environ.get("LOCAL_RANK", "0"))
     except ValueError:
-        raise BscritError(
+        raise UsageError(
             "distributed: RANK, WORLD_SIZE and LOCAL_RANK must be integers (set by torchrun)"
         ) from None
     if not 0 <= rank < world:
-        raise BscritError(f"distributed: RANK={rank} is not in [0, WORLD_SIZE={world})")
+        raise UsageError(f"distributed: RANK={rank} is not in [0, WORLD_SIZE={world})")
     return rank, world, local
 
 
@@ -98,9 +98,12 @@ def timeout_seconds(value: float | None = None) -> float:
         try:
             value = float(raw)
         except ValueError:
-            raise BscritError(f"{ENV_TIMEOUT}={raw!r}: expected a number of seconds") from None
+            raise UsageError(f"{ENV_TIMEOUT}={raw!r}: expected a number of seconds") from None
     if not value > 0:
-        raise BscritError(f"--dist-timeout: expected a positive number of seconds, got {value}")
+        raise UsageError(
+            f"{{dist_timeout}}: expected a positive number of seconds, got {value}",
+            dist_timeout="dist_timeout",
+        )
     return float(value)
 
 
@@ -110,16 +113,16 @@ def rank_device(requested: str, rank: int, local_rank: int) -> torch.device:
     An explicit ``cuda:N`` is taken as "CUDA": with several ranks per machine each needs its own
     GPU.
     """
-    d = str(requested).strip().lower()
-    if d == "cpu" or (d == "auto" and not torch.cuda.is_available()):
+    from .spec import parse_device
+
+    kind, _ = parse_device(requested)
+    if kind == "cpu" or (kind == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    if d != "auto" and not (d == "cuda" or d.startswith("cuda:")):
-        raise BscritError(f"unknown device {requested!r}; expected auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
-        raise BscritError(f"rank {rank}: device {requested!r}: no CUDA device is available")
+        raise UsageError(f"rank {rank}: device {requested!r}: no CUDA device is available")
     count = torch.cuda.device_count()
     if local_rank >= count:
-        raise BscritError(
+        raise UsageError(
             f"rank {rank}: LOCAL_RANK={local_rank} but this machine has {count} CUDA device(s); "
             f"start at most {count} processes per machine (--nproc-per-node)"
         )
@@ -141,7 +144,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         model = model.module
     names = {c.__name__ for c in type(model).__mro__}
     if names & {"FullyShardedDataParallel", "FSDPModule"}:
-        raise BscritError(
+        raise UsageError(
             "model: FSDP-sharded models are not supported (each rank needs the full parameters); "
             "return the plain module from the factory (DistributedDataParallel is unwrapped)"
         )
@@ -390,7 +393,7 @@ def init(
     import torch.distributed as dist
 
     if not dist.is_available():
-        raise BscritError("distributed: this torch build has no torch.distributed")
+        raise UsageError("distributed: this torch build has no torch.distributed")
     rank, world, local = env
     timeout_s = timeout_seconds(timeout)
     dev = rank_device(device, rank, local)
@@ -515,7 +518,7 @@ def measure_args_from_argv(argv: Sequence[str]) -> list[str]:
     try:
         start = argv.index("measure", 1) + 1
     except ValueError:
-        raise BscritError(
+        raise UsageError(
             "--nproc: cannot find the measure command line; run "
             "`torchrun --nproc-per-node N -m bscrit measure ...` instead"
         ) from None
@@ -542,9 +545,9 @@ def launch(nproc: int, args: Sequence[str]) -> int:
     raises an error naming the rank that failed first.
     """
     if detect() is not None:
-        raise BscritError("--nproc: already inside a distributed launch (WORLD_SIZE is set)")
+        raise UsageError("--nproc: already inside a distributed launch (WORLD_SIZE is set)")
     if nproc < 1:
-        raise BscritError(f"--nproc: expected at least 1 process, got {nproc}")
+        raise UsageError(f"--nproc: expected at least 1 process, got {nproc}")
     import logging
 
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError

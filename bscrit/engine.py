@@ -1,4 +1,6 @@
-"""The measurement: k independent batch gradients at fixed weights → streaming sums (THEORY §2).
+"""The measurement engine: k independent batch gradients at fixed weights → streaming sums.
+
+The estimators are those of docs/theory.md §2.
 
 This is bscrit's only hot loop. For each of k batches (B distinct examples, drawn independently of
 the other batches) it computes the gradient of the mean batch loss — without the weight-decay term
@@ -7,7 +9,8 @@ and without touching ``.grad`` — and folds it into:
 - one running group sum per trainable tensor, on the device (the only extra device memory, 1× the
   parameters; the batch gradient itself is the other 1×);
 - per-tensor float64 scalars on the device: Q_j (Σ‖g‖² of the group), Σ|⟨W, g⟩| and Σ‖W‖‖g‖ (the
-  scale-invariance test, THEORY §3, on the first ``INVARIANCE_BATCHES`` batches of each group);
+  scale-invariance test of docs/theory.md §3, on the first ``INVARIANCE_BATCHES`` batches of
+  each group);
 - at the end of each of the m groups, the group sum is copied to host memory (pinned and
   asynchronous on CUDA; on CPU the tensor itself is kept) and reset. One host-device
   synchronisation per group checks for NaN/Inf.
@@ -45,8 +48,8 @@ from .summary import TAU_BF16, TAU_FP32, TensorSums
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Progress = Callable[[int], None]
 
-#: The scale-invariance test Σ|⟨W, g⟩| ≤ τ Σ‖W‖‖g‖ (THEORY §3) reads all of W; it runs on the
-#: first few batches of every group (m × this many in all), not on every batch: the ratio of
+#: The scale-invariance test Σ|⟨W, g⟩| ≤ τ Σ‖W‖‖g‖ (docs/theory.md §3) reads all of W; it runs
+#: on the first few batches of every group (m × this many in all), not on every batch: the ratio of
 #: sums is as informative (⟨W, g⟩ = 0 holds batch by batch) at a fraction of the memory traffic.
 INVARIANCE_BATCHES = 2
 #: Elements per chunk when the float64 Gram matrices are formed (bounded temporary memory).

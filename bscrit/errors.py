@@ -91,12 +91,17 @@ class UsageError(BscritError):
     def __init__(self, template: str, **options: str) -> None:
         self.template = template
         self.options = options
-        super().__init__(template.format(**options))
+        super().__init__(self._render(options))
+
+    def _render(self, names: dict[str, str]) -> str:
+        text = self.template
+        for k, v in names.items():  # only the named placeholders: other braces stay as they are
+            text = text.replace("{" + k + "}", v)
+        return text
 
     def for_cli(self) -> str:
         """The message with every option written as its command-line flag."""
-        flags = {k: "--" + v.replace("_", "-") for k, v in self.options.items()}
-        return self.template.format(**flags)
+        return self._render({k: "--" + v.replace("_", "-") for k, v in self.options.items()})
 
 
 class RunError(BscritError):

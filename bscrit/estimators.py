@@ -3,7 +3,7 @@
 Pure Python (no torch, no numpy): everything here works on a handful of float64 scalars, so
 ``predict``/``check`` can re-derive intervals from a JSON artifact in microseconds.
 
-Notation (THEORY.md §2; [LMA21] Def. 5.1): k batch gradients g_1..g_k of batch size B, drawn
+Notation (docs/theory.md §2; [LMA21] Def. 5.1): k batch gradients g_1..g_k of batch size B, drawn
 independently at one fixed x. With S = Σ g_i and Q = Σ ‖g_i‖²::
 
     N̂ = (Q − ‖S‖²/k) / (k − 1)        unbiased for N^B = Tr Σ^B
@@ -113,7 +113,7 @@ def t_quantile(p: float, df: float) -> float:
 
 
 def estimate_g_n(sum_norm_sq: float, q: float, k: int) -> tuple[float, float]:
-    """Unbiased (Ĝ, N̂) from ‖S‖², Q and k (THEORY.md §2; [LMA21] §5).
+    """Unbiased (Ĝ, N̂) from ‖S‖², Q and k (docs/theory.md §2; [LMA21] §5).
 
     Args:
         sum_norm_sq: ‖S‖² with S = Σᵢ gᵢ, the sum of the k batch gradients.
@@ -245,7 +245,7 @@ def nsr_interval(
 
 @dataclass(frozen=True)
 class NoiseStats:
-    """G, N and NSR of one parameter set, with jackknife errors (THEORY.md §2)."""
+    """G, N and NSR of one parameter set, with jackknife errors (docs/theory.md §2)."""
 
     G: Estimate
     N: Estimate

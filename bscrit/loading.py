@@ -34,9 +34,9 @@ import torch
 from torch import Tensor, nn
 
 from . import optim
-from .errors import BscritError, CheckpointError, DataError, SpecError, SpecProblem
+from .errors import CheckpointError, DataError, SpecError, SpecProblem, UsageError
 from .optim import OptimizerInfo
-from .spec import DataSpec, Spec, is_file_ref, split_ref
+from .spec import DataSpec, Spec, is_file_ref, parse_device, split_ref
 
 # Wrapper keys under which training scripts commonly store the model's state_dict, in order.
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network")
@@ -566,26 +566,22 @@ def resolve_device(device: str) -> torch.device:
     """``auto`` -> ``cuda`` if available else ``cpu``; ``cpu``, ``cuda``, ``cuda:N`` checked.
 
     Raises:
-        BscritError: unknown device string, or CUDA asked for but not available.
+        UsageError: unknown device string, or CUDA asked for but not available.
     """
-    d = str(device).strip().lower()
-    if d == "auto":
+    kind, index = parse_device(device)
+    if kind == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if d == "cpu":
+    if kind == "cpu":
         return torch.device("cpu")
-    m = re.fullmatch(r"cuda(?::(\d+))?", d)
-    if m is None:
-        raise BscritError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
-        raise BscritError(
+        raise UsageError(
             f"device {device!r}: no CUDA device is available (torch.cuda.is_available() is "
             "False); use device: cpu or auto"
         )
-    if m.group(1) is not None:
-        index, count = int(m.group(1)), torch.cuda.device_count()
-        if index >= count:
-            raise BscritError(f"device {device!r}: only {count} CUDA device(s) (cuda:0..)")
-    return torch.device(d)
+    if index is not None and index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise UsageError(f"device {device!r}: only {count} CUDA device(s) (cuda:0..)")
+    return torch.device("cuda", index) if index is not None else torch.device("cuda")
 
 
 def optimizer_for(spec: Spec, ckpt: LoadedCheckpoint | None) -> OptimizerInfo | None:

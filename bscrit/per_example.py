@@ -1,11 +1,11 @@
 """The ``per-example`` estimator: T₁ and N^B from per-example gradient norms of the same backward.
 
-The ``batch`` estimator (THEORY §2) sees one gradient per batch, so N̂ has k − 1 degrees of
+The ``batch`` estimator (docs/theory.md §2) sees one gradient per batch, so N̂ has k − 1 degrees of
 freedom. Inside every batch there are B per-example gradients whose spread measures the same
 noise: this module reads their squared norms out of the backward pass the hot loop does anyway
 (the Goodfellow trick: forward hooks keep each layer's input a, a hook on its output receives the
 backpropagated signal δ), and turns them into an unbiased estimate of the per-example trace T₁
-and hence of N^B for *any* batch size ([SDBD21] eq. 22; THEORY §1).
+and hence of N^B for *any* batch size ([SDBD21] eq. 22; docs/theory.md §1).
 
 **The estimator.** Batch b holds B distinct examples drawn uniformly without replacement from the
 n examples; ḡ_b = ∇L_γ = (1/B) Σᵢ ∇ℓᵢ is the batch gradient the hot loop already has. With
@@ -57,7 +57,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .errors import BscritError, ExitCode, MeasurementError
+from .errors import ExitCode, MeasurementError, UsageError
 from .estimators import GroupSums, PerExampleRaw, per_example_stats
 
 #: Elements of the transient per-example buffer in the norm computations (64 MiB of float32).
@@ -443,12 +443,13 @@ def measure_per_example(
     from .engine import _trainable, measure_model
 
     if kwargs.get("compile"):
-        raise BscritError(
-            "--compile cannot be combined with --estimator per-example (the per-example hooks "
-            "need eager mode)"
+        raise UsageError(
+            "{compile} cannot be combined with the per-example estimator (its hooks need eager "
+            "mode)",
+            compile="compile",
         )
     if batch_size < 2:
-        raise BscritError("--estimator per-example needs a batch size B >= 2")
+        raise UsageError("the per-example estimator needs a batch size B >= 2")
     device = torch.device(device)
     check_model(model, mode)
     if not all(p.device == device for p in model.parameters()):

@@ -1,8 +1,8 @@
 """``bscrit predict`` and ``bscrit check`` as pure functions: measurement JSON in, answers out.
 
 No torch: everything here is a few float64 operations on the sums stored in the artifact
-(THEORY.md §4, §5, §7; [LMA21] Thms 5.2, 5.5, 5.6). The first measurement is the *base* run: its
-batch size starts the recommended range and its optimizer is the one that gets scaled.
+(docs/theory.md §4, §5, §7; [LMA21] Thms 5.2, 5.5, 5.6). The first measurement is the *base*
+run: its batch size starts the recommended range and its optimizer is the one that gets scaled.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BscritError, ExitCode
+from .errors import BscritError, ExitCode, UsageError
 from .results import Measurement, load_measurement
 from .scaling import ScaledHyperparameters, scale_hyperparameters
 from .theory import (
@@ -103,14 +103,7 @@ class Prediction:
             "c2": self.c2,
             "measurements": [bounds_to_dict(b) for b in self.measurements],
             "range": [_num(self.range[0]), _num(self.range[1])],
-            "recommended": {
-                "min": r.min,
-                "max": _num(r.max),
-                "max_pow2": r.max_pow2,
-                "max_mult8": r.max_mult8,
-                "empty": r.empty,
-                "note": r.note,
-            },
+            "recommended": r.to_dict(),
             "scaled": self.scaled.to_dict() if self.scaled is not None else None,
             "warnings": list(self.warnings),
         }
@@ -125,7 +118,7 @@ def predict(measurements: Sequence[tuple[str, Measurement]], c2: float = DEFAULT
     """
     c2 = check_c2(c2)
     if not measurements:
-        raise BscritError("predict needs at least one measurement file")
+        raise UsageError("predict needs at least one measurement")
     bounds = tuple(measurement_bounds(m, src, c2) for src, m in measurements)
     rec = recommend(bounds)
     warnings: list[str] = []
@@ -192,13 +185,7 @@ class CheckResult:
             "base_batch_size": p.base.batch_size,
             "b_star": _num(p.b_star_min),
             "b_star_lower": _num(r.max),
-            "recommended": {
-                "min": r.min,
-                "max": _num(r.max),
-                "max_pow2": r.max_pow2,
-                "max_mult8": r.max_mult8,
-                "empty": r.empty,
-            },
+            "recommended": r.to_dict(),
             "warnings": [w for b in p.measurements for w in b.warnings] + list(p.warnings),
         }
 
@@ -215,7 +202,9 @@ def check(prediction: Prediction, target: int, strict: bool = False) -> CheckRes
     - B' > point estimate of B* (the smallest across baselines): fail (exit 1) [LMA21 Thm 5.6].
     """
     if isinstance(target, bool) or target <= 0:
-        raise BscritError(f"--batch-size must be a positive integer, got {target}")
+        raise UsageError(
+            f"{{batch_size}} must be a positive integer, got {target}", batch_size="batch_size"
+        )
     p = prediction
     base = p.base.batch_size
     lower = p.recommended.max
@@ -265,7 +254,7 @@ def range_context(
     Returns:
         ``(warnings, nsr_target)``: a warning when B' is beyond the measurement's recommended range
         (the reason :func:`check` gives) or when the measurement's B differs from the base B; and
-        NSR^{B'} (THEORY §1) for the adaptive-SDE warning of the square-root rule.
+        NSR^{B'} (docs/theory.md §1) for the adaptive-SDE warning of the square-root rule.
     """
     pred = predict([(source, m)], c2)
     warnings: list[str] = []

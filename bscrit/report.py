@@ -2,6 +2,12 @@
 
 stdout carries results (tables, JSON); stderr carries progress, warnings and errors, so
 ``bscrit measure ... --json > m.json`` stays clean.
+
+The ``format_*`` functions build rich renderables (:class:`~rich.table.Table`,
+:class:`~rich.text.Text`, :class:`~rich.console.Group`) and print nothing; :func:`show` prints
+them (stdout by default), and :func:`error`, :func:`warn` and :func:`info` print messages on
+stderr. A :class:`Report` is a Group that also carries the warnings that belong with it;
+:func:`show` prints those on stderr after the Group.
 """
 
 from __future__ import annotations
@@ -9,10 +15,11 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from rich.console import Console
+from rich.console import Console, Group, NewLine, RenderableType
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -22,8 +29,19 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
+from rich.text import Text
 
 from . import optim
+
+if TYPE_CHECKING:
+    from rich.progress import Task
+
+    from .predict import CheckResult, Prediction
+    from .results import Measurement, ParameterRow, ParamSetStats
+    from .scaling import ScaledHyperparameters
+    from .svag.results import SvagResult
+    from .theory import MeasurementBounds
 
 # Outside a terminal (pipes, CI logs) rich falls back to 80 columns and truncates the tables;
 # use 120 there unless COLUMNS says otherwise.
@@ -49,9 +67,54 @@ def fmt(x: float | None, digits: int = 4) -> str:
 
 
 def fmt_ci(ci: tuple[float, float] | None) -> str:
+    """A 95% interval as '[lo, hi]' ('—' when there is none)."""
     if ci is None:
         return "—"
     return f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+
+
+# ----------------------------------------------------------------------------------------------
+# printing: the one place that writes to the consoles
+# ----------------------------------------------------------------------------------------------
+
+
+class Report(Group):
+    """A :class:`~rich.console.Group` for stdout plus the warnings that go with it.
+
+    :func:`show` prints the Group and then each warning with :func:`warn` (stderr); printed
+    directly (``console.print(report)``) only the Group appears.
+    """
+
+    def __init__(self, *renderables: RenderableType, warnings: Iterable[str] = ()) -> None:
+        super().__init__(*renderables)
+        self.warnings: tuple[str, ...] = tuple(warnings)
+
+
+def show(
+    *renderables: RenderableType, stderr: bool = False, console: Console | None = None
+) -> None:
+    """Print renderables on stdout (``stderr=True``: on stderr; ``console``: on that console).
+
+    A ``str`` is printed literally (no markup). The warnings of a :class:`Report` follow on
+    stderr. The plain lines of the reports are neither wrapped nor cropped at the console width
+    (CI logs grep them); tables and other text are laid out to the width as usual.
+    """
+    c = console if console is not None else (err if stderr else out)
+    for r in renderables:
+        _print(c, Text(r) if isinstance(r, str) else r)
+        if isinstance(r, Report):
+            for w in r.warnings:
+                warn(w)
+
+
+def _print(console: Console, r: RenderableType) -> None:
+    """Print a Group part by part (the same output as the Group): tables and wrapped text are
+    cropped at the console width as usual, the unwrapped plain lines (:func:`_line`) are not."""
+    if isinstance(r, Group):
+        for part in r.renderables:
+            _print(console, part)
+    else:
+        console.print(r, soft_wrap=isinstance(r, Text) and bool(r.no_wrap))
 
 
 def error(message: str) -> None:
@@ -71,9 +134,7 @@ class _StepsPerSecond(TextColumn):
         super().__init__("")
         self.unit = unit
 
-    def render(self, task):  # type: ignore[override]
-        from rich.text import Text
-
+    def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
         return Text(
             "" if speed is None else f"{speed:.1f} {self.unit}/s", style="progress.data.speed"
@@ -81,7 +142,9 @@ class _StepsPerSecond(TextColumn):
 
 
 @contextmanager
-def progress(description: str, total: int, unit: str = "batch", enabled: bool = True) -> Iterator:
+def progress(
+    description: str, total: int, unit: str = "batch", enabled: bool = True
+) -> Iterator[Callable[..., None]]:
     """A progress bar on stderr; yields ``advance(n=1)``. Disabled → a no-op callable."""
     if not enabled:
         yield lambda n=1: None
@@ -102,12 +165,17 @@ def progress(description: str, total: int, unit: str = "batch", enabled: bool = 
         yield lambda n=1: bar.advance(task, n)
 
 
+def _line(text: str) -> Text:
+    """One line of plain text, never wrapped (CI logs grep it); :func:`show` does not crop it."""
+    return Text(text, no_wrap=True, overflow="ignore")
+
+
 # ----------------------------------------------------------------------------------------------
 # measure
 # ----------------------------------------------------------------------------------------------
 
 
-def _set_row(table, label: str, s, frac: float | None) -> None:  # type: ignore[no-untyped-def]
+def _set_row(table: Table, label: str, s: ParamSetStats, frac: float | None) -> None:
     nsr_hi = s.nsr_ci95[1]
     table.add_row(
         label,
@@ -120,17 +188,18 @@ def _set_row(table, label: str, s, frac: float | None) -> None:  # type: ignore[
     )
 
 
-def measurement_table(m) -> None:  # type: ignore[no-untyped-def]
-    """Summary of a measurement on stdout: G, N, NSR with intervals, equilibrium, per-tensor."""
-    from rich.table import Table
-
-    out.print(
-        f"[bold]bscrit measure[/]  B={m.batch_size}  n={m.dataset_size}  "
-        f"k={m.num_batches} batches in {m.groups} groups  device={m.device}  mode={m.mode}"
-        + (f"  amp={m.amp}" if m.amp else "")
-        + f"  {m.elapsed_s:.2f}s",
-        markup=True,
-    )
+def format_measurement(m: Measurement) -> Group:
+    """Summary of a measurement: a header line, the table of G, N and NSR with intervals, the
+    equilibrium line and (several checkpoints) the per-checkpoint table."""
+    parts: list[RenderableType] = [
+        Text.assemble(
+            ("bscrit measure", "bold"),
+            f"  B={m.batch_size}  n={m.dataset_size}  "
+            f"k={m.num_batches} batches in {m.groups} groups  device={m.device}  mode={m.mode}"
+            + (f"  amp={m.amp}" if m.amp else "")
+            + f"  {m.elapsed_s:.2f}s",
+        )
+    ]
     t = Table(
         title=f"G = ‖∇L‖², N = Tr Σ at B={m.batch_size}, NSR = N/G "
         f"(jackknife over {m.groups} groups)"
@@ -142,15 +211,17 @@ def measurement_table(m) -> None:  # type: ignore[no-untyped-def]
         _set_row(t, "scale-invariant", m.scale_invariant, m.scale_invariant_fraction)
     else:
         t.add_row("scale-invariant", "none", "—", "—", "—", "—", "—")
-    out.print(t)
+    parts.append(t)
     if m.equilibrium is not None:
         e = m.equilibrium
-        out.print(
-            f"equilibrium: (2−ηλ)λR = {fmt(e.lhs)} vs η(G+N) = {fmt(e.rhs)}  "
-            f"ρ = {e.residual:+.3f}  ({m.equilibrium_note})"
+        parts.append(
+            Text(
+                f"equilibrium: (2−ηλ)λR = {fmt(e.lhs)} vs η(G+N) = {fmt(e.rhs)}  "
+                f"ρ = {e.residual:+.3f}  ({m.equilibrium_note})"
+            )
         )
     else:
-        out.print(f"equilibrium: not checked ({m.equilibrium_note})")
+        parts.append(Text(f"equilibrium: not checked ({m.equilibrium_note})"))
     if len(m.checkpoints) > 1:
         ct = Table(title="Per checkpoint (pooled above: mean of G and N)")
         for col in ("checkpoint", "G (all)", "N (all)", "NSR (all)", "NSR (scale-inv.)", "ρ"):
@@ -164,13 +235,12 @@ def measurement_table(m) -> None:  # type: ignore[no-untyped-def]
                 fmt(c.scale_invariant.nsr) if c.scale_invariant else "—",
                 f"{c.equilibrium.residual:+.3f}" if c.equilibrium else "—",
             )
-        out.print(ct)
+        parts.append(ct)
+    return Group(*parts)
 
 
-def per_tensor_table(rows, limit: int | None = 20) -> None:  # type: ignore[no-untyped-def]
-    """Per-tensor breakdown, largest N first."""
-    from rich.table import Table
-
+def format_per_tensor(rows: Sequence[ParameterRow], limit: int | None = 20) -> Table:
+    """Per-tensor breakdown, largest N first (the first ``limit`` rows; None: all)."""
     ordered = sorted(rows, key=lambda r: r.N, reverse=True)
     shown = ordered if limit is None else ordered[:limit]
     t = Table(
@@ -194,17 +264,12 @@ def per_tensor_table(rows, limit: int | None = 20) -> None:  # type: ignore[no-u
             "yes" if r.scale_invariant else "no",
             fmt(r.invariance_ratio, 2),
         )
-    out.print(t)
+    return t
 
 
 # ==============================================================================================
 # predict / check / scale  (issue: predict, check and scale)
 # ==============================================================================================
-
-
-def _line(text: str) -> None:
-    """One line of plain text on stdout, never wrapped (CI logs grep it)."""
-    out.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def _batch(x: float | None) -> str:
@@ -229,15 +294,16 @@ def _hp(x: float | int | None) -> str:
     return f"{x:.6g}"
 
 
-def _bounds_table(b) -> None:  # type: ignore[no-untyped-def]
-    """One measurement's bounds ([LMA21] Thms 5.2, 5.5, 5.6; [McC18]; [SDBD21] eq. 22)."""
-    from rich.table import Table
-
+def format_bounds(b: MeasurementBounds) -> Group:
+    """One measurement's bounds ([LMA21] Thms 5.2, 5.5, 5.6; [McC18]; [SDBD21] eq. 22): a head
+    line, the table of quantities with 95% intervals and the lines that read the theorems."""
     ns = b.noise
     c2 = b.c2
     opt = b.optimizer
     opt_s = f"{opt.name}, lr {_hp(opt.lr)}" if opt is not None else "no optimizer recorded"
-    _line(f"{b.source}: B = {b.batch_size}, n = {b.dataset_size}, {opt_s}")
+    parts: list[RenderableType] = [
+        _line(f"{b.source}: B = {b.batch_size}, n = {b.dataset_size}, {opt_s}")
+    ]
     t = Table()
     t.add_column("quantity")
     t.add_column("value", justify="right")
@@ -260,70 +326,81 @@ def _bounds_table(b) -> None:  # type: ignore[no-untyped-def]
         t.add_row("(η/4)·N^B [SDBD21 eq. 22]", fmt(ir.noise_term), "")
     if b.equilibrium_residual is not None:
         t.add_row("equilibrium residual ρ", f"{b.equilibrium_residual:+.3f}", "")
-    out.print(t)
+    parts.append(t)
     thr = b.sde_nsr_threshold
     if b.sde_certified_invalid:
-        _line(
-            f"  Thm 5.2 (ii): NSR {fmt(ns.nsr)} < 1/(C² − 1) = {fmt(thr)}: the SDE "
-            "approximation is certified to FAIL at this setting."
+        parts.append(
+            _line(
+                f"  Thm 5.2 (ii): NSR {fmt(ns.nsr)} < 1/(C² − 1) = {fmt(thr)}: the SDE "
+                "approximation is certified to FAIL at this setting."
+            )
         )
     else:
-        _line(
-            f"  Thm 5.2 (ii): NSR {fmt(ns.nsr)} ≥ 1/(C² − 1) = {fmt(thr)}: not certified to fail."
+        parts.append(
+            _line(
+                f"  Thm 5.2 (ii): NSR {fmt(ns.nsr)} ≥ 1/(C² − 1) = {fmt(thr)}: not certified to "
+                "fail."
+            )
         )
     if b.thm55_base_batch_below is not None:
-        _line(
-            f"  Thm 5.5: (C² − 1)·NSR = {fmt((c2 - 1) * ns.nsr)} < 1: B = {b.batch_size} is past "
-            f"the critical batch of every base batch below {_batch(b.thm55_base_batch_below)} "
-            f"(κ > {fmt(b.thm55_kappa_min)})."
+        parts.append(
+            _line(
+                f"  Thm 5.5: (C² − 1)·NSR = {fmt((c2 - 1) * ns.nsr)} < 1: B = {b.batch_size} is "
+                f"past the critical batch of every base batch below "
+                f"{_batch(b.thm55_base_batch_below)} (κ > {fmt(b.thm55_kappa_min)})."
+            )
         )
     else:
-        _line(f"  Thm 5.5: (C² − 1)·NSR = {fmt((c2 - 1) * ns.nsr)} ≥ 1: certifies nothing here.")
-    if ir is not None:
-        _line(
-            "  Implicit regularisation: the noise term is NSR × the signal term; the linear rule "
-            "keeps the noise term fixed (η/B constant)."
+        parts.append(
+            _line(
+                f"  Thm 5.5: (C² − 1)·NSR = {fmt((c2 - 1) * ns.nsr)} ≥ 1: certifies nothing here."
+            )
         )
-    _line(f"  Parameters: {b.param_set_reason}.")
+    if ir is not None:
+        parts.append(
+            _line(
+                "  Implicit regularisation: the noise term is NSR × the signal term; the linear "
+                "rule keeps the noise term fixed (η/B constant)."
+            )
+        )
+    parts.append(_line(f"  Parameters: {b.param_set_reason}."))
+    return Group(*parts)
 
 
-def scaled_table(s, title: str | None = None) -> None:  # type: ignore[no-untyped-def]
-    """Old -> new hyperparameters with the rule's name and reference ([LMA21], [MLPA22])."""
-    from rich.table import Table
-
+def format_scaled(s: ScaledHyperparameters, title: str | None = None) -> Group:
+    """Old -> new hyperparameters with the rule's name and reference ([LMA21], [MLPA22]): a head
+    line (``title`` replaces it) and the table. ``s.warnings`` are left to the caller."""
     head = title or (
         f"{s.reference}: {s.optimizer}, B = {s.batch_size} -> B' = {s.target_batch_size} "
         f"(κ = {s.kappa:.4g})"
     )
-    _line(head)
     t = Table()
     t.add_column("hyperparameter")
     t.add_column("old -> new", justify="right")
     t.add_column("how")
     for key, new in s.new.items():
         t.add_row(key, f"{_hp(s.old.get(key))} -> {_hp(new)}", s.notes.get(key, ""))
-    for label, (old, new) in (("steps", s.steps), ("warmup_steps", s.warmup_steps)):
+    for label, (old, new_steps) in (("steps", s.steps), ("warmup_steps", s.warmup_steps)):
         if old is not None:
-            t.add_row(label, f"{old} -> {new}", "÷ κ (training length fixed in epochs)")
+            t.add_row(label, f"{old} -> {new_steps}", "÷ κ (training length fixed in epochs)")
     if s.epochs is not None:
         t.add_row("epochs", f"{_hp(s.epochs)} -> {_hp(s.epochs)}", "unchanged")
-    out.print(t)
+    return Group(_line(head), t)
 
 
-def prediction_report(p) -> None:  # type: ignore[no-untyped-def]
-    """Human output of ``bscrit predict``: bounds per measurement, range, recommendation."""
-    from rich.table import Table
-
-    _line(
-        f"bscrit predict: C² = {p.c2:g} ([LMA21] Thms 5.2, 5.5, 5.6; 95% intervals from the "
-        "jackknife)"
-    )
+def format_prediction(p: Prediction) -> Report:
+    """Human output of ``bscrit predict``: bounds per measurement, range, recommendation and (when
+    the base run has an optimizer) the scaled hyperparameters; with every warning."""
+    parts: list[RenderableType] = [
+        _line(
+            f"bscrit predict: C² = {p.c2:g} ([LMA21] Thms 5.2, 5.5, 5.6; 95% intervals from the "
+            "jackknife)"
+        )
+    ]
     for b in p.measurements:
-        out.print()
-        _bounds_table(b)
+        parts += [NewLine(), format_bounds(b)]
     r = p.recommended
-    out.print()
-    _line("Recommendation")
+    parts += [NewLine(), _line("Recommendation")]
     t = Table()
     t.add_column("")
     t.add_column("batch size", justify="right")
@@ -335,28 +412,21 @@ def prediction_report(p) -> None:  # type: ignore[no-untyped-def]
         t.add_row("recommended range", f"{r.min} – {_batch(r.max)}")
         t.add_row("  largest power of two in it", _batch(r.max_pow2))
         t.add_row("  largest multiple of 8 in it", _batch(r.max_mult8))
-    out.print(t)
-    _line(f"  {r.note}.")
+    parts += [t, _line(f"  {r.note}.")]
     if p.scaled is not None:
-        out.print()
-        scaled_table(p.scaled)
-    for b in p.measurements:
-        for w in b.warnings:
-            warn(f"{b.source}: {w}")
-    for w in p.warnings:
-        warn(w)
+        parts += [NewLine(), format_scaled(p.scaled)]
+    warnings = [f"{b.source}: {w}" for b in p.measurements for w in b.warnings]
+    warnings += list(p.warnings)
     if p.scaled is not None:
-        for w in p.scaled.warnings:
-            warn(w)
+        warnings += list(p.scaled.warnings)
+    return Report(*parts, warnings=warnings)
 
 
-def check_report(r) -> None:  # type: ignore[no-untyped-def]
-    """Human output of ``bscrit check``: one line on stdout that says why; warnings on stderr."""
+def format_check(r: CheckResult) -> Report:
+    """Human output of ``bscrit check``: one line that says why; the measurements' warnings."""
     tag = {"ok": "OK", "warn": "WARN", "fail": "FAIL"}[r.verdict]
-    _line(f"{tag}: {r.reason}")
-    for b in r.prediction.measurements:
-        for w in b.warnings:
-            warn(f"{b.source}: {w}")
+    warnings = [f"{b.source}: {w}" for b in r.prediction.measurements for w in b.warnings]
+    return Report(_line(f"{tag}: {r.reason}"), warnings=warnings)
 
 
 # ==============================================================================================
@@ -371,38 +441,45 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2g}%" if x < 0.1 else f"{100 * x:.0f}%"
 
 
-def svag_cost(ls, effective_steps: int, passes: dict, target_batch_size: int, device: str) -> None:
-    """Print (stderr) what the SVAG runs will cost before they start."""
+def format_svag_cost(
+    ls: Sequence[int],
+    effective_steps: int,
+    passes: Mapping[int, int],
+    target_batch_size: int,
+    device: str,
+) -> Group:
+    """What the SVAG runs will cost, before they start (``show(..., stderr=True)``)."""
     total = sum(passes.values())
-    info(
+    lines = [
         f"SVAG at B' = {target_batch_size} on {device}: {effective_steps} effective steps for "
-        f"each l in {', '.join(str(x) for x in ls)}."
-    )
-    info("Cost: SVAG with l takes 2·l forward-backward passes per effective step (+ evaluation):")
+        f"each l in {', '.join(str(x) for x in ls)}.",
+        "Cost: SVAG with l takes 2·l forward-backward passes per effective step (+ evaluation):",
+    ]
     for lv in ls:
-        info(f"  l = {lv}: {lv * effective_steps} steps, {passes[lv]:,} forward-backward passes of "
-             f"batch {target_batch_size}")  # fmt: skip
-    info(f"  total: {total:,} forward-backward passes, i.e. about {total / 2:,.0f} training steps "
-         f"at batch size {target_batch_size}")  # fmt: skip
+        lines.append(f"  l = {lv}: {lv * effective_steps} steps, {passes[lv]:,} forward-backward "
+                     f"passes of batch {target_batch_size}")  # fmt: skip
+    lines.append(f"  total: {total:,} forward-backward passes, i.e. about {total / 2:,.0f} "
+                 f"training steps at batch size {target_batch_size}")  # fmt: skip
+    return Group(*(Text(x) for x in lines))
 
 
-def svag_report(r) -> None:  # type: ignore[no-untyped-def]
-    """Human output of ``bscrit svag`` (a :class:`~bscrit.svag_results.SvagResult`): the runs,
+def format_svag(r: SvagResult) -> Report:
+    """Human output of ``bscrit svag`` (a :class:`~bscrit.svag.results.SvagResult`): the runs,
     the test functions at the end (tail means) with the comparisons behind the verdict, and the
-    verdict."""
-    from rich.table import Table
+    verdict; with the result's warnings."""
+    from .svag.results import METRIC_LABELS, VERDICT_METRICS
 
-    from .svag_results import METRIC_LABELS, VERDICT_METRICS
-
-    _line(
-        f"SVAG (Stochastic Variance Amplified Gradient, [LMA21] §4) at B' = "
-        f"{r.target_batch_size} from B = {r.batch_size} (κ = {r.kappa:.4g}; {r.rule_reference}), "
-        f"{r.effective_steps} effective steps"
-    )
+    parts: list[RenderableType] = [
+        _line(
+            f"SVAG (Stochastic Variance Amplified Gradient, [LMA21] §4) at B' = "
+            f"{r.target_batch_size} from B = {r.batch_size} (κ = {r.kappa:.4g}; "
+            f"{r.rule_reference}), {r.effective_steps} effective steps"
+        )
+    ]
     t = Table(title="runs", title_justify="left")
     t.add_column("l", justify="right")
     t.add_column("steps", justify="right")
-    t.add_column(f"{r.target_optimizer.name} hyperparameters (SVAG rule, THEORY §6)")
+    t.add_column(f"{r.target_optimizer.name} hyperparameters (SVAG rule, docs/theory.md §6)")
     t.add_column("fwd-bwd passes", justify="right")
     t.add_column("time", justify="right")
     for run in r.runs:
@@ -413,7 +490,7 @@ def svag_report(r) -> None:  # type: ignore[no-untyped-def]
             f"{r.forward_backward.get(run.l, 0):,}",
             f"{run.elapsed_s:.1f} s" + (" (diverged)" if run.diverged_at is not None else ""),
         )
-    out.print(t)
+    parts.append(t)
 
     ls = [run.l for run in r.runs]
     pairs = list(dict.fromkeys((c.l_a, c.l_b) for c in r.comparisons))
@@ -444,23 +521,26 @@ def svag_report(r) -> None:  # type: ignore[no-untyped-def]
                 rel_thr = c.threshold / scale if scale > 0 else math.nan
                 row.append(f"{_pct(c.rel_diff)} / {_pct(rel_thr)} {mark}")
         t.add_row(*row)
-    out.print(t)
-    _line(
-        f"  * decides the verdict. Agree iff |a − b| ≤ max(rtol·max(|a|,|b|), z·√(sd_a² + sd_b²)) "
-        f"with rtol = {r.rtol:g}, z = {r.z:g}; accuracies compared as error rates 1 − acc."
+    parts.append(t)
+    parts.append(
+        _line(
+            f"  * decides the verdict. Agree iff |a − b| ≤ max(rtol·max(|a|,|b|), "
+            f"z·√(sd_a² + sd_b²)) with rtol = {r.rtol:g}, z = {r.z:g}; accuracies compared as "
+            "error rates 1 − acc."
+        )
     )
     v = r.verdict
     colour = {"sde_holds": "green", "sde_fails": "red", "not_converged": "yellow"}.get(v.code, "")
-    out.print(f"[bold {colour}]verdict ({v.code}):[/] {v.text}", soft_wrap=True)
+    verdict = Text.assemble((f"verdict ({v.code}):", f"bold {colour}".strip()), f" {v.text}")
+    verdict.no_wrap, verdict.overflow = True, "ignore"
+    parts.append(verdict)
     if v.failing:
-        _line(f"  disagreements: {'; '.join(v.failing)}")
-    for n in r.notes:
-        _line(f"  note: {n}")
-    for w in r.warnings:
-        warn(w)
+        parts.append(_line(f"  disagreements: {'; '.join(v.failing)}"))
+    parts += [_line(f"  note: {n}") for n in r.notes]
+    return Report(*parts, warnings=r.warnings)
 
 
-def plot_svag(r, path) -> None:  # type: ignore[no-untyped-def]
+def plot_svag(r: SvagResult, path: str | os.PathLike[str]) -> None:
     """A PNG like [LMA21] Fig. 4: one panel per test function against effective steps, one line
     per l. matplotlib (Agg backend) is imported here only."""
     import matplotlib
@@ -468,7 +548,7 @@ def plot_svag(r, path) -> None:  # type: ignore[no-untyped-def]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .svag_results import METRIC_LABELS
+    from .svag.results import METRIC_LABELS
 
     metrics = r.metrics()
     ncols = min(3, len(metrics))

@@ -15,7 +15,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,28 @@ from .errors import ArtifactError
 from .estimators import Estimate, NoiseStats, noise_stats_from_jackknife
 from .optim import OptimizerInfo
 
+# Format history of the JSON artifacts (``"kind"``: ``bscrit.measurement``, ``bscrit.svag``).
+#
+# How the format evolves (decided once, here; :func:`check_schema` follows it):
+# - An additive change (a new key, a new optional section such as ``stats.preconditioned`` or
+#   ``checkpoints[i].step``) stays under the same schema number. Readers ignore keys they do not
+#   know, and read a missing new key as absent (None / its documented default), so an artifact
+#   written by an older bscrit still loads and one written by a newer bscrit loads in an older
+#   one.
+# - A change that removes or renames a key, or changes a key's meaning or unit, bumps SCHEMA and
+#   adds an entry to ``_UPGRADES``: a pure function that rewrites an artifact of schema v into
+#   schema v + 1. :func:`check_schema` applies them in order, so every schema from 1 to SCHEMA
+#   loads; a schema newer than SCHEMA is refused with "upgrade bscrit".
+#
+# Versions:
+# 1 (bscrit 0.1.0): measurement: batch_size, dataset_size, num_batches, groups, seed, device,
+#   mode, elapsed_s, checkpoints, optimizer, equilibrium, stats.all / stats.scale_invariant
+#   (G, N, NSR with s.e., 95% intervals and the m leave-one-group-out values), per_parameter,
+#   warnings, extra; svag: runs, comparisons, verdict.
 SCHEMA = 1
 KIND_MEASUREMENT = "bscrit.measurement"
+#: ``_UPGRADES[v]`` rewrites a schema-v artifact as schema v + 1 (none yet).
+_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 
 def finite_or_none(x: float | None) -> float | None:
@@ -178,7 +198,7 @@ class ParameterRow:
     N: float
     R: float
     scale_invariant: bool
-    invariance_ratio: float  # Σ|⟨W, g⟩| / Σ‖W‖‖g‖ (THEORY §3); ~0 for scale-invariant tensors
+    invariance_ratio: float  # Σ|⟨W, g⟩| / Σ‖W‖‖g‖ (docs/theory.md §3); ~0: scale-invariant
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -305,7 +325,7 @@ class Measurement:
 
     @staticmethod
     def from_dict(d: dict[str, Any], source: str = "<dict>") -> Measurement:
-        check_schema(d, KIND_MEASUREMENT, source)
+        d = check_schema(d, KIND_MEASUREMENT, source)
         try:
             st = d["stats"]
             return Measurement(
@@ -352,16 +372,39 @@ class Measurement:
 # ----------------------------------------------------------------------------------------------
 
 
-def check_schema(d: Any, kind: str, source: str) -> None:
-    """Raise :class:`ArtifactError` unless ``d`` is a schema-1 artifact of the given kind."""
+def check_schema(d: Any, kind: str, source: str) -> dict[str, Any]:
+    """Validate ``d`` as an artifact of ``kind`` and bring it to the current schema.
+
+    Follows the format history above: every schema from 1 to :data:`SCHEMA` is accepted (older
+    ones are upgraded step by step), a newer one is refused.
+
+    Returns:
+        The artifact as a dict of the current schema.
+
+    Raises:
+        ArtifactError: not a JSON object, another kind, or an unknown schema.
+    """
     if not isinstance(d, dict):
-        raise ArtifactError(f"{source}: expected a JSON object, got {type(d).__name__}")
+        raise ArtifactError(
+            f"{source}: not a {kind} artifact (expected a JSON object, got {type(d).__name__})"
+        )
     if d.get("kind") != kind:
         raise ArtifactError(f"{source}: key 'kind' is {d.get('kind')!r}, expected {kind!r}")
-    if d.get("schema") != SCHEMA:
+    version = d.get("schema")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ArtifactError(
-            f"{source}: key 'schema' is {d.get('schema')!r}; this bscrit reads schema {SCHEMA}"
+            f"{source}: key 'schema' is {version!r}; this bscrit reads schema 1 to {SCHEMA}"
         )
+    if version > SCHEMA:
+        raise ArtifactError(
+            f"{source}: key 'schema' is {version}, newer than this bscrit reads ({SCHEMA}); "
+            "upgrade bscrit"
+        )
+    while version < SCHEMA:
+        d = _UPGRADES[version](d)
+        version += 1
+        d["schema"] = version
+    return d
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
@@ -371,6 +414,12 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ArtifactError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise ArtifactError(f"{p}: is a folder, expected a JSON file") from None
+    except UnicodeDecodeError:
+        raise ArtifactError(
+            f"{p}: not a bscrit JSON artifact (a binary file; a checkpoint?)"
+        ) from None
     except OSError as e:
         raise ArtifactError(f"{p}: cannot read ({e.strerror})") from None
     try:

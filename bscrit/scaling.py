@@ -1,6 +1,6 @@
 """Scaling rules for the batch size, and the SVAG hyperparameters (pure: no torch).
 
-THEORY.md §5 and §6. Going from batch size B to B' = κB with the training length fixed in
+docs/theory.md §5 and §6. Going from batch size B to B' = κB with the training length fixed in
 epochs (so the number of steps and the warm-up are divided by κ):
 
 - SGD, linear scaling rule [LMA21, Def. 2.1]: η' = κη; coupled weight decay λ and momentum μ
@@ -101,7 +101,7 @@ def scale_optimizer(opt: OptimizerInfo, kappa: float) -> OptimizerInfo:
 
 
 def svag_hyperparameters(opt: OptimizerInfo, l: int) -> OptimizerInfo:  # noqa: E741
-    """Hyperparameters of one SVAG step with parameter l ≥ 1 (THEORY.md §6).
+    """Hyperparameters of one SVAG step with parameter l ≥ 1 (docs/theory.md §6).
 
     SVAG draws two batches and combines them with r₁,₂ = (1 ± √(2l − 1))/2 (mean kept, covariance
     × l), then takes l steps per step of the original run:
@@ -151,7 +151,7 @@ def scale_steps(steps: int | None, kappa: float) -> int | None:
 
 
 def adaptive_sde_warning(nsr_target: float | None, optimizer: str) -> str | None:
-    """Heuristic warning for the square-root rule when the noise stops dominating (THEORY §5).
+    """Heuristic warning for the square-root rule when noise stops dominating (docs/theory.md §5).
 
     The Adam/RMSprop SDE of [MLPA22] needs σ ≫ ‖ḡ‖ (§4.1, Remark 4.3). When the NSR at the target
     batch size, N^{B'}/G, is below :data:`ADAPTIVE_SDE_MIN_NSR` (1), the rule's premise is doubtful.
@@ -245,7 +245,7 @@ def scale_hyperparameters(
 
     κ = B'/B (κ < 1 scales down). Steps and warm-up steps are divided by κ (training length fixed
     in epochs); epochs are unchanged. ``nsr_target`` (the NSR at B', when a measurement is known)
-    enables the adaptive-SDE warning of THEORY §5.
+    enables the adaptive-SDE warning of docs/theory.md §5.
 
     Raises:
         BscritError: invalid sizes, an unknown optimizer, or a κ the square-root rule cannot take.

@@ -19,8 +19,6 @@ strings when Python's ``float()`` parses them. Booleans are never numbers.
 
 from __future__ import annotations
 
-import difflib
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,7 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from . import optim
-from .errors import SpecError, SpecProblem
+from .checker import Checker, did_you_mean
+from .checker import describe as _describe
+from .checker import join as _join
+from .errors import SpecError, SpecProblem, UsageError
 from .optim import OptimizerInfo
 
 # ----------------------------------------------------------------------------------------------
@@ -147,143 +148,22 @@ ALL_OPTIMIZER_KEYS = (
 )
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
+
+def parse_device(text: str) -> tuple[str, int | None]:
+    """``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` → (kind, N or None); the one parser of
+    device strings (the spec, ``--device``, torchrun ranks).
+
+    Raises:
+        UsageError: anything else.
+    """
+    d = str(text).strip().lower()
+    if not DEVICE_RE.match(d):
+        raise UsageError(f"unknown device {text!r}; expected auto, cpu, cuda or cuda:N")
+    kind, _, index = d.partition(":")
+    return kind, int(index) if index else None
+
+
 _MISSING = object()
-
-
-# ----------------------------------------------------------------------------------------------
-# Problem collection helpers
-# ----------------------------------------------------------------------------------------------
-
-
-def _describe(value: Any) -> str:
-    """``'abc' (str)``: the value and its type, for "expected X, got Y" messages."""
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{text} ({type(value).__name__})"
-
-
-def _join(path: str, key: str | int) -> str:
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    return f"{path}.{key}" if path else str(key)
-
-
-def did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
-    """`` (did you mean 'lr'?)`` when a close match exists, else ``''``."""
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-class _Checker:
-    """Collects :class:`SpecProblem` s; the getters return ``None`` (or a default) on a problem."""
-
-    def __init__(self) -> None:
-        self.problems: list[SpecProblem] = []
-
-    def add(self, key: str, message: str) -> None:
-        self.problems.append(SpecProblem(key, message))
-
-    # -- structure --------------------------------------------------------------------------
-
-    def mapping(self, value: Any, path: str) -> dict | None:
-        if isinstance(value, Mapping):
-            return dict(value)
-        self.add(path, f"expected a mapping, got {_describe(value)}")
-        return None
-
-    def unknown_keys(self, d: Mapping, allowed: tuple[str, ...], path: str) -> None:
-        for key in d:
-            if key not in allowed:
-                hint = did_you_mean(str(key), allowed)
-                if not hint:
-                    hint = f" (expected one of: {', '.join(allowed)})"
-                self.add(_join(path, str(key)), f"unknown key{hint}")
-
-    def kwargs(self, d: Mapping, path: str) -> dict:
-        value = d.get("kwargs")
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            self.add(_join(path, "kwargs"), f"expected a mapping, got {_describe(value)}")
-            return {}
-        bad = [k for k in value if not isinstance(k, str)]
-        for k in bad:
-            self.add(_join(path, "kwargs"), f"keyword names must be strings, got {_describe(k)}")
-        return dict(value)
-
-    # -- scalars ----------------------------------------------------------------------------
-
-    def string(self, value: Any, path: str, what: str = "a string") -> str | None:
-        if isinstance(value, str) and value.strip():
-            return value.strip()
-        self.add(path, f"expected {what}, got {_describe(value)}")
-        return None
-
-    def integer(
-        self, value: Any, path: str, *, minimum: int | None = None, what: str | None = None
-    ) -> int | None:
-        if what is None:
-            what = {None: "an integer", 0: "a non-negative integer", 1: "a positive integer"}.get(
-                minimum, f"an integer >= {minimum}"
-            )
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.add(path, f"expected {what}, got {_describe(value)}")
-            return None
-        if minimum is not None and value < minimum:
-            self.add(path, f"expected {what}, got {value}")
-            return None
-        return value
-
-    def number(
-        self,
-        value: Any,
-        path: str,
-        *,
-        low: float | None = None,
-        high: float | None = None,
-        low_open: bool = False,
-        high_open: bool = True,
-        what: str = "a number",
-    ) -> float | None:
-        x: float | None = None
-        if isinstance(value, bool):
-            x = None
-        elif isinstance(value, (int, float)):
-            x = float(value)
-        elif isinstance(value, str):  # PyYAML reads 1e-3 as a string
-            try:
-                x = float(value)
-            except ValueError:
-                x = None
-        if x is None or math.isnan(x):
-            self.add(path, f"expected {what}, got {_describe(value)}")
-            return None
-        if (
-            (low is not None and (x < low or (low_open and x == low)))
-            or (high is not None and (x > high or (high_open and x == high)))
-            or math.isinf(x)
-        ):
-            self.add(path, f"expected {what}, got {value!r}")
-            return None
-        return x
-
-    def boolean(self, value: Any, path: str) -> bool | None:
-        if isinstance(value, bool):
-            return value
-        self.add(path, f"expected true or false, got {_describe(value)}")
-        return None
-
-    def choice(self, value: Any, path: str, choices: tuple[str, ...]) -> str | None:
-        if not isinstance(value, str):
-            self.add(path, f"expected one of {', '.join(choices)}, got {_describe(value)}")
-            return None
-        v = value.strip().lower()
-        if v not in choices:
-            hint = did_you_mean(v, choices)
-            self.add(path, f"unknown value {value!r}; expected one of {', '.join(choices)}{hint}")
-            return None
-        return v
 
 
 # ----------------------------------------------------------------------------------------------
@@ -307,7 +187,7 @@ def split_ref(ref: str) -> tuple[str, str] | None:
     return module_part, attr
 
 
-def _factory(c: _Checker, value: Any, path: str, base_dir: Path) -> str | None:
+def _factory(c: Checker, value: Any, path: str, base_dir: Path) -> str | None:
     """Validate a factory reference; make a relative ``file.py`` part absolute."""
     ref = c.string(value, path, 'a factory reference "file.py:fn" or "pkg.module:fn"')
     if ref is None:
@@ -334,7 +214,7 @@ def _resolve_path(value: str, base_dir: Path) -> Path:
     return (p if p.is_absolute() else base_dir / p).resolve()
 
 
-def _strings(c: _Checker, value: Any, path: str) -> tuple[str, ...] | None:
+def _strings(c: Checker, value: Any, path: str) -> tuple[str, ...] | None:
     """A string or a list of strings -> tuple."""
     if value is None:
         return ()
@@ -356,7 +236,7 @@ def _strings(c: _Checker, value: Any, path: str) -> tuple[str, ...] | None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _parse_model(c: _Checker, value: Any, base_dir: Path) -> ModelSpec | None:
+def _parse_model(c: Checker, value: Any, base_dir: Path) -> ModelSpec | None:
     path = "model"
     if isinstance(value, str):
         value = {"factory": value} if ":" in value else {"name": value}
@@ -376,7 +256,7 @@ def _parse_model(c: _Checker, value: Any, base_dir: Path) -> ModelSpec | None:
     return None if factory is None else ModelSpec(name=None, factory=factory, kwargs=kwargs)
 
 
-def _parse_checkpoint(c: _Checker, value: Any, base_dir: Path) -> CheckpointSpec | None:
+def _parse_checkpoint(c: Checker, value: Any, base_dir: Path) -> CheckpointSpec | None:
     path = "checkpoint"
     if value is None:
         return CheckpointSpec()
@@ -397,7 +277,7 @@ def _parse_checkpoint(c: _Checker, value: Any, base_dir: Path) -> CheckpointSpec
     return CheckpointSpec(paths=paths, key=key, strip_prefix=strip)
 
 
-def _parse_transforms(c: _Checker, value: Any, path: str) -> tuple[dict, ...]:
+def _parse_transforms(c: Checker, value: Any, path: str) -> tuple[dict, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
@@ -422,7 +302,7 @@ def _parse_transforms(c: _Checker, value: Any, path: str) -> tuple[dict, ...]:
     return tuple(out)
 
 
-def _parse_data(c: _Checker, value: Any, path: str, base_dir: Path) -> DataSpec | None:
+def _parse_data(c: Checker, value: Any, path: str, base_dir: Path) -> DataSpec | None:
     if isinstance(value, str):
         value = {"factory": value} if ":" in value else {"dataset": value}
     d = c.mapping(value, path)
@@ -465,7 +345,7 @@ def _parse_data(c: _Checker, value: Any, path: str, base_dir: Path) -> DataSpec 
     )
 
 
-def _parse_loss(c: _Checker, value: Any, base_dir: Path) -> LossSpec | None:
+def _parse_loss(c: Checker, value: Any, base_dir: Path) -> LossSpec | None:
     path = "loss"
     shorthand = isinstance(value, str)
     if shorthand:
@@ -499,7 +379,7 @@ def _parse_loss(c: _Checker, value: Any, base_dir: Path) -> LossSpec | None:
     return None if factory is None else LossSpec(name=None, factory=factory, kwargs=kwargs)
 
 
-def _parse_optimizer(c: _Checker, value: Any) -> OptimizerInfo | None:
+def _parse_optimizer(c: Checker, value: Any) -> OptimizerInfo | None:
     path = "optimizer"
     if value is None:
         return None
@@ -542,7 +422,7 @@ def _parse_optimizer(c: _Checker, value: Any) -> OptimizerInfo | None:
     return optim.from_flat(name, values, source="spec")
 
 
-def _parse_schedule(c: _Checker, value: Any) -> ScheduleSpec | None:
+def _parse_schedule(c: Checker, value: Any) -> ScheduleSpec | None:
     path = "schedule"
     if value is None:
         return ScheduleSpec()
@@ -591,7 +471,7 @@ def _parse_schedule(c: _Checker, value: Any) -> ScheduleSpec | None:
     )
 
 
-def _parse_measure(c: _Checker, value: Any) -> MeasureSpec | None:
+def _parse_measure(c: Checker, value: Any) -> MeasureSpec | None:
     path = "measure"
     if value is None:
         return MeasureSpec()
@@ -668,7 +548,7 @@ def parse_spec(
             source,
             [SpecProblem("", f"expected a mapping at the top level, got {type(raw).__name__}")],
         )
-    c = _Checker()
+    c = Checker()
     c.unknown_keys(raw, TOP_KEYS, "")
     for key in REQUIRED_TOP_KEYS:
         if raw.get(key) is None:

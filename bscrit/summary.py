@@ -30,7 +30,7 @@ from .results import (
     ParamSetStats,
 )
 
-#: Default tolerance of the scale-invariance test Σ|⟨W, g⟩| ≤ τ Σ‖W‖‖g‖ (THEORY §3, fp32).
+#: Default tolerance of the scale-invariance test Σ|⟨W, g⟩| ≤ τ Σ‖W‖‖g‖ (docs/theory.md §3, fp32).
 TAU_FP32 = 1e-4
 #: With bf16 autocast the gradients carry ~3 significant digits; the test needs a looser τ.
 TAU_BF16 = 2e-2

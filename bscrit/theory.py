@@ -1,6 +1,6 @@
 """The bounds of [LMA21] §5 and the readings built on them (pure: no torch, no numpy).
 
-THEORY.md §4 and §7. With NSR = N^B/G measured at batch size B and a closeness constant C > 1
+docs/theory.md §4 and §7. With NSR = N^B/G measured at batch size B and a closeness constant C > 1
 (the paper uses C² = 2):
 
 - Thm 5.2 (ii) [LMA21]: if NSR < 1/(C² − 1), the SGD equilibrium is not C-close to its SDE: the SDE
@@ -9,7 +9,7 @@ THEORY.md §4 and §7. With NSR = N^B/G measured at batch size B and a closeness
   so B* = C²(B + B·N^B/G) (exact) ≈ C²·B·NSR^B (the paper's figures, NSR ≫ 1).
 - Thm 5.5 [LMA21], eq. (14): a run at B_L = κB certifies LSR failure from every base batch
   B < B_L(1 − (C² − 1) NSR^{B_L})/C², when (C² − 1) NSR^{B_L} < 1 (else it certifies nothing).
-- B_simple = T₁/G [McC18], T₁ the per-example trace (THEORY §1, [SDBD21] eq. 22).
+- B_simple = T₁/G [McC18], T₁ the per-example trace (docs/theory.md §1, [SDBD21] eq. 22).
 - Implicit regularisation [SDBD21] eq. 22: the modified loss adds (η/4)G + (η/4)N^B; NSR is the
   ratio of the two terms.
 
@@ -28,11 +28,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from .errors import ArtifactError, BscritError
-from .optim import OptimizerInfo
-from .results import Measurement, ParamSetStats
+from .errors import ArtifactError, UsageError
 from .estimators import NoiseStats, finite_population_factor, per_example_trace
+from .optim import OptimizerInfo
+from .results import Measurement, ParamSetStats, finite_or_none
 
 #: C² of [LMA21]; C² = 2 matched the paper's "test error within 20% of the best" criterion.
 DEFAULT_C2 = 2.0
@@ -40,7 +41,7 @@ DEFAULT_C2 = 2.0
 #: Use the scale-invariant subset when it holds at least this fraction of the parameters.
 SCALE_INVARIANT_MIN_FRACTION = 0.5
 
-#: Warn when the equilibrium residual |ρ| of [LMA21] eq. (11) exceeds this (THEORY §3):
+#: Warn when the equilibrium residual |ρ| of [LMA21] eq. (11) exceeds this (docs/theory.md §3):
 #: (2 − ηλ)λR off by more than 50% from η(G + N) means the checkpoint is far from equilibrium.
 EQUILIBRIUM_RESIDUAL_MAX = 0.5
 
@@ -48,7 +49,9 @@ EQUILIBRIUM_RESIDUAL_MAX = 0.5
 def check_c2(c2: float) -> float:
     """C² must be > 1 (C > 1 in [LMA21] Def. 5.1)."""
     if not (isinstance(c2, int | float) and math.isfinite(c2) and c2 > 1.0):
-        raise BscritError(f"--c2 must be a number > 1 (C > 1 in [LMA21] Def. 5.1), got {c2}")
+        raise UsageError(
+            f"{{c2}} must be a number > 1 (C > 1 in [LMA21] Def. 5.1), got {c2}", c2="c2"
+        )
     return float(c2)
 
 
@@ -114,7 +117,7 @@ def thm55_base_batch_below(
 
 
 def simple_noise_scale(n_b: float, g: float, dataset_size: int, batch_size: int) -> float | None:
-    """B_simple = T₁/G [McC18], with T₁ = N^B·B(n − 1)/(n − B) (THEORY §1, [SDBD21] eq. 22).
+    """B_simple = T₁/G [McC18], with T₁ = N^B·B(n − 1)/(n − B) (docs/theory.md §1, [SDBD21] eq. 22).
 
     ``inf`` when Ĝ ≤ 0 (no signal detected); None when B ≥ n (N^B carries no T₁).
     """
@@ -125,7 +128,9 @@ def simple_noise_scale(n_b: float, g: float, dataset_size: int, batch_size: int)
 
 
 def nsr_at_batch(nsr: float, batch_size: int, target: int, dataset_size: int) -> float | None:
-    """NSR^{B'} from NSR^B: N^B = T₁(n − B)/(B(n − 1)) with T₁ and G independent of B (THEORY §1).
+    """NSR^{B'} from NSR^B: N^B = T₁(n − B)/(B(n − 1)), T₁ and G independent of B.
+
+    docs/theory.md §1.
 
     NSR^{B'} = NSR^B · [(n − B')/B'] / [(n − B)/B] (0 when B' ≥ n). None when B ≥ n.
     """
@@ -140,7 +145,7 @@ def implicit_regularisation(lr: float, g: float, n_b: float) -> tuple[float, flo
     """The two implicit regularisers of SGD, [SDBD21] eq. 22: ((η/4)·G, (η/4)·N^B).
 
     The modified loss is C(ω) + (η/4)G + (η/4)N^B; the second term is the one the linear rule
-    keeps fixed (η/B constant), and NSR is exactly the ratio of the two (THEORY §7).
+    keeps fixed (η/B constant), and NSR is exactly the ratio of the two (docs/theory.md §7).
     """
     return lr / 4.0 * g, lr / 4.0 * n_b
 
@@ -183,7 +188,7 @@ class ParamSetChoice:
 def choose_param_set(m: Measurement) -> ParamSetChoice:
     """The scale-invariant subset when it covers ≥ 50% of the parameters, else all parameters.
 
-    The theorems of [LMA21] §5 assume a scale-invariant loss (THEORY §3).
+    The theorems of [LMA21] §5 assume a scale-invariant loss (docs/theory.md §3).
     """
     f = m.scale_invariant_fraction
     pct = f"{100 * f:.1f}%"
@@ -277,7 +282,7 @@ def _noise_stats(s: ParamSetStats, source: str, which: str) -> NoiseStats:
 def measurement_bounds(
     m: Measurement, source: str = "<measurement>", c2: float = DEFAULT_C2
 ) -> MeasurementBounds:
-    """Bounds of THEORY §4 and readings of §7 for one measurement, with 95% intervals."""
+    """Bounds of docs/theory.md §4 and readings of §7 for one measurement, with 95% intervals."""
     c2 = check_c2(c2)
     choice = choose_param_set(m)
     ns = _noise_stats(choice.stats, source, choice.name.replace("_", "-"))
@@ -380,6 +385,17 @@ class Recommendation:
     max_mult8: int | None  # largest multiple of 8 in [min, max]
     empty: bool  # max < min: the base batch is already past the critical batch
     note: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``recommended`` object of ``predict --json`` and ``check --json``."""
+        return {
+            "min": self.min,
+            "max": finite_or_none(self.max),
+            "max_pow2": self.max_pow2,
+            "max_mult8": self.max_mult8,
+            "empty": self.empty,
+            "note": self.note,
+        }
 
     @property
     def target(self) -> int | None:

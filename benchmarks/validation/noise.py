@@ -1,6 +1,6 @@
 """Brute-force reference for G and N on small in-memory data sets (independent of bscrit).
 
-Two references (THEORY.md §1–2):
+Two references (docs/theory.md §1–2):
 
 1. :func:`batch_noise` — **train mode** (BatchNorm uses the statistics of each batch, as during
    training). With BatchNorm the batch loss ``L_γ`` is *not* a mean of per-example losses (the
@@ -9,7 +9,7 @@ Two references (THEORY.md §1–2):
    ``torch.func.vmap(grad(...))`` over a stack of batches (each batch: B distinct examples drawn
    uniformly, batches independent), and applies the unbiased estimators in float64::
 
-       N̂ = (Q − ‖S‖²/k) / (k − 1),    Ĝ = ‖S/k‖² − N̂/k          (THEORY.md §2)
+       N̂ = (Q − ‖S‖²/k) / (k − 1),    Ĝ = ‖S/k‖² − N̂/k          (docs/theory.md §2)
 
    with a delete-one-group jackknife (m groups) for standard errors. On these data sets k can be
    made large (thousands of batches in seconds), so this is a precise, simple reference.

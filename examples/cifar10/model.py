@@ -5,7 +5,8 @@ BatchNorm without affine parameters; the stem and the downsampling shortcuts are
 classifier is a fixed (non-trainable) linear layer, as in Li & Arora (2020), App. C, which
 [LMA21] F uses. Every trainable tensor is therefore a convolution whose output feeds a BatchNorm
 directly, so ``L(cW) = L(W)`` for each tensor on its own (not only jointly), which is what
-bscrit's per-tensor detector tests (THEORY §3, [LMA21] Lemma E.7). With ``width=16, blocks=5``
+bscrit's per-tensor detector tests (docs/theory.md §3, [LMA21] Lemma E.7). With
+``width=16, blocks=5``
 this is PreResNet-32-sized (0.46M parameters).
 """
 

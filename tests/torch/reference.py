@@ -1,7 +1,7 @@
 """A tiny float64 regression problem and its exact gradient statistics, shared by the tests.
 
 With n = 48–64 examples the per-example gradients over the whole dataset give the truth:
-G = ‖∇L‖², T₁ = (1/n) Σ ‖∇ℓᵢ − ∇L‖² and N^B = T₁ (n − B)/(B (n − 1)) (THEORY §1).
+G = ‖∇L‖², T₁ = (1/n) Σ ‖∇ℓᵢ − ∇L‖² and N^B = T₁ (n − B)/(B (n − 1)) (docs/theory.md §1).
 """
 
 from __future__ import annotations

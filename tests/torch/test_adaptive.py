@@ -17,7 +17,7 @@ from bscrit.adaptive import adaptive_hooks, adaptive_plan, group_seed
 from bscrit.cli import app
 from bscrit.data import sample_batches
 from bscrit.engine import LoopHooks, measure_model
-from bscrit.errors import BscritError
+from bscrit.errors import BscritError, UsageError
 from bscrit.estimators import noise_stats
 from bscrit.per_example import measure_per_example
 from bscrit.summary import set_sums
@@ -38,10 +38,13 @@ def test_plan_defaults_and_validation() -> None:
     assert (st.start, st.group_size, st.max_batches) == (100, 10, 5 * 200)
     st = adaptive_plan(0.1, 90, 45, 4, 1000, 8)
     assert st is not None and (st.start, st.group_size, st.max_batches) == (45, 12, 90)
-    with pytest.raises(BscritError, match="needs --target-rel-error"):
+    # library messages name values; the CLI renders the options as flags (UsageError.for_cli)
+    with pytest.raises(UsageError, match="needs target_rel_error") as e:
         adaptive_plan(None, 100, None, 10, 1000, 8)
-    with pytest.raises(BscritError, match="more than --max-batches"):
+    assert "needs --target-rel-error" in e.value.for_cli()
+    with pytest.raises(UsageError, match="more than max_batches") as e:
         adaptive_plan(0.1, 50, 80, 10, 1000, 8)
+    assert "more than --max-batches" in e.value.for_cli()
     with pytest.raises(BscritError, match="positive"):
         adaptive_plan(0.0, None, None, 10, 1000, 8)
     assert group_seed(0, 1) != group_seed(0, 2) != group_seed(1, 1)

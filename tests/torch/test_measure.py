@@ -70,7 +70,7 @@ def test_unbiased_and_jackknife_coverage_over_many_seeds() -> None:
 
 
 def test_naive_mean_norm_is_biased_but_estimator_is_not() -> None:
-    """‖ḡ‖² overestimates G by N^B/k: the correction is what makes Ĝ unbiased (THEORY §2)."""
+    """‖ḡ‖² overestimates G by N^B/k: the correction makes Ĝ unbiased (docs/theory.md §2)."""
     model, ds = _tiny_problem()
     b, k = 6, 8
     g_true, _, n_true = truth(model, ds, b)

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from bscrit.engine import measure_model
-from bscrit.errors import BscritError, MeasurementError
+from bscrit.errors import BscritError, MeasurementError, UsageError
 from bscrit.estimators import per_example_stats
 from bscrit.per_example import layer_sq_norms, measure_per_example
 from bscrit.summary import set_sums
@@ -209,5 +209,6 @@ def test_refuses_unsupported_and_shared_layers_and_bad_options() -> None:
         _run(nn.Sequential(nn.Linear(5, 3), a, b))
     with pytest.raises(BscritError, match="B >= 2"):
         _run(nn.Linear(5, 3), batch_size=1)
-    with pytest.raises(BscritError, match="--compile"):
+    with pytest.raises(UsageError, match="compile cannot be combined") as e:
         _run(nn.Linear(5, 3), compile=True)
+    assert e.value.for_cli().startswith("--compile")

@@ -2,7 +2,7 @@
 """SVAG [LMA21 §4; MLPA22 §6]: the algebra of ĝ, weak convergence on closed forms, schedules on
 effective steps, BatchNorm running statistics, optimizer warm start.
 
-The closed-form tests run through :func:`bscrit.svag.run_svag` — the same step code path as
+The closed-form tests run through :func:`bscrit.svag.run.run_svag` — the same step code path as
 ``bscrit svag`` (svag_hyperparameters → PyTorch optimizer → two gradients → ĝ → ``step()`` →
 scheduler on effective steps) — with a synthetic :class:`GaussianNoiseOracle` instead of a model.
 Monte-Carlo tolerances come from the estimators' standard errors; seeds are fixed.
@@ -16,23 +16,22 @@ import pytest
 import torch
 from torch import nn
 
-from bscrit.errors import BscritError
+from bscrit.data import BatchSource
+from bscrit.errors import UsageError
 from bscrit.optim import OptimizerInfo
 from bscrit.spec import ScheduleSpec
-from bscrit.svag import (
-    BatchSource,
-    GaussianNoiseOracle,
-    ModelEvaluator,
-    ModelOracle,
+from bscrit.svag import run as svag_run
+from bscrit.svag.oracles import GaussianNoiseOracle, ModelEvaluator, ModelOracle
+from bscrit.svag.run import run_svag
+from bscrit.svag.step import (
     combine,
-    gradient_moments,
     lr_factor,
     make_optimizer,
-    run_svag,
     svag_coefficients,
     svag_step,
     target_schedule,
 )
+from bscrit.svag.warm import gradient_moments, warm_start
 
 # ----------------------------------------------------------------------------------------------
 # Algebra: ĝ = r1 g1 + r2 g2 has the mean of g and l times its covariance
@@ -50,7 +49,7 @@ def test_coefficients_keep_mean_and_multiply_variance(l):
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True])
 def test_coefficients_reject_bad_l(bad):
-    with pytest.raises(BscritError):
+    with pytest.raises(UsageError, match="integer >= 1"):
         svag_coefficients(bad)
 
 
@@ -200,11 +199,9 @@ def test_adam_linear_check_fails_with_unscaled_betas(monkeypatch):
     moment then average over l times fewer effective steps)."""
     import dataclasses
 
-    import bscrit.svag as svag_mod
-
-    orig = svag_mod.svag_hyperparameters
+    orig = svag_run.svag_hyperparameters
     monkeypatch.setattr(
-        svag_mod,
+        svag_run,
         "svag_hyperparameters",
         lambda opt, l: dataclasses.replace(orig(opt, l), betas=opt.betas),
     )
@@ -217,9 +214,7 @@ def test_adam_linear_check_fails_with_unscaled_betas(monkeypatch):
 def test_adam_linear_check_fails_without_the_svag_hyperparameters(monkeypatch):
     """The check above can fail: with the noise amplified but Adam's hyperparameters left as
     they are, the l = 4 trajectory is a different process."""
-    import bscrit.svag as svag_mod
-
-    monkeypatch.setattr(svag_mod, "svag_hyperparameters", lambda opt, l: opt)
+    monkeypatch.setattr(svag_run, "svag_hyperparameters", lambda opt, l: opt)
     d = 20_000
     assert not _close(adam_linear_run(1, d=d, steps=30), adam_linear_run(4, d=d, steps=30), d, 0.03)
 
@@ -349,8 +344,6 @@ def test_warm_start_sets_adam_state_without_moving_parameters():
     o = make_optimizer([p], OptimizerInfo("adamw", lr=0.1, weight_decay=0.5))
     samples = [[torch.tensor([1.0, 2.0, 3.0])], [torch.tensor([3.0, 2.0, 1.0])]]
     mom = gradient_moments(samples)
-    from bscrit.svag import warm_start
-
     warm_start(o, [p], mom, 4)
     torch.testing.assert_close(p.detach(), torch.full((3,), 2.0))
     st = o.state[p]
@@ -416,3 +409,36 @@ def test_model_evaluator_leaves_buffers_and_weights_untouched():
     want = sum(float(p.detach().pow(2).sum()) for p in model.parameters())
     assert vals["norm_sq"] == pytest.approx(want)
     assert 0.0 <= vals["eval_acc"] <= 1.0 and vals["N"] > 0
+
+
+class _ItemDataset(torch.utils.data.Dataset):
+    """The same examples as a TensorDataset, served one item at a time (the DataLoader path)."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        return self.ds[i]
+
+
+def test_stream_and_evaluation_are_the_same_with_or_without_a_dataloader():
+    ds = _data()
+    cpu = torch.device("cpu")
+    mem, loader = BatchSource(ds, cpu), BatchSource(_ItemDataset(ds), cpu)
+    assert mem.in_memory and not loader.in_memory
+    a = mem.stream(16, torch.Generator().manual_seed(3))
+    b = loader.stream(16, torch.Generator().manual_seed(3))
+    for _ in range(3):
+        (xa, ya), (xb, yb) = next(a), next(b)
+        torch.testing.assert_close(xa, xb)
+        torch.testing.assert_close(ya, yb)
+    batches = [list(range(16)), list(range(16, 32))]
+    vals = [
+        ModelEvaluator(_bn_model(), nn.functional.cross_entropy, src, batches, held_out=src,
+                       held_out_indices=list(range(32, 64)), eval_batch_size=10)()
+        for src in (mem, loader)
+    ]  # fmt: skip
+    assert vals[0] == vals[1]

@@ -18,6 +18,7 @@ def test_pure_modules_do_not_import_torch():
     r = run(
         "import sys\n"
         "import bscrit.theory, bscrit.scaling, bscrit.estimators, bscrit.results, bscrit.predict\n"
+        "import bscrit.svag.results\n"
         "bad = sorted(m for m in ('torch', 'numpy', 'pandas') if m in sys.modules)\n"
         "assert not bad, bad\n"
     )

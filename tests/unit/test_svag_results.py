@@ -14,7 +14,7 @@ import pytest
 
 from bscrit.errors import ArtifactError
 from bscrit.optim import OptimizerInfo
-from bscrit.svag_results import (
+from bscrit.svag.results import (
     SvagResult,
     SvagRun,
     TailSummary,
@@ -189,7 +189,7 @@ def test_load_rejects_other_artifacts(tmp_path):
 
 
 def test_svag_results_does_not_import_torch():
-    code = "import sys, bscrit.svag_results; assert 'torch' not in sys.modules"
+    code = "import sys, bscrit.svag.results; assert 'torch' not in sys.modules"
     r = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

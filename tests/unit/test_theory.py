@@ -1,4 +1,5 @@
-"""Bounds of [LMA21] §5 and the readings of THEORY §7, against hand-computed values (no torch).
+"""Bounds of [LMA21] §5 and the readings of docs/theory.md §7, against hand-computed values
+(no torch).
 
 The fixtures in tests/assets/measurements are built so that the jackknife is done by hand (see
 make_fixtures.py): m = 10 groups, N_(j) = N, G_(j) = G ± δ alternately, so the 95% interval of
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bscrit.errors import ArtifactError, BscritError
+from bscrit.errors import ArtifactError, BscritError, UsageError
 from bscrit.predict import check, predict
 from bscrit.results import Measurement, load_measurement
 from bscrit.theory import (
@@ -66,8 +67,9 @@ def with_stats(m: Measurement, d_changes: dict) -> Measurement:
 def test_check_c2_rejects_c_not_above_one():
     assert check_c2(2) == 2.0
     for bad in (1.0, 0.5, -3.0, math.nan, math.inf):
-        with pytest.raises(BscritError, match="--c2"):
+        with pytest.raises(UsageError, match="c2 must be a number > 1") as e:
             check_c2(bad)
+        assert e.value.for_cli().startswith("--c2 must")
 
 
 def test_thm52_threshold_is_one_over_c2_minus_one():

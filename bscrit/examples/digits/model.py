@@ -1,6 +1,6 @@
 """A small scale-invariant MLP for scikit-learn's ``load_digits`` (8×8 images, 64 features).
 
-Why it is scale-invariant ([LMA21] §5, Lemma E.7; THEORY.md §3)
+Why it is scale-invariant ([LMA21] §5, Lemma E.7; docs/theory.md §3)
 -----------------------------------------------------------------
 With ``affine=False`` the network is::
 

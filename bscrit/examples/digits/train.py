@@ -6,7 +6,7 @@ Example::
     python -m bscrit.examples.digits.train --save-every 100 --save-from 600  # same code
 
 The log prints, every few epochs, the train loss/accuracy, the test accuracy, ``R = ‖x‖²`` of the
-scale-invariant weights and the equilibrium residual of [LMA21] eq. (11) (THEORY.md §3)::
+scale-invariant weights and the equilibrium residual of [LMA21] eq. (11) (docs/theory.md §3)::
 
     ρ = (2 − ηλ) λ R / (η · mean‖g‖²) − 1,
 

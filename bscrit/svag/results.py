@@ -4,15 +4,15 @@ SVAG here is the *Stochastic Variance Amplified Gradient* of Li, Malladi & Arora
 (and its adaptive version [MLPA22 §6]), not Balles & Hennig's "stochastic variance-adapted
 gradient" (the M-SVAG optimiser), which shares the acronym.
 
-:mod:`bscrit.svag` runs the optimizer once per SVAG parameter l and records test functions at equal
-*effective steps* (SVAG steps / l). This module holds what those runs produce
+:mod:`bscrit.svag.run` runs the optimizer once per SVAG parameter l and records test functions at
+equal *effective steps* (SVAG steps / l). This module holds what those runs produce
 (:class:`SvagRun`), reads them the way [LMA21] Fig. 4 is read (:func:`compare_runs`,
 :func:`decide`), and writes ``svag.json`` (``"schema": 1``, ``"kind": "bscrit.svag"``) and
 ``trajectories.csv`` atomically.
 
-The verdict (THEORY §6). Let l₀ be the smallest l (normally 1, i.e. plain SGD/Adam at the target
-batch size) and l_a < l_b the two largest. For each *verdict metric* (training loss on the fixed
-evaluation batches, held-out loss and held-out accuracy when an evaluation set is given, and
+The verdict (docs/theory.md §6). Let l₀ be the smallest l (normally 1, i.e. plain SGD/Adam at the
+target batch size) and l_a < l_b the two largest. For each *verdict metric* (training loss on the
+fixed evaluation batches, held-out loss and held-out accuracy when an evaluation set is given, and
 ‖x‖²), take the mean of its trajectory over the last ``tail`` fraction of effective steps (default
 20%) and its standard deviation there (the run's fluctuation). Two runs a, b *agree* on a metric
 when
@@ -47,9 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .errors import ArtifactError
-from .results import (
+from .. import __version__
+from ..errors import ArtifactError
+from ..results import (
     SCHEMA,
     OptimizerInfo,
     check_schema,
@@ -357,7 +357,7 @@ def compare_runs(
 
 
 def decide(comparisons: Sequence[Comparison], ls: Sequence[int], target_batch_size: int) -> Verdict:
-    """Read the comparisons as in THEORY §6 / [LMA21] Fig. 4 (see the module docstring)."""
+    """Read the comparisons as in docs/theory.md §6 / [LMA21] Fig. 4 (see the module docstring)."""
     ls = sorted(ls)
     if len(ls) < 3:
         raise ValueError("the verdict needs three values of l (e.g. 1, 2, 4)")
@@ -479,7 +479,7 @@ class SvagResult:
 
     @staticmethod
     def from_dict(d: dict[str, Any], source: str = "<dict>") -> SvagResult:
-        check_schema(d, KIND_SVAG, source)
+        d = check_schema(d, KIND_SVAG, source)
         try:
             th = d["thresholds"]
             return SvagResult(
