@@ -369,7 +369,7 @@ def predict(
     [McC18] and the implicit-regularisation terms [SDBD21 eq. 22]. Reads JSON only (no torch).
     """
     from . import report
-    from .predict import predict_files
+    from .prediction import predict_files
 
     p = predict_files(measurements, c2)
     if json_out:
@@ -407,8 +407,8 @@ def check(
     lower 95% bound). Between the two without --strict: exit 0 with a warning. One line says why.
     """
     from . import report
-    from .predict import check as check_target
-    from .predict import predict_files
+    from .prediction import check as check_target
+    from .prediction import predict_files
 
     r = check_target(predict_files(measurements, c2), batch_size, strict)
     if json_out:
@@ -523,19 +523,6 @@ def _svag_interactive() -> bool:
     return sys.stdin.isatty() and sys.stderr.isatty() and not os.environ.get("CI")
 
 
-def _svag_target_from_measurement(path: Path, c2: float) -> int:
-    """The integer top of the recommended range of ``bscrit predict`` on one measurement."""
-    from .predict import predict_files
-
-    p = predict_files([path], c2)
-    r = p.recommended
-    if r.empty:
-        raise BscritError(f"{path}: {r.note}; nothing to confirm (give --target-batch-size)")
-    if r.target is None:
-        raise BscritError(f"{path}: {r.note}; give --target-batch-size")
-    return r.target
-
-
 @app.command()
 @handle_errors
 def svag(
@@ -641,6 +628,7 @@ def svag(
     held-out loss/accuracy and |x|^2 decide; G and N are shown only. Details: docs/svag.md.
     """
     from . import report
+    from .prediction import confirmation_target, predict_files
     from .results import dumps
     from .spec import load_spec
     from .svag.plan import parse_ls, prepare_svag
@@ -651,10 +639,8 @@ def svag(
     if (target_batch_size is None) == (from_measurement is None):
         raise BscritError("give exactly one of --target-batch-size and --from-measurement")
     if from_measurement is not None:
-        target_batch_size = _svag_target_from_measurement(from_measurement, c2)
-        report.info(
-            f"B' = {target_batch_size}: the top of the recommended range of {from_measurement}"
-        )
+        target_batch_size, why = confirmation_target(predict_files([from_measurement], c2))
+        report.info(f"B' = {target_batch_size}: {why} of {from_measurement}")
     assert target_batch_size is not None
     s = load_spec(spec)
     plan = prepare_svag(

@@ -128,7 +128,7 @@ def _run_demo(
 ) -> DemoResult:
     from .examples.digits.train import train
     from .pipeline import MeasureOptions, run_measurement
-    from .predict import predict
+    from .prediction import confirmation_target, predict
     from .results import write_json, write_measurement
     from .spec import load_spec
 
@@ -215,20 +215,14 @@ def _run_demo(
 
     # 5. svag ------------------------------------------------------------------------------------
     target = p.recommended.target
-    n = m.dataset_size
     svag_dir = svag_plot = None
     verdict = None
     if svag and target is not None:
-        # SVAG draws two batches per step: above n/2 they overlap heavily and carry little noise,
-        # so the demo confirms at the largest power of two within min(top of range, n/2).
-        cap = min(target, n // 2)
-        top = target
-        target = 1 << (cap.bit_length() - 1)
+        target, why = confirmation_target(p, power_of_two=True)
         svag_dir = workdir / "svag"
         svag_plot = workdir / "svag.png"
         say(
-            f"[5/5] bscrit svag at B' = {target} (largest power of two within the recommended "
-            f"range's top {top} and n/2 = {n // 2}), l = {','.join(map(str, cfg.svag_ls))}, "
+            f"[5/5] bscrit svag at B' = {target} ({why}), l = {','.join(map(str, cfg.svag_ls))}, "
             f"{cfg.svag_steps} effective steps"
         )
         verdict = _run_svag(spec, ckpts[-1], target, cfg, device, svag_dir, svag_plot, show)

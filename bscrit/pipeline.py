@@ -52,7 +52,7 @@ def scale_request(
     from the base's starts from that optimizer's defaults. With ``measurement``, warnings say
     when B' is past its recommended range.
     """
-    from .predict import range_context
+    from .prediction import range_context
     from .results import load_measurement
 
     base: OptimizerInfo | None = None

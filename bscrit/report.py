@@ -37,7 +37,7 @@ from . import optim
 if TYPE_CHECKING:
     from rich.progress import Task
 
-    from .predict import CheckResult, Prediction
+    from .prediction import CheckResult, Prediction
     from .results import Measurement, ParameterRow, ParamSetStats
     from .scaling import ScaledHyperparameters
     from .svag.results import SvagResult

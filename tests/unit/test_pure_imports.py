@@ -17,8 +17,9 @@ def run(code: str) -> subprocess.CompletedProcess:
 def test_pure_modules_do_not_import_torch():
     r = run(
         "import sys\n"
-        "import bscrit.theory, bscrit.scaling, bscrit.estimators, bscrit.results, bscrit.predict\n"
-        "import bscrit.svag.results\n"
+        "import bscrit.theory, bscrit.scaling, bscrit.estimators, bscrit.results\n"
+        "import bscrit.prediction, bscrit.optim, bscrit.spec, bscrit.checker, bscrit.summary\n"
+        "import bscrit.svag.results, bscrit.pipeline, bscrit.errors\n"
         "bad = sorted(m for m in ('torch', 'numpy', 'pandas') if m in sys.modules)\n"
         "assert not bad, bad\n"
     )

@@ -21,7 +21,7 @@ from rich.text import Text
 
 from bscrit import report
 from bscrit.optim import OptimizerInfo
-from bscrit.predict import check, predict_files
+from bscrit.prediction import check, predict_files
 from bscrit.report import fmt, fmt_ci
 from bscrit.results import Measurement, load_measurement
 from bscrit.scaling import scale_hyperparameters

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bscrit.errors import ArtifactError, BscritError, UsageError
-from bscrit.predict import check, predict
+from bscrit.prediction import check, predict
 from bscrit.results import Measurement, load_measurement
 from bscrit.theory import (
     EQUILIBRIUM_RESIDUAL_MAX,

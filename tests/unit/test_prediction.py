@@ -1,4 +1,5 @@
-"""``predict`` and ``check`` (bscrit.predict) on the measurement fixtures, numbers derived by hand.
+"""``predict`` and ``check`` (bscrit.prediction) on the measurement fixtures, numbers derived
+by hand.
 
 Every expected value is recomputed here from the loaded Measurement: the parameter set chosen by
 :func:`bscrit.theory.choose_param_set`, its G and N, and its stored leave-one-group-out values
@@ -17,7 +18,7 @@ import pytest
 
 from bscrit.errors import BscritError, ExitCode
 from bscrit.estimators import t_quantile
-from bscrit.predict import CheckResult, Prediction, check, predict, predict_files
+from bscrit.prediction import CheckResult, Prediction, check, predict, predict_files
 from bscrit.results import Measurement, ParamSetStats, load_measurement
 from bscrit.theory import DEFAULT_C2, choose_param_set
 

@@ -268,3 +268,40 @@ def range_context(
         warnings.append(f"beyond the recommended range of {source}: {verdict.reason}")
     pb = pred.base
     return warnings, nsr_at_batch(pb.nsr, pb.batch_size, target, pb.dataset_size)
+
+
+def confirmation_target(prediction: Prediction, *, power_of_two: bool = False) -> tuple[int, str]:
+    """The batch size B' at which to confirm a prediction (``svag --from-measurement``, the demo).
+
+    The top of the recommended range (:attr:`~bscrit.theory.Recommendation.target`), capped at
+    n/2: a SVAG step draws two batches, which above n/2 overlap heavily and carry little noise.
+    ``power_of_two`` takes the largest power of two at or below that.
+
+    Returns:
+        ``(B', why)``: ``why`` says which limit gave B' in plain words.
+
+    Raises:
+        UsageError: the range is empty or has no finite top (nothing to confirm there).
+    """
+    r = prediction.recommended
+    if r.empty:
+        raise UsageError(
+            f"{r.note}; nothing to confirm (give {{target_batch_size}})",
+            target_batch_size="target_batch_size",
+        )
+    if r.target is None:
+        raise UsageError(
+            f"{r.note}; give {{target_batch_size}}", target_batch_size="target_batch_size"
+        )
+    n = prediction.base.dataset_size
+    target, why = r.target, "the top of the recommended range"
+    if target > n // 2:
+        target, why = (
+            n // 2,
+            f"n/2 = {n // 2} (the top of the recommended range, {r.target}, is above it)",
+        )
+    if power_of_two:
+        pow2 = 1 << (target.bit_length() - 1)
+        if pow2 != target:
+            target, why = pow2, f"the largest power of two within {why}"
+    return target, why
