@@ -17,7 +17,11 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .spec import Spec
 
 #: Base run: B = 32, η = 0.1, λ = 5e-4 reaches equilibrium of ‖x‖² by about epoch 500 (R flat).
 BASE = {"batch_size": 32, "lr": 0.1, "weight_decay": 5e-4}
@@ -98,7 +102,7 @@ def run_demo(
     device: str = "cpu",
     svag: bool = True,
     say: Callable[[str], None] = print,
-    show: Any = None,
+    show: ModuleType | None = None,
 ) -> DemoResult:
     """Run the demo pipeline; ``say`` prints step headers, ``show`` (a module with the report
     functions, normally :mod:`bscrit.report`) prints each step's tables.
@@ -124,7 +128,7 @@ def _run_demo(
     device: str,
     svag: bool,
     say: Callable[[str], None],
-    show: Any,
+    show: ModuleType | None,
 ) -> DemoResult:
     from .examples.digits.train import train
     from .pipeline import MeasureOptions, run_measurement
@@ -248,14 +252,14 @@ def _run_demo(
 
 
 def _run_svag(
-    spec: Any,
+    spec: Spec,
     checkpoint: Path,
     target: int,
     cfg: DemoConfig,
     device: str,
     out_dir: Path,
     plot: Path,
-    show: Any,
+    show: ModuleType | None,
 ) -> str:
     from .svag.plan import prepare_svag
     from .svag.results import write_svag

@@ -76,7 +76,7 @@ class RawMeasurement:
     warnings: tuple[str, ...] = ()
 
 
-def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
@@ -187,7 +187,7 @@ def measure_model(
 
     if not all(p.device == device for p in model.parameters()):
         model = copy.deepcopy(model).to(device)
-    named = _trainable(model)
+    named = trainable_parameters(model)
     if not named:
         raise MeasurementError("model: has no trainable parameters (all requires_grad=False)")
 
@@ -491,7 +491,7 @@ def _gram_sums(
     counts: list[int],
     per_tensor: bool = False,
     cache: _GramCache | None = None,
-) -> Any:
+) -> list[GroupSums] | GroupSums | None:
     """GroupSums per tensor (``per_tensor``) or of all tensors together, Gram in float64."""
     m = len(host_sums)
     if m == 0:

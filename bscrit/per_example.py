@@ -51,14 +51,18 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .engine import LoopHooks, RawMeasurement, measure_model, trainable_parameters
 from .errors import ExitCode, MeasurementError, UsageError
 from .estimators import GroupSums, PerExampleRaw, per_example_stats
+
+if TYPE_CHECKING:
+    from .adaptive import AdaptiveState
 
 #: Elements of the transient per-example buffer in the norm computations (64 MiB of float32).
 CHUNK_ELEMENTS = 1 << 24
@@ -380,9 +384,8 @@ class PerExampleNorms:
 
     # -- group boundaries ---------------------------------------------------------------------
 
-    def hooks(self, base: Any = None) -> Any:
+    def hooks(self, base: LoopHooks | None = None) -> LoopHooks:
         """LoopHooks for :func:`bscrit.engine.measure_model` (``base``: hooks to compose with)."""
-        from .engine import LoopHooks
 
         base = base or LoopHooks()
         inner = base.local_rows
@@ -426,10 +429,10 @@ def measure_per_example(
     batch_size: int,
     device: torch.device | str = "cpu",
     mode: str = "train",
-    hooks: Any = None,
-    adaptive: Any = None,
+    hooks: LoopHooks | None = None,
+    adaptive: AdaptiveState | None = None,
     **kwargs: Any,
-) -> tuple[Any, PerExampleRaw]:
+) -> tuple[RawMeasurement, PerExampleRaw]:
     """:func:`bscrit.engine.measure_model` with the per-example collector installed.
 
     Same arguments as ``measure_model`` (``compile`` is refused). Hooks are removed afterwards;
@@ -440,8 +443,6 @@ def measure_per_example(
     Returns:
         ``(RawMeasurement, PerExampleRaw)``.
     """
-    from .engine import _trainable, measure_model
-
     if kwargs.get("compile"):
         raise UsageError(
             "{compile} cannot be combined with the per-example estimator (its hooks need eager "
@@ -454,7 +455,7 @@ def measure_per_example(
     check_model(model, mode)
     if not all(p.device == device for p in model.parameters()):
         model = copy.deepcopy(model).to(device)
-    params = [p for _, p in _trainable(model)]
+    params = [p for _, p in trainable_parameters(model)]
     collector = PerExampleNorms(model, params, device).install()
     n = len(dataset)
 

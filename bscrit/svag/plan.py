@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +24,9 @@ from ..loading import build_dataset, build_loss, load_model, optimizer_for, reso
 from ..optim import OptimizerInfo
 from ..scaling import scale_optimizer
 from .step import target_schedule
+
+if TYPE_CHECKING:
+    from ..spec import Spec
 
 __all__ = ["SvagPlan", "parse_ls", "prepare_svag"]
 
@@ -203,7 +206,7 @@ def _fixed_batches(n: int, batch_size: int, k: int, seed: int) -> list[list[int]
 
 
 def _held_out(
-    spec: Any, device: torch.device, eval_examples: int | None, seed: int
+    spec: Spec, device: torch.device, eval_examples: int | None, seed: int
 ) -> tuple[BatchSource | None, list[int]]:
     """The spec's eval_data and the fixed random subset of ``eval_examples`` evaluated."""
     if spec.eval_data is None:
@@ -219,7 +222,7 @@ def _held_out(
 
 
 def prepare_svag(
-    spec: Any,
+    spec: Spec,
     *,
     target_batch_size: int,
     ls: Sequence[int] = (1, 2, 4),
