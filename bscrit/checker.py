@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import SpecProblem
+from .errors import SpecProblem, UsageError
 
 
 def describe(value: Any) -> str:
@@ -144,3 +144,16 @@ class Checker:
             self.add(path, f"unknown value {value!r}; expected one of {', '.join(choices)}{hint}")
             return None
         return v
+
+
+def check_batch_size(value: object, option: str = "batch_size") -> int:
+    """``value`` as a batch size (an integer ≥ 1), or a :class:`UsageError` naming ``option``.
+
+    The one check of a batch size given to the library (measure, check, scale, svag).
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(
+            f"{{{option}}}: expected a positive integer (a batch size), got {value!r}",
+            **{option: option},
+        )
+    return value

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .checker import check_batch_size
 from .data import BatchSource, default_num_batches, forward, group_counts, sample_batches
 from .errors import BscritError, DataError, MeasurementError, UsageError
 from .estimators import GroupSums
@@ -102,8 +103,7 @@ def _validate(
     n: int, batch_size: int, groups: int, mode: str, amp: str | None, device: torch.device
 ) -> None:
     """Every argument check of :func:`measure_model` that needs no work (before any batch)."""
-    if batch_size <= 0:
-        raise UsageError(f"batch_size: expected a positive integer, got {batch_size}")
+    check_batch_size(batch_size)
     if n < batch_size:
         raise DataError(
             f"data: the dataset has {n} examples, fewer than the batch size B={batch_size}"

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .checker import check_batch_size
 from .errors import BscritError, ExitCode, UsageError
 from .results import Measurement, load_measurement
 from .scaling import ScaledHyperparameters, scale_hyperparameters
@@ -201,10 +202,7 @@ def check(prediction: Prediction, target: int, strict: bool = False) -> CheckRes
     - lower bound < B' ≤ point estimate of B*: ok with a warning (exit 0), fail with ``strict``.
     - B' > point estimate of B* (the smallest across baselines): fail (exit 1) [LMA21 Thm 5.6].
     """
-    if isinstance(target, bool) or target <= 0:
-        raise UsageError(
-            f"{{batch_size}} must be a positive integer, got {target}", batch_size="batch_size"
-        )
+    check_batch_size(target, "batch_size")
     p = prediction
     base = p.base.batch_size
     lower = p.recommended.max

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from . import optim
+from .checker import check_batch_size
 from .errors import BscritError
 from .optim import OptimizerInfo
 
@@ -250,11 +251,8 @@ def scale_hyperparameters(
     Raises:
         BscritError: invalid sizes, an unknown optimizer, or a κ the square-root rule cannot take.
     """
-    if batch_size <= 0 or target_batch_size <= 0:
-        raise BscritError(
-            f"batch sizes must be positive, got --batch-size {batch_size} and "
-            f"--target-batch-size {target_batch_size}"
-        )
+    check_batch_size(batch_size, "batch_size")
+    check_batch_size(target_batch_size, "target_batch_size")
     if not (opt.lr > 0 and math.isfinite(opt.lr)):
         raise BscritError(f"the learning rate must be a positive number, got {opt.lr}")
     name = optim.get(opt.name).name

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import optim
+from ..checker import check_batch_size
 from ..data import BatchSource
 from ..errors import UsageError
 from ..loading import build_dataset, build_loss, load_model, optimizer_for, resolve_device
@@ -109,11 +110,7 @@ def parse_ls(text: str | Sequence[int]) -> tuple[int, ...]:
 
 
 def _check_lengths(target_batch_size: int, effective_steps: int, eval_batches: int) -> None:
-    if target_batch_size < 1:
-        raise UsageError(
-            f"{{target_batch_size}} must be >= 1, got {target_batch_size}",
-            target_batch_size="target_batch_size",
-        )
+    check_batch_size(target_batch_size, "target_batch_size")
     if effective_steps < 1:
         raise UsageError(
             f"{{effective_steps}} must be >= 1, got {effective_steps}",
