@@ -91,30 +91,6 @@ class Estimator(str, Enum):
     per_example = "per-example"
 
 
-def _stopping_line(m: Any) -> str | None:
-    """One line on how an adaptive run stopped, and T1 of a per-example run."""
-    from .report import fmt, fmt_ci
-
-    parts = []
-    st = m.extra.get("stopping")
-    if st:
-        err = st.get("achieved_rel_error")
-        parts.append(
-            f"stopping: {st['reason']} after {st['batches']} batches ({st['groups']} groups); "
-            f"NSR relative 95% half-width {fmt(err) if err is not None else '∞'} "
-            f"(target {st['target_rel_error']:g}, budget {st['max_batches']} batches)"
-        )
-    t1 = m.extra.get("T1")
-    if t1:
-        ci = t1["ci95"]
-        ci_t = (ci[0], ci[1] if ci[1] is not None else float("inf"))
-        parts.append(
-            f"per-example trace T1 = {fmt(t1['value'])} ± {fmt(t1['se'])} {fmt_ci(ci_t)}; "
-            "N at another batch size B' = T1 (n - B')/(B' (n - 1))"
-        )
-    return "\n".join(parts) or None
-
-
 def _parse_batches(value: str | None) -> int | None:
     if value is None or value == "auto":
         return None
@@ -261,7 +237,7 @@ def measure(
     per-tensor breakdown. The model, its buffers and the checkpoint are left untouched.
     """
     from . import report
-    from .pipeline import MeasureOptions, run_measurement
+    from .pipeline import MeasureOptions, measure_session
     from .results import dumps, write_measurement
     from .spec import load_spec
 
@@ -286,29 +262,20 @@ def measure(
         num_workers=num_workers,
         prefetch=prefetch,
     )
-    show_progress = not quiet and not json_out
     if nproc is not None:  # the spec and options are valid: re-run this command under torchrun
         from .distributed import launch, measure_args_from_argv
 
         raise typer.Exit(launch(nproc, measure_args_from_argv(sys.argv)))
-    from .distributed import Session
-    from .engine import tune_cpu_allocator
 
-    tune_cpu_allocator()  # keep freed host memory mapped: no page faults per batch on CPU
-    with Session(device or s.measure.device, dist_timeout, on_error=report.error) as dist:
-        main = dist is None or dist.is_main  # under torchrun rank 0 alone prints and writes
-        if not main:
-            report.out.quiet = report.err.quiet = True
-        m = run_measurement(
-            s,
-            checkpoint,
-            opts,
-            progress_factory=(
-                (lambda d, t: report.progress(d, t, "batch")) if not quiet and main else None
-            ),
-            dist=dist,
-        )
-    if not main:
+    def on_rank(is_main: bool) -> None:  # under torchrun rank 0 alone prints and writes
+        report.out.quiet = report.err.quiet = not is_main
+
+    progress = None if quiet else (lambda d, t: report.progress(d, t, "batch"))
+    m = measure_session(
+        s, checkpoint, opts, dist_timeout, progress_factory=progress, on_rank=on_rank,
+        on_error=report.error,
+    )  # fmt: skip
+    if m is None:  # a rank other than 0
         return
     if out is not None:
         json_path, csv_path = write_measurement(m, out)
@@ -319,14 +286,14 @@ def measure(
         if per_tensor != "none":
             limit = None if per_tensor == "all" else int(per_tensor)
             report.show(report.format_per_tensor(m.per_parameter, limit))
-    line = _stopping_line(m)
+    line = report.format_stopping(m)
     if line is not None:
         report.info(line)
     for w in m.warnings:
         report.warn(w)
     if out is not None:
         report.info(f"wrote {json_path} and {csv_path}")
-    elif show_progress:
+    elif not quiet and not json_out:
         report.info("(no --out given: nothing written; add --out m.json for predict/check/scale)")
 
 
@@ -637,7 +604,9 @@ def svag(
 
     ls = parse_ls(l_values)
     if (target_batch_size is None) == (from_measurement is None):
-        raise BscritError("give exactly one of --target-batch-size and --from-measurement")
+        raise UsageError(
+            "give exactly one of {t} and {m}", t="target_batch_size", m="from_measurement"
+        )
     if from_measurement is not None:
         target_batch_size, why = confirmation_target(predict_files([from_measurement], c2))
         report.info(f"B' = {target_batch_size}: {why} of {from_measurement}")

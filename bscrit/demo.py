@@ -21,6 +21,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .prediction import Prediction
+    from .results import Measurement
     from .spec import Spec
 
 #: Base run: B = 32, η = 0.1, λ = 5e-4 reaches equilibrium of ‖x‖² by about epoch 500 (R flat).
@@ -121,6 +123,19 @@ def run_demo(
         torch.set_num_threads(threads)
 
 
+@dataclass
+class _Demo:
+    """What the steps of one demo run share: where, how, and what was written so far."""
+
+    workdir: Path
+    cfg: DemoConfig
+    quick: bool
+    device: str
+    say: Callable[[str], None]
+    show: ModuleType | None
+    files: list[Path] = field(default_factory=list)
+
+
 def _run_demo(
     workdir: Path,
     *,
@@ -130,25 +145,42 @@ def _run_demo(
     say: Callable[[str], None],
     show: ModuleType | None,
 ) -> DemoResult:
-    from .examples.digits.train import train
-    from .pipeline import MeasureOptions, run_measurement
-    from .prediction import confirmation_target, predict
-    from .results import write_json, write_measurement
-    from .spec import load_spec
-
     cfg = DemoConfig.quick() if quick else DemoConfig.full()
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    files: list[Path] = []
+    d = _Demo(workdir, cfg, quick, device, say, show)
+    tr, ckpts = _train_step(d)
+    spec, m, m_path = _measure_step(d, ckpts)
+    p, p_path = _predict_step(d, m, m_path)
+    _scale_step(d, m, p)
+    target, verdict, svag_dir, svag_plot = _svag_step(d, spec, ckpts[-1], p, svag)
+    return DemoResult(
+        workdir=workdir,
+        spec=workdir / "spec.yaml",
+        checkpoints=ckpts,
+        measurement=m_path,
+        prediction=p_path,
+        svag_dir=svag_dir,
+        svag_plot=svag_plot,
+        train=tr,
+        b_star=p.base.b_star if p.measurements else math.nan,
+        recommended_max=p.recommended.max,
+        svag_target=target,
+        svag_verdict=verdict,
+        files=d.files,
+    )
 
-    # 1. train ---------------------------------------------------------------------------------
-    say(
+
+def _train_step(d: _Demo) -> tuple[dict[str, Any], list[Path]]:
+    from .examples.digits.train import train
+
+    cfg = d.cfg
+    d.say(
         f"[1/5] train the scale-invariant digits MLP: SGD, B={BASE['batch_size']}, "
         f"η={BASE['lr']}, λ={BASE['weight_decay']}, constant LR, {cfg.epochs} epochs"
-        + (" (--quick: short, NOT at equilibrium)" if quick else " (to equilibrium)")
+        + (" (--quick: short, NOT at equilibrium)" if d.quick else " (to equilibrium)")
     )
-    ckpt_dir = workdir / "checkpoints"
-    final = ckpt_dir / "final.pt"
+    final = d.workdir / "checkpoints" / "final.pt"
     tr = train(
         out=final,
         epochs=cfg.epochs,
@@ -162,93 +194,92 @@ def _run_demo(
     )
     # the phase checkpoints (the last one is the final state: final.pt is not measured twice)
     ckpts = [Path(p) for p in tr.get("checkpoints", []) if Path(p) != final] or [final]
-    files += ckpts
-    say(
+    d.files += ckpts
+    d.say(
         f"      train accuracy {tr['train_acc']:.3f}, test accuracy {tr['test_acc']:.3f}, "
         f"{len(ckpts)} checkpoints of the constant-LR phase, {tr['seconds']:.0f}s"
     )
+    return tr, ckpts
 
-    # 2. measure -------------------------------------------------------------------------------
-    spec_path = workdir / "spec.yaml"
+
+def _measure_step(d: _Demo, ckpts: list[Path]) -> tuple[Spec, Measurement, Path]:
+    from .pipeline import MeasureOptions, run_measurement
+    from .results import write_measurement
+    from .spec import load_spec
+
+    spec_path = d.workdir / "spec.yaml"
     spec_path.write_text(
         SPEC_TEMPLATE.format(
             checkpoints=", ".join(str(p) for p in ckpts),
-            batches=cfg.batches if cfg.batches is not None else "auto",
-            device=device,
+            batches=d.cfg.batches if d.cfg.batches is not None else "auto",
+            device=d.device,
             **BASE,
         )
     )
-    files.append(spec_path)
-    say(f"[2/5] bscrit measure {spec_path.name}: G and N at {len(ckpts)} checkpoints, pooled")
+    d.files.append(spec_path)
+    d.say(f"[2/5] bscrit measure {spec_path.name}: G and N at {len(ckpts)} checkpoints, pooled")
     spec = load_spec(spec_path)
-    progress = None
-    if show is not None:
-        progress = lambda d, t: show.progress(d, t, "batch")  # noqa: E731
+    show = d.show
+    progress = None if show is None else (lambda desc, t: show.progress(desc, t, "batch"))
     m = run_measurement(spec, ckpts, MeasureOptions(), progress_factory=progress)
-    m_path = workdir / "measurement.json"
-    files += list(write_measurement(m, m_path))
+    m_path = d.workdir / "measurement.json"
+    d.files += list(write_measurement(m, m_path))
     if show is not None:
         show.show(show.format_measurement(m))
         for w in m.warnings:
             show.warn(w)
+    return spec, m, m_path
 
-    # 3. predict -------------------------------------------------------------------------------
-    say("[3/5] bscrit predict measurement.json: B* and the recommended range")
+
+def _predict_step(d: _Demo, m: Measurement, m_path: Path) -> tuple[Prediction, Path]:
+    from .prediction import predict
+    from .results import write_json
+
+    d.say("[3/5] bscrit predict measurement.json: B* and the recommended range")
     p = predict([(m_path.name, m)])
-    p_path = workdir / "prediction.json"
+    p_path = d.workdir / "prediction.json"
     write_json(p_path, p.to_dict())
-    files.append(p_path)
-    if show is not None:
-        show.show(show.format_prediction(p))
+    d.files.append(p_path)
+    if d.show is not None:
+        d.show.show(d.show.format_prediction(p))
+    return p, p_path
 
-    # 4. scale -----------------------------------------------------------------------------------
+
+def _scale_step(d: _Demo, m: Measurement, p: Prediction) -> None:
+    from .scaling import scale_hyperparameters
+
     pow2 = p.recommended.max_pow2
-    if pow2 is not None and m.optimizer is not None:
-        from .scaling import scale_hyperparameters
-
-        steps = cfg.epochs * (m.dataset_size // BASE["batch_size"])
-        say(
-            f"[4/5] bscrit scale --from-spec spec.yaml --target-batch-size {pow2}: the largest "
-            "power of two in the recommended range, with the training length"
-        )
-        scaled = scale_hyperparameters(m.optimizer, m.batch_size, pow2, steps=steps)
-        if show is not None:
-            show.show(show.format_scaled(scaled))
-    else:
-        say("[4/5] scale skipped (no power of two in the recommended range, or no optimizer)")
-
-    # 5. svag ------------------------------------------------------------------------------------
-    target = p.recommended.target
-    svag_dir = svag_plot = None
-    verdict = None
-    if svag and target is not None:
-        target, why = confirmation_target(p, power_of_two=True)
-        svag_dir = workdir / "svag"
-        svag_plot = workdir / "svag.png"
-        say(
-            f"[5/5] bscrit svag at B' = {target} ({why}), l = {','.join(map(str, cfg.svag_ls))}, "
-            f"{cfg.svag_steps} effective steps"
-        )
-        verdict = _run_svag(spec, ckpts[-1], target, cfg, device, svag_dir, svag_plot, show)
-        files += [svag_dir, svag_plot]
-    else:
-        say("[5/5] svag skipped (" + ("--no-svag" if not svag else "no finite top of range") + ")")
-    b_star = p.base.b_star if p.measurements else math.nan
-    return DemoResult(
-        workdir=workdir,
-        spec=spec_path,
-        checkpoints=ckpts,
-        measurement=m_path,
-        prediction=p_path,
-        svag_dir=svag_dir,
-        svag_plot=svag_plot,
-        train=tr,
-        b_star=b_star,
-        recommended_max=p.recommended.max,
-        svag_target=target,
-        svag_verdict=verdict,
-        files=files,
+    if pow2 is None or m.optimizer is None:
+        d.say("[4/5] scale skipped (no power of two in the recommended range, or no optimizer)")
+        return
+    steps = d.cfg.epochs * (m.dataset_size // BASE["batch_size"])
+    d.say(
+        f"[4/5] bscrit scale --from-spec spec.yaml --target-batch-size {pow2}: the largest "
+        "power of two in the recommended range, with the training length"
     )
+    scaled = scale_hyperparameters(m.optimizer, m.batch_size, pow2, steps=steps)
+    if d.show is not None:
+        d.show.show(d.show.format_scaled(scaled))
+
+
+def _svag_step(
+    d: _Demo, spec: Spec, checkpoint: Path, p: Prediction, enabled: bool
+) -> tuple[int | None, str | None, Path | None, Path | None]:
+    from .prediction import confirmation_target
+
+    if not enabled or p.recommended.target is None:
+        why = "--no-svag" if not enabled else "no finite top of range"
+        d.say(f"[5/5] svag skipped ({why})")
+        return p.recommended.target, None, None, None
+    target, why = confirmation_target(p, power_of_two=True)
+    svag_dir, svag_plot = d.workdir / "svag", d.workdir / "svag.png"
+    d.say(
+        f"[5/5] bscrit svag at B' = {target} ({why}), l = {','.join(map(str, d.cfg.svag_ls))}, "
+        f"{d.cfg.svag_steps} effective steps"
+    )
+    verdict = _run_svag(spec, checkpoint, target, d.cfg, d.device, svag_dir, svag_plot, d.show)
+    d.files += [svag_dir, svag_plot]
+    return target, verdict, svag_dir, svag_plot
 
 
 def _run_svag(

@@ -397,6 +397,41 @@ def run_measurement(
     )
 
 
+def measure_session(
+    spec: Spec,
+    checkpoints: Sequence[PathLike] | None,
+    options: MeasureOptions,
+    dist_timeout: float | None = None,
+    *,
+    progress_factory: ProgressFactory | None = None,
+    on_rank: Callable[[bool], None] | None = None,
+    on_error: Callable[[str], None] | None = None,
+) -> Measurement | None:
+    """``bscrit measure``: :func:`run_measurement` in one process or as one torchrun rank.
+
+    Tunes the CPU allocator (no page faults per batch on CPU), joins the distributed session when
+    run by torchrun (docs/distributed.md), and returns the measurement on rank 0 (or the only
+    process), None on the other ranks. ``on_rank(is_main)`` is called once the rank is known.
+    """
+    from .distributed import Session
+    from .engine import tune_cpu_allocator
+
+    tune_cpu_allocator()
+    device = options.device or spec.measure.device
+    with Session(device, dist_timeout, on_error=on_error) as dist:
+        main = dist is None or dist.is_main
+        if on_rank is not None:
+            on_rank(main)
+        m = run_measurement(
+            spec,
+            checkpoints,
+            options,
+            progress_factory=progress_factory if main else None,
+            dist=dist,
+        )
+    return m if main else None
+
+
 @contextlib.contextmanager
 def _no_progress() -> Iterator[None]:
     yield None

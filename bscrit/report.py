@@ -583,3 +583,25 @@ def plot_svag(r: SvagResult, path: str | os.PathLike[str]) -> None:
         plt.close(fig)
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def format_stopping(m: Measurement) -> str | None:
+    """One line on how an adaptive run stopped, and T1 of a per-example run."""
+    parts = []
+    st = m.extra.get("stopping")
+    if st:
+        err = st.get("achieved_rel_error")
+        parts.append(
+            f"stopping: {st['reason']} after {st['batches']} batches ({st['groups']} groups); "
+            f"NSR relative 95% half-width {fmt(err) if err is not None else '∞'} "
+            f"(target {st['target_rel_error']:g}, budget {st['max_batches']} batches)"
+        )
+    t1 = m.extra.get("T1")
+    if t1:
+        ci = t1["ci95"]
+        ci_t = (ci[0], ci[1] if ci[1] is not None else float("inf"))
+        parts.append(
+            f"per-example trace T1 = {fmt(t1['value'])} ± {fmt(t1['se'])} {fmt_ci(ci_t)}; "
+            "N at another batch size B' = T1 (n - B')/(B' (n - 1))"
+        )
+    return "\n".join(parts) or None

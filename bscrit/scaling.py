@@ -30,7 +30,7 @@ from typing import Any
 
 from . import optim
 from .checker import check_batch_size
-from .errors import BscritError
+from .errors import UsageError
 from .optim import OptimizerInfo
 
 #: Below this NSR at the target batch the noise no longer dominates the gradient, which the Adam /
@@ -40,7 +40,7 @@ ADAPTIVE_SDE_MIN_NSR = 1.0
 
 def _check_kappa(kappa: float) -> None:
     if not (kappa > 0 and math.isfinite(kappa)):
-        raise BscritError(f"the batch-size ratio κ must be a positive number, got {kappa}")
+        raise UsageError(f"the batch-size ratio κ must be a positive number, got {kappa}")
 
 
 def linear_rule(opt: OptimizerInfo, kappa: float) -> OptimizerInfo:
@@ -55,11 +55,11 @@ def linear_rule(opt: OptimizerInfo, kappa: float) -> OptimizerInfo:
 def _scaled_beta(beta: float, kappa: float, label: str, optimizer: str) -> float:
     """β' = 1 − κ(1 − β) [MLPA22, Defs. 5.1–5.2]; refuses when β' ≤ 0 (κ(1 − β) ≥ 1)."""
     if not 0.0 <= beta < 1.0:
-        raise BscritError(f"{label} of {optimizer} must be in [0, 1), got {beta}")
+        raise UsageError(f"{label} of {optimizer} must be in [0, 1), got {beta}")
     new = 1.0 - kappa * (1.0 - beta)
     if new <= 1e-12:  # κ(1 − β) ≥ 1 up to rounding: 1 − 10·(1 − 0.9) is 2e-16 in floating point
         kmax = 1.0 / (1.0 - beta)
-        raise BscritError(
+        raise UsageError(
             f"the square-root scaling rule cannot scale {optimizer} by κ = {kappa:g}: "
             f"{label}' = 1 − κ(1 − {label}) = 1 − {kappa:g}·(1 − {beta:g}) = {new:.4g} ≤ 0 "
             f"[MLPA22 Defs. 5.1–5.2]; the rule needs κ < 1/(1 − {label}) = {kmax:.4g}"
@@ -75,12 +75,12 @@ def square_root_rule(opt: OptimizerInfo, kappa: float) -> OptimizerInfo:
     (Adam, RMSprop) and RMSprop's heavy-ball momentum are left unchanged.
 
     Raises:
-        BscritError: when κ(1 − β) ≥ 1 for some β, i.e. β' ≤ 0: the rule cannot be applied.
+        UsageError: when κ(1 − β) ≥ 1 for some β, i.e. β' ≤ 0: the rule cannot be applied.
     """
     _check_kappa(kappa)
     d = optim.get(opt.name)
     if not d.adaptive:
-        raise BscritError(
+        raise UsageError(
             f"the square-root scaling rule is for adaptive optimizers, not {d.torch_class}"
         )
     s = math.sqrt(kappa)
@@ -115,7 +115,7 @@ def svag_hyperparameters(opt: OptimizerInfo, l: int) -> OptimizerInfo:  # noqa: 
     l = 1 returns the optimizer unchanged (SVAG with l = 1 is the plain optimizer).
     """
     if isinstance(l, bool) or int(l) != l or l < 1:
-        raise BscritError(f"the SVAG parameter l must be an integer >= 1, got {l}")
+        raise UsageError(f"the SVAG parameter l must be an integer >= 1, got {l}")
     d = optim.get(opt.name)
     if l == 1:
         return opt
@@ -145,7 +145,7 @@ def scale_steps(steps: int | None, kappa: float) -> int | None:
     if steps is None:
         return None
     if steps < 0:
-        raise BscritError(f"a step count must be >= 0, got {steps}")
+        raise UsageError(f"a step count must be >= 0, got {steps}")
     if steps == 0:
         return 0
     return max(1, math.floor(steps / kappa + 0.5))
@@ -249,19 +249,19 @@ def scale_hyperparameters(
     enables the adaptive-SDE warning of docs/theory.md §5.
 
     Raises:
-        BscritError: invalid sizes, an unknown optimizer, or a κ the square-root rule cannot take.
+        UsageError: invalid sizes, an unknown optimizer, or a κ the square-root rule cannot take.
     """
     check_batch_size(batch_size, "batch_size")
     check_batch_size(target_batch_size, "target_batch_size")
     if not (opt.lr > 0 and math.isfinite(opt.lr)):
-        raise BscritError(f"the learning rate must be a positive number, got {opt.lr}")
+        raise UsageError(f"the learning rate must be a positive number, got {opt.lr}")
     name = optim.get(opt.name).name
     if not 0.0 <= opt.momentum < 1.0:
-        raise BscritError(f"momentum must be in [0, 1), got {opt.momentum}")
+        raise UsageError(f"momentum must be in [0, 1), got {opt.momentum}")
     if not opt.weight_decay >= 0.0:
-        raise BscritError(f"weight decay must be >= 0, got {opt.weight_decay}")
+        raise UsageError(f"weight decay must be >= 0, got {opt.weight_decay}")
     if opt.eps is not None and not opt.eps > 0.0:
-        raise BscritError(f"eps must be > 0, got {opt.eps}")
+        raise UsageError(f"eps must be > 0, got {opt.eps}")
     kappa = target_batch_size / batch_size
     new_opt = scale_optimizer(replace(opt, name=name), kappa)
     old = optim.flat(replace(opt, name=name))
