@@ -48,7 +48,7 @@ def handle_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except BscritError as e:
             if not getattr(e, "reported", False):  # a distributed rank 0 may have printed it
-                report.error(e.for_cli() if isinstance(e, UsageError) else e.message)
+                report.error(e.for_cli())
             raise typer.Exit(int(e.exit_code)) from None
         except KeyboardInterrupt:
             report.error("interrupted; no output file was written")

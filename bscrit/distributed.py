@@ -280,7 +280,9 @@ class DistContext:
         try:
             all_reduce_sum(tensors)
         except Exception as e:
-            raise CollectiveError(self._lost("summing the group sums", e)) from None
+            raise CollectiveError(
+                self._lost("summing the group sums", e), dist_timeout="dist_timeout"
+            ) from None
 
     # -- arguments of measure_model -------------------------------------------------------------
 
@@ -334,7 +336,9 @@ class DistContext:
         try:
             dist.all_reduce(status, group=self.control_group)
         except Exception as e:
-            raise CollectiveError(self._lost("exchanging the status", e)) from None
+            raise CollectiveError(
+                self._lost("exchanging the status", e), dist_timeout="dist_timeout"
+            ) from None
         failed = status[:, 0].nonzero().flatten().tolist()
         if not failed:
             return
@@ -375,7 +379,7 @@ class DistContext:
         return (
             f"rank {self.rank}: lost contact with the other ranks while {what} "
             f"({cause}): another rank crashed, was killed or is stuck (collective "
-            f"timeout {self.timeout_s:g} s; set it with --dist-timeout or {ENV_TIMEOUT})"
+            f"timeout {self.timeout_s:g} s; set it with {{dist_timeout}} or {ENV_TIMEOUT})"
         )
 
 

@@ -407,7 +407,8 @@ class _HotLoop:
             raise
         except torch.cuda.OutOfMemoryError:
             raise MeasurementError(
-                f"out of GPU memory at batch {b}; try --amp bf16 or a smaller model/input"
+                f"out of GPU memory at batch {b}; try {{amp}} bf16 or a smaller model/input",
+                amp="amp",
             ) from None
         except RuntimeError as e:
             msg = str(e).strip()

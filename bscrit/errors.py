@@ -22,18 +22,36 @@ class ExitCode(IntEnum):
 
 
 class BscritError(Exception):
-    """Base class: a message meant for the user, and the exit code to leave with."""
+    """Base class: a message meant for the user, and the exit code to leave with.
+
+    The message names values, not command-line flags: library users call functions. Where it
+    names an option it writes a ``{key}`` placeholder and passes ``key="option_name"``; ``str(e)``
+    renders it as ``option_name`` and :meth:`for_cli` (what the CLI prints) as ``--option-name``.
+    Other braces in the message are left alone.
+    """
 
     exit_code: ExitCode = ExitCode.USAGE
 
-    def __init__(self, message: str, *, exit_code: ExitCode | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, exit_code: ExitCode | None = None, **options: str) -> None:
+        self.template = message
+        self.options = options
+        super().__init__(self._render(options))
         if exit_code is not None:
             self.exit_code = exit_code
+
+    def _render(self, names: dict[str, str]) -> str:
+        text = self.template
+        for k, v in names.items():  # only the named placeholders
+            text = text.replace("{" + k + "}", v)
+        return text
 
     @property
     def message(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+    def for_cli(self) -> str:
+        """The message with every option written as its command-line flag."""
+        return self._render({k: "--" + v.replace("_", "-") for k, v in self.options.items()})
 
 
 @dataclass(frozen=True)
@@ -79,29 +97,9 @@ class ArtifactError(BscritError):
 
 
 class UsageError(BscritError):
-    """A value given to the library (an option, a hyperparameter, a batch size) is invalid.
-
-    The message names values, not command-line flags: library users call functions, not flags.
-    Where it names an option it writes ``{option}`` placeholders (``options`` maps each to the
-    option's key, e.g. ``{"beta1": "beta1"}``); :meth:`for_cli` renders them as ``--beta1``.
-    """
+    """A value given to the library (an option, a hyperparameter, a batch size) is invalid."""
 
     exit_code = ExitCode.USAGE
-
-    def __init__(self, template: str, **options: str) -> None:
-        self.template = template
-        self.options = options
-        super().__init__(self._render(options))
-
-    def _render(self, names: dict[str, str]) -> str:
-        text = self.template
-        for k, v in names.items():  # only the named placeholders: other braces stay as they are
-            text = text.replace("{" + k + "}", v)
-        return text
-
-    def for_cli(self) -> str:
-        """The message with every option written as its command-line flag."""
-        return self._render({k: "--" + v.replace("_", "-") for k, v in self.options.items()})
 
 
 class RunError(BscritError):

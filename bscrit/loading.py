@@ -294,7 +294,8 @@ def load_checkpoint(
             raise CheckpointError(
                 f"checkpoint {path} holds pickled Python objects{what}, which weights-only "
                 "loading refuses. Loading them executes code from the file: if you trust it, "
-                "re-run with --unsafe-load."
+                "re-run with {unsafe_load}.",
+                unsafe_load="unsafe_load",
             ) from None
         raise CheckpointError(
             f"cannot read checkpoint {path}: not a PyTorch checkpoint or corrupted ({_one_line(e)})"
@@ -360,7 +361,10 @@ def load_model(
     """
     if checkpoint is None:
         if not spec.checkpoint.paths:
-            raise CheckpointError("no checkpoint: give --checkpoint or checkpoint.path in the spec")
+            raise CheckpointError(
+                "no checkpoint: give {checkpoint} or checkpoint.path in the spec",
+                checkpoint="checkpoint",
+            )
         checkpoint = spec.checkpoint.paths[0]
     model = build_model(spec)
     # A pickled nn.Module (unsafe only) names its class's module: let it import from the

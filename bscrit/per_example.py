@@ -78,8 +78,11 @@ SUPPORTED = "Linear, Conv1d, Conv2d, LayerNorm, GroupNorm, BatchNorm (eval mode)
 
 
 def _refuse(message: str) -> MeasurementError:
-    """A model this estimator cannot handle: the option does not fit the model (exit 2)."""
-    return MeasurementError(message, exit_code=ExitCode.USAGE)
+    """A model this estimator cannot handle: the option does not fit the model (exit 2).
+
+    ``{estimator}`` and ``{mode}`` in ``message`` are option placeholders (see BscritError).
+    """
+    return MeasurementError(message, exit_code=ExitCode.USAGE, estimator="estimator", mode="mode")
 
 
 def check_model(model: nn.Module, mode: str) -> None:
@@ -101,16 +104,16 @@ def check_model(model: nn.Module, mode: str) -> None:
         if isinstance(mod, _BatchNorm):
             if mode == "train":
                 raise _refuse(
-                    f"--estimator per-example: '{name}' is a {type(mod).__name__} in train mode; "
+                    f"{{estimator}} per-example: '{name}' is a {type(mod).__name__} in train mode; "
                     "per-example gradients are not defined when examples interact through the "
-                    "batch statistics. Use --estimator batch (valid with train-mode BatchNorm), "
-                    "or --mode eval"
+                    "batch statistics. Use {estimator} batch (valid with train-mode BatchNorm), "
+                    "or {mode} eval"
                 )
             if mod.running_mean is None or mod.running_var is None:
                 raise _refuse(
-                    f"--estimator per-example: '{name}' is a {type(mod).__name__} without running "
-                    "statistics (track_running_stats=False): it uses batch statistics even in "
-                    "eval mode; use --estimator batch"
+                    f"{{estimator}} per-example: '{name}' is a {type(mod).__name__} without "
+                    "running statistics (track_running_stats=False): it uses batch statistics "
+                    "even in eval mode; use {estimator} batch"
                 )
         if not own:
             continue
@@ -119,17 +122,17 @@ def check_model(model: nn.Module, mode: str) -> None:
         for p in own:
             if id(p) in owners:
                 raise _refuse(
-                    f"--estimator per-example: a parameter is shared by '{owners[id(p)]}' and "
+                    f"{{estimator}} per-example: a parameter is shared by '{owners[id(p)]}' and "
                     f"'{name}' (weight tying); per-example norms cannot be split across modules. "
-                    "Use --estimator batch"
+                    "Use {estimator} batch"
                 )
             owners[id(p)] = name
     if bad:
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise _refuse(
-            "--estimator per-example: trainable parameters in modules without per-example "
+            "{estimator} per-example: trainable parameters in modules without per-example "
             f"support: {', '.join(bad[:5])}{more}. Supported: {SUPPORTED}. "
-            "Use --estimator batch (or freeze those parameters)"
+            "Use {estimator} batch (or freeze those parameters)"
         )
 
 
@@ -172,8 +175,9 @@ def _conv_unfold(mod: nn.Module, a: Tensor) -> Tensor:
     nd = 2 if two_d else 1
     if a.dim() != nd + 2:
         raise MeasurementError(
-            f"--estimator per-example: {type(mod).__name__} got an input of shape "
-            f"{tuple(a.shape)}; expected a batch of {nd}-D feature maps"
+            f"{{estimator}} per-example: {type(mod).__name__} got an input of shape "
+            f"{tuple(a.shape)}; expected a batch of {nd}-D feature maps",
+            estimator="estimator",
         )
     padding: Any = mod.padding
     if isinstance(mod.padding, str) or mod.padding_mode != "zeros":
@@ -212,8 +216,9 @@ def _conv2d_grouped_sq_norms(mod: nn.Conv2d, a: Tensor, g: Tensor) -> Tensor:
         padding = [0, 0]
     if a.dim() != 4:
         raise MeasurementError(
-            f"--estimator per-example: Conv2d got an input of shape {tuple(a.shape)}; expected "
-            "a batch of 2-D feature maps"
+            f"{{estimator}} per-example: Conv2d got an input of shape {tuple(a.shape)}; expected "
+            "a batch of 2-D feature maps",
+            estimator="estimator",
         )
     n, groups = a.shape[0], mod.groups
     wshape = mod.weight.shape
@@ -308,7 +313,9 @@ def layer_sq_norms(mod: nn.Module, a: Tensor, g: Tensor) -> tuple[Tensor | None,
         if has_b:
             b_sq = _sum_sq(g.sum(lead) if lead else g)
     else:  # pragma: no cover - check_model refuses these
-        raise MeasurementError(f"--estimator per-example: no per-example rule for {type(mod)}")
+        raise MeasurementError(
+            f"{{estimator}} per-example: no per-example rule for {type(mod)}", estimator="estimator"
+        )
     return w_sq, b_sq
 
 
@@ -365,9 +372,10 @@ class PerExampleNorms:
         key = id(mod)
         if self._calls.get(key, 0) > 0:
             raise MeasurementError(
-                f"--estimator per-example: a {type(mod).__name__} module is called more than "
+                f"{{estimator}} per-example: a {type(mod).__name__} module is called more than "
                 "once in one forward pass (shared weights or recurrence); its per-example norms "
-                "cannot be read. Use --estimator batch"
+                "cannot be read. Use {estimator} batch",
+                estimator="estimator",
             )
         self._calls[key] = 1
         a = inputs[0].detach()

@@ -563,7 +563,7 @@ def write_svag(result: SvagResult, out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``svag.json`` and ``trajectories.csv`` into ``out_dir`` (created), atomically."""
     d = Path(out_dir)
     if d.exists() and not d.is_dir():
-        raise ArtifactError(f"--out {d}: exists and is not a folder")
+        raise ArtifactError(f"{{out}} {d}: exists and is not a folder", out="out")
     j, c = d / "svag.json", d / "trajectories.csv"
     text, csv_text = dumps(result.to_dict()), trajectories_csv(result)
     write_atomic(j, text)

@@ -204,6 +204,7 @@ def test_cli_adaptive_and_per_example() -> None:
 def test_cli_refusals() -> None:
     code, _, err = _cli("--estimator", "per-example")
     assert code == 2 and "BatchNorm1d in train mode" in err  # a usage error
+    assert "Use --estimator batch" in err and "--mode eval" in err  # flags named by the CLI
     code, _, err = _cli("--max-batches", "100")
     assert code == 2 and "needs --target-rel-error" in err
     code, _, err = _cli("--target-rel-error", "0.1", "-c", "x.pt", "-c", "y.pt")

@@ -179,8 +179,11 @@ def _run(model: nn.Module, **kw) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_refuses_train_mode_batchnorm_with_a_clear_message() -> None:
-    with pytest.raises(MeasurementError, match=r"'1' is a BatchNorm1d in train mode.*--mode eval"):
+    with pytest.raises(
+        MeasurementError, match=r"'1' is a BatchNorm1d in train mode.*mode eval"
+    ) as e:
         _run(_bn_net())
+    assert e.value.for_cli().endswith("--mode eval")  # the CLI names the flag
     _run(_bn_net(), mode="eval")  # running statistics: examples are independent
 
 
