@@ -19,7 +19,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from . import __version__, optim
-from .errors import BscritError, ExitCode, UsageError
+from .errors import BscritError, ExitCode
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -595,39 +595,29 @@ def svag(
     held-out loss/accuracy and |x|^2 decide; G and N are shown only. Details: docs/svag.md.
     """
     from . import report
-    from .prediction import confirmation_target, predict_files
+    from .pipeline import plan_svag
     from .results import dumps
-    from .spec import load_spec
-    from .svag.plan import parse_ls, prepare_svag
     from .svag.results import write_svag
     from .svag.run import run_plan
 
-    ls = parse_ls(l_values)
-    if (target_batch_size is None) == (from_measurement is None):
-        raise UsageError(
-            "give exactly one of {t} and {m}", t="target_batch_size", m="from_measurement"
-        )
-    if from_measurement is not None:
-        target_batch_size, why = confirmation_target(predict_files([from_measurement], c2))
-        report.info(f"B' = {target_batch_size}: {why} of {from_measurement}")
-    assert target_batch_size is not None
-    s = load_spec(spec)
-    plan = prepare_svag(
-        s,
+    plan = plan_svag(
+        spec,
         target_batch_size=target_batch_size,
-        ls=ls,
+        from_measurement=from_measurement,
+        c2=c2,
+        ls=l_values,
         effective_steps=effective_steps,
         checkpoint=checkpoint,
         optimizer_name=optimizer,
-        overrides=dict(
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            beta1=beta1,
-            beta2=beta2,
-            eps=eps,
-            alpha=alpha,
-        ),
+        overrides={
+            "lr": lr,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "beta1": beta1,
+            "beta2": beta2,
+            "eps": eps,
+            "alpha": alpha,
+        },  # fmt: skip
         eval_every=eval_every,
         eval_batches=eval_batches,
         eval_examples=eval_examples,
@@ -636,6 +626,7 @@ def svag(
         device=device,
         warm_start=not fresh_optimizer_state,
         unsafe=unsafe_load,
+        on_target=report.info,
     )
     report.show(report.format_svag_cost(
         plan.ls, plan.effective_steps, plan.forward_backward(), plan.target_batch_size,

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .results import Equilibrium, Measurement, ParamSetStats
     from .spec import Spec
     from .summary import CheckpointSummary
+    from .svag.plan import SvagPlan
 
 PathLike = str | os.PathLike[str]
 #: ``(description, total) -> context manager yielding advance(n)`` (a progress bar).
@@ -430,6 +431,44 @@ def measure_session(
             dist=dist,
         )
     return m if main else None
+
+
+def plan_svag(
+    spec_path: PathLike,
+    *,
+    target_batch_size: int | None = None,
+    from_measurement: PathLike | None = None,
+    c2: float = 2.0,
+    ls: str | Sequence[int] = (1, 2, 4),
+    on_target: Callable[[str], None] | None = None,
+    **kwargs: Any,
+) -> SvagPlan:
+    """``bscrit svag``: the SVAG plan at B', given or read from a measurement.
+
+    With ``from_measurement`` B' is :func:`~bscrit.prediction.confirmation_target` of its
+    prediction (the same B' the demo confirms). ``kwargs`` go to
+    :func:`~bscrit.svag.plan.prepare_svag`. Everything is checked before any run.
+
+    ``on_target`` is told where B' came from (when read from a measurement), before the
+    checkpoint and data are loaded.
+    """
+    from .prediction import confirmation_target, predict_files
+    from .spec import load_spec
+    from .svag.plan import parse_ls, prepare_svag
+
+    parsed = parse_ls(ls)
+    if (target_batch_size is None) == (from_measurement is None):
+        raise UsageError(
+            "give exactly one of {t} and {m}", t="target_batch_size", m="from_measurement"
+        )
+    if from_measurement is not None:
+        target_batch_size, why = confirmation_target(predict_files([from_measurement], c2))
+        if on_target is not None:
+            on_target(f"B' = {target_batch_size}: {why} of {from_measurement}")
+    assert target_batch_size is not None
+    return prepare_svag(
+        load_spec(spec_path), target_batch_size=target_batch_size, ls=parsed, **kwargs
+    )
 
 
 @contextlib.contextmanager
