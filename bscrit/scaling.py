@@ -67,6 +67,68 @@ def _scaled_beta(beta: float, kappa: float, label: str, optimizer: str) -> float
     return new
 
 
+#: Below this value a scaled EMA constant β' averages over fewer than two steps: the scaled run's
+#: moment estimates are then barely smoothed, a regime far from the base run's (docs/theory.md §5).
+BETA_CAUTION = 0.5
+
+
+@dataclass(frozen=True)
+class RuleLimit:
+    """How far the optimizer's scaling rule reaches from batch size B (docs/theory.md §5).
+
+    Attributes:
+        kappa_max: supremum of the usable κ (exclusive); inf when the rule has no limit.
+        batch_max: the largest integer B' with B'/B < kappa_max (None when unlimited).
+        binding: the hyperparameter that sets the limit (``"beta1"``, ``"beta2"``, ``"alpha"``,
+            ``"weight_decay"``), or None.
+        caution_kappa: above this κ some scaled β' is below :data:`BETA_CAUTION` (None: never).
+        reason: one sentence, in words fit for the optimizer.
+    """
+
+    kappa_max: float
+    batch_max: int | None
+    binding: str | None
+    caution_kappa: float | None
+    reason: str
+
+
+def rule_limit(opt: OptimizerInfo, batch_size: int) -> RuleLimit:
+    """The largest κ (and B' = κB) the optimizer's scaling rule can reach from ``batch_size``.
+
+    - Adam / AdamW / RMSprop, square-root rule [MLPA22 Defs. 5.1–5.2]: every β' = 1 − κ(1 − β)
+      must stay > 0, so κ < 1/(1 − β) for each β; above κ = 0.5/(1 − β), β' < 0.5.
+    - SGD with coupled weight decay, linear rule: one step multiplies the weights by
+      1 − η'λ = 1 − κηλ ([LMA21] eq. 7), which must stay > 0: κ < 1/(ηλ).
+    - AdamW: its decoupled decay multiplies the weights by 1 − η'λ' = 1 − κηλ per step (η' = √κη,
+      λ' = √κλ), the same condition.
+    """
+    d = optim.get(opt.name)
+    check_batch_size(batch_size, "batch_size")
+    v = optim.flat(opt)
+    limits: list[tuple[float, str, str]] = []  # (κ_max, key, reason)
+    caution = None
+    for b in ("beta1", "beta2", "alpha"):
+        if b in v and 0 < v[b] < 1:
+            k = 1.0 / (1.0 - v[b])
+            limits.append((k, b, f"{b}' = 1 − κ(1 − {b}) must stay > 0 {d.reference}"))
+            c = BETA_CAUTION / (1.0 - v[b])
+            caution = c if caution is None else min(caution, c)
+    coupled_sgd = not d.adaptive and v.get("weight_decay", 0.0) > 0
+    if (coupled_sgd or d.decoupled_weight_decay) and v["weight_decay"] > 0 and v["lr"] > 0:
+        k = 1.0 / (v["lr"] * v["weight_decay"])
+        limits.append(
+            (k, "weight_decay", "the per-step weight decay factor 1 − κηλ must stay > 0 "
+             "([LMA21] eq. 7)")
+        )  # fmt: skip
+    if not limits:
+        return RuleLimit(math.inf, None, None, caution, f"the {d.rule_reference} has no limit")
+    k, key, why = min(limits)
+    b_max = math.floor(k * batch_size)  # the largest B' with B'/B < κ_max (up to rounding)
+    if b_max / batch_size >= k * (1.0 - 1e-12):
+        b_max -= 1
+    return RuleLimit(k, b_max, key, caution, f"{why}: κ < {k:.4g}, B' <= {b_max}")
+
+
 def square_root_rule(opt: OptimizerInfo, kappa: float) -> OptimizerInfo:
     """Adam / AdamW / RMSprop from B to κB [MLPA22, Def. 5.1 (RMSprop) and Def. 5.2 (Adam)].
 
@@ -263,7 +325,22 @@ def scale_hyperparameters(
     if opt.eps is not None and not opt.eps > 0.0:
         raise UsageError(f"eps must be > 0, got {opt.eps}")
     kappa = target_batch_size / batch_size
-    new_opt = scale_optimizer(replace(opt, name=name), kappa)
+    limit = rule_limit(replace(opt, name=name), batch_size)
+    try:
+        new_opt = scale_optimizer(replace(opt, name=name), kappa)
+    except UsageError as e:  # offer the largest B' the rule can reach
+        if limit.batch_max is None or target_batch_size <= limit.batch_max:
+            raise
+        raise UsageError(
+            f"{e.template}; from B = {batch_size} the largest B' it reaches is {limit.batch_max}",
+            **e.options,
+        ) from None
+    if limit.batch_max is not None and target_batch_size > limit.batch_max:
+        raise UsageError(
+            f"the {optim.get(name).rule_reference} cannot scale {name} from B = {batch_size} to "
+            f"{target_batch_size} (κ = {kappa:.4g}): {limit.reason}; the largest B' it "
+            f"reaches is {limit.batch_max}"
+        )
     old = optim.flat(replace(opt, name=name))
     new = optim.flat(new_opt)
     warnings: list[str] = []
@@ -272,6 +349,14 @@ def scale_hyperparameters(
     if name == "rmsprop" and opt.momentum:
         warnings.append(
             "RMSprop momentum is kept unchanged: [MLPA22 Def. 5.1] covers RMSprop without momentum"
+        )
+    if limit.caution_kappa is not None and kappa > limit.caution_kappa:
+        low = ", ".join(f"{k}' = {new[k]:.3g}" for k in ("beta1", "beta2", "alpha")
+                        if k in new and new[k] < BETA_CAUTION)  # fmt: skip
+        warnings.append(
+            f"{low}: below {BETA_CAUTION:g}, the scaled moment estimates average over fewer than "
+            "two steps; the square-root rule is stretched close to its limit here (κ = "
+            f"{kappa:.3g}, limit {limit.kappa_max:.3g})"
         )
     w = adaptive_sde_warning(nsr_target, name)
     if w:

@@ -164,3 +164,56 @@ def test_scale_hyperparameters_rejects_bad_input():
         scale_hyperparameters(OptimizerInfo("adam", lr=0.1, eps=0.0), 32, 64)
     with pytest.raises(BscritError, match="beta1"):
         scale_hyperparameters(OptimizerInfo("adam", lr=0.1, betas=(1.0, 0.999)), 32, 64)
+
+
+# ----------------------------------------------------------------------------------------------
+# How far the rule reaches (rule_limit)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_rule_limit_adam_is_set_by_beta1():
+    from bscrit.scaling import rule_limit
+
+    lim = rule_limit(OptimizerInfo("adam", lr=1e-3, betas=(0.9, 0.999)), 32)
+    assert lim.kappa_max == pytest.approx(10.0) and lim.binding == "beta1"
+    assert lim.batch_max == 319  # 320/32 = 10 is not < 10
+    assert lim.caution_kappa == pytest.approx(5.0)  # beta1' < 0.5 above kappa = 0.5/0.1
+    scale_hyperparameters(OptimizerInfo("adam", lr=1e-3), 32, 319)  # the largest B' works
+    with pytest.raises(BscritError, match="the largest B' it reaches is 319"):
+        scale_hyperparameters(OptimizerInfo("adam", lr=1e-3), 32, 320)
+
+
+def test_rule_limit_beta2_and_rmsprop_alpha():
+    from bscrit.scaling import rule_limit
+
+    lim = rule_limit(OptimizerInfo("adamw", lr=1e-3, betas=(0.99, 0.95), weight_decay=0.0), 10)
+    assert lim.binding == "beta2" and lim.kappa_max == pytest.approx(20.0)
+    lim = rule_limit(OptimizerInfo("rmsprop", lr=1e-2, alpha=0.9), 8)
+    assert lim.binding == "alpha" and lim.batch_max == 79
+
+
+def test_rule_limit_sgd_weight_decay_factor():
+    """SGD with coupled decay: 1 − κηλ > 0 ([LMA21] eq. 7); without decay, no limit."""
+    from bscrit.scaling import rule_limit
+
+    lim = rule_limit(OptimizerInfo("sgd", lr=0.5, weight_decay=0.1), 16)
+    assert lim.binding == "weight_decay" and lim.kappa_max == pytest.approx(20.0)
+    assert lim.batch_max == 319
+    with pytest.raises(BscritError, match="1 − κηλ"):
+        scale_hyperparameters(OptimizerInfo("sgd", lr=0.5, weight_decay=0.1), 16, 320)
+    free = rule_limit(OptimizerInfo("sgd", lr=0.5), 16)
+    assert free.batch_max is None and free.kappa_max == float("inf")
+
+
+def test_adamw_decoupled_decay_limit_can_bind_before_the_betas():
+    from bscrit.scaling import rule_limit
+
+    lim = rule_limit(OptimizerInfo("adamw", lr=0.01, betas=(0.999, 0.9999), weight_decay=5.0), 4)
+    assert lim.binding == "weight_decay" and lim.kappa_max == pytest.approx(20.0)
+
+
+def test_scale_warns_when_a_beta_falls_below_one_half():
+    r = scale_hyperparameters(OptimizerInfo("adam", lr=1e-3), 32, 256)  # kappa 8: beta1' = 0.2
+    assert any("beta1' = 0.2" in w and "below 0.5" in w for w in r.warnings)
+    r = scale_hyperparameters(OptimizerInfo("adam", lr=1e-3), 32, 128)  # kappa 4: beta1' = 0.6
+    assert not any("below 0.5" in w for w in r.warnings)
