@@ -10,6 +10,8 @@ and ``scale`` start instantly.
 from __future__ import annotations
 
 import functools
+import os
+import signal
 import sys
 from collections.abc import Callable
 from enum import Enum
@@ -19,7 +21,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from . import __version__, optim
-from .errors import BscritError, ExitCode
+from .errors import ArtifactError, BscritError, ExitCode, Terminated
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,7 +40,8 @@ app = typer.Typer(
 
 
 def handle_errors(fn: F) -> F:
-    """Turn library errors into one stderr line and an exit code; Ctrl-C into exit 130."""
+    """Turn library errors into one stderr line and an exit code; Ctrl-C into exit 130, SIGTERM
+    into 143, saying which complete files were written before (an exception's ``written``)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -50,11 +53,39 @@ def handle_errors(fn: F) -> F:
             if not getattr(e, "reported", False):  # a distributed rank 0 may have printed it
                 report.error(e.for_cli())
             raise typer.Exit(int(e.exit_code)) from None
-        except KeyboardInterrupt:
-            report.error("interrupted; no output file was written")
-            raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+        except KeyboardInterrupt as e:
+            term, done = isinstance(e, Terminated), ", ".join(map(str, getattr(e, "written", ())))
+            what = f"written before it: {done}" if done else "no output file was written"
+            report.error(f"interrupted{' (SIGTERM)' if term else ''}; {what}")
+            raise typer.Exit(int(ExitCode.TERMINATED if term else ExitCode.INTERRUPTED)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _write_outputs(
+    result: Callable[[], dict[str, Any]], jobs: list[tuple[Callable[[], object], list[Path]]]
+) -> str:
+    """Run the writes that follow the work and return the "wrote ..." line (naming the files it
+    overwrote). A write that fails prints the results on stdout as JSON, so nothing is lost, and
+    exits 3; an interrupt says which files were complete."""
+    old = [str(p) for _, paths in jobs for p in paths if p.exists()]
+    written: list[str] = []
+    try:
+        for write, paths in jobs:
+            write()
+            written += [str(p) for p in paths]
+    except BscritError as e:
+        _print_json(result())
+        done = f" (wrote {', '.join(written)})" if written else ""
+        raise ArtifactError(
+            f"{e.template}{done}; the results are printed on stdout as JSON",
+            exit_code=ExitCode.RUNTIME, **e.options,
+        ) from None  # fmt: skip
+    except KeyboardInterrupt as e:
+        e.written = written  # type: ignore[attr-defined]
+        raise
+    names = ", ".join(written[:-1]) + " and " + written[-1] if len(written) > 1 else written[0]
+    return f"wrote {names}" + (f" (overwrote the existing {', '.join(old)})" if old else "")
 
 
 def _version_callback(value: bool) -> None:
@@ -117,7 +148,7 @@ def measure(
         ),
     ] = None,
     out: Annotated[
-        Path | None,
+        str | None,  # not Path, which drops a trailing "/"
         typer.Option(
             "--out", "-o", help="Write the JSON artifact here (and NAME.params.csv beside it)."
         ),
@@ -238,13 +269,15 @@ def measure(
     """
     from . import report
     from .pipeline import MeasureOptions, measure_session
-    from .results import dumps, write_measurement
+    from .results import check_output_path, csv_path_for, dumps, write_measurement
     from .spec import load_spec
 
     if per_tensor not in ("all", "none") and not per_tensor.isdigit():
         raise typer.BadParameter(
             f"expected a number, 'all' or 'none', got {per_tensor!r}", param_hint="--per-tensor"
         )
+    # before any work: a 20,000-batch result is not lost at the end
+    outs = [] if out is None else [check_output_path(out), check_output_path(csv_path_for(out))]
     s = load_spec(spec)
     opts = MeasureOptions(
         batches=_parse_batches(batches),
@@ -277,8 +310,8 @@ def measure(
     )  # fmt: skip
     if m is None:  # a rank other than 0
         return
-    if out is not None:
-        json_path, csv_path = write_measurement(m, out)
+    if outs:
+        wrote = _write_outputs(m.to_dict, [(lambda: write_measurement(m, outs[0]), outs)])
     if json_out:
         report.out.print(dumps(m.to_dict()), markup=False, highlight=False, soft_wrap=True, end="")
     else:
@@ -291,8 +324,8 @@ def measure(
         report.info(line)
     for w in m.warnings:
         report.warn(w)
-    if out is not None:
-        report.info(f"wrote {json_path} and {csv_path}")
+    if outs:
+        report.info(wrote)
     elif not quiet and not json_out:
         report.info("(no --out given: nothing written; add --out m.json for predict/check/scale)")
 
@@ -527,7 +560,7 @@ def svag(
         typer.Option("--out", "-o", help="Folder for svag.json and trajectories.csv."),
     ] = None,
     plot: Annotated[
-        Path | None, typer.Option("--plot", help="Write a PNG like [LMA21] Fig. 4 here.")
+        str | None, typer.Option("--plot", help="Write a PNG like [LMA21] Fig. 4 here.")
     ] = None,
     optimizer: Annotated[
         str | None,
@@ -596,10 +629,13 @@ def svag(
     """
     from . import report
     from .pipeline import plan_svag
-    from .results import dumps
-    from .svag.results import write_svag
+    from .results import check_output_path, dumps
+    from .svag.results import svag_paths, write_svag
     from .svag.run import run_plan
 
+    for p in (out, *svag_paths(out)) if out is not None else ():  # before any work
+        check_output_path(p, folder=p is out)
+    plot_path = None if plot is None else check_output_path(plot, key="plot")
     plan = plan_svag(
         spec,
         target_batch_size=target_batch_size,
@@ -643,12 +679,12 @@ def svag(
         "SVAG", plan.total_steps, unit="step", enabled=not quiet and not json_out
     ) as advance:
         result = run_plan(plan, on_step=advance, rtol=rtol, z=z)
-    written = []
+    jobs: list[tuple[Callable[[], object], list[Path]]] = []
     if out is not None:
-        written += [str(p) for p in write_svag(result, out)]
-    if plot is not None:
-        report.plot_svag(result, plot)
-        written.append(str(plot))
+        jobs.append((lambda: write_svag(result, out), list(svag_paths(out))))
+    if plot_path is not None:
+        jobs.append((lambda: report.plot_svag(result, plot_path), [plot_path]))
+    wrote = _write_outputs(result.to_dict, jobs) if jobs else None
     if json_out:
         report.out.print(
             dumps(result.to_dict()), markup=False, highlight=False, soft_wrap=True, end=""
@@ -657,8 +693,8 @@ def svag(
             report.warn(w)
     else:
         report.show(report.format_svag(result))
-    if written:
-        report.info(f"wrote {', '.join(written)}")
+    if wrote:
+        report.info(wrote)
 
 
 # ==============================================================================================
@@ -735,8 +771,15 @@ def demo(
         typer.echo(json.dumps(summary, indent=2))
 
 
+def _terminate(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise Terminated
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point; SIGTERM is handled like Ctrl-C (exit 143)."""
+    if "WORLD_SIZE" not in os.environ:  # a torchrun rank: its launcher stops ranks by SIGTERM
+        signal.signal(signal.SIGTERM, _terminate)
     app(prog_name="bscrit")
 
 

@@ -14,6 +14,7 @@ with the individual commands.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +135,7 @@ class _Demo:
     say: Callable[[str], None]
     show: ModuleType | None
     files: list[Path] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
 
 
 def _run_demo(
@@ -149,11 +151,15 @@ def _run_demo(
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     d = _Demo(workdir, cfg, quick, device, say, show)
-    tr, ckpts = _train_step(d)
-    spec, m, m_path = _measure_step(d, ckpts)
-    p, p_path = _predict_step(d, m, m_path)
-    _scale_step(d, m, p)
-    target, verdict, svag_dir, svag_plot = _svag_step(d, spec, ckpts[-1], p, svag)
+    try:
+        tr, ckpts = _train_step(d)
+        spec, m, m_path = _measure_step(d, ckpts)
+        p, p_path = _predict_step(d, m, m_path)
+        _scale_step(d, m, p)
+        target, verdict, svag_dir, svag_plot = _svag_step(d, spec, ckpts[-1], p, svag)
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: the CLI says what is already written
+        e.written = list(d.files) or _saved_checkpoints(d)  # type: ignore[attr-defined]
+        raise
     return DemoResult(
         workdir=workdir,
         spec=workdir / "spec.yaml",
@@ -169,6 +175,12 @@ def _run_demo(
         svag_verdict=verdict,
         files=d.files,
     )
+
+
+def _saved_checkpoints(d: _Demo) -> list[Path]:
+    """Checkpoints an interrupted training step had saved (it lists them only at its end)."""
+    found = (d.workdir / "checkpoints").glob("*.pt")
+    return sorted(p for p in found if p.stat().st_mtime >= d.started - 1)
 
 
 def _train_step(d: _Demo) -> tuple[dict[str, Any], list[Path]]:
@@ -277,8 +289,8 @@ def _svag_step(
         f"[5/5] bscrit svag at B' = {target} ({why}), l = {','.join(map(str, d.cfg.svag_ls))}, "
         f"{d.cfg.svag_steps} effective steps"
     )
-    verdict = _run_svag(spec, checkpoint, target, d.cfg, d.device, svag_dir, svag_plot, d.show)
-    d.files += [svag_dir, svag_plot]
+    verdict = _run_svag(spec, checkpoint, target, d.cfg, d.device, svag_dir, svag_plot, d.show,
+                        d.files)  # fmt: skip
     return target, verdict, svag_dir, svag_plot
 
 
@@ -291,7 +303,9 @@ def _run_svag(
     out_dir: Path,
     plot: Path,
     show: ModuleType | None,
+    files: list[Path],
 ) -> str:
+    """Run the SVAG step; ``files`` gets the figure and the folder as each is written."""
     from .svag.plan import prepare_svag
     from .svag.results import write_svag
     from .svag.run import run_plan
@@ -319,5 +333,7 @@ def _run_svag(
         from .report import plot_svag
 
         plot_svag(result, plot)
+    files.append(plot)
     write_svag(result, out_dir)
+    files.append(out_dir)
     return result.verdict.code

@@ -19,6 +19,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad command line, spec, checkpoint or artifact
     RUNTIME = 3  # the measurement or a run failed (NaN gradient, out of memory, ...)
     INTERRUPTED = 130  # Ctrl-C
+    TERMINATED = 143  # SIGTERM (128 + 15), handled like Ctrl-C
 
 
 class BscritError(Exception):
@@ -112,3 +113,8 @@ class MeasurementError(BscritError):
     """The measurement itself failed: a NaN/Inf gradient, a non-scalar loss, out of memory."""
 
     exit_code = ExitCode.RUNTIME
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by the CLI's handler: every ``except KeyboardInterrupt``
+    clean-up runs as for Ctrl-C (temp files removed, nothing partial); the exit code is 143."""

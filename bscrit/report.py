@@ -572,13 +572,17 @@ def plot_svag(r: SvagResult, path: str | os.PathLike[str]) -> None:
         fontsize=11,
     )
     fig.tight_layout()
+    from .results import write_error
+
     p = os.fspath(path)
     d = os.path.dirname(os.path.abspath(p))
-    os.makedirs(d, exist_ok=True)
     tmp = os.path.join(d, f".{os.path.basename(p)}.tmp.png")
     try:
+        os.makedirs(d, exist_ok=True)
         fig.savefig(tmp, dpi=120)
         os.replace(tmp, p)
+    except OSError as e:  # disk full, folder gone: exit 3 naming the file
+        raise write_error(p, e) from None
     finally:
         plt.close(fig)
         if os.path.exists(tmp):

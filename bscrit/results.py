@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import ArtifactError
+from .errors import ArtifactError, ExitCode, UsageError
 from .estimators import Estimate, NoiseStats, noise_stats_from_jackknife
 from .optim import OptimizerInfo
 
@@ -435,25 +436,89 @@ def load_measurement(path: str | os.PathLike[str]) -> Measurement:
     return Measurement.from_dict(read_json(path), source=str(path))
 
 
+#: Less free space than this on the disk of an output path is refused before any work.
+MIN_FREE_BYTES = 1 << 20
+
+
+def check_output_path(
+    path: str | os.PathLike[str], *, folder: bool = False, key: str = "out"
+) -> Path:
+    """Refuse, before any work, an output path that could not be written at the end.
+
+    A file path (``folder=False``) must not end in ``/``, be an existing folder or a device; a
+    folder path must not be an existing file. The nearest existing folder on the way must accept
+    a new file (a probe file is created and removed: read-only folders and file systems are
+    caught) and its disk must have at least :data:`MIN_FREE_BYTES` free. Raises
+    :class:`UsageError` naming the option (``key``) and the path; nothing is created.
+    """
+    raw = os.fspath(path)
+    p, base = Path(raw), Path(raw) if folder else Path(raw).parent
+
+    def refuse(problem: str) -> UsageError:
+        return UsageError(f"{{{key}}} {raw}: {problem}", **{key: key})
+
+    if not folder and raw.endswith(("/", os.sep)):
+        raise refuse("ends in '/', expected a file name")
+    try:
+        if folder and p.exists() and not p.is_dir():
+            raise refuse("exists and is not a folder")
+        if not folder and p.is_dir():
+            raise refuse("is an existing folder, expected a file name")
+        if not folder and p.exists() and not p.is_file():
+            raise refuse("exists and is not a regular file")
+        while not base.exists() and base != base.parent:
+            base = base.parent
+        if not base.is_dir():
+            raise refuse(f"cannot create a folder under the file {base}")
+        fd, probe = tempfile.mkstemp(prefix=".bscrit-probe.", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+        free = shutil.disk_usage(base).free
+    except OSError as e:
+        raise refuse(f"cannot write in {base} ({e.strerror or e})") from None
+    if free < MIN_FREE_BYTES:
+        raise refuse(f"the disk holding {base} is full ({free} bytes free)")
+    return p
+
+
+def write_error(path: str | os.PathLike[str], e: OSError) -> ArtifactError:
+    """A write that failed after the work (disk full, folder removed): exit 3, naming the path."""
+    return ArtifactError(f"cannot write {path} ({e.strerror or e})", exit_code=ExitCode.RUNTIME)
+
+
+def _file_mode() -> int:
+    """0o666 less the user's umask: what ``open()`` would give a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_atomic(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` atomically (temp file in the same folder, then rename).
 
-    An interrupted or failed run never leaves a half-written file behind.
+    An interrupted or failed run never leaves a half-written file behind. The file gets the
+    user's umask (a temp file is created 0600). An OS error is raised as :func:`write_error`.
     """
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    except OSError as e:
+        raise write_error(p, e) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError):
+            raise write_error(p, e) from None
         raise
 
 
@@ -500,5 +565,8 @@ def write_measurement(m: Measurement, path: str | os.PathLike[str]) -> tuple[Pat
     csv_text = per_parameter_csv(m.per_parameter)
     write_atomic(path, text)
     csv_p = csv_path_for(path)
-    write_atomic(csv_p, csv_text)
+    try:
+        write_atomic(csv_p, csv_text)
+    except ArtifactError as e:
+        raise ArtifactError(f"{e.message} (wrote {path})", exit_code=e.exit_code) from None
     return Path(path), csv_p

@@ -559,12 +559,17 @@ def trajectories_csv(result: SvagResult) -> str:
     return buf.getvalue()
 
 
+def svag_paths(out_dir: str | Path) -> tuple[Path, Path]:
+    """The two files :func:`write_svag` writes into ``out_dir``."""
+    return Path(out_dir) / "svag.json", Path(out_dir) / "trajectories.csv"
+
+
 def write_svag(result: SvagResult, out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``svag.json`` and ``trajectories.csv`` into ``out_dir`` (created), atomically."""
     d = Path(out_dir)
     if d.exists() and not d.is_dir():
         raise ArtifactError(f"{{out}} {d}: exists and is not a folder", out="out")
-    j, c = d / "svag.json", d / "trajectories.csv"
+    j, c = svag_paths(d)
     text, csv_text = dumps(result.to_dict()), trajectories_csv(result)
     write_atomic(j, text)
     write_atomic(c, csv_text)

@@ -177,3 +177,154 @@ def test_bad_option_values_exit_2(work: Path) -> None:
     assert r.exit_code == 2 and "at least 2 batches per group" in r.output
     r = _measure(str(work / "valid.yaml"), "--amp", "bf16", "--device", "cpu")
     assert r.exit_code == 2 and "CUDA" in r.output
+
+
+# ----------------------------------------------------------------------------------------------
+# --out: checked before any work; a failed write at the end loses nothing; overwrite said
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "out,message",
+    [
+        ("existing", "is an existing folder, expected a file name"),
+        ("existing/", "ends in '/', expected a file name"),
+        ("new/", "ends in '/', expected a file name"),
+        ("a_file/m.json", "cannot create a folder under the file"),
+        ("csv_is_a_folder.json", "is an existing folder"),  # the CSV beside it
+    ],
+)
+def test_unwritable_out_exits_2_before_any_work(work: Path, out: str, message: str) -> None:
+    (work / "existing").mkdir()
+    (work / "a_file").write_text("x")
+    (work / "csv_is_a_folder.params.csv").mkdir()
+    before = sorted(p.name for p in work.iterdir())
+    raw = str(work / out) + ("/" if out.endswith("/") else "")
+    # checked before the spec is even read: a missing spec is not what is reported
+    r = _measure(str(work / "no-such-spec.yaml"), "--out", raw)
+    assert r.exit_code == 2, r.output
+    flat = " ".join(r.output.split())  # rich wraps long lines
+    assert message in flat and f"--out {raw.replace('folder.json', 'folder.params.csv')}" in flat
+    assert "Traceback" not in flat
+    assert "no-such-spec" not in flat
+    assert sorted(p.name for p in work.iterdir()) == before
+
+
+def test_out_on_a_full_disk_or_read_only_folder_exits_2_before_any_work(
+    work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+    import tempfile
+
+    import bscrit.results
+
+    def read_only(*a: object, **k: object) -> tuple[int, str]:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    with monkeypatch.context() as mp:
+        mp.setattr(bscrit.results.tempfile, "mkstemp", read_only)
+        r = _measure(str(work / "valid.yaml"), "--out", str(work / "m.json"))
+    assert r.exit_code == 2 and "Read-only file system" in r.output, r.output
+    usage = shutil.disk_usage(work)
+    monkeypatch.setattr(bscrit.results.shutil, "disk_usage", lambda p: usage._replace(free=0))
+    r = _measure(str(work / "valid.yaml"), "--out", str(work / "m.json"))
+    assert r.exit_code == 2 and "is full (0 bytes free)" in r.output, r.output
+    assert "bscrit measure  B=" not in r.output  # no measurement was made
+    assert not (work / "m.json").exists() and tempfile.mkstemp is not read_only
+
+
+def test_write_failing_after_the_work_prints_the_results_and_exits_3(
+    work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    import bscrit.results
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(bscrit.results.os, "fsync", full)  # the disk fills during the run
+    monkeypatch.chdir(work)
+    out = Path("out") / "m.json"
+    r = _measure("valid.yaml", "--batches", "40", "--out", str(out))
+    assert r.exit_code == 3, r.output
+    assert "Traceback" not in r.output
+    err = " ".join(r.stderr.split())
+    assert f"cannot write {out} (No space left on device)" in err
+    assert "the results are printed on stdout as JSON" in err
+    d = json.loads(r.stdout[r.stdout.index("{") :])  # nothing lost
+    assert d["kind"] == "bscrit.measurement" and d["num_batches"] == 40
+    assert not out.exists() and not list((work / "out").glob(".*"))
+
+
+def test_overwriting_an_existing_out_is_said(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(work)
+    args = ("valid.yaml", "--batches", "40", "--per-tensor", "none", "--out", "m.json")
+    r = _measure(*args)
+    assert r.exit_code == 0 and "wrote m.json and m.params.csv\n" in r.output
+    assert "overwrote" not in r.output
+    r = _measure(*args)
+    assert r.exit_code == 0
+    assert (
+        "wrote m.json and m.params.csv (overwrote the existing m.json, m.params.csv)"
+        in " ".join(r.output.split())
+    )
+
+
+SLOW_LOSS = """
+import pathlib
+from torch import nn
+
+class Marked(nn.CrossEntropyLoss):
+    def __init__(self, marker):
+        super().__init__()
+        self.marker = pathlib.Path(marker)
+
+    def forward(self, out, y):
+        if not self.marker.exists():
+            self.marker.write_text("measuring")
+        return super().forward(out, y)
+
+def make_loss(marker):
+    return Marked(marker)
+"""
+
+
+def test_sigterm_is_handled_like_ctrl_c_exit_143_and_nothing_written(work: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (work / "marked.py").write_text(SLOW_LOSS)
+    marker = work / "measuring"
+    spec = (
+        (work / "valid.yaml")
+        .read_text()
+        .replace(
+            "loss: cross_entropy",
+            f"loss: {{factory: marked.py:make_loss, kwargs: {{marker: '{marker}'}}}}",
+        )
+    )
+    (work / "slow.yaml").write_text(spec)
+    out = work / "m.json"
+    cmd = [sys.executable, "-m", "bscrit", "measure", str(work / "slow.yaml"), "--batches",
+           "2000000", "--quiet", "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), proc.communicate(timeout=10)
+        os.kill(proc.pid, signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, stderr
+    assert "interrupted (SIGTERM); no output file was written" in stderr
+    assert "Traceback" not in stderr
+    assert not out.exists() and not list(work.glob(".m.json*"))

@@ -31,3 +31,25 @@ def test_quick_demo_runs_the_pipeline_and_writes_every_artifact(tmp_path: Path) 
     assert Path(summary["svag_plot"]).stat().st_size > 10_000  # a real PNG
     assert (work / "svag" / "trajectories.csv").exists()
     assert (work / "spec.yaml").exists() and (work / "measurement.params.csv").exists()
+
+
+@pytest.mark.slow
+def test_interrupt_during_the_svag_step_says_what_was_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bscrit.svag.results
+
+    def interrupted(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bscrit.svag.results, "write_svag", interrupted)  # after the figure
+    work = tmp_path / "demo"
+    r = CliRunner().invoke(app, ["demo", "--quick", "--workdir", str(work)])
+    assert r.exit_code == 130, r.output
+    assert "Traceback" not in r.output and "no output file was written" not in r.output
+    err = "".join(r.stderr.split())  # rich wraps the long list (at spaces or inside a path)
+    assert "interrupted;writtenbeforeit:" in err
+    for f in ("spec.yaml", "measurement.json", "measurement.params.csv", "prediction.json",
+              "svag.png", "checkpoints/final_epoch0040.pt"):  # fmt: skip
+        assert str(work / f).replace(" ", "") in err and (work / f).exists(), f
+    assert not (work / "svag").exists()

@@ -179,3 +179,69 @@ def test_ci_env_means_non_interactive(monkeypatch):
 
     monkeypatch.setenv("CI", "true")
     assert cli._svag_interactive() is False
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())  # rich wraps long lines
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--out", "a_file"], "--out a_file: exists and is not a folder"),
+        (["--out", "json_is_a_folder"], "svag.json: is an existing folder, expected a file name"),
+        (["--plot", "a_folder"], "--plot a_folder: is an existing folder, expected a file name"),
+        (["--plot", "new/"], "--plot new/: ends in '/', expected a file name"),
+        (["--plot", "a_file/f.png"], "--plot a_file/f.png: cannot create a folder under the file"),
+    ],
+)
+def test_unwritable_out_or_plot_exits_2_before_any_work(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    Path("a_file").write_text("x")
+    Path("a_folder").mkdir()
+    Path("json_is_a_folder/svag.json").mkdir(parents=True)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    # checked before the spec is even read: a missing spec is not what is reported
+    r = runner.invoke(app, ["svag", "no-such-spec.yaml", "-t", "64", *args])
+    assert r.exit_code == 2, r.output
+    assert message in _flat(r.output) and "Traceback" not in r.output
+    assert "no-such-spec" not in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_plot_failing_after_the_run_prints_the_results_and_exits_3(ckpt, tmp_path, monkeypatch):
+    import errno
+
+    import matplotlib.figure
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["svag", str(SPEC), "-c", str(ckpt), "-t", "64", *FAST,
+                            "--out", "out", "--plot", "fig.png"])  # fmt: skip
+    assert r.exit_code == 3, r.output
+    assert "Traceback" not in r.output
+    err = _flat(r.stderr)
+    assert "cannot write fig.png (No space left on device)" in err
+    assert "(wrote out/svag.json, out/trajectories.csv)" in err
+    assert "the results are printed on stdout as JSON" in err
+    d = json.loads(r.stdout[r.stdout.index("{") :])  # nothing lost
+    assert d["kind"] == "bscrit.svag" and d["target_batch_size"] == 64
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no figure, no temp file
+
+
+def test_svag_says_when_it_overwrites(ckpt, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["svag", str(SPEC), "-c", str(ckpt), "-t", "64", "--l", "1,2,4", *FAST, "--out", "o"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "wrote o/svag.json and o/trajectories.csv" in _flat(r.output)
+    assert "overwrote" not in r.output
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert (
+        "wrote o/svag.json and o/trajectories.csv "
+        "(overwrote the existing o/svag.json, o/trajectories.csv)"
+    ) in _flat(r.output)

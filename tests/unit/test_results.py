@@ -14,6 +14,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import random
 import zipfile
 from pathlib import Path
@@ -430,3 +431,116 @@ def test_write_json_refuses_nan_before_touching_the_disk(tmp_path: Path) -> None
     assert list(tmp_path.iterdir()) == []
     write_json(p, {"G": 1.5, "nsr": None})
     assert json.loads(p.read_text(encoding="utf-8")) == {"G": 1.5, "nsr": None}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_write_atomic_gives_the_file_the_users_umask_not_0600(tmp_path: Path, umask: int) -> None:
+    old = os.umask(umask)
+    try:
+        write_atomic(tmp_path / "f.json", "{}")
+        write_measurement(load("sgd_b128.json"), tmp_path / "m.json")
+    finally:
+        os.umask(old)
+    for name in ("f.json", "m.json", "m.params.csv"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_write_atomic_raises_an_exit_3_error_naming_the_file_on_a_full_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(results.os, "fsync", full)
+    with pytest.raises(ArtifactError) as e:
+        write_atomic(tmp_path / "m.json", "{}")
+    assert e.value.exit_code == 3
+    assert f"cannot write {tmp_path / 'm.json'} (No space left on device)" in str(e.value)
+    assert list(tmp_path.iterdir()) == []  # the temp file is gone
+
+
+# ----------------------------------------------------------------------------------------------
+# Output paths checked before any work
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name,folder,message",
+    [
+        ("dir", False, "is an existing folder, expected a file name"),
+        ("new/", False, "ends in '/', expected a file name"),
+        ("dir/", False, "ends in '/', expected a file name"),
+        ("file.txt", True, "exists and is not a folder"),
+        ("file.txt/m.json", False, "cannot create a folder under the file"),
+        ("file.txt/a/b", True, "cannot create a folder under the file"),
+    ],
+)
+def test_check_output_path_refuses_what_cannot_be_written(
+    tmp_path: Path, name: str, folder: bool, message: str
+) -> None:
+    from bscrit.errors import UsageError
+
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    raw = str(tmp_path / name) + ("/" if name.endswith("/") else "")
+    with pytest.raises(UsageError) as e:
+        results.check_output_path(raw, folder=folder, key="out")
+    assert e.value.exit_code == 2
+    assert message in e.value.for_cli() and e.value.for_cli().startswith(f"--out {raw}: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "file.txt"]  # nothing created
+
+
+def test_check_output_path_accepts_new_and_existing_paths_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "old.json").write_text("{}")
+    for name, folder in [("old.json", False), ("a/b/m.json", False), ("out", True), (".", True)]:
+        assert results.check_output_path(tmp_path / name, folder=folder) == tmp_path / name
+    assert [p.name for p in tmp_path.iterdir()] == ["old.json"]  # no probe file left
+
+
+def test_check_output_path_refuses_a_device(tmp_path: Path) -> None:
+    from bscrit.errors import UsageError
+
+    with pytest.raises(UsageError, match="exists and is not a regular file"):
+        results.check_output_path("/dev/null")
+
+
+def test_check_output_path_refuses_a_read_only_folder_and_a_full_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import shutil
+    import tempfile
+
+    from bscrit.errors import UsageError
+
+    real = tempfile.mkstemp
+
+    def read_only(*a: object, **k: object) -> tuple[int, str]:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(results.tempfile, "mkstemp", read_only)
+    with pytest.raises(UsageError, match=r"cannot write in .* \(Read-only file system\)"):
+        results.check_output_path(tmp_path / "m.json", key="plot")
+    monkeypatch.setattr(results.tempfile, "mkstemp", real)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(results.shutil, "disk_usage", lambda p: usage._replace(free=4096))
+    with pytest.raises(UsageError, match=r"the disk holding .* is full \(4096 bytes free\)"):
+        results.check_output_path(tmp_path / "sub" / "m.json")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes anywhere")
+def test_check_output_path_refuses_a_folder_without_write_permission(tmp_path: Path) -> None:
+    from bscrit.errors import UsageError
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(UsageError, match="Permission denied"):
+            results.check_output_path(ro / "m.json")
+    finally:
+        ro.chmod(0o755)
