@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import optim
-from .errors import SpecProblem, UsageError
+from .errors import SpecError, SpecProblem, UsageError
 
 
 def describe(value: Any) -> str:
@@ -146,6 +146,80 @@ class Checker:
             self.add(path, f"unknown value {value!r}; expected one of {', '.join(choices)}{hint}")
             return None
         return v
+
+
+def read_yaml(text: str, source: str) -> tuple[Any, list[SpecProblem]]:
+    """``yaml.safe_load(text)``, and a problem for every key given twice in one mapping.
+
+    PyYAML keeps the last of duplicate keys silently (``batch_size: 32`` then ``batch_size: 64``
+    reads as 64); each one is reported here with its key path and the lines it is on. Merge keys
+    (``<<: *defaults``) may be overridden, as YAML intends.
+
+    Raises:
+        SpecError: a YAML syntax error, with its line and column.
+    """
+    import yaml
+
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        problems = _duplicate_keys(node)
+        raw = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        context = getattr(e, "context", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        msg = f"YAML syntax error at {where}: {what}" if where else f"YAML syntax error: {what}"
+        if context:
+            msg += f" ({context})"
+        raise SpecError(source, [SpecProblem("", msg)]) from None
+    finally:
+        loader.dispose()
+    return raw, problems
+
+
+def _duplicate_keys(root: Any) -> list[SpecProblem]:
+    """Walk the composed YAML nodes: keys given more than once in a mapping, with their lines."""
+    import yaml
+
+    found: list[tuple[int, SpecProblem]] = []  # (first line, problem): reported in file order
+    seen: set[int] = set()  # an anchor's node is reached again through each alias
+
+    def visit(node: Any, path: str) -> None:
+        if node is None or id(node) in seen:
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                visit(item, join(path, i))
+        elif isinstance(node, yaml.MappingNode):
+            marks: dict[tuple[str, str], list[Any]] = {}
+            for key, value in node.value:
+                if key.tag == "tag:yaml.org,2002:merge" or not isinstance(key, yaml.ScalarNode):
+                    visit(value, path)
+                    continue
+                marks.setdefault((key.tag, key.value), []).append(key.start_mark)
+                visit(value, join(path, key.value))
+            for (_, name), at in marks.items():
+                if len(at) > 1:
+                    found.append((at[0].line, SpecProblem(join(path, name), _twice(at))))
+
+    visit(root, "")
+    return [p for _, p in sorted(found, key=lambda x: x[0])]
+
+
+def _twice(marks: list[Any]) -> str:
+    """``duplicate key: given twice, on lines 9 and 16 ...`` (columns when on one line)."""
+    lines = [m.line + 1 for m in marks]
+    if len(set(lines)) == len(lines):
+        places = [str(n) for n in lines]
+        where = "lines " + ", ".join(places[:-1]) + f" and {places[-1]}"
+    else:
+        places = [f"{m.line + 1}:{m.column + 1}" for m in marks]
+        where = "line:column " + ", ".join(places[:-1]) + f" and {places[-1]}"
+    times = "twice" if len(marks) == 2 else f"{len(marks)} times"
+    return f"duplicate key: given {times}, on {where} (YAML would keep only the last); keep one"
 
 
 def check_batch_size(value: object, option: str = "batch_size") -> int:
