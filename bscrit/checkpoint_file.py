@@ -189,7 +189,9 @@ def refusal(path: str | os.PathLike[str], torch_message: str, key: str | None,
         return f"checkpoint {path} is a TorchScript archive (torch.jit.save); loading it {trust}"
     models = pickled_models(path) or []
     if not models:
-        m = re.search(r"Unsupported (?:global|class):?\s*(?:GLOBAL\s+)?([\w.]+)", torch_message)
+        m = re.search(
+            r"unsupported (?:global|class):?\s*(?:GLOBAL\s+)?([\w.]+)", torch_message, re.I
+        )
         what = f" (e.g. {m.group(1)})" if m else ""
         return (
             f"checkpoint {path} holds pickled Python objects{what}, which weights-only loading "

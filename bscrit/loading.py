@@ -291,9 +291,7 @@ def load_checkpoint(
         obj = torch.load(path, map_location="cpu", weights_only=not unsafe)
     except Exception as e:
         msg = str(e)
-        if not unsafe and any(
-            w in msg for w in ("Unsupported global", "Unsupported class", "TorchS")
-        ):
+        if not unsafe and re.search(r"unsupported (global|class)|TorchScript", msg, re.I):
             refused = checkpoint_file.refusal(path, msg, key, STATE_DICT_KEYS)
             raise CheckpointError(refused, unsafe_load="unsafe_load") from None
         if unsafe and isinstance(e, (AttributeError, ImportError)):  # a pickled class
@@ -302,8 +300,9 @@ def load_checkpoint(
                 f"({_one_line(e)}): a model saved whole with torch.save(model) needs its class "
                 "importable (its module beside the spec); or save model.state_dict() instead"
             ) from None
-        if "WeightsUnpickler error:" in msg:  # without torch's advice about weights_only
-            msg = msg.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0]
+        # torch's own reason, without its advice about weights_only
+        msg = msg.rpartition("WeightsUnpickler error:")[2].split("Check the documentation")[0]
+        msg = re.sub(r"In PyTorch 2\.6, we changed.*?trusted source\.", "", msg, flags=re.S)
         raise CheckpointError(
             f"cannot read checkpoint {path}: not a PyTorch checkpoint or corrupted "
             f"({type(e).__name__}: {' '.join(msg.split())[:300]})"
