@@ -29,8 +29,11 @@ MAX_DEPTH = 3
 def file_problem(path: str | os.PathLike[str]) -> str | None:
     """Why ``path`` cannot be a ``torch.save`` file (``"not a PyTorch checkpoint (...)"``), or
     None when it looks like one: a zip archive with a ``data.pkl`` or a legacy torch pickle."""
-    with open(path, "rb") as f:
-        head = f.read(64)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        return f"cannot open it ({e.strerror})"
     if not head:
         return "not a PyTorch checkpoint (the file is empty)"
     if head.startswith(_ZIP_MAGIC):
@@ -145,14 +148,14 @@ def _is_model_stub(obj: Any) -> bool:
     )
 
 
-def key_paths(obj: Any, found: Callable[[Any], bool]) -> list[str]:
-    """Dotted key paths (``""``: ``obj`` itself) of the values ``found`` accepts, through
-    string-keyed mappings up to :data:`MAX_DEPTH` deep, not inside a value already found."""
-    out: list[str] = []
+def key_paths(obj: Any, found: Callable[[Any], bool]) -> list[tuple[str, Any]]:
+    """``(dotted key path, value)`` of the values ``found`` accepts (``""``: ``obj`` itself),
+    through string-keyed mappings up to :data:`MAX_DEPTH` deep, not inside one already found."""
+    out: list[tuple[str, Any]] = []
 
     def walk(x: Any, path: str, depth: int) -> None:
         if found(x):
-            out.append(path)
+            out.append((path, x))
         elif isinstance(x, Mapping) and depth < MAX_DEPTH:
             for k, v in x.items():
                 if isinstance(k, str):
@@ -169,14 +172,7 @@ def pickled_models(path: str | os.PathLike[str]) -> list[tuple[str, str]] | None
         root = _skeleton(path)
     except Exception:  # any damage: the caller falls back to torch's own message
         return None
-
-    def at(p: str) -> Any:
-        x = root
-        for part in p.split(".") if p else []:
-            x = x[part]
-        return x
-
-    return [(p, at(p).qualname) for p in key_paths(root, _is_model_stub)]
+    return [(p, model.qualname) for p, model in key_paths(root, _is_model_stub)]
 
 
 def refusal(path: str | os.PathLike[str], torch_message: str, key: str | None,

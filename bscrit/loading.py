@@ -321,7 +321,7 @@ def load_checkpoint(
         found = checkpoint_file.key_paths(
             obj, lambda x: isinstance(x, nn.Module) or _is_state_dict(x)
         )
-        where = f"weights are at {' and '.join(map(repr, found))}: " if found else ""
+        where = f"weights are at {' and '.join(repr(p) for p, _ in found)}: " if found else ""
         raise CheckpointError(
             f"no state_dict found in checkpoint {path} ({_describe_keys(obj)}); "
             f"{where}name it with checkpoint.key in the spec"
