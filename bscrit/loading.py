@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import optim
+from . import checkpoint_file, optim
 from .errors import CheckpointError, DataError, SpecError, SpecProblem, UsageError
 from .optim import OptimizerInfo
 from .spec import DataSpec, Spec, is_file_ref, parse_device, split_ref
@@ -284,21 +284,28 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a folder; expected a file saved by torch.save")
+    problem = checkpoint_file.file_problem(path)
+    if problem is not None:
+        raise CheckpointError(f"cannot read checkpoint {path}: {problem}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not unsafe)
     except Exception as e:
         msg = str(e)
-        if not unsafe and ("Unsupported global" in msg or "Unsupported class" in msg):
-            m = re.search(r"Unsupported (?:global|class):?\s*(?:GLOBAL\s+)?([\w.]+)", msg)
-            what = f" (e.g. {m.group(1)})" if m else ""
+        if not unsafe and re.search(r"unsupported (global|class)|TorchScript", msg, re.I):
+            refused = checkpoint_file.refusal(path, msg, key, STATE_DICT_KEYS)
+            raise CheckpointError(refused, unsafe_load="unsafe_load") from None
+        if unsafe and isinstance(e, (AttributeError, ImportError)):  # a pickled class
             raise CheckpointError(
-                f"checkpoint {path} holds pickled Python objects{what}, which weights-only "
-                "loading refuses. Loading them executes code from the file: if you trust it, "
-                "re-run with {unsafe_load}.",
-                unsafe_load="unsafe_load",
+                f"checkpoint {path} holds a pickled object whose class cannot be imported "
+                f"({_one_line(e)}): a model saved whole with torch.save(model) needs its class "
+                "importable (its module beside the spec); or save model.state_dict() instead"
             ) from None
+        # torch's own reason, without its advice about weights_only
+        msg = msg.rpartition("WeightsUnpickler error:")[2].split("Check the documentation")[0]
+        msg = re.sub(r"In PyTorch 2\.6, we changed.*?trusted source\.", "", msg, flags=re.S)
         raise CheckpointError(
-            f"cannot read checkpoint {path}: not a PyTorch checkpoint or corrupted ({_one_line(e)})"
+            f"cannot read checkpoint {path}: not a PyTorch checkpoint or corrupted "
+            f"({type(e).__name__}: {' '.join(msg.split())[:300]})"
         ) from None
     root = obj
     if key is not None:
@@ -311,9 +318,13 @@ def load_checkpoint(
                 )
     state_dict = _find_state_dict(obj)
     if state_dict is None:
+        found = checkpoint_file.key_paths(
+            obj, lambda x: isinstance(x, nn.Module) or _is_state_dict(x)
+        )
+        where = f"weights are at {' and '.join(repr(p) for p, _ in found)}: " if found else ""
         raise CheckpointError(
             f"no state_dict found in checkpoint {path} ({_describe_keys(obj)}); "
-            "name it with checkpoint.key in the spec"
+            f"{where}name it with checkpoint.key in the spec"
         )
     return LoadedCheckpoint(state_dict=state_dict, optimizer=optim.from_checkpoint(root), path=path)
 

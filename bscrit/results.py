@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .checker import measurement_problems
 from .errors import ArtifactError, ExitCode, UsageError
 from .estimators import Estimate, NoiseStats, noise_stats_from_jackknife
 from .optim import OptimizerInfo
@@ -326,7 +327,23 @@ class Measurement:
 
     @staticmethod
     def from_dict(d: dict[str, Any], source: str = "<dict>") -> Measurement:
+        """Read an artifact; every impossible value is an :class:`ArtifactError` naming its key.
+
+        Raises:
+            ArtifactError: not a measurement, an unknown schema, or a missing, mistyped or
+                impossible value (``batch_size: 0``, a NaN G, a jackknife list of the wrong
+                length), each problem listed with its key path (``stats.all.jackknife.G``).
+        """
         d = check_schema(d, KIND_MEASUREMENT, source)
+        problems = measurement_problems(d)
+        if problems:
+            if len(problems) == 1:
+                listed = f": {problems[0]}"
+            else:
+                listed = f", {len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems)
+            if any(p.message == "missing required key" for p in problems):
+                listed += "\n(expected the JSON written by `bscrit measure --out`)"
+            raise ArtifactError(f"{source}: malformed measurement artifact{listed}")
         try:
             st = d["stats"]
             return Measurement(
@@ -408,8 +425,12 @@ def check_schema(d: Any, kind: str, source: str) -> dict[str, Any]:
     return d
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:
-    """Read a JSON file, turning every failure into an :class:`ArtifactError` naming the file."""
+def read_json(path: str | os.PathLike[str], what: str = "bscrit JSON artifact") -> Any:
+    """Read a JSON file, turning every failure into an :class:`ArtifactError` naming the file.
+
+    ``what`` names the expected file in the message for a binary file ("not a bscrit
+    measurement"): a checkpoint passed where a JSON artifact belongs.
+    """
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -418,9 +439,7 @@ def read_json(path: str | os.PathLike[str]) -> Any:
     except IsADirectoryError:
         raise ArtifactError(f"{p}: is a folder, expected a JSON file") from None
     except UnicodeDecodeError:
-        raise ArtifactError(
-            f"{p}: not a bscrit JSON artifact (a binary file; a checkpoint?)"
-        ) from None
+        raise ArtifactError(f"{p}: not a {what} (a binary file; a checkpoint?)") from None
     except OSError as e:
         raise ArtifactError(f"{p}: cannot read ({e.strerror})") from None
     try:
@@ -433,7 +452,7 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 
 def load_measurement(path: str | os.PathLike[str]) -> Measurement:
     """Read and validate a measurement artifact written by ``bscrit measure``."""
-    return Measurement.from_dict(read_json(path), source=str(path))
+    return Measurement.from_dict(read_json(path, "bscrit measurement"), source=str(path))
 
 
 #: Less free space than this on the disk of an output path is refused before any work.

@@ -20,13 +20,13 @@ strings when Python's ``float()`` parses them. Booleans are never numbers.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import optim
-from .checker import Checker, did_you_mean
+from .checker import Checker, did_you_mean, read_yaml
 from .checker import describe as _describe
 from .checker import join as _join
 from .errors import SpecError, SpecProblem, UsageError
@@ -517,7 +517,12 @@ def _parse_measure(c: Checker, value: Any) -> MeasureSpec | None:
 
 
 def parse_spec(
-    raw: Any, source: str, base_dir: Path | str, *, path: Path | str | None = None
+    raw: Any,
+    source: str,
+    base_dir: Path | str,
+    *,
+    path: Path | str | None = None,
+    problems: Sequence[SpecProblem] = (),
 ) -> Spec:
     """Validate a spec already read from YAML.
 
@@ -526,6 +531,7 @@ def parse_spec(
         source: how to name the spec in errors (usually its path).
         base_dir: the folder relative paths resolve against.
         path: the spec file, stored in ``Spec.path`` (default: ``base_dir / source``).
+        problems: found while reading the file (duplicate keys), listed with the others.
 
     Raises:
         SpecError: listing every problem, each with its dotted key path.
@@ -549,6 +555,7 @@ def parse_spec(
             [SpecProblem("", f"expected a mapping at the top level, got {type(raw).__name__}")],
         )
     c = Checker()
+    c.problems.extend(problems)
     c.unknown_keys(raw, TOP_KEYS, "")
     for key in REQUIRED_TOP_KEYS:
         if raw.get(key) is None:
@@ -591,10 +598,8 @@ def load_spec(path: str | Path) -> Spec:
 
     Raises:
         SpecError: the file is missing or unreadable, is not valid YAML (with line and column),
-            or has any problem (all of them listed, with key paths).
+            or has any problem (all listed, with key paths; a key given twice, with its lines).
     """
-    import yaml
-
     p = Path(path).expanduser()
     source = str(path)
     if not p.exists():
@@ -605,16 +610,6 @@ def load_spec(path: str | Path) -> Spec:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(source, [SpecProblem("", f"cannot read {p}: {e}")]) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        what = getattr(e, "problem", None) or str(e).splitlines()[0]
-        context = getattr(e, "context", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        msg = f"YAML syntax error at {where}: {what}" if where else f"YAML syntax error: {what}"
-        if context:
-            msg += f" ({context})"
-        raise SpecError(source, [SpecProblem("", msg)]) from None
+    raw, duplicates = read_yaml(text, source)
     p = p.resolve()
-    return parse_spec(raw, source, p.parent, path=p)
+    return parse_spec(raw, source, p.parent, path=p, problems=duplicates)

@@ -479,3 +479,181 @@ def test_data_parallel_factory_is_unwrapped_and_loads_a_plain_checkpoint(
     model, _ = load_model(spec, tmp_path / "plain.pt")
     for k, v in trained.state_dict().items():
         assert torch.equal(model.state_dict()[k], v)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files torch cannot read, and whole pickled models (no torch advice about weights_only)
+# ---------------------------------------------------------------------------------------------
+
+
+def _not_checkpoints(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    import random
+
+    files = {
+        "random": (random.Random(0).randbytes(4096), "neither a zip archive nor a torch pickle"),
+        "text": (b"model: resnet18\nbatch_size: 32\n", "a text file"),
+        "empty": (b"", "the file is empty"),
+        "plain_pickle": (b"\x80\x04\x95\x0b\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x01a\x94K\x01s.",
+                         "not one written by torch.save"),
+        "safetensors": (b"\x10\x00\x00\x00\x00\x00\x00\x00" + b'{"__metadata__":{}}',
+                        "a safetensors file"),
+    }  # fmt: skip
+    out = {}
+    for name, (data, why) in files.items():
+        p = tmp_path / f"{name}.pt"
+        p.write_bytes(data)
+        out[name] = (p, why)
+    return out
+
+
+@pytest.mark.parametrize("unsafe", [False, True])
+def test_random_bytes_are_not_a_pytorch_checkpoint(tmp_path, unsafe):
+    for name, (path, why) in _not_checkpoints(tmp_path).items():
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(path, unsafe=unsafe)
+        msg = info.value.for_cli()
+        assert f"cannot read checkpoint {path}" in msg, name
+        assert why in msg, (name, msg)
+        assert "not a PyTorch checkpoint" in msg or name == "safetensors"
+        assert "weights_only" not in msg and "--unsafe-load" not in msg, (name, msg)
+
+
+def test_damaged_zip_and_foreign_zip(tmp_path):
+    import zipfile
+
+    good = (ASSETS / "tiny.pt").read_bytes()
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="damaged zip archive") as info:
+        load_checkpoint(trunc)
+    assert "--unsafe-load" not in info.value.for_cli()
+    foreign = tmp_path / "foreign.pt"
+    with zipfile.ZipFile(foreign, "w") as z:
+        z.writestr("notes.txt", "hello")
+    with pytest.raises(CheckpointError, match="zip archive without the data.pkl"):
+        load_checkpoint(foreign)
+
+
+def test_pickled_objects_that_are_not_a_model_suggest_unsafe_load_only(tmp_path, trained):
+    # A pickle of objects (here a whole optimizer) is refused by weights-only loading.
+    opt = torch.optim.SGD(trained.parameters(), lr=0.1)
+    torch.save({"model": trained.state_dict(), "optimizer": opt}, tmp_path / "c.pt")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "c.pt")
+    msg = info.value.for_cli()
+    assert "pickled Python objects (e.g. torch.optim.sgd.SGD)" in msg
+    assert "--unsafe-load" in msg and "key:" not in msg and "weights_only" not in msg
+    assert load_checkpoint(tmp_path / "c.pt", unsafe=True).state_dict.keys() == (
+        trained.state_dict().keys()
+    )
+
+
+def test_whole_model_at_an_unusual_key_names_the_key_to_use(tmp_path, trained):
+    path = tmp_path / "ema.pt"
+    torch.save({"ema_model": trained, "epoch": 3}, path)
+    with pytest.raises(CheckpointError) as info:
+        load_model(make_spec(tmp_path), path)
+    msg = info.value.for_cli()
+    assert "whole pickled model (Sequential at key 'ema_model')" in msg
+    assert "--unsafe-load and set `key: ema_model` under checkpoint" in msg
+    # --unsafe-load alone: the model is not where state_dicts usually are; the key is named.
+    with pytest.raises(CheckpointError, match="weights are at 'ema_model'"):
+        load_model(make_spec(tmp_path), path, unsafe=True)
+    # both, as the message says: it loads.
+    spec = make_spec(tmp_path, checkpoint={"path": "ema.pt", "key": "ema_model"})
+    model, _ = load_model(spec, unsafe=True)
+    assert same_weights(model, trained)
+
+
+def test_several_whole_models_and_nested_keys(tmp_path, trained):
+    torch.save({"run": {"student": trained, "teacher": tiny.make_model()}}, tmp_path / "c.pt")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "c.pt")
+    assert "set checkpoint.key in the spec to the model to measure: 'run.student' or " \
+        "'run.teacher'" in info.value.for_cli()  # fmt: skip
+    ckpt = load_checkpoint(tmp_path / "c.pt", key="run.student", unsafe=True)
+    assert all(torch.equal(ckpt.state_dict[k], v) for k, v in trained.state_dict().items())
+
+
+def test_whole_model_of_a_class_from_the_spec_folder_loads_after_unsafe_load(tmp_path):
+    # torch.save(model) of a class defined in a module beside the spec, legacy format too.
+    (tmp_path / "mynet.py").write_text(
+        "import torch\n\nclass Net(torch.nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n"
+        "        self.body = torch.nn.Linear(4, 3)\n\n"
+        "    def forward(self, x):\n        return self.body(x)\n\n"
+        "def make():\n    return Net()\n"
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import mynet
+
+        net = mynet.make()
+        torch.save(net, tmp_path / "zip.pt")
+        torch.save(net, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("mynet", None)
+    spec = make_spec(tmp_path, model={"factory": "mynet.py:make"})
+    for name in ("zip.pt", "legacy.pt"):
+        with pytest.raises(CheckpointError) as info:
+            load_model(spec, tmp_path / name)
+        msg = info.value.for_cli()
+        assert "whole pickled model (Net, the whole file)" in msg, msg
+        assert "--unsafe-load (or save model.state_dict() instead)" in msg
+        model, _ = load_model(spec, tmp_path / name, unsafe=True)
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in net.state_dict().items())
+    sys.modules.pop("mynet", None)
+
+
+def test_whole_model_of_a_main_class_is_not_offered_unsafe_load(tmp_path):
+    # The class lives in the training script's __main__: no other program can unpickle it.
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import torch\n\nclass Net(torch.nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n"
+        "        self.body = torch.nn.Linear(4, 3)\n\n"
+        f"torch.save(Net(), {str(tmp_path / 'main.pt')!r})\n"
+    )
+    import subprocess
+
+    subprocess.run([sys.executable, str(script)], check=True, timeout=120)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(tmp_path / "main.pt")
+    msg = info.value.for_cli()
+    assert "defined in the training script itself (__main__)" in msg
+    assert "--unsafe-load" not in msg and "model.state_dict()" in msg
+    with pytest.raises(CheckpointError, match="class cannot be imported") as info:
+        load_checkpoint(tmp_path / "main.pt", unsafe=True)
+    assert "Traceback" not in info.value.message
+
+
+def test_pickle_scan_runs_nothing_from_the_file(tmp_path):
+    # A malicious pickle (os.system on load) is only looked at, never run, by the scan.
+    import pickle
+
+    from bscrit.checkpoint_file import pickled_models
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            import os
+
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"x": torch.zeros(1)}, path)
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        items = {n: z.read(n) for n in z.namelist()}
+    data_pkl = next(n for n in items if n.endswith("/data.pkl"))
+    items[data_pkl] = pickle.dumps({"model": Evil()}, protocol=2)
+    with zipfile.ZipFile(path, "w") as z:
+        for n, b in items.items():
+            z.writestr(n, b)
+    assert pickled_models(path) == []
+    with pytest.raises(CheckpointError, match="pickled Python objects .e.g. posix.system"):
+        load_checkpoint(path)
+    assert not marker.exists()

@@ -94,9 +94,9 @@ def test_unbounded_nsr_interval_of_a_fixture_is_inf_in_memory_and_null_on_disk()
 
 
 def _buried_signal_stats() -> ParamSetStats:
-    """Ĝ < 0: NSR itself is inf (and its upper end)."""
-    g_loo = [-0.02, 0.0, -0.01, 0.01, -0.03]
-    s = noise_stats_from_jackknife(-0.01, 1.0, g_loo, [1.0, 1.1, 0.9, 1.0, 1.05], k=50)
+    """Ĝ < 0: NSR itself is inf (and its upper end). m = 10 groups, as in the fixtures."""
+    g_loo = [-0.02, 0.0, -0.01, 0.01, -0.03] * 2
+    s = noise_stats_from_jackknife(-0.01, 1.0, g_loo, [1.0, 1.1, 0.9, 1.0, 1.05] * 2, k=50)
     assert s.nsr == math.inf and s.nsr_ci95[1] == math.inf
     return ParamSetStats.from_noise_stats(s, R=10.0, num_params=100, num_tensors=2)
 

@@ -359,3 +359,69 @@ def test_optimizer_name_lr_and_betas_shape():
 def test_spec_module_imports_no_torch():
     code = "import sys, bscrit.spec; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Duplicate keys: PyYAML keeps the last one silently; bscrit reports each with its lines
+# ---------------------------------------------------------------------------------------------
+
+
+def test_duplicate_keys_are_reported_with_their_lines_and_the_other_problems(tmp_path):
+    p = write(
+        tmp_path,
+        "model: resnet18\n"  # 1
+        "data:\n"  # 2
+        "  dataset: CIFAR10\n"  # 3
+        "  transforms:\n"  # 4
+        "    - {name: ToTensor, name: Normalize}\n"  # 5
+        "loss: cross_entropy\n"  # 6
+        "batch_size: 32\n"  # 7
+        "optimizer:\n"  # 8
+        "  name: sgd\n"  # 9
+        "  lr: 0.1\n"  # 10
+        "  lr: 0.2\n"  # 11
+        "batch_size: 64\n"  # 12
+        "measure: {groups: 1}\n",  # 13
+    )
+    with pytest.raises(SpecError) as info:
+        load_spec(p)
+    got = {q.key: q.message for q in info.value.problems}
+    assert got["batch_size"].startswith("duplicate key: given twice, on lines 7 and 12")
+    assert got["optimizer.lr"].startswith("duplicate key: given twice, on lines 10 and 11")
+    assert "line:column 5:8 and 5:24" in got["data.transforms[0].name"]
+    assert "measure.groups" in got  # listed together with the other problems
+    assert [q.key for q in info.value.problems][:3] == [
+        "data.transforms[0].name",
+        "batch_size",
+        "optimizer.lr",
+    ]  # in the order of their first line
+    assert "batch_size: duplicate key: given twice, on lines 7 and 12" in info.value.message
+
+
+def test_three_times_and_a_valid_spec_otherwise(tmp_path):
+    text = (ASSETS / "valid.yaml").read_text() + "batch_size: 16\nbatch_size: 4\n"
+    p = write(tmp_path, text)
+    (tmp_path / "tiny.py").write_text((ASSETS / "tiny.py").read_text())
+    with pytest.raises(SpecError) as info:
+        load_spec(p)
+    assert len(info.value.problems) == 1
+    assert "given 3 times, on lines" in info.value.problems[0].message
+
+
+def test_merge_keys_and_aliases_are_not_duplicates(tmp_path):
+    p = write(
+        tmp_path,
+        "base: &opt {name: sgd, lr: 0.1, momentum: 0.9}\n"
+        "model: resnet18\n"
+        "data: {dataset: CIFAR10, kwargs: {root: data}}\n"
+        "loss: cross_entropy\n"
+        "batch_size: 32\n"
+        "optimizer:\n"
+        "  <<: *opt\n"
+        "  lr: 0.2\n"  # overrides the merged value, as YAML intends
+        "eval_data: {dataset: CIFAR10, kwargs: {root: data}}\n",
+    )
+    with pytest.raises(SpecError) as info:
+        load_spec(p)
+    assert [q.key for q in info.value.problems] == ["base"]  # unknown top-level key only
+    assert "duplicate" not in info.value.message

@@ -1,0 +1,217 @@
+"""What a checkpoint file is and what it holds, read without torch and without running its pickle.
+
+:func:`file_problem` tells a file that ``torch.load`` cannot read at all (empty, text, random
+bytes, a safetensors file, a damaged zip) before torch answers with advice that does not apply.
+:func:`pickled_models` reads the pickle inside a ``torch.save`` file with a stub unpickler: every
+class and function it names becomes an inert placeholder, so nothing from the file is imported or
+run, and the placeholders show where a whole pickled ``nn.Module`` sits (``torch.save(model)``,
+or ``{"ema": model}``). :mod:`bscrit.loading` turns both into messages.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import re
+import zipfile
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+#: A legacy (non-zip) ``torch.save`` file starts with its pickled magic number.
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+_ZIP_MAGIC = b"PK\x03\x04"
+#: How deep :func:`pickled_models` and :func:`key_paths` look for a model (``a.b.c``).
+MAX_DEPTH = 3
+
+
+def file_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot be a ``torch.save`` file (``"not a PyTorch checkpoint (...)"``), or
+    None when it looks like one: a zip archive with a ``data.pkl`` or a legacy torch pickle."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        return f"cannot open it ({e.strerror})"
+    if not head:
+        return "not a PyTorch checkpoint (the file is empty)"
+    if head.startswith(_ZIP_MAGIC):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "a damaged zip archive (truncated or corrupted while copying?)"
+        if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            return "not a PyTorch checkpoint (a zip archive without the data.pkl of torch.save)"
+        return None
+    if head.startswith(_LEGACY_MAGIC):
+        return None
+    if len(head) > 10 and head[8:10] == b'{"':
+        return (
+            "not a PyTorch checkpoint but a safetensors file; bscrit reads torch.save files: "
+            "torch.save(safetensors.torch.load_file(...), 'model.pt') converts it"
+        )
+    if head[:1] == b"\x80" and 2 <= head[1] <= 5:
+        return "not a PyTorch checkpoint (a Python pickle, but not one written by torch.save)"
+    try:
+        head.decode("utf-8")
+        kind = "a text file"
+    except UnicodeDecodeError:
+        kind = f"neither a zip archive nor a torch pickle; it starts with {head[:8]!r}"
+    return f"not a PyTorch checkpoint ({kind})"
+
+
+def is_torchscript(path: str | os.PathLike[str]) -> bool:
+    """A ``torch.jit.save`` archive (code and constants beside the pickle)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/constants.pkl") for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+# ----------------------------------------------------------------------------------------------
+# The stub unpickler
+# ----------------------------------------------------------------------------------------------
+
+
+class _Stub:
+    """An inert stand-in for any object the pickle builds: it records its class and state."""
+
+    qualname = "?"
+    args: tuple[Any, ...] = ()  # NEWOBJ builds a stub without calling __init__
+    state: Any = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+        self.state: Any = None
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _Stub:
+        return _Stub(*args)
+
+    # lists and dicts rebuilt through a stub (APPENDS, SETITEMS) are dropped
+    def append(self, item: Any) -> None:
+        pass
+
+    def extend(self, items: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+
+class _StubUnpickler(pickle.Unpickler):
+    """Resolves every global to a :class:`_Stub` subclass (only OrderedDict is real)."""
+
+    def __init__(self, f: Any) -> None:
+        super().__init__(f)
+        self._classes: dict[tuple[str, str], type] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("collections", "OrderedDict"):
+            return OrderedDict
+        key = (module, name)
+        if key not in self._classes:
+            self._classes[key] = type(name, (_Stub,), {"qualname": f"{module}.{name}"})
+        return self._classes[key]
+
+    def persistent_load(self, pid: Any) -> Any:
+        if isinstance(pid, tuple) and pid[:1] == ("module",) and len(pid) > 1:
+            return pid[1]  # legacy files name a module's class this way (a stub already)
+        return _Stub()  # a tensor's storage
+
+
+def _skeleton(path: str | os.PathLike[str]) -> Any:
+    """The checkpoint's pickled object with every class replaced by a stub."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            name = next(n for n in z.namelist() if n == "data.pkl" or n.endswith("/data.pkl"))
+            return _StubUnpickler(io.BytesIO(z.read(name))).load()
+    with open(path, "rb") as f:  # legacy: magic number, protocol, sys info, then the object
+        for _ in range(3):
+            _StubUnpickler(f).load()
+        return _StubUnpickler(f).load()
+
+
+def _is_model_stub(obj: Any) -> bool:
+    """An ``nn.Module`` with parameters or submodules (a pickled loss module is not a model)."""
+    state = obj.state if isinstance(obj, _Stub) else None
+    return (
+        isinstance(state, dict)
+        and isinstance(state.get("_parameters"), Mapping)
+        and isinstance(state.get("_modules"), Mapping)
+        and bool(state["_parameters"] or state["_modules"])
+    )
+
+
+def key_paths(obj: Any, found: Callable[[Any], bool]) -> list[tuple[str, Any]]:
+    """``(dotted key path, value)`` of the values ``found`` accepts (``""``: ``obj`` itself),
+    through string-keyed mappings up to :data:`MAX_DEPTH` deep, not inside one already found."""
+    out: list[tuple[str, Any]] = []
+
+    def walk(x: Any, path: str, depth: int) -> None:
+        if found(x):
+            out.append((path, x))
+        elif isinstance(x, Mapping) and depth < MAX_DEPTH:
+            for k, v in x.items():
+                if isinstance(k, str):
+                    walk(v, f"{path}.{k}" if path else k, depth + 1)
+
+    walk(obj, "", 0)
+    return out
+
+
+def pickled_models(path: str | os.PathLike[str]) -> list[tuple[str, str]] | None:
+    """``(key path, class)`` of each whole ``nn.Module`` pickled in the checkpoint, without
+    running the pickle; None when the file cannot be read this way."""
+    try:
+        root = _skeleton(path)
+    except Exception:  # any damage: the caller falls back to torch's own message
+        return None
+    return [(p, model.qualname) for p, model in key_paths(root, _is_model_stub)]
+
+
+def refusal(path: str | os.PathLike[str], torch_message: str, key: str | None,
+            default_keys: tuple[str, ...]) -> str:  # fmt: skip
+    """Why weights-only loading refused ``path``, naming the ``{unsafe_load}`` option (a
+    placeholder for :class:`~bscrit.errors.CheckpointError`), and for a whole pickled model the
+    ``checkpoint.key`` to set when the usual places (``default_keys``) do not hold it."""
+    trust = "executes code from the file: if you trust it, re-run with {unsafe_load}"
+    if is_torchscript(path):
+        return f"checkpoint {path} is a TorchScript archive (torch.jit.save); loading it {trust}"
+    models = pickled_models(path) or []
+    if not models:
+        m = re.search(
+            r"unsupported (?:global|class):?\s*(?:GLOBAL\s+)?([\w.]+)", torch_message, re.I
+        )
+        what = f" (e.g. {m.group(1)})" if m else ""
+        return (
+            f"checkpoint {path} holds pickled Python objects{what}, which weights-only loading "
+            f"refuses. Loading them {trust}."
+        )
+    where = "; ".join(
+        f"{cls.rpartition('.')[2]}" + (f" at key {p!r}" if p else ", the whole file")
+        for p, cls in models
+    )
+    if any(cls.startswith("__main__.") for _, cls in models):
+        return (
+            f"checkpoint {path} holds a whole pickled model ({where}) whose class was defined in "
+            "the training script itself (__main__), so no other program can load it: save "
+            "model.state_dict() instead"
+        )
+    text = (
+        f"checkpoint {path} holds a whole pickled model ({where}), saved with torch.save(model) "
+        f"rather than its state_dict; weights-only loading refuses it. Loading it {trust}"
+    )
+    usual = [p for p, _ in models if all(part in default_keys for part in p.split(".") if p)]
+    if key is None and not usual:
+        if len(models) == 1:
+            text += f" and set `key: {models[0][0]}` under checkpoint in the spec"
+        else:
+            names = " or ".join(repr(p) for p, _ in models)
+            text += f" and set checkpoint.key in the spec to the model to measure: {names}"
+    return text + " (or save model.state_dict() instead)."
