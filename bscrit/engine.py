@@ -108,6 +108,11 @@ def _validate(
         raise DataError(
             f"data: the dataset has {n} examples, fewer than the batch size B={batch_size}"
         )
+    if n == batch_size:
+        raise DataError(
+            f"data: the batch size B={batch_size} is the whole dataset: every batch is the same, "
+            "so there is no gradient noise to measure (N = 0); use B < n"
+        )
     if groups < 2:
         raise UsageError(f"groups: the jackknife needs at least 2 groups, got {groups}")
     if mode not in ("train", "eval"):

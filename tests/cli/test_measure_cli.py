@@ -328,3 +328,12 @@ def test_sigterm_is_handled_like_ctrl_c_exit_143_and_nothing_written(work: Path)
     assert "interrupted (SIGTERM); no output file was written" in stderr
     assert "Traceback" not in stderr
     assert not out.exists() and not list(work.glob(".m.json*"))
+
+
+def test_batch_size_equal_to_the_dataset_size_is_refused(work: Path) -> None:
+    """B = n: every batch is the whole dataset, N = 0; refused before the work, no traceback."""
+    out = work / "m.json"
+    r = _measure(str(work / "valid.yaml"), "-b", "48", "--out", str(out))
+    assert r.exit_code == 2, r.output
+    assert "whole dataset" in r.output and "Traceback" not in r.output
+    assert not out.exists()
