@@ -466,42 +466,79 @@ def table_md(cfg, rows, verdicts, cands, runtime) -> str:
     return "\n".join(L)
 
 
+def _num(x: Any) -> float:
+    """A float from results.json (non-finite values are stored as null)."""
+    return math.nan if x is None else float(x)
+
+
 def plot(cfg, rows, cands, path: Path) -> None:
+    """Left: held-out loss against B' (mean ± s.e.); right: D(κ) = L̄(κ) − L̄(1) against B'."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for v, label, mk, off in (
-        ("a", "(a) v carried over", "o", 0.97),
-        ("b", "(b) v / κ", "s", 1.03),
-    ):
+    fig, (ax, axd) = plt.subplots(1, 2, figsize=(13, 5))
+    variants = (("a", "(a) v carried over", "o", 0.97), ("b", "(b) v / κ", "s", 1.03))
+    for v, label, mk, off in variants:
         rs = [r for r in rows if r["variant"] == v]
-        ax.errorbar([r["B"] * off for r in rs], [r["mean"] for r in rs],
-                    yerr=[r["se"] for r in rs], marker=mk, capsize=3, label=label)  # fmt: skip
+        xs = [r["B"] * off for r in rs]
+        ax.errorbar(xs, [r["mean"] for r in rs], yerr=[r["se"] for r in rs], marker=mk,
+                    capsize=3, label=label)  # fmt: skip
+        rd = [r for r in rs if r["kappa"] != 1]
+        axd.errorbar([r["B"] * off for r in rd], [r["D"] for r in rd],
+                     yerr=[2 * _num(r["se_D"]) for r in rd], marker=mk, capsize=3,
+                     label=f"{label}: D ± 2 s.e.")  # fmt: skip
         for r in rs:
             if r["verdict"] == "fails":
                 ax.plot(r["B"] * off, r["mean"], marker="x", color="red", ms=10, zorder=5)
+                axd.plot(r["B"] * off, r["D"], marker="x", color="red", ms=10, zorder=5)
     base = next(r for r in rows if r["kappa"] == 1)
     ax.axhline(base["mean"] + FAIL_ABS, color="gray", ls=":", lw=1,
                label=f"κ=1 mean + {FAIL_ABS} nats")  # fmt: skip
+    axd.axhline(FAIL_ABS, color="gray", ls=":", lw=1, label=f"δ floor {FAIL_ABS} nats")
     colors = ["tab:green", "tab:purple", "tab:brown", "tab:olive"]
-    for c, col in zip(cands, colors, strict=False):
-        p = c["B_pred"]
-        if math.isfinite(p) and p > 0:
-            ax.axvline(p, color=col, ls="--", lw=1.2, label=f"{c['candidate']}: {p:.0f}")
-            lo, hi = c["B_pred_ci95"]
-            if math.isfinite(lo) and math.isfinite(hi) and lo > 0:
-                ax.axvspan(lo, hi, color=col, alpha=0.08)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel(f"B' = κ·B0 (sequences of {cfg.context} bytes)")
+    for a in (ax, axd):
+        for c, col in zip(cands, colors, strict=False):
+            p = _num(c["B_pred"])
+            if math.isfinite(p) and p > 0:
+                a.axvline(p, color=col, ls="--", lw=1.2, label=f"{c['candidate']}: {p:.0f}")
+                lo, hi = (_num(x) for x in c["B_pred_ci95"])
+                if math.isfinite(lo) and math.isfinite(hi) and lo > 0:
+                    a.axvspan(lo, hi, color=col, alpha=0.08)
+        a.set_xscale("log", base=2)
+        a.set_xlabel(f"B' = κ·B0 (sequences of {cfg.context} bytes)")
+    axd.set_yscale("symlog", linthresh=1e-3)
     ax.set_ylabel("held-out loss at equal tokens (nats/char)")
-    ax.set_title("AdamW, square-root rule from the branch point (mean ± s.e.; × = fails)")
+    axd.set_ylabel("D = L̄(κ) − L̄(1) (nats/char, symlog)")
+    ax.set_title("AdamW, square-root rule from the branch point (× = fails)", fontsize=10)
+    axd.set_title("loss gap to the κ = 1 branch (× = fails)", fontsize=10)
     ax.legend(fontsize=7, loc="upper left")
+    axd.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def clean_json(x: Any) -> Any:
+    """Non-finite floats → null (strict JSON)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: clean_json(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [clean_json(v) for v in x]
+    return x
+
+
+def replot(out: Path) -> int:
+    """Redraw the figure (and rewrite results.json as strict JSON) from a finished run."""
+    res = json.loads((out / "results.json").read_text())
+    cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in res["config"].items()})
+    (out / "results.json").write_text(json.dumps(clean_json(res), indent=1))
+    plot(cfg, res["summary"], res["candidates"], out / "fig_adaptive.png")
+    print(f"redrew {out / 'fig_adaptive.png'}")
+    return 0
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -521,7 +558,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "adaptive")
     ap.add_argument("--smoke", action="store_true", help="tiny configuration (numbers meaningless)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--replot", action="store_true", help="only redraw the figure from --out")
     args = ap.parse_args(argv)
+    if args.replot:
+        return replot(args.out)
     torch.set_num_threads(args.threads)
     cfg = SMOKE if args.smoke else FULL
     if max(cfg.kappas) * (1 - cfg.beta1) >= 1 or max(cfg.kappas) * (1 - cfg.beta2) >= 1:
@@ -625,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
         "infeasible_kappa_message": infeasible,
         "runtime_s": {"total": runtime, "sweep": t_sweep},
     }
-    (args.out / "results.json").write_text(json.dumps(result, indent=1, default=float))
+    (args.out / "results.json").write_text(json.dumps(clean_json(result), indent=1))
     (args.out / "results.md").write_text(md + "\n")
     plot(cfg, rows, cands, args.out / "fig_adaptive.png")
     log(f"done: {args.out} (total {log.elapsed:.0f}s, sweep {t_sweep:.0f}s)")
