@@ -328,6 +328,8 @@ def _stats_problems(c: Checker, d: dict, path: str, groups: int | None) -> None:
         _param_set_problems(c, st["all"], join(st_path, "all"), groups)
     if st.get("scale_invariant") is not None:
         _param_set_problems(c, st["scale_invariant"], join(st_path, "scale_invariant"), groups)
+    if st.get("preconditioned") is not None:  # added in 0.2 (optional under schema 1)
+        _param_set_problems(c, st["preconditioned"], join(st_path, "preconditioned"), groups)
 
 
 def _equilibrium_problems(c: Checker, value: Any, path: str) -> None:

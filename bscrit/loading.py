@@ -230,6 +230,7 @@ class LoadedCheckpoint:
     state_dict: dict[str, Tensor]
     optimizer: OptimizerInfo | None  # source="checkpoint"
     path: Path
+    optimizer_state: Mapping | None = None  # the saved optimizer state_dict, as saved
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -326,7 +327,12 @@ def load_checkpoint(
             f"no state_dict found in checkpoint {path} ({_describe_keys(obj)}); "
             f"{where}name it with checkpoint.key in the spec"
         )
-    return LoadedCheckpoint(state_dict=state_dict, optimizer=optim.from_checkpoint(root), path=path)
+    return LoadedCheckpoint(
+        state_dict=state_dict,
+        optimizer=optim.from_checkpoint(root),
+        path=path,
+        optimizer_state=optim.optimizer_state(root),
+    )
 
 
 def _strip(sd: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:

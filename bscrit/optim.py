@@ -110,6 +110,8 @@ class OptimizerDef:
     keys: tuple[str, ...]
     defaults: Mapping[str, Any] = field(default_factory=dict)
     decoupled_weight_decay: bool = False
+    second_moment: str | None = None  # state key of the second-moment EMA (the preconditioner)
+    bias_corrected: bool = False  # the second moment is divided by 1 − β₂^t in the update
 
     @property
     def rule_reference(self) -> str:
@@ -157,6 +159,8 @@ REGISTRY: dict[str, OptimizerDef] = {
             "[MLPA22 Def. 5.2]",
             ("lr", "beta1", "beta2", "eps", "weight_decay"),
             {**_ADAM_DEFAULTS, "weight_decay": 0.0},
+            second_moment="exp_avg_sq",
+            bias_corrected=True,
         ),
         OptimizerDef(
             "adamw",
@@ -166,6 +170,8 @@ REGISTRY: dict[str, OptimizerDef] = {
             ("lr", "beta1", "beta2", "eps", "weight_decay"),
             {**_ADAM_DEFAULTS, "weight_decay": 0.01},  # PyTorch's AdamW default
             decoupled_weight_decay=True,
+            second_moment="exp_avg_sq",
+            bias_corrected=True,
         ),
         OptimizerDef(
             "rmsprop",
@@ -174,6 +180,7 @@ REGISTRY: dict[str, OptimizerDef] = {
             "[MLPA22 Def. 5.1]",
             ("lr", "alpha", "eps", "momentum", "weight_decay"),
             {"alpha": 0.99, "eps": 1e-8, "momentum": 0.0, "weight_decay": 0.0},
+            second_moment="square_avg",
         ),
     )
 }

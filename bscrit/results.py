@@ -45,6 +45,8 @@ from .optim import OptimizerInfo
 #   mode, elapsed_s, checkpoints, optimizer, equilibrium, stats.all / stats.scale_invariant
 #   (G, N, NSR with s.e., 95% intervals and the m leave-one-group-out values), per_parameter,
 #   warnings, extra; svag: runs, comparisons, verdict.
+#   Added under schema 1 (0.2): stats.preconditioned (G, N, NSR of P∇L, with "preconditioner")
+#   and stats.preconditioned_reason; prediction: recommended.limited_by.
 SCHEMA = 1
 KIND_MEASUREMENT = "bscrit.measurement"
 #: ``_UPGRADES[v]`` rewrites a schema-v artifact as schema v + 1 (none yet).
@@ -290,6 +292,10 @@ class Measurement:
     warnings: tuple[str, ...] = ()
     bscrit_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
+    #: G_P, N_P of the preconditioned gradient P∇L (docs/theory.md §5), pooled; None with a reason
+    preconditioned: ParamSetStats | None = None
+    preconditioner: str | None = None  # what P is, in a few words
+    preconditioned_reason: str | None = None  # why there is no preconditioned reading
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -318,6 +324,12 @@ class Measurement:
                 "scale_invariant": (
                     self.scale_invariant.to_dict() if self.scale_invariant else None
                 ),
+                "preconditioned": (
+                    self.preconditioned.to_dict() | {"preconditioner": self.preconditioner}
+                    if self.preconditioned
+                    else None
+                ),
+                "preconditioned_reason": self.preconditioned_reason,
             },
             "checkpoints": [c.to_dict() for c in self.checkpoints],
             "per_parameter": [r.to_dict() for r in self.per_parameter],
@@ -377,6 +389,13 @@ class Measurement:
                 warnings=tuple(str(w) for w in d.get("warnings", [])),
                 bscrit_version=str(d.get("bscrit_version", "?")),
                 extra=dict(d.get("extra") or {}),
+                preconditioned=(
+                    ParamSetStats.from_dict(st["preconditioned"])
+                    if st.get("preconditioned")
+                    else None
+                ),
+                preconditioner=(st.get("preconditioned") or {}).get("preconditioner"),
+                preconditioned_reason=st.get("preconditioned_reason"),
             )
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise ArtifactError(

@@ -152,7 +152,7 @@ def test_unknown_keys_are_ignored() -> None:
     ref = Measurement.from_dict(copy.deepcopy(d))
     d["written_by_a_newer_bscrit"] = {"anything": [1, 2, 3]}
     d["stats"]["all"]["preconditioned_G"] = 0.5
-    d["stats"]["preconditioned"] = {"G": 1.0}
+    d["stats"]["some_future_set"] = {"G": 1.0}  # ("preconditioned" is a known key now)
     d["checkpoints"][0]["step"] = 1200
     d["per_parameter"][0]["new_column"] = "x"
     m = Measurement.from_dict(d, source="newer.json")
