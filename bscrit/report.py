@@ -19,8 +19,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from rich.console import Console, Group, NewLine, RenderableType
+from rich.console import Console, ConsoleOptions, Group, NewLine, RenderableType, RenderResult
 from rich.markup import escape
+from rich.measure import Measurement as Width
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -107,6 +108,30 @@ def show(
                 warn(w)
 
 
+class _Fit:
+    """The first of several layouts whose natural width fits the console, else the last one.
+
+    A wide table that does not fit is not squeezed (rich would cut its cells with '…'): the
+    next layout, with fewer columns, is printed instead.
+    """
+
+    def __init__(self, *layouts: RenderableType) -> None:
+        self.layouts = layouts
+
+    def choose(self, console: Console, options: ConsoleOptions) -> RenderableType:
+        unbounded = options.update(max_width=1 << 16)  # the natural width, not clamped
+        for layout in self.layouts[:-1]:
+            if Width.get(console, unbounded, layout).maximum <= options.max_width:
+                return layout
+        return self.layouts[-1]
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.choose(console, options)
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Width:
+        return Width.get(console, options, self.choose(console, options))
+
+
 def _print(console: Console, r: RenderableType) -> None:
     """Print a Group part by part (the same output as the Group): tables and wrapped text are
     cropped at the console width as usual, the unwrapped plain lines (:func:`_line`) are not."""
@@ -175,22 +200,46 @@ def _line(text: str) -> Text:
 # ----------------------------------------------------------------------------------------------
 
 
-def _set_row(table: Table, label: str, s: ParamSetStats, frac: float | None) -> None:
+_SET_COLUMNS = ("count", "G ± s.e.", "N ± s.e.", "NSR", "NSR 95% CI", "R = ‖x‖²")
+
+
+def _set_cells(s: ParamSetStats | None, frac: float | None) -> list[str]:
+    """The figures of one parameter set, in the order of ``_SET_COLUMNS``."""
+    if s is None:
+        return ["none", "—", "—", "—", "—", "—"]
     nsr_hi = s.nsr_ci95[1]
-    table.add_row(
-        label,
+    return [
         f"{s.num_params:,}" + (f" ({frac:.0%})" if frac is not None else ""),
         f"{fmt(s.G)} ± {fmt(s.G_se)}",
         f"{fmt(s.N)} ± {fmt(s.N_se)}",
         fmt(s.nsr),
         f"[{fmt(s.nsr_ci95[0])}, {fmt(nsr_hi) if math.isfinite(nsr_hi) else '∞'}]",
         fmt(s.R),
-    )
+    ]
+
+
+def _set_tables(title: str, sets: Sequence[tuple[str, list[str]]]) -> _Fit:
+    """The G, N, NSR table: one row per parameter set when it fits the width; otherwise
+    transposed (one row per figure, one column per set), which fits in 80 columns."""
+    wide = Table(title=title)
+    for col in ("parameters", *_SET_COLUMNS):
+        wide.add_column(col, justify="right" if col != "parameters" else "left", no_wrap=True)
+    for label, cells in sets:
+        wide.add_row(label, *cells)
+    narrow = Table(title=title)
+    narrow.add_column("parameters", no_wrap=True)
+    for label, _ in sets:
+        narrow.add_column(label, justify="right", no_wrap=True)
+    for i, col in enumerate(_SET_COLUMNS):
+        narrow.add_row(col, *(cells[i] for _, cells in sets))
+    return _Fit(wide, narrow)
 
 
 def format_measurement(m: Measurement) -> Group:
     """Summary of a measurement: a header line, the table of G, N and NSR with intervals, the
-    equilibrium line and (several checkpoints) the per-checkpoint table."""
+    equilibrium line and (several checkpoints) the per-checkpoint table. Every figure stays
+    whole at any width from 80 columns: a table too wide for the console is laid out with fewer
+    columns instead of cut."""
     parts: list[RenderableType] = [
         Text.assemble(
             ("bscrit measure", "bold"),
@@ -200,18 +249,13 @@ def format_measurement(m: Measurement) -> Group:
             + f"  {m.elapsed_s:.2f}s",
         )
     ]
-    t = Table(
-        title=f"G = ‖∇L‖², N = Tr Σ at B={m.batch_size}, NSR = N/G "
-        f"(jackknife over {m.groups} groups)"
-    )
-    for col in ("parameters", "count", "G ± s.e.", "N ± s.e.", "NSR", "NSR 95% CI", "R = ‖x‖²"):
-        t.add_column(col, justify="right" if col != "parameters" else "left", no_wrap=True)
-    _set_row(t, "all trainable", m.all, 1.0)
-    if m.scale_invariant is not None:
-        _set_row(t, "scale-invariant", m.scale_invariant, m.scale_invariant_fraction)
-    else:
-        t.add_row("scale-invariant", "none", "—", "—", "—", "—", "—")
-    parts.append(t)
+    title = f"G = ‖∇L‖², N = Tr Σ at B={m.batch_size}, NSR = N/G (jackknife over {m.groups} groups)"
+    si = m.scale_invariant
+    sets = [
+        ("all trainable", _set_cells(m.all, 1.0)),
+        ("scale-invariant", _set_cells(si, m.scale_invariant_fraction if si else None)),
+    ]
+    parts.append(_set_tables(title, sets))
     if m.equilibrium is not None:
         e = m.equilibrium
         parts.append(
@@ -224,8 +268,9 @@ def format_measurement(m: Measurement) -> Group:
         parts.append(Text(f"equilibrium: not checked ({m.equilibrium_note})"))
     if len(m.checkpoints) > 1:
         ct = Table(title="Per checkpoint (pooled above: mean of G and N)")
-        for col in ("checkpoint", "G (all)", "N (all)", "NSR (all)", "NSR (scale-inv.)", "ρ"):
-            ct.add_column(col, justify="left" if col == "checkpoint" else "right")
+        ct.add_column("checkpoint", overflow="fold")  # a long path folds; the figures stay whole
+        for col in ("G (all)", "N (all)", "NSR (all)", "NSR (scale-inv.)", "ρ"):
+            ct.add_column(col, justify="right", no_wrap=True)
         for c in m.checkpoints:
             ct.add_row(
                 c.path,
@@ -239,12 +284,17 @@ def format_measurement(m: Measurement) -> Group:
     return Group(*parts)
 
 
-def format_per_tensor(rows: Sequence[ParameterRow], limit: int | None = 20) -> Table:
-    """Per-tensor breakdown, largest N first (the first ``limit`` rows; None: all)."""
+_TENSOR_COLUMNS = ("tensor", "shape", "G", "N", "R", "scale-inv.", "|⟨W,g⟩|/‖W‖‖g‖")
+
+
+def format_per_tensor(rows: Sequence[ParameterRow], limit: int | None = 20) -> Group:
+    """Per-tensor breakdown, largest N first (the first ``limit`` rows; None: all). When the
+    table is too wide for the console the shape goes under the tensor's name and the last two
+    headers are shortened, so the figures stay whole in 80 columns."""
     ordered = sorted(rows, key=lambda r: r.N, reverse=True)
     shown = ordered if limit is None else ordered[:limit]
-    t = Table(
-        title="Per tensor (largest N first"
+    title = (
+        "Per tensor (largest N first"
         + (
             f"; {len(shown)} of {len(rows)}, --per-tensor all for every row"
             if len(shown) < len(rows)
@@ -252,10 +302,8 @@ def format_per_tensor(rows: Sequence[ParameterRow], limit: int | None = 20) -> T
         )
         + ")"
     )
-    for col in ("tensor", "shape", "G", "N", "R", "scale-inv.", "|⟨W,g⟩|/‖W‖‖g‖"):
-        t.add_column(col, justify="left" if col in ("tensor", "shape") else "right")
-    for r in shown:
-        t.add_row(
+    cells = [
+        (
             r.name,
             "×".join(str(s) for s in r.shape),
             fmt(r.G),
@@ -264,7 +312,20 @@ def format_per_tensor(rows: Sequence[ParameterRow], limit: int | None = 20) -> T
             "yes" if r.scale_invariant else "no",
             fmt(r.invariance_ratio, 2),
         )
-    return t
+        for r in shown
+    ]
+    wide = Table(title=title)
+    for col in _TENSOR_COLUMNS:
+        wide.add_column(col, justify="left" if col in ("tensor", "shape") else "right")
+    for row in cells:
+        wide.add_row(*row)
+    narrow = Table(title=title)
+    narrow.add_column("tensor / shape", overflow="fold")
+    for col in ("G", "N", "R", "s.-inv.", "|cos(W,g)|"):
+        narrow.add_column(col, justify="right", no_wrap=True)
+    for name, shape, *figures in cells:
+        narrow.add_row(f"{name}\n{shape}", *figures)
+    return Group(_Fit(wide, narrow))
 
 
 # ==============================================================================================

@@ -254,20 +254,61 @@ def test_measurement_table_at_120_columns_shows_every_figure(name: str) -> None:
     assert all(f in shown for f in _every_figure(m)), _every_figure(m)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="at 80 columns rich cuts the count, G ± s.e., N ± s.e., NSR and NSR 95% CI cells "
-    "with '…' (e.g. NSR 8.182 -> '8…'); the 80-column layout is another issue: remove this "
-    "marker when it is fixed",
-)
-@pytest.mark.parametrize("name", ["sgd_b128"])
-def test_measurement_table_at_80_columns_shows_every_figure(name: str) -> None:
+@pytest.mark.parametrize("width", [80, 120])
+@pytest.mark.parametrize("name", FIXTURES)
+def test_measurement_table_at_80_columns_shows_every_figure(name: str, width: int) -> None:
+    """Too wide for the console, the table is laid out with one row per figure instead of being
+    cut with '…'; at 120 columns it keeps one row per parameter set."""
     m = load_measurement(path(name))
-    text = render(report.format_measurement(m), width=80)
-    assert all(len(line) <= 80 for line in lines(text))
+    text = render(report.format_measurement(m), width=width)
+    assert all(len(line) <= width for line in lines(text))
+    assert "…" not in text
     shown = [c for r in rows(text).values() for c in r]
     missing = [f for f in _every_figure(m) if f not in shown]
-    assert not missing, f"cut at 80 columns: {missing}\n{text}"
+    assert not missing, f"cut at {width} columns: {missing}\n{text}"
+    got = rows(text)
+    if width == 120:
+        assert got["parameters"] == MEASUREMENT_HEADERS
+    else:  # transposed: a row per figure, a column per parameter set
+        assert got["parameters"] == ["parameters", "all trainable", "scale-invariant"]
+        assert [got[h][0] for h in MEASUREMENT_HEADERS[1:]] == MEASUREMENT_HEADERS[1:]
+        si = m.scale_invariant
+        assert got["NSR"] == ["NSR", fmt(m.all.nsr), fmt(si.nsr) if si else "—"]
+
+
+def _long_rows(m: Measurement) -> list:  # type: ignore[type-arg]
+    r = m.per_parameter[0]
+    long = dataclasses.replace(
+        r, name="layer4.1.downsample.0.weight", shape=(512, 256, 1, 1), G=1.234e-05,
+        N=-2.345e-05, R=12345.6, invariance_ratio=3.3e-07,
+    )  # fmt: skip
+    return [*m.per_parameter, long]
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_per_tensor_and_per_checkpoint_tables_keep_every_figure(width: int) -> None:
+    m = load_measurement(path("sgd_b128"))
+    c = m.checkpoints[0]
+    far = dataclasses.replace(c, path="runs/a/rather/long/folder/name/epoch_0250.pt")
+    text = render(
+        report.format_measurement(dataclasses.replace(m, checkpoints=(c, far))),
+        report.format_per_tensor(_long_rows(m)),
+        width=width,
+    )
+    assert all(len(line) <= width for line in lines(text))
+    assert "…" not in text
+    cells = [cell for line in lines(text) for cell in line.replace("┃", "│").split("│")]
+    shown = {cell.strip() for cell in cells}
+    for r in _long_rows(m):
+        for f in (fmt(r.G), fmt(r.N), fmt(r.R), fmt(r.invariance_ratio, 2)):
+            assert f in shown, (f, text)
+    for f in (fmt(c.all.G), fmt(c.all.N), fmt(c.all.nsr), f"{c.equilibrium.residual:+.3f}"):
+        assert f in shown, (f, text)
+    # a folded name or path reads whole again down its first column
+    flat = "".join(line.split("│")[1].strip() for line in lines(text) if line.startswith("│"))
+    assert "layer4.1.downsample.0.weight" in flat
+    assert "512×256×1×1" in flat or "512×256×1×1" in shown  # under the name, or its own column
+    assert "runs/a/rather/long/folder/name/epoch_0250.pt" in flat
 
 
 def test_per_tensor_table_sorted_and_limited() -> None:
