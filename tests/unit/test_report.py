@@ -487,7 +487,7 @@ def test_scaled_adam_square_root_rule_keeps_six_digits() -> None:
 STEPS = tuple(float(e) for e in range(0, 101, 10))
 
 
-def _run(l: int, loss_end: float) -> SvagRun:  # noqa: E741
+def _run(l: int, loss_end: float, norm_end: float = 30.0) -> SvagRun:  # noqa: E741
     def path_(start: float, end: float) -> tuple[float, ...]:
         return tuple(start + (end - start) * min(1.0, i / 8) for i in range(len(STEPS)))
 
@@ -499,14 +499,14 @@ def _run(l: int, loss_end: float) -> SvagRun:  # noqa: E741
         values={
             "train_loss": path_(0.5, loss_end),
             "eval_acc": path_(0.9, 0.98),
-            "norm_sq": path_(40.0, 30.0),
+            "norm_sq": path_(40.0, norm_end),
         },
         elapsed_s=1.25 * l,
     )
 
 
-def _svag_result(loss_end_4: float = 0.9) -> SvagResult:
-    runs = [_run(1, 0.3), _run(2, 0.3), _run(4, loss_end_4)]
+def _svag_result(loss_end_4: float = 0.9, runs: list[SvagRun] | None = None) -> SvagResult:
+    runs = runs or [_run(1, 0.3), _run(2, 0.3), _run(4, loss_end_4)]
     summaries, comps = compare_runs(runs)
     return SvagResult(
         batch_size=32,
@@ -582,6 +582,39 @@ def test_svag_report() -> None:
         f"(κ = 32; {r.rule_reference}), 100 effective steps"
     )
     assert rep.warnings == ("w [bold]",)
+
+
+@pytest.mark.parametrize(
+    "runs",
+    [
+        # train loss: l = 1 differs; ‖x‖²: l = 4 differs (not converged)
+        [_run(1, 0.4), _run(2, 0.3), _run(4, 0.3, norm_end=20.0)],
+        # ‖x‖² decides (sde_fails); train loss and ‖x‖² differ for l = 2 as well
+        [_run(1, 0.3, 45.0), _run(2, 0.4, 20.0), _run(4, 0.3, 20.0), _run(8, 0.3, 20.0)],
+        # ‖x‖² only
+        [_run(1, 0.3), _run(2, 0.3), _run(4, 0.3, norm_end=20.0)],
+    ],
+)
+def test_svag_verdict_note_matches_the_table_marks(runs: list[SvagRun]) -> None:
+    """Every ✗ of a verdict row (*) is named under the verdict, and "Only ‖x‖² disagrees"
+    appears exactly when the ‖x‖² row holds every ✗ of those rows."""
+    r = _svag_result(runs=runs)
+    text = render(report.format_svag(r))
+    header = rows(text)["test function"]
+    marked = []  # (label, "b vs a") of every ✗ on a * row
+    for label, cells in rows(text).items():
+        if label.endswith(" *"):
+            marked += [(label[:-2], header[i]) for i, c in enumerate(cells) if c.endswith("✗")]
+    assert any(lab == METRIC_LABELS["norm_sq"] for lab, _ in marked)
+    said = "\n".join(line for line in lines(text) if line.startswith(("verdict", "  disagree")))
+    for label, pair in marked:
+        key = next(k for k, v in METRIC_LABELS.items() if v == label)
+        lb, la = pair.split(" vs ")
+        assert f"{label} (l = {pair})" in said or f"{key}: l={la} vs l={lb}" in said, (
+            label, pair, said,
+        )  # fmt: skip
+    only_norm = {lab for lab, _ in marked} == {METRIC_LABELS["norm_sq"]}
+    assert ("Only ‖x‖² disagrees" in said) == only_norm
 
 
 def test_svag_verdict_holds_is_green() -> None:
