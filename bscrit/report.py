@@ -109,27 +109,34 @@ def show(
 
 
 class _Fit:
-    """The first of several layouts whose natural width fits the console, else the last one.
-
-    A wide table that does not fit is not squeezed (rich would cut its cells with '…'): the
-    next layout, with fewer columns, is printed instead.
-    """
+    """The first layout whose natural width fits the console, else the last: a table too wide
+    is laid out with fewer columns instead of having its cells cut with '…' by rich."""
 
     def __init__(self, *layouts: RenderableType) -> None:
         self.layouts = layouts
 
     def choose(self, console: Console, options: ConsoleOptions) -> RenderableType:
-        unbounded = options.update(max_width=1 << 16)  # the natural width, not clamped
-        for layout in self.layouts[:-1]:
-            if Width.get(console, unbounded, layout).maximum <= options.max_width:
-                return layout
+        natural = options.update(max_width=1 << 16)  # Width.get clamps to max_width
+        for x in self.layouts[:-1]:
+            if Width.get(console, natural, x).maximum <= options.max_width:
+                return x
         return self.layouts[-1]
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         yield self.choose(console, options)
 
-    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Width:
-        return Width.get(console, options, self.choose(console, options))
+
+def _table(title: str, cols: Sequence[str], rows: Iterable[Sequence[str]], left: int = 1) -> Table:
+    """``left`` label columns (folded when too long), then figures (right-aligned, never cut)."""
+    t = Table(title=title)
+    for i, col in enumerate(cols):
+        if i < left:
+            t.add_column(col, overflow="fold")
+        else:
+            t.add_column(col, justify="right", no_wrap=True)
+    for row in rows:
+        t.add_row(*row)
+    return t
 
 
 def _print(console: Console, r: RenderableType) -> None:
@@ -207,39 +214,15 @@ def _set_cells(s: ParamSetStats | None, frac: float | None) -> list[str]:
     """The figures of one parameter set, in the order of ``_SET_COLUMNS``."""
     if s is None:
         return ["none", "—", "—", "—", "—", "—"]
-    nsr_hi = s.nsr_ci95[1]
-    return [
-        f"{s.num_params:,}" + (f" ({frac:.0%})" if frac is not None else ""),
-        f"{fmt(s.G)} ± {fmt(s.G_se)}",
-        f"{fmt(s.N)} ± {fmt(s.N_se)}",
-        fmt(s.nsr),
-        f"[{fmt(s.nsr_ci95[0])}, {fmt(nsr_hi) if math.isfinite(nsr_hi) else '∞'}]",
-        fmt(s.R),
-    ]
-
-
-def _set_tables(title: str, sets: Sequence[tuple[str, list[str]]]) -> _Fit:
-    """The G, N, NSR table: one row per parameter set when it fits the width; otherwise
-    transposed (one row per figure, one column per set), which fits in 80 columns."""
-    wide = Table(title=title)
-    for col in ("parameters", *_SET_COLUMNS):
-        wide.add_column(col, justify="right" if col != "parameters" else "left", no_wrap=True)
-    for label, cells in sets:
-        wide.add_row(label, *cells)
-    narrow = Table(title=title)
-    narrow.add_column("parameters", no_wrap=True)
-    for label, _ in sets:
-        narrow.add_column(label, justify="right", no_wrap=True)
-    for i, col in enumerate(_SET_COLUMNS):
-        narrow.add_row(col, *(cells[i] for _, cells in sets))
-    return _Fit(wide, narrow)
+    lo, hi = s.nsr_ci95
+    return [f"{s.num_params:,}" + (f" ({frac:.0%})" if frac is not None else ""),
+            f"{fmt(s.G)} ± {fmt(s.G_se)}", f"{fmt(s.N)} ± {fmt(s.N_se)}", fmt(s.nsr),
+            f"[{fmt(lo)}, {fmt(hi) if math.isfinite(hi) else '∞'}]", fmt(s.R)]  # fmt: skip
 
 
 def format_measurement(m: Measurement) -> Group:
     """Summary of a measurement: a header line, the table of G, N and NSR with intervals, the
-    equilibrium line and (several checkpoints) the per-checkpoint table. Every figure stays
-    whole at any width from 80 columns: a table too wide for the console is laid out with fewer
-    columns instead of cut."""
+    equilibrium line and (several checkpoints) the per-checkpoint table; too wide, transposed."""
     parts: list[RenderableType] = [
         Text.assemble(
             ("bscrit measure", "bold"),
@@ -251,11 +234,14 @@ def format_measurement(m: Measurement) -> Group:
     ]
     title = f"G = ‖∇L‖², N = Tr Σ at B={m.batch_size}, NSR = N/G (jackknife over {m.groups} groups)"
     si = m.scale_invariant
-    sets = [
-        ("all trainable", _set_cells(m.all, 1.0)),
-        ("scale-invariant", _set_cells(si, m.scale_invariant_fraction if si else None)),
-    ]
-    parts.append(_set_tables(title, sets))
+    sets = {
+        "all trainable": _set_cells(m.all, 1.0),
+        "scale-invariant": _set_cells(si, m.scale_invariant_fraction if si else None),
+    }
+    wide = _table(title, ("parameters", *_SET_COLUMNS), ([k, *v] for k, v in sets.items()))
+    transposed = ([col, *(v[i] for v in sets.values())] for i, col in enumerate(_SET_COLUMNS))
+    narrow = _table(title, ("parameters", *sets), transposed)
+    parts.append(_Fit(wide, narrow))
     if m.equilibrium is not None:
         e = m.equilibrium
         parts.append(
@@ -267,65 +253,31 @@ def format_measurement(m: Measurement) -> Group:
     else:
         parts.append(Text(f"equilibrium: not checked ({m.equilibrium_note})"))
     if len(m.checkpoints) > 1:
-        ct = Table(title="Per checkpoint (pooled above: mean of G and N)")
-        ct.add_column("checkpoint", overflow="fold")  # a long path folds; the figures stay whole
-        for col in ("G (all)", "N (all)", "NSR (all)", "NSR (scale-inv.)", "ρ"):
-            ct.add_column(col, justify="right", no_wrap=True)
-        for c in m.checkpoints:
-            ct.add_row(
-                c.path,
-                fmt(c.all.G),
-                fmt(c.all.N),
-                fmt(c.all.nsr),
-                fmt(c.scale_invariant.nsr) if c.scale_invariant else "—",
-                f"{c.equilibrium.residual:+.3f}" if c.equilibrium else "—",
-            )
-        parts.append(ct)
+        header = ("checkpoint", "G (all)", "N (all)", "NSR (all)", "NSR (scale-inv.)", "ρ")
+        rows = [(c.path, fmt(c.all.G), fmt(c.all.N), fmt(c.all.nsr),
+                 fmt(c.scale_invariant.nsr) if c.scale_invariant else "—",
+                 f"{c.equilibrium.residual:+.3f}" if c.equilibrium else "—")
+                for c in m.checkpoints]  # fmt: skip
+        parts.append(_table("Per checkpoint (pooled above: mean of G and N)", header, rows))
     return Group(*parts)
 
 
-_TENSOR_COLUMNS = ("tensor", "shape", "G", "N", "R", "scale-inv.", "|⟨W,g⟩|/‖W‖‖g‖")
-
-
 def format_per_tensor(rows: Sequence[ParameterRow], limit: int | None = 20) -> Group:
-    """Per-tensor breakdown, largest N first (the first ``limit`` rows; None: all). When the
-    table is too wide for the console the shape goes under the tensor's name and the last two
-    headers are shortened, so the figures stay whole in 80 columns."""
+    """Per-tensor breakdown, largest N first (the first ``limit`` rows; None: all). Too wide for
+    the console, the shape goes under the tensor's name and two headers are shortened."""
     ordered = sorted(rows, key=lambda r: r.N, reverse=True)
     shown = ordered if limit is None else ordered[:limit]
-    title = (
-        "Per tensor (largest N first"
-        + (
-            f"; {len(shown)} of {len(rows)}, --per-tensor all for every row"
-            if len(shown) < len(rows)
-            else ""
-        )
-        + ")"
+    cut = f"; {len(shown)} of {len(rows)}, --per-tensor all for every row"
+    title = f"Per tensor (largest N first{cut if len(shown) < len(rows) else ''})"
+    cells = [(r.name, "×".join(str(s) for s in r.shape), fmt(r.G), fmt(r.N), fmt(r.R),
+              "yes" if r.scale_invariant else "no", fmt(r.invariance_ratio, 2))
+             for r in shown]  # fmt: skip
+    wide = _table(
+        title, ("tensor", "shape", "G", "N", "R", "scale-inv.", "|⟨W,g⟩|/‖W‖‖g‖"), cells, 2
     )
-    cells = [
-        (
-            r.name,
-            "×".join(str(s) for s in r.shape),
-            fmt(r.G),
-            fmt(r.N),
-            fmt(r.R),
-            "yes" if r.scale_invariant else "no",
-            fmt(r.invariance_ratio, 2),
-        )
-        for r in shown
-    ]
-    wide = Table(title=title)
-    for col in _TENSOR_COLUMNS:
-        wide.add_column(col, justify="left" if col in ("tensor", "shape") else "right")
-    for row in cells:
-        wide.add_row(*row)
-    narrow = Table(title=title)
-    narrow.add_column("tensor / shape", overflow="fold")
-    for col in ("G", "N", "R", "s.-inv.", "|cos(W,g)|"):
-        narrow.add_column(col, justify="right", no_wrap=True)
-    for name, shape, *figures in cells:
-        narrow.add_row(f"{name}\n{shape}", *figures)
-    return Group(_Fit(wide, narrow))
+    narrow = ((f"{c[0]}\n{c[1]}", *c[2:]) for c in cells)  # the shape under the name
+    cols = ("tensor / shape", "G", "N", "R", "s.-inv.", "|cos(W,g)|")
+    return Group(_Fit(wide, _table(title, cols, narrow)))
 
 
 # ==============================================================================================
