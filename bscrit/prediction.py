@@ -247,12 +247,12 @@ def check(prediction: Prediction, target: int, strict: bool = False) -> CheckRes
         return CheckResult(target, verdict, code, reason, strict, p, limited_by, top)
 
     if target > n:
+        ends = f"n = {n}" if top == n else f"the lower 95% bound of B*, {_f(lower)}"
         return result(
             "fail",
             ExitCode.CHECK_FAILED,
             f"B' = {target} is larger than the dataset size n = {n}: a batch cannot hold more "
-            f"distinct examples than the data (the recommended range ends at {_f(top)}, "
-            f"{'n' if limited_by == 'dataset_size' else 'the lower 95% bound of B*'}; {c2})",
+            f"distinct examples than the data (the recommended range ends at {ends}; {c2})",
         )
     if target <= base:
         return result(
@@ -263,8 +263,8 @@ def check(prediction: Prediction, target: int, strict: bool = False) -> CheckRes
     if target <= top:
         if limited_by == "dataset_size":
             why = (
-                f"capped at the dataset size n = {n}: the lower 95% bound of B*, {_f(lower)}, is "
-                f"above it (point estimate {_f(point)}; {c2})"
+                f"capped at the dataset size n = {n}; the lower 95% bound of B* = {_f(lower)} is "
+                f"above it, point estimate {_f(point)}; {c2}"
             )
         else:
             why = f"lower 95% bound of B* = {_f(lower)}, point estimate {_f(point)}; {c2}"
