@@ -247,7 +247,8 @@ def check(prediction: Prediction, target: int, strict: bool = False) -> CheckRes
         return CheckResult(target, verdict, code, reason, strict, p, limited_by, top)
 
     if target > n:
-        ends = f"n = {n}" if top == n else f"the lower 95% bound of B*, {_f(lower)}"
+        bound = f"the lower 95% bound of B*, {_f(lower)}"
+        ends = f"n = {n}" if limited_by == "dataset_size" else bound
         return result(
             "fail",
             ExitCode.CHECK_FAILED,
