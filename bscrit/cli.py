@@ -404,7 +404,8 @@ def check(
     """CI gate: exit 0 when B' is in the recommended range, 1 when it is past B*, 2 on bad input.
 
     Exit 1 when B' is above the point estimate of B* [LMA21 Thm 5.6] (with --strict: above its
-    lower 95% bound). Between the two without --strict: exit 0 with a warning. One line says why.
+    lower 95% bound) or above the dataset size n. Between the two without --strict: exit 0 with
+    a warning. One line says why, and which limit (the bound of B* or n) ends the range.
     """
     from . import report
     from .prediction import check as check_target

@@ -162,9 +162,18 @@ def predict_files(paths: Sequence[str | os.PathLike[str]], c2: float = DEFAULT_C
 # ----------------------------------------------------------------------------------------------
 
 
+#: ``CheckResult.limited_by``: what sets the top of the range ``check`` applies.
+LIMITED_BY = ("b_star", "dataset_size")
+
+
 @dataclass(frozen=True)
 class CheckResult:
-    """The verdict of ``bscrit check`` for a target batch size B'."""
+    """The verdict of ``bscrit check`` for a target batch size B'.
+
+    ``limited_by`` says which limit binds the top of the range (``range_max``): ``"b_star"``, the
+    lower 95% bound of B*, or ``"dataset_size"``, n, when that bound is above n (B* is beyond
+    full-batch training: a batch cannot hold more distinct examples than the data).
+    """
 
     target: int
     verdict: str  # "ok" | "warn" (exit 0) | "fail" (exit 1)
@@ -172,6 +181,8 @@ class CheckResult:
     reason: str  # the one line that says why
     strict: bool
     prediction: Prediction
+    limited_by: str = "b_star"  # one of LIMITED_BY
+    range_max: float = math.inf  # min(lower 95% bound of B*, n)
 
     def to_dict(self) -> dict[str, Any]:
         p = self.prediction
@@ -185,46 +196,83 @@ class CheckResult:
             "c2": p.c2,
             "base_batch_size": p.base.batch_size,
             "b_star": _num(p.b_star_min),
-            "b_star_lower": _num(r.max),
+            "b_star_lower": _num(_b_star_lower(p)),
+            "dataset_size": _dataset_size(p),
+            "range_max": _num(self.range_max),
+            "limited_by": self.limited_by,
             "recommended": r.to_dict(),
             "warnings": [w for b in p.measurements for w in b.warnings] + list(p.warnings),
         }
 
 
 def _f(x: float) -> str:
-    return "∞" if math.isinf(x) else f"{x:.4g}"
+    """A batch size in a reason: whole from 1000 up (58783, not 5.878e+04), else 4 digits."""
+    if math.isinf(x):
+        return "∞"
+    return f"{x:.0f}" if abs(x) >= 1000 else f"{x:.4g}"
+
+
+def _b_star_lower(p: Prediction) -> float:
+    """The smallest lower 95% bound of B* across the measurements (not capped at n)."""
+    return min(b.b_star_ci95[0] for b in p.measurements)
+
+
+def _dataset_size(p: Prediction) -> int:
+    """n: the smallest training set among the measurements."""
+    return min(b.dataset_size for b in p.measurements)
 
 
 def check(prediction: Prediction, target: int, strict: bool = False) -> CheckResult:
     """Is B' = ``target`` within the recommended range?
 
-    - B' ≤ the base B (scaling down or staying) or B' ≤ the lower 95% bound of B*: ok (exit 0).
+    - B' > n, the dataset size: fail (exit 1): a batch cannot hold more distinct examples than
+      the data.
+    - B' ≤ the base B (scaling down or staying) or B' ≤ the top of the range, min(lower 95%
+      bound of B*, n): ok (exit 0); the reason says which of the two limits binds.
     - lower bound < B' ≤ point estimate of B*: ok with a warning (exit 0), fail with ``strict``.
     - B' > point estimate of B* (the smallest across baselines): fail (exit 1) [LMA21 Thm 5.6].
     """
     check_batch_size(target, "batch_size")
     p = prediction
     base = p.base.batch_size
-    lower = p.recommended.max
+    lower = _b_star_lower(p)
+    n = _dataset_size(p)
     point = p.b_star_min
+    limited_by = "dataset_size" if lower > n else "b_star"
+    top = min(lower, float(n))
     kappa = target / base
     c2 = f"C² = {p.c2:g}"
 
     def result(verdict: str, code: ExitCode, reason: str) -> CheckResult:
-        return CheckResult(target, verdict, code, reason, strict, p)
+        return CheckResult(target, verdict, code, reason, strict, p, limited_by, top)
 
+    if target > n:
+        bound = f"the lower 95% bound of B*, {_f(lower)}"
+        ends = f"n = {n}" if limited_by == "dataset_size" else bound
+        return result(
+            "fail",
+            ExitCode.CHECK_FAILED,
+            f"B' = {target} is larger than the dataset size n = {n}: a batch cannot hold more "
+            f"distinct examples than the data (the recommended range ends at {ends}; {c2})",
+        )
     if target <= base:
         return result(
             "ok",
             ExitCode.OK,
             f"B' = {target} ≤ the measured B = {base}: scaling down (or not at all) is in range",
         )
-    if target <= lower:
+    if target <= top:
+        if limited_by == "dataset_size":
+            why = (
+                f"capped at the dataset size n = {n}; the lower 95% bound of B* = {_f(lower)} is "
+                f"above it, point estimate {_f(point)}; {c2}"
+            )
+        else:
+            why = f"lower 95% bound of B* = {_f(lower)}, point estimate {_f(point)}; {c2}"
         return result(
             "ok",
             ExitCode.OK,
-            f"B' = {target} is within the recommended range [{base}, {_f(lower)}] "
-            f"(lower 95% bound of B* = {_f(lower)}, point estimate {_f(point)}; {c2})",
+            f"B' = {target} is within the recommended range [{base}, {_f(top)}] ({why})",
         )
     if target <= point:
         reason = (

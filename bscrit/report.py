@@ -19,8 +19,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from rich.console import Console, Group, NewLine, RenderableType
+from rich.console import Console, ConsoleOptions, Group, NewLine, RenderableType, RenderResult
 from rich.markup import escape
+from rich.measure import Measurement as Width
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -107,6 +108,37 @@ def show(
                 warn(w)
 
 
+class _Fit:
+    """The first layout whose natural width fits the console, else the last: a table too wide
+    is laid out with fewer columns instead of having its cells cut with '…' by rich."""
+
+    def __init__(self, *layouts: RenderableType) -> None:
+        self.layouts = layouts
+
+    def choose(self, console: Console, options: ConsoleOptions) -> RenderableType:
+        natural = options.update(max_width=1 << 16)  # Width.get clamps to max_width
+        for x in self.layouts[:-1]:
+            if Width.get(console, natural, x).maximum <= options.max_width:
+                return x
+        return self.layouts[-1]
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.choose(console, options)
+
+
+def _table(title: str, cols: Sequence[str], rows: Iterable[Sequence[str]], left: int = 1) -> Table:
+    """``left`` label columns (folded when too long), then figures (right-aligned, never cut)."""
+    t = Table(title=title)
+    for i, col in enumerate(cols):
+        if i < left:
+            t.add_column(col, overflow="fold")
+        else:
+            t.add_column(col, justify="right", no_wrap=True)
+    for row in rows:
+        t.add_row(*row)
+    return t
+
+
 def _print(console: Console, r: RenderableType) -> None:
     """Print a Group part by part (the same output as the Group): tables and wrapped text are
     cropped at the console width as usual, the unwrapped plain lines (:func:`_line`) are not."""
@@ -175,22 +207,22 @@ def _line(text: str) -> Text:
 # ----------------------------------------------------------------------------------------------
 
 
-def _set_row(table: Table, label: str, s: ParamSetStats, frac: float | None) -> None:
-    nsr_hi = s.nsr_ci95[1]
-    table.add_row(
-        label,
-        f"{s.num_params:,}" + (f" ({frac:.0%})" if frac is not None else ""),
-        f"{fmt(s.G)} ± {fmt(s.G_se)}",
-        f"{fmt(s.N)} ± {fmt(s.N_se)}",
-        fmt(s.nsr),
-        f"[{fmt(s.nsr_ci95[0])}, {fmt(nsr_hi) if math.isfinite(nsr_hi) else '∞'}]",
-        fmt(s.R),
-    )
+_SET_COLUMNS = ("count", "G ± s.e.", "N ± s.e.", "NSR", "NSR 95% CI", "R = ‖x‖²")
+
+
+def _set_cells(s: ParamSetStats | None, frac: float | None) -> list[str]:
+    """The figures of one parameter set, in the order of ``_SET_COLUMNS``."""
+    if s is None:
+        return ["none", "—", "—", "—", "—", "—"]
+    lo, hi = s.nsr_ci95
+    return [f"{s.num_params:,}" + (f" ({frac:.0%})" if frac is not None else ""),
+            f"{fmt(s.G)} ± {fmt(s.G_se)}", f"{fmt(s.N)} ± {fmt(s.N_se)}", fmt(s.nsr),
+            f"[{fmt(lo)}, {fmt(hi) if math.isfinite(hi) else '∞'}]", fmt(s.R)]  # fmt: skip
 
 
 def format_measurement(m: Measurement) -> Group:
     """Summary of a measurement: a header line, the table of G, N and NSR with intervals, the
-    equilibrium line and (several checkpoints) the per-checkpoint table."""
+    equilibrium line and (several checkpoints) the per-checkpoint table; too wide, transposed."""
     parts: list[RenderableType] = [
         Text.assemble(
             ("bscrit measure", "bold"),
@@ -200,18 +232,16 @@ def format_measurement(m: Measurement) -> Group:
             + f"  {m.elapsed_s:.2f}s",
         )
     ]
-    t = Table(
-        title=f"G = ‖∇L‖², N = Tr Σ at B={m.batch_size}, NSR = N/G "
-        f"(jackknife over {m.groups} groups)"
-    )
-    for col in ("parameters", "count", "G ± s.e.", "N ± s.e.", "NSR", "NSR 95% CI", "R = ‖x‖²"):
-        t.add_column(col, justify="right" if col != "parameters" else "left", no_wrap=True)
-    _set_row(t, "all trainable", m.all, 1.0)
-    if m.scale_invariant is not None:
-        _set_row(t, "scale-invariant", m.scale_invariant, m.scale_invariant_fraction)
-    else:
-        t.add_row("scale-invariant", "none", "—", "—", "—", "—", "—")
-    parts.append(t)
+    title = f"G = ‖∇L‖², N = Tr Σ at B={m.batch_size}, NSR = N/G (jackknife over {m.groups} groups)"
+    si = m.scale_invariant
+    sets = {
+        "all trainable": _set_cells(m.all, 1.0),
+        "scale-invariant": _set_cells(si, m.scale_invariant_fraction if si else None),
+    }
+    wide = _table(title, ("parameters", *_SET_COLUMNS), ([k, *v] for k, v in sets.items()))
+    transposed = ([col, *(v[i] for v in sets.values())] for i, col in enumerate(_SET_COLUMNS))
+    narrow = _table(title, ("parameters", *sets), transposed)
+    parts.append(_Fit(wide, narrow))
     if m.equilibrium is not None:
         e = m.equilibrium
         parts.append(
@@ -223,48 +253,31 @@ def format_measurement(m: Measurement) -> Group:
     else:
         parts.append(Text(f"equilibrium: not checked ({m.equilibrium_note})"))
     if len(m.checkpoints) > 1:
-        ct = Table(title="Per checkpoint (pooled above: mean of G and N)")
-        for col in ("checkpoint", "G (all)", "N (all)", "NSR (all)", "NSR (scale-inv.)", "ρ"):
-            ct.add_column(col, justify="left" if col == "checkpoint" else "right")
-        for c in m.checkpoints:
-            ct.add_row(
-                c.path,
-                fmt(c.all.G),
-                fmt(c.all.N),
-                fmt(c.all.nsr),
-                fmt(c.scale_invariant.nsr) if c.scale_invariant else "—",
-                f"{c.equilibrium.residual:+.3f}" if c.equilibrium else "—",
-            )
-        parts.append(ct)
+        header = ("checkpoint", "G (all)", "N (all)", "NSR (all)", "NSR (scale-inv.)", "ρ")
+        rows = [(c.path, fmt(c.all.G), fmt(c.all.N), fmt(c.all.nsr),
+                 fmt(c.scale_invariant.nsr) if c.scale_invariant else "—",
+                 f"{c.equilibrium.residual:+.3f}" if c.equilibrium else "—")
+                for c in m.checkpoints]  # fmt: skip
+        parts.append(_table("Per checkpoint (pooled above: mean of G and N)", header, rows))
     return Group(*parts)
 
 
-def format_per_tensor(rows: Sequence[ParameterRow], limit: int | None = 20) -> Table:
-    """Per-tensor breakdown, largest N first (the first ``limit`` rows; None: all)."""
+def format_per_tensor(rows: Sequence[ParameterRow], limit: int | None = 20) -> Group:
+    """Per-tensor breakdown, largest N first (the first ``limit`` rows; None: all). Too wide for
+    the console, the shape goes under the tensor's name and two headers are shortened."""
     ordered = sorted(rows, key=lambda r: r.N, reverse=True)
     shown = ordered if limit is None else ordered[:limit]
-    t = Table(
-        title="Per tensor (largest N first"
-        + (
-            f"; {len(shown)} of {len(rows)}, --per-tensor all for every row"
-            if len(shown) < len(rows)
-            else ""
-        )
-        + ")"
+    cut = f"; {len(shown)} of {len(rows)}, --per-tensor all for every row"
+    title = f"Per tensor (largest N first{cut if len(shown) < len(rows) else ''})"
+    cells = [(r.name, "×".join(str(s) for s in r.shape), fmt(r.G), fmt(r.N), fmt(r.R),
+              "yes" if r.scale_invariant else "no", fmt(r.invariance_ratio, 2))
+             for r in shown]  # fmt: skip
+    wide = _table(
+        title, ("tensor", "shape", "G", "N", "R", "scale-inv.", "|⟨W,g⟩|/‖W‖‖g‖"), cells, 2
     )
-    for col in ("tensor", "shape", "G", "N", "R", "scale-inv.", "|⟨W,g⟩|/‖W‖‖g‖"):
-        t.add_column(col, justify="left" if col in ("tensor", "shape") else "right")
-    for r in shown:
-        t.add_row(
-            r.name,
-            "×".join(str(s) for s in r.shape),
-            fmt(r.G),
-            fmt(r.N),
-            fmt(r.R),
-            "yes" if r.scale_invariant else "no",
-            fmt(r.invariance_ratio, 2),
-        )
-    return t
+    narrow = ((f"{c[0]}\n{c[1]}", *c[2:]) for c in cells)  # the shape under the name
+    cols = ("tensor / shape", "G", "N", "R", "s.-inv.", "|cos(W,g)|")
+    return Group(_Fit(wide, _table(title, cols, narrow)))
 
 
 # ==============================================================================================

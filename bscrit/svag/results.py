@@ -356,6 +356,32 @@ def compare_runs(
     return list(summaries.values()), comparisons
 
 
+def _disagreement_note(used: Sequence[Comparison], failing: Sequence[str]) -> str:
+    """What the ✗ marks of the verdict rows (*) of the table say beyond the deciding ones.
+
+    Read from the same comparisons as the table: "Only ‖x‖² disagrees" only when every ✗ of
+    a verdict metric is in the ‖x‖² row, and the ✗ that did not decide the verdict are named.
+    """
+    marked = [c for c in used if not c.agree]
+    note = ""
+    if marked and {c.metric for c in marked} == {"norm_sq"}:
+        note += (
+            " Only ‖x‖² disagrees; the losses and accuracies agree in every comparison of this "
+            "run (for a scale-invariant network ‖x‖² sets the effective learning rate, so they "
+            "are expected to separate in a longer run)."
+        )
+    others = [c for c in marked if f"{c.metric}: l={c.l_a} vs l={c.l_b}" not in failing]
+    if others:
+        note += (
+            " Also disagreeing, without deciding the verdict: "
+            + "; ".join(
+                f"{METRIC_LABELS.get(c.metric, c.metric)} (l = {c.l_b} vs {c.l_a})" for c in others
+            )
+            + "."
+        )
+    return note
+
+
 def decide(comparisons: Sequence[Comparison], ls: Sequence[int], target_batch_size: int) -> Verdict:
     """Read the comparisons as in docs/theory.md §6 / [LMA21] Fig. 4 (see the module docstring)."""
     ls = sorted(ls)
@@ -376,13 +402,7 @@ def decide(comparisons: Sequence[Comparison], ls: Sequence[int], target_batch_si
     else:
         vs_ref = bad(lambda c: c.l_a == lo and c.l_b in (la, lb))
         code, failing = ("sde_fails", vs_ref) if vs_ref else ("sde_holds", ())
-    text = VERDICT_TEXT[code].format(**fmt)
-    if failing and {f.split(":")[0] for f in failing} == {"norm_sq"}:
-        text += (
-            " Only ‖x‖² disagrees; the losses and accuracies agree over this run (for a "
-            "scale-invariant network ‖x‖² sets the effective learning rate, so they are expected "
-            "to separate in a longer run)."
-        )
+    text = VERDICT_TEXT[code].format(**fmt) + _disagreement_note(used, failing)
     return Verdict(
         code=code,
         text=text,

@@ -244,10 +244,49 @@ def test_check_usage_errors_exit_2(args):
 
 
 def test_check_unbounded_b_star_passes_above_the_lower_bound_with_a_warning():
-    res = invoke("check", ADAM, "-b", "100000")
+    # lower bound of B* 58783 < B' <= n = 60000 (above n the check fails: see below)
+    res = invoke("check", ADAM, "-b", "59000")
     assert res.exit_code == 0
     assert res.stdout.startswith("WARN:")
     assert "no upper bound" in res.stderr
+
+
+def test_check_past_the_dataset_size_fails():
+    res = invoke("check", ADAM, "-b", "100000")  # n = 60000
+    assert res.exit_code == 1, res.output
+    assert res.stdout.startswith("FAIL: B' = 100000 is larger than the dataset size n = 60000")
+    assert "Traceback" not in res.output
+
+
+def _small_n(tmp_path, n: int = 1000) -> str:
+    """sgd_b128 with a training set of n examples: the lower bound of B* (1867) is above n."""
+    d = json.loads(Path(B128).read_text())
+    d["dataset_size"] = n
+    p = tmp_path / "small_n.json"
+    p.write_text(json.dumps(d))
+    return str(p)
+
+
+def test_check_names_the_dataset_size_when_it_caps_the_range(tmp_path):
+    m = _small_n(tmp_path)
+    res = invoke("check", m, "-b", "1000")
+    assert res.exit_code == 0, res.output
+    line = res.stdout.strip()
+    assert line.startswith("OK: B' = 1000 is within the recommended range [128, 1000]")
+    assert "capped at the dataset size n = 1000" in line and "1867" in line
+    assert "lower 95% bound of B* = 1000" not in line
+    d = as_json(invoke("check", m, "-b", "1000", "--json"))
+    assert d["limited_by"] == "dataset_size" and d["dataset_size"] == 1000
+    assert d["range_max"] == 1000 and d["b_star_lower"] == pytest.approx(LO128, rel=1e-7)
+    assert as_json(invoke("check", B128, "-b", "1000", "--json"))["limited_by"] == "b_star"
+    # past the data: exit 1 (it only warned: 1500 is below the lower bound of B*)
+    for args in (["-b", "1500"], ["-b", "1001", "--strict"]):
+        res = invoke("check", m, *args)
+        assert res.exit_code == 1, res.output
+        assert (
+            res.stdout.startswith("FAIL:") and "larger than the dataset size n = 1000" in res.stdout
+        )
+        assert "Traceback" not in res.output
 
 
 # ----------------------------------------------------------------------------------------------

@@ -160,6 +160,26 @@ def test_from_measurement_takes_the_top_of_the_recommended_range(ckpt):
     assert "B' = 1866: the top of the recommended range" in r.output
 
 
+def test_from_measurement_caps_the_target_at_half_the_dataset(ckpt, tmp_path, monkeypatch):
+    """Range top = n (the lower bound of B*, 1867, is above the 1500 digits): B' = n/2, so the
+    two batches of a SVAG step do not overlap; the info line says so (declined: nothing runs)."""
+    import bscrit.cli as cli
+
+    d = json.loads((MEASUREMENTS / "sgd_b128.json").read_text())
+    d["dataset_size"] = 1500
+    m = tmp_path / "digits_n.json"
+    m.write_text(json.dumps(d))
+    monkeypatch.setattr(cli, "_svag_interactive", lambda: True)
+    out = tmp_path / "svag-out"
+    r = runner.invoke(app, ["svag", str(SPEC), "-c", str(ckpt), "--from-measurement", str(m),
+                            *FAST, "--out", str(out)], input="n\n")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "Traceback" not in r.output
+    assert "B' = 750: n/2 = 750 (the top of the recommended range, 1500, is above it)" in r.output
+    assert "SVAG at B' = 750 on cpu" in r.output  # the plan runs at n/2, not at n
+    assert "not started" in r.output and not out.exists()
+
+
 def test_interactive_prompt_can_decline_and_yes_skips_it(ckpt, tmp_path, monkeypatch):
     import bscrit.cli as cli
 

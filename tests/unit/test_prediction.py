@@ -265,6 +265,48 @@ def test_check_uses_the_smallest_point_estimate_across_baselines() -> None:
     assert check(p, math.floor(star128)).verdict == "warn"
 
 
+def test_check_says_which_limit_binds_the_range() -> None:
+    """Range capped at n: check names n, not the lower bound of B*, and B' > n fails."""
+    m = load("sgd_b128.json")
+    star, lo, _ = b_star_by_hand(m)
+    n = 1000
+    assert n < lo  # the dataset size binds
+    p = predict([("small-n", dataclasses.replace(m, dataset_size=n))])
+    at_n = check(p, n)
+    assert (at_n.verdict, at_n.exit_code, at_n.limited_by) == ("ok", ExitCode.OK, "dataset_size")
+    assert at_n.range_max == n
+    assert f"capped at the dataset size n = {n}" in at_n.reason
+    assert f"lower 95% bound of B* = {n}" not in at_n.reason  # n is not called a bound of B*
+    assert f"{lo:.4g}" in at_n.reason  # the bound itself, above n
+    d = at_n.to_dict()
+    assert d["limited_by"] == "dataset_size" and d["dataset_size"] == n
+    assert d["range_max"] == n and d["b_star_lower"] == pytest.approx(lo, rel=1e-9)
+    # past the data: a failure, even below the lower bound of B* (it only warned before)
+    for target in (n + 1, math.floor(lo) - 1, math.floor(star)):
+        for strict in (False, True):
+            r = check(p, target, strict)
+            assert (r.verdict, r.exit_code) == ("fail", ExitCode.CHECK_FAILED), target
+            assert f"larger than the dataset size n = {n}" in r.reason
+            assert "cannot hold more distinct examples than the data" in r.reason
+    # uncapped: the lower bound of B* binds and is named as such
+    q = predict([("b128", m)])
+    ok = check(q, math.floor(lo))
+    assert ok.limited_by == "b_star" and ok.range_max == pytest.approx(lo, rel=1e-9)
+    assert f"lower 95% bound of B* = {lo:.4g}" in ok.reason
+    assert ok.to_dict()["limited_by"] == "b_star"
+
+
+def test_check_fails_past_the_dataset_size_even_when_b_star_is_unbounded() -> None:
+    m = load("adam_noisy.json")  # B* has no upper bound; its lower bound is just below n
+    p = predict([("adam", m)])
+    lo = p.recommended.max
+    assert lo < m.dataset_size < p.b_star_min
+    assert check(p, m.dataset_size).verdict == "warn"
+    r = check(p, m.dataset_size + 1)
+    assert (r.verdict, r.exit_code, r.limited_by) == ("fail", ExitCode.CHECK_FAILED, "b_star")
+    assert f"n = {m.dataset_size}" in r.reason
+
+
 @pytest.mark.parametrize("target", [0, -8, True])
 def test_check_refuses_non_positive_targets(b128_prediction: Prediction, target) -> None:
     with pytest.raises(BscritError):

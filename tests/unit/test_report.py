@@ -254,20 +254,61 @@ def test_measurement_table_at_120_columns_shows_every_figure(name: str) -> None:
     assert all(f in shown for f in _every_figure(m)), _every_figure(m)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="at 80 columns rich cuts the count, G ± s.e., N ± s.e., NSR and NSR 95% CI cells "
-    "with '…' (e.g. NSR 8.182 -> '8…'); the 80-column layout is another issue: remove this "
-    "marker when it is fixed",
-)
-@pytest.mark.parametrize("name", ["sgd_b128"])
-def test_measurement_table_at_80_columns_shows_every_figure(name: str) -> None:
+@pytest.mark.parametrize("width", [80, 120])
+@pytest.mark.parametrize("name", FIXTURES)
+def test_measurement_table_at_80_columns_shows_every_figure(name: str, width: int) -> None:
+    """Too wide for the console, the table is laid out with one row per figure instead of being
+    cut with '…'; at 120 columns it keeps one row per parameter set."""
     m = load_measurement(path(name))
-    text = render(report.format_measurement(m), width=80)
-    assert all(len(line) <= 80 for line in lines(text))
+    text = render(report.format_measurement(m), width=width)
+    assert all(len(line) <= width for line in lines(text))
+    assert "…" not in text
     shown = [c for r in rows(text).values() for c in r]
     missing = [f for f in _every_figure(m) if f not in shown]
-    assert not missing, f"cut at 80 columns: {missing}\n{text}"
+    assert not missing, f"cut at {width} columns: {missing}\n{text}"
+    got = rows(text)
+    if width == 120:
+        assert got["parameters"] == MEASUREMENT_HEADERS
+    else:  # transposed: a row per figure, a column per parameter set
+        assert got["parameters"] == ["parameters", "all trainable", "scale-invariant"]
+        assert [got[h][0] for h in MEASUREMENT_HEADERS[1:]] == MEASUREMENT_HEADERS[1:]
+        si = m.scale_invariant
+        assert got["NSR"] == ["NSR", fmt(m.all.nsr), fmt(si.nsr) if si else "—"]
+
+
+def _long_rows(m: Measurement) -> list:  # type: ignore[type-arg]
+    r = m.per_parameter[0]
+    long = dataclasses.replace(
+        r, name="layer4.1.downsample.0.weight", shape=(512, 256, 1, 1), G=1.234e-05,
+        N=-2.345e-05, R=12345.6, invariance_ratio=3.3e-07,
+    )  # fmt: skip
+    return [*m.per_parameter, long]
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_per_tensor_and_per_checkpoint_tables_keep_every_figure(width: int) -> None:
+    m = load_measurement(path("sgd_b128"))
+    c = m.checkpoints[0]
+    far = dataclasses.replace(c, path="runs/a/rather/long/folder/name/epoch_0250.pt")
+    text = render(
+        report.format_measurement(dataclasses.replace(m, checkpoints=(c, far))),
+        report.format_per_tensor(_long_rows(m)),
+        width=width,
+    )
+    assert all(len(line) <= width for line in lines(text))
+    assert "…" not in text
+    cells = [cell for line in lines(text) for cell in line.replace("┃", "│").split("│")]
+    shown = {cell.strip() for cell in cells}
+    for r in _long_rows(m):
+        for f in (fmt(r.G), fmt(r.N), fmt(r.R), fmt(r.invariance_ratio, 2)):
+            assert f in shown, (f, text)
+    for f in (fmt(c.all.G), fmt(c.all.N), fmt(c.all.nsr), f"{c.equilibrium.residual:+.3f}"):
+        assert f in shown, (f, text)
+    # a folded name or path reads whole again down its first column
+    flat = "".join(line.split("│")[1].strip() for line in lines(text) if line.startswith("│"))
+    assert "layer4.1.downsample.0.weight" in flat
+    assert "512×256×1×1" in flat or "512×256×1×1" in shown  # under the name, or its own column
+    assert "runs/a/rather/long/folder/name/epoch_0250.pt" in flat
 
 
 def test_per_tensor_table_sorted_and_limited() -> None:
@@ -446,7 +487,7 @@ def test_scaled_adam_square_root_rule_keeps_six_digits() -> None:
 STEPS = tuple(float(e) for e in range(0, 101, 10))
 
 
-def _run(l: int, loss_end: float) -> SvagRun:  # noqa: E741
+def _run(l: int, loss_end: float, norm_end: float = 30.0) -> SvagRun:  # noqa: E741
     def path_(start: float, end: float) -> tuple[float, ...]:
         return tuple(start + (end - start) * min(1.0, i / 8) for i in range(len(STEPS)))
 
@@ -458,14 +499,14 @@ def _run(l: int, loss_end: float) -> SvagRun:  # noqa: E741
         values={
             "train_loss": path_(0.5, loss_end),
             "eval_acc": path_(0.9, 0.98),
-            "norm_sq": path_(40.0, 30.0),
+            "norm_sq": path_(40.0, norm_end),
         },
         elapsed_s=1.25 * l,
     )
 
 
-def _svag_result(loss_end_4: float = 0.9) -> SvagResult:
-    runs = [_run(1, 0.3), _run(2, 0.3), _run(4, loss_end_4)]
+def _svag_result(loss_end_4: float = 0.9, runs: list[SvagRun] | None = None) -> SvagResult:
+    runs = runs or [_run(1, 0.3), _run(2, 0.3), _run(4, loss_end_4)]
     summaries, comps = compare_runs(runs)
     return SvagResult(
         batch_size=32,
@@ -541,6 +582,39 @@ def test_svag_report() -> None:
         f"(κ = 32; {r.rule_reference}), 100 effective steps"
     )
     assert rep.warnings == ("w [bold]",)
+
+
+@pytest.mark.parametrize(
+    "runs",
+    [
+        # train loss: l = 1 differs; ‖x‖²: l = 4 differs (not converged)
+        [_run(1, 0.4), _run(2, 0.3), _run(4, 0.3, norm_end=20.0)],
+        # ‖x‖² decides (sde_fails); train loss and ‖x‖² differ for l = 2 as well
+        [_run(1, 0.3, 45.0), _run(2, 0.4, 20.0), _run(4, 0.3, 20.0), _run(8, 0.3, 20.0)],
+        # ‖x‖² only
+        [_run(1, 0.3), _run(2, 0.3), _run(4, 0.3, norm_end=20.0)],
+    ],
+)
+def test_svag_verdict_note_matches_the_table_marks(runs: list[SvagRun]) -> None:
+    """Every ✗ of a verdict row (*) is named under the verdict, and "Only ‖x‖² disagrees"
+    appears exactly when the ‖x‖² row holds every ✗ of those rows."""
+    r = _svag_result(runs=runs)
+    text = render(report.format_svag(r))
+    header = rows(text)["test function"]
+    marked = []  # (label, "b vs a") of every ✗ on a * row
+    for label, cells in rows(text).items():
+        if label.endswith(" *"):
+            marked += [(label[:-2], header[i]) for i, c in enumerate(cells) if c.endswith("✗")]
+    assert any(lab == METRIC_LABELS["norm_sq"] for lab, _ in marked)
+    said = "\n".join(line for line in lines(text) if line.startswith(("verdict", "  disagree")))
+    for label, pair in marked:
+        key = next(k for k, v in METRIC_LABELS.items() if v == label)
+        lb, la = pair.split(" vs ")
+        assert f"{label} (l = {pair})" in said or f"{key}: l={la} vs l={lb}" in said, (
+            label, pair, said,
+        )  # fmt: skip
+    only_norm = {lab for lab, _ in marked} == {METRIC_LABELS["norm_sq"]}
+    assert ("Only ‖x‖² disagrees" in said) == only_norm
 
 
 def test_svag_verdict_holds_is_green() -> None:

@@ -81,6 +81,29 @@ def test_high_ls_agree_but_not_with_one_is_sde_fails():
     assert v.code == "sde_fails" and "Only" not in v.text
 
 
+def test_only_norm_sq_note_needs_every_verdict_disagreement_in_norm_sq():
+    """The note reads every comparison of the table's verdict rows, not only the deciding ones."""
+    # not_converged by ‖x‖² (l = 2 vs 4), while l = 1 also differs in the train loss
+    v = verdict([run(1, loss_end=0.4), run(2), run(4, norm_end=20.0)])
+    assert v.code == "not_converged" and v.failing == ("norm_sq: l=2 vs l=4",)
+    assert "Only ‖x‖²" not in v.text
+    assert v.text.endswith(
+        " Also disagreeing, without deciding the verdict: train loss (l = 2 vs 1); "
+        "train loss (l = 4 vs 1); ‖x‖² (l = 4 vs 1)."
+    )
+    # sde_fails decided by ‖x‖² alone (l = 1 vs 4, 8), but l = 2 differs in the train loss too
+    v = verdict([run(1, norm_end=45.0), run(2, loss_end=0.4, norm_end=20.0),
+                 run(4, norm_end=20.0), run(8, norm_end=20.0)])  # fmt: skip
+    assert v.code == "sde_fails"
+    assert v.failing == ("norm_sq: l=1 vs l=4", "norm_sq: l=1 vs l=8")
+    assert "Only ‖x‖²" not in v.text
+    assert "without deciding the verdict: train loss (l = 2 vs 1); ‖x‖² (l = 2 vs 1)." in v.text
+    # ‖x‖² alone in every comparison: the note, and nothing else to add
+    v = verdict([run(1), run(2), run(4, norm_end=20.0)])
+    assert v.code == "not_converged" and "Only ‖x‖² disagrees" in v.text
+    assert "‖x‖² (l = 4 vs 1)" in v.text and "train loss" not in v.text
+
+
 def test_high_ls_disagree_is_not_converged():
     v = verdict([run(1), run(2, loss_end=0.30), run(4, loss_end=0.20)])
     assert v.code == "not_converged"

@@ -255,7 +255,10 @@ def test_g_interval_entirely_negative_gives_no_upper_limit():
     assert p.recommended.max == math.inf and p.recommended.target is None
     assert p.scaled is None
     assert any("no upper end" in w for w in p.warnings)
-    assert check(p, 10**6).exit_code == 0
+    # no limit from B*: every B' up to the dataset size passes; past it a batch cannot be drawn
+    assert check(p, m.dataset_size).exit_code == 0
+    past = check(p, 10**6)
+    assert (past.exit_code, past.limited_by) == (1, "dataset_size")
 
 
 def test_n_not_positive_is_a_clear_error():
