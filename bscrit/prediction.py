@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import optim
 from .checker import check_batch_size
 from .errors import BscritError, ExitCode, UsageError
 from .results import Measurement, load_measurement
-from .scaling import ScaledHyperparameters, scale_hyperparameters
+from .scaling import RuleLimit, ScaledHyperparameters, rule_limit, scale_hyperparameters
 from .theory import (
     DEFAULT_C2,
     MeasurementBounds,
@@ -74,6 +75,7 @@ def bounds_to_dict(b: MeasurementBounds) -> dict[str, Any]:
         ),
         "equilibrium_residual": _num(b.equilibrium_residual),
         "optimizer": b.optimizer.name if b.optimizer is not None else None,
+        "other_readings": [o.to_dict() for o in b.other_readings],
         "warnings": list(b.warnings),
     }
 
@@ -88,6 +90,7 @@ class Prediction:
     recommended: Recommendation
     scaled: ScaledHyperparameters | None  # base run's optimizer scaled to the top of the range
     warnings: tuple[str, ...]  # about the range / scaling (per-measurement ones live in bounds)
+    rule_limit: RuleLimit | None = None  # how far the base optimizer's scaling rule reaches
 
     @property
     def base(self) -> MeasurementBounds:
@@ -121,7 +124,8 @@ def predict(measurements: Sequence[tuple[str, Measurement]], c2: float = DEFAULT
     if not measurements:
         raise UsageError("predict needs at least one measurement")
     bounds = tuple(measurement_bounds(m, src, c2) for src, m in measurements)
-    rec = recommend(bounds)
+    limit = _rule_limit(bounds[0])
+    rec = recommend(bounds, limit)
     warnings: list[str] = []
     scaled: ScaledHyperparameters | None = None
     base = bounds[0]
@@ -149,6 +153,28 @@ def predict(measurements: Sequence[tuple[str, Measurement]], c2: float = DEFAULT
         recommended=rec,
         scaled=scaled,
         warnings=tuple(warnings),
+        rule_limit=limit,
+    )
+
+
+def _rule_limit(base: MeasurementBounds) -> RuleLimit | None:
+    """How far the base run's optimizer rule reaches (None: no optimizer, or invalid values)."""
+    if base.optimizer is None:
+        return None
+    try:
+        return rule_limit(base.optimizer, base.batch_size)
+    except BscritError:
+        return None
+
+
+def _rule_words(p: Prediction) -> tuple[str, str]:
+    """("linear scaling" | "the square-root rule", the Thm 5.6 reference fit for the optimizer)."""
+    opt = p.base.optimizer
+    if opt is None or not optim.get(opt.name).adaptive:
+        return "linear scaling", "[LMA21 Thm 5.6]"
+    return (
+        f"the {optim.get(opt.name).rule_reference} for {opt.name}",
+        "(a heuristic reading of [LMA21 Thm 5.6], proved for SGD)",
     )
 
 
@@ -163,7 +189,7 @@ def predict_files(paths: Sequence[str | os.PathLike[str]], c2: float = DEFAULT_C
 
 
 #: ``CheckResult.limited_by``: what sets the top of the range ``check`` applies.
-LIMITED_BY = ("b_star", "dataset_size")
+LIMITED_BY = ("b_star", "scaling_rule", "dataset_size")
 
 
 @dataclass(frozen=True)
@@ -182,7 +208,7 @@ class CheckResult:
     strict: bool
     prediction: Prediction
     limited_by: str = "b_star"  # one of LIMITED_BY
-    range_max: float = math.inf  # min(lower 95% bound of B*, n)
+    range_max: float = math.inf  # min(lower 95% bound of B*, the rule's reach, n)
 
     def to_dict(self) -> dict[str, Any]:
         p = self.prediction
@@ -238,10 +264,14 @@ def check(prediction: Prediction, target: int, strict: bool = False) -> CheckRes
     lower = _b_star_lower(p)
     n = _dataset_size(p)
     point = p.b_star_min
-    limited_by = "dataset_size" if lower > n else "b_star"
-    top = min(lower, float(n))
+    reach = p.rule_limit.batch_max if p.rule_limit is not None else None
+    limits = [(lower, "b_star"), (float(n), "dataset_size")]
+    if reach is not None:
+        limits.append((float(reach), "scaling_rule"))
+    top, limited_by = min(limits, key=lambda x: x[0])
     kappa = target / base
     c2 = f"C² = {p.c2:g}"
+    rule, thm = _rule_words(p)
 
     def result(verdict: str, code: ExitCode, reason: str) -> CheckResult:
         return CheckResult(target, verdict, code, reason, strict, p, limited_by, top)
@@ -261,8 +291,21 @@ def check(prediction: Prediction, target: int, strict: bool = False) -> CheckRes
             ExitCode.OK,
             f"B' = {target} ≤ the measured B = {base}: scaling down (or not at all) is in range",
         )
+    if reach is not None and target > reach:
+        assert p.rule_limit is not None
+        return result(
+            "fail",
+            ExitCode.CHECK_FAILED,
+            f"B' = {target} is past what {rule} reaches from B = {base}: "
+            f"{p.rule_limit.reason} (κ = {kappa:.3g}); no scaled hyperparameters exist there",
+        )
     if target <= top:
-        if limited_by == "dataset_size":
+        if limited_by == "scaling_rule":
+            why = (
+                f"the end of the scaling rule's reach; the lower 95% bound of B* = {_f(lower)}, "
+                f"point estimate {_f(point)}; {c2}"
+            )
+        elif limited_by == "dataset_size":
             why = (
                 f"capped at the dataset size n = {n}; the lower 95% bound of B* = {_f(lower)} is "
                 f"above it, point estimate {_f(point)}; {c2}"
@@ -277,8 +320,7 @@ def check(prediction: Prediction, target: int, strict: bool = False) -> CheckRes
     if target <= point:
         reason = (
             f"B' = {target} is above the lower 95% bound of B* ({_f(lower)}) but not above its "
-            f"point estimate ({_f(point)}); {c2}: linear scaling by κ = {kappa:.3g} may fail "
-            "[LMA21 Thm 5.6]"
+            f"point estimate ({_f(point)}); {c2}: {rule} by κ = {kappa:.3g} may fail {thm}"
         )
         if strict:
             return result("fail", ExitCode.CHECK_FAILED, reason + " (--strict)")
@@ -287,8 +329,7 @@ def check(prediction: Prediction, target: int, strict: bool = False) -> CheckRes
         "fail",
         ExitCode.CHECK_FAILED,
         f"B' = {target} is above the critical batch size B* = {_f(point)} (lower 95% bound "
-        f"{_f(lower)}; {c2}): linear scaling by κ = {kappa:.3g} > κ_max is predicted to fail "
-        "[LMA21 Thm 5.6]",
+        f"{_f(lower)}; {c2}): {rule} by κ = {kappa:.3g} > κ_max is predicted to fail {thm}",
     )
 
 

@@ -321,7 +321,7 @@ def format_bounds(b: MeasurementBounds) -> Group:
     t.add_column("quantity")
     t.add_column("value", justify="right")
     t.add_column("95% CI", justify="right")
-    pset = "scale-invariant" if b.param_set == "scale_invariant" else "all"
+    pset = b.param_set.replace("_", "-")
     t.add_row("parameter set", pset, f"s.-inv. {100 * b.scale_invariant_fraction:.1f}% of params")
     t.add_row("G = ‖∇L‖²", fmt(ns.G.value), fmt_ci(ns.G.ci95))
     t.add_row("N^B = Tr Σ^B", fmt(ns.N.value), fmt_ci(ns.N.ci95))
@@ -339,6 +339,10 @@ def format_bounds(b: MeasurementBounds) -> Group:
         t.add_row("(η/4)·N^B [SDBD21 eq. 22]", fmt(ir.noise_term), "")
     if b.equilibrium_residual is not None:
         t.add_row("equilibrium residual ρ", f"{b.equilibrium_residual:+.3f}", "")
+    for o in b.other_readings:  # the readings the recommendation does not use, for comparison
+        name = o.name.replace("_", "-")
+        t.add_row(f"NSR, {name} (not used)", fmt(o.nsr), fmt_ci(o.nsr_ci95))
+        t.add_row(f"B*, {name} (not used)", _batch(o.b_star), _batch_ci(o.b_star_ci95))
     parts.append(t)
     thr = b.sde_nsr_threshold
     if b.sde_certified_invalid:
@@ -425,6 +429,8 @@ def format_prediction(p: Prediction) -> Report:
         t.add_row("recommended range", f"{r.min} – {_batch(r.max)}")
         t.add_row("  largest power of two in it", _batch(r.max_pow2))
         t.add_row("  largest multiple of 8 in it", _batch(r.max_mult8))
+        limit = {"b_star": "B* (lower 95% bound)", "scaling_rule": "the scaling rule's reach"}
+        t.add_row("  limited by", limit.get(r.limited_by or "", r.limited_by or "nothing detected"))
     parts += [t, _line(f"  {r.note}.")]
     if p.scaled is not None:
         parts += [NewLine(), format_scaled(p.scaled)]

@@ -30,10 +30,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import optim
 from .errors import ArtifactError, UsageError
 from .estimators import NoiseStats, finite_population_factor, per_example_trace
 from .optim import OptimizerInfo
 from .results import Measurement, ParamSetStats, finite_or_none
+from .scaling import RuleLimit
 
 #: C² of [LMA21]; C² = 2 matched the paper's "test error within 20% of the best" criterion.
 DEFAULT_C2 = 2.0
@@ -179,7 +181,7 @@ def largest_multiple(lo: float, hi: float, k: int = 8) -> int | None:
 class ParamSetChoice:
     """Which parameters the bounds use, and why."""
 
-    name: str  # "scale_invariant" | "all"
+    name: str  # "scale_invariant" | "all" | "preconditioned"
     stats: ParamSetStats
     scale_invariant_fraction: float
     reason: str
@@ -192,6 +194,16 @@ def choose_param_set(m: Measurement) -> ParamSetChoice:
     """
     f = m.scale_invariant_fraction
     pct = f"{100 * f:.1f}%"
+    adaptive = m.optimizer is not None and optim.get(m.optimizer.name).adaptive
+    if adaptive and m.preconditioned is not None:
+        return ParamSetChoice(
+            "preconditioned",
+            m.preconditioned,
+            f,
+            "the preconditioned gradient P∇L, the noise the adaptive update sees (docs/theory.md "
+            "§5); in the AdamW sweep of docs/validation.md its B* was the closest candidate to "
+            "where the square-root rule failed",
+        )
     if m.scale_invariant is not None and f >= SCALE_INVARIANT_MIN_FRACTION:
         return ParamSetChoice(
             "scale_invariant",
@@ -211,6 +223,47 @@ def choose_param_set(m: Measurement) -> ParamSetChoice:
         f"all parameters: {why}; the theorems of [LMA21] §5 assume a scale-invariant loss, so "
         "the bounds are a heuristic reading here",
     )
+
+
+@dataclass(frozen=True)
+class Reading:
+    """NSR and B* from one parameter set, shown beside the one the recommendation uses."""
+
+    name: str  # "all" | "scale_invariant" | "preconditioned"
+    nsr: float
+    nsr_ci95: tuple[float, float]
+    b_star: float
+    b_star_ci95: tuple[float, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "param_set": self.name,
+            "nsr": finite_or_none(self.nsr),
+            "nsr_ci95": [finite_or_none(x) for x in self.nsr_ci95],
+            "b_star": finite_or_none(self.b_star),
+            "b_star_ci95": [finite_or_none(x) for x in self.b_star_ci95],
+        }
+
+
+def _reading(name: str, s: ParamSetStats, b: int, c2: float) -> Reading | None:
+    if not s.N > 0:
+        return None
+    ns = s.noise_stats()
+    lo, hi = ns.nsr_ci95
+    bs = (critical_batch_size(b, lo, c2), critical_batch_size(b, hi, c2))
+    return Reading(name, ns.nsr, ns.nsr_ci95, critical_batch_size(b, ns.nsr, c2), bs)
+
+
+def other_readings(m: Measurement, used: str, c2: float) -> tuple[Reading, ...]:
+    """The raw reading beside the preconditioned one (or the reverse), so that ``predict`` shows
+    both; nothing when the measurement has no preconditioned statistics."""
+    if used == "preconditioned":
+        raw = _reading("all", m.all, m.batch_size, c2)
+        return (raw,) if raw is not None else ()
+    if m.preconditioned is None:
+        return ()
+    pre = _reading("preconditioned", m.preconditioned, m.batch_size, c2)
+    return (pre,) if pre is not None else ()
 
 
 @dataclass(frozen=True)
@@ -247,6 +300,7 @@ class MeasurementBounds:
     equilibrium_residual: float | None
     optimizer: OptimizerInfo | None
     warnings: tuple[str, ...]
+    other_readings: tuple[Reading, ...] = ()
 
     @property
     def nsr(self) -> float:
@@ -309,11 +363,16 @@ def measurement_bounds(
             "more batches to bound it"
         )
 
+    adaptive = m.optimizer is not None and optim.get(m.optimizer.name).adaptive
     if sde_certified_invalid(nsr, c2):
         warnings.append(
             f"NSR = {nsr:.3g} < 1/(C² − 1) = {sde_nsr_threshold(c2):.3g}: the SDE approximation is "
             "certified to fail at this batch size [LMA21 Thm 5.2 (ii)], so the linear rule has no "
             "SDE justification from here; B* is only an upper limit"
+            if not adaptive
+            else f"NSR = {nsr:.3g} < 1/(C² − 1) = {sde_nsr_threshold(c2):.3g}: for SGD the SDE "
+            "approximation would be certified to fail here [LMA21 Thm 5.2 (ii)]; for this "
+            "adaptive run that is a heuristic reading of a result proved for SGD"
         )
 
     rho = m.equilibrium.residual if m.equilibrium is not None else None
@@ -331,8 +390,9 @@ def measurement_bounds(
         ir = ImplicitRegularisation(opt.lr, sig, noi)
     if opt is not None and opt.name.lower() != "sgd":
         warnings.append(
-            f"the run used {opt.name}: the bounds of [LMA21] §5 are proved for SGD, so B* is a "
-            "heuristic reading for adaptive optimizers"
+            f"the run used {opt.name}: Thms 5.2, 5.5 and 5.6 of [LMA21] are proved for SGD, so B* "
+            f"is a heuristic reading for {opt.name}, scaled by the "
+            f"{optim.get(opt.name).rule_reference}"
         )
     if opt is None:
         warnings.append("the measurement records no optimizer: no scaled hyperparameters")
@@ -359,6 +419,7 @@ def measurement_bounds(
         equilibrium_residual=rho,
         optimizer=opt,
         warnings=tuple(warnings),
+        other_readings=other_readings(m, choice.name, c2),
     )
 
 
@@ -375,16 +436,23 @@ def b_star_range(bounds: Sequence[MeasurementBounds]) -> tuple[float, float]:
     return min(values), max(values)
 
 
+#: ``recommended.limited_by``: what ends the recommended range (None: no limit was detected, or
+#: the range is empty; the note says which).
+LIMITED_BY = ("b_star", "scaling_rule", "dataset_size")
+
+
 @dataclass(frozen=True)
 class Recommendation:
-    """Batch sizes from the base run's B up to the smallest lower 95% bound of B*."""
+    """Batch sizes from the base run's B up to the first limit: the smallest lower 95% bound of
+    B*, the largest B' the optimizer's scaling rule reaches, or the dataset size n."""
 
     min: int  # the base run's batch size
-    max: float  # min over measurements of the lower 95% bound of B* (inf: no limit detected)
+    max: float  # the top of the range (inf: no limit detected)
     max_pow2: int | None  # largest power of two in [min, max]
     max_mult8: int | None  # largest multiple of 8 in [min, max]
     empty: bool  # max < min: the base batch is already past the critical batch
     note: str
+    limited_by: str | None = None  # one of LIMITED_BY, or None
 
     def to_dict(self) -> dict[str, Any]:
         """The ``recommended`` object of ``predict --json`` and ``check --json``."""
@@ -394,6 +462,7 @@ class Recommendation:
             "max_pow2": self.max_pow2,
             "max_mult8": self.max_mult8,
             "empty": self.empty,
+            "limited_by": self.limited_by,
             "note": self.note,
         }
 
@@ -405,10 +474,18 @@ class Recommendation:
         return int(math.floor(self.max))
 
 
-def recommend(bounds: Sequence[MeasurementBounds]) -> Recommendation:
-    """Recommended range: from the first (base) measurement's B to min over baselines of B*'s lower
-    95% bound. Below that bound no baseline gives evidence that LSR fails [LMA21 Thm 5.6]; this is a
-    necessary condition, not a guarantee that LSR works there.
+def recommend(bounds: Sequence[MeasurementBounds], rule: RuleLimit | None = None) -> Recommendation:
+    """Recommended range: from the base measurement's B to the first of three limits.
+
+    1. ``b_star``: the smallest lower 95% bound of B* over the baselines. Below it no baseline
+       gives evidence that the rule fails [LMA21 Thm 5.6] (a necessary condition, not a
+       guarantee; a heuristic reading for adaptive optimizers).
+    2. ``scaling_rule``: the largest B' the optimizer's rule reaches from B
+       (:func:`bscrit.scaling.rule_limit`, docs/theory.md §5).
+    3. ``dataset_size``: a batch holds at most the n examples.
+
+    ``limited_by`` is None when Ĝ's interval reaches 0 (no limit detected from B*: measure
+    more) or when the range is empty.
     """
     if not bounds:
         raise ValueError("no measurements")
@@ -416,34 +493,33 @@ def recommend(bounds: Sequence[MeasurementBounds]) -> Recommendation:
     top = min(b.b_star_ci95[0] for b in bounds)
     if not math.isfinite(top):
         return Recommendation(
-            base,
-            math.inf,
-            None,
-            None,
-            False,
+            base, math.inf, None, None, False,
             "no upper limit detected at this precision (Ĝ's interval is entirely ≤ 0): measure "
             "more batches before scaling up",
-        )
+        )  # fmt: skip
     if top < base:
         return Recommendation(
-            base,
-            top,
-            None,
-            None,
-            True,
+            base, top, None, None, True,
             f"the base batch size {base} is already past the critical batch: the lower 95% bound "
             f"of B* across the baselines is {top:.0f} < {base}; the recommended range is empty",
-        )
-    note = f"from the measured B = {base} up to the lower 95% bound of B* ({top:.0f})"
+        )  # fmt: skip
     n = min(b.dataset_size for b in bounds)
-    if top > n:  # a batch cannot hold more than the whole training set
-        note += f", capped at the dataset size n = {n}: B* is beyond full-batch training"
-        top = float(n)
+    limits = [(top, "b_star", f"the lower 95% bound of B* ({top:.0f})")]
+    if rule is not None and rule.batch_max is not None:
+        limits.append((float(rule.batch_max), "scaling_rule", f"the scaling rule's reach: "
+                       f"{rule.reason}"))  # fmt: skip
+    limits.append((float(n), "dataset_size", f"n: capped at the dataset size n = {n}"))
+    value, which, why = min(limits, key=lambda x: x[0])
+    value = max(value, float(base))
+    note = f"from the measured B = {base} up to {why}"
+    if which != "b_star":
+        note += f"; the lower 95% bound of B* ({top:.0f}) is above it"
     return Recommendation(
         base,
-        top,
-        largest_power_of_two(base, top),
-        largest_multiple(base, top, 8),
+        value,
+        largest_power_of_two(base, value),
+        largest_multiple(base, value, 8),
         False,
         note,
+        which,
     )

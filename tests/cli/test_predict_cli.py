@@ -20,7 +20,8 @@ ASSETS = Path(__file__).parents[1] / "assets"
 MEAS = ASSETS / "measurements"
 B128 = str(MEAS / "sgd_b128.json")
 B512 = str(MEAS / "sgd_b512.json")
-ADAM = str(MEAS / "adam_noisy.json")
+ADAM = str(MEAS / "adam_noisy.json")  # Adam β₁ = 0.9: the square-root rule reaches κ < 10
+ADAM_WIDE = str(MEAS / "adam_wide.json")  # the same noise, β₁ = 0.999: B* and n limit
 SMALL = str(MEAS / "sgd_small_nsr.json")
 T9 = 2.26215716  # t_{0.975, 9}
 LO128 = 256 * (1 + 1 / (0.125 + T9 * 3 * 0.004 / 0.8))  # lower 95% bound of B* ≈ 1866.75
@@ -101,12 +102,17 @@ def test_predict_unbounded_b_star_prints_lower_bound_only():
     assert res.exit_code == 0
     assert "> 58783" in res.stdout and "no upper bound" in res.stdout
     assert "includes 0" in res.stderr
-    assert "κ < 1/(1 − beta1) = 10" in res.stderr  # Adam cannot be scaled by κ ≈ 229
+    # Adam β₁ = 0.9 cannot be scaled by κ ≈ 229: the range stops where the rule ends (κ < 10)
     d = as_json(invoke("predict", ADAM, "--json"))
     m = d["measurements"][0]
     assert m["b_star_ci95"][1] is None and m["nsr_ci95"][1] is None
     assert m["param_set"] == "all"
-    assert d["scaled"] is None
+    assert d["recommended"]["limited_by"] == "scaling_rule"
+    assert d["recommended"]["max"] == 2559  # the largest B' with B'/256 < 10
+    assert d["scaled"]["target_batch_size"] == 2559
+    assert any("below 0.5" in w for w in d["scaled"]["warnings"])
+    d = as_json(invoke("predict", ADAM_WIDE, "--json"))
+    assert d["recommended"]["limited_by"] == "b_star"
 
 
 def test_predict_small_nsr_certificates():
@@ -245,10 +251,10 @@ def test_check_usage_errors_exit_2(args):
 
 def test_check_unbounded_b_star_passes_above_the_lower_bound_with_a_warning():
     # lower bound of B* 58783 < B' <= n = 60000 (above n the check fails: see below)
-    res = invoke("check", ADAM, "-b", "59000")
+    res = invoke("check", ADAM_WIDE, "-b", "59000")
     assert res.exit_code == 0
     assert res.stdout.startswith("WARN:")
-    assert "no upper bound" in res.stderr
+    assert "no upper bound" in " ".join(res.stderr.split())  # (rich wraps long lines)
 
 
 def test_check_past_the_dataset_size_fails():

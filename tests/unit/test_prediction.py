@@ -20,6 +20,7 @@ from bscrit.errors import BscritError, ExitCode
 from bscrit.estimators import t_quantile
 from bscrit.prediction import CheckResult, Prediction, check, predict, predict_files
 from bscrit.results import Measurement, ParamSetStats, load_measurement
+from bscrit.scaling import rule_limit
 from bscrit.theory import DEFAULT_C2, choose_param_set
 
 ASSETS = Path(__file__).parents[1] / "assets" / "measurements"
@@ -93,9 +94,11 @@ def test_b_star_of_each_fixture_by_hand(name: str, c2: float) -> None:
     assert p.b_star_min == b.b_star
     assert p.c2 == c2
 
-    # One measurement: the range runs from its B to its lower bound (capped at n).
+    # One measurement: the range runs from its B to its lower bound, capped at n and at the
+    # largest B' the optimizer's scaling rule reaches (bscrit.scaling.rule_limit).
     r = p.recommended
-    expected_max = min(lo, float(m.dataset_size))
+    reach = rule_limit(m.optimizer, m.batch_size).batch_max if m.optimizer else None
+    expected_max = min(lo, float(m.dataset_size), math.inf if reach is None else float(reach))
     assert r.min == m.batch_size
     assert r.max == pytest.approx(expected_max, rel=1e-9)
     assert r.empty is (expected_max < m.batch_size)
@@ -297,7 +300,7 @@ def test_check_says_which_limit_binds_the_range() -> None:
 
 
 def test_check_fails_past_the_dataset_size_even_when_b_star_is_unbounded() -> None:
-    m = load("adam_noisy.json")  # B* has no upper bound; its lower bound is just below n
+    m = load("adam_wide.json")  # B* has no upper bound; its lower bound is just below n
     p = predict([("adam", m)])
     lo = p.recommended.max
     assert lo < m.dataset_size < p.b_star_min
@@ -349,7 +352,7 @@ def test_prediction_and_check_to_dict_are_strict_json(name: str) -> None:
         assert cd["verdict"] == r.verdict
         assert cd["exit_code"] == int(r.exit_code)
         assert cd["b_star"] == pytest.approx(p.b_star_min, rel=1e-15)
-        assert cd["b_star_lower"] == pytest.approx(p.recommended.max, rel=1e-15)
+        assert cd["b_star_lower"] == pytest.approx(b.b_star_ci95[0], rel=1e-15)
         assert cd["base_batch_size"] == m.batch_size
 
 

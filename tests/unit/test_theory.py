@@ -341,10 +341,16 @@ def test_predict_scales_the_base_optimizer_to_the_top_of_the_range():
     assert s.new["momentum"] == 0.9
 
 
-def test_predict_adam_refusal_is_a_warning_not_a_crash():
+def test_predict_adam_range_stops_where_the_square_root_rule_ends():
+    """B*'s lower bound allows κ ≈ 229, the rule only κ < 1/(1 − 0.9) = 10: one answer, so the
+    range ends at B' = 2559 and scale gives hyperparameters there (with a caution)."""
     p = predict([("adam", load("adam_noisy.json"))])
-    assert p.scaled is None  # κ ≈ 229 > 1/(1 − 0.9) = 10
-    assert any("κ < 1/(1 − beta1) = 10" in w for w in p.warnings)
+    assert p.recommended.limited_by == "scaling_rule" and p.recommended.max == 2559
+    assert p.scaled is not None and p.scaled.target_batch_size == 2559
+    assert any("below 0.5" in w for w in p.scaled.warnings)
+    assert check(p, 2559).exit_code == 0
+    r = check(p, 2560)
+    assert (r.verdict, r.limited_by) == ("fail", "scaling_rule") and "κ < 10" in r.reason
 
 
 def test_predict_without_optimizer():

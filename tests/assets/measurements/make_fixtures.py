@@ -14,6 +14,7 @@ in tests/unit/test_theory.py recompute every number from these constants.
 | sgd_b128.json      | 128  | 50000 | scale-invariant | 0.1   | 0.8  | 0.004 | 8    | SGD, ρ=0.05 |
 | sgd_b512.json      | 512  | 50000 | scale-invariant | 0.1   | 0.2  | 0.004 | 2    | SGD, ρ=0.8  |
 | adam_noisy.json    | 256  | 60000 | all (none s.i.) | 0.002 | 1.0  | 0.001 | 500  | Adam        |
+| adam_wide.json     | 256  | 60000 | all (none s.i.) | 0.002 | 1.0  | 0.001 | 500  | Adam β .999 |
 | sgd_small_nsr.json | 4096 | 50000 | scale-invariant | 1.0   | 0.25 | 0.01  | 0.25 | SGD         |
 
 adam_noisy: Ĝ's interval includes 0 (no upper bound on B*). sgd_small_nsr: NSR < 1/(C² − 1), so
@@ -134,6 +135,18 @@ def fixtures() -> dict[str, Measurement]:
             all_=param_set(0.002, 1.0, 0.001, k=240, r=300.0, num_params=10000),
             fraction=0.0,
             opt=adam,
+            rho=None,
+            name="adam",
+        ),
+        # adam_noisy with betas (0.999, 0.9999): the square-root rule reaches κ < 1000, far past n,
+        # so B* (unbounded above) and n are what limit the range
+        "adam_wide.json": measurement(
+            b=256,
+            n_data=60000,
+            si=None,
+            all_=param_set(0.002, 1.0, 0.001, k=240, r=300.0, num_params=10000),
+            fraction=0.0,
+            opt=OptimizerInfo("adam", lr=1e-3, betas=(0.999, 0.9999), eps=1e-8),
             rho=None,
             name="adam",
         ),
