@@ -509,11 +509,18 @@ def recommend(bounds: Sequence[MeasurementBounds], rule: RuleLimit | None = None
         limits.append((float(rule.batch_max), "scaling_rule", f"the scaling rule's reach: "
                        f"{rule.reason}"))  # fmt: skip
     limits.append((float(n), "dataset_size", f"n: capped at the dataset size n = {n}"))
-    value, which, why = min(limits, key=lambda x: x[0])
+    value, which_, why = min(limits, key=lambda x: x[0])
+    which: str | None = which_
     value = max(value, float(base))
     note = f"from the measured B = {base} up to {why}"
     if which != "b_star":
         note += f"; the lower 95% bound of B* ({top:.0f}) is above it"
+    elif not all(b.b_star_bounded for b in bounds):  # Ĝ's interval reaches 0
+        which = None
+        note += (
+            "; no limit was detected: Ĝ's 95% interval reaches 0, so B* has no upper bound at "
+            "this precision and its lower bound is all that is known (measure more batches)"
+        )
     return Recommendation(
         base,
         value,

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .. import __version__, optim
 from ..errors import ArtifactError
 from ..results import (
     SCHEMA,
@@ -80,12 +80,12 @@ DEFAULT_TAIL = 0.2
 
 VERDICT_TEXT: dict[str, str] = {
     "sde_holds": (
-        "l = {hi} agree with l = {lo}: SGD tracks its SDE at batch size {b}; "
-        "the scaling rule is expected to hold."
+        "l = {hi} agree with l = {lo}: {run} tracks its SDE at batch size {b}; "
+        "the {rule} is expected to hold."
     ),
     "sde_fails": (
-        "l = {hi} agree with each other but not with l = {lo}: SGD has left the SDE regime at "
-        "batch size {b}; expect the scaling rule to fail here."
+        "l = {hi} agree with each other but not with l = {lo}: {run} has left the SDE regime at "
+        "batch size {b}; expect the {rule} to fail here."
     ),
     "not_converged": (
         "l = {hi} disagree with each other: SVAG has not converged; try a larger l "
@@ -382,8 +382,17 @@ def _disagreement_note(used: Sequence[Comparison], failing: Sequence[str]) -> st
     return note
 
 
-def decide(comparisons: Sequence[Comparison], ls: Sequence[int], target_batch_size: int) -> Verdict:
-    """Read the comparisons as in docs/theory.md §6 / [LMA21] Fig. 4 (see the module docstring)."""
+def decide(
+    comparisons: Sequence[Comparison],
+    ls: Sequence[int],
+    target_batch_size: int,
+    optimizer: str = "sgd",
+) -> Verdict:
+    """Read the comparisons as in docs/theory.md §6 / [LMA21] Fig. 4 (see the module docstring).
+
+    The words fit ``optimizer``: "SGD" and the linear rule, or e.g. "AdamW" and the square-root
+    rule (its SDE is that of [MLPA22]).
+    """
     ls = sorted(ls)
     if len(ls) < 3:
         raise ValueError("the verdict needs three values of l (e.g. 1, 2, 4)")
@@ -395,7 +404,11 @@ def decide(comparisons: Sequence[Comparison], ls: Sequence[int], target_batch_si
     def bad(pred) -> tuple[str, ...]:
         return tuple(f"{c.metric}: l={c.l_a} vs l={c.l_b}" for c in used if pred(c) and not c.agree)
 
+    d = optim.REGISTRY.get(optimizer.lower())
+    run = d.torch_class if d is not None else optimizer
+    rule = f"{d.rule} scaling rule" if d is not None else "scaling rule"
     fmt = {"hi": hi, "lo": lo, "b": target_batch_size, "suggest": f"{lo},{2 * la},{2 * lb}"}
+    fmt |= {"run": run, "rule": rule}
     not_conv = bad(lambda c: (c.l_a, c.l_b) == (la, lb))
     if not_conv:
         code, failing = "not_converged", not_conv

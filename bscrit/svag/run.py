@@ -279,7 +279,7 @@ def run_plan(
         runs=tuple(runs),
         summaries=tuple(summaries),
         comparisons=tuple(comparisons),
-        verdict=decide(comparisons, plan.ls, plan.target_batch_size),
+        verdict=decide(comparisons, plan.ls, plan.target_batch_size, plan.target_optimizer.name),
         rtol=rtol,
         z=z,
         tail=tail,

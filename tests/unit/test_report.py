@@ -438,7 +438,7 @@ def test_prediction_unbounded_b_star() -> None:
     assert "(η/4)·G  [SDBD21 eq. 22]" not in got  # adam: no implicit-regularisation rows
     # the range is capped at n = 60000; Adam's hyperparameters are scaled there, and the
     # prediction's own warnings follow the measurement's
-    assert p.recommended.limited_by == "b_star" and p.scaled is not None
+    assert p.recommended.limited_by is None and p.scaled is not None  # no limit detected
     assert list(rep.warnings) == [f"{b.source}: {w}" for w in b.warnings] + list(p.warnings) + list(
         p.scaled.warnings
     )
