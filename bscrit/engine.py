@@ -410,11 +410,11 @@ class _HotLoop:
                 f"out of GPU memory at batch {b}; try {{amp}} bf16 or a smaller model/input",
                 amp="amp",
             ) from None
-        except RuntimeError as e:
-            msg = str(e).strip()
-            first_line = msg.splitlines()[0] if msg else type(e).__name__
+        except (RuntimeError, IndexError, ValueError) as e:
+            # IndexError/ValueError: e.g. cross_entropy with class labels out of range for the
+            # model's output, or a target of the wrong shape
             raise MeasurementError(
-                f"the forward/backward pass failed at batch {b}: {first_line}"
+                f"the forward/backward pass failed at batch {b}: {first_line(e)}"
             ) from None
         for t, g in enumerate(grads):
             if g is None:
@@ -428,6 +428,18 @@ class _HotLoop:
             self.norm_prod.add_(self.w_norm * n64)
         torch._foreach_add_(self.group_sum, grads)
         return n64, loss.detach().double()
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message for a one-line error, its type named when it is
+    not a RuntimeError (``IndexError: Target 4 is out of bounds.``), with a hint for labels."""
+    msg = str(e).strip()
+    line = msg.splitlines()[0] if msg else ""
+    if not isinstance(e, RuntimeError) or not line:
+        line = f"{type(e).__name__}: {line}" if line else type(e).__name__
+    if isinstance(e, IndexError) and "out of bounds" in line:
+        line += " (are the targets class indices 0..C-1 for a model with C outputs?)"
+    return line
 
 
 def _host_like(weights: list[Tensor], pin: bool) -> list[Tensor]:

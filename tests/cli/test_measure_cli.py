@@ -156,6 +156,20 @@ def test_runtime_failure_exit_3_and_no_file(work: Path) -> None:
     assert not out.exists()
 
 
+def test_labels_out_of_range_exit_3_and_no_file(work: Path) -> None:
+    # tiny.py's teacher with 5 classes for a model with 3 outputs: cross_entropy's IndexError
+    spec = work / "labels.yaml"
+    spec.write_text((work / "valid.yaml").read_text().replace("{n: 64}", "{n: 64, classes: 5}"))
+    out = work / "m.json"
+    r = _measure(str(spec), "--out", str(out))
+    assert r.exit_code == 3, r.output
+    assert "Traceback" not in r.output
+    text = " ".join(r.output.split())  # rich wraps long lines
+    assert "the forward/backward pass failed at batch 0" in text
+    assert "out of bounds" in text and "class indices" in text
+    assert not out.exists()
+
+
 def test_interrupt_exits_130_without_output(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import bscrit.engine
 
