@@ -1,8 +1,11 @@
-"""Adaptive stopping (``--target-rel-error``): add groups of batches until NSR is precise enough.
+"""Adaptive stopping (``--target-rel-error``): add batches until NSR is precise enough.
 
-The run starts with a planned number of batches, then after every group checks the relative
-half-width of the 95% interval of NSR (docs/theory.md §2) and either stops or draws one more
-group of independent batches, within a budget.
+The run starts with a planned number of batches in m groups, then checks the relative half-width
+of the 95% interval of NSR (docs/theory.md §2) and either stops or draws ``group_size`` more
+independent batches, within a budget. The extra batches are dealt round-robin into the *same* m
+groups (:attr:`bscrit.engine.LoopHooks.next_rows`): group sizes never differ by more than one
+batch, the jackknife stays an m-group jackknife, and a check costs the same at the end of a long
+run as at the start.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ ADAPTIVE_BUDGET_FACTOR = 5
 
 
 def group_seed(seed: int, j: int) -> int:
-    """Seed of the rows of an extra group j (adaptive runs): a hash of (run seed, j)."""
+    """Seed of the rows of extension j − m of an adaptive run (m groups): a hash of (seed, j)."""
     digest = hashlib.blake2b(f"bscrit-group:{seed}:{j}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
 
@@ -38,14 +41,14 @@ class AdaptiveState:
 
     The criterion is the 95% interval of NSR (asymmetric; :func:`bscrit.estimators.nsr_interval`):
     ``rel_error = (hi − lo) / 2 / NSR``, infinite while Ĝ ≤ 0 or the interval is unbounded. It is
-    checked after the planned groups and after every added group; a group is added only if it
-    fits in ``max_batches``.
+    checked after the planned batches and after every ``group_size`` added batches; batches are
+    added only if all ``group_size`` of them fit in ``max_batches``.
     """
 
     target: float
     start: int  # batches planned before the first check
     max_batches: int
-    group_size: int
+    group_size: int  # batches added between two checks (dealt into the m groups)
     reason: str | None = None  # "target reached" | "budget exhausted"
     rel_error: float = math.inf
     batches: int = 0
@@ -91,8 +94,8 @@ def adaptive_plan(
 ) -> AdaptiveState | None:
     """Validate the adaptive options; None when ``target`` is None (a fixed-k run).
 
-    Starts with ``batches`` (default 10 per group), adds groups of ceil(start / m) batches, and
-    stops at ``max_batches`` (default 5 × max(200, ceil(n/B))).
+    Starts with ``batches`` (default 10 per group), adds ceil(start / m) batches between checks,
+    and stops at ``max_batches`` (default 5 × max(200, ceil(n/B))).
     """
     if target is None:
         if max_batches is not None:
@@ -126,13 +129,14 @@ def adaptive_plan(
 def adaptive_hooks(
     state: AdaptiveState, dataset_size: int, batch_size: int, seed: int, base: Any = None
 ) -> LoopHooks:
-    """LoopHooks whose ``next_group`` adds groups until ``state``'s target or budget is reached.
+    """LoopHooks whose ``next_rows`` adds batches until ``state``'s target or budget is reached.
 
-    Extra group j is ``group_size`` independent batches drawn with :func:`group_seed` (seed, j),
-    so a run is reproducible and every rank of a distributed run draws the same rows.
+    Extension i is ``group_size`` independent batches drawn with :func:`group_seed` (seed, m + i),
+    so a run is reproducible and every rank of a distributed run draws the same rows; the engine
+    deals them round-robin into the m groups.
     """
 
-    def next_group(j: int, sums: GroupSums) -> Tensor | None:
+    def next_rows(i: int, sums: GroupSums) -> Tensor | None:
         state.rel_error = state.rel_error_of(sums)
         state.batches, state.groups = sums.k, sums.m
         if state.rel_error <= state.target:
@@ -141,6 +145,8 @@ def adaptive_hooks(
         if sums.k + state.group_size > state.max_batches:
             state.reason = "budget exhausted"
             return None
-        return sample_batches(dataset_size, batch_size, state.group_size, group_seed(seed, j))
+        return sample_batches(
+            dataset_size, batch_size, state.group_size, group_seed(seed, sums.m + i)
+        )
 
-    return replace(base or LoopHooks(), next_group=next_group)
+    return replace(base or LoopHooks(), next_rows=next_rows)

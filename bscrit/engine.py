@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,20 +41,35 @@ import torch
 from torch import Tensor, nn
 
 from .checker import check_batch_size
-from .data import BatchSource, default_num_batches, forward, group_counts, sample_batches
+from .data import (
+    BatchPlan,
+    BatchSource,
+    check_num_batches,
+    default_num_batches,
+    forward,
+    group_blocks,
+    group_counts,
+)
 from .errors import BscritError, DataError, MeasurementError, UsageError
 from .estimators import GroupSums
+from .gram import GramCache, host_like, per_tensor_sums, total_sums
 from .summary import TAU_BF16, TAU_FP32, TensorSums
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Progress = Callable[[int], None]
+#: Called once with the measured seconds per batch (see :func:`measure_model`).
+Estimate = Callable[[float], None]
 
 #: The scale-invariance test Σ|⟨W, g⟩| ≤ τ Σ‖W‖‖g‖ (docs/theory.md §3) reads all of W; it runs
 #: on the first few batches of every group (m × this many in all), not on every batch: the ratio of
 #: sums is as informative (⟨W, g⟩ = 0 holds batch by batch) at a fraction of the memory traffic.
 INVARIANCE_BATCHES = 2
-#: Elements per chunk when the float64 Gram matrices are formed (bounded temporary memory).
-GRAM_CHUNK = 1 << 16
+#: A group longer than this is run in blocks of at most this many batches: it bounds the index
+#: rows and per-batch norms held at once and the stretch between two synchronisations (NaN/Inf
+#: check); default runs (k ≤ 1024 m) keep one block per group.
+BLOCK_BATCHES = 1024
+#: The progress bar advances at most this often (seconds), not after every batch.
+PROGRESS_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -136,10 +151,11 @@ def measure_model(
     num_workers: int = 0,
     progress: Progress | None = None,
     tau: float | None = None,
-    batch_rows: Tensor | None = None,
+    batch_rows: Tensor | BatchPlan | None = None,
     hooks: LoopHooks | None = None,
     compile: bool = False,
     prefetch: int | None = None,
+    estimate: Estimate | None = None,
 ) -> RawMeasurement:
     """Measure the streaming sums of k batch gradients of ``model`` at its current weights.
 
@@ -149,19 +165,24 @@ def measure_model(
         dataset: map-style dataset of (input, target) pairs; n = len(dataset).
         loss_fn: ``loss_fn(output, target)`` → the *mean* loss of the batch (a scalar).
         batch_size: B, the batch size of the run the checkpoint comes from.
-        num_batches: k; default max(200, ceil(n/B)).
+        num_batches: k; default max(200, ceil(n/B)); at most ``data.MAX_BATCHES``.
         groups: m, the number of jackknife groups (≥ 2; k ≥ 2m).
         seed: seeds the batch indices and the model's randomness (dropout), not the global RNG.
         device: where to run.
         mode: "train" (BatchNorm with batch statistics, as in training) or "eval".
         amp: None or "bf16" (CUDA autocast).
         num_workers: DataLoader workers for datasets that are not in-memory tensors.
-        progress: called with the number of batches done since the last call.
+        progress: called with the number of batches done since the last call (every
+            ``PROGRESS_S`` seconds and at the end of every block).
         tau: scale-invariance tolerance (default 1e-4, or 2e-2 under bf16).
-        batch_rows: explicit k × B index rows (overrides sampling; used by tests and ranks).
+        batch_rows: explicit k × B index rows, or a lazy :class:`~bscrit.data.BatchPlan`
+            (overrides sampling; used by tests and ranks). Default: ``BatchPlan(n, B, k, seed)``,
+            drawn as the loop goes (the same rows as ``sample_batches``).
         hooks: extension points of the hot loop (:class:`LoopHooks`).
         compile: run the forward pass through ``torch.compile`` (the backward follows).
         prefetch: DataLoader ``prefetch_factor`` (batches per worker; default 4).
+        estimate: called once, early, with the seconds per batch measured over the batches after
+            the first (for a plan line before a long run); not called if the run ends first.
 
     Returns:
         A :class:`RawMeasurement` of per-tensor Gram matrices, Q_j and invariance sums.
@@ -174,15 +195,17 @@ def measure_model(
     device = torch.device(device)
     n = len(dataset)
     _validate(n, batch_size, groups, mode, amp, device)
-    k = batch_rows.shape[0] if batch_rows is not None else (
+    k = len(batch_rows) if batch_rows is not None else (
         num_batches if num_batches is not None else default_num_batches(n, batch_size)
     )  # fmt: skip
+    check_num_batches(k)
     if k < 2 * groups:
         raise UsageError(
             f"batches: need at least 2 batches per group ({2 * groups} for {groups} groups), "
             f"got {k}"
         )
-    rows = batch_rows if batch_rows is not None else sample_batches(n, batch_size, k, seed)
+    rows = batch_rows if batch_rows is not None else BatchPlan(n, batch_size, k, seed)
+    chunks = rows.chunks() if isinstance(rows, BatchPlan) else [rows]
     tau = tau if tau is not None else (TAU_BF16 if amp == "bf16" else TAU_FP32)
 
     if not all(p.device == device for p in model.parameters()):
@@ -191,8 +214,6 @@ def measure_model(
     if not named:
         raise MeasurementError("model: has no trainable parameters (all requires_grad=False)")
 
-    counts = group_counts(k, groups)
-    bounds = [sum(counts[:j]) for j in range(groups + 1)]
     loop = _HotLoop(
         model=torch.compile(model) if compile else model,  # same parameters and buffers
         named=named,
@@ -200,7 +221,8 @@ def measure_model(
         loss_fn=loss_fn,
         device=device,
         amp=amp,
-        progress=progress,
+        groups=groups,
+        clock=_Clock(progress, estimate, device),
         seed=seed,
         hooks=hooks or LoopHooks(),
     )
@@ -211,7 +233,7 @@ def measure_model(
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             model.train(mode == "train")
-            result = loop.run([rows[bounds[j] : bounds[j + 1]] for j in range(groups)])
+            result = loop.run(group_blocks(chunks, group_counts(k, groups), BLOCK_BATCHES))
     finally:
         with torch.no_grad():
             for nm, b in model.named_buffers():
@@ -256,20 +278,26 @@ def _tensor_sums(named: list[tuple[str, nn.Parameter]], r: LoopResult) -> list[T
 class LoopHooks:
     """Extension points of the hot loop (used by the distributed and adaptive paths).
 
+    The loop works in *blocks*: consecutive batches that all belong to one group j (a group
+    longer than ``BLOCK_BATCHES`` is several blocks; an adaptive run deals its extra batches
+    into the m groups, a block per group).
+
     Attributes:
-        local_rows: ``(group j, rows of group j) -> rows this process computes``. Default: all.
-            A distributed run gives rank r the rows ``r::world_size`` of every group.
+        local_rows: ``(group j, rows of a block of group j) -> rows this process computes``,
+            called once per block, in order. Default: all. A distributed run gives rank r the
+            rows ``r::world_size`` of every block.
         reduce: in-place sum of a list of tensors across processes. Called once at the end of
-            every group with ``[*group_sum, q_j]`` and once at the end with the invariance sums;
-            every process calls it the same number of times.
-        next_group: ``(groups done, GroupSums of all trainable tensors so far) -> rows of one more
-            group, or None to stop``. Called after the planned groups; lets a run continue until a
-            target precision is reached.
+            every block with ``[*block_sum, q_block]`` and once at the end with the invariance
+            sums; every process calls it the same number of times.
+        next_rows: ``(extensions so far, GroupSums of all trainable tensors so far) -> rows of
+            more batches, or None to stop``. Called after the planned batches and after each
+            extension; the rows are dealt round-robin into the same m groups (their sizes never
+            differ by more than one batch), so the cost of a call does not grow with the run.
     """
 
     local_rows: Callable[[int, Tensor], Tensor] | None = None
     reduce: Callable[[list[Tensor]], None] | None = None
-    next_group: Callable[[int, GroupSums], Tensor | None] | None = None
+    next_rows: Callable[[int, GroupSums], Tensor | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -283,11 +311,58 @@ class LoopResult:
     mean_loss: float
 
 
-class _HotLoop:
-    """The loop over groups of batches: forward, backward, fold the gradient into the sums.
+def deal(rows: Tensor, start: int, m: int) -> list[tuple[int, Tensor]]:
+    """Row i of ``rows`` to group (start + i) mod m, as one block per group (groups in order
+    from ``start``). With the larger groups just before ``start`` (cyclically), sizes stay
+    within one batch of each other."""
+    out = []
+    for d in range(min(len(rows), m)):
+        out.append(((start + d) % m, rows[d::m]))
+    return out
 
-    State lives on the device (one running group sum per tensor, float64 scalars) until the end
-    of each group, when the group sum moves to host memory (see the module docstring).
+
+class _Clock:
+    """Throttled progress (every ``PROGRESS_S`` seconds, not every batch) and the one estimate
+    of the time per batch, measured after the first batch (which pays for warm-up)."""
+
+    def __init__(self, progress: Progress | None, estimate: Estimate | None, device: Any) -> None:
+        self.progress, self.estimate, self.device = progress, estimate, device
+        self.pending = 0
+        self.last = time.perf_counter()
+        self.first_done: float | None = None
+        self.after_first = 0
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        self.pending += 1
+        if self.progress is not None and now - self.last >= PROGRESS_S:
+            self.flush(now)
+        if self.estimate is None:
+            return
+        if self.first_done is None:
+            self.first_done = now
+            return
+        self.after_first += 1
+        if self.after_first >= 2 and (now - self.first_done >= 0.5 or self.after_first >= 50):
+            if self.device.type == "cuda":  # once: the time of the work, not of its launch
+                torch.cuda.synchronize(self.device)
+                now = time.perf_counter()
+            self.estimate((now - self.first_done) / self.after_first)
+            self.estimate = None
+
+    def flush(self, now: float | None = None) -> None:
+        if self.progress is not None and self.pending:
+            self.progress(self.pending)
+        self.pending = 0
+        self.last = time.perf_counter() if now is None else now
+
+
+class _HotLoop:
+    """The loop over blocks of batches: forward, backward, fold the gradient into the sums.
+
+    State lives on the device (one running block sum per tensor, float64 scalars) until the end
+    of each block, when the block sum is added to its group's sum in host memory (see the module
+    docstring).
     """
 
     def __init__(
@@ -299,12 +374,13 @@ class _HotLoop:
         loss_fn: LossFn,
         device: torch.device,
         amp: str | None,
-        progress: Progress | None,
+        groups: int,
+        clock: _Clock,
         seed: int,
         hooks: LoopHooks,
     ) -> None:
         self.model, self.source, self.loss_fn, self.device = model, source, loss_fn, device
-        self.progress, self.seed, self.hooks = progress, seed, hooks
+        self.clock, self.seed, self.hooks, self.m = clock, seed, hooks, groups
         self.names = [nm for nm, _ in named]
         self.params = [p for _, p in named]
         self.warnings: list[str] = []
@@ -313,9 +389,11 @@ class _HotLoop:
         self.w_flat = [w.reshape(-1) for w in self.weights]
         self.w_norm = torch.stack([w.double().norm() for w in self.weights])
         self.group_sum = [torch.zeros_like(w) for w in self.weights]
-        self.host_sums: list[list[Tensor]] = []
-        self.q_rows: list[Tensor] = []
-        self.counts: list[int] = []
+        self.host_sums: list[list[Tensor]] = []  # group j's sum in host memory, per tensor
+        self.q_rows = [torch.zeros(len(self.params), **f64) for _ in range(groups)]
+        self.counts = [0] * groups
+        self.invariance_done = [0] * groups  # batches of group j run with the invariance test
+        self.staging: list[Tensor] | None = None  # pinned buffer for later blocks of a group
         self.abs_dot = torch.zeros(len(self.params), **f64)
         self.norm_prod = torch.zeros(len(self.params), **f64)
         self.loss_sum = torch.zeros(2, **f64)  # (Σ loss, number of batches) for the mean loss
@@ -325,72 +403,94 @@ class _HotLoop:
             if amp == "bf16"
             else torch.autocast(device_type=device.type, enabled=False)
         )
-        self.cache = _GramCache() if hooks.next_group is not None else None
+        self.cache = GramCache(groups) if hooks.next_rows is not None else None
         self.first = True
+        self.batch_index = 0  # global index of the next batch
 
-    def run(self, group_rows: list[Tensor]) -> LoopResult:
-        plan = list(group_rows)
-        batch_index = 0  # global index of the first batch of the current group
-        j = 0
-        while True:
-            if j == len(plan):
-                if self.hooks.next_group is None:
+    def run(self, blocks: Iterable[tuple[int, Tensor]]) -> LoopResult:
+        for j, rows in blocks:
+            self._block(j, rows)
+        if self.hooks.next_rows is not None and self.cache is not None:
+            start = self.counts.index(min(self.counts))  # the first of the smaller groups
+            extension = 0
+            while True:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                sums = total_sums(self.host_sums, self.q_rows, self.counts, self.cache)
+                rows = self.hooks.next_rows(extension, sums)
+                if rows is None:
                     break
-                sums = _gram_sums(self.host_sums, self.q_rows, self.counts, cache=self.cache)
-                extra = self.hooks.next_group(j, sums)
-                if extra is None:
-                    break
-                plan.append(extra)
-            self._group(j, plan[j], batch_index)
-            batch_index += len(plan[j])
-            j += 1
+                for j, part in deal(rows, start, self.m):
+                    self._block(j, part)
+                start = (start + len(rows)) % self.m
+                extension += 1
         if self.hooks.reduce is not None:
             self.hooks.reduce([self.abs_dot, self.norm_prod, self.loss_sum])
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         loss_n = float(self.loss_sum[1])
         return LoopResult(
-            sums=_gram_sums(
-                self.host_sums, self.q_rows, self.counts, per_tensor=True, cache=self.cache
-            ),
+            sums=per_tensor_sums(self.host_sums, self.q_rows, self.counts, cache=self.cache),
             abs_dot=self.abs_dot.cpu().tolist(),
             norm_prod=self.norm_prod.cpu().tolist(),
             counts=tuple(self.counts),
             mean_loss=float(self.loss_sum[0]) / loss_n if loss_n > 0 else math.nan,
         )
 
-    def _group(self, j: int, rows_j: Tensor, batch_index: int) -> None:
-        """One group: its batches, then one synchronisation (finite check), reduce, move to host."""
+    def _block(self, j: int, rows_j: Tensor) -> None:
+        """One block of group j: its batches, one synchronisation (finite check), reduce, and
+        its sum added to group j's sum in host memory."""
+        batch_index = self.batch_index
         local = self.hooks.local_rows(j, rows_j) if self.hooks.local_rows is not None else rows_j
         f64 = dict(dtype=torch.float64, device=self.device)
         q_j = torch.zeros(len(self.params), **f64)
         norms_j = torch.zeros(max(len(local), 1), len(self.params), **f64)
         losses_j = torch.zeros(max(len(local), 1), **f64)
+        done = self.invariance_done[j]
         for i, (x, y) in enumerate(self.source.batches(local, self.seed + j)):
-            n64, loss = self._batch(x, y, batch_index + i, invariance=i < INVARIANCE_BATCHES)
+            invariance = done + i < INVARIANCE_BATCHES
+            n64, loss = self._batch(x, y, batch_index + i, invariance=invariance)
             norms_j[i] = n64
             losses_j[i] = loss
             q_j += n64 * n64
+            self.clock.tick()
+        self.invariance_done[j] += len(local)
         _check_finite(norms_j[: len(local)], losses_j[: len(local)], batch_index, self.names)
         self.loss_sum[0] += losses_j[: len(local)].sum()
         self.loss_sum[1] += len(local)
         if self.hooks.reduce is not None:
             self.hooks.reduce([*self.group_sum, q_j])
-        if self.device.type == "cpu":  # the sum is in host memory already: keep it, start anew
-            self.host_sums.append(self.group_sum)
-            self.group_sum = _host_like(self.weights, False)
-            torch._foreach_zero_(self.group_sum)
+        self._to_host(j)
+        self.q_rows[j] += q_j
+        self.counts[j] += len(rows_j)
+        if self.cache is not None:
+            self.cache.changed(j)
+        self.batch_index += len(rows_j)
+        self.clock.flush()
+
+    def _to_host(self, j: int) -> None:
+        """Add the block sum to group j's host sum (the first block's sum becomes it) and reset."""
+        cpu, pin = self.device.type == "cpu", self.device.type == "cuda"
+        if j == len(self.host_sums):  # the group's first block (groups start in order)
+            if cpu:  # the sum is in host memory already: keep it, start anew
+                self.host_sums.append(self.group_sum)
+                self.group_sum = host_like(self.weights, False)
+            else:
+                host = host_like(self.weights, pin)
+                for hs, gs in zip(host, self.group_sum):
+                    hs.copy_(gs, non_blocking=pin)
+                self.host_sums.append(host)
+        elif cpu:
+            torch._foreach_add_(self.host_sums[j], self.group_sum)
         else:
-            pin = self.device.type == "cuda"
-            host = _host_like(self.weights, pin)
-            for hs, gs in zip(host, self.group_sum):
-                hs.copy_(gs, non_blocking=pin)
-            torch._foreach_zero_(self.group_sum)
-            self.host_sums.append(host)
-        self.q_rows.append(q_j)
-        self.counts.append(len(rows_j))
-        if self.progress is not None:
-            self.progress(len(rows_j))
+            if self.staging is None:
+                self.staging = host_like(self.weights, pin)
+            for st, gs in zip(self.staging, self.group_sum):
+                st.copy_(gs, non_blocking=pin)
+            if pin:
+                torch.cuda.synchronize(self.device)
+            torch._foreach_add_(self.host_sums[j], self.staging)
+        torch._foreach_zero_(self.group_sum)
 
     def _batch(self, x: Any, y: Any, b: int, invariance: bool) -> tuple[Tensor, Tensor]:
         """Forward, backward and fold batch ``b`` in; returns (per-tensor ‖g‖ float64, loss)."""
@@ -440,95 +540,6 @@ def first_line(e: BaseException) -> str:
     if isinstance(e, IndexError) and "out of bounds" in line:
         line += " (are the targets class indices 0..C-1 for a model with C outputs?)"
     return line
-
-
-def _host_like(weights: list[Tensor], pin: bool) -> list[Tensor]:
-    """Host tensors shaped like ``weights``: one (pinned) allocation per dtype, one view each."""
-    out: list[Tensor | None] = [None] * len(weights)
-    for dtype in {w.dtype for w in weights}:
-        idx = [i for i, w in enumerate(weights) if w.dtype == dtype]
-        flat = torch.empty(sum(weights[i].numel() for i in idx), dtype=dtype, pin_memory=pin)
-        offset = 0
-        for i in idx:
-            numel = weights[i].numel()
-            out[i] = flat[offset : offset + numel].view(weights[i].shape)
-            offset += numel
-    return out  # type: ignore[return-value]
-
-
-def _gram_rows(vectors: list[Tensor], start: int = 0) -> Tensor:
-    """Rows ``start..m−1`` of the m×m float64 Gram matrix ⟨v_a, v_b⟩, shape (m − start, m).
-
-    Converted to float64 chunk by chunk (no m × numel float64 copy); ``start = 0`` gives the
-    whole matrix.
-    """
-    m, numel = len(vectors), vectors[0].numel()
-    rows = torch.zeros(m - start, m, dtype=torch.float64)
-    buf = torch.empty(m, min(GRAM_CHUNK, max(numel, 1)), dtype=torch.float64)
-    for lo in range(0, numel, GRAM_CHUNK):
-        hi = min(numel, lo + GRAM_CHUNK)
-        block = buf[:, : hi - lo]
-        for j, v in enumerate(vectors):
-            block[j].copy_(v[lo:hi])
-        rows.addmm_(block[start:], block.T)
-    return rows
-
-
-class _GramCache:
-    """Per-tensor Gram matrices extended as groups arrive (adaptive runs read them every group)."""
-
-    def __init__(self) -> None:
-        self.grams: list[Tensor] = []
-
-    def update(self, host_sums: list[list[Tensor]]) -> list[Tensor]:
-        m = len(host_sums)
-        c = self.grams[0].shape[0] if self.grams else 0
-        if m == c:
-            return self.grams
-        grams = []
-        for t in range(len(host_sums[0])):
-            rows = _gram_rows([host_sums[j][t].reshape(-1) for j in range(m)], c)
-            g = torch.zeros(m, m, dtype=torch.float64)
-            if c:
-                g[:c, :c] = self.grams[t]
-                g[:c, c:] = rows[:, :c].T
-            g[c:, :] = rows
-            grams.append(g)
-        self.grams = grams
-        return grams
-
-
-def _gram_sums(
-    host_sums: list[list[Tensor]],
-    q_rows: list[Tensor],
-    counts: list[int],
-    per_tensor: bool = False,
-    cache: _GramCache | None = None,
-) -> list[GroupSums] | GroupSums | None:
-    """GroupSums per tensor (``per_tensor``) or of all tensors together, Gram in float64."""
-    m = len(host_sums)
-    if m == 0:
-        return [] if per_tensor else None
-    num_tensors = len(host_sums[0])
-    q_host = torch.stack(q_rows).cpu().tolist()
-    grams = cache.update(host_sums) if cache is not None else None
-    out = []
-    for t in range(num_tensors):
-        g64 = grams[t] if grams is not None else _gram_rows([hs[t].reshape(-1) for hs in host_sums])
-        gram = g64.tolist()
-        out.append(
-            GroupSums(
-                gram=tuple(tuple(r) for r in gram),
-                q=tuple(q_host[j][t] for j in range(m)),
-                counts=tuple(counts),
-            )
-        )
-    if per_tensor:
-        return out
-    total = out[0]
-    for g in out[1:]:
-        total = total + g
-    return total
 
 
 def _check_finite(block: Tensor, lblock: Tensor, offset: int, names: Sequence[str]) -> None:

@@ -150,7 +150,7 @@ def _plan_measurement(
     spec: Spec, checkpoints: Sequence[PathLike] | None, o: MeasureOptions, dist: DistContext | None
 ) -> _MeasurePlan:
     from .adaptive import adaptive_plan
-    from .data import default_num_batches
+    from .data import check_num_batches, default_num_batches
     from .loading import build_dataset, build_loss, resolve_device
 
     ms = spec.measure
@@ -168,10 +168,15 @@ def _plan_measurement(
         )
     batch_size = o.batch_size or spec.batch_size
     groups = o.groups or ms.groups
+    if (o.batches or ms.batches) is not None:  # an absurd k is refused before the data loads
+        check_num_batches(o.batches or ms.batches)
+    if o.max_batches is not None:
+        check_num_batches(o.max_batches, "max_batches")
     device = dist.device if dist is not None else resolve_device(o.device or ms.device)
     dataset = build_dataset(spec.data, spec.base_dir, "data")
     n = len(dataset)
     k = o.batches or ms.batches or default_num_batches(n, batch_size)
+    check_num_batches(k)
     adaptive = adaptive_plan(
         o.target_rel_error, o.max_batches, o.batches or ms.batches, groups, n, batch_size
     )
@@ -203,6 +208,42 @@ def _plan_measurement(
     )
 
 
+#: The plan line (batches, groups, time per batch and in all) is printed when the measurement is
+#: projected to take at least this long (seconds).
+PLAN_LINE_MIN_S = 30.0
+
+
+def _duration(seconds: float) -> str:
+    """``"2 h 05 min"``, ``"3 min 20 s"``, ``"42 s"``, ``"12 ms"``."""
+    if seconds < 1:
+        return f"{seconds * 1000:.3g} ms"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, sec = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days:,} d {hours} h"
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {sec:02d} s"
+
+
+def plan_line(plan: _MeasurePlan, seconds_per_batch: float) -> str | None:
+    """One line before a long measurement: k batches of B in m groups, the measured time per
+    batch and the projected total; None when the projection is under ``PLAN_LINE_MIN_S``."""
+    a, b, m, c = plan.adaptive, plan.batch_size, plan.groups, len(plan.paths)
+    k = a.max_batches if a is not None else plan.k
+    total = seconds_per_batch * k * c
+    if total < PLAN_LINE_MIN_S:
+        return None
+    what = f"{k:,} batches" if a is None else f"{a.start:,} to {k:,} batches (adaptive)"
+    each = f" for each of {c} checkpoints" if c > 1 else ""
+    about = "at most about" if a is not None else "about"
+    return (
+        f"plan: {what} of B = {b} in {m} groups{each}, about {_duration(seconds_per_batch)} a "
+        f"batch: {about} {_duration(total)} in all"
+    )
+
+
 def _measure_one(
     plan: _MeasurePlan,
     ci: int,
@@ -210,6 +251,7 @@ def _measure_one(
     opt: OptimizerInfo | None,
     progress_factory: ProgressFactory | None,
     dist: DistContext | None,
+    on_info: Callable[[str], None] | None = None,
 ) -> tuple[CheckpointSummary, RawMeasurement]:
     """Measure checkpoint number ``ci`` (its model already loaded) and summarise it."""
     from .adaptive import adaptive_hooks
@@ -233,6 +275,14 @@ def _measure_one(
     )
     if plan.adaptive is not None:
         run_kw["hooks"] = adaptive_hooks(plan.adaptive, n, b, seed, run_kw.get("hooks"))
+    if on_info is not None and ci == 0:
+
+        def estimate(seconds_per_batch: float) -> None:
+            line = plan_line(plan, seconds_per_batch)
+            if line is not None:
+                on_info(line)
+
+        run_kw["estimate"] = estimate
     total = plan.adaptive.max_batches if plan.adaptive is not None else plan.k
     many = len(plan.paths) > 1
     desc = f"measure {path.name}" + (f" ({ci + 1}/{len(plan.paths)})" if many else "")
@@ -316,6 +366,7 @@ def run_measurement(
     progress_factory: ProgressFactory | None = None,
     on_checkpoint: Callable[[str], None] | None = None,
     dist: DistContext | None = None,
+    on_info: Callable[[str], None] | None = None,
 ) -> Measurement:
     """Measure every checkpoint of a spec and pool them into a :class:`~bscrit.results.Measurement`.
 
@@ -330,6 +381,7 @@ def run_measurement(
         progress_factory: ``(description, total) -> context manager yielding advance(n)``.
         on_checkpoint: called with each checkpoint path before it is measured.
         dist: the torchrun context (its device, rows, seeds and reduction hooks), else None.
+        on_info: told the plan line (:func:`plan_line`) early in a long measurement.
     """
     from . import __version__
     from .loading import load_model, optimizer_for
@@ -350,7 +402,7 @@ def run_measurement(
         if ci == 0:
             opt = optimizer_for(spec, ckpt)
         model.to(plan.device)
-        summary, raw = _measure_one(plan, ci, model, opt, progress_factory, dist)
+        summary, raw = _measure_one(plan, ci, model, opt, progress_factory, dist, on_info)
         del model
         summaries.append(summary)
         mean_losses.append(raw.mean_loss)  # mean batch loss at this checkpoint
@@ -407,12 +459,14 @@ def measure_session(
     progress_factory: ProgressFactory | None = None,
     on_rank: Callable[[bool], None] | None = None,
     on_error: Callable[[str], None] | None = None,
+    on_info: Callable[[str], None] | None = None,
 ) -> Measurement | None:
     """``bscrit measure``: :func:`run_measurement` in one process or as one torchrun rank.
 
     Tunes the CPU allocator (no page faults per batch on CPU), joins the distributed session when
     run by torchrun (docs/distributed.md), and returns the measurement on rank 0 (or the only
-    process), None on the other ranks. ``on_rank(is_main)`` is called once the rank is known.
+    process), None on the other ranks. ``on_rank(is_main)`` is called once the rank is known;
+    ``on_info`` (rank 0 only) is told the plan line of a long measurement.
     """
     from .distributed import Session
     from .engine import tune_cpu_allocator
@@ -429,6 +483,7 @@ def measure_session(
             options,
             progress_factory=progress_factory if main else None,
             dist=dist,
+            on_info=on_info if main else None,
         )
     return m if main else None
 

@@ -59,8 +59,11 @@ def test_stops_when_target_reached_and_reports_it() -> None:
     raw = measure_model(model, ds, _mse, batch_size=6, num_batches=40, groups=4, hooks=hooks)
     assert st.reason == "target reached"
     assert raw.num_batches == st.batches > 40  # it had to continue
-    assert raw.groups == st.groups == 4 + (raw.num_batches - 40) // st.group_size
-    assert set(raw.counts[4:]) == {st.group_size}
+    # extra batches are dealt into the same m = 4 groups (their sizes within one batch), added
+    # group_size at a time (before: one new group of group_size batches per check)
+    assert raw.groups == st.groups == 4
+    assert (raw.num_batches - 40) % st.group_size == 0
+    assert sum(raw.counts) == raw.num_batches and max(raw.counts) - min(raw.counts) <= 1
     # the recorded error is that of the final sums, and the one before stopping was too large
     assert math.isclose(_rel_error(raw.tensors), st.rel_error, rel_tol=1e-9)
     assert st.rel_error <= 0.3
@@ -86,8 +89,10 @@ def test_budget_exhausted_and_whole_groups_only() -> None:
     assert st.rel_error > 1e-4
 
 
-def test_extra_groups_are_reproducible_and_match_a_fixed_run() -> None:
-    """Adaptive sums (incremental Gram) = a fixed run over the same rows in the same groups."""
+def test_extra_batches_are_reproducible_and_match_a_fixed_run() -> None:
+    """Adaptive sums (Gram rows updated per changed group) = a fixed run over the same rows in
+    the same groups: extension i (seed group_seed(5, m + i)) dealt round-robin into the m groups,
+    continuing from the first of the smaller groups."""
     model, ds = _tiny_problem(64)
     st = adaptive_plan(1e-6, 20, 12, 3, len(ds), 6)
     assert st is not None
@@ -101,14 +106,17 @@ def test_extra_groups_are_reproducible_and_match_a_fixed_run() -> None:
         seed=5,
         hooks=adaptive_hooks(st, len(ds), 6, seed=5),
     )
-    assert raw.counts == (4, 4, 4, 4, 4)
+    assert raw.counts == (7, 7, 6)  # 12 planned, then 4 + 4 dealt into the 3 groups
+    p = sample_batches(len(ds), 6, 12, 5)
+    e0, e1 = (sample_batches(len(ds), 6, 4, group_seed(5, j)) for j in (3, 4))
+    # e0 from group 0: rows 0, 3 -> group 0, 1 -> 1, 2 -> 2; e1 from group 1: 0, 3 -> 1, 1 -> 2, 2 -> 0
     rows = torch.cat(
-        [sample_batches(len(ds), 6, 12, 5)]
-        + [sample_batches(len(ds), 6, 4, group_seed(5, j)) for j in (3, 4)]
+        [p[0:4], e0[0::3], e1[2::3], p[4:8], e0[1::3], e1[0::3], p[8:12], e0[2::3], e1[1::3]]
     )
-    fixed = measure_model(model, ds, _mse, batch_size=6, batch_rows=rows, groups=5, seed=5)
-    for a, b in zip(raw.tensors, fixed.tensors):
-        assert a.sums.q == b.sums.q
+    fixed = measure_model(model, ds, _mse, batch_size=6, batch_rows=rows, groups=3, seed=5)
+    assert fixed.counts == raw.counts
+    for a, b in zip(raw.tensors, fixed.tensors):  # same sums, added in another order
+        assert all(math.isclose(x, y, rel_tol=1e-12) for x, y in zip(a.sums.q, b.sums.q))
         for ra, rb in zip(a.sums.gram, b.sums.gram):
             assert all(math.isclose(x, y, rel_tol=1e-12, abs_tol=1e-300) for x, y in zip(ra, rb))
 
@@ -169,7 +177,7 @@ def test_hooks_compose_with_existing_local_rows() -> None:
     assert st is not None
     hooks = adaptive_hooks(st, len(ds), 6, seed=0, base=LoopHooks(local_rows=local_rows))
     measure_model(model, ds, _mse, batch_size=6, num_batches=8, groups=4, hooks=hooks)
-    assert seen == [0, 1, 2, 3, 4, 5]
+    assert seen == [0, 1, 2, 3, 0, 1, 2, 3]  # a block per group: 8 planned, then 2 + 2 dealt
 
 
 # ----------------------------------------------------------------------------------------------
