@@ -11,17 +11,22 @@ and without touching ``.grad`` — and folds it into:
 - per-tensor float64 scalars on the device: Q_j (Σ‖g‖² of the group), Σ|⟨W, g⟩| and Σ‖W‖‖g‖ (the
   scale-invariance test of docs/theory.md §3, on the first ``INVARIANCE_BATCHES`` batches of
   each group);
-- at the end of each of the m groups, the group sum is copied to host memory (pinned and
-  asynchronous on CUDA; on CPU the tensor itself is kept) and reset. One host-device
-  synchronisation per group checks for NaN/Inf.
+- at the end of each block — a group, or a piece of at most ``BLOCK_BATCHES`` of a longer one —
+  the sum is moved to its group's sum in host memory (pinned and asynchronous on CUDA; on CPU
+  the tensor itself is kept) and reset. One host-device synchronisation per block checks for
+  NaN/Inf.
+
+The k × B example indices are drawn as the loop goes (:class:`~bscrit.data.BatchPlan`), never
+all at once, so k costs time, not memory; k is capped at ``data.MAX_BATCHES``.
 
 Per-batch cost beyond forward+backward: one ``_foreach_norm`` and one ``_foreach_add_`` over the
 gradient (docs/performance.md has the benchmarks). Extension points: :class:`LoopHooks`
 (distributed ranks, adaptive stopping via :func:`adaptive_hooks`); the per-example estimator
 (:mod:`bscrit.per_example`) adds its own hooks on the model.
 
-After the loop, the m×m Gram matrix ⟨S_a, S_b⟩ of every tensor is formed in float64 on the host;
-from there on everything is pure arithmetic (:mod:`bscrit.summary`, :mod:`bscrit.estimators`).
+After the loop, the m×m Gram matrix ⟨S_a, S_b⟩ of every tensor is formed in float64 on the host
+(:mod:`bscrit.groups`); from there on everything is pure arithmetic (:mod:`bscrit.summary`,
+:mod:`bscrit.estimators`).
 
 The model is never modified: parameters are only read, ``torch.autograd.grad`` leaves ``.grad``
 alone, every buffer (BatchNorm running statistics and ``num_batches_tracked`` included) is restored
@@ -52,7 +57,7 @@ from .data import (
 )
 from .errors import BscritError, DataError, MeasurementError, UsageError
 from .estimators import GroupSums
-from .gram import GramCache, host_like, per_tensor_sums, total_sums
+from .groups import GramCache, HostSums, deal, per_tensor_sums, total_sums
 from .summary import TAU_BF16, TAU_FP32, TensorSums
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -278,9 +283,8 @@ def _tensor_sums(named: list[tuple[str, nn.Parameter]], r: LoopResult) -> list[T
 class LoopHooks:
     """Extension points of the hot loop (used by the distributed and adaptive paths).
 
-    The loop works in *blocks*: consecutive batches that all belong to one group j (a group
-    longer than ``BLOCK_BATCHES`` is several blocks; an adaptive run deals its extra batches
-    into the m groups, a block per group).
+    The loop works in *blocks*: consecutive batches of one group j (a group longer than
+    ``BLOCK_BATCHES`` is several; batches dealt into the groups are a block per group).
 
     Attributes:
         local_rows: ``(group j, rows of a block of group j) -> rows this process computes``,
@@ -289,15 +293,18 @@ class LoopHooks:
         reduce: in-place sum of a list of tensors across processes. Called once at the end of
             every block with ``[*block_sum, q_block]`` and once at the end with the invariance
             sums; every process calls it the same number of times.
-        next_rows: ``(extensions so far, GroupSums of all trainable tensors so far) -> rows of
-            more batches, or None to stop``. Called after the planned batches and after each
-            extension; the rows are dealt round-robin into the same m groups (their sizes never
-            differ by more than one batch), so the cost of a call does not grow with the run.
+        next_rows: ``(extensions so far, GroupSums of all tensors so far) -> more rows, or None
+            to stop``, called after the planned batches and after each extension (a run goes on
+            to a target precision). The rows form a new group while there are fewer than
+            ``max_groups``, else are dealt round-robin into the groups (sizes within one batch):
+            host memory and the cost of a call stop growing.
+        max_groups: the most groups ``next_rows`` may grow the run to (0: never a new group).
     """
 
     local_rows: Callable[[int, Tensor], Tensor] | None = None
     reduce: Callable[[list[Tensor]], None] | None = None
     next_rows: Callable[[int, GroupSums], Tensor | None] | None = None
+    max_groups: int = 0
 
 
 @dataclass(frozen=True)
@@ -309,16 +316,6 @@ class LoopResult:
     norm_prod: list[float]
     counts: tuple[int, ...]
     mean_loss: float
-
-
-def deal(rows: Tensor, start: int, m: int) -> list[tuple[int, Tensor]]:
-    """Row i of ``rows`` to group (start + i) mod m, as one block per group (groups in order
-    from ``start``). With the larger groups just before ``start`` (cyclically), sizes stay
-    within one batch of each other."""
-    out = []
-    for d in range(min(len(rows), m)):
-        out.append(((start + d) % m, rows[d::m]))
-    return out
 
 
 class _Clock:
@@ -380,7 +377,7 @@ class _HotLoop:
         hooks: LoopHooks,
     ) -> None:
         self.model, self.source, self.loss_fn, self.device = model, source, loss_fn, device
-        self.clock, self.seed, self.hooks, self.m = clock, seed, hooks, groups
+        self.clock, self.seed, self.hooks = clock, seed, hooks
         self.names = [nm for nm, _ in named]
         self.params = [p for _, p in named]
         self.warnings: list[str] = []
@@ -389,11 +386,12 @@ class _HotLoop:
         self.w_flat = [w.reshape(-1) for w in self.weights]
         self.w_norm = torch.stack([w.double().norm() for w in self.weights])
         self.group_sum = [torch.zeros_like(w) for w in self.weights]
-        self.host_sums: list[list[Tensor]] = []  # group j's sum in host memory, per tensor
-        self.q_rows = [torch.zeros(len(self.params), **f64) for _ in range(groups)]
-        self.counts = [0] * groups
-        self.invariance_done = [0] * groups  # batches of group j run with the invariance test
-        self.staging: list[Tensor] | None = None  # pinned buffer for later blocks of a group
+        self.host = HostSums(self.weights, device)  # group j's sum in host memory
+        self.q_rows: list[Tensor] = []  # group j's Q_j per tensor (float64, on the device)
+        self.counts: list[int] = []
+        self.invariance_done: list[int] = []  # batches of group j run with the invariance test
+        for _ in range(groups):
+            self._new_group()
         self.abs_dot = torch.zeros(len(self.params), **f64)
         self.norm_prod = torch.zeros(len(self.params), **f64)
         self.loss_sum = torch.zeros(2, **f64)  # (Σ loss, number of batches) for the mean loss
@@ -403,39 +401,58 @@ class _HotLoop:
             if amp == "bf16"
             else torch.autocast(device_type=device.type, enabled=False)
         )
-        self.cache = GramCache(groups) if hooks.next_rows is not None else None
+        self.cache = GramCache() if hooks.next_rows is not None else None
         self.first = True
         self.batch_index = 0  # global index of the next batch
+
+    def _new_group(self) -> int:
+        self.q_rows.append(torch.zeros(len(self.params), dtype=torch.float64, device=self.device))
+        self.counts.append(0)
+        self.invariance_done.append(0)
+        return len(self.counts) - 1
 
     def run(self, blocks: Iterable[tuple[int, Tensor]]) -> LoopResult:
         for j, rows in blocks:
             self._block(j, rows)
         if self.hooks.next_rows is not None and self.cache is not None:
-            start = self.counts.index(min(self.counts))  # the first of the smaller groups
-            extension = 0
-            while True:
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                sums = total_sums(self.host_sums, self.q_rows, self.counts, self.cache)
-                rows = self.hooks.next_rows(extension, sums)
-                if rows is None:
-                    break
-                for j, part in deal(rows, start, self.m):
-                    self._block(j, part)
-                start = (start + len(rows)) % self.m
-                extension += 1
+            self._extend(self.hooks.next_rows)
         if self.hooks.reduce is not None:
             self.hooks.reduce([self.abs_dot, self.norm_prod, self.loss_sum])
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         loss_n = float(self.loss_sum[1])
         return LoopResult(
-            sums=per_tensor_sums(self.host_sums, self.q_rows, self.counts, cache=self.cache),
+            sums=per_tensor_sums(self.host.sums, self.q_rows, self.counts, cache=self.cache),
             abs_dot=self.abs_dot.cpu().tolist(),
             norm_prod=self.norm_prod.cpu().tolist(),
             counts=tuple(self.counts),
             mean_loss=float(self.loss_sum[0]) / loss_n if loss_n > 0 else math.nan,
         )
+
+    def _extend(self, next_rows: Callable[[int, GroupSums], Tensor | None]) -> None:
+        """Ask for more rows until told to stop: new groups up to ``max_groups``, then dealt
+        round-robin into the groups, continuing from the first of the smaller ones."""
+        assert self.cache is not None
+        start: int | None = None
+        extension = 0
+        while True:
+            if self.device.type == "cuda":  # the host sums are complete before they are read
+                torch.cuda.synchronize(self.device)
+            sums = total_sums(self.host.sums, self.q_rows, self.counts, self.cache)
+            rows = next_rows(extension, sums)
+            if rows is None:
+                return
+            m = len(self.counts)
+            if m < self.hooks.max_groups:
+                j = self._new_group()
+                for lo in range(0, len(rows), BLOCK_BATCHES):
+                    self._block(j, rows[lo : lo + BLOCK_BATCHES])
+            else:
+                start = self.counts.index(min(self.counts)) if start is None else start
+                for j, part in deal(rows, start, m):
+                    self._block(j, part)
+                start = (start + len(rows)) % m
+            extension += 1
 
     def _block(self, j: int, rows_j: Tensor) -> None:
         """One block of group j: its batches, one synchronisation (finite check), reduce, and
@@ -460,37 +477,13 @@ class _HotLoop:
         self.loss_sum[1] += len(local)
         if self.hooks.reduce is not None:
             self.hooks.reduce([*self.group_sum, q_j])
-        self._to_host(j)
+        self.group_sum = self.host.add(j, self.group_sum)
         self.q_rows[j] += q_j
         self.counts[j] += len(rows_j)
         if self.cache is not None:
             self.cache.changed(j)
         self.batch_index += len(rows_j)
         self.clock.flush()
-
-    def _to_host(self, j: int) -> None:
-        """Add the block sum to group j's host sum (the first block's sum becomes it) and reset."""
-        cpu, pin = self.device.type == "cpu", self.device.type == "cuda"
-        if j == len(self.host_sums):  # the group's first block (groups start in order)
-            if cpu:  # the sum is in host memory already: keep it, start anew
-                self.host_sums.append(self.group_sum)
-                self.group_sum = host_like(self.weights, False)
-            else:
-                host = host_like(self.weights, pin)
-                for hs, gs in zip(host, self.group_sum):
-                    hs.copy_(gs, non_blocking=pin)
-                self.host_sums.append(host)
-        elif cpu:
-            torch._foreach_add_(self.host_sums[j], self.group_sum)
-        else:
-            if self.staging is None:
-                self.staging = host_like(self.weights, pin)
-            for st, gs in zip(self.staging, self.group_sum):
-                st.copy_(gs, non_blocking=pin)
-            if pin:
-                torch.cuda.synchronize(self.device)
-            torch._foreach_add_(self.host_sums[j], self.staging)
-        torch._foreach_zero_(self.group_sum)
 
     def _batch(self, x: Any, y: Any, b: int, invariance: bool) -> tuple[Tensor, Tensor]:
         """Forward, backward and fold batch ``b`` in; returns (per-tensor ‖g‖ float64, loss)."""
