@@ -306,7 +306,7 @@ def measure(
     progress = None if quiet else (lambda d, t: report.progress(d, t, "batch"))
     m = measure_session(
         s, checkpoint, opts, dist_timeout, progress_factory=progress, on_rank=on_rank,
-        on_error=report.error,
+        on_error=report.error, on_info=None if quiet else report.info,
     )  # fmt: skip
     if m is None:  # a rank other than 0
         return

@@ -9,14 +9,14 @@ measurement are drawn independently (not as one shuffled epoch).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .errors import DataError
+from .errors import DataError, UsageError
 
 #: The paper's protocol: at least 200 batches, and at least one epoch's worth ([LMA21] F.2).
 MIN_BATCHES = 200
@@ -25,6 +25,26 @@ MIN_BATCHES = 200
 def default_num_batches(dataset_size: int, batch_size: int) -> int:
     """k = max(200, ceil(n / B))."""
     return max(MIN_BATCHES, math.ceil(dataset_size / batch_size))
+
+
+#: Most batches one measurement plans. Above this a run takes weeks even at 1 ms a batch, and
+#: precision has long stopped improving in practice (relative errors shrink as 1/√k).
+MAX_BATCHES = 10**9
+
+
+def check_num_batches(k: int, key: str = "batches") -> None:
+    """Refuse a number of batches below 1 or above :data:`MAX_BATCHES`, before any work."""
+    if k < 1:
+        raise UsageError(f"{{{key}}} must be at least 1, got {k}", **{key: key})
+    if k > MAX_BATCHES:
+        raise UsageError(
+            f"{{{key}}} {k:,} is more than the {MAX_BATCHES:,} batches one measurement may plan "
+            f"(at 1 ms a batch that alone would take {k / 1000 / 86400:,.0f} days); relative "
+            "errors shrink as 1/√k, so 10⁴–10⁶ batches are plenty; or let {target_rel_error} stop "
+            "at a precision",
+            **{key: key},
+            target_rel_error="target_rel_error",
+        )
 
 
 def group_counts(k: int, m: int) -> list[int]:
@@ -37,19 +57,66 @@ def sample_batches(n: int, batch_size: int, num_batches: int, seed: int) -> Tens
 
     Independent rows matter: batches of one shuffled epoch are negatively correlated and the
     −N̂/k bias correction of Ĝ would over-correct (docs/theory.md §2, "Why independent batches").
+    All rows at once: a measurement draws them lazily instead (:class:`BatchPlan`, the same rows).
     """
-    gen = torch.Generator().manual_seed(seed)
-    if batch_size == n:
-        return torch.arange(n).repeat(num_batches, 1)
-    # argsort of uniform keys = a uniformly random permutation; keep the first B of each row.
-    # Chunked so that k × n keys never sit in memory at once for large datasets.
-    rows = []
-    chunk = max(1, (1 << 24) // max(n, 1))
-    for start in range(0, num_batches, chunk):
-        c = min(chunk, num_batches - start)
-        keys = torch.rand(c, n, generator=gen)
-        rows.append(torch.topk(keys, batch_size, dim=1, largest=False).indices)
-    return torch.cat(rows)
+    return torch.cat(list(BatchPlan(n, batch_size, num_batches, seed).chunks()))
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """The k × B example indices of a measurement, drawn lazily: never all k rows at once.
+
+    Row for row what :func:`sample_batches` returns for the same arguments (one generator, the
+    same chunks of uniform keys), produced as a consumer asks for them: memory holds one chunk
+    (keys of at most 2²⁴ elements), whatever k is. Every rank of a distributed run builds the
+    same plan from the global seed and so sees the same rows.
+    """
+
+    n: int
+    batch_size: int
+    num_batches: int
+    seed: int
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def chunks(self) -> Iterator[Tensor]:
+        """The rows in order, in chunks (consecutive row blocks, together all k rows)."""
+        n, b, k = self.n, self.batch_size, self.num_batches
+        gen = torch.Generator().manual_seed(self.seed)
+        # argsort of uniform keys = a uniformly random permutation; keep the first B of each row.
+        # Chunked so that k × n keys never sit in memory at once for large datasets.
+        chunk = max(1, (1 << 24) // max(n, 1))
+        for start in range(0, k, chunk):
+            c = min(chunk, k - start)
+            if b == n:
+                yield torch.arange(n).repeat(c, 1)
+                continue
+            keys = torch.rand(c, n, generator=gen)
+            yield torch.topk(keys, b, dim=1, largest=False).indices
+
+
+def group_blocks(
+    chunks: Iterable[Tensor], counts: Sequence[int], block: int
+) -> Iterator[tuple[int, Tensor]]:
+    """``(group j, rows)``: the rows of ``chunks`` cut into groups of ``counts[j]`` rows in
+    order, each group in blocks of at most ``block`` rows (so no group is held at once)."""
+    it = iter(chunks)
+    pending: list[Tensor] = []
+    have = 0
+    for j, count in enumerate(counts):
+        left = count
+        while left > 0:
+            want = min(left, block)
+            while have < want:
+                t = next(it)
+                pending.append(t)
+                have += len(t)
+            rows = torch.cat(pending) if len(pending) > 1 else pending[0]
+            out, rest = rows[:want], rows[want:]
+            pending, have = ([rest] if len(rest) else []), len(rest)
+            left -= want
+            yield j, out
 
 
 def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:

@@ -4,8 +4,9 @@
 process (docs/theory.md §2), with the k batches shared out between the ranks:
 
 - **Same batches as one process.** Every rank draws the same k × B index rows from the global seed
-  (:func:`bscrit.data.sample_batches`) and keeps the m group boundaries; within group j, rank r
-  computes the batches r, r + W, r + 2W, ... of the group (:attr:`LoopHooks.local_rows`). A batch is
+  (:class:`bscrit.data.BatchPlan`) and keeps the m group boundaries; within each block of group
+  j, rank r computes the batches r, r + W, r + 2W, ... of the block (:attr:`LoopHooks.local_rows`;
+  a block is the whole group unless the group is longer than 1024 batches). A batch is
   B examples on *one* rank (the per-rank batch is the unit of sampling; B is not multiplied by W).
 - **Sums, not gradients, are reduced.** Each rank accumulates its part of the group sum S_j
   (float32, on its device) and of Q_j (float64); at the end of each group they are summed across
@@ -38,7 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .data import sample_batches
+from .data import BatchPlan
 from .engine import LoopHooks
 from .errors import BscritError, ExitCode, MeasurementError, UsageError
 
@@ -246,7 +247,7 @@ class DistContext:
         self.control_group = control_group
         self.owns_group = owns_group
         self.hooks = LoopHooks(local_rows=self.local_rows, reduce=self.reduce)
-        self._group_start = 0  # index of the first batch of the current group (all ranks)
+        self._group_start = 0  # index of the first batch of the current block (all ranks)
         self._next_start = 0
 
     @property
@@ -256,9 +257,7 @@ class DistContext:
     # -- the hot loop's hooks -------------------------------------------------------------------
 
     def local_rows(self, group: int, rows: Tensor) -> Tensor:
-        """Rank r computes the batches r, r + W, ... of every group (possibly none)."""
-        if group == 0:  # a new checkpoint
-            self._next_start = 0
+        """Rank r computes the batches r, r + W, ... of every block of a group (possibly none)."""
         self._group_start = self._next_start
         self._next_start += len(rows)
         return rows[self.rank :: self.world_size]
@@ -293,9 +292,11 @@ class DistContext:
     def measure_kwargs(self, n: int, batch_size: int, k: int, seed: int) -> dict[str, Any]:
         """``seed``, ``batch_rows`` and ``hooks`` for :func:`~bscrit.engine.measure_model`.
 
-        The rows are those one process would draw with ``seed``; the model seed is per rank.
+        The rows are those one process would draw with ``seed`` (a lazy
+        :class:`~bscrit.data.BatchPlan`: never all k rows at once); the model seed is per rank.
         """
-        rows = sample_batches(n, batch_size, k, seed) if 0 < batch_size <= n else None
+        self._group_start = self._next_start = 0  # a new checkpoint: batches count from 0
+        rows = BatchPlan(n, batch_size, k, seed) if 0 < batch_size <= n else None
         return {"seed": self.rank_seed(seed), "batch_rows": rows, "hooks": self.hooks}
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
@@ -308,7 +309,8 @@ class DistContext:
             "backend": self.backend,
             "unit_of_sampling": f"per-rank batch of B = {batch_size} examples",
             "assignment": "the k batches are drawn from the global seed as in one process; "
-            "within each group, batch i is computed by rank i mod world_size",
+            "within each block of a group (the whole group unless it is longer than 1024 batches), "
+            "batch i is computed by rank i mod world_size",
             "model_seed": f"seed + rank * {_RANK_SEED_STRIDE} (dropout/augmentation per rank)",
         }
 

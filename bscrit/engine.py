@@ -11,17 +11,22 @@ and without touching ``.grad`` — and folds it into:
 - per-tensor float64 scalars on the device: Q_j (Σ‖g‖² of the group), Σ|⟨W, g⟩| and Σ‖W‖‖g‖ (the
   scale-invariance test of docs/theory.md §3, on the first ``INVARIANCE_BATCHES`` batches of
   each group);
-- at the end of each of the m groups, the group sum is copied to host memory (pinned and
-  asynchronous on CUDA; on CPU the tensor itself is kept) and reset. One host-device
-  synchronisation per group checks for NaN/Inf.
+- at the end of each block — a group, or a piece of at most ``BLOCK_BATCHES`` of a longer one —
+  the sum is moved to its group's sum in host memory (pinned and asynchronous on CUDA; on CPU
+  the tensor itself is kept) and reset. One host-device synchronisation per block checks for
+  NaN/Inf.
+
+The k × B example indices are drawn as the loop goes (:class:`~bscrit.data.BatchPlan`), never
+all at once, so k costs time, not memory; k is capped at ``data.MAX_BATCHES``.
 
 Per-batch cost beyond forward+backward: one ``_foreach_norm`` and one ``_foreach_add_`` over the
 gradient (docs/performance.md has the benchmarks). Extension points: :class:`LoopHooks`
 (distributed ranks, adaptive stopping via :func:`adaptive_hooks`); the per-example estimator
 (:mod:`bscrit.per_example`) adds its own hooks on the model.
 
-After the loop, the m×m Gram matrix ⟨S_a, S_b⟩ of every tensor is formed in float64 on the host;
-from there on everything is pure arithmetic (:mod:`bscrit.summary`, :mod:`bscrit.estimators`).
+After the loop, the m×m Gram matrix ⟨S_a, S_b⟩ of every tensor is formed in float64 on the host
+(:mod:`bscrit.groups`); from there on everything is pure arithmetic (:mod:`bscrit.summary`,
+:mod:`bscrit.estimators`).
 
 The model is never modified: parameters are only read, ``torch.autograd.grad`` leaves ``.grad``
 alone, every buffer (BatchNorm running statistics and ``num_batches_tracked`` included) is restored
@@ -33,7 +38,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,20 +46,35 @@ import torch
 from torch import Tensor, nn
 
 from .checker import check_batch_size
-from .data import BatchSource, default_num_batches, forward, group_counts, sample_batches
+from .data import (
+    BatchPlan,
+    BatchSource,
+    check_num_batches,
+    default_num_batches,
+    forward,
+    group_blocks,
+    group_counts,
+)
 from .errors import BscritError, DataError, MeasurementError, UsageError
 from .estimators import GroupSums
+from .groups import GramCache, HostSums, deal, per_tensor_sums, total_sums
 from .summary import TAU_BF16, TAU_FP32, TensorSums
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Progress = Callable[[int], None]
+#: Called once with the measured seconds per batch (see :func:`measure_model`).
+Estimate = Callable[[float], None]
 
 #: The scale-invariance test Σ|⟨W, g⟩| ≤ τ Σ‖W‖‖g‖ (docs/theory.md §3) reads all of W; it runs
 #: on the first few batches of every group (m × this many in all), not on every batch: the ratio of
 #: sums is as informative (⟨W, g⟩ = 0 holds batch by batch) at a fraction of the memory traffic.
 INVARIANCE_BATCHES = 2
-#: Elements per chunk when the float64 Gram matrices are formed (bounded temporary memory).
-GRAM_CHUNK = 1 << 16
+#: A group longer than this is run in blocks of at most this many batches: it bounds the index
+#: rows and per-batch norms held at once and the stretch between two synchronisations (NaN/Inf
+#: check); default runs (k ≤ 1024 m) keep one block per group.
+BLOCK_BATCHES = 1024
+#: The progress bar advances at most this often (seconds), not after every batch.
+PROGRESS_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -141,10 +161,12 @@ def measure_model(
     num_workers: int = 0,
     progress: Progress | None = None,
     tau: float | None = None,
-    batch_rows: Tensor | None = None,
+    batch_rows: Tensor | BatchPlan | None = None,
     hooks: LoopHooks | None = None,
     compile: bool = False,
     prefetch: int | None = None,
+    estimate: Estimate | None = None,
+    preconditioner: Sequence[Tensor] | None = None,
 ) -> RawMeasurement:
     """Measure the streaming sums of k batch gradients of ``model`` at its current weights.
 
@@ -154,19 +176,27 @@ def measure_model(
         dataset: map-style dataset of (input, target) pairs; n = len(dataset).
         loss_fn: ``loss_fn(output, target)`` → the *mean* loss of the batch (a scalar).
         batch_size: B, the batch size of the run the checkpoint comes from.
-        num_batches: k; default max(200, ceil(n/B)).
+        num_batches: k; default max(200, ceil(n/B)); at most ``data.MAX_BATCHES``.
         groups: m, the number of jackknife groups (≥ 2; k ≥ 2m).
         seed: seeds the batch indices and the model's randomness (dropout), not the global RNG.
         device: where to run.
         mode: "train" (BatchNorm with batch statistics, as in training) or "eval".
         amp: None or "bf16" (CUDA autocast).
         num_workers: DataLoader workers for datasets that are not in-memory tensors.
-        progress: called with the number of batches done since the last call.
+        progress: called with the number of batches done since the last call (every
+            ``PROGRESS_S`` seconds and at the end of every block).
         tau: scale-invariance tolerance (default 1e-4, or 2e-2 under bf16).
-        batch_rows: explicit k × B index rows (overrides sampling; used by tests and ranks).
+        batch_rows: explicit k × B index rows, or a lazy :class:`~bscrit.data.BatchPlan`
+            (overrides sampling; used by tests and ranks). Default: ``BatchPlan(n, B, k, seed)``,
+            drawn as the loop goes (the same rows as ``sample_batches``).
         hooks: extension points of the hot loop (:class:`LoopHooks`).
         compile: run the forward pass through ``torch.compile`` (the backward follows).
         prefetch: DataLoader ``prefetch_factor`` (batches per worker; default 4).
+        estimate: called once, early, with the seconds per batch measured over the batches after
+            the first (for a plan line before a long run); not called if the run ends first.
+        preconditioner: a fixed P per trainable tensor (:mod:`bscrit.precondition`): the sums of
+            P g are kept too (docs/theory.md §5, "Preconditioned noise"): one more norm per
+            batch; the group sums of P g are P S_j, formed at the end.
 
     Returns:
         A :class:`RawMeasurement` of per-tensor Gram matrices, Q_j and invariance sums.
@@ -179,15 +209,17 @@ def measure_model(
     device = torch.device(device)
     n = len(dataset)
     _validate(n, batch_size, groups, mode, amp, device)
-    k = batch_rows.shape[0] if batch_rows is not None else (
+    k = len(batch_rows) if batch_rows is not None else (
         num_batches if num_batches is not None else default_num_batches(n, batch_size)
     )  # fmt: skip
+    check_num_batches(k)
     if k < 2 * groups:
         raise UsageError(
             f"batches: need at least 2 batches per group ({2 * groups} for {groups} groups), "
             f"got {k}"
         )
-    rows = batch_rows if batch_rows is not None else sample_batches(n, batch_size, k, seed)
+    rows = batch_rows if batch_rows is not None else BatchPlan(n, batch_size, k, seed)
+    chunks = rows.chunks() if isinstance(rows, BatchPlan) else [rows]
     tau = tau if tau is not None else (TAU_BF16 if amp == "bf16" else TAU_FP32)
 
     if not all(p.device == device for p in model.parameters()):
@@ -196,8 +228,6 @@ def measure_model(
     if not named:
         raise MeasurementError("model: has no trainable parameters (all requires_grad=False)")
 
-    counts = group_counts(k, groups)
-    bounds = [sum(counts[:j]) for j in range(groups + 1)]
     loop = _HotLoop(
         model=torch.compile(model) if compile else model,  # same parameters and buffers
         named=named,
@@ -205,9 +235,11 @@ def measure_model(
         loss_fn=loss_fn,
         device=device,
         amp=amp,
-        progress=progress,
+        groups=groups,
+        clock=_Clock(progress, estimate, device),
         seed=seed,
         hooks=hooks or LoopHooks(),
+        preconditioner=preconditioner,
     )
     was_training = model.training
     buffers = {nm: b.detach().clone() for nm, b in model.named_buffers()}
@@ -216,7 +248,7 @@ def measure_model(
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             model.train(mode == "train")
-            result = loop.run([rows[bounds[j] : bounds[j + 1]] for j in range(groups)])
+            result = loop.run(group_blocks(chunks, group_counts(k, groups), BLOCK_BATCHES))
     finally:
         with torch.no_grad():
             for nm, b in model.named_buffers():
@@ -252,6 +284,7 @@ def _tensor_sums(named: list[tuple[str, nn.Parameter]], r: LoopResult) -> list[T
             norm_sq=float(f64_norms[i]) ** 2,
             abs_dot=r.abs_dot[i],
             norm_prod=r.norm_prod[i],
+            preconditioned=r.preconditioned[i] if r.preconditioned is not None else None,
         )
         for i, (nm, p) in enumerate(named)
     ]
@@ -261,20 +294,28 @@ def _tensor_sums(named: list[tuple[str, nn.Parameter]], r: LoopResult) -> list[T
 class LoopHooks:
     """Extension points of the hot loop (used by the distributed and adaptive paths).
 
+    The loop works in *blocks*: consecutive batches of one group j (a group longer than
+    ``BLOCK_BATCHES`` is several; batches dealt into the groups are a block per group).
+
     Attributes:
-        local_rows: ``(group j, rows of group j) -> rows this process computes``. Default: all.
-            A distributed run gives rank r the rows ``r::world_size`` of every group.
+        local_rows: ``(group j, rows of a block of group j) -> rows this process computes``,
+            called once per block, in order. Default: all. A distributed run gives rank r the
+            rows ``r::world_size`` of every block.
         reduce: in-place sum of a list of tensors across processes. Called once at the end of
-            every group with ``[*group_sum, q_j]`` and once at the end with the invariance sums;
-            every process calls it the same number of times.
-        next_group: ``(groups done, GroupSums of all trainable tensors so far) -> rows of one more
-            group, or None to stop``. Called after the planned groups; lets a run continue until a
-            target precision is reached.
+            every block with ``[*block_sum, q_block]`` and once at the end with the invariance
+            sums; every process calls it the same number of times.
+        next_rows: ``(extensions so far, GroupSums of all tensors so far) -> more rows, or None
+            to stop``, called after the planned batches and after each extension (a run goes on
+            to a target precision). The rows form a new group while there are fewer than
+            ``max_groups``, else are dealt round-robin into the groups (sizes within one batch):
+            host memory and the cost of a call stop growing.
+        max_groups: the most groups ``next_rows`` may grow the run to (0: never a new group).
     """
 
     local_rows: Callable[[int, Tensor], Tensor] | None = None
     reduce: Callable[[list[Tensor]], None] | None = None
-    next_group: Callable[[int, GroupSums], Tensor | None] | None = None
+    next_rows: Callable[[int, GroupSums], Tensor | None] | None = None
+    max_groups: int = 0
 
 
 @dataclass(frozen=True)
@@ -286,13 +327,51 @@ class LoopResult:
     norm_prod: list[float]
     counts: tuple[int, ...]
     mean_loss: float
+    preconditioned: list[GroupSums] | None = None  # sums of P g per tensor, when P was given
+
+
+class _Clock:
+    """Throttled progress (every ``PROGRESS_S`` seconds, not every batch) and the one estimate
+    of the time per batch, measured after the first batch (which pays for warm-up)."""
+
+    def __init__(self, progress: Progress | None, estimate: Estimate | None, device: Any) -> None:
+        self.progress, self.estimate, self.device = progress, estimate, device
+        self.pending = 0
+        self.last = time.perf_counter()
+        self.first_done: float | None = None
+        self.after_first = 0
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        self.pending += 1
+        if self.progress is not None and now - self.last >= PROGRESS_S:
+            self.flush(now)
+        if self.estimate is None:
+            return
+        if self.first_done is None:
+            self.first_done = now
+            return
+        self.after_first += 1
+        if self.after_first >= 2 and (now - self.first_done >= 0.5 or self.after_first >= 50):
+            if self.device.type == "cuda":  # once: the time of the work, not of its launch
+                torch.cuda.synchronize(self.device)
+                now = time.perf_counter()
+            self.estimate((now - self.first_done) / self.after_first)
+            self.estimate = None
+
+    def flush(self, now: float | None = None) -> None:
+        if self.progress is not None and self.pending:
+            self.progress(self.pending)
+        self.pending = 0
+        self.last = time.perf_counter() if now is None else now
 
 
 class _HotLoop:
-    """The loop over groups of batches: forward, backward, fold the gradient into the sums.
+    """The loop over blocks of batches: forward, backward, fold the gradient into the sums.
 
-    State lives on the device (one running group sum per tensor, float64 scalars) until the end
-    of each group, when the group sum moves to host memory (see the module docstring).
+    State lives on the device (one running block sum per tensor, float64 scalars) until the end
+    of each block, when the block sum is added to its group's sum in host memory (see the module
+    docstring).
     """
 
     def __init__(
@@ -304,12 +383,22 @@ class _HotLoop:
         loss_fn: LossFn,
         device: torch.device,
         amp: str | None,
-        progress: Progress | None,
+        groups: int,
+        clock: _Clock,
         seed: int,
         hooks: LoopHooks,
+        preconditioner: Sequence[Tensor] | None = None,
     ) -> None:
         self.model, self.source, self.loss_fn, self.device = model, source, loss_fn, device
-        self.progress, self.seed, self.hooks = progress, seed, hooks
+        params = [p for _, p in named]
+        self.precond = None
+        if preconditioner is not None:
+            self.precond = [
+                f.to(device=device, dtype=p.dtype) for f, p in zip(preconditioner, params)
+            ]
+        if preconditioner is not None and len(preconditioner) != len(named):
+            raise UsageError(f"preconditioner: {len(self.precond)} tensors for {len(named)}")
+        self.clock, self.seed, self.hooks = clock, seed, hooks
         self.names = [nm for nm, _ in named]
         self.params = [p for _, p in named]
         self.warnings: list[str] = []
@@ -318,9 +407,14 @@ class _HotLoop:
         self.w_flat = [w.reshape(-1) for w in self.weights]
         self.w_norm = torch.stack([w.double().norm() for w in self.weights])
         self.group_sum = [torch.zeros_like(w) for w in self.weights]
-        self.host_sums: list[list[Tensor]] = []
-        self.q_rows: list[Tensor] = []
+        self.host = HostSums(self.weights, device)  # group j's sum in host memory
+        self.q_rows: list[Tensor] = []  # group j's Q_j per tensor (float64, on the device)
+        self.qp_rows: list[Tensor] = []  # the same for P g (stays 0 without a preconditioner)
+        self.qp_batch = torch.zeros(len(self.params), dtype=torch.float64, device=device)
         self.counts: list[int] = []
+        self.invariance_done: list[int] = []  # batches of group j run with the invariance test
+        for _ in range(groups):
+            self._new_group()
         self.abs_dot = torch.zeros(len(self.params), **f64)
         self.norm_prod = torch.zeros(len(self.params), **f64)
         self.loss_sum = torch.zeros(2, **f64)  # (Σ loss, number of batches) for the mean loss
@@ -330,72 +424,103 @@ class _HotLoop:
             if amp == "bf16"
             else torch.autocast(device_type=device.type, enabled=False)
         )
-        self.cache = _GramCache() if hooks.next_group is not None else None
+        self.cache = GramCache() if hooks.next_rows is not None else None
         self.first = True
+        self.batch_index = 0  # global index of the next batch
 
-    def run(self, group_rows: list[Tensor]) -> LoopResult:
-        plan = list(group_rows)
-        batch_index = 0  # global index of the first batch of the current group
-        j = 0
-        while True:
-            if j == len(plan):
-                if self.hooks.next_group is None:
-                    break
-                sums = _gram_sums(self.host_sums, self.q_rows, self.counts, cache=self.cache)
-                extra = self.hooks.next_group(j, sums)
-                if extra is None:
-                    break
-                plan.append(extra)
-            self._group(j, plan[j], batch_index)
-            batch_index += len(plan[j])
-            j += 1
+    def _new_group(self) -> int:
+        self.q_rows.append(torch.zeros(len(self.params), dtype=torch.float64, device=self.device))
+        self.qp_rows.append(torch.zeros(len(self.params), dtype=torch.float64, device=self.device))
+        self.counts.append(0)
+        self.invariance_done.append(0)
+        return len(self.counts) - 1
+
+    def run(self, blocks: Iterable[tuple[int, Tensor]]) -> LoopResult:
+        for j, rows in blocks:
+            self._block(j, rows)
+        if self.hooks.next_rows is not None and self.cache is not None:
+            self._extend(self.hooks.next_rows)
         if self.hooks.reduce is not None:
             self.hooks.reduce([self.abs_dot, self.norm_prod, self.loss_sum])
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         loss_n = float(self.loss_sum[1])
         return LoopResult(
-            sums=_gram_sums(
-                self.host_sums, self.q_rows, self.counts, per_tensor=True, cache=self.cache
-            ),
+            sums=per_tensor_sums(self.host.sums, self.q_rows, self.counts, cache=self.cache),
             abs_dot=self.abs_dot.cpu().tolist(),
             norm_prod=self.norm_prod.cpu().tolist(),
             counts=tuple(self.counts),
             mean_loss=float(self.loss_sum[0]) / loss_n if loss_n > 0 else math.nan,
+            preconditioned=self._preconditioned_sums(),
         )
 
-    def _group(self, j: int, rows_j: Tensor, batch_index: int) -> None:
-        """One group: its batches, then one synchronisation (finite check), reduce, move to host."""
+    def _preconditioned_sums(self) -> list[GroupSums] | None:
+        """GroupSums of P g per tensor: the group sums are P S_j (P is fixed), their Gram in
+        float64 from the host sums; Q_P from the per-batch norms (docs/theory.md §5)."""
+        if self.precond is None:
+            return None
+        factors = [f.detach().to("cpu") for f in self.precond]
+        scaled = [[f * s for f, s in zip(factors, group)] for group in self.host.sums]
+        return per_tensor_sums(scaled, self.qp_rows, self.counts)
+
+    def _extend(self, next_rows: Callable[[int, GroupSums], Tensor | None]) -> None:
+        """Ask for more rows until told to stop: new groups up to ``max_groups``, then dealt
+        round-robin into the groups, continuing from the first of the smaller ones."""
+        assert self.cache is not None
+        start: int | None = None
+        extension = 0
+        while True:
+            if self.device.type == "cuda":  # the host sums are complete before they are read
+                torch.cuda.synchronize(self.device)
+            sums = total_sums(self.host.sums, self.q_rows, self.counts, self.cache)
+            rows = next_rows(extension, sums)
+            if rows is None:
+                return
+            m = len(self.counts)
+            if m < self.hooks.max_groups:
+                j = self._new_group()
+                for lo in range(0, len(rows), BLOCK_BATCHES):
+                    self._block(j, rows[lo : lo + BLOCK_BATCHES])
+            else:
+                start = self.counts.index(min(self.counts)) if start is None else start
+                for j, part in deal(rows, start, m):
+                    self._block(j, part)
+                start = (start + len(rows)) % m
+            extension += 1
+
+    def _block(self, j: int, rows_j: Tensor) -> None:
+        """One block of group j: its batches, one synchronisation (finite check), reduce, and
+        its sum added to group j's sum in host memory."""
+        batch_index = self.batch_index
         local = self.hooks.local_rows(j, rows_j) if self.hooks.local_rows is not None else rows_j
         f64 = dict(dtype=torch.float64, device=self.device)
         q_j = torch.zeros(len(self.params), **f64)
+        qp_start = self.qp_batch.clone()
         norms_j = torch.zeros(max(len(local), 1), len(self.params), **f64)
         losses_j = torch.zeros(max(len(local), 1), **f64)
+        done = self.invariance_done[j]
         for i, (x, y) in enumerate(self.source.batches(local, self.seed + j)):
-            n64, loss = self._batch(x, y, batch_index + i, invariance=i < INVARIANCE_BATCHES)
+            invariance = done + i < INVARIANCE_BATCHES
+            n64, loss = self._batch(x, y, batch_index + i, invariance=invariance)
             norms_j[i] = n64
             losses_j[i] = loss
             q_j += n64 * n64
+            self.clock.tick()
+        self.invariance_done[j] += len(local)
         _check_finite(norms_j[: len(local)], losses_j[: len(local)], batch_index, self.names)
         self.loss_sum[0] += losses_j[: len(local)].sum()
         self.loss_sum[1] += len(local)
+        qp_j = self.qp_batch - qp_start
         if self.hooks.reduce is not None:
-            self.hooks.reduce([*self.group_sum, q_j])
-        if self.device.type == "cpu":  # the sum is in host memory already: keep it, start anew
-            self.host_sums.append(self.group_sum)
-            self.group_sum = _host_like(self.weights, False)
-            torch._foreach_zero_(self.group_sum)
-        else:
-            pin = self.device.type == "cuda"
-            host = _host_like(self.weights, pin)
-            for hs, gs in zip(host, self.group_sum):
-                hs.copy_(gs, non_blocking=pin)
-            torch._foreach_zero_(self.group_sum)
-            self.host_sums.append(host)
-        self.q_rows.append(q_j)
-        self.counts.append(len(rows_j))
-        if self.progress is not None:
-            self.progress(len(rows_j))
+            self.hooks.reduce([*self.group_sum, q_j, qp_j])
+        self.group_sum = self.host.add(j, self.group_sum)
+        self.q_rows[j] += q_j
+        self.qp_rows[j] += qp_j
+        self.counts[j] += len(rows_j)
+        if self.cache is not None:
+            self.cache.changed(j)
+        self.batch_index += len(rows_j)
+        self.clock.flush()
 
     def _batch(self, x: Any, y: Any, b: int, invariance: bool) -> tuple[Tensor, Tensor]:
         """Forward, backward and fold batch ``b`` in; returns (per-tensor ‖g‖ float64, loss)."""
@@ -415,11 +540,11 @@ class _HotLoop:
                 f"out of GPU memory at batch {b}; try {{amp}} bf16 or a smaller model/input",
                 amp="amp",
             ) from None
-        except RuntimeError as e:
-            msg = str(e).strip()
-            first_line = msg.splitlines()[0] if msg else type(e).__name__
+        except (RuntimeError, IndexError, ValueError) as e:
+            # IndexError/ValueError: e.g. cross_entropy with class labels out of range for the
+            # model's output, or a target of the wrong shape
             raise MeasurementError(
-                f"the forward/backward pass failed at batch {b}: {first_line}"
+                f"the forward/backward pass failed at batch {b}: {first_line(e)}"
             ) from None
         for t, g in enumerate(grads):
             if g is None:
@@ -432,96 +557,22 @@ class _HotLoop:
             self.abs_dot.add_(torch.stack(dots).double().abs())
             self.norm_prod.add_(self.w_norm * n64)
         torch._foreach_add_(self.group_sum, grads)
+        if self.precond is not None:  # Q_P: one more norm per batch
+            pn = torch.stack(torch._foreach_norm(torch._foreach_mul(grads, self.precond))).double()
+            self.qp_batch += pn * pn
         return n64, loss.detach().double()
 
 
-def _host_like(weights: list[Tensor], pin: bool) -> list[Tensor]:
-    """Host tensors shaped like ``weights``: one (pinned) allocation per dtype, one view each."""
-    out: list[Tensor | None] = [None] * len(weights)
-    for dtype in {w.dtype for w in weights}:
-        idx = [i for i, w in enumerate(weights) if w.dtype == dtype]
-        flat = torch.empty(sum(weights[i].numel() for i in idx), dtype=dtype, pin_memory=pin)
-        offset = 0
-        for i in idx:
-            numel = weights[i].numel()
-            out[i] = flat[offset : offset + numel].view(weights[i].shape)
-            offset += numel
-    return out  # type: ignore[return-value]
-
-
-def _gram_rows(vectors: list[Tensor], start: int = 0) -> Tensor:
-    """Rows ``start..m−1`` of the m×m float64 Gram matrix ⟨v_a, v_b⟩, shape (m − start, m).
-
-    Converted to float64 chunk by chunk (no m × numel float64 copy); ``start = 0`` gives the
-    whole matrix.
-    """
-    m, numel = len(vectors), vectors[0].numel()
-    rows = torch.zeros(m - start, m, dtype=torch.float64)
-    buf = torch.empty(m, min(GRAM_CHUNK, max(numel, 1)), dtype=torch.float64)
-    for lo in range(0, numel, GRAM_CHUNK):
-        hi = min(numel, lo + GRAM_CHUNK)
-        block = buf[:, : hi - lo]
-        for j, v in enumerate(vectors):
-            block[j].copy_(v[lo:hi])
-        rows.addmm_(block[start:], block.T)
-    return rows
-
-
-class _GramCache:
-    """Per-tensor Gram matrices extended as groups arrive (adaptive runs read them every group)."""
-
-    def __init__(self) -> None:
-        self.grams: list[Tensor] = []
-
-    def update(self, host_sums: list[list[Tensor]]) -> list[Tensor]:
-        m = len(host_sums)
-        c = self.grams[0].shape[0] if self.grams else 0
-        if m == c:
-            return self.grams
-        grams = []
-        for t in range(len(host_sums[0])):
-            rows = _gram_rows([host_sums[j][t].reshape(-1) for j in range(m)], c)
-            g = torch.zeros(m, m, dtype=torch.float64)
-            if c:
-                g[:c, :c] = self.grams[t]
-                g[:c, c:] = rows[:, :c].T
-            g[c:, :] = rows
-            grams.append(g)
-        self.grams = grams
-        return grams
-
-
-def _gram_sums(
-    host_sums: list[list[Tensor]],
-    q_rows: list[Tensor],
-    counts: list[int],
-    per_tensor: bool = False,
-    cache: _GramCache | None = None,
-) -> list[GroupSums] | GroupSums | None:
-    """GroupSums per tensor (``per_tensor``) or of all tensors together, Gram in float64."""
-    m = len(host_sums)
-    if m == 0:
-        return [] if per_tensor else None
-    num_tensors = len(host_sums[0])
-    q_host = torch.stack(q_rows).cpu().tolist()
-    grams = cache.update(host_sums) if cache is not None else None
-    out = []
-    for t in range(num_tensors):
-        g64 = grams[t] if grams is not None else _gram_rows([hs[t].reshape(-1) for hs in host_sums])
-        gram = g64.tolist()
-        out.append(
-            GroupSums(
-                gram=tuple(tuple(r) for r in gram),
-                q=tuple(q_host[j][t] for j in range(m)),
-                counts=tuple(counts),
-            )
-        )
-    if per_tensor:
-        return out
-    total = out[0]
-    for g in out[1:]:
-        total = total + g
-    return total
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message for a one-line error, its type named when it is
+    not a RuntimeError (``IndexError: Target 4 is out of bounds.``), with a hint for labels."""
+    msg = str(e).strip()
+    line = msg.splitlines()[0] if msg else ""
+    if not isinstance(e, RuntimeError) or not line:
+        line = f"{type(e).__name__}: {line}" if line else type(e).__name__
+    if isinstance(e, IndexError) and "out of bounds" in line:
+        line += " (are the targets class indices 0..C-1 for a model with C outputs?)"
+    return line
 
 
 def _check_finite(block: Tensor, lblock: Tensor, offset: int, names: Sequence[str]) -> None:

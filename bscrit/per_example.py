@@ -328,8 +328,8 @@ class PerExampleNorms:
     """Hooks that add up Σᵢ ‖cᵢ‖² per trainable tensor, per group, during the hot loop.
 
     Group boundaries come from :attr:`bscrit.engine.LoopHooks.local_rows`, which the hot loop
-    calls at the start of every group: :meth:`hooks` wraps an existing ``local_rows`` (the
-    distributed path) and, when a ``reduce`` hook is present, reduces each group's sums too.
+    calls at the start of every block of group j: :meth:`hooks` wraps an existing ``local_rows``
+    (the distributed path) and, when a ``reduce`` hook is present, reduces each block's sums too.
     Everything stays on the device until :meth:`group_sums` (no synchronisation in the loop).
     """
 
@@ -339,7 +339,7 @@ class PerExampleNorms:
         self.device = torch.device(device)
         self.acc = torch.zeros(len(params), dtype=torch.float64, device=self.device)
         self.groups: list[Tensor] = []
-        self.open = False
+        self.open: int | None = None  # the group of the block in progress
         self._reduce: Callable[[list[Tensor]], None] | None = None
         self._calls: dict[int, int] = {}
         self._handles: list[Any] = []
@@ -401,20 +401,24 @@ class PerExampleNorms:
 
         def local_rows(j: int, rows: Tensor) -> Tensor:
             self.close_group()
-            self.open = True
+            self.open = j
             return inner(j, rows) if inner is not None else rows
 
         return replace(base, local_rows=local_rows)
 
     def close_group(self) -> None:
-        """Store the open group's sums (idempotent; called at group starts and at the end)."""
-        if not self.open:
+        """Add the open block's sums to its group (idempotent; called at block starts and at
+        the end)."""
+        if self.open is None:
             return
         if self._reduce is not None:
             self._reduce([self.acc])
-        self.groups.append(self.acc.clone())
+        if self.open == len(self.groups):
+            self.groups.append(self.acc.clone())
+        else:
+            self.groups[self.open] += self.acc
         self.acc.zero_()
-        self.open = False
+        self.open = None
 
     def group_sums(self) -> list[list[float]]:
         """``C[j][t]`` = Σ over the batches of group j of Σᵢ ‖cᵢ‖² for tensor t (host floats)."""

@@ -150,7 +150,7 @@ def _plan_measurement(
     spec: Spec, checkpoints: Sequence[PathLike] | None, o: MeasureOptions, dist: DistContext | None
 ) -> _MeasurePlan:
     from .adaptive import adaptive_plan
-    from .data import default_num_batches
+    from .data import check_num_batches, default_num_batches
     from .loading import build_dataset, build_loss, resolve_device
 
     ms = spec.measure
@@ -168,10 +168,15 @@ def _plan_measurement(
         )
     batch_size = o.batch_size or spec.batch_size
     groups = o.groups or ms.groups
+    if (o.batches or ms.batches) is not None:  # an absurd k is refused before the data loads
+        check_num_batches(o.batches or ms.batches)
+    if o.max_batches is not None:
+        check_num_batches(o.max_batches, "max_batches")
     device = dist.device if dist is not None else resolve_device(o.device or ms.device)
     dataset = build_dataset(spec.data, spec.base_dir, "data")
     n = len(dataset)
     k = o.batches or ms.batches or default_num_batches(n, batch_size)
+    check_num_batches(k)
     adaptive = adaptive_plan(
         o.target_rel_error, o.max_batches, o.batches or ms.batches, groups, n, batch_size
     )
@@ -203,6 +208,42 @@ def _plan_measurement(
     )
 
 
+#: The plan line (batches, groups, time per batch and in all) is printed when the measurement is
+#: projected to take at least this long (seconds).
+PLAN_LINE_MIN_S = 30.0
+
+
+def _duration(seconds: float) -> str:
+    """``"2 h 05 min"``, ``"3 min 20 s"``, ``"42 s"``, ``"12 ms"``."""
+    if seconds < 1:
+        return f"{seconds * 1000:.3g} ms"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, sec = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days:,} d {hours} h"
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {sec:02d} s"
+
+
+def plan_line(plan: _MeasurePlan, seconds_per_batch: float) -> str | None:
+    """One line before a long measurement: k batches of B in m groups, the measured time per
+    batch and the projected total; None when the projection is under ``PLAN_LINE_MIN_S``."""
+    a, b, m, c = plan.adaptive, plan.batch_size, plan.groups, len(plan.paths)
+    k = a.max_batches if a is not None else plan.k
+    total = seconds_per_batch * k * c
+    if total < PLAN_LINE_MIN_S:
+        return None
+    what = f"{k:,} batches" if a is None else f"{a.start:,} to {k:,} batches (adaptive)"
+    each = f" for each of {c} checkpoints" if c > 1 else ""
+    about = "at most about" if a is not None else "about"
+    return (
+        f"plan: {what} of B = {b} in {m} groups{each}, about {_duration(seconds_per_batch)} a "
+        f"batch: {about} {_duration(total)} in all"
+    )
+
+
 def _measure_one(
     plan: _MeasurePlan,
     ci: int,
@@ -210,6 +251,8 @@ def _measure_one(
     opt: OptimizerInfo | None,
     progress_factory: ProgressFactory | None,
     dist: DistContext | None,
+    on_info: Callable[[str], None] | None = None,
+    preconditioner: Sequence[Any] | None = None,
 ) -> tuple[CheckpointSummary, RawMeasurement]:
     """Measure checkpoint number ``ci`` (its model already loaded) and summarise it."""
     from .adaptive import adaptive_hooks
@@ -230,9 +273,18 @@ def _measure_one(
         num_workers=plan.spec.data.num_workers if o.num_workers is None else o.num_workers,
         prefetch=o.prefetch,
         compile=o.compile,
+        preconditioner=preconditioner,
     )
     if plan.adaptive is not None:
         run_kw["hooks"] = adaptive_hooks(plan.adaptive, n, b, seed, run_kw.get("hooks"))
+    if on_info is not None and ci == 0:
+
+        def estimate(seconds_per_batch: float) -> None:
+            line = plan_line(plan, seconds_per_batch)
+            if line is not None:
+                on_info(line)
+
+        run_kw["estimate"] = estimate
     total = plan.adaptive.max_batches if plan.adaptive is not None else plan.k
     many = len(plan.paths) > 1
     desc = f"measure {path.name}" + (f" ({ci + 1}/{len(plan.paths)})" if many else "")
@@ -316,6 +368,7 @@ def run_measurement(
     progress_factory: ProgressFactory | None = None,
     on_checkpoint: Callable[[str], None] | None = None,
     dist: DistContext | None = None,
+    on_info: Callable[[str], None] | None = None,
 ) -> Measurement:
     """Measure every checkpoint of a spec and pool them into a :class:`~bscrit.results.Measurement`.
 
@@ -330,9 +383,12 @@ def run_measurement(
         progress_factory: ``(description, total) -> context manager yielding advance(n)``.
         on_checkpoint: called with each checkpoint path before it is measured.
         dist: the torchrun context (its device, rows, seeds and reduction hooks), else None.
+        on_info: told the plan line (:func:`plan_line`) early in a long measurement.
     """
     from . import __version__
+    from .engine import trainable_parameters
     from .loading import load_model, optimizer_for
+    from .precondition import build_preconditioner
     from .results import Measurement
     from .summary import equilibrium, equilibrium_set, pool_param_sets
 
@@ -341,6 +397,8 @@ def run_measurement(
     warnings: list[str] = []
     mean_losses: list[float] = []
     opt: OptimizerInfo | None = None
+    pre_notes: list[str | None] = []  # per checkpoint: P's description, or why there is none
+    pre_reason: str | None = None
     for ci, path in enumerate(plan.paths):
         if on_checkpoint is not None:
             on_checkpoint(str(path))
@@ -350,7 +408,14 @@ def run_measurement(
         if ci == 0:
             opt = optimizer_for(spec, ckpt)
         model.to(plan.device)
-        summary, raw = _measure_one(plan, ci, model, opt, progress_factory, dist)
+        params = [p for _, p in trainable_parameters(model)]
+        pre, why = build_preconditioner(params, ckpt.optimizer_state, opt)
+        pre_notes.append(pre.description if pre is not None else None)
+        pre_reason = pre_reason or why
+        factors = pre.factors if pre is not None else None
+        summary, raw = _measure_one(
+            plan, ci, model, opt, progress_factory, dist, on_info, preconditioner=factors
+        )
         del model
         summaries.append(summary)
         mean_losses.append(raw.mean_loss)  # mean batch loss at this checkpoint
@@ -371,6 +436,8 @@ def run_measurement(
     if dist is not None:
         extra["distributed"] = dist.describe(plan.batch_size)
     adaptive = plan.adaptive is not None
+    pre_sets = [s.preconditioned for s in summaries]
+    pooled_pre = pool_param_sets(pre_sets) if all(pre_sets) else None  # type: ignore[arg-type]
     return Measurement(
         batch_size=plan.batch_size,
         dataset_size=len(plan.dataset),
@@ -395,6 +462,9 @@ def run_measurement(
         warnings=tuple(warnings),
         bscrit_version=__version__,
         extra=extra,
+        preconditioned=pooled_pre,
+        preconditioner=pre_notes[0] if pooled_pre is not None else None,
+        preconditioned_reason=None if pooled_pre is not None else pre_reason,
     )
 
 
@@ -407,12 +477,14 @@ def measure_session(
     progress_factory: ProgressFactory | None = None,
     on_rank: Callable[[bool], None] | None = None,
     on_error: Callable[[str], None] | None = None,
+    on_info: Callable[[str], None] | None = None,
 ) -> Measurement | None:
     """``bscrit measure``: :func:`run_measurement` in one process or as one torchrun rank.
 
     Tunes the CPU allocator (no page faults per batch on CPU), joins the distributed session when
     run by torchrun (docs/distributed.md), and returns the measurement on rank 0 (or the only
-    process), None on the other ranks. ``on_rank(is_main)`` is called once the rank is known.
+    process), None on the other ranks. ``on_rank(is_main)`` is called once the rank is known;
+    ``on_info`` (rank 0 only) is told the plan line of a long measurement.
     """
     from .distributed import Session
     from .engine import tune_cpu_allocator
@@ -429,6 +501,7 @@ def measure_session(
             options,
             progress_factory=progress_factory if main else None,
             dist=dist,
+            on_info=on_info if main else None,
         )
     return m if main else None
 

@@ -65,6 +65,7 @@ class TensorSums:
     norm_sq: float
     abs_dot: float
     norm_prod: float
+    preconditioned: GroupSums | None = None  # the same sums of P g (docs/theory.md §5)
 
     @property
     def numel(self) -> int:
@@ -193,6 +194,7 @@ class CheckpointSummary:
     scale_invariant_fraction: float
     equilibrium_note: str
     per_example: tuple[PerExampleStats, PerExampleStats | None] | None = None
+    preconditioned: ParamSetStats | None = None  # G_P, N_P of all trainable tensors
 
 
 def summarize_checkpoint(
@@ -238,7 +240,19 @@ def summarize_checkpoint(
         scale_invariant_fraction=(sum(tensors[i].numel for i in si_idx) / total) if total else 0.0,
         equilibrium_note=note,
         per_example=None if per_example is None else (all_pe, si_pe),  # type: ignore[arg-type]
+        preconditioned=_preconditioned(tensors),
     )
+
+
+def _preconditioned(tensors: Sequence[TensorSums]) -> ParamSetStats | None:
+    """G_P, N_P, NSR_P of all tensors when every one has its preconditioned sums, else None."""
+    pre = [t.preconditioned for t in tensors]
+    if not pre or any(p is None for p in pre):
+        return None
+    total = GroupSums.zeros(pre[0].counts)  # type: ignore[union-attr]
+    for p in pre:
+        total = total + p  # type: ignore[operator]
+    return param_set_stats(tensors, noise_stats(total))
 
 
 def pool_param_sets(sets: Sequence[ParamSetStats]) -> ParamSetStats:

@@ -14,14 +14,16 @@ G, N in train mode) save and restore the buffers too, so they never change the r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..data import BatchSource, forward
-from ..errors import RunError
+from ..engine import first_line
+from ..errors import BscritError, RunError
 from ..estimators import estimate_g_n
 from .step import Grads
 
@@ -90,6 +92,18 @@ class KeepBuffers:
                 b.copy_(s)
 
 
+@contextlib.contextmanager
+def forward_errors(where: str) -> Iterator[None]:
+    """A forward/backward pass that fails (labels out of range, shape mismatch, CUDA error)
+    becomes a :class:`RunError` naming ``where``; out-of-memory is left to the caller."""
+    try:
+        yield
+    except (BscritError, KeyboardInterrupt, torch.cuda.OutOfMemoryError):
+        raise
+    except (RuntimeError, IndexError, ValueError) as e:
+        raise RunError(f"the forward/backward pass failed {where}: {first_line(e)}") from None
+
+
 def _scalar_loss(loss: Any) -> Tensor:
     if not isinstance(loss, Tensor) or loss.dim() != 0:
         got = f"shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__
@@ -129,19 +143,23 @@ class ModelOracle:
         self.loss_fn = loss_fn
         self._params = [p for p in model.parameters() if p.requires_grad]
         self.stream = source.stream(batch_size, generator)
+        self.batches = 0  # batches drawn so far (named when a forward/backward pass fails)
 
     @property
     def params(self) -> list[Tensor]:
         return self._params
 
     def gradient(self, batch: tuple[Any, Any]) -> Grads:
-        return loss_gradient(self.model, self.loss_fn, self._params, *batch)
+        with forward_errors(f"at SVAG batch {self.batches}"):
+            return loss_gradient(self.model, self.loss_fn, self._params, *batch)
 
     def pair(self) -> tuple[Grads, Grads]:
         self.model.train()
         g1 = self.gradient(next(self.stream))
+        self.batches += 1
         with KeepBuffers(self.model):
             g2 = self.gradient(next(self.stream))
+        self.batches += 1
         return g1, g2
 
 
@@ -216,13 +234,15 @@ class ModelEvaluator:
         self.params = [p for p in model.parameters() if p.requires_grad]
 
     def __call__(self) -> dict[str, float]:
-        out = self._fixed_batches()
+        with forward_errors("on the fixed evaluation batches"):
+            out = self._fixed_batches()
         with torch.no_grad():
             out["norm_sq"] = float(
                 sum(float(p.detach().double().pow(2).sum()) for p in self.params)
             )
         if self.held_out is not None and self.held_out_indices:
-            out.update(self._held_out())
+            with forward_errors("on the held-out evaluation examples"):
+                out.update(self._held_out())
         return out
 
     def _fixed_batches(self) -> dict[str, float]:

@@ -103,6 +103,10 @@ def run_svag(
     Returns:
         The :class:`~bscrit.svag.results.SvagRun`; a non-finite test function stops the run
         (``diverged_at``) and the remaining points are NaN.
+
+    Raises:
+        RunError: a test function is not finite at effective step 0 (the starting point itself,
+        before any step: nothing diverged), naming l and the test functions.
     """
     if effective_steps < 1:
         raise UsageError(
@@ -131,6 +135,12 @@ def run_svag(
             if on_step is not None:
                 on_step(1)
         vals = evaluate()
+        if p == 0 and _non_finite(vals):
+            raise RunError(
+                f"SVAG run l = {l}: {_non_finite(vals)} at effective step 0, before any SVAG "
+                "step: the model or the loss is not finite at the checkpoint's weights (a NaN/Inf "
+                "weight, or data that give NaN); no run can start from there"
+            )
         for k, v in vals.items():
             values.setdefault(k, [math.nan] * len(evaluated)).append(float(v))
         evaluated.append(float(p))
@@ -152,6 +162,19 @@ def run_svag(
         diverged_at=diverged_at,
         elapsed_s=time.perf_counter() - t0,
     )
+
+
+def _non_finite(values: dict[str, float]) -> str:
+    """``"train_loss = nan, G = nan"``: the test functions that are not finite ("" if none)."""
+    return ", ".join(f"{k} = {v}" for k, v in values.items() if not math.isfinite(v))
+
+
+def _divergence(run: SvagRun) -> str:
+    """Where and in what a diverged run first stopped being finite."""
+    steps = run.effective_steps
+    at = steps.index(run.diverged_at) if run.diverged_at in steps else -1
+    what = _non_finite({k: v[at] for k, v in run.values.items()}) if at >= 0 else ""
+    return f"l = {run.l} at effective step {run.diverged_at:g}" + (f" ({what})" if what else "")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,7 +234,7 @@ def _run_one(
             seed=plan.seed,
         )
         try:
-            return run_svag(
+            run = run_svag(
                 oracle,
                 plan.target_optimizer,
                 l,
@@ -223,10 +246,16 @@ def _run_one(
                 on_step=on_step,
                 moments=moments,
             )
+        except RunError as e:
+            if e.template.startswith("SVAG run l = "):
+                raise
+            raise RunError(f"SVAG run l = {l}: " + e.template, **e.options) from None
         except torch.cuda.OutOfMemoryError:
             raise RunError(
-                f"out of memory at batch size {plan.target_batch_size} on {plan.device}"
+                f"SVAG run l = {l}: out of memory at batch size {plan.target_batch_size} on "
+                f"{plan.device}"
             ) from None
+    return run
 
 
 def _run_warnings(plan: SvagPlan, runs: list[SvagRun]) -> list[str]:
@@ -254,11 +283,23 @@ def run_plan(
     """Run SVAG once per l of the plan (same seeds), compare the runs and give the verdict.
 
     Raises:
-        RunError: out of GPU memory at the target batch size, a loss that is not a scalar.
+        RunError: out of GPU memory at the target batch size, a loss that is not a scalar, a
+        forward/backward pass that fails, test functions that are not finite at the checkpoint
+        (effective step 0), or every run diverged (no verdict); each names the run's l.
     """
     t0 = time.perf_counter()
     moments, state_note = _start_moments(plan)
     runs = [_run_one(plan, lv, moments, on_step) for lv in plan.ls]
+    if all(r.diverged_at is not None for r in runs):
+        raise RunError(
+            "every SVAG run diverged (non-finite test function): "
+            + "; ".join(_divergence(r) for r in runs)
+            + f"; no verdict at B' = {plan.target_batch_size}: the learning rate "
+            f"{plan.target_optimizer.lr:g} may be too large there (try a smaller "
+            "{target_batch_size} or {lr}), or the model or data give NaN/Inf",
+            target_batch_size="target_batch_size",
+            lr="lr",
+        )
     summaries, comparisons = compare_runs(runs, rtol=rtol, z=z, tail=tail)
     return SvagResult(
         batch_size=plan.batch_size,

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .. import optim
 from ..data import BatchSource
 from ..errors import UsageError
-from .oracles import KeepBuffers, loss_gradient
+from .oracles import KeepBuffers, forward_errors, loss_gradient
 from .step import Grads
 
 #: Bias corrections 1 − β^step are set to 1 − e^(−WARM_START_HORIZON) ≈ 1 by the warm start.
@@ -93,7 +93,7 @@ def model_gradient_moments(
     params = [p for p in model.parameters() if p.requires_grad]
     was_training = model.training
     rows = torch.as_tensor(list(batches), dtype=torch.long)
-    with KeepBuffers(model):
+    with KeepBuffers(model), forward_errors("on the fixed batches of the warm start"):
         model.train(mode == "train")
         moments = gradient_moments(
             loss_gradient(model, loss_fn, params, x, y) for x, y in source.batches(rows, seed)

@@ -156,6 +156,54 @@ def test_runtime_failure_exit_3_and_no_file(work: Path) -> None:
     assert not out.exists()
 
 
+def test_labels_out_of_range_exit_3_and_no_file(work: Path) -> None:
+    # tiny.py's teacher with 5 classes for a model with 3 outputs: cross_entropy's IndexError
+    spec = work / "labels.yaml"
+    spec.write_text((work / "valid.yaml").read_text().replace("{n: 64}", "{n: 64, classes: 5}"))
+    out = work / "m.json"
+    r = _measure(str(spec), "--out", str(out))
+    assert r.exit_code == 3, r.output
+    assert "Traceback" not in r.output
+    text = " ".join(r.output.split())  # rich wraps long lines
+    assert "the forward/backward pass failed at batch 0" in text
+    assert "out of bounds" in text and "class indices" in text
+    assert not out.exists()
+
+
+def test_absurd_batches_refused_before_the_data_loads(
+    work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bscrit.loading
+
+    def no_data(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the dataset was built before --batches was checked")
+
+    monkeypatch.setattr(bscrit.loading, "build_dataset", no_data)
+    out = work / "m.json"
+    for option, value in (("--batches", "1000000000000"), ("--max-batches", "10000000000")):
+        extra = ["--target-rel-error", "0.1"] if option == "--max-batches" else []
+        r = _measure(str(work / "valid.yaml"), option, value, *extra, "--out", str(out))
+        assert r.exit_code == 2, r.output
+        assert "Traceback" not in r.output
+        text = " ".join(r.output.split())
+        assert f"{option} {int(value):,} is more than the 1,000,000,000 batches" in text
+        assert not out.exists()
+
+
+def test_long_measurement_prints_its_plan_first(
+    work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bscrit.pipeline
+
+    monkeypatch.setattr(bscrit.pipeline, "PLAN_LINE_MIN_S", 0.0)  # any run counts as long
+    r = runner.invoke(app, ["measure", str(work / "valid.yaml"), "--batches", "120"])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.stderr.split())
+    assert "plan: 120 batches of B = 8 in 4 groups, about " in text and " a batch: about " in text
+    r = _measure(str(work / "valid.yaml"), "--batches", "120")  # --quiet: no plan line
+    assert r.exit_code == 0 and "plan:" not in r.output
+
+
 def test_interrupt_exits_130_without_output(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import bscrit.engine
 

@@ -265,3 +265,60 @@ def test_svag_says_when_it_overwrites(ckpt, tmp_path, monkeypatch):
         "wrote o/svag.json and o/trajectories.csv "
         "(overwrote the existing o/svag.json, o/trajectories.csv)"
     ) in _flat(r.output)
+
+
+# ----------------------------------------------------------------------------------------------
+# Runtime failures: exit 3, one message naming the run (tests/assets: the tiny model)
+# ----------------------------------------------------------------------------------------------
+
+ASSETS = ROOT / "tests" / "assets"
+TINY = ["-t", "16", "--effective-steps", "4", "--eval-every", "2", "--eval-batches", "2",
+        "--device", "cpu", "--quiet"]  # fmt: skip
+
+
+@pytest.fixture()
+def tiny(tmp_path: Path) -> Path:
+    import shutil
+
+    for name in ("tiny.py", "tiny.pt", "valid.yaml"):
+        shutil.copy(ASSETS / name, tmp_path / name)
+    return tmp_path
+
+
+def test_nan_checkpoint_exits_3_naming_the_run_step_and_quantity(tiny):
+    sd = torch.load(tiny / "tiny.pt", weights_only=True)
+    name = next(k for k in sd["model"] if k.endswith("weight"))
+    sd["model"][name] = torch.full_like(sd["model"][name], float("nan"))
+    torch.save(sd, tiny / "nan.pt")
+    out = tiny / "svag-out"
+    r = runner.invoke(app, ["svag", str(tiny / "valid.yaml"), "-c", str(tiny / "nan.pt"), *TINY,
+                            "--out", str(out)])  # fmt: skip
+    assert r.exit_code == 3, r.output
+    assert "Traceback" not in r.output
+    text = " ".join(r.output.split())  # rich wraps long lines
+    assert "SVAG run l = 1" in text and "effective step 0" in text
+    assert "train_loss = nan" in text
+    assert "not_converged" not in text and not out.exists()
+
+
+def test_every_run_diverging_exits_3_naming_each_run(tiny):
+    out = tiny / "svag-out"
+    r = runner.invoke(app, ["svag", str(tiny / "valid.yaml"), *TINY, "--lr", "1e30",
+                            "--out", str(out)])  # fmt: skip
+    assert r.exit_code == 3, r.output
+    assert "Traceback" not in r.output
+    text = " ".join(r.output.split())  # rich wraps long lines
+    assert "every SVAG run diverged" in text
+    assert all(f"l = {lv} at effective step 2" in text for lv in (1, 2, 4))
+    assert "--lr" in text and not out.exists()
+
+
+def test_labels_out_of_range_exit_3(tiny):
+    spec = tiny / "labels.yaml"
+    spec.write_text((tiny / "valid.yaml").read_text().replace("{n: 64}", "{n: 64, classes: 5}"))
+    r = runner.invoke(app, ["svag", str(spec), *TINY])
+    assert r.exit_code == 3, r.output
+    assert "Traceback" not in r.output
+    text = " ".join(r.output.split())  # rich wraps long lines
+    assert "SVAG run l = 1: the forward/backward pass failed" in text
+    assert "out of bounds" in text

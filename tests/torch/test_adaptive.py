@@ -113,6 +113,74 @@ def test_extra_groups_are_reproducible_and_match_a_fixed_run() -> None:
             assert all(math.isclose(x, y, rel_tol=1e-12, abs_tol=1e-300) for x, y in zip(ra, rb))
 
 
+def test_past_max_groups_batches_are_dealt_round_robin_and_match_a_fixed_run() -> None:
+    """Past ``max_groups`` the extra batches go round-robin into the existing groups (sizes
+    within one batch; Gram rows of the changed groups only): a fixed run over the same rows in
+    the same groups gives the same sums."""
+    model, ds = _tiny_problem(64)
+    st = adaptive_plan(1e-6, 20, 9, 3, len(ds), 6)  # 9 planned in 3 groups, 3 more per check
+    assert st is not None
+    st.max_groups = 4
+    raw = measure_model(
+        model, ds, _mse, batch_size=6, num_batches=9, groups=3, seed=5,
+        hooks=adaptive_hooks(st, len(ds), 6, seed=5),
+    )  # fmt: skip
+    # 9 -> 12: a 4th group (3, 3, 3, 3); 15: dealt to groups 0, 1, 2; 18: to 3, 0, 1; 21 > 20
+    assert st.reason == "budget exhausted" and st.groups == raw.groups == 4
+    assert raw.counts == (5, 5, 4, 4)
+    p = sample_batches(len(ds), 6, 9, 5)
+    e0, e1, e2 = (sample_batches(len(ds), 6, 3, group_seed(5, j)) for j in (3, 4, 5))
+    rows = torch.cat([p[0:3], e1[0:1], e2[1:2], p[3:6], e1[1:2], e2[2:3], p[6:9], e1[2:3],
+                      e0, e2[0:1]])  # fmt: skip
+    fixed = measure_model(model, ds, _mse, batch_size=6, batch_rows=rows, groups=4, seed=5)
+    assert fixed.counts == raw.counts
+    for a, b in zip(raw.tensors, fixed.tensors):  # the same sums, added in another order
+        assert all(math.isclose(x, y, rel_tol=1e-12) for x, y in zip(a.sums.q, b.sums.q))
+        for ra, rb in zip(a.sums.gram, b.sums.gram):
+            assert all(math.isclose(x, y, rel_tol=1e-12, abs_tol=1e-300) for x, y in zip(ra, rb))
+
+
+def test_past_max_groups_the_per_example_sums_follow_the_groups() -> None:
+    model, ds = _tiny_problem(64)
+    st = adaptive_plan(1e-6, 30, 8, 4, len(ds), 6)
+    assert st is not None
+    st.max_groups = 5
+    raw, pe = measure_per_example(
+        model, ds, _mse, batch_size=6, num_batches=8, groups=4, adaptive=st,
+        hooks=adaptive_hooks(st, len(ds), 6, seed=0),
+    )  # fmt: skip
+    assert raw.num_batches == 30 and raw.groups == len(pe.c) == 5
+    assert max(raw.counts) - min(raw.counts) <= 1
+
+
+@pytest.mark.slow
+def test_adaptive_intervals_keep_nominal_coverage_past_max_groups() -> None:
+    """95% NSR intervals of adaptive runs cover the exact NSR about 95% of the time, also when
+    the run goes past max_groups (32) and deals its batches into them: 100 fixed seeds, within
+    3 binomial standard errors of 0.95 (the rule stops on the interval's own width, which biases
+    coverage down; with a fixed m = 8 this run covers about 91%, below the band)."""
+    model, ds = _tiny_problem(64)
+    b, n, reps = 6, 64, 100
+    g_true, _, n_b = truth(model, ds, b)
+    nsr_true = n_b / g_true
+    cover, dealt = 0, 0
+    for seed in range(reps):
+        st = adaptive_plan(0.3, 2000, 32, 8, n, b)  # 4 more per check: 32 groups at k = 128
+        assert st is not None and st.max_groups == 32
+        raw = measure_model(
+            model, ds, _mse, batch_size=b, num_batches=32, groups=8, seed=seed,
+            hooks=adaptive_hooks(st, n, b, seed),
+        )  # fmt: skip
+        assert st.reason == "target reached" and raw.groups <= 32
+        assert max(raw.counts) - min(raw.counts) <= 1
+        dealt += raw.num_batches > 128
+        lo, hi = noise_stats(set_sums(raw.tensors)).nsr_ci95
+        cover += lo <= nsr_true <= hi
+    se = math.sqrt(0.95 * 0.05 / reps)
+    assert dealt > reps // 2  # most runs went past 32 groups
+    assert abs(cover / reps - 0.95) <= 3 * se, cover
+
+
 def test_optional_stopping_keeps_reasonable_coverage() -> None:
     """Stopping on the interval's width must not wreck the interval: coverage of the true NSR."""
     model, ds = _tiny_problem(64)

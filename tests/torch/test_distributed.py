@@ -155,6 +155,25 @@ def test_two_ranks_give_the_same_statistics_as_one_process(work: Path) -> None:
     assert elapsed < GUARD_S
 
 
+def test_two_ranks_adaptive_past_max_groups_equal_one_process(work: Path) -> None:
+    """Adaptive: 8 batches in 4 groups, +2 per check: 32 groups at 64 batches, then the extra
+    batches are dealt into them (a block of one batch per group, on one rank) up to 80."""
+    opts = ["--batches", "8", "--groups", "4", "--target-rel-error", "1e-9", "--max-batches",
+            "80", "--per-tensor", "none"]  # fmt: skip
+    one = work / "one.json"
+    r = CliRunner().invoke(app, ["measure", str(work / "valid.yaml"), *opts, "--out", str(one)])
+    assert r.exit_code == 0, r.output
+    two = work / "two.json"
+    args = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+            "-m", "bscrit", "measure", "valid.yaml", *opts, "--out", str(two)]  # fmt: skip
+    r2, _ = _run(args, work)
+    assert r2.returncode == 0, r2.stderr
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert a["num_batches"] == 80 and a["groups"] == 32
+    assert a["extra"]["stopping"]["reason"] == "budget exhausted"
+    _assert_same_stats(a, b, rel=1e-5)
+
+
 def test_world_of_one_in_process_equals_single_process_and_unwraps_ddp(
     work: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

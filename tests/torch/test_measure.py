@@ -31,6 +31,54 @@ def test_sampled_batches_are_distinct_within_and_independent_across() -> None:
     assert torch.equal(rows, sample_batches(50, 8, 300, seed=3))
 
 
+def test_batch_plan_is_lazy_and_row_for_row_sample_batches() -> None:
+    from bscrit.data import BatchPlan, group_blocks
+
+    for n, b, k, seed in [(50, 8, 300, 3), (64, 64, 12, 0), (2_000_000, 4, 30, 2)]:
+        rows = sample_batches(n, b, k, seed)
+        blocks = list(group_blocks(BatchPlan(n, b, k, seed).chunks(), group_counts(k, 7), 5))
+        assert all(len(r) <= 5 for _, r in blocks)
+        sizes = [sum(len(r) for i, r in blocks if i == j) for j in range(7)]
+        assert sizes == group_counts(k, 7)  # groups in order, each cut into blocks
+        assert torch.equal(torch.cat([r for _, r in blocks]), rows)
+    # 10^9 batches: the first block comes at once, without the 10^9 x B rows (64 GB)
+    plan = BatchPlan(50, 8, 10**9, seed=0)
+    j, first = next(group_blocks(plan.chunks(), group_counts(10**9, 10), 1024))
+    assert j == 0 and first.shape == (1024, 8)
+    assert torch.equal(first, sample_batches(50, 8, 1024, seed=0))
+
+
+def test_a_huge_k_starts_at_once_and_an_absurd_one_is_refused(monkeypatch) -> None:
+    import bscrit.engine
+    from bscrit.data import MAX_BATCHES
+    from bscrit.errors import UsageError
+
+    def eager(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the whole batch plan was materialised before the first batch")
+
+    monkeypatch.setattr(bscrit.engine, "sample_batches", eager, raising=False)
+    model, ds = _tiny_problem()
+
+    class Started(Exception):
+        pass
+
+    def progress(n: int) -> None:
+        raise Started
+
+    with pytest.raises(Started):  # the loop runs: rows are drawn as it goes
+        measure_model(model, ds, _mse, batch_size=6, num_batches=MAX_BATCHES, progress=progress)
+    with pytest.raises(UsageError, match=r"batches 1,000,000,000,000 is more than") as e:
+        measure_model(model, ds, _mse, batch_size=6, num_batches=10**12)
+    assert "--target-rel-error" in e.value.for_cli()
+
+
+def test_the_time_per_batch_is_estimated_once_early() -> None:
+    model, ds = _tiny_problem()
+    seen: list[float] = []
+    measure_model(model, ds, _mse, batch_size=6, num_batches=200, groups=4, estimate=seen.append)
+    assert len(seen) == 1 and 0 < seen[0] < 1
+
+
 def test_group_counts() -> None:
     assert group_counts(23, 5) == [5, 5, 5, 4, 4]
     assert sum(group_counts(200, 10)) == 200

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from bscrit.data import BatchSource
-from bscrit.errors import UsageError
+from bscrit.errors import RunError, UsageError
 from bscrit.optim import OptimizerInfo
 from bscrit.spec import ScheduleSpec
 from bscrit.svag import run as svag_run
@@ -317,6 +317,15 @@ def test_divergence_stops_the_run_and_fills_nan():
     assert math.isnan(run.values["x2"][-1])
     assert len(run.effective_steps) == 11
     assert sum(ticks) == 20  # the progress bar still reaches its total
+
+
+def test_non_finite_start_is_a_run_error_naming_l_step_and_quantity():
+    x = torch.ones(1, dtype=torch.float64)
+    oracle = GaussianNoiseOracle([x], lambda ps: [ps[0]], 0.0)
+    with pytest.raises(RunError, match=r"l = 2: loss = nan at effective step 0"):
+        run_svag(oracle, OptimizerInfo("sgd", lr=0.1), 2, 4,
+                 evaluate=lambda: {"loss": math.nan, "x2": 1.0})  # fmt: skip
+    assert float(x[0]) == 1.0  # no step taken
 
 
 @pytest.mark.parametrize(
