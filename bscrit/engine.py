@@ -35,6 +35,7 @@ bitwise afterwards, the train/eval flag is restored, and the global RNG state is
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -55,7 +56,7 @@ from .data import (
     group_blocks,
     group_counts,
 )
-from .errors import BscritError, DataError, MeasurementError, UsageError
+from .errors import BscritError, DataError, MeasurementError, UsageError, first_line
 from .estimators import GroupSums
 from .groups import GramCache, HostSums, deal, per_tensor_sums, total_sums
 from .summary import TAU_BF16, TAU_FP32, TensorSums
@@ -177,17 +178,14 @@ def measure_model(
         mode: "train" (BatchNorm with batch statistics, as in training) or "eval".
         amp: None or "bf16" (CUDA autocast).
         num_workers: DataLoader workers for datasets that are not in-memory tensors.
-        progress: called with the number of batches done since the last call (every
-            ``PROGRESS_S`` seconds and at the end of every block).
+        progress: called with the batches done since the last call (every ``PROGRESS_S`` s).
         tau: scale-invariance tolerance (default 1e-4, or 2e-2 under bf16).
-        batch_rows: explicit k × B index rows, or a lazy :class:`~bscrit.data.BatchPlan`
-            (overrides sampling; used by tests and ranks). Default: ``BatchPlan(n, B, k, seed)``,
-            drawn as the loop goes (the same rows as ``sample_batches``).
+        batch_rows: explicit k × B index rows or a :class:`~bscrit.data.BatchPlan` (tests, ranks);
+            default ``BatchPlan(n, B, k, seed)``, drawn as the loop goes.
         hooks: extension points of the hot loop (:class:`LoopHooks`).
         compile: run the forward pass through ``torch.compile`` (the backward follows).
         prefetch: DataLoader ``prefetch_factor`` (batches per worker; default 4).
-        estimate: called once, early, with the seconds per batch measured over the batches after
-            the first (for a plan line before a long run); not called if the run ends first.
+        estimate: called once, early, with the measured seconds per batch (not for short runs).
 
     Returns:
         A :class:`RawMeasurement` of per-tensor Gram matrices, Q_j and invariance sums.
@@ -239,12 +237,11 @@ def measure_model(
             torch.manual_seed(seed)
             model.train(mode == "train")
             result = loop.run(group_blocks(chunks, group_counts(k, groups), BLOCK_BATCHES))
-    finally:
-        with torch.no_grad():
-            for nm, b in model.named_buffers():
-                if nm in buffers:
-                    b.copy_(buffers[nm])
-        model.train(was_training)
+    except BaseException:
+        with contextlib.suppress(RuntimeError):  # a device that failed may refuse the copies
+            _restore(model, buffers, was_training)
+        raise
+    _restore(model, buffers, was_training)
     return RawMeasurement(
         tensors=_tensor_sums(named, result),
         batch_size=batch_size,
@@ -261,6 +258,14 @@ def measure_model(
         tau=tau,
         warnings=tuple(loop.warnings),
     )
+
+
+def _restore(model: nn.Module, buffers: dict[str, Tensor], was_training: bool) -> None:
+    model.train(was_training)
+    with torch.no_grad():
+        for nm, b in model.named_buffers():
+            if nm in buffers:
+                b.copy_(buffers[nm])
 
 
 def _tensor_sums(named: list[tuple[str, nn.Parameter]], r: LoopResult) -> list[TensorSums]:
@@ -324,10 +329,8 @@ class _Clock:
 
     def __init__(self, progress: Progress | None, estimate: Estimate | None, device: Any) -> None:
         self.progress, self.estimate, self.device = progress, estimate, device
-        self.pending = 0
-        self.last = time.perf_counter()
+        self.pending, self.after_first, self.last = 0, 0, time.perf_counter()
         self.first_done: float | None = None
-        self.after_first = 0
 
     def tick(self) -> None:
         now = time.perf_counter()
@@ -355,12 +358,8 @@ class _Clock:
 
 
 class _HotLoop:
-    """The loop over blocks of batches: forward, backward, fold the gradient into the sums.
-
-    State lives on the device (one running block sum per tensor, float64 scalars) until the end
-    of each block, when the block sum is added to its group's sum in host memory (see the module
-    docstring).
-    """
+    """The loop over blocks of batches: forward, backward, fold the gradient into the sums (on
+    the device until the end of each block, then into its group's host sum; module docstring)."""
 
     def __init__(
         self,
@@ -523,25 +522,24 @@ class _HotLoop:
         return n64, loss.detach().double()
 
 
-def first_line(e: BaseException) -> str:
-    """The first line of an exception's message for a one-line error, its type named when it is
-    not a RuntimeError (``IndexError: Target 4 is out of bounds.``), with a hint for labels."""
-    msg = str(e).strip()
-    line = msg.splitlines()[0] if msg else ""
-    if not isinstance(e, RuntimeError) or not line:
-        line = f"{type(e).__name__}: {line}" if line else type(e).__name__
-    if isinstance(e, IndexError) and "out of bounds" in line:
-        line += " (are the targets class indices 0..C-1 for a model with C outputs?)"
-    return line
-
-
 def _check_finite(block: Tensor, lblock: Tensor, offset: int, names: Sequence[str]) -> None:
     """One sync per group: name the first batch and parameter with a NaN/Inf gradient.
 
     ``offset`` is the index of the group's first batch (batches are numbered from 0).
     """
-    if bool(torch.isfinite(block).all()) and bool(torch.isfinite(lblock).all()):
-        return
+    try:
+        if bool(torch.isfinite(block).all()) and bool(torch.isfinite(lblock).all()):
+            return
+    except torch.cuda.OutOfMemoryError:
+        raise MeasurementError(
+            f"out of GPU memory in batches {offset}–{offset + len(block) - 1}"
+        ) from None
+    except RuntimeError as e:  # an asynchronous CUDA error (device-side assert) of these batches
+        raise MeasurementError(
+            f"the forward/backward pass failed in batches {offset}–{offset + len(block) - 1}: "
+            f"{first_line(e)} (for the exact error and batch, rerun with {{device}} cpu)",
+            device="device",
+        ) from None
     bad_loss = (~torch.isfinite(lblock)).nonzero()
     if bad_loss.numel():
         i = int(bad_loss[0, 0])

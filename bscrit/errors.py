@@ -112,3 +112,15 @@ class MeasurementError(BscritError):
     """The measurement itself failed: a NaN/Inf gradient, a non-scalar loss, out of memory."""
 
     exit_code = ExitCode.RUNTIME
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message for a one-line error, its type named when it is
+    not a RuntimeError (``IndexError: Target 4 is out of bounds.``), with a hint for labels."""
+    msg = str(e).strip()
+    line = msg.splitlines()[0] if msg else ""
+    if not isinstance(e, RuntimeError) or not line:
+        line = f"{type(e).__name__}: {line}" if line else type(e).__name__
+    if isinstance(e, IndexError) and "out of bounds" in line:
+        line += " (are the targets class indices 0..C-1 for a model with C outputs?)"
+    return line
