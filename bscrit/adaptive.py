@@ -23,9 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from torch import Tensor
-
-from .data import default_num_batches, sample_batches
+from .data import BatchPlan, default_num_batches
 from .engine import LoopHooks
 from .errors import UsageError
 from .estimators import GroupSums
@@ -155,7 +153,7 @@ def adaptive_hooks(
 
     planned: list[int] = []  # the number of groups before the first extension
 
-    def next_rows(i: int, sums: GroupSums) -> Tensor | None:
+    def next_rows(i: int, sums: GroupSums) -> BatchPlan | None:
         if not planned:
             planned.append(sums.m)
         state.rel_error = state.rel_error_of(sums)
@@ -166,7 +164,8 @@ def adaptive_hooks(
         if sums.k + state.group_size > state.max_batches:
             state.reason = "budget exhausted"
             return None
-        return sample_batches(
+        # drawn as the engine goes, like the planned rows (row for row sample_batches' rows)
+        return BatchPlan(
             dataset_size, batch_size, state.group_size, group_seed(seed, planned[0] + i)
         )
 

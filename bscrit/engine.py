@@ -65,6 +65,8 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 Progress = Callable[[int], None]
 #: Called once with the measured seconds per batch (see :func:`measure_model`).
 Estimate = Callable[[float], None]
+#: ``(extensions so far, GroupSums so far) -> more rows or None`` (:attr:`LoopHooks.next_rows`).
+NextRows = Callable[[int, GroupSums], Tensor | BatchPlan | None]
 
 #: The scale-invariance test Σ|⟨W, g⟩| ≤ τ Σ‖W‖‖g‖ (docs/theory.md §3) reads all of W; it runs
 #: on the first few batches of every group (m × this many in all), not on every batch: the ratio of
@@ -308,7 +310,7 @@ class LoopHooks:
 
     local_rows: Callable[[int, Tensor], Tensor] | None = None
     reduce: Callable[[list[Tensor]], None] | None = None
-    next_rows: Callable[[int, GroupSums], Tensor | None] | None = None
+    next_rows: NextRows | None = None
     max_groups: int = 0
 
 
@@ -428,12 +430,11 @@ class _HotLoop:
             mean_loss=float(self.loss_sum[0]) / loss_n if loss_n > 0 else math.nan,
         )
 
-    def _extend(self, next_rows: Callable[[int, GroupSums], Tensor | None]) -> None:
+    def _extend(self, next_rows: NextRows) -> None:
         """Ask for more rows until told to stop: new groups up to ``max_groups``, then dealt
         round-robin into the groups, continuing from the first of the smaller ones."""
         assert self.cache is not None
-        start: int | None = None
-        extension = 0
+        start, extension = -1, 0  # start: the next group to deal into (-1: not dealing yet)
         while True:
             if self.device.type == "cuda":  # the host sums are complete before they are read
                 torch.cuda.synchronize(self.device)
@@ -441,16 +442,18 @@ class _HotLoop:
             rows = next_rows(extension, sums)
             if rows is None:
                 return
+            grow = len(self.counts) < self.hooks.max_groups
+            j_new = self._new_group() if grow else -1
             m = len(self.counts)
-            if m < self.hooks.max_groups:
-                j = self._new_group()
-                for lo in range(0, len(rows), BLOCK_BATCHES):
-                    self._block(j, rows[lo : lo + BLOCK_BATCHES])
-            else:
-                start = self.counts.index(min(self.counts)) if start is None else start
-                for j, part in deal(rows, start, m):
-                    self._block(j, part)
-                start = (start + len(rows)) % m
+            if not grow and start < 0:
+                start = self.counts.index(min(self.counts))
+            for chunk in rows.chunks() if isinstance(rows, BatchPlan) else [rows]:
+                parts = [(j_new, chunk)]
+                if not grow:
+                    parts, start = deal(chunk, start, m), (start + len(chunk)) % m
+                for j, part in parts:
+                    for lo in range(0, len(part), BLOCK_BATCHES):
+                        self._block(j, part[lo : lo + BLOCK_BATCHES])
             extension += 1
 
     def _block(self, j: int, rows_j: Tensor) -> None:
@@ -464,8 +467,7 @@ class _HotLoop:
         losses_j = torch.zeros(max(len(local), 1), **f64)
         done = self.invariance_done[j]
         for i, (x, y) in enumerate(self.source.batches(local, self.seed + j)):
-            invariance = done + i < INVARIANCE_BATCHES
-            n64, loss = self._batch(x, y, batch_index + i, invariance=invariance)
+            n64, loss = self._batch(x, y, batch_index + i, done + i < INVARIANCE_BATCHES)
             norms_j[i] = n64
             losses_j[i] = loss
             q_j += n64 * n64
