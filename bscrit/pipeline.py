@@ -168,8 +168,10 @@ def _plan_measurement(
         )
     batch_size = o.batch_size or spec.batch_size
     groups = o.groups or ms.groups
-    if (o.batches or ms.batches) is not None:  # an absurd k is refused before the data loads
-        check_num_batches(o.batches or ms.batches)
+    if o.batches is not None:  # an absurd k is refused before the data loads
+        check_num_batches(o.batches)
+    elif ms.batches is not None:
+        check_num_batches(ms.batches, where=f"{spec.path}: measure.batches")
     if o.max_batches is not None:
         check_num_batches(o.max_batches, "max_batches")
     device = dist.device if dist is not None else resolve_device(o.device or ms.device)
