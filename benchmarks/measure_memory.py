@@ -46,8 +46,8 @@ from measure_overhead import (  # noqa: E402
     sync,
 )
 
+from bscrit.allocator import tune_cpu_allocator  # noqa: E402
 from bscrit.data import sample_batches  # noqa: E402
-from bscrit.engine import tune_cpu_allocator  # noqa: E402
 
 GROUPS = 10
 SIDES = ("plain", "batch", "per-example")

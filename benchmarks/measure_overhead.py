@@ -36,8 +36,9 @@ from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bscrit.allocator import tune_cpu_allocator  # noqa: E402
 from bscrit.data import sample_batches  # noqa: E402
-from bscrit.engine import measure_model, tune_cpu_allocator  # noqa: E402
+from bscrit.engine import measure_model  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
 # Models and data (shared with measure_memory.py and precision.py)

@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from measure_overhead import make_data, make_small_cnn  # noqa: E402
 
 from bscrit.adaptive import adaptive_hooks, adaptive_plan  # noqa: E402
-from bscrit.engine import measure_model, tune_cpu_allocator  # noqa: E402
+from bscrit.allocator import tune_cpu_allocator  # noqa: E402
+from bscrit.engine import measure_model  # noqa: E402
 from bscrit.estimators import (
     noise_stats,  # noqa: E402
     per_example_stats,  # noqa: E402

@@ -32,17 +32,21 @@ def default_num_batches(dataset_size: int, batch_size: int) -> int:
 MAX_BATCHES = 10**9
 
 
-def check_num_batches(k: int, key: str = "batches") -> None:
-    """Refuse a number of batches below 1 or above :data:`MAX_BATCHES`, before any work."""
+def check_num_batches(k: int, key: str = "batches", where: str | None = None) -> None:
+    """Refuse a number of batches below 1 or above :data:`MAX_BATCHES`, before any work.
+
+    ``key`` is the option named in the message; ``where`` (e.g. ``"spec.yaml: measure.batches"``)
+    names a spec key instead."""
+    name, opts = (where, {}) if where else ("{" + key + "}", {key: key})
     if k < 1:
-        raise UsageError(f"{{{key}}} must be at least 1, got {k}", **{key: key})
+        raise UsageError(f"{name} must be at least 1, got {k}", **opts)
     if k > MAX_BATCHES:
         raise UsageError(
-            f"{{{key}}} {k:,} is more than the {MAX_BATCHES:,} batches one measurement may plan "
+            f"{name} {k:,} is more than the {MAX_BATCHES:,} batches one measurement may plan "
             f"(at 1 ms a batch that alone would take {k / 1000 / 86400:,.0f} days); relative "
             "errors shrink as 1/√k, so 10⁴–10⁶ batches are plenty; or let {target_rel_error} stop "
             "at a precision",
-            **{key: key},
+            **opts,
             target_rel_error="target_rel_error",
         )
 

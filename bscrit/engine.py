@@ -35,6 +35,7 @@ bitwise afterwards, the train/eval flag is restored, and the global RNG state is
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -55,15 +56,18 @@ from .data import (
     group_blocks,
     group_counts,
 )
-from .errors import BscritError, DataError, MeasurementError, UsageError
+from .errors import BscritError, DataError, MeasurementError, UsageError, first_line
 from .estimators import GroupSums
 from .groups import GramCache, HostSums, deal, per_tensor_sums, total_sums
+from .sanity import check_finite, check_loss, sum_check
 from .summary import TAU_BF16, TAU_FP32, TensorSums
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Progress = Callable[[int], None]
 #: Called once with the measured seconds per batch (see :func:`measure_model`).
 Estimate = Callable[[float], None]
+#: ``(extensions so far, GroupSums so far) -> more rows or None`` (:attr:`LoopHooks.next_rows`).
+NextRows = Callable[[int, GroupSums], Tensor | BatchPlan | None]
 
 #: The scale-invariance test Σ|⟨W, g⟩| ≤ τ Σ‖W‖‖g‖ (docs/theory.md §3) reads all of W; it runs
 #: on the first few batches of every group (m × this many in all), not on every batch: the ratio of
@@ -99,24 +103,6 @@ class RawMeasurement:
 
 def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-
-
-def _check_loss(loss: Any, batch: int) -> Tensor:
-    if not isinstance(loss, Tensor):
-        raise MeasurementError(
-            f"loss: expected a scalar tensor from the loss function, got {type(loss).__name__}"
-        )
-    if loss.dim() != 0:
-        raise MeasurementError(
-            f"loss: expected a scalar (the mean loss of the batch), got shape "
-            f"{tuple(loss.shape)} at batch {batch}; use reduction='mean'"
-        )
-    if not loss.requires_grad:
-        raise MeasurementError(
-            "loss: does not depend on any trainable parameter (no requires_grad); "
-            "are all parameters frozen?"
-        )
-    return loss
 
 
 def _validate(
@@ -183,17 +169,14 @@ def measure_model(
         mode: "train" (BatchNorm with batch statistics, as in training) or "eval".
         amp: None or "bf16" (CUDA autocast).
         num_workers: DataLoader workers for datasets that are not in-memory tensors.
-        progress: called with the number of batches done since the last call (every
-            ``PROGRESS_S`` seconds and at the end of every block).
+        progress: called with the batches done since the last call (every ``PROGRESS_S`` s).
         tau: scale-invariance tolerance (default 1e-4, or 2e-2 under bf16).
-        batch_rows: explicit k × B index rows, or a lazy :class:`~bscrit.data.BatchPlan`
-            (overrides sampling; used by tests and ranks). Default: ``BatchPlan(n, B, k, seed)``,
-            drawn as the loop goes (the same rows as ``sample_batches``).
+        batch_rows: explicit k × B index rows or a :class:`~bscrit.data.BatchPlan` (tests, ranks);
+            default ``BatchPlan(n, B, k, seed)``, drawn as the loop goes.
         hooks: extension points of the hot loop (:class:`LoopHooks`).
         compile: run the forward pass through ``torch.compile`` (the backward follows).
         prefetch: DataLoader ``prefetch_factor`` (batches per worker; default 4).
-        estimate: called once, early, with the seconds per batch measured over the batches after
-            the first (for a plan line before a long run); not called if the run ends first.
+        estimate: called once, early, with the measured seconds per batch (not for short runs).
         preconditioner: a fixed P per trainable tensor (:mod:`bscrit.precondition`): the sums of
             P g are kept too (docs/theory.md §5, "Preconditioned noise"): one more norm per
             batch; the group sums of P g are P S_j, formed at the end.
@@ -249,12 +232,11 @@ def measure_model(
             torch.manual_seed(seed)
             model.train(mode == "train")
             result = loop.run(group_blocks(chunks, group_counts(k, groups), BLOCK_BATCHES))
-    finally:
-        with torch.no_grad():
-            for nm, b in model.named_buffers():
-                if nm in buffers:
-                    b.copy_(buffers[nm])
-        model.train(was_training)
+    except BaseException:
+        with contextlib.suppress(RuntimeError):  # a device that failed may refuse the copies
+            _restore(model, buffers, was_training)
+        raise
+    _restore(model, buffers, was_training)
     return RawMeasurement(
         tensors=_tensor_sums(named, result),
         batch_size=batch_size,
@@ -271,6 +253,14 @@ def measure_model(
         tau=tau,
         warnings=tuple(loop.warnings),
     )
+
+
+def _restore(model: nn.Module, buffers: dict[str, Tensor], was_training: bool) -> None:
+    model.train(was_training)
+    with torch.no_grad():
+        for nm, b in model.named_buffers():
+            if nm in buffers:
+                b.copy_(buffers[nm])
 
 
 def _tensor_sums(named: list[tuple[str, nn.Parameter]], r: LoopResult) -> list[TensorSums]:
@@ -314,7 +304,7 @@ class LoopHooks:
 
     local_rows: Callable[[int, Tensor], Tensor] | None = None
     reduce: Callable[[list[Tensor]], None] | None = None
-    next_rows: Callable[[int, GroupSums], Tensor | None] | None = None
+    next_rows: NextRows | None = None
     max_groups: int = 0
 
 
@@ -336,10 +326,8 @@ class _Clock:
 
     def __init__(self, progress: Progress | None, estimate: Estimate | None, device: Any) -> None:
         self.progress, self.estimate, self.device = progress, estimate, device
-        self.pending = 0
-        self.last = time.perf_counter()
+        self.pending, self.after_first, self.last = 0, 0, time.perf_counter()
         self.first_done: float | None = None
-        self.after_first = 0
 
     def tick(self) -> None:
         now = time.perf_counter()
@@ -367,12 +355,8 @@ class _Clock:
 
 
 class _HotLoop:
-    """The loop over blocks of batches: forward, backward, fold the gradient into the sums.
-
-    State lives on the device (one running block sum per tensor, float64 scalars) until the end
-    of each block, when the block sum is added to its group's sum in host memory (see the module
-    docstring).
-    """
+    """The loop over blocks of batches: forward, backward, fold the gradient into the sums (on
+    the device until the end of each block, then into its group's host sum; module docstring)."""
 
     def __init__(
         self,
@@ -463,12 +447,11 @@ class _HotLoop:
         scaled = [[f * s for f, s in zip(factors, group)] for group in self.host.sums]
         return per_tensor_sums(scaled, self.qp_rows, self.counts)
 
-    def _extend(self, next_rows: Callable[[int, GroupSums], Tensor | None]) -> None:
+    def _extend(self, next_rows: NextRows) -> None:
         """Ask for more rows until told to stop: new groups up to ``max_groups``, then dealt
         round-robin into the groups, continuing from the first of the smaller ones."""
         assert self.cache is not None
-        start: int | None = None
-        extension = 0
+        start, extension = -1, 0  # start: the next group to deal into (-1: not dealing yet)
         while True:
             if self.device.type == "cuda":  # the host sums are complete before they are read
                 torch.cuda.synchronize(self.device)
@@ -476,16 +459,18 @@ class _HotLoop:
             rows = next_rows(extension, sums)
             if rows is None:
                 return
+            grow = len(self.counts) < self.hooks.max_groups
+            j_new = self._new_group() if grow else -1
             m = len(self.counts)
-            if m < self.hooks.max_groups:
-                j = self._new_group()
-                for lo in range(0, len(rows), BLOCK_BATCHES):
-                    self._block(j, rows[lo : lo + BLOCK_BATCHES])
-            else:
-                start = self.counts.index(min(self.counts)) if start is None else start
-                for j, part in deal(rows, start, m):
-                    self._block(j, part)
-                start = (start + len(rows)) % m
+            if not grow and start < 0:
+                start = self.counts.index(min(self.counts))
+            for chunk in rows.chunks() if isinstance(rows, BatchPlan) else [rows]:
+                parts = [(j_new, chunk)]
+                if not grow:
+                    parts, start = deal(chunk, start, m), (start + len(chunk)) % m
+                for j, part in parts:
+                    for lo in range(0, len(part), BLOCK_BATCHES):
+                        self._block(j, part[lo : lo + BLOCK_BATCHES])
             extension += 1
 
     def _block(self, j: int, rows_j: Tensor) -> None:
@@ -500,14 +485,13 @@ class _HotLoop:
         losses_j = torch.zeros(max(len(local), 1), **f64)
         done = self.invariance_done[j]
         for i, (x, y) in enumerate(self.source.batches(local, self.seed + j)):
-            invariance = done + i < INVARIANCE_BATCHES
-            n64, loss = self._batch(x, y, batch_index + i, invariance=invariance)
+            n64, loss = self._batch(x, y, batch_index + i, done + i < INVARIANCE_BATCHES)
             norms_j[i] = n64
             losses_j[i] = loss
             q_j += n64 * n64
             self.clock.tick()
         self.invariance_done[j] += len(local)
-        _check_finite(norms_j[: len(local)], losses_j[: len(local)], batch_index, self.names)
+        check_finite(norms_j[: len(local)], losses_j[: len(local)], batch_index, self.names)
         self.loss_sum[0] += losses_j[: len(local)].sum()
         self.loss_sum[1] += len(local)
         qp_j = self.qp_batch - qp_start
@@ -529,8 +513,8 @@ class _HotLoop:
                 out = forward(self.model, x)
                 loss = self.loss_fn(out, y)
             if self.first:
-                _check_loss(loss, b)
-                _sum_check(self.model, self.loss_fn, x, y, loss, self.autocast, self.warnings)
+                check_loss(loss, b)
+                sum_check(self.model, self.loss_fn, x, y, loss, self.autocast, self.warnings)
                 self.first = False
             grads = list(torch.autograd.grad(loss, self.params, allow_unused=True))
         except (BscritError, KeyboardInterrupt):
@@ -561,99 +545,3 @@ class _HotLoop:
             pn = torch.stack(torch._foreach_norm(torch._foreach_mul(grads, self.precond))).double()
             self.qp_batch += pn * pn
         return n64, loss.detach().double()
-
-
-def first_line(e: BaseException) -> str:
-    """The first line of an exception's message for a one-line error, its type named when it is
-    not a RuntimeError (``IndexError: Target 4 is out of bounds.``), with a hint for labels."""
-    msg = str(e).strip()
-    line = msg.splitlines()[0] if msg else ""
-    if not isinstance(e, RuntimeError) or not line:
-        line = f"{type(e).__name__}: {line}" if line else type(e).__name__
-    if isinstance(e, IndexError) and "out of bounds" in line:
-        line += " (are the targets class indices 0..C-1 for a model with C outputs?)"
-    return line
-
-
-def _check_finite(block: Tensor, lblock: Tensor, offset: int, names: Sequence[str]) -> None:
-    """One sync per group: name the first batch and parameter with a NaN/Inf gradient.
-
-    ``offset`` is the index of the group's first batch (batches are numbered from 0).
-    """
-    if bool(torch.isfinite(block).all()) and bool(torch.isfinite(lblock).all()):
-        return
-    bad_loss = (~torch.isfinite(lblock)).nonzero()
-    if bad_loss.numel():
-        i = int(bad_loss[0, 0])
-        raise MeasurementError(
-            f"non-finite loss ({float(lblock[i])}) at batch {offset + i}: the checkpoint or the "
-            "data produce NaN/Inf"
-        )
-    bad = (~torch.isfinite(block)).nonzero()
-    i, p = int(bad[0, 0]), int(bad[0, 1])
-    raise MeasurementError(
-        f"non-finite gradient (NaN/Inf) at batch {offset + i}, parameter '{names[p]}' "
-        f"(loss of that batch {float(lblock[i]):.4g})"
-    )
-
-
-def _sum_check(
-    model: nn.Module,
-    loss_fn: LossFn,
-    x: Any,
-    y: Any,
-    loss: Tensor,
-    autocast: Any,
-    warnings: list[str],
-) -> None:
-    """Warn when the loss looks like a sum over the batch (the estimators assume a mean).
-
-    A mean loss of the first half of a batch is about the loss of the whole batch; a sum is about
-    half. Only for plain tensor inputs with B ≥ 16.
-    """
-    if not (isinstance(x, Tensor) and isinstance(y, Tensor)) or x.shape[0] < 16:
-        return
-    half = x.shape[0] // 2
-    with torch.no_grad(), autocast:
-        part = float(loss_fn(forward(model, x[:half]), y[:half]))
-    whole = float(loss.detach())
-    if part > 0 and 1.6 <= whole / part <= 2.4:
-        warnings.append(
-            f"the loss of a whole batch is {whole / part:.2f}x that of its first half: it looks "
-            "like a SUM over the batch; the estimators assume the batch MEAN (G and N would be "
-            "off by B²)"
-        )
-
-
-# ----------------------------------------------------------------------------------------------
-# CPU allocator
-# ----------------------------------------------------------------------------------------------
-
-#: Set to "0" to leave glibc's malloc settings alone (see :func:`tune_cpu_allocator`).
-ENV_MALLOC_TUNING = "BSCRIT_MALLOC_TUNING"
-
-
-def tune_cpu_allocator() -> bool:
-    """Keep freed memory in the process (glibc): no page faults for every batch on CPU.
-
-    With glibc's default, dynamic thresholds, the activations and gradients of each batch are
-    often returned to the kernel and faulted back in on the next one (thousands of minor page
-    faults per batch, ~15% of a ResNet-18 step on CPU, for a plain training loop as well as for
-    a measurement). Raising ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` (to 1 GiB and 2 GiB)
-    keeps that memory mapped; the resident size stays near its peak instead. Process-wide and
-    permanent, so only the ``bscrit measure`` command and the benchmarks call it; opt out with
-    ``BSCRIT_MALLOC_TUNING=0``. A no-op (returns False) off Linux/glibc.
-    """
-    import ctypes
-    import os
-    import sys
-
-    if os.environ.get(ENV_MALLOC_TUNING, "1") == "0" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-        ok = libc.mallopt(m_mmap_threshold, 1 << 30) == 1
-        return bool(libc.mallopt(m_trim_threshold, 2 << 30) == 1 and ok)
-    except (OSError, AttributeError):
-        return False

@@ -118,3 +118,15 @@ class MeasurementError(BscritError):
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread by the CLI's handler: every ``except KeyboardInterrupt``
     clean-up runs as for Ctrl-C (temp files removed, nothing partial); the exit code is 143."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message for a one-line error, its type named when it is
+    not a RuntimeError (``IndexError: Target 4 is out of bounds.``), with a hint for labels."""
+    msg = str(e).strip()
+    line = msg.splitlines()[0] if msg else ""
+    if not isinstance(e, RuntimeError) or not line:
+        line = f"{type(e).__name__}: {line}" if line else type(e).__name__
+    if isinstance(e, IndexError) and "out of bounds" in line:
+        line += " (are the targets class indices 0..C-1 for a model with C outputs?)"
+    return line

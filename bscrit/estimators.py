@@ -23,6 +23,7 @@ Traps:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -87,6 +88,7 @@ def t_cdf(t: float, df: float) -> float:
     return 1.0 - tail if t >= 0 else tail
 
 
+@functools.lru_cache(maxsize=1024)  # adaptive runs ask for the same df at every check
 def t_quantile(p: float, df: float) -> float:
     """Quantile of Student's t distribution (bisection on :func:`t_cdf`, |error| < 1e-10)."""
     if not 0.0 < p < 1.0:

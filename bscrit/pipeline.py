@@ -168,8 +168,10 @@ def _plan_measurement(
         )
     batch_size = o.batch_size or spec.batch_size
     groups = o.groups or ms.groups
-    if (o.batches or ms.batches) is not None:  # an absurd k is refused before the data loads
-        check_num_batches(o.batches or ms.batches)
+    if o.batches is not None:  # an absurd k is refused before the data loads
+        check_num_batches(o.batches)
+    elif ms.batches is not None:
+        check_num_batches(ms.batches, where=f"{spec.path}: measure.batches")
     if o.max_batches is not None:
         check_num_batches(o.max_batches, "max_batches")
     device = dist.device if dist is not None else resolve_device(o.device or ms.device)
@@ -227,21 +229,23 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {sec:02d} s"
 
 
-def plan_line(plan: _MeasurePlan, seconds_per_batch: float) -> str | None:
+def plan_line(plan: _MeasurePlan, seconds_per_batch: float, ranks: int = 1) -> str | None:
     """One line before a long measurement: k batches of B in m groups, the measured time per
-    batch and the projected total; None when the projection is under ``PLAN_LINE_MIN_S``."""
+    batch (on each of ``ranks`` ranks) and the projected total; None when the projection is
+    under ``PLAN_LINE_MIN_S``."""
     a, b, m, c = plan.adaptive, plan.batch_size, plan.groups, len(plan.paths)
     k = a.max_batches if a is not None else plan.k
-    total = seconds_per_batch * k * c
+    total = seconds_per_batch * k * c / ranks
     if total < PLAN_LINE_MIN_S:
         return None
     what = f"{k:,} batches" if a is None else f"{a.start:,} to {k:,} batches (adaptive)"
+    groups = f"{m} groups" if a is None else f"{m} to {max(m, a.max_groups)} groups"
     each = f" for each of {c} checkpoints" if c > 1 else ""
-    about = "at most about" if a is not None else "about"
-    return (
-        f"plan: {what} of B = {b} in {m} groups{each}, about {_duration(seconds_per_batch)} a "
-        f"batch: {about} {_duration(total)} in all"
+    per = f"about {_duration(seconds_per_batch)} a batch" + (
+        f" on each of {ranks} ranks" * (ranks > 1)
     )
+    about = "at most about" if a is not None else "about"
+    return f"plan: {what} of B = {b} in {groups}{each}, {per}: {about} {_duration(total)} in all"
 
 
 def _measure_one(
@@ -280,7 +284,7 @@ def _measure_one(
     if on_info is not None and ci == 0:
 
         def estimate(seconds_per_batch: float) -> None:
-            line = plan_line(plan, seconds_per_batch)
+            line = plan_line(plan, seconds_per_batch, dist.world_size if dist is not None else 1)
             if line is not None:
                 on_info(line)
 
@@ -486,8 +490,8 @@ def measure_session(
     process), None on the other ranks. ``on_rank(is_main)`` is called once the rank is known;
     ``on_info`` (rank 0 only) is told the plan line of a long measurement.
     """
+    from .allocator import tune_cpu_allocator
     from .distributed import Session
-    from .engine import tune_cpu_allocator
 
     tune_cpu_allocator()
     device = options.device or spec.measure.device

@@ -22,8 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data import BatchSource, forward
-from ..engine import first_line
-from ..errors import BscritError, RunError
+from ..errors import BscritError, RunError, first_line
 from ..estimators import estimate_g_n
 from .step import Grads
 

@@ -188,6 +188,14 @@ def test_absurd_batches_refused_before_the_data_loads(
         text = " ".join(r.output.split())
         assert f"{option} {int(value):,} is more than the 1,000,000,000 batches" in text
         assert not out.exists()
+    spec = work / "huge.yaml"  # the same from the spec, named by its key
+    spec.write_text(
+        (work / "valid.yaml").read_text().replace("batches: auto", "batches: 10000000000")
+    )
+    r = _measure(str(spec), "--out", str(out))
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert "huge.yaml: measure.batches 10,000,000,000 is more than" in " ".join(r.output.split())
+    assert not out.exists()
 
 
 def test_long_measurement_prints_its_plan_first(

@@ -240,6 +240,23 @@ def test_nan_loss_names_the_batch() -> None:
         )
 
 
+def test_an_asynchronous_device_error_is_a_measurement_error(monkeypatch) -> None:
+    """A CUDA kernel that fails (e.g. labels out of range: a device-side assert) surfaces at the
+    block's synchronisation, outside the forward/backward call: still exit 3, with the batches."""
+    model, ds = _tiny_problem()
+
+    def device_assert(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("CUDA error: device-side assert triggered\nCompile with ...")
+
+    monkeypatch.setattr(torch, "isfinite", device_assert)
+    with pytest.raises(
+        MeasurementError,
+        match="failed in batches 0–9: CUDA error: device-side "
+        r"assert triggered \(for the exact error and batch, rerun with device cpu",
+    ):
+        measure_model(model, ds, _mse, batch_size=6, num_batches=40, groups=4)
+
+
 def test_bad_inputs() -> None:
     model, ds = _tiny_problem(n=10)
     with pytest.raises(DataError, match="fewer than the batch size"):
