@@ -17,7 +17,13 @@ from . import optim
 from .checker import check_batch_size
 from .errors import BscritError, ExitCode, UsageError
 from .results import Measurement, load_measurement
-from .scaling import RuleLimit, ScaledHyperparameters, rule_limit, scale_hyperparameters
+from .scaling import (
+    ADAPTIVE_SDE_MIN_NSR,
+    RuleLimit,
+    ScaledHyperparameters,
+    rule_limit,
+    scale_hyperparameters,
+)
 from .theory import (
     DEFAULT_C2,
     MeasurementBounds,
@@ -91,6 +97,9 @@ class Prediction:
     scaled: ScaledHyperparameters | None  # base run's optimizer scaled to the top of the range
     warnings: tuple[str, ...]  # about the range / scaling (per-measurement ones live in bounds)
     rule_limit: RuleLimit | None = None  # how far the base optimizer's scaling rule reaches
+    #: NSR at the top of the range (preconditioned for adaptive runs when measured): the
+    #: square-root rule's noise-dominance statistic, docs/theory.md §5 (threshold 1, heuristic)
+    nsr_at_target: float | None = None
 
     @property
     def base(self) -> MeasurementBounds:
@@ -109,6 +118,16 @@ class Prediction:
             "range": [_num(self.range[0]), _num(self.range[1])],
             "recommended": r.to_dict(),
             "scaled": self.scaled.to_dict() if self.scaled is not None else None,
+            "noise_dominance": (
+                None
+                if self.nsr_at_target is None
+                else {
+                    "batch_size": self.recommended.target,
+                    "nsr": _num(self.nsr_at_target),
+                    "param_set": self.base.param_set,
+                    "threshold": ADAPTIVE_SDE_MIN_NSR,
+                }
+            ),  # fmt: skip
             "warnings": list(self.warnings),
         }
 
@@ -128,6 +147,7 @@ def predict(measurements: Sequence[tuple[str, Measurement]], c2: float = DEFAULT
     rec = recommend(bounds, limit)
     warnings: list[str] = []
     scaled: ScaledHyperparameters | None = None
+    nsr_target: float | None = None
     base = bounds[0]
     target = rec.target
     if base.optimizer is None:
@@ -140,6 +160,8 @@ def predict(measurements: Sequence[tuple[str, Measurement]], c2: float = DEFAULT
         warnings.append("the recommended range has no upper end: no scaled hyperparameters")
     else:
         nsr_t = nsr_at_batch(base.nsr, base.batch_size, target, base.dataset_size)
+        if optim.get(base.optimizer.name).adaptive:
+            nsr_target = nsr_t
         try:
             scaled = scale_hyperparameters(
                 base.optimizer, base.batch_size, target, nsr_target=nsr_t
@@ -154,6 +176,7 @@ def predict(measurements: Sequence[tuple[str, Measurement]], c2: float = DEFAULT
         scaled=scaled,
         warnings=tuple(warnings),
         rule_limit=limit,
+        nsr_at_target=nsr_target,
     )
 
 

@@ -432,6 +432,11 @@ def format_prediction(p: Prediction) -> Report:
         limit = {"b_star": "B* (lower 95% bound)", "scaling_rule": "the scaling rule's reach"}
         t.add_row("  limited by", limit.get(r.limited_by or "", r.limited_by or "nothing detected"))
     parts += [t, _line(f"  {r.note}.")]
+    if p.nsr_at_target is not None:
+        parts.append(_line(
+            f"  noise dominance at B' = {r.target}: NSR = {fmt(p.nsr_at_target)} "
+            f"({p.base.param_set}; the square-root rule's SDE needs it ≫ 1, threshold 1 heuristic)"
+        ))  # fmt: skip
     if p.scaled is not None:
         parts += [NewLine(), format_scaled(p.scaled)]
     warnings = [f"{b.source}: {w}" for b in p.measurements for w in b.warnings]

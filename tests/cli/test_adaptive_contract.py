@@ -117,3 +117,17 @@ def test_measurement_round_trip_keeps_the_preconditioned_reading(tmp_path):
     assert [o.name for o in p.base.other_readings] == ["all"]
     d = p.to_dict()["measurements"][0]
     assert d["param_set"] == "preconditioned" and d["other_readings"][0]["param_set"] == "all"
+
+
+def test_noise_dominance_statistic_at_the_target_batch():
+    """predict reports NSR at the top of the range for adaptive runs (docs/theory.md §5)."""
+    from bscrit.theory import nsr_at_batch
+
+    p = predict([("adam", _adam("adam_noisy.json"))])
+    b = p.base
+    expect = nsr_at_batch(b.nsr, b.batch_size, p.recommended.target, b.dataset_size)
+    assert p.nsr_at_target == pytest.approx(expect)
+    d = p.to_dict()["noise_dominance"]
+    assert d["batch_size"] == 2559 and d["nsr"] == pytest.approx(expect) and d["threshold"] == 1
+    sgd = predict([("sgd", load_measurement(MEAS / "sgd_b128.json"))])
+    assert sgd.nsr_at_target is None and sgd.to_dict()["noise_dominance"] is None
