@@ -299,10 +299,7 @@ def _param_set_problems(c: Checker, value: Any, path: str, groups: int | None) -
     _integer(c, d, "num_tensors", path, 1)
     _integer(c, d, "k", path, 2)
     jk_path = join(path, "jackknife")
-    if "jackknife" not in d:
-        c.add(jk_path, "missing required key")
-        return
-    jk = c.mapping(d["jackknife"], jk_path)
+    jk = _required_mapping(c, d, "jackknife", path)
     if jk is None:
         return
     for key in ("G", "N"):
@@ -313,13 +310,18 @@ def _param_set_problems(c: Checker, value: Any, path: str, groups: int | None) -
             _numbers(c, jk[key], join(jk_path, key), groups, what="a finite number")
 
 
+def _required_mapping(c: Checker, d: dict, key: str, path: str) -> dict | None:
+    """``d[key]`` as a mapping, or None with the problem recorded (missing, or not a mapping)."""
+    if key not in d:
+        c.add(join(path, key), "missing required key")
+        return None
+    return c.mapping(d[key], join(path, key))
+
+
 def _stats_problems(c: Checker, d: dict, path: str, groups: int | None) -> None:
     """``stats.all`` (required) and ``stats.scale_invariant`` (null when there is none)."""
     st_path = join(path, "stats")
-    if "stats" not in d:
-        c.add(st_path, "missing required key")
-        return
-    st = c.mapping(d["stats"], st_path)
+    st = _required_mapping(c, d, "stats", path)
     if st is None:
         return
     if st.get("all") is None:
