@@ -429,7 +429,8 @@ def format_prediction(p: Prediction) -> Report:
         t.add_row("recommended range", f"{r.min} – {_batch(r.max)}")
         t.add_row("  largest power of two in it", _batch(r.max_pow2))
         t.add_row("  largest multiple of 8 in it", _batch(r.max_mult8))
-        limit = {"b_star": "B* (lower 95% bound)", "scaling_rule": "the scaling rule's reach"}
+        limit = {"b_star": "B* (lower 95% bound)", "scaling_rule": "the scaling rule's reach",
+                 "dataset_size": "the dataset size n"}  # fmt: skip
         t.add_row("  limited by", limit.get(r.limited_by or "", r.limited_by or "nothing detected"))
     parts += [t, _line(f"  {r.note}.")]
     if p.nsr_at_target is not None:

@@ -131,3 +131,25 @@ def test_noise_dominance_statistic_at_the_target_batch():
     assert d["batch_size"] == 2559 and d["nsr"] == pytest.approx(expect) and d["threshold"] == 1
     sgd = predict([("sgd", load_measurement(MEAS / "sgd_b128.json"))])
     assert sgd.nsr_at_target is None and sgd.to_dict()["noise_dominance"] is None
+
+
+@pytest.mark.parametrize(
+    "name,changes,label",
+    [
+        ("adam_noisy.json", {}, "the scaling rule's reach"),
+        ("adam_wide.json", {"dataset_size": 30000}, "the dataset size n"),
+        ("adam_wide.json", {}, "nothing detected"),
+    ],
+)
+def test_predict_table_names_the_limit_in_words(name, changes, label):
+    import io
+
+    from rich.console import Console
+
+    from bscrit import report
+
+    p = predict([(name, _adam(name, **changes))])
+    console = Console(file=io.StringIO(), width=120)
+    report.show(report.format_prediction(p), console=console)
+    line = next(x for x in console.file.getvalue().splitlines() if "limited by" in x)
+    assert label in line
