@@ -444,8 +444,7 @@ class _HotLoop:
         if self.precond is None:
             return None
         factors = [f.detach().to("cpu") for f in self.precond]
-        scaled = [[f * s for f, s in zip(factors, group)] for group in self.host.sums]
-        return per_tensor_sums(scaled, self.qp_rows, self.counts)
+        return per_tensor_sums(self.host.sums, self.qp_rows, self.counts, scales=factors)
 
     def _extend(self, next_rows: NextRows) -> None:
         """Ask for more rows until told to stop: new groups up to ``max_groups``, then dealt

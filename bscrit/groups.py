@@ -89,10 +89,13 @@ def deal(rows: Tensor, start: int, m: int) -> list[tuple[int, Tensor]]:
     return [((start + d) % m, rows[d::m]) for d in range(min(len(rows), m))]
 
 
-def gram_rows(vectors: Sequence[Tensor], rows: Sequence[int] | None = None) -> Tensor:
+def gram_rows(
+    vectors: Sequence[Tensor], rows: Sequence[int] | None = None, scale: Tensor | None = None
+) -> Tensor:
     """Rows ``rows`` (default: all) of the m×m float64 Gram matrix ⟨v_a, v_b⟩, shape (r, m).
 
-    Converted to float64 chunk by chunk (no m × numel float64 copy).
+    Converted to float64 chunk by chunk (no m × numel float64 copy). ``scale``: a fixed diagonal
+    P (flat, like the vectors): the Gram matrix of P v_a instead, with no copy of the vectors.
     """
     m, numel = len(vectors), vectors[0].numel()
     idx = list(range(m)) if rows is None else list(rows)
@@ -103,6 +106,8 @@ def gram_rows(vectors: Sequence[Tensor], rows: Sequence[int] | None = None) -> T
         block = buf[:, : hi - lo]
         for j, v in enumerate(vectors):
             block[j].copy_(v[lo:hi])
+        if scale is not None:
+            block.mul_(scale[lo:hi].to(torch.float64))
         out.addmm_(block if rows is None else block[idx], block.T)
     return out
 
@@ -147,16 +152,25 @@ def per_tensor_sums(
     q_rows: Sequence[Tensor],
     counts: Sequence[int],
     cache: GramCache | None = None,
+    scales: Sequence[Tensor] | None = None,
 ) -> list[GroupSums]:
-    """:class:`GroupSums` of every tensor (Gram matrices in float64; ``cache`` reused if given)."""
+    """:class:`GroupSums` of every tensor (Gram matrices in float64; ``cache`` reused if given).
+
+    ``scales``: a fixed P per tensor; the sums are then those of P g (group sums P S_j), and
+    ``q_rows`` must be the Q_j of P g.
+    """
     if not host_sums:
         return []
     m = len(host_sums)
     q_host = torch.stack(list(q_rows)).cpu().tolist()
+    if cache is not None and scales is not None:
+        raise ValueError("the Gram cache holds unscaled sums: no cache with scales")
     grams = cache.update(host_sums) if cache is not None else None
     out = []
     for t in range(len(host_sums[0])):
-        g64 = grams[t] if grams is not None else gram_rows([hs[t].reshape(-1) for hs in host_sums])
+        scale = scales[t].reshape(-1) if scales is not None else None
+        vectors = [hs[t].reshape(-1) for hs in host_sums]
+        g64 = grams[t] if grams is not None else gram_rows(vectors, scale=scale)
         out.append(
             GroupSums(
                 gram=tuple(tuple(r) for r in g64.tolist()),
