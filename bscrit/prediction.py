@@ -30,6 +30,7 @@ from .theory import (
     Recommendation,
     b_star_range,
     check_c2,
+    first_limit,
     measurement_bounds,
     nsr_at_batch,
     recommend,
@@ -288,10 +289,7 @@ def check(prediction: Prediction, target: int, strict: bool = False) -> CheckRes
     n = _dataset_size(p)
     point = p.b_star_min
     reach = p.rule_limit.batch_max if p.rule_limit is not None else None
-    limits = [(lower, "b_star"), (float(n), "dataset_size")]
-    if reach is not None:
-        limits.append((float(reach), "scaling_rule"))
-    top, limited_by = min(limits, key=lambda x: x[0])
+    top, limited_by = first_limit(lower, p.rule_limit, n)
     kappa = target / base
     c2 = f"C² = {p.c2:g}"
     rule, thm = _rule_words(p)

@@ -474,6 +474,17 @@ class Recommendation:
         return int(math.floor(self.max))
 
 
+def first_limit(b_star_lower: float, rule: RuleLimit | None, n: int) -> tuple[float, str]:
+    """The smallest of the three limits of the recommended range and its name (one of
+    :data:`LIMITED_BY`; on a tie, the first in that order): the one rule ``recommend`` and
+    ``check`` share."""
+    limits = [(b_star_lower, "b_star")]
+    if rule is not None and rule.batch_max is not None:
+        limits.append((float(rule.batch_max), "scaling_rule"))
+    limits.append((float(n), "dataset_size"))
+    return min(limits, key=lambda x: x[0])
+
+
 def recommend(bounds: Sequence[MeasurementBounds], rule: RuleLimit | None = None) -> Recommendation:
     """Recommended range: from the base measurement's B to the first of three limits.
 
@@ -504,13 +515,13 @@ def recommend(bounds: Sequence[MeasurementBounds], rule: RuleLimit | None = None
             f"of B* across the baselines is {top:.0f} < {base}; the recommended range is empty",
         )  # fmt: skip
     n = min(b.dataset_size for b in bounds)
-    limits = [(top, "b_star", f"the lower 95% bound of B* ({top:.0f})")]
-    if rule is not None and rule.batch_max is not None:
-        limits.append((float(rule.batch_max), "scaling_rule", f"the scaling rule's reach: "
-                       f"{rule.reason}"))  # fmt: skip
-    limits.append((float(n), "dataset_size", f"n: capped at the dataset size n = {n}"))
-    value, which_, why = min(limits, key=lambda x: x[0])
+    value, which_ = first_limit(top, rule, n)
     which: str | None = which_
+    why = {
+        "b_star": f"the lower 95% bound of B* ({top:.0f})",
+        "scaling_rule": f"the scaling rule's reach: {rule.reason if rule else ''}",
+        "dataset_size": f"n: capped at the dataset size n = {n}",
+    }[which_]
     value = max(value, float(base))
     note = f"from the measured B = {base} up to {why}"
     if which != "b_star":
