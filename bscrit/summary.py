@@ -83,13 +83,15 @@ class TensorSums:
         return (not math.isnan(r)) and r <= tau
 
 
-def set_sums(tensors: Sequence[TensorSums]) -> GroupSums:
-    """Group sums of the union of ``tensors`` (Gram matrices and Q add over disjoint tensors)."""
+def set_sums(tensors: Sequence[TensorSums], preconditioned: bool = False) -> GroupSums:
+    """Group sums of the union of ``tensors`` (Gram matrices and Q add over disjoint tensors);
+    with ``preconditioned``, of their sums of P g (every tensor must have them)."""
     if not tensors:
         raise ValueError("empty parameter set")
-    total = GroupSums.zeros(tensors[0].sums.counts)
-    for t in tensors:
-        total = total + t.sums
+    parts = [t.preconditioned if preconditioned else t.sums for t in tensors]
+    total = GroupSums.zeros(parts[0].counts)  # type: ignore[union-attr]
+    for p in parts:
+        total = total + p  # type: ignore[operator]
     return total
 
 
@@ -246,13 +248,9 @@ def summarize_checkpoint(
 
 def _preconditioned(tensors: Sequence[TensorSums]) -> ParamSetStats | None:
     """G_P, N_P, NSR_P of all tensors when every one has its preconditioned sums, else None."""
-    pre = [t.preconditioned for t in tensors]
-    if not pre or any(p is None for p in pre):
+    if not tensors or any(t.preconditioned is None for t in tensors):
         return None
-    total = GroupSums.zeros(pre[0].counts)  # type: ignore[union-attr]
-    for p in pre:
-        total = total + p  # type: ignore[operator]
-    return param_set_stats(tensors, noise_stats(total))
+    return param_set_stats(tensors, noise_stats(set_sums(tensors, preconditioned=True)))
 
 
 def pool_param_sets(sets: Sequence[ParamSetStats]) -> ParamSetStats:
