@@ -390,8 +390,8 @@ def run_measurement(
         on_info: told the plan line (:func:`plan_line`) early in a long measurement.
     """
     from . import __version__
+    from .checkpoints import load_model, optimizer_for
     from .engine import trainable_parameters
-    from .loading import load_model, optimizer_for
     from .precondition import build_preconditioner
     from .results import Measurement
     from .summary import equilibrium, equilibrium_set, pool_param_sets

@@ -19,9 +19,10 @@ from torch import Tensor, nn
 
 from .. import optim
 from ..checker import check_batch_size
+from ..checkpoints import load_model, optimizer_for
 from ..data import BatchSource
 from ..errors import UsageError
-from ..loading import build_dataset, build_loss, load_model, optimizer_for, resolve_device
+from ..loading import build_dataset, build_loss, resolve_device
 from ..optim import OptimizerInfo
 from ..scaling import scale_optimizer
 from .step import target_schedule

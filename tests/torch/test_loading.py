@@ -12,15 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bscrit.checkpoints import LoadedCheckpoint, load_checkpoint, load_model, optimizer_for
 from bscrit.errors import BscritError, CheckpointError, DataError, SpecError
 from bscrit.loading import (
-    LoadedCheckpoint,
     build_dataset,
     build_loss,
     build_model,
-    load_checkpoint,
-    load_model,
-    optimizer_for,
     resolve_callable,
     resolve_device,
 )
