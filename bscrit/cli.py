@@ -184,6 +184,12 @@ def measure(
         int | None,
         typer.Option("--batch-size", "-b", min=1, help="Override the spec's batch_size B."),
     ] = None,
+    micro_batch_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Forward/backward each batch in chunks of this many (a divisor of B)."
+        ),
+    ] = None,
     unsafe_load: Annotated[
         bool,
         typer.Option(
@@ -287,6 +293,7 @@ def measure(
         mode=mode.value if mode else None,
         amp=amp.value if amp else None,
         batch_size=batch_size,
+        micro_batch_size=micro_batch_size,
         unsafe_load=unsafe_load,
         estimator=estimator.value,
         target_rel_error=target_rel_error,

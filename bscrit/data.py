@@ -9,7 +9,7 @@ measurement are drawn independently (not as one shuffled epoch).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,7 +134,11 @@ def to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any
 
 
 def tensor_view(dataset: Any) -> tuple[Tensor, ...] | None:
-    """The underlying tensors when the dataset is a (Subset of a) TensorDataset, else None."""
+    """The underlying tensors when the dataset is a (Subset of a) TensorDataset, else None.
+
+    Only a view of exactly two tensors (inputs, targets) is indexed on the device directly
+    (:class:`BatchSource`); any other dataset (dict examples, three tensors) is collated by a
+    DataLoader and checked there."""
     from torch.utils.data import Subset, TensorDataset
 
     if isinstance(dataset, TensorDataset):
@@ -162,7 +166,9 @@ class _RowSampler:
 
 @dataclass
 class BatchSource:
-    """Yields (inputs, targets) on the device for given index rows.
+    """Yields (inputs, targets) on the device for given index rows; a batch of dict examples
+    (collated by torch's ``default_collate`` into one dict of stacked tensors) as
+    ``(batch, None)``: its targets are inside it (:mod:`bscrit.objective`).
 
     In-memory TensorDatasets are indexed directly on the device (no DataLoader, no collation);
     anything else goes through a DataLoader with a fixed batch sampler (workers, pinned memory).
@@ -180,7 +186,7 @@ class BatchSource:
 
     def __post_init__(self) -> None:
         view = tensor_view(self.dataset)
-        if view is not None and len(view) >= 2:
+        if view is not None and len(view) == 2:
             self._tensors = tuple(t.to(self.device) for t in view)
 
     @property
@@ -253,10 +259,14 @@ class _RandomRows:
 
 
 def _pair(item: Any, device: torch.device, non_blocking: bool) -> tuple[Any, Any]:
-    """A collated batch as ``(inputs, targets)`` on the device; a DataError if it is no pair."""
+    """A collated batch as ``(inputs, targets)`` on the device, a dict batch as ``(batch,
+    None)``; a DataError if it is neither."""
+    if isinstance(item, Mapping):
+        return to_device(dict(item), device, non_blocking), None
     if not isinstance(item, (list, tuple)) or len(item) != 2:
         raise DataError(
-            "data: each example must be an (input, target) pair; got a batch of "
+            "data: each example must be an (input, target) pair or a dict of tensors (e.g. "
+            "input_ids, attention_mask, labels); got a batch of "
             f"{type(item).__name__}"
             + (f" with {len(item)} elements" if isinstance(item, (list, tuple)) else "")
         )

@@ -52,13 +52,13 @@ from .data import (
     BatchSource,
     check_num_batches,
     default_num_batches,
-    forward,
     group_blocks,
     group_counts,
 )
 from .errors import BscritError, DataError, MeasurementError, UsageError, first_line
 from .estimators import GroupSums
 from .groups import GramCache, HostSums, deal, per_tensor_sums, total_sums
+from .objective import batch_gradient
 from .sanity import check_finite, check_loss, sum_check
 from .summary import TAU_BF16, TAU_FP32, TensorSums
 
@@ -106,10 +106,21 @@ def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 
 def _validate(
-    n: int, batch_size: int, groups: int, mode: str, amp: str | None, device: torch.device
+    n: int,
+    batch_size: int,
+    groups: int,
+    mode: str,
+    amp: str | None,
+    device: torch.device,
+    micro: int | None = None,
 ) -> None:
     """Every argument check of :func:`measure_model` that needs no work (before any batch)."""
     check_batch_size(batch_size)
+    if micro is not None and (micro < 1 or batch_size % micro):
+        raise UsageError(
+            f"micro_batch_size {micro} does not divide the batch size B = {batch_size} (the "
+            "micro-batches of one batch must be equal)"
+        )
     if n < batch_size:
         raise DataError(
             f"data: the dataset has {n} examples, fewer than the batch size B={batch_size}"
@@ -153,6 +164,7 @@ def measure_model(
     prefetch: int | None = None,
     estimate: Estimate | None = None,
     preconditioner: Sequence[Tensor] | None = None,
+    micro_batch_size: int | None = None,
 ) -> RawMeasurement:
     """Measure the streaming sums of k batch gradients of ``model`` at its current weights.
 
@@ -180,6 +192,10 @@ def measure_model(
         preconditioner: a fixed P per trainable tensor (:mod:`bscrit.precondition`): the sums of
             P g are kept too (docs/theory.md §5, "Preconditioned noise"): one more norm per
             batch; the group sums of P g are P S_j, formed at the end.
+        micro_batch_size: run each batch as B / this chunks (gradient accumulation, a divisor
+            of B); the chunks' gradients are weighted into the batch-B gradient
+            (:mod:`bscrit.objective`), so the statistics are the same up to float rounding
+            (not with train-mode BatchNorm, which then sees the chunks: a warning says so).
 
     Returns:
         A :class:`RawMeasurement` of per-tensor Gram matrices, Q_j and invariance sums.
@@ -191,7 +207,8 @@ def measure_model(
     """
     device = torch.device(device)
     n = len(dataset)
-    _validate(n, batch_size, groups, mode, amp, device)
+    _validate(n, batch_size, groups, mode, amp, device, micro_batch_size)
+    micro = micro_batch_size if micro_batch_size and micro_batch_size < batch_size else None
     k = len(batch_rows) if batch_rows is not None else (
         num_batches if num_batches is not None else default_num_batches(n, batch_size)
     )  # fmt: skip
@@ -223,7 +240,15 @@ def measure_model(
         seed=seed,
         hooks=hooks or LoopHooks(),
         preconditioner=preconditioner,
+        micro=micro,
     )
+    if micro is not None and mode == "train" and _has_batchnorm(model):
+        loop.warnings.append(
+            f"BatchNorm in train mode normalises each micro-batch of {micro} examples with its "
+            f"own statistics, not the batch of B = {batch_size}: G and N are those of a run that "
+            f"accumulates micro-batches of {micro} (measure.mode eval, or no micro_batch_size, "
+            "for B-example statistics)"
+        )
     was_training = model.training
     buffers = {nm: b.detach().clone() for nm, b in model.named_buffers()}
     t0 = time.perf_counter()
@@ -253,6 +278,12 @@ def measure_model(
         tau=tau,
         warnings=tuple(loop.warnings),
     )
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    return any(isinstance(m, _BatchNorm) for m in model.modules())
 
 
 def _restore(model: nn.Module, buffers: dict[str, Tensor], was_training: bool) -> None:
@@ -372,8 +403,10 @@ class _HotLoop:
         seed: int,
         hooks: LoopHooks,
         preconditioner: Sequence[Tensor] | None = None,
+        micro: int | None = None,
     ) -> None:
         self.model, self.source, self.loss_fn, self.device = model, source, loss_fn, device
+        self.micro = micro  # examples per forward/backward chunk; None: the whole batch
         params = [p for _, p in named]
         self.precond = None
         if preconditioner is not None:
@@ -505,22 +538,34 @@ class _HotLoop:
         self.batch_index += len(rows_j)
         self.clock.flush()
 
+    def _first_check(self, b: int) -> Callable[[Tensor, Any, Any], None]:
+        """The first batch's checks, on each of its micro-batches: a scalar mean loss that
+        depends on the parameters (every chunk), not a sum over the batch (the first)."""
+        chunks = [0]
+
+        def check(loss: Tensor, x: Any, y: Any) -> None:
+            check_loss(loss, b)
+            if not chunks[0]:
+                sum_check(self.model, self.loss_fn, x, y, loss, self.autocast, self.warnings)
+            chunks[0] += 1
+
+        return check
+
     def _batch(self, x: Any, y: Any, b: int, invariance: bool) -> tuple[Tensor, Tensor]:
         """Forward, backward and fold batch ``b`` in; returns (per-tensor ‖g‖ float64, loss)."""
         try:
             with self.autocast:
-                out = forward(self.model, x)
-                loss = self.loss_fn(out, y)
-            if self.first:
-                check_loss(loss, b)
-                sum_check(self.model, self.loss_fn, x, y, loss, self.autocast, self.warnings)
-                self.first = False
-            grads = list(torch.autograd.grad(loss, self.params, allow_unused=True))
+                loss, grads = batch_gradient(
+                    self.model, self.loss_fn, self.params, x, y, micro=self.micro,
+                    check=self._first_check(b) if self.first else None,
+                )  # fmt: skip
+            self.first = False
         except (BscritError, KeyboardInterrupt):
             raise
         except torch.cuda.OutOfMemoryError:
             raise MeasurementError(
-                f"out of GPU memory at batch {b}; try {{amp}} bf16 or a smaller model/input",
+                f"out of GPU memory at batch {b}; try {{amp}} bf16, a micro_batch_size, or a "
+                "smaller model/input",
                 amp="amp",
             ) from None
         except (RuntimeError, IndexError, ValueError) as e:

@@ -316,6 +316,7 @@ def build_loss(spec: Spec) -> Callable[[Tensor, Tensor], Tensor]:
     """The loss ``(output, target) -> scalar``, the MEAN over the batch.
 
     ``cross_entropy`` / ``mse`` are ``torch.nn.functional`` functions (with the spec's kwargs);
+    ``model`` is :class:`~bscrit.objective.ModelLoss` (the model's own ``output.loss``);
     a factory is called with its kwargs and must return a callable. An ``nn.Module`` loss is
     returned as is (move it to the device if it holds tensors, e.g. class weights).
 
@@ -326,6 +327,10 @@ def build_loss(spec: Spec) -> Callable[[Tensor, Tensor], Tensor]:
 
     loss = spec.loss
     source = str(spec.path)
+    if loss.name == "model":
+        from .objective import ModelLoss
+
+        return ModelLoss(source)
     if loss.name is not None:
         if loss.kwargs.get("reduction", "mean") != "mean":
             raise _spec_error(

@@ -119,6 +119,7 @@ class MeasureOptions:
     mode: str | None = None
     amp: str | None = None
     batch_size: int | None = None
+    micro_batch_size: int | None = None  # forward/backward in chunks (default: the spec's)
     unsafe_load: bool = False
     estimator: str = "batch"  # "batch" | "per-example" (bscrit.per_example)
     target_rel_error: float | None = None  # adaptive: stop when NSR's 95% half-width <= this
@@ -136,6 +137,7 @@ class _MeasurePlan:
     paths: list[Path]
     options: MeasureOptions
     batch_size: int
+    micro_batch_size: int | None
     groups: int
     seed: int
     mode: str
@@ -152,6 +154,7 @@ def _plan_measurement(
     from .adaptive import adaptive_plan
     from .data import check_num_batches, default_num_batches
     from .loading import build_dataset, build_loss, resolve_device
+    from .objective import check_examples
 
     ms = spec.measure
     paths = [Path(p) for p in (checkpoints or spec.checkpoint.paths)]
@@ -167,6 +170,7 @@ def _plan_measurement(
             estimator="estimator",
         )
     batch_size = o.batch_size or spec.batch_size
+    micro = _micro_batch_size(spec, o, batch_size)
     groups = o.groups or ms.groups
     if o.batches is not None:  # an absurd k is refused before the data loads
         check_num_batches(o.batches)
@@ -192,6 +196,7 @@ def _plan_measurement(
             )
         k = adaptive.start
     loss_fn = build_loss(spec)
+    check_examples(dataset, loss_fn, str(spec.path))
     if hasattr(loss_fn, "to"):  # an nn.Module loss, e.g. class weights of a CrossEntropyLoss
         loss_fn = loss_fn.to(device)
     return _MeasurePlan(
@@ -199,6 +204,7 @@ def _plan_measurement(
         paths=paths,
         options=o,
         batch_size=batch_size,
+        micro_batch_size=micro,
         groups=groups,
         seed=ms.seed if o.seed is None else o.seed,
         mode=o.mode or ms.mode,
@@ -208,6 +214,23 @@ def _plan_measurement(
         adaptive=adaptive,
         loss_fn=loss_fn,
     )
+
+
+def _micro_batch_size(spec: Spec, o: MeasureOptions, batch_size: int) -> int | None:
+    """The micro-batch size (``--micro-batch-size``, else the spec's), checked to divide B."""
+    from .errors import SpecError, SpecProblem
+    from .spec import micro_problem
+
+    micro = o.micro_batch_size or spec.micro_batch_size
+    if micro is None or batch_size % micro == 0:
+        return micro
+    if o.micro_batch_size is not None:
+        raise UsageError(
+            f"{{micro_batch_size}} {micro_problem(micro, batch_size, 'the batch size B')}",
+            micro_batch_size="micro_batch_size",
+        )
+    problem = micro_problem(micro, batch_size, "--batch-size")
+    raise SpecError(str(spec.path), [SpecProblem("micro_batch_size", problem)])
 
 
 #: The plan line (batches, groups, time per batch and in all) is printed when the measurement is
@@ -278,6 +301,7 @@ def _measure_one(
         prefetch=o.prefetch,
         compile=o.compile,
         preconditioner=preconditioner,
+        micro_batch_size=plan.micro_batch_size,
     )
     if plan.adaptive is not None:
         run_kw["hooks"] = adaptive_hooks(plan.adaptive, n, b, seed, run_kw.get("hooks"))
@@ -444,6 +468,7 @@ def run_measurement(
     pooled_pre = pool_param_sets(pre_sets) if all(pre_sets) else None  # type: ignore[arg-type]
     return Measurement(
         batch_size=plan.batch_size,
+        micro_batch_size=plan.micro_batch_size,
         dataset_size=len(plan.dataset),
         num_batches=raw.num_batches if adaptive else plan.k,
         groups=raw.groups if adaptive else plan.groups,

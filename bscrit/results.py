@@ -47,6 +47,7 @@ from .optim import OptimizerInfo
 #   warnings, extra; svag: runs, comparisons, verdict.
 #   Added under schema 1 (0.2): stats.preconditioned (G, N, NSR of P∇L, with "preconditioner")
 #   and stats.preconditioned_reason; prediction: recommended.limited_by.
+#   Added under schema 1 (0.3): micro_batch_size (null: each batch in one forward/backward pass).
 SCHEMA = 1
 KIND_MEASUREMENT = "bscrit.measurement"
 #: ``_UPGRADES[v]`` rewrites a schema-v artifact as schema v + 1 (none yet).
@@ -296,6 +297,7 @@ class Measurement:
     preconditioned: ParamSetStats | None = None
     preconditioner: str | None = None  # what P is, in a few words
     preconditioned_reason: str | None = None  # why there is no preconditioned reading
+    micro_batch_size: int | None = None  # examples per forward/backward chunk of a batch
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -305,6 +307,7 @@ class Measurement:
             "spec": self.spec,
             "model": self.model,
             "batch_size": self.batch_size,
+            "micro_batch_size": self.micro_batch_size,
             "dataset_size": self.dataset_size,
             "num_batches": self.num_batches,
             "groups": self.groups,
@@ -396,6 +399,7 @@ class Measurement:
                 ),
                 preconditioner=(st.get("preconditioned") or {}).get("preconditioner"),
                 preconditioned_reason=st.get("preconditioned_reason"),
+                micro_batch_size=int(d["micro_batch_size"]) if d.get("micro_batch_size") else None,
             )
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise ArtifactError(

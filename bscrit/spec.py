@@ -15,6 +15,10 @@ and ``loss``. ``checkpoint: ckpt.pt`` (or a list) means ``{path: ckpt.pt}``. Rel
 
 Number quirk: YAML 1.1 (PyYAML) reads ``1e-3`` (no dot) as a *string*; float fields accept such
 strings when Python's ``float()`` parses them. Booleans are never numbers.
+
+``loss: model`` means the model computes its own mean loss (:mod:`bscrit.objective`);
+``micro_batch_size`` (a divisor of ``batch_size``) runs each batch in micro-batches; strings in
+the factory kwargs may use ``${spec_dir}`` (:mod:`bscrit.spec_vars`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from .checker import join as _join
 from .errors import SpecError, SpecProblem, UsageError
 from .optim import OptimizerInfo
 from .spec_training import ScheduleSpec, parse_optimizer, parse_schedule
+from .spec_vars import expand_kwargs
 
 # ----------------------------------------------------------------------------------------------
 # Dataclasses
@@ -69,7 +74,8 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class LossSpec:
-    """``cross_entropy`` / ``mse`` (``name``) or a ``factory``; both must give the batch MEAN."""
+    """``cross_entropy`` / ``mse`` / ``model`` (``name``) or a ``factory``; each must give the
+    batch MEAN. ``model``: the model computes its own loss (``output.loss``, bscrit.objective)."""
 
     name: str | None
     factory: str | None
@@ -102,6 +108,7 @@ class Spec:
     optimizer: OptimizerInfo | None  # source="spec"
     schedule: ScheduleSpec
     measure: MeasureSpec
+    micro_batch_size: int | None = None  # forward/backward in chunks of this many (divides B)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,6 +122,7 @@ TOP_KEYS = (
     "eval_data",
     "loss",
     "batch_size",
+    "micro_batch_size",
     "optimizer",
     "schedule",
     "measure",
@@ -125,7 +133,7 @@ CHECKPOINT_KEYS = ("path", "key", "strip_prefix")
 DATA_KEYS = ("dataset", "factory", "kwargs", "transforms", "subset", "num_workers")
 TRANSFORM_KEYS = ("name", "kwargs")
 LOSS_KEYS = ("name", "factory", "kwargs")
-LOSS_NAMES = ("cross_entropy", "mse")
+LOSS_NAMES = ("cross_entropy", "mse", "model")
 MEASURE_KEYS = ("batches", "groups", "seed", "device", "mode")
 MODES = ("train", "eval")
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -146,6 +154,20 @@ def parse_device(text: str) -> tuple[str, int | None]:
 
 
 _MISSING = object()
+
+
+def micro_problem(micro: int, batch_size: int, key: str = "batch_size") -> str:
+    """Why ``micro`` cannot split a batch of ``batch_size`` examples into equal micro-batches."""
+    return (
+        f"{micro} does not divide {key} = {batch_size} (the micro-batches of one batch must be "
+        f"equal; divisors near it: {', '.join(map(str, _near_divisors(batch_size, micro)))})"
+    )
+
+
+def _near_divisors(n: int, x: int) -> list[int]:
+    small = [d for d in range(1, int(n**0.5) + 1) if n % d == 0]
+    divisors = set(small) | {n // d for d in small}
+    return sorted(sorted(divisors, key=lambda d: (abs(d - x), d))[:2])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,7 +248,7 @@ def _parse_model(c: Checker, value: Any, base_dir: Path) -> ModelSpec | None:
     if d is None:
         return None
     c.unknown_keys(d, MODEL_KEYS, path)
-    kwargs = c.kwargs(d, path)
+    kwargs = expand_kwargs(c, c.kwargs(d, path), "model.kwargs", base_dir)
     has_name, has_factory = d.get("name") is not None, d.get("factory") is not None
     if has_name == has_factory:
         c.add(path, "give exactly one of 'name' (a torchvision model) or 'factory' (file.py:fn)")
@@ -291,7 +313,7 @@ def _parse_data(c: Checker, value: Any, path: str, base_dir: Path) -> DataSpec |
     if d is None:
         return None
     c.unknown_keys(d, DATA_KEYS, path)
-    kwargs = c.kwargs(d, path)
+    kwargs = expand_kwargs(c, c.kwargs(d, path), _join(path, "kwargs"), base_dir)
     transforms = _parse_transforms(c, d.get("transforms"), _join(path, "transforms"))
     subset = None
     if d.get("subset") is not None:
@@ -336,7 +358,7 @@ def _parse_loss(c: Checker, value: Any, base_dir: Path) -> LossSpec | None:
     if d is None:
         return None
     c.unknown_keys(d, LOSS_KEYS, path)
-    kwargs = c.kwargs(d, path)
+    kwargs = expand_kwargs(c, c.kwargs(d, path), "loss.kwargs", base_dir)
     has_name, has_factory = d.get("name") is not None, d.get("factory") is not None
     if has_name == has_factory:
         c.add(path, f"give exactly one of 'name' ({' or '.join(LOSS_NAMES)}) or 'factory'")
@@ -351,6 +373,9 @@ def _parse_loss(c: Checker, value: Any, base_dir: Path) -> LossSpec | None:
                 f"unknown loss {shown}; expected {' or '.join(LOSS_NAMES)}, "
                 f'or a factory "file.py:fn" / "pkg.module:fn"{hint}',
             )
+            return None
+        if name.strip().lower() == "model" and kwargs:
+            c.add("loss.kwargs", "not used with loss: model (the model computes its own loss)")
             return None
         reduction = kwargs.get("reduction", "mean")
         if reduction != "mean":
@@ -461,6 +486,11 @@ def parse_spec(
     batch_size = None
     if raw.get("batch_size") is not None:
         batch_size = c.integer(raw["batch_size"], "batch_size", minimum=1)
+    micro = None
+    if raw.get("micro_batch_size") is not None:
+        micro = c.integer(raw["micro_batch_size"], "micro_batch_size", minimum=1)
+        if micro is not None and batch_size is not None and batch_size % micro:
+            c.add("micro_batch_size", micro_problem(micro, batch_size))
     optimizer = parse_optimizer(c, raw.get("optimizer"))
     schedule = parse_schedule(c, raw.get("schedule"))
     measure = _parse_measure(c, raw.get("measure"))
@@ -480,6 +510,7 @@ def parse_spec(
         optimizer=optimizer,
         schedule=schedule,
         measure=measure,
+        micro_batch_size=micro,
     )
 
 

@@ -21,9 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..data import BatchSource, forward
+from ..data import BatchSource
 from ..errors import BscritError, RunError, first_line
 from ..estimators import estimate_g_n
+from ..objective import batch_gradient, batch_len, batch_loss, item_count
 from .step import Grads
 
 __all__ = ["GaussianNoiseOracle", "KeepBuffers", "ModelEvaluator", "ModelOracle", "loss_gradient"]
@@ -116,10 +117,13 @@ def loss_gradient(
     params: list[Tensor],
     x: Any,
     y: Any,
+    micro: int | None = None,
 ) -> Grads:
-    """∇ of the batch-mean loss (no weight decay) w.r.t. ``params``; None for unused ones."""
-    loss = _scalar_loss(loss_fn(forward(model, x), y))
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    """∇ of the batch-mean loss (no weight decay) w.r.t. ``params``; None for unused ones.
+    ``micro``: in chunks of at most this many examples (:mod:`bscrit.objective`)."""
+    _, grads = batch_gradient(
+        model, loss_fn, params, x, y, micro=micro, check=lambda loss, *_: _scalar_loss(loss)
+    )
     return [None if g is None else g.detach() for g in grads]
 
 
@@ -137,9 +141,11 @@ class ModelOracle:
         source: BatchSource,
         batch_size: int,
         generator: torch.Generator,
+        micro: int | None = None,
     ) -> None:
         self.model = model
         self.loss_fn = loss_fn
+        self.micro = micro
         self._params = [p for p in model.parameters() if p.requires_grad]
         self.stream = source.stream(batch_size, generator)
         self.batches = 0  # batches drawn so far (named when a forward/backward pass fails)
@@ -150,7 +156,7 @@ class ModelOracle:
 
     def gradient(self, batch: tuple[Any, Any]) -> Grads:
         with forward_errors(f"at SVAG batch {self.batches}"):
-            return loss_gradient(self.model, self.loss_fn, self._params, *batch)
+            return loss_gradient(self.model, self.loss_fn, self._params, *batch, self.micro)
 
     def pair(self) -> tuple[Grads, Grads]:
         self.model.train()
@@ -171,10 +177,6 @@ def _is_classification(logits: Any, y: Any) -> bool:
         and not y.is_floating_point()
         and y.shape[0] == logits.shape[0]
     )
-
-
-def _batch_len(y: Any) -> int:
-    return int(y.shape[0]) if isinstance(y, Tensor) and y.dim() > 0 else 1
 
 
 class _Accuracy:
@@ -220,6 +222,7 @@ class ModelEvaluator:
         held_out_indices: Sequence[int] = (),
         eval_batch_size: int = 512,
         seed: int = 0,
+        micro: int | None = None,
     ) -> None:
         self.model = model
         self.loss_fn = loss_fn
@@ -230,6 +233,7 @@ class ModelEvaluator:
         self.held_out_indices = list(held_out_indices)
         self.eval_batch_size = eval_batch_size
         self.seed = seed
+        self.micro = micro
         self.params = [p for p in model.parameters() if p.requires_grad]
 
     def __call__(self) -> dict[str, float]:
@@ -255,9 +259,11 @@ class ModelEvaluator:
         with KeepBuffers(model):
             model.train(self.mode == "train")
             for x, y in self.train.batches(rows, self.seed):
-                logits = forward(model, x)
-                loss = _scalar_loss(self.loss_fn(logits, y))
-                grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+                loss, grads = batch_gradient(
+                    model, self.loss_fn, self.params, x, y, micro=self.micro,
+                    check=lambda loss, *_: _scalar_loss(loss),
+                    on_output=lambda out, _, ym: acc.add(out, ym),
+                )  # fmt: skip
                 sq = 0.0
                 for total, g in zip(s, grads, strict=True):
                     if g is not None:
@@ -266,7 +272,6 @@ class ModelEvaluator:
                         sq += float(g64.pow(2).sum())
                 q += sq
                 loss_sum += float(loss.detach())
-                acc.add(logits, y)
         model.train(was_training)
         out = {"train_loss": loss_sum / k}
         if acc.value() is not None:
@@ -281,17 +286,20 @@ class ModelEvaluator:
         model = self.model
         was_training = model.training
         model.eval()
-        total, loss_sum, acc = 0, 0.0, _Accuracy()
+        total, weight, loss_sum, acc = 0, 0.0, 0.0, _Accuracy()
         idx = torch.as_tensor(self.held_out_indices, dtype=torch.long)
         rows = list(torch.split(idx, self.eval_batch_size))
         for x, y in self.held_out.batches(rows, self.seed):
-            logits = forward(model, x)
-            n = _batch_len(y)
-            loss_sum += float(self.loss_fn(logits, y)) * n
+            loss, logits = batch_loss(model, self.loss_fn, x, y)
+            count = item_count(model, self.loss_fn, x, y)  # a mean over items: weigh by them
+            n = batch_len(x, y)
+            w = float(count) if count is not None else n
+            loss_sum += float(loss) * w
             total += n
+            weight += w
             acc.add(logits, y)
         model.train(was_training)
-        out = {"eval_loss": loss_sum / total}
+        out = {"eval_loss": loss_sum / weight}
         if acc.applies:
             out["eval_acc"] = acc.correct / total
         return out

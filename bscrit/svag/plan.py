@@ -23,6 +23,7 @@ from ..checkpoints import load_model, optimizer_for
 from ..data import BatchSource
 from ..errors import UsageError
 from ..loading import build_dataset, build_loss, resolve_device
+from ..objective import check_examples
 from ..optim import OptimizerInfo
 from ..scaling import scale_optimizer
 from .step import target_schedule
@@ -60,6 +61,7 @@ class SvagPlan:
     eval_every: int
     seed: int
     warm_start: bool = True
+    micro_batch_size: int | None = None  # gradients in chunks of at most this many examples
     spec: str | None = None
     checkpoint: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -272,9 +274,11 @@ def prepare_svag(
     if held_out is None:
         notes.append("no eval_data in the spec: no held-out loss/accuracy")
 
+    loss_fn = build_loss(spec)
+    check_examples(train_ds, loss_fn, str(spec.path))
     return SvagPlan(
         model=model,
-        loss_fn=build_loss(spec),
+        loss_fn=loss_fn,
         train=BatchSource(train_ds, dev, spec.data.num_workers),
         held_out=held_out,
         held_out_indices=held_idx,
@@ -296,6 +300,7 @@ def prepare_svag(
         eval_every=int(eval_every) if eval_every is not None else max(1, effective_steps // 20),
         seed=seed,
         warm_start=warm_start,
+        micro_batch_size=spec.micro_batch_size,
         spec=str(spec.path),
         checkpoint=str(ckpt.path),
         notes=notes,

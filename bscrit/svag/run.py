@@ -192,8 +192,9 @@ def _start_moments(plan: SvagPlan) -> tuple[GradientMoments | None, str]:
         return None, f"{name} state starts from zeros for every l"
     base = copy.deepcopy(plan.model).to(plan.device)
     moments = model_gradient_moments(
-        base, plan.loss_fn, plan.train, plan.fixed_batches, plan.mode, seed=plan.seed
-    )
+        base, plan.loss_fn, plan.train, plan.fixed_batches, plan.mode, seed=plan.seed,
+        micro=plan.micro_batch_size,
+    )  # fmt: skip
     note = (
         f"{name} state warm-started for every l from the gradient moments at the checkpoint on "
         f"the {len(plan.fixed_batches)} fixed batches: m0 = mean gradient, v0 = mean² + "
@@ -221,6 +222,7 @@ def _run_one(
             plan.train,
             plan.target_batch_size,
             torch.Generator().manual_seed(plan.seed),
+            micro=plan.micro_batch_size,
         )
         evaluate = ModelEvaluator(
             model,
@@ -232,6 +234,7 @@ def _run_one(
             held_out_indices=plan.held_out_indices,
             eval_batch_size=min(plan.target_batch_size, 1024),
             seed=plan.seed,
+            micro=plan.micro_batch_size,
         )
         try:
             run = run_svag(

@@ -88,6 +88,7 @@ def model_gradient_moments(
     batches: Sequence[list[int]],
     mode: str = "train",
     seed: int = 0,
+    micro: int | None = None,
 ) -> GradientMoments:
     """:class:`GradientMoments` of the loss gradient over fixed batches (running stats kept)."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -96,7 +97,8 @@ def model_gradient_moments(
     with KeepBuffers(model), forward_errors("on the fixed batches of the warm start"):
         model.train(mode == "train")
         moments = gradient_moments(
-            loss_gradient(model, loss_fn, params, x, y) for x, y in source.batches(rows, seed)
+            loss_gradient(model, loss_fn, params, x, y, micro)
+            for x, y in source.batches(rows, seed)
         )
     model.train(was_training)
     return moments
