@@ -179,23 +179,22 @@ def split_batch(x: Any, y: Any, micro: int | None) -> list[tuple[Any, Any]]:
 
 def shifts_labels(model: nn.Module) -> bool:
     """Whether the model's own loss shifts its labels by one position (a Hugging Face causal LM:
-    the loss at position i predicts label i + 1, so a row's first label is never an item).
+    the logits at position i predict label i + 1, so a row's first label is never an item).
 
-    The rule of Hugging Face's ``Trainer``: the model's ``loss_type`` maps to the causal-LM loss
-    and the model is not an encoder-decoder. A model of your own that shifts its labels inside
-    can say so with ``loss_type = "ForCausalLM"``.
+    Hugging Face's ``Trainer`` rule (``num_items_in_batch``), made to see the default: the
+    model's ``loss_function`` is the causal-LM loss (GPT-2 gets it as the default, its
+    ``loss_type`` being None) and the model is not an encoder-decoder. A model of your own that
+    shifts its labels inside says so with ``loss_type = "ForCausalLM"``, or its batches carry
+    ``shift_labels``.
     """
     config = getattr(model, "config", None)
     if getattr(config, "is_encoder_decoder", False):
         return False
-    loss_type = getattr(model, "loss_type", None)
-    if not isinstance(loss_type, str):
-        return False
-    if loss_type in _SHIFTING:
+    if getattr(model, "loss_type", None) in _SHIFTING:
         return True
     hf = sys.modules.get("transformers.loss.loss_utils")  # loaded when the model is an HF one
-    mapping = getattr(hf, "LOSS_MAPPING", {})
-    return hf is not None and mapping.get(loss_type) is getattr(hf, "ForCausalLMLoss", None)
+    causal = getattr(hf, "ForCausalLMLoss", None)
+    return causal is not None and getattr(model, "loss_function", None) is causal
 
 
 def _loss_ignore(loss_fn: Any) -> tuple[int | None, Tensor | None]:
