@@ -282,3 +282,42 @@ def test_all_reduce_sum_buckets_mixed_dtypes_and_strides(tmp_path: Path) -> None
         assert all(torch.equal(a, b) for a, b in zip(ts, before))
     finally:
         dist.destroy_process_group()
+
+
+DICT_SPEC = """
+model: {factory: lm.py:make_tagger}
+checkpoint: tagger.pt
+data: {factory: lm.py:make_tokens, kwargs: {n: 48}}
+loss: model
+batch_size: 8
+micro_batch_size: 2
+measure: {batches: 12, groups: 3, seed: 0, device: cpu}
+"""
+
+
+def test_two_ranks_on_dict_examples_in_micro_batches_equal_one_process(work: Path) -> None:
+    """Ranks compute whole batches (dict examples, the model's own loss, micro-batches of 2) as
+    one process does without micro-batches: only the float32 summation order differs."""
+    shutil.copy(ASSETS / "lm.py", work / "lm.py")
+    sys.path.insert(0, str(ASSETS))
+    try:
+        import lm
+    finally:
+        sys.path.remove(str(ASSETS))
+    torch.manual_seed(0)
+    torch.save(lm.make_tagger().state_dict(), work / "tagger.pt")
+    (work / "dict.yaml").write_text(DICT_SPEC)
+    one = work / "one.json"
+    r = CliRunner().invoke(
+        app, ["measure", str(work / "dict.yaml"), "--micro-batch-size", "8", "--out", str(one)]
+    )
+    assert r.exit_code == 0, r.output
+    two = work / "two.json"
+    args = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+            "-m", "bscrit", "measure", "dict.yaml", "--out", str(two), "-q"]  # fmt: skip
+    r2, _ = _run(args, work)
+    assert r2.returncode == 0, r2.stderr
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert b["micro_batch_size"] == 2 and b["extra"]["distributed"]["world_size"] == 2
+    for key in ("G", "N", "R"):
+        assert b["stats"]["all"][key] == pytest.approx(a["stats"]["all"][key], rel=1e-5), key
