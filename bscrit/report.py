@@ -226,8 +226,10 @@ def format_measurement(m: Measurement) -> Group:
     parts: list[RenderableType] = [
         Text.assemble(
             ("bscrit measure", "bold"),
-            f"  B={m.batch_size}  n={m.dataset_size}  "
-            f"k={m.num_batches} batches in {m.groups} groups  device={m.device}  mode={m.mode}"
+            f"  B={m.batch_size}"
+            + (f" (micro-batches of {m.micro_batch_size})" if m.micro_batch_size else "")
+            + f"  n={m.dataset_size}  k={m.num_batches} batches in {m.groups} groups"
+            + f"  device={m.device}  mode={m.mode}"
             + (f"  amp={m.amp}" if m.amp else "")
             + f"  {m.elapsed_s:.2f}s",
         )

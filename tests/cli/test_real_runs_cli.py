@@ -67,6 +67,8 @@ def test_dict_examples_model_loss_micro_batches_and_spec_dir(work: Path) -> None
         a, b = whole["stats"]["all"][key], chunked["stats"]["all"][key]
         tol = 8e-6 * (abs(whole["stats"]["all"]["G"]) + whole["stats"]["all"]["N"])
         assert abs(a - b) <= tol, (key, a, b)
+    r = runner.invoke(app, ["measure", str(work / "spec.yaml"), "-q"])
+    assert r.exit_code == 0 and "B=8 (micro-batches of 4)" in r.stdout, r.output
     (work / "tokens.pt").unlink()  # the data file is really read
     r = _measure(str(work / "spec.yaml"))
     assert r.exit_code == 2 and "tokens.pt" in r.output

@@ -312,3 +312,15 @@ def test_svag_gradients_and_evaluations_on_dict_examples_in_micro_batches() -> N
     with torch.no_grad():  # held-out loss: the token mean over all 32 examples
         everything = float(model(**_batch(ds, 32))["loss"])
     assert out0["eval_loss"] == pytest.approx(everything, rel=1e-6)
+
+
+def test_per_example_on_a_real_gpt2_is_refused_naming_the_option() -> None:
+    """GPT-2 (tied embeddings, Conv1D) has no per-example rule: a clear refusal, not a crash."""
+    pytest.importorskip("transformers")
+    from bscrit.errors import BscritError
+    from bscrit.per_example import measure_per_example
+
+    with pytest.raises(BscritError, match="estimator per-example: .*Use estimator batch") as e:
+        measure_per_example(lm.make_gpt2(), lm.make_tokens(32), ModelLoss(), batch_size=8,
+                            num_batches=4, groups=2)  # fmt: skip
+    assert e.value.exit_code == 2
