@@ -568,9 +568,10 @@ class _HotLoop:
                 "smaller model/input",
                 amp="amp",
             ) from None
-        except (RuntimeError, IndexError, ValueError) as e:
+        except (RuntimeError, IndexError, ValueError, TypeError) as e:
             # IndexError/ValueError: e.g. cross_entropy with class labels out of range for the
-            # model's output, or a target of the wrong shape
+            # model's output, or a target of the wrong shape; TypeError: a dict batch with a key
+            # the model's forward does not take (dict examples are passed as model(**batch))
             raise MeasurementError(
                 f"the forward/backward pass failed at batch {b}: {first_line(e)}"
             ) from None

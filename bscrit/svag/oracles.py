@@ -100,7 +100,7 @@ def forward_errors(where: str) -> Iterator[None]:
         yield
     except (BscritError, KeyboardInterrupt, torch.cuda.OutOfMemoryError):
         raise
-    except (RuntimeError, IndexError, ValueError) as e:
+    except (RuntimeError, IndexError, ValueError, TypeError) as e:
         raise RunError(f"the forward/backward pass failed {where}: {first_line(e)}") from None
 
 

@@ -276,6 +276,8 @@ def prepare_svag(
 
     loss_fn = build_loss(spec)
     check_examples(train_ds, loss_fn, str(spec.path))
+    if held_out is not None:
+        check_examples(held_out.dataset, loss_fn, str(spec.path), "eval_data")
     return SvagPlan(
         model=model,
         loss_fn=loss_fn,

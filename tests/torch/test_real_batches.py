@@ -324,3 +324,19 @@ def test_per_example_on_a_real_gpt2_is_refused_naming_the_option() -> None:
         measure_per_example(lm.make_gpt2(), lm.make_tokens(32), ModelLoss(), batch_size=8,
                             num_batches=4, groups=2)  # fmt: skip
     assert e.value.exit_code == 2
+
+
+def test_a_dict_key_the_model_does_not_take_is_a_one_line_error() -> None:
+    from bscrit.errors import MeasurementError
+
+    class Plain(nn.Module):  # takes input_ids and labels, not attention_mask
+        def __init__(self) -> None:
+            super().__init__()
+            self.tagger = lm.make_tagger()
+
+        def forward(self, input_ids, labels=None):
+            return self.tagger(input_ids, labels=labels)
+
+    with pytest.raises(MeasurementError, match="batch 0: TypeError: .*attention_mask"):
+        measure_model(Plain(), lm.make_tokens(16), ModelLoss(), batch_size=4, num_batches=4,
+                      groups=2)  # fmt: skip
