@@ -161,6 +161,10 @@ def _plan_measurement(
             "spec",
             checkpoint="checkpoint",
         )
+    if spec.model.hf is not None:  # transformers missing: said before the data loads
+        from .hf import require_transformers
+
+        require_transformers(str(spec.path))
     if o.estimator not in ("batch", "per-example"):
         raise UsageError(
             f"{{estimator}}: expected 'batch' or 'per-example', got {o.estimator!r}",
