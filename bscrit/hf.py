@@ -5,8 +5,9 @@ names an ``hf`` folder stops with that command (exit 2), and nothing else in bsc
 The model is built from the folder's ``config.json`` (random init, offline: ``local_files_only``);
 its class is ``model.hf_class`` when given (an Auto class such as ``AutoModelForCausalLM``, built
 with ``from_config``, or a model class such as ``GPT2LMHeadModel``), else the config's
-``architectures``. The weights come from the checkpoint, loaded by :mod:`bscrit.checkpoints` like
-any model's (tied weights such as GPT-2's ``lm_head.weight`` included).
+``architectures``; always in float32 (:data:`FLOAT`). The weights come from the checkpoint,
+loaded by :mod:`bscrit.checkpoints` like any model's (tied weights such as GPT-2's
+``lm_head.weight`` included).
 """
 
 from __future__ import annotations
@@ -14,10 +15,15 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+import torch
 from torch import nn
 
 from .errors import CheckpointError, SpecError, SpecProblem, first_line
 from .spec_model import HF_INSTALL, ModelSpec
+
+#: The dtype models are built in, whatever the config names: a bf16 checkpoint's weights are
+#: upcast exactly on loading, and gradients are computed in float32.
+FLOAT = torch.float32
 
 
 def require_transformers(source: str, key: str = "model.hf") -> Any:
@@ -92,7 +98,11 @@ def build_hf_model(m: ModelSpec, source: str) -> nn.Module:
         name, key = str(archs[0]), "model.hf"
     cls = _model_class(transformers, name, source, key)
     try:
-        model = cls.from_config(config) if name.startswith("Auto") else cls(config)
+        if name.startswith("Auto"):  # from_config takes the config's dtype (bf16...) unless told
+            major = int(str(transformers.__version__).split(".")[0])
+            model = cls.from_config(config, **{"dtype" if major >= 5 else "torch_dtype": FLOAT})
+        else:
+            model = cls(config)  # torch's default dtype
     except Exception as e:
         raise _problem(
             source, key, f"cannot build {name} from {m.hf / 'config.json'}: {first_line(e)}"
@@ -111,8 +121,6 @@ def trainer_optimizer_name(path: Any) -> str | None:
     Raises:
         CheckpointError: the file cannot be unpickled (transformers missing: the install command).
     """
-    import torch
-
     try:
         args = torch.load(path, map_location="cpu", weights_only=False)
     except ImportError as e:

@@ -80,6 +80,17 @@ def test_hf_class_builds_that_class(tmp_path, trained, cls):
     assert_same_weights(model, trained.state_dict())
 
 
+@pytest.mark.parametrize("cls", [None, "AutoModelForCausalLM"])
+def test_built_in_float32_whatever_the_config_says(tmp_path, cls):
+    gpt2(dtype="bfloat16").to(torch.bfloat16).save_pretrained(tmp_path / "gpt2")
+    assert 'dtype": "bfloat16"' in (tmp_path / "gpt2" / "config.json").read_text()
+    model, ckpt = load_model(hf_spec(tmp_path, **({"hf_class": cls} if cls else {})))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert all(v.dtype == torch.bfloat16 for v in ckpt.state_dict.values())
+    sd = model.state_dict()
+    assert all(torch.equal(sd[k], v.float()) for k, v in ckpt.state_dict.items())  # exact upcast
+
+
 def test_kwargs_override_the_config(tmp_path, trained):
     model = build_model(hf_spec(tmp_path, kwargs={"resid_pdrop": 0.0, "embd_pdrop": 0.0}))
     assert model.config.resid_pdrop == 0.0 and model.config.n_embd == CONFIG["n_embd"]
