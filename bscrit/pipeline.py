@@ -464,7 +464,7 @@ def run_measurement(
         per_parameter=tuple(summaries[0].rows),
         scale_invariant_fraction=summaries[0].scale_invariant_fraction,
         spec=str(spec.path),
-        model=spec.model.name or spec.model.factory,
+        model=spec.model.label,
         amp=plan.options.amp,
         estimator=plan.options.estimator,
         warnings=tuple(warnings),

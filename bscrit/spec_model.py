@@ -35,6 +35,14 @@ class ModelSpec:
     hf: Path | None = None
     hf_class: str | None = None
 
+    @property
+    def label(self) -> str | None:
+        """How measurement artifacts name the model: the torchvision name, the factory, or
+        ``hf:<folder>`` (with the class when ``hf_class`` names one)."""
+        if self.hf is not None:
+            return f"hf:{self.hf}" + (f" ({self.hf_class})" if self.hf_class else "")
+        return self.name or self.factory
+
 
 def parse_hf(c: Checker, d: dict, base_dir: Path, kwargs: dict) -> ModelSpec | None:
     """``model.hf`` (+ ``model.hf_class``) → ModelSpec; problems go to ``c`` with key paths."""

@@ -49,6 +49,7 @@ def test_hf_folder_resolves_against_the_spec_folder(tmp_path):
         name=None, factory=None, kwargs={"n_layer": 1}, hf=folder, hf_class="AutoModelForCausalLM"
     )
     assert spec.checkpoint.paths == ()  # no weights in the folder: no default checkpoint
+    assert spec.model.label == f"hf:{folder} (AutoModelForCausalLM)"
 
 
 @pytest.mark.parametrize(
