@@ -326,6 +326,30 @@ def _auto_strip(
     return sd
 
 
+def _hf_rules(
+    sd: dict[str, Tensor], model: nn.Module, expected: Mapping[str, Any], ids: dict[str, tuple]
+) -> dict[str, Tensor]:
+    """transformers' own loading rules, read from the model's class when it declares them:
+    keys that older versions saved and the model no longer has (``attn.bias`` buffers of GPT-2:
+    ``_keys_to_ignore_on_load_unexpected``, regexes) are dropped, and a base model's keys saved
+    without its prefix (``h.0.…`` for ``transformer.h.0.…``: ``base_model_prefix``) get it when
+    they then fit the model."""
+    ignore = [p for p in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or ()
+              if isinstance(p, str)]  # fmt: skip
+
+    def dropped(d: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {
+            k: v for k, v in d.items() if k in expected or not any(re.search(p, k) for p in ignore)
+        }
+
+    prefix = getattr(model, "base_model_prefix", None)
+    if isinstance(prefix, str) and prefix and sd and not set(sd) & set(expected):
+        with_prefix = dropped({f"{prefix}.{k}": v for k, v in sd.items()})
+        if _fits(set(with_prefix), expected, ids):
+            return with_prefix
+    return dropped(sd) if ignore else sd
+
+
 def load_model(
     spec: Spec, checkpoint: Path | str | None = None, *, unsafe: bool = False
 ) -> tuple[nn.Module, LoadedCheckpoint]:
@@ -373,6 +397,7 @@ def load_model(
             sd = _strip(sd, p)
     else:
         sd = _auto_strip(sd, expected, ids, ckpt.path)
+    sd = _hf_rules(sd, model, expected, ids)
     # tied weights (GPT-2's lm_head.weight is transformer.wte.weight) are saved once
     sd = {**sd, **{k: sd[t] for k, t in _tied_to(set(sd), expected, ids).items()}}
     missing = [k for k in expected if k not in sd]

@@ -335,3 +335,25 @@ def test_a_missing_key_tied_to_a_present_one_is_filled(tmp_path, dropped):
     # an untied model missing the same key is still refused
     with pytest.raises(CheckpointError, match=rf"1 missing key\(s\): {dropped}"):
         load_model(_spec_for(tmp_path, "make_untied"), tmp_path / "c.pt")
+
+
+def test_a_base_model_checkpoint_with_old_buffers_loads_into_its_head_model(tmp_path):
+    """As the hub's gpt2 is saved: a GPT2Model's keys (no ``transformer.`` prefix) plus the
+    ``attn.bias`` buffers older transformers saved; transformers' own rules, read from the class."""
+    torch.manual_seed(2)
+    base = transformers.GPT2Model(transformers.GPT2Config(**CONFIG))
+    base.save_pretrained(tmp_path / "gpt2")
+    sd = dict(base.state_dict())
+    assert not any(k.startswith("transformer.") for k in sd)
+    sd.update({f"h.{i}.attn.bias": torch.ones(1, 1, 16, 16) for i in range(CONFIG["n_layer"])})
+    safetensors_torch.save_file(sd, str(tmp_path / "old.safetensors"))
+    spec = hf_spec(tmp_path, hf_class="GPT2LMHeadModel")
+    model, _ = load_model(spec, tmp_path / "old.safetensors")
+    got = model.state_dict()
+    assert all(torch.equal(got[f"transformer.{k}"], v) for k, v in base.state_dict().items())
+    assert torch.equal(got["lm_head.weight"], base.state_dict()["wte.weight"])  # tied
+    # a key the model lacks that no rule of its class covers is still refused
+    sd["h.0.extra"] = torch.zeros(1)
+    safetensors_torch.save_file(sd, str(tmp_path / "extra.safetensors"))
+    with pytest.raises(CheckpointError, match="does not fit the model"):
+        load_model(spec, tmp_path / "extra.safetensors")
