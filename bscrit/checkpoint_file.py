@@ -1,16 +1,22 @@
 """What a checkpoint file is and what it holds, read without torch and without running its pickle.
 
 :func:`file_problem` tells a file that ``torch.load`` cannot read at all (empty, text, random
-bytes, a safetensors file, a damaged zip) before torch answers with advice that does not apply.
+bytes, a damaged zip) before torch answers with advice that does not apply.
 :func:`pickled_models` reads the pickle inside a ``torch.save`` file with a stub unpickler: every
 class and function it names becomes an inert placeholder, so nothing from the file is imported or
 run, and the placeholders show where a whole pickled ``nn.Module`` sits (``torch.save(model)``,
-or ``{"ema": model}``). :mod:`bscrit.loading` turns both into messages.
+or ``{"ema": model}``). :mod:`bscrit.checkpoints` turns both into messages.
+
+For Hugging Face folders it names the weight files (:func:`folder_weights`, in the order
+``from_pretrained`` prefers them), reads a sharded checkpoint's ``*.index.json``
+(:func:`read_index`) and the step an HF Trainer or a training script recorded (:func:`trainer_step`,
+:func:`step_of`).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import re
@@ -18,6 +24,8 @@ import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
+
+from .errors import CheckpointError
 
 #: A legacy (non-zip) ``torch.save`` file starts with its pickled magic number.
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
@@ -47,11 +55,6 @@ def file_problem(path: str | os.PathLike[str]) -> str | None:
         return None
     if head.startswith(_LEGACY_MAGIC):
         return None
-    if len(head) > 10 and head[8:10] == b'{"':
-        return (
-            "not a PyTorch checkpoint but a safetensors file; bscrit reads torch.save files: "
-            "torch.save(safetensors.torch.load_file(...), 'model.pt') converts it"
-        )
     if head[:1] == b"\x80" and 2 <= head[1] <= 5:
         return "not a PyTorch checkpoint (a Python pickle, but not one written by torch.save)"
     try:
@@ -60,6 +63,20 @@ def file_problem(path: str | os.PathLike[str]) -> str | None:
     except UnicodeDecodeError:
         kind = f"neither a zip archive nor a torch pickle; it starts with {head[:8]!r}"
     return f"not a PyTorch checkpoint ({kind})"
+
+
+def _safetensors_head(head: bytes) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then a JSON header."""
+    return len(head) > 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1
+
+
+def is_safetensors(path: str | os.PathLike[str]) -> bool:
+    """``path`` starts like a safetensors file (whatever its name)."""
+    try:
+        with open(path, "rb") as f:
+            return _safetensors_head(f.read(16))
+    except OSError:
+        return False
 
 
 def is_torchscript(path: str | os.PathLike[str]) -> bool:
@@ -215,3 +232,113 @@ def refusal(path: str | os.PathLike[str], torch_message: str, key: str | None,
             names = " or ".join(repr(p) for p, _ in models)
             text += f" and set checkpoint.key in the spec to the model to measure: {names}"
     return text + " (or save model.state_dict() instead)."
+
+
+# ----------------------------------------------------------------------------------------------
+# Hugging Face folders: which weight files, the shard index, the Trainer's step
+# ----------------------------------------------------------------------------------------------
+
+#: The weight files of a Hugging Face model folder, in the order ``from_pretrained`` prefers.
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+#: Files an HF Trainer writes into ``checkpoint-N/`` beside the weights.
+TRAINER_STATE = "trainer_state.json"
+TRAINER_OPTIMIZER = "optimizer.pt"
+TRAINER_ARGS = "training_args.bin"
+
+
+def folder_weights(folder: str | os.PathLike[str]) -> str | None:
+    """The first of :data:`WEIGHT_FILES` present in ``folder`` (its path), or None."""
+    for name in WEIGHT_FILES:
+        p = os.path.join(folder, name)
+        if os.path.isfile(p):
+            return p
+    return None
+
+
+def listing(folder: str | os.PathLike[str], limit: int = 8) -> str:
+    """``a.txt, b.pt, ... (12 entries)``: what a folder holds, for messages."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as e:
+        return f"cannot list it: {e.strerror}"
+    if not names:
+        return "it is empty"
+    more = f", ... ({len(names)} entries)" if len(names) > limit else ""
+    return "it holds " + ", ".join(names[:limit]) + more
+
+
+def _read_json(path: str | os.PathLike[str]) -> tuple[Any, str | None]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f), None
+    except OSError as e:
+        return None, f"cannot open it ({e.strerror})"
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f"not valid JSON ({e})"
+
+
+def read_index(path: str | os.PathLike[str]) -> dict[str, str]:
+    """A sharded checkpoint's ``*.index.json``: each tensor name → its shard file's path.
+
+    Raises:
+        CheckpointError: unreadable, no ``weight_map`` of names to file names, or a shard named
+            in it is missing (each one named).
+    """
+    raw, problem = _read_json(path)
+    if problem is None:
+        wm = raw.get("weight_map") if isinstance(raw, Mapping) else None
+        if not isinstance(wm, Mapping) or not wm:
+            problem = 'expected a JSON object with a "weight_map" of tensor names to shard files'
+        elif not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
+            problem = '"weight_map" must map tensor names to shard file names (strings)'
+    if problem is not None:
+        raise CheckpointError(f"cannot read the shard index {path}: {problem}")
+    folder = os.path.dirname(os.fspath(path))
+    out = {k: os.path.join(folder, v) for k, v in wm.items()}
+    missing = sorted({v for v in wm.values() if not os.path.isfile(os.path.join(folder, v))})
+    if missing:
+        more = ", ..." if len(missing) > 3 else ""
+        raise CheckpointError(
+            f"the shard index {path} names {len(missing)} shard file(s) that are not in "
+            f"{folder}: {', '.join(missing[:3])}{more} (an incomplete copy or download?)"
+        )
+    return out
+
+
+def _step(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def trainer_step(folder: str | os.PathLike[str]) -> int | None:
+    """``global_step`` of an HF Trainer's ``trainer_state.json`` in ``folder`` (None: no file).
+
+    Raises:
+        CheckpointError: the file is there but unreadable or has no integer ``global_step``.
+    """
+    path = os.path.join(folder, TRAINER_STATE)
+    if not os.path.isfile(path):
+        return None
+    raw, problem = _read_json(path)
+    step = _step(raw.get("global_step")) if isinstance(raw, Mapping) else None
+    if problem is None and step is None:
+        problem = 'expected a JSON object with an integer "global_step"'
+    if problem is not None:
+        raise CheckpointError(f"cannot read {path}: {problem}")
+    return step
+
+
+def step_of(obj: Any) -> int | None:
+    """The training step a loaded checkpoint records: ``global_step`` (Lightning, many scripts)
+    or ``step``, at its top level; None when neither is a non-negative integer."""
+    if not isinstance(obj, Mapping):
+        return None
+    for key in ("global_step", "step"):
+        step = _step(obj.get(key))
+        if step is not None:
+            return step
+    return None

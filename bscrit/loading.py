@@ -2,7 +2,8 @@
 
 Factories are referenced as ``"path/to/file.py:fn"`` (imported from the file, its folder on
 ``sys.path`` while it loads so sibling imports work) or ``"pkg.module:fn"``. Models may also be
-torchvision names, datasets torchvision dataset classes with torchvision transforms.
+torchvision names or Hugging Face folders (:mod:`bscrit.hf`), datasets torchvision dataset
+classes with torchvision transforms.
 
 Checkpoints (weights into the model, the saved optimizer) are :mod:`bscrit.checkpoints`.
 
@@ -148,10 +149,15 @@ def build_model(spec: Spec) -> nn.Module:
 
     Raises:
         SpecError: unknown torchvision name (with close matches), bad factory, the factory or the
-            constructor raised, or the result is not an ``nn.Module``.
+            constructor raised, or the result is not an ``nn.Module``; for a Hugging Face folder
+            see :func:`bscrit.hf.build_hf_model` (transformers missing: exit 2 with the extra).
     """
     m = spec.model
     source = str(spec.path)
+    if m.hf is not None:  # a Hugging Face folder (transformers imported only here)
+        from .hf import build_hf_model
+
+        return build_hf_model(m, source)
     if m.factory is not None:
         fn = resolve_callable(m.factory, spec.base_dir, "model.factory", source=source)
         model = _call_factory(

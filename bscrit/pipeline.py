@@ -164,6 +164,10 @@ def _plan_measurement(
             "spec",
             checkpoint="checkpoint",
         )
+    if spec.model.hf is not None:  # transformers missing: said before the data loads
+        from .hf import require_transformers
+
+        require_transformers(str(spec.path))
     if o.estimator not in ("batch", "per-example"):
         raise UsageError(
             f"{{estimator}}: expected 'batch' or 'per-example', got {o.estimator!r}",
@@ -485,7 +489,7 @@ def run_measurement(
         per_parameter=tuple(summaries[0].rows),
         scale_invariant_fraction=summaries[0].scale_invariant_fraction,
         spec=str(spec.path),
-        model=spec.model.name or spec.model.factory,
+        model=spec.model.label,
         amp=plan.options.amp,
         estimator=plan.options.estimator,
         warnings=tuple(warnings),

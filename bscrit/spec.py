@@ -6,7 +6,7 @@ optimizer and LR schedule. It is read with ``yaml.safe_load`` only and validated
 unknown keys (with a "did you mean"), wrong types, missing keys and bad values are all collected
 into one :class:`~bscrit.errors.SpecError`, each with its dotted key path (``optimizer.lr``,
 ``data.transforms[1].name``). No torch import here; :mod:`bscrit.loading` turns a spec into
-objects.
+objects. ``model: {hf: folder}`` (a Hugging Face folder) is :mod:`bscrit.spec_model`.
 
 Shorthands: ``model: resnet18`` means ``{name: resnet18}`` and ``model: net.py:make`` means
 ``{factory: net.py:make}`` (a string with a ``:`` is a factory reference); the same for ``data``
@@ -34,21 +34,13 @@ from .checker import describe as _describe
 from .checker import join as _join
 from .errors import SpecError, SpecProblem, UsageError
 from .optim import OptimizerInfo
+from .spec_model import ModelSpec, default_checkpoint, parse_hf
 from .spec_training import ScheduleSpec, parse_optimizer, parse_schedule
 from .spec_vars import expand_kwargs
 
 # ----------------------------------------------------------------------------------------------
 # Dataclasses
 # ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A torchvision model ``name`` or a ``factory`` reference, called with ``kwargs``."""
-
-    name: str | None
-    factory: str | None
-    kwargs: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -128,7 +120,7 @@ TOP_KEYS = (
     "measure",
 )
 REQUIRED_TOP_KEYS = ("model", "data", "loss", "batch_size")
-MODEL_KEYS = ("name", "factory", "kwargs")
+MODEL_KEYS = ("name", "factory", "hf", "hf_class", "kwargs")
 CHECKPOINT_KEYS = ("path", "key", "strip_prefix")
 DATA_KEYS = ("dataset", "factory", "kwargs", "transforms", "subset", "num_workers")
 TRANSFORM_KEYS = ("name", "kwargs")
@@ -249,11 +241,19 @@ def _parse_model(c: Checker, value: Any, base_dir: Path) -> ModelSpec | None:
         return None
     c.unknown_keys(d, MODEL_KEYS, path)
     kwargs = expand_kwargs(c, c.kwargs(d, path), "model.kwargs", base_dir)
-    has_name, has_factory = d.get("name") is not None, d.get("factory") is not None
-    if has_name == has_factory:
-        c.add(path, "give exactly one of 'name' (a torchvision model) or 'factory' (file.py:fn)")
+    given = [k for k in ("name", "factory", "hf") if d.get(k) is not None]
+    if d.get("hf_class") is not None and "hf" not in given:
+        c.add("model.hf_class", "only used with 'hf' (a Hugging Face model folder)")
+    if len(given) != 1:
+        c.add(
+            path,
+            "give exactly one of 'name' (a torchvision model), 'factory' (file.py:fn) or 'hf' "
+            "(a Hugging Face model folder)",
+        )
         return None
-    if has_name:
+    if given == ["hf"]:
+        return parse_hf(c, d, base_dir, kwargs)
+    if given == ["name"]:
         name = c.string(d["name"], "model.name", "a torchvision model name")
         return None if name is None else ModelSpec(name=name, factory=None, kwargs=kwargs)
     factory = _factory(c, d["factory"], "model.factory", base_dir)
@@ -477,7 +477,7 @@ def parse_spec(
             c.add(key, "missing required key")
 
     model = _parse_model(c, raw["model"], base_dir) if raw.get("model") is not None else None
-    checkpoint = _parse_checkpoint(c, raw.get("checkpoint"), base_dir)
+    checkpoint = default_checkpoint(model, _parse_checkpoint(c, raw.get("checkpoint"), base_dir))
     data = _parse_data(c, raw["data"], "data", base_dir) if raw.get("data") is not None else None
     eval_data = None
     if raw.get("eval_data") is not None:

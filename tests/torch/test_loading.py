@@ -192,9 +192,12 @@ def test_compiled_and_dataparallel_prefixes_auto_stripped(tmp_path, trained):
 
 def test_explicit_strip_prefix(tmp_path, trained):
     sd = {f"backbone.{k}": v for k, v in trained.state_dict().items()}
+    sd["backbone.extra"] = torch.zeros(1)  # under no prefix do the keys fit: not auto-stripped
     torch.save(sd, tmp_path / "c.pt")
-    with pytest.raises(CheckpointError, match="strip_prefix"):  # not auto-stripped
+    with pytest.raises(CheckpointError, match="strip_prefix"):
         load_model(make_spec(tmp_path), tmp_path / "c.pt")
+    del sd["backbone.extra"]
+    torch.save(sd, tmp_path / "c.pt")
     spec = make_spec(tmp_path, checkpoint={"path": "c.pt", "strip_prefix": "backbone."})
     model, _ = load_model(spec)
     assert same_weights(model, trained)
@@ -493,7 +496,7 @@ def _not_checkpoints(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "plain_pickle": (b"\x80\x04\x95\x0b\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x01a\x94K\x01s.",
                          "not one written by torch.save"),
         "safetensors": (b"\x10\x00\x00\x00\x00\x00\x00\x00" + b'{"__metadata__":{}}',
-                        "a safetensors file"),
+                        "a damaged safetensors file"),  # header length 16, header 19 bytes
     }  # fmt: skip
     out = {}
     for name, (data, why) in files.items():
