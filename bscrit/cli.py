@@ -259,6 +259,14 @@ def measure(
             "--prefetch", min=1, help="Batches each DataLoader worker reads ahead (default 4)."
         ),
     ] = None,
+    host_memory: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="GiB of host memory the m group sums (m x parameter bytes) may take; beyond it "
+            "they spill to a file in $TMPDIR (default: half the available memory).",
+        ),
+    ] = None,
 ) -> None:
     """Measure G, N and NSR = N/G at a checkpoint, with 95% jackknife intervals.
 
@@ -294,6 +302,7 @@ def measure(
         compile=compile_model,
         num_workers=num_workers,
         prefetch=prefetch,
+        host_memory=host_memory,
     )
     if nproc is not None:  # the spec and options are valid: re-run this command under torchrun
         from .distributed import launch, measure_args_from_argv
