@@ -59,7 +59,16 @@ from .data import (
 )
 from .errors import BscritError, DataError, MeasurementError, UsageError, first_line
 from .estimators import GroupSums
-from .groups import GramCache, SumsPlan, deal, open_sums, per_tensor_sums, plan_sums, total_sums
+from .groups import (
+    GramCache,
+    SumsPlan,
+    deal,
+    norm64,
+    open_sums,
+    per_tensor_sums,
+    plan_sums,
+    total_sums,
+)
 from .sanity import check_finite, check_loss, sum_check
 from .summary import TAU_BF16, TAU_FP32, TensorSums
 
@@ -284,7 +293,7 @@ def _restore(model: nn.Module, buffers: dict[str, Tensor], was_training: bool) -
 
 def _tensor_sums(named: list[tuple[str, nn.Parameter]], r: LoopResult) -> list[TensorSums]:
     """Per-tensor sums of a finished loop, with ‖W‖² in float64 (no float64 copy of W)."""
-    f64_norms = [torch.linalg.vector_norm(p.detach(), dtype=torch.float64) for _, p in named]
+    f64_norms = [norm64(p) for _, p in named]
     return [
         TensorSums(
             name=nm,
@@ -409,7 +418,7 @@ class _HotLoop:
         f64 = dict(dtype=torch.float64, device=device)
         self.weights = [p.detach() for p in self.params]
         self.w_flat = [w.reshape(-1) for w in self.weights]
-        self.w_norm = torch.stack([w.double().norm() for w in self.weights])
+        self.w_norm = torch.stack([norm64(w) for w in self.weights])
         self.group_sum = [torch.zeros_like(w) for w in self.weights]
         self.host = open_sums(self.weights, device, sums_plan)  # group j's sum (host or file)
         self.q_rows: list[Tensor] = []  # group j's Q_j per tensor (float64, on the device)

@@ -49,6 +49,22 @@ SPILL_READ_BYTES = 64 << 20
 _IO_BYTES = 1 << 30
 
 
+#: Elements per chunk of a float64 norm (:func:`norm64`).
+NORM_CHUNK = 1 << 22
+
+
+def norm64(w: Tensor) -> Tensor:
+    """‖w‖ in float64 on w's device, accumulated over chunks of ``NORM_CHUNK`` elements: no
+    float64 copy of w (a 41M-element weight would take 330 MB more at the peak)."""
+    flat = w.detach().reshape(-1)
+    if flat.numel() <= NORM_CHUNK:
+        return torch.linalg.vector_norm(flat, dtype=torch.float64)
+    sq = torch.zeros((), dtype=torch.float64, device=flat.device)
+    for lo in range(0, flat.numel(), NORM_CHUNK):
+        sq += torch.linalg.vector_norm(flat[lo : lo + NORM_CHUNK], dtype=torch.float64).square()
+    return sq.sqrt()
+
+
 def format_bytes(n: float) -> str:
     """``"4.6 GiB"``, ``"420 MiB"``, ``"12 KiB"``."""
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):

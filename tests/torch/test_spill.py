@@ -218,3 +218,17 @@ def test_host_memory_helpers_report_this_machine() -> None:
     big = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched: resident now
     peak = peak_rss()
     assert peak is not None and big.numel() * 4 <= peak <= total
+
+
+def test_float64_norms_are_accumulated_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """‖W‖ in float64 without a float64 copy of W: chunk by chunk, equal to the norm of the
+    float64 copy up to float64 rounding (and exactly that of one chunk for small tensors)."""
+    from bscrit.groups import norm64
+
+    w = torch.randn(1000, 37, generator=torch.Generator().manual_seed(0))
+    exact = float(w.double().norm())
+    assert float(norm64(w)) == float(torch.linalg.vector_norm(w, dtype=torch.float64))
+    monkeypatch.setattr(bscrit.groups, "NORM_CHUNK", 999)  # 38 chunks, the last one partial
+    assert float(norm64(w)) == pytest.approx(exact, rel=1e-14)
+    assert float(norm64(w.T)) == pytest.approx(exact, rel=1e-14)  # not contiguous
+    assert float(norm64(torch.zeros(0))) == 0.0
