@@ -47,8 +47,6 @@ HOST_MEMORY_FRACTION = 0.5
 SPILL_READ_BYTES = 64 << 20
 #: Largest single read or write of the spill file (some systems cap one call near 2 GiB).
 _IO_BYTES = 1 << 30
-
-
 #: Elements per chunk of a float64 norm (:func:`norm64`).
 NORM_CHUNK = 1 << 22
 
