@@ -1,11 +1,16 @@
-"""CPU memory allocator tuning for the hot loop (glibc malloc; Linux only).
+"""Host memory: glibc malloc tuning for the hot loop, and how much memory there is (Linux).
 
 ``bscrit measure`` allocates and frees gradient-sized buffers every batch; glibc returns large
 freed blocks to the system and page-faults them back in, which costs up to ~15% of a step on CPU
 (docs/performance.md). :func:`tune_cpu_allocator` raises the mmap and trim thresholds once.
+
+:func:`available_memory` and :func:`peak_rss` tell the planner of the group sums
+(:func:`bscrit.groups.plan_sums`) how much host memory a measurement may take and has taken.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 #: Set to "0" to leave glibc's malloc settings alone (see :func:`tune_cpu_allocator`).
 ENV_MALLOC_TUNING = "BSCRIT_MALLOC_TUNING"
@@ -35,3 +40,60 @@ def tune_cpu_allocator() -> bool:
         return bool(libc.mallopt(m_trim_threshold, 2 << 30) == 1 and ok)
     except (OSError, AttributeError):
         return False
+
+
+def _read_kib(path: str, field: str) -> int | None:
+    """``field`` of a ``/proc`` file in bytes (its lines read ``Field:   123 kB``), else None."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_available() -> int | None:
+    """What the memory limit of this process's cgroup (v2, else v1) still allows, in bytes:
+    limit − usage + inactive page cache (reclaimable); None without a limit."""
+    for limit, usage, stat in (
+        ("memory.max", "memory.current", "memory.stat"),
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "memory/memory.stat"),
+    ):
+        base = Path("/sys/fs/cgroup")
+        try:
+            text = (base / limit).read_text().strip()
+            if text == "max" or int(text) >= 1 << 60:  # v1 writes "no limit" as a huge number
+                return None
+            cache = 0
+            for line in (base / stat).read_text().splitlines():
+                name, _, value = line.partition(" ")
+                if name in ("inactive_file", "total_inactive_file"):
+                    cache = max(cache, int(value))
+            return max(0, int(text) - int((base / usage).read_text()) + cache)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def available_memory() -> int | None:
+    """Bytes of host memory this process can still take without swapping: ``MemAvailable``,
+    capped by the cgroup's limit (containers); None where neither is known (not Linux)."""
+    sizes = [s for s in (_read_kib("/proc/meminfo", "MemAvailable"), _cgroup_available()) if s]
+    return min(sizes) if sizes else None
+
+
+def peak_rss() -> int | None:
+    """The peak resident set size of this process so far, in bytes (``VmHWM``; elsewhere
+    ``ru_maxrss``), None where unknown."""
+    peak = _read_kib("/proc/self/status", "VmHWM")
+    if peak is not None:
+        return peak
+    try:
+        import resource
+        import sys
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, else KiB
+    except (ImportError, OSError):
+        return None

@@ -185,10 +185,7 @@ def measure(
         typer.Option("--batch-size", "-b", min=1, help="Override the spec's batch_size B."),
     ] = None,
     micro_batch_size: Annotated[
-        int | None,
-        typer.Option(
-            min=1, help="Forward/backward each batch in chunks of this many (a divisor of B)."
-        ),
+        int | None, typer.Option(min=1, help="Forward/backward in chunks of this many (divides B).")
     ] = None,
     unsafe_load: Annotated[
         bool,
@@ -260,9 +257,14 @@ def measure(
         ),
     ] = None,
     prefetch: Annotated[
-        int | None,
+        int | None, typer.Option(min=1, help="Batches each DataLoader worker reads ahead (def. 4).")
+    ] = None,
+    host_memory: Annotated[
+        float | None,
         typer.Option(
-            "--prefetch", min=1, help="Batches each DataLoader worker reads ahead (default 4)."
+            min=0.0,
+            help="GiB of host memory the m group sums (m x parameter bytes) may take; beyond it "
+            "they spill to a file in $TMPDIR (default: half the available memory).",
         ),
     ] = None,
 ) -> None:
@@ -301,6 +303,7 @@ def measure(
         compile=compile_model,
         num_workers=num_workers,
         prefetch=prefetch,
+        host_memory=host_memory,
     )
     if nproc is not None:  # the spec and options are valid: re-run this command under torchrun
         from .distributed import launch, measure_args_from_argv

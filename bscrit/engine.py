@@ -14,7 +14,8 @@ and without touching ``.grad`` — and folds it into:
 - at the end of each block — a group, or a piece of at most ``BLOCK_BATCHES`` of a longer one —
   the sum is moved to its group's sum in host memory (pinned and asynchronous on CUDA; on CPU
   the tensor itself is kept) and reset. One host-device synchronisation per block checks for
-  NaN/Inf.
+  NaN/Inf. When the m sums (m × the parameter bytes) would not fit the host-memory budget they
+  go to a temporary file instead (:func:`bscrit.groups.plan_sums`, decided before any batch).
 
 The k × B example indices are drawn as the loop goes (:class:`~bscrit.data.BatchPlan`), never
 all at once, so k costs time, not memory; k is capped at ``data.MAX_BATCHES``.
@@ -45,6 +46,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from .checker import check_batch_size
 from .data import (
@@ -57,7 +59,16 @@ from .data import (
 )
 from .errors import BscritError, DataError, MeasurementError, UsageError, first_line
 from .estimators import GroupSums
-from .groups import GramCache, HostSums, deal, per_tensor_sums, total_sums
+from .groups import (
+    GramCache,
+    SumsPlan,
+    deal,
+    norm64,
+    open_sums,
+    per_tensor_sums,
+    plan_sums,
+    total_sums,
+)
 from .objective import batch_gradient
 from .sanity import check_finite, check_loss, sum_check
 from .summary import TAU_BF16, TAU_FP32, TensorSums
@@ -165,6 +176,9 @@ def measure_model(
     estimate: Estimate | None = None,
     preconditioner: Sequence[Tensor] | None = None,
     micro_batch_size: int | None = None,
+    host_memory: int | None = None,
+    spill_dir: str | None = None,
+    on_plan: Callable[[SumsPlan], None] | None = None,
 ) -> RawMeasurement:
     """Measure the streaming sums of k batch gradients of ``model`` at its current weights.
 
@@ -196,12 +210,18 @@ def measure_model(
             of B); the chunks' gradients are weighted into the batch-B gradient
             (:mod:`bscrit.objective`), so the statistics are the same up to float rounding
             (not with train-mode BatchNorm, which then sees the chunks: a warning says so).
+        host_memory: bytes the m group sums may take in host memory (default: half the memory
+            available); beyond it they spill to a temporary file (:func:`~bscrit.groups.plan_sums`).
+        spill_dir: the folder of that file (default: the system's temporary folder, $TMPDIR).
+        on_plan: told where the group sums live (:class:`~bscrit.groups.SumsPlan`), before the
+            first batch.
 
     Returns:
         A :class:`RawMeasurement` of per-tensor Gram matrices, Q_j and invariance sums.
 
     Raises:
-        DataError: dataset smaller than B, bad items. UsageError: bad arguments.
+        DataError: dataset smaller than B, bad items. UsageError: bad arguments, or group sums
+        that fit neither the host memory nor the spill folder.
         MeasurementError: non-scalar or non-finite loss, NaN/Inf gradient (names the batch and
         the parameter), out of memory.
     """
@@ -228,6 +248,12 @@ def measure_model(
     if not named:
         raise MeasurementError("model: has no trainable parameters (all requires_grad=False)")
 
+    hooks = hooks or LoopHooks()
+    most_groups = max(groups, hooks.max_groups if hooks.next_rows is not None else 0)
+    weights = [p.detach() for _, p in named]
+    sums_plan = plan_sums(weights, most_groups, host_memory, spill_dir)
+    if on_plan is not None:
+        on_plan(sums_plan)
     loop = _HotLoop(
         model=torch.compile(model) if compile else model,  # same parameters and buffers
         named=named,
@@ -238,9 +264,10 @@ def measure_model(
         groups=groups,
         clock=_Clock(progress, estimate, device),
         seed=seed,
-        hooks=hooks or LoopHooks(),
+        hooks=hooks,
         preconditioner=preconditioner,
         micro=micro,
+        sums_plan=sums_plan,
     )
     if micro is not None and mode == "train" and _has_batchnorm(model):
         loop.warnings.append(
@@ -261,6 +288,8 @@ def measure_model(
         with contextlib.suppress(RuntimeError):  # a device that failed may refuse the copies
             _restore(model, buffers, was_training)
         raise
+    finally:
+        loop.host.close()  # a spill file is deleted
     _restore(model, buffers, was_training)
     return RawMeasurement(
         tensors=_tensor_sums(named, result),
@@ -281,8 +310,6 @@ def measure_model(
 
 
 def _has_batchnorm(model: nn.Module) -> bool:
-    from torch.nn.modules.batchnorm import _BatchNorm
-
     return any(isinstance(m, _BatchNorm) for m in model.modules())
 
 
@@ -296,7 +323,7 @@ def _restore(model: nn.Module, buffers: dict[str, Tensor], was_training: bool) -
 
 def _tensor_sums(named: list[tuple[str, nn.Parameter]], r: LoopResult) -> list[TensorSums]:
     """Per-tensor sums of a finished loop, with ‖W‖² in float64 (no float64 copy of W)."""
-    f64_norms = [torch.linalg.vector_norm(p.detach(), dtype=torch.float64) for _, p in named]
+    f64_norms = [norm64(p) for _, p in named]
     return [
         TensorSums(
             name=nm,
@@ -404,6 +431,7 @@ class _HotLoop:
         hooks: LoopHooks,
         preconditioner: Sequence[Tensor] | None = None,
         micro: int | None = None,
+        sums_plan: SumsPlan | None = None,
     ) -> None:
         self.model, self.source, self.loss_fn, self.device = model, source, loss_fn, device
         self.micro = micro  # examples per forward/backward chunk; None: the whole batch
@@ -422,9 +450,9 @@ class _HotLoop:
         f64 = dict(dtype=torch.float64, device=device)
         self.weights = [p.detach() for p in self.params]
         self.w_flat = [w.reshape(-1) for w in self.weights]
-        self.w_norm = torch.stack([w.double().norm() for w in self.weights])
+        self.w_norm = torch.stack([norm64(w) for w in self.weights])
         self.group_sum = [torch.zeros_like(w) for w in self.weights]
-        self.host = HostSums(self.weights, device)  # group j's sum in host memory
+        self.host = open_sums(self.weights, device, sums_plan)  # group j's sum (host or file)
         self.q_rows: list[Tensor] = []  # group j's Q_j per tensor (float64, on the device)
         self.qp_rows: list[Tensor] = []  # the same for P g (stays 0 without a preconditioner)
         self.qp_batch = torch.zeros(len(self.params), dtype=torch.float64, device=device)
@@ -463,7 +491,7 @@ class _HotLoop:
             torch.cuda.synchronize(self.device)
         loss_n = float(self.loss_sum[1])
         return LoopResult(
-            sums=per_tensor_sums(self.host.sums, self.q_rows, self.counts, cache=self.cache),
+            sums=per_tensor_sums(self.host, self.q_rows, self.counts, cache=self.cache),
             abs_dot=self.abs_dot.cpu().tolist(),
             norm_prod=self.norm_prod.cpu().tolist(),
             counts=tuple(self.counts),
@@ -477,7 +505,7 @@ class _HotLoop:
         if self.precond is None:
             return None
         factors = [f.detach().to("cpu") for f in self.precond]
-        return per_tensor_sums(self.host.sums, self.qp_rows, self.counts, scales=factors)
+        return per_tensor_sums(self.host, self.qp_rows, self.counts, scales=factors)
 
     def _extend(self, next_rows: NextRows) -> None:
         """Ask for more rows until told to stop: new groups up to ``max_groups``, then dealt
@@ -487,7 +515,7 @@ class _HotLoop:
         while True:
             if self.device.type == "cuda":  # the host sums are complete before they are read
                 torch.cuda.synchronize(self.device)
-            sums = total_sums(self.host.sums, self.q_rows, self.counts, self.cache)
+            sums = total_sums(self.host, self.q_rows, self.counts, self.cache)
             rows = next_rows(extension, sums)
             if rows is None:
                 return

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .adaptive import AdaptiveState
     from .distributed import DistContext
     from .engine import RawMeasurement
+    from .groups import SumsPlan
     from .results import Equilibrium, Measurement, ParamSetStats
     from .spec import Spec
     from .summary import CheckpointSummary
@@ -127,6 +128,7 @@ class MeasureOptions:
     compile: bool = False  # torch.compile the forward pass
     num_workers: int | None = None  # DataLoader workers (default: the spec's data.num_workers)
     prefetch: int | None = None  # DataLoader prefetch_factor
+    host_memory: float | None = None  # GiB the group sums may take in host memory, else spill
 
 
 @dataclass
@@ -256,14 +258,21 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {sec:02d} s"
 
 
-def plan_line(plan: _MeasurePlan, seconds_per_batch: float, ranks: int = 1) -> str | None:
+def plan_line(
+    plan: _MeasurePlan,
+    seconds_per_batch: float,
+    ranks: int = 1,
+    memory: str | None = None,
+    spilled: bool = False,
+) -> str | None:
     """One line before a long measurement: k batches of B in m groups, the measured time per
-    batch (on each of ``ranks`` ranks) and the projected total; None when the projection is
-    under ``PLAN_LINE_MIN_S``."""
+    batch (on each of ``ranks`` ranks), the projected total, and ``memory``
+    (:meth:`~bscrit.groups.SumsPlan.note`); None when the projection is under
+    ``PLAN_LINE_MIN_S`` and the sums are not ``spilled``."""
     a, b, m, c = plan.adaptive, plan.batch_size, plan.groups, len(plan.paths)
     k = a.max_batches if a is not None else plan.k
     total = seconds_per_batch * k * c / ranks
-    if total < PLAN_LINE_MIN_S:
+    if total < PLAN_LINE_MIN_S and not spilled:
         return None
     what = f"{k:,} batches" if a is None else f"{a.start:,} to {k:,} batches (adaptive)"
     groups = f"{m} groups" if a is None else f"{m} to {max(m, a.max_groups)} groups"
@@ -272,7 +281,20 @@ def plan_line(plan: _MeasurePlan, seconds_per_batch: float, ranks: int = 1) -> s
         f" on each of {ranks} ranks" * (ranks > 1)
     )
     about = "at most about" if a is not None else "about"
-    return f"plan: {what} of B = {b} in {groups}{each}, {per}: {about} {_duration(total)} in all"
+    line = f"plan: {what} of B = {b} in {groups}{each}, {per}: {about} {_duration(total)} in all"
+    return line + (f"; {memory}" if memory else "")
+
+
+def _memory_now(sums: SumsPlan, device: Any, ranks: int) -> str:
+    """:meth:`~bscrit.groups.SumsPlan.note` with this process's peaks so far (host; CUDA)."""
+    from .allocator import peak_rss
+
+    device_peak = None
+    if getattr(device, "type", None) == "cuda":
+        import torch
+
+        device_peak = int(torch.cuda.max_memory_allocated(device))
+    return sums.note(peak_rss(), device_peak, ranks)
 
 
 def _measure_one(
@@ -309,10 +331,17 @@ def _measure_one(
     )
     if plan.adaptive is not None:
         run_kw["hooks"] = adaptive_hooks(plan.adaptive, n, b, seed, run_kw.get("hooks"))
+    if o.host_memory is not None:
+        run_kw["host_memory"] = int(o.host_memory * 2**30)
     if on_info is not None and ci == 0:
+        sums: list[SumsPlan] = []  # told by the engine before the first batch
+        run_kw["on_plan"] = sums.append
 
         def estimate(seconds_per_batch: float) -> None:
-            line = plan_line(plan, seconds_per_batch, dist.world_size if dist is not None else 1)
+            ranks = dist.world_size if dist is not None else 1
+            memory = _memory_now(sums[0], plan.device, ranks) if sums else None
+            spilled = bool(sums) and sums[0].spilled
+            line = plan_line(plan, seconds_per_batch, ranks, memory, spilled)
             if line is not None:
                 on_info(line)
 
