@@ -60,7 +60,7 @@ from .errors import BscritError, DataError, MeasurementError, UsageError, first_
 from .estimators import GroupSums
 from .groups import GramCache, HostSums, deal, per_tensor_sums, total_sums
 from .sanity import check_finite, check_loss, sum_check
-from .summary import TAU_BF16, TAU_FP32, TensorSums
+from .summary import TensorSums, default_tau
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Progress = Callable[[int], None]
@@ -170,7 +170,8 @@ def measure_model(
         amp: None or "bf16" (CUDA autocast).
         num_workers: DataLoader workers for datasets that are not in-memory tensors.
         progress: called with the batches done since the last call (every ``PROGRESS_S`` s).
-        tau: scale-invariance tolerance (default 1e-4, or 2e-2 under bf16).
+        tau: scale-invariance tolerance (default 1e-4; 2e-2 under bf16 autocast or for bf16/fp16
+            parameters, :func:`~bscrit.summary.default_tau`).
         batch_rows: explicit k × B index rows or a :class:`~bscrit.data.BatchPlan` (tests, ranks);
             default ``BatchPlan(n, B, k, seed)``, drawn as the loop goes.
         hooks: extension points of the hot loop (:class:`LoopHooks`).
@@ -203,13 +204,13 @@ def measure_model(
         )
     rows = batch_rows if batch_rows is not None else BatchPlan(n, batch_size, k, seed)
     chunks = rows.chunks() if isinstance(rows, BatchPlan) else [rows]
-    tau = tau if tau is not None else (TAU_BF16 if amp == "bf16" else TAU_FP32)
 
     if not all(p.device == device for p in model.parameters()):
         model = copy.deepcopy(model).to(device)
     named = trainable_parameters(model)
     if not named:
         raise MeasurementError("model: has no trainable parameters (all requires_grad=False)")
+    tau = tau if tau is not None else default_tau((str(p.dtype) for _, p in named), amp)
 
     loop = _HotLoop(
         model=torch.compile(model) if compile else model,  # same parameters and buffers

@@ -164,14 +164,32 @@ def _target_optimizer(
                 optimizer="optimizer",
                 lr="lr",
             )
+        _runnable(optimizer_name)
         target = optim.with_values(OptimizerInfo(name=optimizer_name.lower(), lr=1.0), overrides)
         notes = ["target hyperparameters given on the command line (no base optimizer)"]
         return target, "given", "hyperparameters given on the command line", notes
-    d = optim.get(base.name)
+    d = _runnable(base.name)
     target = optim.with_values(scale_optimizer(base, kappa), overrides)
     given = [k for k, v in overrides.items() if v is not None]
     notes = [f"overridden on the command line: {', '.join(given)}"] if given else []
+    if optim.group_optimizers(base):
+        notes.append(
+            f"the base run's {len(base.groups)} param groups have different values; the SVAG "
+            "runs use the main group's for every parameter"
+        )
     return target, d.rule, d.rule_reference, notes
+
+
+def _runnable(name: str) -> optim.OptimizerDef:
+    """The registry entry of an optimizer bscrit's SVAG runs support; a clear error otherwise."""
+    d = optim.scalable(name)
+    if not d.svag:
+        runs = ", ".join(n for n, o in optim.REGISTRY.items() if o.svag)
+        raise UsageError(
+            f"bscrit's SVAG runs support {runs}, not {d.name}: its SVAG form is not in "
+            "[MLPA22] §6 (docs/theory.md §6); use `bscrit scale` for its scaled hyperparameters"
+        )
+    return d
 
 
 def _momentum_note(target: OptimizerInfo) -> list[str]:
