@@ -68,10 +68,12 @@ class OptimizerInfo:
     identified_by: str | None = None  # how the name was decided (checkpoint only)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form; the keys added after schema 1's first version only when they say
+        something (an artifact of an SGD/Adam run from a spec is written as before)."""
         d = asdict(self)
         d["betas"] = list(self.betas) if self.betas is not None else None
         d["groups"] = [g.to_dict() for g in self.groups]
-        return d
+        return {k: v for k, v in d.items() if k not in _ADDED or v not in (None, False, [])}
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> OptimizerInfo:
@@ -98,6 +100,10 @@ class OptimizerInfo:
             groups=tuple(ParamGroupInfo.from_dict(g) for g in d.get("groups") or ()),
             identified_by=d.get("identified_by"),
         )
+
+
+_ADDED = ("momentum_decay", "lr_decay", "decoupled_weight_decay", "lr_current", "groups",
+          "identified_by")  # fmt: skip
 
 
 @dataclass(frozen=True)
