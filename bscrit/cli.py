@@ -266,6 +266,10 @@ def measure(
     and reports G = |grad L|^2, N = trace of the batch-gradient covariance and NSR = N/G for all
     trainable parameters and for the scale-invariant subset, the SGD equilibrium residual and a
     per-tensor breakdown. The model, its buffers and the checkpoint are left untouched.
+
+    The parameters measured are those the run's optimizer updates (its saved state's param
+    groups, else requires_grad). The gradient is the unclipped one: a run that clips its
+    gradient norm moves with less noise than measured.
     """
     from . import report
     from .pipeline import MeasureOptions, measure_session
@@ -567,7 +571,8 @@ def svag(
         str | None,
         typer.Option(
             "--optimizer",
-            help="sgd | adam | adamw | rmsprop; only when neither spec nor checkpoint has one.",
+            help="sgd | adam | adamw | rmsprop (the ones SVAG runs); only when neither spec nor "
+            "checkpoint has one.",
         ),
     ] = None,
     lr: Annotated[float | None, typer.Option(help="Target LR at B' (overrides the rule).")] = None,
