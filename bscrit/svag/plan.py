@@ -19,11 +19,12 @@ from torch import Tensor, nn
 
 from .. import optim
 from ..checker import check_batch_size
-from ..checkpoints import load_model, optimizer_for
+from ..checkpoints import load_model, resolve_optimizer
 from ..data import BatchSource
 from ..errors import UsageError
 from ..loading import build_dataset, build_loss, resolve_device
 from ..optim import OptimizerInfo
+from ..param_select import select_parameters
 from ..scaling import scale_optimizer
 from .step import target_schedule
 
@@ -277,7 +278,13 @@ def prepare_svag(
     train_ds = build_dataset(spec.data, spec.base_dir, "data")
     n = len(train_ds)
     warnings = _check_dataset_size(n, target_batch_size)
-    base = optimizer_for(spec, ckpt)
+    # SVAG trains what the run trained: the optimizer state's parameters (docs/theory.md §1)
+    sel = select_parameters(model, ckpt.optimizer_state, f"checkpoint {ckpt.path}")
+    for name, p in model.named_parameters():  # bscrit's own copy of the model
+        p.requires_grad_(name in sel.names)
+    warnings += [sel.warning] if sel.warning else []
+    base, opt_notes = resolve_optimizer(spec, ckpt)
+    warnings += opt_notes
     base = None if base is None else replace(base, name=base.name.lower())
     kappa = target_batch_size / spec.batch_size
     target, rule, reference, notes = _target_optimizer(

@@ -451,6 +451,20 @@ def test_scale_per_param_group_from_a_measurement(tmp_path):
     assert "weight_decay 0 -> 0" in res.stdout and "weight_decay 0.02 -> 0.04" in res.stdout
 
 
+def test_scale_spec_naming_the_optimizer_alone_takes_the_measured_values(tmp_path):
+    d = json.loads(Path(ADAM).read_text())
+    d["optimizer"] |= {"name": "adamw", "weight_decay": 0.05, "source": "checkpoint"}
+    (tmp_path / "m.json").write_text(json.dumps(d))
+    text = (ASSETS / "valid.yaml").read_text().split("optimizer:")[0]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text.replace("tiny.py", str(ASSETS / "tiny.py")) + "optimizer: adamw\n")
+    got = as_json(invoke("scale", "--from-spec", str(spec), "-m", str(tmp_path / "m.json"),
+                         "-t", "64", "--json"))  # fmt: skip
+    assert got["optimizer"] == "adamw" and got["old_hyperparameters"]["weight_decay"] == 0.05
+    res = invoke("scale", "--from-spec", str(spec), "-t", "64")  # no values anywhere
+    assert res.exit_code == 2 and "--lr" in res.output
+
+
 def test_scale_with_measurement_warns_beyond_the_range():
     res = invoke("scale", "-m", B128, "-t", "4096", "--json")
     assert res.exit_code == 0
