@@ -201,7 +201,7 @@ def test_svag_trains_what_the_optimizer_trained(tmp_path):
     model = make_model()
     state = train(model, torch.optim.Adam(model[1].parameters(), lr=1e-2))
     spec = write_spec(tmp_path, {"model": model.state_dict(), "optimizer": state})
-    plan = prepare_svag(load_spec(spec), target_batch_size=32, ls=(1, 2), effective_steps=2)
+    plan = prepare_svag(load_spec(spec), target_batch_size=32, ls=(1, 2, 4), effective_steps=2)
     trained = [n for n, p in plan.model.named_parameters() if p.requires_grad]
     assert trained == ["1.weight", "1.bias"]
     assert any("updates 2 of the model's 6" in w for w in plan.warnings)
