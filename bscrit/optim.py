@@ -581,6 +581,8 @@ def read_state(
         ident = replace(ident, name=name, by="the spec's optimizer.name", problem=None)
     if ident.name is None:
         return OptimizerReading(None, ident, ident.problem)
+    if any(to_float(g.get("lr")) is None for g in groups):
+        return OptimizerReading(None, ident, "the optimizer state's param groups have no lr")
     d = REGISTRY[ident.name]
     infos = []
     for i, g in enumerate(groups):
@@ -589,8 +591,6 @@ def read_state(
             index=i, tensors=len(indices(g)), values=values,
             lr_current=to_float(g.get("lr")), params=group_params(opt_state, g),
             nesterov=bool(g.get("nesterov", False))))  # fmt: skip
-    if to_float(groups[0].get("lr")) is None:
-        return OptimizerReading(None, ident, "the optimizer state's param groups have no lr")
     main = main_group(infos)
     flags = {
         "nesterov": main.nesterov,

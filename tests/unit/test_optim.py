@@ -215,6 +215,8 @@ def test_spec_name_settles_an_ambiguous_state():
     assert reading.info is None and "optimizer.name" in reading.note
     info = optim.from_checkpoint({"optimizer": state}, name="adamw")
     assert info.name == "adamw" and info.identified_by == "the spec's optimizer.name"
+    no_lr = {"state": {}, "param_groups": [{"momentum": 0.9, "params": [0]}]}
+    assert "no lr" in optim.read_checkpoint({"optimizer": no_lr}).note
     wrong = optim.read_checkpoint({"optimizer": state}, name="sgd")
     assert wrong.info.name == "sgd" and "looks like adam or adamw's" in wrong.note
 
