@@ -356,11 +356,25 @@ def _optimizer_problems(c: Checker, value: Any, path: str) -> None:
         c.choice(d["name"], join(path, "name"), optim.NAMES)
     # lr 0 is a real state (the end of a cosine schedule): scaling it is refused later
     _number(c, d, "lr", path, low=0.0, what="a non-negative number")
-    for key in ("momentum", "weight_decay", "eps", "alpha", "nesterov"):
-        if d.get(key) is not None:
+    if d.get("lr_current") is not None:
+        c.number(d["lr_current"], join(path, "lr_current"), low=0.0, what="a non-negative number")
+    for key in ("momentum", "weight_decay", "eps", "alpha", "nesterov", *optim.HYPERPARAMETERS):
+        if key != "lr" and d.get(key) is not None:
             why = optim.check_value(key, d[key])
             if why:
                 c.add(join(path, key), why)
+    groups = d.get("groups")
+    if groups is not None and not isinstance(groups, list):
+        c.add(join(path, "groups"), f"expected a list of param groups, got {describe(groups)}")
+    for i, g in enumerate(groups if isinstance(groups, list) else []):
+        g = c.mapping(g, join(join(path, "groups"), i))
+        values = g.get("values") if g is not None else None
+        if g is not None and not isinstance(values, dict):
+            c.add(join(join(path, "groups"), i), "expected its values (a mapping)")
+        for key, x in (values or {}).items():
+            why = optim.check_value(key, x) if key in optim.HYPERPARAMETERS else None
+            if why and not (key == "lr" and x == 0):
+                c.add(join(join(join(path, "groups"), i), "values"), f"{key}: {why}")
     betas = d.get("betas")
     if betas is not None:
         if not isinstance(betas, list) or len(betas) != 2:

@@ -55,6 +55,7 @@ class LoadedCheckpoint:
     path: Path
     optimizer_state: Mapping | None = None  # the saved optimizer state_dict, as saved
     step: int | None = None  # the training step it was saved at, when recorded
+    optimizer_note: str | None = None  # why no optimizer was read, or a disagreement (a warning)
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -197,12 +198,17 @@ def _load_folder(folder: Path, *, key: str | None, unsafe: bool) -> LoadedCheckp
         name = trainer_optimizer_name(args_file)
         if name is not None:
             root["optim"] = name  # read by optim.name_from_param_group as a context
+    reading = optim.read_checkpoint(root)
+    note = reading.note
+    if note and reading.info is None and not unsafe and args_file.is_file():
+        note += f" ({args_file.name} names it but is a pickle, read only with --unsafe-load)"
     return LoadedCheckpoint(
         state_dict=sd,
-        optimizer=optim.from_checkpoint(root),
+        optimizer=reading.info,
         path=folder,
         optimizer_state=optim.optimizer_state(root),
         step=checkpoint_file.trainer_step(folder),
+        optimizer_note=note,
     )
 
 
@@ -253,12 +259,14 @@ def load_checkpoint(
             f"no state_dict found in checkpoint {path} ({_describe_keys(obj)}); "
             f"{where}name it with checkpoint.key in the spec"
         )
+    reading = optim.read_checkpoint(root)
     return LoadedCheckpoint(
         state_dict=state_dict,
-        optimizer=optim.from_checkpoint(root),
+        optimizer=reading.info,
         path=path,
         optimizer_state=optim.optimizer_state(root),
         step=checkpoint_file.step_of(root),
+        optimizer_note=reading.note,
     )
 
 
@@ -432,8 +440,54 @@ def load_model(
     return model.cpu(), ckpt
 
 
+def resolve_optimizer(
+    spec: Spec, ckpt: LoadedCheckpoint | None
+) -> tuple[OptimizerInfo | None, list[str]]:
+    """The optimizer of the base run, and warnings about it.
+
+    The spec's ``optimizer:`` when it gives the hyperparameters; the checkpoint's optimizer state
+    when the spec gives only ``optimizer.name`` (which settles a state that cannot tell Adam,
+    AdamW and RAdam apart; every param group is read) or nothing; else None. Warnings: why the
+    checkpoint's optimizer could not be named, or a spec that names another optimizer than the
+    state is.
+
+    Raises:
+        CheckpointError: the spec gives only ``optimizer.name`` and the checkpoint holds no
+            optimizer state to read the rest from.
+    """
+    s = spec.optimizer
+    state = ckpt.optimizer_state if ckpt is not None else None
+    if s is not None and s.source == optim.NAME_ONLY:
+        if state is None:
+            where = f"checkpoint {ckpt.path}" if ckpt is not None else "no checkpoint"
+            raise CheckpointError(
+                f"{spec.path}: optimizer gives only name: {s.name}, and {where} holds no "
+                "optimizer state to read its hyperparameters from: give optimizer.lr (and the "
+                "others) in the spec"
+            )
+        reading = optim.read_state(state, name=s.name)
+        return reading.info, [reading.note] if reading.note else []
+    if s is not None:
+        notes = []
+        if state is not None:
+            groups = optim.read_state(state, name=s.name).info
+            reading = optim.read_state(state)
+            cands = reading.identification.candidates if reading.identification else ()
+            if cands and s.name not in cands:
+                notes.append(f"the spec names {s.name}, but the checkpoint's optimizer state "
+                             f"looks like {' or '.join(cands)}'s; using the spec's")  # fmt: skip
+            if groups is not None and optim.group_optimizers(groups):
+                notes.append(
+                    f"the spec's optimizer replaces the checkpoint's {len(groups.groups)} param "
+                    "groups, whose values differ; give only optimizer.name in the spec to use "
+                    "them (scaled per group)"
+                )
+        return s, notes
+    if ckpt is None:
+        return None, []
+    return ckpt.optimizer, [ckpt.optimizer_note] if ckpt.optimizer_note else []
+
+
 def optimizer_for(spec: Spec, ckpt: LoadedCheckpoint | None) -> OptimizerInfo | None:
-    """The optimizer of the base run: the spec's if given, else the checkpoint's, else None."""
-    if spec.optimizer is not None:
-        return spec.optimizer
-    return ckpt.optimizer if ckpt is not None else None
+    """The optimizer of the base run (:func:`resolve_optimizer` without its warnings)."""
+    return resolve_optimizer(spec, ckpt)[0]

@@ -273,7 +273,9 @@ def measure(
     Draws k independent batches of B distinct examples at the checkpoint's weights (no update),
     and reports G = |grad L|^2, N = trace of the batch-gradient covariance and NSR = N/G for all
     trainable parameters and for the scale-invariant subset, the SGD equilibrium residual and a
-    per-tensor breakdown. The model, its buffers and the checkpoint are left untouched.
+    per-tensor breakdown. The model, its buffers and the checkpoint are left untouched. The
+    parameters measured are those the run's optimizer updates (its saved state's param groups,
+    else requires_grad); the gradient is the unclipped one (a clipping run moves with less noise).
     """
     from . import report
     from .pipeline import MeasureOptions, measure_session
@@ -577,7 +579,7 @@ def svag(
         str | None,
         typer.Option(
             "--optimizer",
-            help="sgd | adam | adamw | rmsprop; only when neither spec nor checkpoint has one.",
+            help="sgd | adam | adamw | rmsprop (SVAG runs these); if spec and ckpt lack one.",
         ),
     ] = None,
     lr: Annotated[float | None, typer.Option(help="Target LR at B' (overrides the rule).")] = None,

@@ -46,7 +46,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from .checker import check_batch_size
 from .data import (
@@ -69,9 +68,9 @@ from .groups import (
     plan_sums,
     total_sums,
 )
-from .objective import batch_gradient
+from .objective import batch_gradient, batchnorm_warning
 from .sanity import check_finite, check_loss, sum_check
-from .summary import TAU_BF16, TAU_FP32, TensorSums
+from .summary import TensorSums, default_tau
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Progress = Callable[[int], None]
@@ -196,7 +195,8 @@ def measure_model(
         amp: None or "bf16" (CUDA autocast).
         num_workers: DataLoader workers for datasets that are not in-memory tensors.
         progress: called with the batches done since the last call (every ``PROGRESS_S`` s).
-        tau: scale-invariance tolerance (default 1e-4, or 2e-2 under bf16).
+        tau: scale-invariance tolerance (default 1e-4; 2e-2 under bf16 autocast or for bf16/fp16
+            parameters, :func:`~bscrit.summary.default_tau`).
         batch_rows: explicit k × B index rows or a :class:`~bscrit.data.BatchPlan` (tests, ranks);
             default ``BatchPlan(n, B, k, seed)``, drawn as the loop goes.
         hooks: extension points of the hot loop (:class:`LoopHooks`).
@@ -240,13 +240,13 @@ def measure_model(
         )
     rows = batch_rows if batch_rows is not None else BatchPlan(n, batch_size, k, seed)
     chunks = rows.chunks() if isinstance(rows, BatchPlan) else [rows]
-    tau = tau if tau is not None else (TAU_BF16 if amp == "bf16" else TAU_FP32)
 
     if not all(p.device == device for p in model.parameters()):
         model = copy.deepcopy(model).to(device)
     named = trainable_parameters(model)
     if not named:
         raise MeasurementError("model: has no trainable parameters (all requires_grad=False)")
+    tau = tau if tau is not None else default_tau((str(p.dtype) for _, p in named), amp)
 
     hooks = hooks or LoopHooks()
     most_groups = max(groups, hooks.max_groups if hooks.next_rows is not None else 0)
@@ -269,13 +269,8 @@ def measure_model(
         micro=micro,
         sums_plan=sums_plan,
     )
-    if micro is not None and mode == "train" and _has_batchnorm(model):
-        loop.warnings.append(
-            f"BatchNorm in train mode normalises each micro-batch of {micro} examples with its "
-            f"own statistics, not the batch of B = {batch_size}: G and N are those of a run that "
-            f"accumulates micro-batches of {micro} (measure.mode eval, or no micro_batch_size, "
-            "for B-example statistics)"
-        )
+    if (bn := batchnorm_warning(model, micro, mode, batch_size)) is not None:
+        loop.warnings.append(bn)
     was_training = model.training
     buffers = {nm: b.detach().clone() for nm, b in model.named_buffers()}
     t0 = time.perf_counter()
@@ -307,10 +302,6 @@ def measure_model(
         tau=tau,
         warnings=tuple(loop.warnings),
     )
-
-
-def _has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, _BatchNorm) for m in model.modules())
 
 
 def _restore(model: nn.Module, buffers: dict[str, Tensor], was_training: bool) -> None:

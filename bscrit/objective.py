@@ -331,3 +331,21 @@ def check_examples(dataset: Any, loss_fn: Any, source: str, key: str = "data") -
                 )
             ],
         )
+
+
+def batchnorm_warning(
+    model: nn.Module, micro: int | None, mode: str, batch_size: int
+) -> str | None:
+    """The warning for micro-batches that train-mode BatchNorm normalises on their own."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    if micro is None or mode != "train":
+        return None
+    if not any(isinstance(m, _BatchNorm) for m in model.modules()):
+        return None
+    return (
+        f"BatchNorm in train mode normalises each micro-batch of {micro} examples with its "
+        f"own statistics, not the batch of B = {batch_size}: G and N are those of a run that "
+        f"accumulates micro-batches of {micro} (measure.mode eval, or no micro_batch_size, "
+        "for B-example statistics)"
+    )

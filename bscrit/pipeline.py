@@ -71,7 +71,9 @@ def scale_request(
             warmup_steps = s.schedule.warmup_steps
     m = load_measurement(measurement) if measurement is not None else None
     if m is not None:
-        base = base if base is not None else m.optimizer
+        named_only = base is not None and base.source == optim.NAME_ONLY
+        if base is None or (named_only and m.optimizer and m.optimizer.name == base.name):
+            base = m.optimizer  # a spec naming the optimizer only: the measured values
         b = b if b is not None else m.batch_size
     if optimizer is not None and (base is None or base.name != optimizer):
         base = OptimizerInfo(optim.get(optimizer).name, lr=base.lr if base else 0.0, source="cli")
@@ -157,6 +159,7 @@ def _plan_measurement(
     from .data import check_num_batches, default_num_batches
     from .loading import build_dataset, build_loss, resolve_device
     from .objective import check_examples
+    from .spec import resolve_micro_batch_size
 
     ms = spec.measure
     paths = [Path(p) for p in (checkpoints or spec.checkpoint.paths)]
@@ -176,7 +179,7 @@ def _plan_measurement(
             estimator="estimator",
         )
     batch_size = o.batch_size or spec.batch_size
-    micro = _micro_batch_size(spec, o, batch_size)
+    micro = resolve_micro_batch_size(spec, o.micro_batch_size, batch_size)
     groups = o.groups or ms.groups
     if o.batches is not None:  # an absurd k is refused before the data loads
         check_num_batches(o.batches)
@@ -220,23 +223,6 @@ def _plan_measurement(
         adaptive=adaptive,
         loss_fn=loss_fn,
     )
-
-
-def _micro_batch_size(spec: Spec, o: MeasureOptions, batch_size: int) -> int | None:
-    """The micro-batch size (``--micro-batch-size``, else the spec's), checked to divide B."""
-    from .errors import SpecError, SpecProblem
-    from .spec import micro_problem
-
-    micro = o.micro_batch_size or spec.micro_batch_size
-    if micro is None or batch_size % micro == 0:
-        return micro
-    if o.micro_batch_size is not None:
-        raise UsageError(
-            f"{{micro_batch_size}} {micro_problem(micro, batch_size, 'the batch size B')}",
-            micro_batch_size="micro_batch_size",
-        )
-    problem = micro_problem(micro, batch_size, "--batch-size")
-    raise SpecError(str(spec.path), [SpecProblem("micro_batch_size", problem)])
 
 
 #: The plan line (batches, groups, time per batch and in all) is printed when the measurement is
@@ -447,8 +433,9 @@ def run_measurement(
         on_info: told the plan line (:func:`plan_line`) early in a long measurement.
     """
     from . import __version__
-    from .checkpoints import load_model, optimizer_for
+    from .checkpoints import load_model, resolve_optimizer
     from .engine import trainable_parameters
+    from .param_select import requires_grad_only, select_parameters
     from .precondition import build_preconditioner
     from .results import Measurement
     from .summary import equilibrium, equilibrium_set, pool_param_sets
@@ -460,23 +447,33 @@ def run_measurement(
     opt: OptimizerInfo | None = None
     pre_notes: list[str | None] = []  # per checkpoint: P's description, or why there is none
     pre_reason: str | None = None
+    selections = []
     for ci, path in enumerate(plan.paths):
         if on_checkpoint is not None:
             on_checkpoint(str(path))
         model, ckpt = load_model(spec, path, unsafe=plan.options.unsafe_load)
         if dist is not None:
             model = dist.prepare_model(model)
+        # the parameters the run's optimizer updates (docs/theory.md §1, "Which parameters")
+        sel = select_parameters(model, ckpt.optimizer_state, f"checkpoint {path}")
+        selections.append(sel)
+        notes = [sel.warning] if sel.warning else []
         if ci == 0:
-            opt = optimizer_for(spec, ckpt)
+            opt, opt_notes = resolve_optimizer(spec, ckpt)
+            notes += opt_notes
+            if opt is not None and sel.group_params:
+                opt = optim.with_group_params(opt, sel.group_params)
+        warnings.extend(w for w in notes if w not in warnings)
         model.to(plan.device)
-        params = [p for _, p in trainable_parameters(model)]
-        pre, why = build_preconditioner(params, ckpt.optimizer_state, opt)
-        pre_notes.append(pre.description if pre is not None else None)
-        pre_reason = pre_reason or why
-        factors = pre.factors if pre is not None else None
-        summary, raw = _measure_one(
-            plan, ci, model, opt, progress_factory, dist, on_info, preconditioner=factors
-        )
+        with requires_grad_only(model, sel.names):
+            params = [p for _, p in trainable_parameters(model)]
+            pre, why = build_preconditioner(params, ckpt.optimizer_state, opt, sel.state_indices)
+            pre_notes.append(pre.description if pre is not None else None)
+            pre_reason = pre_reason or why
+            factors = pre.factors if pre is not None else None
+            summary, raw = _measure_one(
+                plan, ci, model, opt, progress_factory, dist, on_info, preconditioner=factors
+            )
         del model
         summaries.append(summary)
         mean_losses.append(raw.mean_loss)  # mean batch loss at this checkpoint
@@ -491,6 +488,7 @@ def run_measurement(
         note += f"; pooled over {len(plan.paths)} checkpoints"
     warnings += _pooled_warnings(plan, summaries, all_pooled, eq)
     extra: dict[str, Any] = {"tau": raw.tau, "mean_loss": sum(mean_losses) / len(mean_losses)}
+    extra["parameters"] = selections[0].to_dict()
     if plan.adaptive is not None:
         extra["stopping"] = plan.adaptive.to_dict()
     extra |= _per_example_extra(summaries)

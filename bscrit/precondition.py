@@ -7,9 +7,9 @@ Which state key and whether it is bias-corrected comes from the optimizer regist
 (:mod:`bscrit.optim`).
 
 An optimizer state names parameters by integer index in the order they were handed to the
-optimizer. They are matched to the model's trainable parameters in order, and the match is
-accepted only when the counts and every shape agree; otherwise there is no preconditioner and the
-reason says why (never a guess).
+optimizer. :mod:`bscrit.param_select` matches them to the measured parameters (by order and
+shape); the match is accepted only when the counts and every shape agree; otherwise there is no
+preconditioner and the reason says why (never a guess).
 """
 
 from __future__ import annotations
@@ -39,9 +39,16 @@ def _state_of(state: Mapping, index: int) -> Mapping | None:
 
 
 def build_preconditioner(
-    params: Sequence[nn.Parameter], optimizer_state: Mapping | None, opt: OptimizerInfo | None
+    params: Sequence[nn.Parameter],
+    optimizer_state: Mapping | None,
+    opt: OptimizerInfo | None,
+    state_indices: Sequence[int] | None = None,
 ) -> tuple[Preconditioner | None, str | None]:
     """P = 1/(√v̂ + ε) for each of ``params`` from a saved optimizer state.
+
+    ``state_indices``: each parameter's index in the optimizer state, as matched by
+    :func:`bscrit.param_select.select_parameters`; without it the state's indices, group after
+    group, are matched to ``params`` in order.
 
     Returns:
         ``(preconditioner, None)``, or ``(None, reason)`` when there is none: not an adaptive
@@ -61,6 +68,9 @@ def build_preconditioner(
     order: list[tuple[int, Mapping]] = [
         (int(i), g) for g in groups if isinstance(g, Mapping) for i in g.get("params", [])
     ]
+    if state_indices is not None and len(state_indices) == len(params):
+        group_of = dict(order)
+        order = [(i, group_of[i]) for i in state_indices]
     if len(order) != len(params):
         return None, (
             f"the optimizer state covers {len(order)} tensors and the model has {len(params)} "

@@ -194,6 +194,9 @@ def _rule_limit(base: MeasurementBounds) -> RuleLimit | None:
 def _rule_words(p: Prediction) -> tuple[str, str]:
     """("linear scaling" | "the square-root rule", the Thm 5.6 reference fit for the optimizer)."""
     opt = p.base.optimizer
+    if opt is not None and optim.get(opt.name).rule == "none":
+        return (f"{opt.name} ({optim.get(opt.name).rule_reference})",
+                "(a heuristic reading of [LMA21 Thm 5.6], proved for SGD)")  # fmt: skip
     if opt is None or not optim.get(opt.name).adaptive:
         return "linear scaling", "[LMA21 Thm 5.6]"
     return (

@@ -234,6 +234,8 @@ def format_measurement(m: Measurement) -> Group:
             + f"  {m.elapsed_s:.2f}s",
         )
     ]
+    opt = m.optimizer
+    parts += [_line(f"{opt.name}: {x}") for x in optim.summary_lines(opt)] if opt else []
     title = f"G = ‖∇L‖², N = Tr Σ at B={m.batch_size}, NSR = N/G (jackknife over {m.groups} groups)"
     si = m.scale_invariant
     sets = {
@@ -399,6 +401,10 @@ def format_scaled(s: ScaledHyperparameters, title: str | None = None) -> Group:
     t.add_column("how")
     for key, new in s.new.items():
         t.add_row(key, f"{_hp(s.old.get(key))} -> {_hp(new)}", s.notes.get(key, ""))
+    for g in s.groups:  # param groups whose values differ (weight decay, LR): each scaled alike
+        keys = [k for k in g.new if k in ("lr", "weight_decay") or g.old[k] != s.old.get(k)]
+        hp = ", ".join(f"{k} {_hp(g.old[k])} -> {_hp(g.new[k])}" for k in keys)
+        t.add_row(f"group {g.index}", hp, f"param group of {g.tensors} tensors, same rule")
     for label, (old, new_steps) in (("steps", s.steps), ("warmup_steps", s.warmup_steps)):
         if old is not None:
             t.add_row(label, f"{old} -> {new_steps}", "÷ κ (training length fixed in epochs)")

@@ -48,6 +48,10 @@ from .optim import OptimizerInfo
 #   Added under schema 1 (0.2): stats.preconditioned (G, N, NSR of P∇L, with "preconditioner")
 #   and stats.preconditioned_reason; prediction: recommended.limited_by.
 #   Added under schema 1 (0.3): micro_batch_size (null: each batch in one forward/backward pass).
+#   Added under schema 1 (0.2, issue 13): optimizer.lr_current / groups / momentum_decay /
+#   lr_decay / decoupled_weight_decay / identified_by, written only when set (optimizer.lr is the
+#   base LR, initial_lr where a scheduler stored it); extra.parameters (tensors and parameters
+#   measured and left out); scale/predict --json: groups.
 SCHEMA = 1
 KIND_MEASUREMENT = "bscrit.measurement"
 #: ``_UPGRADES[v]`` rewrites a schema-v artifact as schema v + 1 (none yet).

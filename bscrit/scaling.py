@@ -49,7 +49,7 @@ def linear_rule(opt: OptimizerInfo, kappa: float) -> OptimizerInfo:
     Works for κ < 1 (scaling down) too.
     """
     _check_kappa(kappa)
-    return replace(opt, lr=opt.lr * kappa, source="scaled")
+    return replace(opt, lr=opt.lr * kappa, source="scaled", groups=(), lr_current=None)
 
 
 def _scaled_beta(beta: float, kappa: float, label: str, optimizer: str) -> float:
@@ -102,8 +102,11 @@ def rule_limit(opt: OptimizerInfo, batch_size: int) -> RuleLimit:
     - AdamW: its decoupled decay multiplies the weights by 1 − η'λ' = 1 − κηλ per step (η' = √κη,
       λ' = √κλ), the same condition.
     """
-    d = optim.get(opt.name)
+    d = optim.scalable(opt.name)
     check_batch_size(batch_size, "batch_size")
+    per_group = [rule_limit(g, batch_size) for _, g in optim.group_optimizers(opt)]
+    if per_group:  # every group must stay valid: the smallest reach binds
+        return min(per_group, key=lambda r: r.kappa_max)
     v = optim.flat(opt)
     limits: list[tuple[float, str, str]] = []  # (κ_max, key, reason)
     caution = None
@@ -114,7 +117,7 @@ def rule_limit(opt: OptimizerInfo, batch_size: int) -> RuleLimit:
             c = BETA_CAUTION / (1.0 - v[b])
             caution = c if caution is None else min(caution, c)
     coupled_sgd = not d.adaptive and v.get("weight_decay", 0.0) > 0
-    if (coupled_sgd or d.decoupled_weight_decay) and v["weight_decay"] > 0 and v["lr"] > 0:
+    if (coupled_sgd or optim.decoupled(opt)) and v["weight_decay"] > 0 and v["lr"] > 0:
         k = 1.0 / (v["lr"] * v["weight_decay"])
         limits.append(
             (k, "weight_decay", "the per-step weight decay factor 1 − κηλ must stay > 0 "
@@ -140,7 +143,7 @@ def square_root_rule(opt: OptimizerInfo, kappa: float) -> OptimizerInfo:
         UsageError: when κ(1 − β) ≥ 1 for some β, i.e. β' ≤ 0: the rule cannot be applied.
     """
     _check_kappa(kappa)
-    d = optim.get(opt.name)
+    d = optim.scalable(opt.name)
     if not d.adaptive:
         raise UsageError(
             f"the square-root scaling rule is for adaptive optimizers, not {d.torch_class}"
@@ -151,14 +154,17 @@ def square_root_rule(opt: OptimizerInfo, kappa: float) -> OptimizerInfo:
     for b in ("beta1", "beta2", "alpha"):
         if b in v:
             new[b] = _scaled_beta(v[b], kappa, b, d.torch_class)
-    if d.decoupled_weight_decay:
+    if optim.decoupled(opt):
         new["weight_decay"] = v["weight_decay"] * s
-    return optim.from_flat(d.name, {**v, "nesterov": opt.nesterov, **new}, source="scaled")
+    if "momentum_decay" in v:  # NAdam's momentum schedule counts steps: keep it in epochs
+        new["momentum_decay"] = v["momentum_decay"] * kappa
+    return optim.from_flat(d.name, {**v, **optim.switches(opt), **new}, source="scaled")
 
 
 def scale_optimizer(opt: OptimizerInfo, kappa: float) -> OptimizerInfo:
-    """Apply the rule of ``opt.name``: :func:`linear_rule` or :func:`square_root_rule`."""
-    if optim.get(opt.name).rule == "linear":
+    """Apply the rule of ``opt.name``: :func:`linear_rule` or :func:`square_root_rule` (a
+    :class:`UsageError` for an optimizer with no established rule)."""
+    if optim.scalable(opt.name).rule == "linear":
         return linear_rule(opt, kappa)
     return square_root_rule(opt, kappa)
 
@@ -178,7 +184,7 @@ def svag_hyperparameters(opt: OptimizerInfo, l: int) -> OptimizerInfo:  # noqa: 
     """
     if isinstance(l, bool) or int(l) != l or l < 1:
         raise UsageError(f"the SVAG parameter l must be an integer >= 1, got {l}")
-    d = optim.get(opt.name)
+    d = optim.scalable(opt.name)
     if l == 1:
         return opt
     if not d.adaptive:
@@ -189,9 +195,11 @@ def svag_hyperparameters(opt: OptimizerInfo, l: int) -> OptimizerInfo:  # noqa: 
     for b in ("beta1", "beta2", "alpha"):
         if b in v:
             new[b] = 1.0 - (1.0 - v[b]) / l
-    if d.decoupled_weight_decay:
+    if optim.decoupled(opt):
         new["weight_decay"] = v["weight_decay"] / s
-    return optim.from_flat(d.name, {**v, "nesterov": opt.nesterov, **new}, source=opt.source)
+    if "momentum_decay" in v:
+        new["momentum_decay"] = v["momentum_decay"] / l
+    return optim.from_flat(d.name, {**v, **optim.switches(opt), **new}, source=opt.source)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,6 +241,21 @@ def adaptive_sde_warning(nsr_target: float | None, optimizer: str) -> str | None
 
 
 @dataclass(frozen=True)
+class ScaledGroup:
+    """One param group's hyperparameters, old and new (given where the groups' values differ)."""
+
+    index: int
+    tensors: int
+    params: int | None
+    old: dict[str, float]
+    new: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"index": self.index, "tensors": self.tensors, "params": self.params}
+        return d | {"hyperparameters": dict(self.new), "old_hyperparameters": dict(self.old)}
+
+
+@dataclass(frozen=True)
 class ScaledHyperparameters:
     """The answer of ``bscrit scale``: old and new hyperparameters, rule, steps, warnings."""
 
@@ -249,6 +272,7 @@ class ScaledHyperparameters:
     steps: tuple[int | None, int | None]  # (old, new)
     warmup_steps: tuple[int | None, int | None]  # (old, new)
     warnings: tuple[str, ...] = ()
+    groups: tuple[ScaledGroup, ...] = ()  # per param group, where the groups' values differ
 
     def to_dict(self) -> dict[str, Any]:
         """The ``scale --json`` object (and ``predict --json``'s ``scaled``)."""
@@ -268,11 +292,12 @@ class ScaledHyperparameters:
             "old_steps": self.steps[0],
             "old_warmup_steps": self.warmup_steps[0],
             "warnings": list(self.warnings),
+            "groups": [g.to_dict() for g in self.groups],
         }
 
 
-def _notes(name: str, old: dict[str, float], new: dict[str, float]) -> dict[str, str]:
-    d = optim.get(name)
+def _notes(opt: OptimizerInfo, old: dict[str, float], new: dict[str, float]) -> dict[str, str]:
+    d = optim.get(opt.name)
     notes: dict[str, str] = {}
     if not d.adaptive:
         notes["lr"] = "η' = κη " + "[LMA21 Def. 2.1]"
@@ -285,12 +310,14 @@ def _notes(name: str, old: dict[str, float], new: dict[str, float]) -> dict[str,
         if b in new:
             notes[b] = f"β' = 1 − κ(1 − β) {ref}"
     notes["eps"] = f"ε' = ε/√κ {ref}"
-    if d.decoupled_weight_decay:
+    if optim.decoupled(opt):
         notes["weight_decay"] = "λ' = √κ λ (derived: keeps λ/η; not stated in [MLPA22])"
     else:
         notes["weight_decay"] = "unchanged (coupled L2 weight decay)"
     if "momentum" in new:
         notes["momentum"] = "unchanged (heavy-ball momentum is not covered by [MLPA22 Def. 5.1])"
+    if "momentum_decay" in new:
+        notes["momentum_decay"] = "ψ' = κψ (derived: its schedule counts steps)"
     return notes
 
 
@@ -317,7 +344,7 @@ def scale_hyperparameters(
     check_batch_size(target_batch_size, "target_batch_size")
     if not (opt.lr > 0 and math.isfinite(opt.lr)):
         raise UsageError(f"the learning rate must be a positive number, got {opt.lr}")
-    name = optim.get(opt.name).name
+    name = optim.scalable(opt.name).name
     if not 0.0 <= opt.momentum < 1.0:
         raise UsageError(f"momentum must be in [0, 1), got {opt.momentum}")
     if not opt.weight_decay >= 0.0:
@@ -358,9 +385,19 @@ def scale_hyperparameters(
             "two steps; the square-root rule is stretched close to its limit here (κ = "
             f"{kappa:.3g}, limit {limit.kappa_max:.3g})"
         )
+    if "docs/theory.md" in optim.get(name).reference:
+        warnings.append(
+            f"the square-root rule is stated for Adam and RMSprop [MLPA22]; for {name} it is "
+            "extended in docs/theory.md §5, not proved"
+        )
     w = adaptive_sde_warning(nsr_target, name)
     if w:
         warnings.append(w)
+    groups = tuple(
+        ScaledGroup(g.index, g.tensors, g.params, optim.flat(o),
+                    optim.flat(scale_optimizer(replace(o, name=name), kappa)))
+        for g, o in optim.group_optimizers(opt)
+    )  # fmt: skip
     return ScaledHyperparameters(
         optimizer=name,
         rule=optim.get(name).rule,
@@ -370,9 +407,10 @@ def scale_hyperparameters(
         kappa=kappa,
         old=old,
         new=new,
-        notes=_notes(name, old, new),
+        notes=_notes(replace(opt, name=name), old, new),
         epochs=epochs,
         steps=(steps, scale_steps(steps, kappa)),
         warmup_steps=(warmup_steps, scale_steps(warmup_steps, kappa)),
         warnings=tuple(warnings),
+        groups=groups,
     )

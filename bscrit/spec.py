@@ -534,3 +534,17 @@ def load_spec(path: str | Path) -> Spec:
     raw, duplicates = read_yaml(text, source)
     p = p.resolve()
     return parse_spec(raw, source, p.parent, path=p, problems=duplicates)
+
+
+def resolve_micro_batch_size(spec: Spec, override: int | None, batch_size: int) -> int | None:
+    """The micro-batch size (``--micro-batch-size``, else the spec's), checked to divide B."""
+    micro = override or spec.micro_batch_size
+    if micro is None or batch_size % micro == 0:
+        return micro
+    if override is not None:
+        raise UsageError(
+            f"{{micro_batch_size}} {micro_problem(micro, batch_size, 'the batch size B')}",
+            micro_batch_size="micro_batch_size",
+        )
+    problem = micro_problem(micro, batch_size, "--batch-size")
+    raise SpecError(str(spec.path), [SpecProblem("micro_batch_size", problem)])

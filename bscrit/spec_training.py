@@ -37,9 +37,14 @@ class ScheduleSpec:
 
 
 def parse_optimizer(c: Checker, value: Any) -> OptimizerInfo | None:
+    """The spec's ``optimizer:``: a name and the run's hyperparameters (``lr`` required), or the
+    name alone, which settles an optimizer state that cannot tell (Adam, AdamW, RAdam keep the
+    same state): its values are then read from the checkpoint (:data:`bscrit.optim.NAME_ONLY`)."""
     path = "optimizer"
     if value is None:
         return None
+    if isinstance(value, str):
+        value = {"name": value}
     d = c.mapping(value, path)
     if d is None:
         return None
@@ -54,8 +59,15 @@ def parse_optimizer(c: Checker, value: Any) -> OptimizerInfo | None:
     for key in d:
         if key in ALL_OPTIMIZER_KEYS and key != "name" and key not in spec_keys:
             c.add(_join(path, key), f"not a hyperparameter of {name}")
+    given = [k for k in d if k != "name" and d[k] is not None]
+    if not given:  # the name alone: the rest comes from the checkpoint's optimizer state
+        return OptimizerInfo(name=optim.get(name).name, lr=0.0, source=optim.NAME_ONLY)
     if d.get("lr") is None:
-        c.add("optimizer.lr", "missing required key (the learning rate of the run)")
+        c.add(
+            "optimizer.lr",
+            "missing required key (the learning rate of the run; or give optimizer.name alone "
+            "to read every value from the checkpoint's optimizer state)",
+        )
     values: dict[str, Any] = {}
     n_before = len(c.problems)
     for key in spec_keys:
@@ -68,8 +80,8 @@ def parse_optimizer(c: Checker, value: Any) -> OptimizerInfo | None:
                 continue
             for i, (flat_key, x) in enumerate(zip(("beta1", "beta2"), b)):
                 values[flat_key] = c.number(x, f"optimizer.betas[{i}]", **optim.bounds(flat_key))
-        elif key == "nesterov":
-            values[key] = c.boolean(d[key], "optimizer.nesterov")
+        elif optim.HYPERPARAMETERS[key].kind == "bool":
+            values[key] = c.boolean(d[key], _join(path, key))
         else:
             values[key] = c.number(d[key], _join(path, key), **optim.bounds(key))
     if values.get("nesterov") and not values.get("momentum"):

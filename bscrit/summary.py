@@ -10,7 +10,7 @@ without torch and reused by the distributed path.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .estimators import (
@@ -22,6 +22,7 @@ from .estimators import (
     per_example_stats,
     pool,
 )
+from .optim import current_lr
 from .results import (
     CheckpointStats,
     Equilibrium,
@@ -32,8 +33,16 @@ from .results import (
 
 #: Default tolerance of the scale-invariance test Σ|⟨W, g⟩| ≤ τ Σ‖W‖‖g‖ (docs/theory.md §3, fp32).
 TAU_FP32 = 1e-4
-#: With bf16 autocast the gradients carry ~3 significant digits; the test needs a looser τ.
+#: With bf16 autocast or half-precision weights the gradients carry ~3 significant digits; the
+#: test needs a looser τ.
 TAU_BF16 = 2e-2
+
+
+def default_tau(dtypes: Iterable[str], amp: str | None = None) -> float:
+    """τ of the scale-invariance test for parameters of these dtypes (``str(p.dtype)``): the bf16
+    one under bf16 autocast or when any measured parameter is bf16 or fp16 (docs/theory.md §3)."""
+    half = any(d.replace("torch.", "") in ("bfloat16", "float16", "half") for d in dtypes)
+    return TAU_BF16 if amp == "bf16" or half else TAU_FP32
 
 
 @dataclass(frozen=True)
@@ -133,7 +142,8 @@ def equilibrium(
     ``(2 − ηλ) λ R = η (G + N)`` on the scale-invariant weights, for SGD with coupled weight decay
     λ and LR η; ``ρ = (2 − ηλ) λ R / (η (G + N)) − 1``. With heavy-ball momentum μ the stationary
     dynamics are those of SGD with LR η/(1 − μ) and the same λ, so η is replaced by η/(1 − μ)
-    (a heuristic, stated in the note).
+    (a heuristic, stated in the note). η is the LR at the checkpoint (``lr_current`` when a
+    scheduler moved it), the one the current dynamics run at.
 
     Returns:
         ``(Equilibrium or None, note)``: the note says how ρ was computed, or why it is null.
@@ -148,7 +158,8 @@ def equilibrium(
         )
     if opt.weight_decay <= 0:
         return None, "SGD without weight decay has no equilibrium of the norm ([LMA21] eq. 11)"
-    lr = opt.lr / (1.0 - opt.momentum) if opt.momentum else opt.lr
+    lr = current_lr(opt)  # the LR at the checkpoint (a scheduler's current lr), not the base
+    lr = lr / (1.0 - opt.momentum) if opt.momentum else lr
     lam = opt.weight_decay
     lhs = (2.0 - lr * lam) * lam * stats.R
     rhs = lr * (stats.G + stats.N)

@@ -386,13 +386,17 @@ def measurement_bounds(
     opt = m.optimizer
     ir = None
     if opt is not None and opt.name.lower() == "sgd":
-        sig, noi = implicit_regularisation(opt.lr, ns.G.value, ns.N.value)
-        ir = ImplicitRegularisation(opt.lr, sig, noi)
+        lr = optim.current_lr(opt)  # the LR the checkpoint's dynamics run at
+        sig, noi = implicit_regularisation(lr, ns.G.value, ns.N.value)
+        ir = ImplicitRegularisation(lr, sig, noi)
     if opt is not None and opt.name.lower() != "sgd":
+        d = optim.get(opt.name)
+        how = f"scaled by the {d.rule_reference}"
+        if d.rule == "none":
+            how = f"and no scaling rule is established for {opt.name} (docs/theory.md §5)"
         warnings.append(
             f"the run used {opt.name}: Thms 5.2, 5.5 and 5.6 of [LMA21] are proved for SGD, so B* "
-            f"is a heuristic reading for {opt.name}, scaled by the "
-            f"{optim.get(opt.name).rule_reference}"
+            f"is a heuristic reading for {opt.name}, {how}"
         )
     if opt is None:
         warnings.append("the measurement records no optimizer: no scaled hyperparameters")

@@ -19,12 +19,13 @@ from torch import Tensor, nn
 
 from .. import optim
 from ..checker import check_batch_size
-from ..checkpoints import load_model, optimizer_for
+from ..checkpoints import load_model, resolve_optimizer
 from ..data import BatchSource
 from ..errors import UsageError
 from ..loading import build_dataset, build_loss, resolve_device
 from ..objective import check_examples
 from ..optim import OptimizerInfo
+from ..param_select import select_parameters
 from ..scaling import scale_optimizer
 from .step import target_schedule
 
@@ -166,14 +167,32 @@ def _target_optimizer(
                 optimizer="optimizer",
                 lr="lr",
             )
+        _runnable(optimizer_name)
         target = optim.with_values(OptimizerInfo(name=optimizer_name.lower(), lr=1.0), overrides)
         notes = ["target hyperparameters given on the command line (no base optimizer)"]
         return target, "given", "hyperparameters given on the command line", notes
-    d = optim.get(base.name)
+    d = _runnable(base.name)
     target = optim.with_values(scale_optimizer(base, kappa), overrides)
     given = [k for k, v in overrides.items() if v is not None]
     notes = [f"overridden on the command line: {', '.join(given)}"] if given else []
+    if optim.group_optimizers(base):
+        notes.append(
+            f"the base run's {len(base.groups)} param groups have different values; the SVAG "
+            "runs use the main group's for every parameter"
+        )
     return target, d.rule, d.rule_reference, notes
+
+
+def _runnable(name: str) -> optim.OptimizerDef:
+    """The registry entry of an optimizer bscrit's SVAG runs support; a clear error otherwise."""
+    d = optim.scalable(name)
+    if not d.svag:
+        runs = ", ".join(n for n, o in optim.REGISTRY.items() if o.svag)
+        raise UsageError(
+            f"bscrit's SVAG runs support {runs}, not {d.name}: its SVAG form is not in "
+            "[MLPA22] §6 (docs/theory.md §6); use `bscrit scale` for its scaled hyperparameters"
+        )
+    return d
 
 
 def _momentum_note(target: OptimizerInfo) -> list[str]:
@@ -261,7 +280,13 @@ def prepare_svag(
     train_ds = build_dataset(spec.data, spec.base_dir, "data")
     n = len(train_ds)
     warnings = _check_dataset_size(n, target_batch_size)
-    base = optimizer_for(spec, ckpt)
+    # SVAG trains what the run trained: the optimizer state's parameters (docs/theory.md §1)
+    sel = select_parameters(model, ckpt.optimizer_state, f"checkpoint {ckpt.path}")
+    for name, p in model.named_parameters():  # bscrit's own copy of the model
+        p.requires_grad_(name in sel.names)
+    warnings += [sel.warning] if sel.warning else []
+    base, opt_notes = resolve_optimizer(spec, ckpt)
+    warnings += opt_notes
     base = None if base is None else replace(base, name=base.name.lower())
     kappa = target_batch_size / spec.batch_size
     target, rule, reference, notes = _target_optimizer(

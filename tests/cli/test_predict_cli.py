@@ -425,6 +425,46 @@ def test_scale_usage_errors(args):
     assert res.exit_code == 2, res.output
 
 
+def test_scale_refuses_an_optimizer_without_a_rule_plainly():
+    res = invoke("scale", "--optimizer", "lion", "-b", "32", "-t", "64", "--lr", "1e-4")
+    assert res.exit_code == 2
+    assert "bscrit knows no scaling rule for lion: none is established" in res.output
+
+
+def test_scale_per_param_group_from_a_measurement(tmp_path):
+    d = json.loads(Path(ADAM).read_text())
+    hp = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
+    d["optimizer"] |= {"name": "adamw", "weight_decay": 0.05, "source": "checkpoint", "groups": [
+        {"index": 0, "tensors": 40, "params": 900, "values": {**hp, "weight_decay": 0.0}},
+        {"index": 1, "tensors": 30, "params": 9000, "values": {**hp, "weight_decay": 0.05}},
+    ]}  # fmt: skip
+    (tmp_path / "m.json").write_text(json.dumps(d))
+    res = invoke("scale", "-m", str(tmp_path / "m.json"), "-t", "1024", "--json")
+    assert res.exit_code == 0, res.output
+    got = as_json(res)
+    assert got["hyperparameters"]["weight_decay"] == pytest.approx(0.1)  # λ' = √κ λ, κ = 4
+    assert [g["hyperparameters"]["weight_decay"] for g in got["groups"]] == pytest.approx(
+        [0.0, 0.1])  # fmt: skip
+    # --weight-decay replaces the decayed groups' value; the no-decay group keeps its 0
+    res = invoke("scale", "-m", str(tmp_path / "m.json"), "-t", "1024", "--weight-decay", "0.02")
+    assert res.exit_code == 0, res.output
+    assert "weight_decay 0 -> 0" in res.stdout and "weight_decay 0.02 -> 0.04" in res.stdout
+
+
+def test_scale_spec_naming_the_optimizer_alone_takes_the_measured_values(tmp_path):
+    d = json.loads(Path(ADAM).read_text())
+    d["optimizer"] |= {"name": "adamw", "weight_decay": 0.05, "source": "checkpoint"}
+    (tmp_path / "m.json").write_text(json.dumps(d))
+    text = (ASSETS / "valid.yaml").read_text().split("optimizer:")[0]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text.replace("tiny.py", str(ASSETS / "tiny.py")) + "optimizer: adamw\n")
+    got = as_json(invoke("scale", "--from-spec", str(spec), "-m", str(tmp_path / "m.json"),
+                         "-t", "64", "--json"))  # fmt: skip
+    assert got["optimizer"] == "adamw" and got["old_hyperparameters"]["weight_decay"] == 0.05
+    res = invoke("scale", "--from-spec", str(spec), "-t", "64")  # no values anywhere
+    assert res.exit_code == 2 and "--lr" in res.output
+
+
 def test_scale_with_measurement_warns_beyond_the_range():
     res = invoke("scale", "-m", B128, "-t", "4096", "--json")
     assert res.exit_code == 0

@@ -265,13 +265,13 @@ def test_training_args_are_read_only_with_unsafe_load(tmp_path, trained, monkeyp
     assert load_checkpoint(folder).optimizer.name == "adamw" and seen == []
     # With it, its optim reaches the optimizer registry as a context
     contexts = []
-    real_name = checkpoints.optim.name_from_param_group
+    real_read = checkpoints.optim.read_checkpoint
 
-    def spy(group, *ctx):
-        contexts.append(ctx)
-        return real_name(group, *ctx)
+    def spy(obj, *ctx, **kw):
+        contexts.append((obj, *ctx))
+        return real_read(obj, *ctx, **kw)
 
-    monkeypatch.setattr(checkpoints.optim, "name_from_param_group", spy)
+    monkeypatch.setattr(checkpoints.optim, "read_checkpoint", spy)
     ckpt = load_checkpoint(folder, unsafe=True)
     assert seen == [folder / "training_args.bin"] and ckpt.optimizer.name == "adamw"
     assert any(c.get("optim") == "adamw_torch" for ctx in contexts for c in ctx)

@@ -12,7 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bscrit.checkpoints import LoadedCheckpoint, load_checkpoint, load_model, optimizer_for
+from bscrit.checkpoints import (
+    LoadedCheckpoint,
+    load_checkpoint,
+    load_model,
+    optimizer_for,
+    resolve_optimizer,
+)
 from bscrit.errors import BscritError, CheckpointError, DataError, SpecError
 from bscrit.loading import (
     build_dataset,
@@ -218,7 +224,7 @@ def test_lightning_checkpoint(tmp_path, trained):
     torch.save(ckpt, tmp_path / "l.ckpt")
     model, loaded = load_model(make_spec(tmp_path), tmp_path / "l.ckpt")
     assert same_weights(model, trained)
-    assert loaded.optimizer == OptimizerInfo(
+    assert bare(loaded.optimizer) == OptimizerInfo(
         name="adam",
         lr=3e-4,
         weight_decay=0.01,
@@ -269,9 +275,14 @@ def test_weights_only_refuses_pickled_module_and_unsafe_loads_it(tmp_path, train
     assert same_weights(model, trained)
 
 
+def bare(info: OptimizerInfo) -> OptimizerInfo:
+    """``info`` without what a checkpoint adds (param groups, the current lr, how it was named)."""
+    return dataclasses.replace(info, groups=(), lr_current=None, identified_by=None)
+
+
 def test_optimizer_info_from_sgd_checkpoint_asset():
     ckpt = load_checkpoint(ASSETS / "tiny.pt")
-    assert ckpt.optimizer == OptimizerInfo(
+    assert bare(ckpt.optimizer) == OptimizerInfo(
         name="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, source="checkpoint"
     )
     spec = load_spec(ASSETS / "valid.yaml")
@@ -297,7 +308,8 @@ def test_optimizer_info_from_checkpoint(tmp_path, trained, make, wrapper, expect
     opt = make(trained.parameters())
     torch.save({"model": trained.state_dict(), wrapper: opt.state_dict()}, tmp_path / "c.pt")
     info = load_checkpoint(tmp_path / "c.pt").optimizer
-    assert info == OptimizerInfo(**expected, source="checkpoint")
+    assert bare(info) == OptimizerInfo(**expected, source="checkpoint")
+    assert info.lr_current == info.lr and len(info.groups) == 1
 
 
 def test_adamw_from_wrapper_name(tmp_path, trained):
@@ -308,6 +320,12 @@ def test_adamw_from_wrapper_name(tmp_path, trained):
     torch.save({"model": trained.state_dict(), "optimizer": sd, "optimizer_name": "AdamW"},
                tmp_path / "c.pt")  # fmt: skip
     assert load_checkpoint(tmp_path / "c.pt").optimizer.name == "adamw"
+    # nothing saved names it: no optimizer, and a note that says which spec key settles it
+    torch.save({"model": trained.state_dict(), "optimizer": sd}, tmp_path / "d.pt")
+    ckpt = load_checkpoint(tmp_path / "d.pt")
+    assert ckpt.optimizer is None and "optimizer.name in the spec" in ckpt.optimizer_note
+    info, notes = resolve_optimizer(make_spec(tmp_path, optimizer={"name": "adamw"}), ckpt)
+    assert (info.name, info.lr, info.source, notes) == ("adamw", 1e-3, "checkpoint", [])
 
 
 def test_optimizer_for_prefers_spec(tmp_path):
@@ -315,8 +333,13 @@ def test_optimizer_for_prefers_spec(tmp_path):
     spec = make_spec(tmp_path, optimizer={"name": "adam", "lr": 1e-3})
     assert optimizer_for(spec, ckpt).source == "spec"
     assert optimizer_for(make_spec(tmp_path), ckpt).source == "checkpoint"
-    bare = LoadedCheckpoint(state_dict={}, optimizer=None, path=tmp_path)
-    assert optimizer_for(make_spec(tmp_path), bare) is None
+    empty = LoadedCheckpoint(state_dict={}, optimizer=None, path=tmp_path)
+    assert optimizer_for(make_spec(tmp_path), empty) is None
+    with pytest.raises(CheckpointError, match="gives only name: adam.*no optimizer state"):
+        optimizer_for(make_spec(tmp_path, optimizer={"name": "adam"}), empty)
+    # a spec that names another optimizer than the state is: used, with a warning
+    info, notes = resolve_optimizer(make_spec(tmp_path, optimizer={"name": "adam", "lr": 1}), ckpt)
+    assert info.name == "adam" and "looks like sgd's" in notes[0]
 
 
 def test_missing_and_corrupt_checkpoint(tmp_path):

@@ -21,6 +21,7 @@ from rich.text import Text
 
 from bscrit import report
 from bscrit.optim import OptimizerInfo
+from bscrit.optim_state import ParamGroupInfo
 from bscrit.prediction import check, predict_files
 from bscrit.report import fmt, fmt_ci
 from bscrit.results import Measurement, load_measurement
@@ -481,6 +482,23 @@ def test_scaled_adam_square_root_rule_keeps_six_digits() -> None:
     assert got["lr"][1] == f"0.001 -> {1e-3 * math.sqrt(2):.6g}"  # η' = √κ η
     assert got["beta2"][1] == "0.9999 -> 0.9998"  # 1 − κ(1 − β), not rounded to 4 digits
     assert "steps" not in got and "epochs" not in got
+
+
+def test_scaled_per_group_rows_and_measurement_optimizer_lines() -> None:
+    base = OptimizerInfo("adamw", lr=1e-3, weight_decay=0.05, lr_current=4e-4, groups=(
+        ParamGroupInfo(0, 3, {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
+                              "weight_decay": 0.0}, lr_current=4e-4, params=67),
+        ParamGroupInfo(1, 3, {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
+                              "weight_decay": 0.05}, lr_current=4e-4, params=1376),
+    ))  # fmt: skip
+    got = rows(render(report.format_scaled(scale_hyperparameters(base, 32, 128))))
+    assert got["group 0"][1] == "lr 0.001 -> 0.002, weight_decay 0 -> 0"
+    assert got["group 1"][1] == "lr 0.001 -> 0.002, weight_decay 0.05 -> 0.1"
+    m = dataclasses.replace(load_measurement(MEAS / "adam_noisy.json"), optimizer=base)
+    text = lines(render(report.format_measurement(m)))
+    assert text[1] == "adamw: lr 0.001 (the schedule's base; 0.0004 at the checkpoint)"
+    assert text[2] == ("adamw: weight decay 0.05 on group(s) 1 (3 tensors, 1,376 params); none on "
+                       "group(s) 0 (3 tensors, 67 params)")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------

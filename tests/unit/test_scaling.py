@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from bscrit.errors import BscritError
 from bscrit.optim import OptimizerInfo, flat
+from bscrit.optim_state import ParamGroupInfo
 from bscrit.scaling import (
     adaptive_sde_warning,
     linear_rule,
+    rule_limit,
     scale_hyperparameters,
     scale_steps,
     square_root_rule,
@@ -217,3 +221,57 @@ def test_scale_warns_when_a_beta_falls_below_one_half():
     assert any("beta1' = 0.2" in w and "below 0.5" in w for w in r.warnings)
     r = scale_hyperparameters(OptimizerInfo("adam", lr=1e-3), 32, 128)  # kappa 4: beta1' = 0.6
     assert not any("below 0.5" in w for w in r.warnings)
+
+
+def _groups_adamw():
+    """AdamW with a no-decay group first (timm) and a head group at 10× the LR."""
+    groups = (
+        ParamGroupInfo(0, 40, {**flat(ADAMW), "weight_decay": 0.0}, params=1000),
+        ParamGroupInfo(1, 30, {**flat(ADAMW), "weight_decay": 0.05}, params=90_000),
+        ParamGroupInfo(2, 2, {**flat(ADAMW), "lr": 1e-2, "weight_decay": 0.05}, params=500),
+    )
+    return replace(ADAMW, weight_decay=0.05, groups=groups, source="checkpoint")
+
+
+def test_scaled_per_group_where_groups_differ():
+    opt = _groups_adamw()
+    s = scale_hyperparameters(opt, 256, 1024)  # κ = 4
+    assert s.new["weight_decay"] == pytest.approx(0.1)  # the main (decayed) group's λ, ×√κ
+    assert [g.index for g in s.groups] == [0, 1, 2]
+    assert [g.new["weight_decay"] for g in s.groups] == pytest.approx([0.0, 0.1, 0.1])
+    assert [g.new["lr"] for g in s.groups] == pytest.approx([2e-3, 2e-3, 2e-2])
+    d = s.to_dict()["groups"]
+    assert d[2]["old_hyperparameters"]["lr"] == 1e-2 and d[2]["tensors"] == 2
+    # one set of values: nothing per group
+    single = replace(opt, groups=opt.groups[1:2])
+    assert scale_hyperparameters(single, 256, 1024).groups == ()
+
+
+def test_rule_limit_binds_on_the_group_that_reaches_least():
+    opt = replace(_groups_adamw(), betas=(0.9999, 0.99999))
+    groups = tuple(replace(g, values={**g.values, "beta1": 0.9999, "beta2": 0.99999})
+                   for g in opt.groups)  # fmt: skip
+    opt = replace(opt, groups=groups)
+    # AdamW's decay 1 − κηλ > 0: the head group (η = 1e-2, λ = 0.05) binds at κ < 2000, the main
+    # group only at κ < 20000
+    limit = rule_limit(opt, 1)
+    assert limit.binding == "weight_decay" and limit.kappa_max == pytest.approx(1 / (1e-2 * 0.05))
+
+
+@pytest.mark.parametrize("name", ["lion", "adagrad", "asgd"])
+def test_no_rule_is_refused_plainly(name):
+    opt = OptimizerInfo(name, lr=1e-3)
+    with pytest.raises(BscritError, match=f"no scaling rule for {name}: none is established"):
+        scale_hyperparameters(opt, 32, 64)
+    with pytest.raises(BscritError, match="no scaling rule"):
+        svag_hyperparameters(opt, 2)
+
+
+def test_adam_family_extension_says_so():
+    nadam = OptimizerInfo("nadam", lr=2e-3, betas=(0.9, 0.999), eps=1e-8, momentum_decay=4e-3)
+    s = scale_hyperparameters(nadam, 32, 128)
+    assert s.new["lr"] == pytest.approx(4e-3) and s.new["beta1"] == pytest.approx(0.6)
+    assert s.new["momentum_decay"] == pytest.approx(1.6e-2)
+    assert any("extended in docs/theory.md §5, not proved" in w for w in s.warnings)
+    assert "docs/theory.md §5" in s.reference
+    assert not any("extended" in w for w in scale_hyperparameters(ADAM, 32, 64).warnings)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bscrit import optim
 from bscrit.errors import ExitCode, SpecError
 from bscrit.spec import (
     CheckpointSpec,
@@ -346,7 +347,7 @@ def test_optimizer_name_lr_and_betas_shape():
         "did you mean 'adam'"
         in problems(minimal(optimizer={"name": "adan", "lr": 1}))["optimizer.name"]
     )
-    assert "optimizer.lr" in problems(minimal(optimizer={"name": "sgd"}))
+    assert "optimizer.lr" in problems(minimal(optimizer={"name": "sgd", "momentum": 0.9}))
     assert "optimizer.name" in problems(minimal(optimizer={"lr": 0.1}))
     msgs = problems(minimal(optimizer={"name": "adam", "lr": 0.1, "betas": [0.9]}))
     assert "two numbers" in msgs["optimizer.betas"]
@@ -425,3 +426,20 @@ def test_merge_keys_and_aliases_are_not_duplicates(tmp_path):
         load_spec(p)
     assert [q.key for q in info.value.problems] == ["base"]  # unknown top-level key only
     assert "duplicate" not in info.value.message
+
+
+@pytest.mark.parametrize("value", [{"name": "AdamW"}, "adamw"])
+def test_optimizer_name_alone_reads_the_rest_from_the_checkpoint(value):
+    opt = parse(minimal(optimizer=value)).optimizer
+    assert (opt.name, opt.source) == ("adamw", optim.NAME_ONLY)
+
+
+def test_optimizer_new_names_and_switches():
+    opt = parse(minimal(optimizer={"name": "nadam", "lr": 2e-3, "momentum_decay": 0.004,
+                                   "decoupled_weight_decay": True}))  # fmt: skip
+    assert opt.optimizer.momentum_decay == 0.004 and opt.optimizer.decoupled_weight_decay
+    msgs = problems(minimal(optimizer={"name": "radam", "lr": 1e-3,
+                                       "decoupled_weight_decay": "yes"}))  # fmt: skip
+    assert "true or false" in msgs["optimizer.decoupled_weight_decay"]
+    assert "not a hyperparameter of lion" in problems(
+        minimal(optimizer={"name": "lion", "lr": 1e-4, "eps": 1e-8}))["optimizer.eps"]  # fmt: skip
