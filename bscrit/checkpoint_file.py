@@ -215,3 +215,16 @@ def refusal(path: str | os.PathLike[str], torch_message: str, key: str | None,
             names = " or ".join(repr(p) for p, _ in models)
             text += f" and set checkpoint.key in the spec to the model to measure: {names}"
     return text + " (or save model.state_dict() instead)."
+
+
+def saved_ints(path: str | os.PathLike[str], keys: tuple[str, ...]) -> dict[str, int]:
+    """The top-level integers under ``keys`` of a ``torch.save`` dict (``step``, ``global_step``),
+    read without torch and without running the pickle; {} when there are none or the file cannot
+    be read this way."""
+    try:
+        root = _skeleton(path)
+    except Exception:  # any damage: the loader reports it when the file is measured
+        return {}
+    if not isinstance(root, Mapping):
+        return {}
+    return {k: v for k in keys if isinstance(v := root.get(k), int) and not isinstance(v, bool)}

@@ -21,7 +21,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from . import __version__, optim
-from .errors import ArtifactError, BscritError, ExitCode, Terminated
+from .errors import BscritError, ExitCode, Terminated
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,32 +60,6 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(int(ExitCode.TERMINATED if term else ExitCode.INTERRUPTED)) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def _write_outputs(
-    result: Callable[[], dict[str, Any]], jobs: list[tuple[Callable[[], object], list[Path]]]
-) -> str:
-    """Run the writes that follow the work and return the "wrote ..." line (naming the files it
-    overwrote). A write that fails prints the results on stdout as JSON, so nothing is lost, and
-    exits 3; an interrupt says which files were complete."""
-    old = [str(p) for _, paths in jobs for p in paths if p.exists()]
-    written: list[str] = []
-    try:
-        for write, paths in jobs:
-            write()
-            written += [str(p) for p in paths]
-    except BscritError as e:
-        _print_json(result())
-        done = f" (wrote {', '.join(written)})" if written else ""
-        raise ArtifactError(
-            f"{e.template}{done}; the results are printed on stdout as JSON",
-            exit_code=ExitCode.RUNTIME, **e.options,
-        ) from None  # fmt: skip
-    except KeyboardInterrupt as e:
-        e.written = written  # type: ignore[attr-defined]
-        raise
-    names = ", ".join(written[:-1]) + " and " + written[-1] if len(written) > 1 else written[0]
-    return f"wrote {names}" + (f" (overwrote the existing {', '.join(old)})" if old else "")
 
 
 def _version_callback(value: bool) -> None:
@@ -268,8 +242,9 @@ def measure(
     per-tensor breakdown. The model, its buffers and the checkpoint are left untouched.
     """
     from . import report
+    from .outputs import check_output_path, write_outputs
     from .pipeline import MeasureOptions, measure_session
-    from .results import check_output_path, csv_path_for, dumps, write_measurement
+    from .results import csv_path_for, dumps, write_measurement
     from .spec import load_spec
 
     if per_tensor not in ("all", "none") and not per_tensor.isdigit():
@@ -311,7 +286,7 @@ def measure(
     if m is None:  # a rank other than 0
         return
     if outs:
-        wrote = _write_outputs(m.to_dict, [(lambda: write_measurement(m, outs[0]), outs)])
+        wrote = write_outputs(m.to_dict, [(lambda: write_measurement(m, outs[0]), outs)])
     if json_out:
         report.out.print(dumps(m.to_dict()), markup=False, highlight=False, soft_wrap=True, end="")
     else:
@@ -629,8 +604,9 @@ def svag(
     held-out loss/accuracy and |x|^2 decide; G and N are shown only. Details: docs/svag.md.
     """
     from . import report
+    from .outputs import check_output_path, write_outputs
     from .pipeline import plan_svag
-    from .results import check_output_path, dumps
+    from .results import dumps
     from .svag.results import svag_paths, write_svag
     from .svag.run import run_plan
 
@@ -685,7 +661,7 @@ def svag(
         jobs.append((lambda: write_svag(result, out), list(svag_paths(out))))
     if plot_path is not None:
         jobs.append((lambda: report.plot_svag(result, plot_path), [plot_path]))
-    wrote = _write_outputs(result.to_dict, jobs) if jobs else None
+    wrote = write_outputs(result.to_dict, jobs) if jobs else None
     if json_out:
         report.out.print(
             dumps(result.to_dict()), markup=False, highlight=False, soft_wrap=True, end=""

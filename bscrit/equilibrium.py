@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import UsageError
 from .estimators import LEVEL, Estimate, NoiseStats, interval, jackknife_se, nsr_interval
 from .optim import OptimizerInfo
 
@@ -332,3 +333,126 @@ def one_draw_advice(tau: float | None) -> str:
         f"for the equilibrium, measure several checkpoints {spacing} (-c runs/ --last 10) or "
         "sample from this one (--sample-steps/--samples; docs/theory.md §8)"
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling the equilibrium from one checkpoint (``measure --sample-steps T --samples K``)
+# ----------------------------------------------------------------------------------------------
+
+#: Default number of measured points K (docs/validation.md, "Equilibrium intervals").
+DEFAULT_SAMPLES = 20
+#: Default length T in relaxation times τ = 1/(2ηλ): T/τ blocks of at least τ, one draw each.
+DEFAULT_RELAXATION_TIMES = 10
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    """Continue training for ``steps`` steps and measure at ``points`` (step 0 is the checkpoint).
+
+    Attributes:
+        steps: T, training steps after the checkpoint.
+        points: the K steps at which G and N are measured, 0 to T, evenly spread.
+        relaxation_steps: τ = 1/(2ηλ), or None when unknown (no weight decay).
+        batches: k, batches of each measurement.
+        one_measurement: batches of one plain measurement, the unit of :attr:`cost`.
+        note: how T was chosen.
+    """
+
+    steps: int
+    points: tuple[int, ...]
+    relaxation_steps: float | None
+    batches: int
+    one_measurement: int
+    note: str
+
+    @property
+    def samples(self) -> int:
+        return len(self.points)
+
+    @property
+    def forward_backward(self) -> int:
+        """T training steps plus K·k measured batches, one forward-backward pass each."""
+        return self.steps + self.samples * self.batches
+
+    @property
+    def cost(self) -> float:
+        """The forward-backward passes as a multiple of one plain measurement."""
+        return self.forward_backward / self.one_measurement
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "points": list(self.points),
+            "relaxation_steps": _num(self.relaxation_steps),
+            "batches": self.batches,
+            "forward_backward": self.forward_backward,
+            "cost_in_measurements": self.cost,
+            "note": self.note,
+        }
+
+
+def plan_samples(
+    steps: int | None,
+    samples: int | None,
+    tau: float | None,
+    tau_note: str,
+    batches: int,
+    one_measurement: int,
+) -> SamplePlan:
+    """The points of ``--sample-steps T --samples K`` (defaults: T = 10τ, K = 20).
+
+    Raises:
+        UsageError: K < 2; T < K − 1 (two points at one step); T not given while τ is unknown
+            (no weight decay: no equilibrium, [LMA21] eq. 11, so no natural length).
+    """
+    k = DEFAULT_SAMPLES if samples is None else samples
+    if k < 2:
+        raise UsageError(f"{{samples}} must be at least 2, got {k}", samples="samples")
+    if steps is None:
+        if tau is None:
+            raise UsageError(
+                f"{tau_note}: there is no default for {{sample_steps}}; give it in steps (the "
+                "interval then covers the average over those steps, not an equilibrium)",
+                sample_steps="sample_steps",
+            )
+        steps = max(k - 1, round(DEFAULT_RELAXATION_TIMES * tau))
+        note = f"T = {DEFAULT_RELAXATION_TIMES} relaxation times τ = {tau_note}"
+    else:
+        note = "T given" + (f" ({steps / tau:.3g} relaxation times τ)" if tau else f"; {tau_note}")
+    if steps < k - 1:
+        raise UsageError(
+            f"{{sample_steps}} = {steps} is shorter than {{samples}} − 1 = {k - 1}: two points "
+            "would be at the same step",
+            sample_steps="sample_steps",
+            samples="samples",
+        )
+    points = tuple(round(j * steps / (k - 1)) for j in range(k))
+    return SamplePlan(steps, points, tau, batches, one_measurement, note)
+
+
+def interval_warnings(e: EquilibriumInterval) -> list[str]:
+    """Warnings about what the intervals cover: the between-checkpoint spread dominating the
+    batch noise (:data:`SPREAD_WARN`), several checkpoints that are one draw, unknown spacing."""
+    out: list[str] = []
+    spreads = {k: v.spread for k, v in e.sets.items() if v.spread is not None}
+    if spreads:
+        name, worst = max(spreads.items(), key=lambda kv: kv[1])
+        if worst > SPREAD_WARN:
+            tail = (
+                f"the equilibrium interval (from {e.draws} draws) includes that scatter"
+                if e.covers_equilibrium
+                else "the intervals above cover these checkpoints only, not the equilibrium"
+            )
+            out.append(
+                f"the NSR varies between checkpoints {worst:.1f}× more than the batch noise at "
+                f"each ({name.replace('_', '-')} parameters): one checkpoint's interval would "
+                f"cover that point only; {tail}"
+            )
+    if e.scope == "checkpoints":
+        out.append(
+            f"{e.note}: the intervals cover the average of these {e.checkpoints} checkpoints, not "
+            f"the equilibrium; {one_draw_advice(e.relaxation_steps)}"
+        )
+    elif e.covers_equilibrium and "independent draw" in e.note and "spaced" not in e.note:
+        out.append(e.note)
+    return out

@@ -8,6 +8,7 @@ prints; torch is imported lazily (``bscrit scale`` runs without it).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from .adaptive import AdaptiveState
     from .distributed import DistContext
     from .engine import RawMeasurement
+    from .equilibrium import SamplePlan
     from .results import Equilibrium, Measurement, ParamSetStats
     from .spec import Spec
     from .summary import CheckpointSummary
@@ -126,6 +128,14 @@ class MeasureOptions:
     compile: bool = False  # torch.compile the forward pass
     num_workers: int | None = None  # DataLoader workers (default: the spec's data.num_workers)
     prefetch: int | None = None  # DataLoader prefetch_factor
+    last: int | None = None  # of a folder or glob of checkpoints, the last K by saved step
+    sample_steps: int | None = None  # continue training T steps from the checkpoint (§8)
+    samples: int | None = None  # measure at K points over those T steps
+
+    @property
+    def sampling(self) -> bool:
+        """``--sample-steps``/``--samples``: equilibrium draws from one checkpoint."""
+        return self.sample_steps is not None or self.samples is not None
 
 
 @dataclass
@@ -144,23 +154,36 @@ class _MeasurePlan:
     k: int
     adaptive: AdaptiveState | None
     loss_fn: Any
+    steps: list[int | None]  # each checkpoint's saved step (None: not saved)
+    selection_note: str | None = None  # how a folder or glob was expanded
+    labels: list[str] = dataclasses.field(default_factory=list)  # one per measured point
+    sampling: Any = None  # (SamplePlan, notes) once --sample-steps has planned its points
+
+    def __post_init__(self) -> None:
+        self.labels = self.labels or [str(p) for p in self.paths]
 
 
 def _plan_measurement(
     spec: Spec, checkpoints: Sequence[PathLike] | None, o: MeasureOptions, dist: DistContext | None
 ) -> _MeasurePlan:
     from .adaptive import adaptive_plan
+    from .checkpoint_select import select
     from .data import check_num_batches, default_num_batches
     from .loading import build_dataset, build_loss, resolve_device
 
     ms = spec.measure
-    paths = [Path(p) for p in (checkpoints or spec.checkpoint.paths)]
-    if not paths:
+    if not (checkpoints or spec.checkpoint.paths):
         raise UsageError(
             f"{spec.path}: no checkpoint: give {{checkpoint}} PATH or set checkpoint.path in the "
             "spec",
             checkpoint="checkpoint",
         )
+    chosen = select(checkpoints or spec.checkpoint.paths, o.last)
+    paths = list(chosen.paths)
+    if o.sampling:
+        from .sampling import check_sampling
+
+        check_sampling(paths, o, dist)
     if o.estimator not in ("batch", "per-example"):
         raise UsageError(
             f"{{estimator}}: expected 'batch' or 'per-example', got {o.estimator!r}",
@@ -183,7 +206,7 @@ def _plan_measurement(
         o.target_rel_error, o.max_batches, o.batches or ms.batches, groups, n, batch_size
     )
     if adaptive is not None:
-        if len(paths) > 1:
+        if len(paths) > 1 or o.sampling:
             raise UsageError(
                 "{target_rel_error} measures one checkpoint at a time (pooled checkpoints need "
                 "the same groups); give one checkpoint, or use {batches} for a fixed k",
@@ -207,6 +230,8 @@ def _plan_measurement(
         k=k,
         adaptive=adaptive,
         loss_fn=loss_fn,
+        steps=list(chosen.steps),
+        selection_note=chosen.note,
     )
 
 
@@ -233,7 +258,7 @@ def plan_line(plan: _MeasurePlan, seconds_per_batch: float, ranks: int = 1) -> s
     """One line before a long measurement: k batches of B in m groups, the measured time per
     batch (on each of ``ranks`` ranks) and the projected total; None when the projection is
     under ``PLAN_LINE_MIN_S``."""
-    a, b, m, c = plan.adaptive, plan.batch_size, plan.groups, len(plan.paths)
+    a, b, m, c = plan.adaptive, plan.batch_size, plan.groups, len(plan.labels)
     k = a.max_batches if a is not None else plan.k
     total = seconds_per_batch * k * c / ranks
     if total < PLAN_LINE_MIN_S:
@@ -241,6 +266,7 @@ def plan_line(plan: _MeasurePlan, seconds_per_batch: float, ranks: int = 1) -> s
     what = f"{k:,} batches" if a is None else f"{a.start:,} to {k:,} batches (adaptive)"
     groups = f"{m} groups" if a is None else f"{m} to {max(m, a.max_groups)} groups"
     each = f" for each of {c} checkpoints" if c > 1 else ""
+    each = f" at each of {c} sampled points" if c > 1 and plan.options.sampling else each
     per = f"about {_duration(seconds_per_batch)} a batch" + (
         f" on each of {ranks} ranks" * (ranks > 1)
     )
@@ -263,7 +289,7 @@ def _measure_one(
     from .engine import measure_model
     from .summary import PerExampleInput, summarize_checkpoint
 
-    o, path, n, b = plan.options, plan.paths[ci], len(plan.dataset), plan.batch_size
+    o, label, n, b = plan.options, plan.labels[ci], len(plan.dataset), plan.batch_size
     seed = plan.seed + ci
     kw = dist.measure_kwargs(n, b, plan.k, seed) if dist is not None else {"seed": seed}
     run_kw: dict[str, Any] = dict(
@@ -290,8 +316,8 @@ def _measure_one(
 
         run_kw["estimate"] = estimate
     total = plan.adaptive.max_batches if plan.adaptive is not None else plan.k
-    many = len(plan.paths) > 1
-    desc = f"measure {path.name}" + (f" ({ci + 1}/{len(plan.paths)})" if many else "")
+    many = len(plan.labels) > 1
+    desc = f"measure {Path(label).name}" + (f" ({ci + 1}/{len(plan.labels)})" if many else "")
     pe = None
     with progress_factory(desc, total) if progress_factory else _no_progress() as advance:
         if advance is not None:
@@ -305,7 +331,7 @@ def _measure_one(
             pe = PerExampleInput(pe_raw, n, b)
         else:
             raw = measure_model(model, plan.dataset, plan.loss_fn, **run_kw)
-    summary = summarize_checkpoint(str(path), raw.tensors, opt, raw.elapsed_s, raw.tau, pe)
+    summary = summarize_checkpoint(label, raw.tensors, opt, raw.elapsed_s, raw.tau, pe)
     return summary, raw
 
 
@@ -364,6 +390,33 @@ def _per_example_extra(summaries: Sequence[CheckpointSummary]) -> dict[str, Any]
     return extra
 
 
+def _points(
+    plan: _MeasurePlan,
+    spec: Spec,
+    dist: DistContext | None,
+    on_checkpoint: Callable[[str], None] | None,
+    on_sampling: Callable[[SamplePlan, OptimizerInfo], None] | None,
+) -> Iterator[tuple[Any, OptimizerInfo | None, Mapping[str, Any] | None]]:
+    """``(model on the device, its optimizer, the optimizer state)`` at each point to measure:
+    every checkpoint in turn, or the points of continued training from one (``--sample-steps``,
+    :func:`bscrit.sampling.sampled_points`, which also sets the plan's labels and steps)."""
+    from .checkpoints import load_model, optimizer_for
+    from .sampling import sampled_points
+
+    for path in plan.paths:
+        if on_checkpoint is not None:
+            on_checkpoint(str(path))
+        model, ckpt = load_model(spec, path, unsafe=plan.options.unsafe_load)
+        if dist is not None:
+            model = dist.prepare_model(model)
+        opt = optimizer_for(spec, ckpt)
+        model.to(plan.device)
+        if plan.options.sampling:
+            yield from sampled_points(plan, model, ckpt.optimizer_state, opt, on_sampling)
+        else:
+            yield model, opt, ckpt.optimizer_state
+
+
 def run_measurement(
     spec: Spec,
     checkpoints: Sequence[PathLike] | None = None,
@@ -373,6 +426,7 @@ def run_measurement(
     on_checkpoint: Callable[[str], None] | None = None,
     dist: DistContext | None = None,
     on_info: Callable[[str], None] | None = None,
+    on_sampling: Callable[[SamplePlan, OptimizerInfo], None] | None = None,
 ) -> Measurement:
     """Measure every checkpoint of a spec and pool them into a :class:`~bscrit.results.Measurement`.
 
@@ -388,13 +442,15 @@ def run_measurement(
         on_checkpoint: called with each checkpoint path before it is measured.
         dist: the torchrun context (its device, rows, seeds and reduction hooks), else None.
         on_info: told the plan line (:func:`plan_line`) early in a long measurement.
+        on_sampling: with ``options.sampling``, told the sampling plan (its cost) and the
+            optimizer before the training starts; it may raise to stop there.
     """
     from . import __version__
-    from .checkpoints import load_model, optimizer_for
     from .engine import trainable_parameters
+    from .equilibrium import interval_warnings
     from .precondition import build_preconditioner
     from .results import Measurement
-    from .summary import equilibrium, equilibrium_set, pool_param_sets
+    from .summary import equilibrium, equilibrium_intervals, equilibrium_set, pool_param_sets
 
     plan = _plan_measurement(spec, checkpoints, options or MeasureOptions(), dist)
     summaries: list[CheckpointSummary] = []
@@ -403,17 +459,11 @@ def run_measurement(
     opt: OptimizerInfo | None = None
     pre_notes: list[str | None] = []  # per checkpoint: P's description, or why there is none
     pre_reason: str | None = None
-    for ci, path in enumerate(plan.paths):
-        if on_checkpoint is not None:
-            on_checkpoint(str(path))
-        model, ckpt = load_model(spec, path, unsafe=plan.options.unsafe_load)
-        if dist is not None:
-            model = dist.prepare_model(model)
-        if ci == 0:
-            opt = optimizer_for(spec, ckpt)
-        model.to(plan.device)
+    points = _points(plan, spec, dist, on_checkpoint, on_sampling)
+    for ci, (model, opt_ci, opt_state) in enumerate(points):
+        opt = opt_ci if ci == 0 else opt
         params = [p for _, p in trainable_parameters(model)]
-        pre, why = build_preconditioner(params, ckpt.optimizer_state, opt)
+        pre, why = build_preconditioner(params, opt_state, opt)
         pre_notes.append(pre.description if pre is not None else None)
         pre_reason = pre_reason or why
         factors = pre.factors if pre is not None else None
@@ -430,9 +480,14 @@ def run_measurement(
     si_pooled = pool_param_sets(si_list) if all(si_list) else None  # type: ignore[arg-type]
     eq_set, eq_name = equilibrium_set(all_pooled, si_pooled)
     eq, note = equilibrium(opt, eq_set, eq_name)
-    if len(plan.paths) > 1:
-        note += f"; pooled over {len(plan.paths)} checkpoints"
+    if len(plan.labels) > 1:
+        what = "sampled points" if plan.options.sampling else "checkpoints"
+        note += f"; pooled over {len(plan.labels)} {what}"
     warnings += _pooled_warnings(plan, summaries, all_pooled, eq)
+    pre_sets = [s.preconditioned for s in summaries]
+    pooled_pre = pool_param_sets(pre_sets) if all(pre_sets) else None  # type: ignore[arg-type]
+    eqi = equilibrium_intervals(summaries, all_pooled, si_pooled, pooled_pre, plan.steps, opt)
+    warnings += interval_warnings(eqi)
     extra: dict[str, Any] = {"tau": raw.tau, "mean_loss": sum(mean_losses) / len(mean_losses)}
     if plan.adaptive is not None:
         extra["stopping"] = plan.adaptive.to_dict()
@@ -440,8 +495,10 @@ def run_measurement(
     if dist is not None:
         extra["distributed"] = dist.describe(plan.batch_size)
     adaptive = plan.adaptive is not None
-    pre_sets = [s.preconditioned for s in summaries]
-    pooled_pre = pool_param_sets(pre_sets) if all(pre_sets) else None  # type: ignore[arg-type]
+    if plan.selection_note is not None:
+        extra["selection"] = plan.selection_note
+    if plan.sampling is not None:
+        extra["sampling"] = plan.sampling[0].to_dict() | {"notes": list(plan.sampling[1])}
     return Measurement(
         batch_size=plan.batch_size,
         dataset_size=len(plan.dataset),
@@ -451,7 +508,7 @@ def run_measurement(
         device=str(plan.device),
         mode=plan.mode,
         elapsed_s=sum(s.stats.elapsed_s for s in summaries),
-        checkpoints=tuple(s.stats for s in summaries),
+        checkpoints=tuple(replace(s.stats, step=st) for s, st in zip(summaries, plan.steps)),
         all=all_pooled,
         scale_invariant=si_pooled,
         equilibrium=eq,
@@ -469,6 +526,7 @@ def run_measurement(
         preconditioned=pooled_pre,
         preconditioner=pre_notes[0] if pooled_pre is not None else None,
         preconditioned_reason=None if pooled_pre is not None else pre_reason,
+        equilibrium_interval=eqi,
     )
 
 
