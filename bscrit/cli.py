@@ -96,6 +96,15 @@ class Estimator(str, Enum):
     per_example = "per-example"
 
 
+def _parse_steps(value: str | None) -> int | str | None:
+    """--sample-steps: 'auto' (10 relaxation times) or a positive number of steps."""
+    if value is None or value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise typer.BadParameter(f"expected 'auto' or a number of steps, got {value!r}")
+    return int(value)
+
+
 def _parse_batches(value: str | None) -> int | None:
     if value is None or value == "auto":
         return None
@@ -117,10 +126,28 @@ def measure(
         typer.Option(
             "--checkpoint",
             "-c",
-            help="Checkpoint to measure; repeat to pool several (mean of G and N, as [LMA21] "
-            "averaged epochs 200-250). Overrides the spec's checkpoint.path.",
+            help="Checkpoint file, folder or glob ('runs/epoch*.pt'); repeat to pool several "
+            "(mean of G and N, as [LMA21] averaged epochs 200-250), with an interval over the "
+            "equilibrium when they are far enough apart. Overrides the spec's checkpoint.path.",
         ),
     ] = None,
+    last: Annotated[
+        int | None, typer.Option(min=1, help="Of a folder or glob: the last K by saved step.")
+    ] = None,
+    sample_steps: Annotated[
+        str | None,
+        typer.Option(
+            "--sample-steps",
+            help="Equilibrium draws from one checkpoint: continue its training (its own "
+            "optimizer, B, data order) for T steps and measure at --samples points; 'auto' = 10 "
+            "relaxation times 1/(2ηλ). States the cost first. docs/theory.md §8.",
+        ),
+    ] = None,
+    samples: Annotated[
+        int | None,
+        typer.Option("--samples", min=2, help="Points measured over --sample-steps (default 20)."),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before training.")] = False,
     out: Annotated[
         str | None,  # not Path, which drops a trailing "/"
         typer.Option(
@@ -269,6 +296,9 @@ def measure(
         compile=compile_model,
         num_workers=num_workers,
         prefetch=prefetch,
+        last=last,
+        sample_steps=_parse_steps(sample_steps),
+        samples=samples,
     )
     if nproc is not None:  # the spec and options are valid: re-run this command under torchrun
         from .distributed import launch, measure_args_from_argv
@@ -278,10 +308,14 @@ def measure(
     def on_rank(is_main: bool) -> None:  # under torchrun rank 0 alone prints and writes
         report.out.quiet = report.err.quiet = not is_main
 
+    def on_sampling(plan: Any, opt: Any) -> None:  # the cost first, then (maybe) ask
+        report.show(report.format_sample_cost(plan, opt, s.batch_size), stderr=True)
+        _confirm(yes, "Train and measure?")
+
     progress = None if quiet else (lambda d, t: report.progress(d, t, "batch"))
     m = measure_session(
         s, checkpoint, opts, dist_timeout, progress_factory=progress, on_rank=on_rank,
-        on_error=report.error, on_info=None if quiet else report.info,
+        on_error=report.error, on_info=None if quiet else report.info, on_sampling=on_sampling,
     )  # fmt: skip
     if m is None:  # a rank other than 0
         return
@@ -494,9 +528,20 @@ def scale(
 
 def _svag_interactive() -> bool:
     """Ask before a long run only on an interactive terminal outside CI."""
-    import os
-
     return sys.stdin.isatty() and sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def _confirm(yes: bool, question: str) -> None:
+    """After the cost is shown: ask on a terminal (unless ``--yes``); "no" exits 0."""
+    from . import report
+
+    if yes:
+        return
+    if not _svag_interactive():
+        report.info("non-interactive (no terminal or CI set): starting without asking")
+    elif not typer.confirm(question, default=True, err=True):
+        report.info("not started; nothing written")
+        raise typer.Exit(int(ExitCode.OK))
 
 
 @app.command()
@@ -607,6 +652,7 @@ def svag(
     from .outputs import check_output_path, write_outputs
     from .pipeline import plan_svag
     from .results import dumps
+    from .svag.plot import plot_svag
     from .svag.results import svag_paths, write_svag
     from .svag.run import run_plan
 
@@ -645,13 +691,7 @@ def svag(
         plan.ls, plan.effective_steps, plan.forward_backward(), plan.target_batch_size,
         str(plan.device),
     ), stderr=True)  # fmt: skip
-    if not yes:
-        if _svag_interactive():
-            if not typer.confirm("Run it?", default=True, err=True):
-                report.info("not started; nothing written")
-                raise typer.Exit(int(ExitCode.OK))
-        else:
-            report.info("non-interactive (no terminal or CI set): starting without asking")
+    _confirm(yes, "Run it?")
     with report.progress(
         "SVAG", plan.total_steps, unit="step", enabled=not quiet and not json_out
     ) as advance:
@@ -660,7 +700,7 @@ def svag(
     if out is not None:
         jobs.append((lambda: write_svag(result, out), list(svag_paths(out))))
     if plot_path is not None:
-        jobs.append((lambda: report.plot_svag(result, plot_path), [plot_path]))
+        jobs.append((lambda: plot_svag(result, plot_path), [plot_path]))
     wrote = write_outputs(result.to_dict, jobs) if jobs else None
     if json_out:
         report.out.print(
@@ -733,19 +773,7 @@ def demo(
         markup=False,
     )
     if json_out:
-        summary = {
-            "workdir": str(r.workdir),
-            "spec": str(r.spec),
-            "checkpoints": [str(c) for c in r.checkpoints],
-            "measurement": str(r.measurement),
-            "prediction": str(r.prediction),
-            "b_star": r.b_star,
-            "recommended_max": r.recommended_max,
-            "svag_target_batch_size": r.svag_target,
-            "svag_verdict": r.svag_verdict,
-            "svag_plot": str(r.svag_plot) if r.svag_plot else None,
-        }
-        typer.echo(json.dumps(summary, indent=2))
+        typer.echo(json.dumps(r.summary(), indent=2))
 
 
 def _terminate(signum: int, frame: object) -> None:

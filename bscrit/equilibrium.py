@@ -343,6 +343,14 @@ def one_draw_advice(tau: float | None) -> str:
 DEFAULT_SAMPLES = 20
 #: Default length T in relaxation times τ = 1/(2ηλ): T/τ blocks of at least τ, one draw each.
 DEFAULT_RELAXATION_TIMES = 10
+#: Each sampled point is measured with this fraction of a plain measurement's batches: the
+#: spread between points, not the batch noise at each, sets the interval (docs/validation.md).
+SAMPLE_BATCH_FRACTION = 0.25
+
+
+def sample_batches(k: int, groups: int) -> int:
+    """Batches per sampled point: ⌈k/4⌉ of a plain measurement's k, at least 2 per group."""
+    return max(2 * groups, math.ceil(k * SAMPLE_BATCH_FRACTION))
 
 
 @dataclass(frozen=True)
@@ -355,7 +363,7 @@ class SamplePlan:
         relaxation_steps: τ = 1/(2ηλ), or None when unknown (no weight decay).
         batches: k, batches of each measurement.
         one_measurement: batches of one plain measurement, the unit of :attr:`cost`.
-        note: how T was chosen.
+        note: how T was chosen and τ computed (or why τ is unknown).
     """
 
     steps: int
@@ -416,9 +424,9 @@ def plan_samples(
                 sample_steps="sample_steps",
             )
         steps = max(k - 1, round(DEFAULT_RELAXATION_TIMES * tau))
-        note = f"T = {DEFAULT_RELAXATION_TIMES} relaxation times τ = {tau_note}"
+        note = f"the default, {DEFAULT_RELAXATION_TIMES} relaxation times τ = {tau_note}"
     else:
-        note = "T given" + (f" ({steps / tau:.3g} relaxation times τ)" if tau else f"; {tau_note}")
+        note = f"τ = {tau_note}" if tau else tau_note
     if steps < k - 1:
         raise UsageError(
             f"{{sample_steps}} = {steps} is shorter than {{samples}} − 1 = {k - 1}: two points "

@@ -129,7 +129,7 @@ class MeasureOptions:
     num_workers: int | None = None  # DataLoader workers (default: the spec's data.num_workers)
     prefetch: int | None = None  # DataLoader prefetch_factor
     last: int | None = None  # of a folder or glob of checkpoints, the last K by saved step
-    sample_steps: int | None = None  # continue training T steps from the checkpoint (§8)
+    sample_steps: int | str | None = None  # continue training T steps ("auto": 10τ), §8
     samples: int | None = None  # measure at K points over those T steps
 
     @property
@@ -201,6 +201,10 @@ def _plan_measurement(
     dataset = build_dataset(spec.data, spec.base_dir, "data")
     n = len(dataset)
     k = o.batches or ms.batches or default_num_batches(n, batch_size)
+    if o.sampling and not (o.batches or ms.batches):
+        from .equilibrium import sample_batches
+
+        k = sample_batches(k, groups)
     check_num_batches(k)
     adaptive = adaptive_plan(
         o.target_rel_error, o.max_batches, o.batches or ms.batches, groups, n, batch_size
@@ -540,6 +544,7 @@ def measure_session(
     on_rank: Callable[[bool], None] | None = None,
     on_error: Callable[[str], None] | None = None,
     on_info: Callable[[str], None] | None = None,
+    on_sampling: Callable[[SamplePlan, OptimizerInfo], None] | None = None,
 ) -> Measurement | None:
     """``bscrit measure``: :func:`run_measurement` in one process or as one torchrun rank.
 
@@ -564,6 +569,7 @@ def measure_session(
             progress_factory=progress_factory if main else None,
             dist=dist,
             on_info=on_info if main else None,
+            on_sampling=on_sampling,
         )
     return m if main else None
 

@@ -38,6 +38,8 @@ from . import optim
 if TYPE_CHECKING:
     from rich.progress import Task
 
+    from .equilibrium import EquilibriumInterval, SamplePlan
+    from .optim import OptimizerInfo
     from .prediction import CheckResult, Prediction
     from .results import Measurement, ParameterRow, ParamSetStats
     from .scaling import ScaledHyperparameters
@@ -232,6 +234,8 @@ def format_measurement(m: Measurement) -> Group:
             + f"  {m.elapsed_s:.2f}s",
         )
     ]
+    if m.extra.get("selection"):
+        parts.append(_line(f"checkpoints: {m.extra['selection']}"))
     title = f"G = ‖∇L‖², N = Tr Σ at B={m.batch_size}, NSR = N/G (jackknife over {m.groups} groups)"
     si = m.scale_invariant
     sets = {
@@ -253,13 +257,56 @@ def format_measurement(m: Measurement) -> Group:
     else:
         parts.append(Text(f"equilibrium: not checked ({m.equilibrium_note})"))
     if len(m.checkpoints) > 1:
-        header = ("checkpoint", "G (all)", "N (all)", "NSR (all)", "NSR (scale-inv.)", "ρ")
-        rows = [(c.path, fmt(c.all.G), fmt(c.all.N), fmt(c.all.nsr),
+        header = ("checkpoint", "step", "G (all)", "N (all)", "NSR (all)", "batch-noise 95% CI",
+                  "NSR (scale-inv.)", "ρ")  # fmt: skip
+        rows = [(c.path, "—" if c.step is None else str(c.step), fmt(c.all.G), fmt(c.all.N),
+                 fmt(c.all.nsr), fmt_ci(c.all.nsr_ci95),
                  fmt(c.scale_invariant.nsr) if c.scale_invariant else "—",
                  f"{c.equilibrium.residual:+.3f}" if c.equilibrium else "—")
                 for c in m.checkpoints]  # fmt: skip
         parts.append(_table("Per checkpoint (pooled above: mean of G and N)", header, rows))
+    if m.equilibrium_interval is not None:
+        parts += _equilibrium_parts(m.equilibrium_interval)
     return Group(*parts)
+
+
+def _equilibrium_parts(e: EquilibriumInterval) -> list[RenderableType]:
+    """What the intervals cover; with several draws, the table over the equilibrium (§8)."""
+    from .equilibrium import one_draw_advice
+
+    advice = one_draw_advice(e.relaxation_steps)
+    if e.scope == "checkpoint":
+        return [_line(f"intervals: the batch noise at this checkpoint only; {advice}")]
+    spread = {k: f"{fmt(v.spread, 2)}×" for k, v in e.sets.items() if v.spread is not None}
+    if not e.covers_equilibrium:
+        return [_line(f"intervals: the batch noise of these {e.checkpoints} checkpoints only "
+                      f"({e.note})")]  # fmt: skip
+    rows = [(k.replace("_", "-"), f"{fmt(v.G.value)} {fmt_ci(v.G.ci95)}",
+             f"{fmt(v.N.value)} {fmt_ci(v.N.ci95)}", fmt(v.nsr), fmt_ci(v.nsr_ci95),
+             spread.get(k, "—")) for k, v in e.sets.items()]  # fmt: skip
+    title = (f"Over the equilibrium: {e.draws} draws from {e.checkpoints} checkpoints "
+             "(delete-one-draw jackknife, 95%)")  # fmt: skip
+    cols = ("parameters", "G [CI]", "N [CI]", "NSR", "NSR 95% CI", "spread/noise")
+    return [_table(title, cols, rows), _line(f"  draws: {e.note}")]
+
+
+def format_sample_cost(plan: SamplePlan, opt: OptimizerInfo, batch_size: int) -> Group:
+    """What ``measure --sample-steps`` will do and cost, before it starts (stderr)."""
+    tau = plan.relaxation_steps
+    length = f"{plan.steps} steps" + (
+        f" = {plan.steps / tau:.3g} τ, τ = {tau:.0f} steps" if tau else ""
+    )
+    gap = plan.points[1] - plan.points[0]
+    lines = [
+        f"Sampling the equilibrium: continue training for {length} ({plan.note}) with "
+        f"{opt.name} ({optim.describe(opt)}), B = {batch_size}, random reshuffling, and measure "
+        f"at {plan.samples} points (step 0 is the checkpoint; every ~{gap} steps, "
+        f"{plan.batches} batches each).",
+        f"Cost: {plan.steps:,} training steps + {plan.samples} × {plan.batches} measured batches "
+        f"= {plan.forward_backward:,} forward-backward passes of batch {batch_size}, about "
+        f"{plan.cost:.3g}× one measurement ({plan.one_measurement} batches).",
+    ]
+    return Group(*(Text(x) for x in lines))
 
 
 def format_per_tensor(rows: Sequence[ParameterRow], limit: int | None = 20) -> Group:
@@ -381,6 +428,7 @@ def format_bounds(b: MeasurementBounds) -> Group:
             )
         )
     parts.append(_line(f"  Parameters: {b.param_set_reason}."))
+    parts.append(_line(f"  Intervals: {b.interval_note}."))
     return Group(*parts)
 
 
@@ -563,55 +611,6 @@ def format_svag(r: SvagResult) -> Report:
         parts.append(_line(f"  disagreements: {'; '.join(v.failing)}"))
     parts += [_line(f"  note: {n}") for n in r.notes]
     return Report(*parts, warnings=r.warnings)
-
-
-def plot_svag(r: SvagResult, path: str | os.PathLike[str]) -> None:
-    """A PNG like [LMA21] Fig. 4: one panel per test function against effective steps, one line
-    per l. matplotlib (Agg backend) is imported here only."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .svag.results import METRIC_LABELS
-
-    metrics = r.metrics()
-    ncols = min(3, len(metrics))
-    nrows = math.ceil(len(metrics) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
-    for ax, m in zip(axes.flat, metrics):
-        for run in r.runs:
-            label = f"l = {run.l}" + (" (SGD)" if run.l == 1 and r.target_optimizer.name == "sgd"
-                                      else "")  # fmt: skip
-            ax.plot(run.effective_steps, run.values[m], marker="." if len(run.effective_steps) < 30
-                    else None, label=label)  # fmt: skip
-        ax.set_title(METRIC_LABELS.get(m, m), fontsize=10)
-        ax.set_xlabel("effective steps")
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(metrics) :]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
-    fig.suptitle(
-        f"SVAG at B' = {r.target_batch_size} ({r.target_optimizer.name}); verdict: "
-        f"{r.verdict.code}",
-        fontsize=11,
-    )
-    fig.tight_layout()
-    from .results import write_error
-
-    p = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(p))
-    tmp = os.path.join(d, f".{os.path.basename(p)}.tmp.png")
-    try:
-        os.makedirs(d, exist_ok=True)
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, p)
-    except OSError as e:  # disk full, folder gone: exit 3 naming the file
-        raise write_error(p, e) from None
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def format_stopping(m: Measurement) -> str | None:

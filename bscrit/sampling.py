@@ -133,10 +133,11 @@ def continue_training(
                 model.train()
                 x, y = next(source.batches([next(rows)], seed))
                 loss = loss_fn(forward(model, x), y)
-                if not math.isfinite(float(loss)):
+                value = float(loss.detach())
+                if not math.isfinite(value):
                     raise RunError(
-                        f"continued training diverged: the loss is {float(loss)} at step {step + 1}"
-                        " after the checkpoint; the run's own learning rate cannot continue here"
+                        f"continued training diverged: the loss is {value} at step {step + 1} "
+                        "after the checkpoint; the run's own learning rate cannot continue here"
                     )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -165,7 +166,7 @@ def check_sampling(paths: Sequence[Any], o: Any, dist: Any) -> None:
                          sample_steps="sample_steps")  # fmt: skip
     for key in ("sample_steps", "samples"):
         v = getattr(o, key)
-        if v is not None and v < 1:
+        if isinstance(v, int) and v < 1:
             raise UsageError(f"{{{key}}} must be at least 1, got {v}", **{key: key})
 
 
@@ -203,7 +204,8 @@ def sampled_points(
         )
     tau, tau_note = relaxation_steps(opt)
     one = default_num_batches(len(plan.dataset), plan.batch_size)
-    sp = plan_samples(o.sample_steps, o.samples, tau, tau_note, plan.k, one)
+    steps = None if o.sample_steps == "auto" else o.sample_steps
+    sp = plan_samples(steps, o.samples, tau, tau_note, plan.k, one)
     source = plan.paths[0]
     plan.labels = [f"{source} +{s}" for s in sp.points]
     plan.steps = list(sp.points)

@@ -646,6 +646,8 @@ def test_svag_cost_lines() -> None:
 def test_plot_svag_writes_a_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     target = tmp_path / "sub" / "svag.png"
-    report.plot_svag(_svag_result(), target)
+    from bscrit.svag.plot import plot_svag
+
+    plot_svag(_svag_result(), target)
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in target.parent.iterdir()] == ["svag.png"]  # no temporary left
