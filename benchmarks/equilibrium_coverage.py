@@ -46,13 +46,14 @@ from data import load_tensors  # noqa: E402
 from models import make_mnist1d_model  # noqa: E402
 
 from bscrit.equilibrium import equilibrium_interval, relaxation_steps  # noqa: E402
-from bscrit.estimators import NoiseStats, pool  # noqa: E402
+from bscrit.estimators import NoiseStats, pool, t_quantile  # noqa: E402
 from bscrit.optim import OptimizerInfo  # noqa: E402
 from bscrit.pipeline import MeasureOptions, run_measurement  # noqa: E402
 from bscrit.results import ParamSetStats  # noqa: E402
 from bscrit.spec import load_spec  # noqa: E402
 
 SET = "scale_invariant"  # the set the bounds use (here every trainable tensor)
+START_EVERY = 3  # epochs between the checkpoints the --sample-steps repetitions start from
 
 
 @dataclass(frozen=True)
@@ -249,9 +250,72 @@ def emulated(records: list[dict], t_taus: float, k: int, tau: float, spe: int, t
     return summarise(f"T = {t_taus:g}τ, K = {k} (k = 200)", out, truth, cost)
 
 
+def _jackknife(gs: list[float], ns: list[float]) -> tuple[float, float]:
+    """bscrit's interval: delete-one jackknife of ΣN/ΣG, t with K − 1 df."""
+    k = len(gs)
+    r = sum(ns) / sum(gs)
+    loo = [(sum(ns) - n) / (sum(gs) - g) for g, n in zip(gs, ns)]
+    mean = statistics.fmean(loo)
+    se = math.sqrt((k - 1) / k * sum((x - mean) ** 2 for x in loo))
+    t = t_quantile(0.975, k - 1)
+    return max(0.0, r - t * se), r + t * se
+
+
+def _fieller(gs: list[float], ns: list[float]) -> tuple[float, float]:
+    """Fieller's interval for E N / E G from i.i.d. pairs."""
+    k = len(gs)
+    t = t_quantile(0.975, k - 1)
+    g, n = statistics.fmean(gs), statistics.fmean(ns)
+    vgg = statistics.variance(gs) / k
+    vnn = statistics.variance(ns) / k
+    vgn = statistics.covariance(gs, ns) / k
+    a, h, c = g * g - t * t * vgg, g * n - t * t * vgn, n * n - t * t * vnn
+    if a <= 0:
+        return 0.0, math.inf
+    root = math.sqrt(max(h * h - a * c, 0.0))
+    return (h - root) / a, (h + root) / a
+
+
+def _log_ratio(gs: list[float], ns: list[float]) -> tuple[float, float]:
+    """exp(log(ΣN/ΣG) ± t·se) with the delete-one jackknife of the log ratio."""
+    k = len(gs)
+    r = sum(ns) / sum(gs)
+    loo = [math.log((sum(ns) - n) / (sum(gs) - g)) for g, n in zip(gs, ns)]
+    mean = statistics.fmean(loo)
+    se = math.sqrt((k - 1) / k * sum((x - mean) ** 2 for x in loo))
+    t = t_quantile(0.975, k - 1)
+    return r * math.exp(-t * se), r * math.exp(t * se)
+
+
+def methods(records: list[dict], reps: int, seed: int = 0) -> list[str]:
+    """The interval for a ratio of means, three ways, on K independent draws resampled from the
+    run's checkpoints (so the truth is exactly the ratio of their means)."""
+    import random
+
+    rng = random.Random(seed)
+    pairs = [(r["stats"]["G"], r["stats"]["N"]) for r in records]
+    truth = sum(n for _, n in pairs) / sum(g for g, _ in pairs)
+    lines = ["| K independent checkpoints | jackknife of ΣN/ΣG (bscrit) | Fieller | log-ratio |",
+             "|---|---|---|---|"]  # fmt: skip
+    for k in (3, 5, 10, 20):
+        hits = {f: 0 for f in (_jackknife, _fieller, _log_ratio)}
+        widths: dict = {f: [] for f in hits}
+        for _ in range(reps):
+            pick = [rng.choice(pairs) for _ in range(k)]
+            gs, ns = [g for g, _ in pick], [n for _, n in pick]
+            for f in hits:
+                lo, hi = f(gs, ns)
+                hits[f] += lo <= truth <= hi
+                widths[f].append((hi - lo) / truth)
+        cells = [f"{hits[f] / reps:.1%} (width {statistics.median(widths[f]):.2f})" for f in hits]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def sampled(spec: Path, paths: list[Path], reps: int, every: int, truth: float,
             out: Path) -> tuple[Row, list[dict]]:  # fmt: skip
-    """``measure --sample-steps auto`` (defaults) from ``reps`` checkpoints ``every`` epochs apart."""
+    """``measure --sample-steps auto`` (defaults) from ``reps`` checkpoints ``every`` epochs
+    apart, each continued with its own seed (so its own data order and batches)."""
     cache = out / "sampled.json"
     done = json.loads(cache.read_text()) if cache.exists() else []
     s = load_spec(spec)
@@ -262,7 +326,7 @@ def sampled(spec: Path, paths: list[Path], reps: int, every: int, truth: float,
         e = m.equilibrium_interval
         assert e is not None
         done.append({
-            "start": str(start), "scope": e.scope, "draws": e.draws,
+            "start": start.name, "scope": e.scope, "draws": e.draws,
             "today": list(m.scale_invariant.nsr_ci95),  # type: ignore[union-attr]
             "now": list(e.sets[SET].nsr_ci95), "nsr": e.sets[SET].nsr,
             "cost": m.extra["sampling"]["cost_in_measurements"],
@@ -285,7 +349,8 @@ def sampled(spec: Path, paths: list[Path], reps: int, every: int, truth: float,
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="tiny run: checks that it runs")
-    p.add_argument("--reps", type=int, default=40, help="repetitions of --sample-steps")
+    p.add_argument("--reps", type=int, default=80, help="repetitions of --sample-steps")
+    p.add_argument("--method-reps", type=int, default=4000, help="resamplings per K (methods)")
     p.add_argument("--out", type=Path, default=HERE / "validation" / "results" / "equilibrium")
     a = p.parse_args()
     torch.set_num_threads(1)
@@ -311,13 +376,17 @@ def main() -> None:
                                  tau)  # fmt: skip
     ref = width(ref_e.sets[SET].nsr_ci95, truth)
     nsrs = [r["stats"]["N"] / r["stats"]["G"] for r in records]
+    cv = statistics.stdev(nsrs) / statistics.fmean(nsrs)
+    acf = {lag: statistics.correlation(nsrs[:-lag], nsrs[lag:]) for lag in (1, 2, 4)}
     lines = [
         f"Truth: the long-run NSR over {len(records)} checkpoints (epochs {cfg.warmup_epochs + 1}–"
         f"{cfg.warmup_epochs + cfg.keep_epochs}, {long.draws} draws of ≥ τ): "
         f"**{truth:.3f}** {fmt_ci(long.sets[SET].nsr_ci95)}; single checkpoints: NSR "
-        f"{min(nsrs):.2f} to {max(nsrs):.2f}, sd/mean {statistics.stdev(nsrs) / statistics.fmean(nsrs):.0%}, "
+        f"{min(nsrs):.2f} to {max(nsrs):.2f}, sd/mean {cv:.0%}, "
         f"spread/batch noise {long.sets[SET].spread:.1f}×. τ = 1/(2ηλ) = {tau:.0f} steps = "
-        f"{tau / spe:.2f} epochs.",
+        f"{tau / spe:.2f} epochs. Correlation of the NSR of checkpoints 1, 2, 4 epochs apart: "
+        + ", ".join(f"{acf[lag]:+.2f}" for lag in (1, 2, 4))
+        + ".",
         f"Reference width: the interval from 50 checkpoints 4 epochs (≈ {4 * spe / tau:.1f}τ) "
         f"apart, {fmt_ci(ref_e.sets[SET].nsr_ci95)}, relative width {ref:.3f}.",
         "",
@@ -332,14 +401,19 @@ def main() -> None:
         row = emulated(records, t_taus, k, tau, spe, truth, start_every=5)
         rows += [row] if row is not None else []
     lines += [r.md(ref) for r in rows]
-    reps = min(a.reps, len(paths) // 5)
-    row, done = sampled(spec, paths, reps, len(paths) // reps, truth, out)
+    reps = min(a.reps, len(paths) // START_EVERY)
+    row, done = sampled(spec, paths, reps, START_EVERY, truth, out)
     lines.append(row.md(ref))
     secs = statistics.median(d["seconds"] for d in done)
     lines += [
         "",
-        f"Widths are (hi − lo)/truth. Run time {time.perf_counter() - t0:.0f} s here; one "
-        f"--sample-steps run took {secs:.1f} s (median).",
+        f"Interval for a ratio, {a.method_reps} resamplings of K independent checkpoints from the "
+        "run's 300 (coverage of their ratio of means; median relative width):",
+        "",
+        *methods(records, a.method_reps),
+        "",
+        f"Widths are (hi − lo)/truth. This run: {time.perf_counter() - t0:.0f} s (cached parts "
+        f"not redone); one --sample-steps run took {secs:.1f} s (median).",
     ]
     text = "\n".join(lines)
     print(text)

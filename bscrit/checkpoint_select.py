@@ -6,7 +6,8 @@ and without running the file's pickle (:mod:`bscrit.checkpoint_file`): a top-lev
 ``global_step`` (Lightning saves ``global_step``), or for a Hugging Face Trainer folder
 (``checkpoint-N/``) the ``global_step`` of its ``trainer_state.json``. When a step is missing the
 checkpoints are ordered by a natural sort of their names (``epoch9`` before ``epoch10``), and the
-note says so. The steps also tell how far apart the checkpoints are (docs/theory.md §8).
+note says so. A saved ``epoch`` (without a step) orders them too, and times the steps per epoch it
+estimates how far apart they are, which the equilibrium interval needs (docs/theory.md §8).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ FOLDER_MARKERS = (
 )
 #: Top-level keys of a checkpoint dict that hold its training step, in order.
 STEP_KEYS = ("global_step", "step")
+#: Without a step, the epoch tells the order, and (× steps per epoch) roughly the spacing.
+EPOCH_KEY = "epoch"
 _GLOB = re.compile(r"[*?\[]")
 
 
@@ -47,6 +50,18 @@ class Selection:
     paths: tuple[Path, ...]
     steps: tuple[int | None, ...]
     note: str | None = None
+    epochs: tuple[int | None, ...] = ()  # the saved epoch where no step was saved
+
+    def steps_or_epochs(self, steps_per_epoch: int) -> tuple[list[int | None], str | None]:
+        """Each checkpoint's step, from its saved epoch × ``steps_per_epoch`` where no step was
+        saved (and a note saying so), None where neither was."""
+        epochs = self.epochs or (None,) * len(self.steps)
+        out: list[int | None] = []
+        for s, e in zip(self.steps, epochs, strict=True):
+            out.append(s if s is not None else (None if e is None else e * steps_per_epoch))
+        used = any(s is None and e is not None for s, e in zip(self.steps, epochs, strict=True))
+        note = f"steps = saved epoch × {steps_per_epoch} steps per epoch" if used else None
+        return out, note
 
 
 def natural_key(path: Path) -> list[object]:
@@ -71,15 +86,22 @@ def _step_of_mapping(obj: object) -> int | None:
 
 def saved_step(path: Path) -> int | None:
     """The training step saved with a checkpoint, or None when it has none (or is unreadable)."""
+    return saved_position(path)[0]
+
+
+def saved_position(path: Path) -> tuple[int | None, int | None]:
+    """``(step, epoch)`` saved with a checkpoint (None where not saved, or unreadable)."""
     if path.is_dir():
         state = path / "trainer_state.json"
         try:
-            return _step_of_mapping(json.loads(state.read_text(encoding="utf-8")))
+            return _step_of_mapping(json.loads(state.read_text(encoding="utf-8"))), None
         except (OSError, ValueError):
-            return None
+            return None, None
     if checkpoint_file.file_problem(path) is not None:
-        return None
-    return _step_of_mapping(checkpoint_file.saved_ints(path, STEP_KEYS))
+        return None, None
+    found = checkpoint_file.saved_ints(path, (*STEP_KEYS, EPOCH_KEY))
+    epoch = found.get(EPOCH_KEY)
+    return _step_of_mapping(found), epoch if epoch is not None and epoch >= 0 else None
 
 
 def _in_folder(folder: Path) -> list[Path]:
@@ -137,13 +159,25 @@ def select(args: Sequence[str | os.PathLike[str]], last: int | None = None) -> S
         found, many = _expand_one(a)
         expanded |= many
         paths += [p for p in found if p not in paths]
-    steps = {p: saved_step(p) for p in paths}
+    found = {p: saved_position(p) for p in paths}
+    steps = {p: found[p][0] for p in paths}
+    epochs = {p: found[p][1] for p in paths}
+
+    def selection(chosen: list[Path], note: str | None) -> Selection:
+        return Selection(
+            tuple(chosen), tuple(steps[p] for p in chosen), note, tuple(epochs[p] for p in chosen)
+        )
+
     if not (expanded or last is not None):
-        return Selection(tuple(paths), tuple(steps[p] for p in paths))
+        return selection(paths, None)
     by_step = all(s is not None for s in steps.values())
+    by_epoch = not by_step and all(e is not None for e in epochs.values())
     if by_step:
         paths.sort(key=lambda p: (steps[p], natural_key(p)))
         how = "by the step saved in each"
+    elif by_epoch:
+        paths.sort(key=lambda p: (epochs[p], natural_key(p)))
+        how = "by the epoch saved in each (no step saved)"
     else:
         paths.sort(key=natural_key)
         how = "by name (natural sort; no step saved in " + (
@@ -157,4 +191,4 @@ def select(args: Sequence[str | os.PathLike[str]], last: int | None = None) -> S
     if by_step and len(paths) > 1:
         span = f", steps {steps[paths[0]]} to {steps[paths[-1]]}"
     note = f"{kept} checkpoints, ordered {how}{span}"
-    return Selection(tuple(paths), tuple(steps[p] for p in paths), note)
+    return selection(paths, note)

@@ -218,6 +218,7 @@ def _plan_measurement(
                 batches="batches",
             )
         k = adaptive.start
+    steps, from_epochs = chosen.steps_or_epochs(max(1, n // batch_size))
     loss_fn = build_loss(spec)
     if hasattr(loss_fn, "to"):  # an nn.Module loss, e.g. class weights of a CrossEntropyLoss
         loss_fn = loss_fn.to(device)
@@ -234,8 +235,8 @@ def _plan_measurement(
         k=k,
         adaptive=adaptive,
         loss_fn=loss_fn,
-        steps=list(chosen.steps),
-        selection_note=chosen.note,
+        steps=steps,
+        selection_note="; ".join(x for x in (chosen.note, from_epochs) if x) or None,
     )
 
 

@@ -77,3 +77,15 @@ def test_clear_errors(tmp_path: Path) -> None:
         select([tmp_path / "missing.pt"])
     with pytest.raises(UsageError, match="at least 1"):
         select([tmp_path], last=0)
+
+
+def test_a_saved_epoch_orders_the_checkpoints_and_estimates_their_steps(tmp_path: Path) -> None:
+    for name, epoch in (("b.pt", 30), ("a.pt", 40), ("c.pt", 20)):
+        _save(tmp_path / name, epoch=epoch)
+    sel = select([tmp_path], last=2)
+    assert [p.name for p in sel.paths] == ["b.pt", "a.pt"]
+    assert sel.note is not None and "epoch saved in each" in sel.note
+    steps, note = sel.steps_or_epochs(62)
+    assert steps == [30 * 62, 40 * 62] and note is not None and "× 62 steps per epoch" in note
+    both = select([_save(tmp_path / "d.pt", step=5, epoch=1)])
+    assert both.steps_or_epochs(62) == ([5], None)  # a saved step wins

@@ -184,3 +184,96 @@ def test_equilibrium_interval_scopes_and_round_trip() -> None:
     assert hi - lo > pooled.nsr_ci95[1] - pooled.nsr_ci95[0]  # the checkpoints move
     again = EquilibriumInterval.from_dict(far.to_dict())
     assert again.to_dict() == far.to_dict()
+
+
+# ----------------------------------------------------------------------------------------------
+# predict / check / confirmation use the equilibrium interval (docs/theory.md §8)
+# ----------------------------------------------------------------------------------------------
+
+
+def _fixture() -> object:
+    from pathlib import Path
+
+    from bscrit.results import load_measurement
+
+    return load_measurement(Path(__file__).parents[1] / "assets" / "measurements" / "sgd_b128.json")
+
+
+def test_one_checkpoint_says_the_interval_covers_that_point_only() -> None:
+    from bscrit.prediction import predict
+
+    m = _fixture()
+    p = predict([("m.json", m)])  # type: ignore[list-item]
+    b = p.base
+    assert b.interval_scope == "checkpoint"
+    assert "this checkpoint only" in b.interval_note and "--sample-steps" in b.interval_note
+    assert p.to_dict()["measurements"][0]["interval"]["scope"] == "checkpoint"
+
+
+def _with_equilibrium(m, steps: list[int], gs: list[float], ns: list[float]):  # type: ignore[no-untyped-def]
+    """The fixture's measurement as if its scale-invariant set had been measured at K points
+    (each exactly: no batch noise) with the equilibrium interval bscrit computes for them."""
+    import dataclasses
+
+    from bscrit.results import ParamSetStats
+    from bscrit.summary import CheckpointSummary, equilibrium_intervals, pool_param_sets
+
+    si = m.scale_invariant
+
+    def exact(g: float, n: float) -> ParamSetStats:
+        s = _exact(g, n, m=len(si.jackknife_G))
+        return ParamSetStats.from_noise_stats(s, R=si.R, num_params=si.num_params, num_tensors=4)
+
+    per = [exact(g, n) for g, n in zip(gs, ns)]
+    cps = [dataclasses.replace(m.checkpoints[0], scale_invariant=p, all=p, step=st)
+           for p, st in zip(per, steps)]  # fmt: skip
+    summaries = [CheckpointSummary(c, [], (), 1.0, "") for c in cps]
+    pooled = pool_param_sets(per)
+    eqi = equilibrium_intervals(summaries, pooled, pooled, None, steps, m.optimizer)
+    return dataclasses.replace(
+        m, checkpoints=tuple(cps), all=pooled, scale_invariant=pooled, equilibrium_interval=eqi
+    )
+
+
+def test_predict_check_and_confirmation_take_the_equilibrium_interval() -> None:
+    from bscrit.prediction import check, confirmation_target, predict
+    from bscrit.theory import critical_batch_size
+
+    m = _fixture()
+    tau, _ = relaxation_steps(m.optimizer)  # type: ignore[attr-defined]
+    assert tau is not None
+    rng = random.Random(4)
+    gs = [rng.lognormvariate(math.log(0.1), 0.4) for _ in range(10)]
+    ns = [0.8 * (1 + 0.05 * rng.gauss(0, 1)) for _ in range(10)]
+    steps = [round(i * 2 * tau) for i in range(10)]  # 2τ apart: 10 independent draws
+    me = _with_equilibrium(m, steps, gs, ns)
+    e = me.equilibrium_interval.sets["scale_invariant"]
+    assert me.equilibrium_interval.scope == "equilibrium" and me.equilibrium_interval.draws == 10
+    p = predict([("m.json", me)])
+    b = p.base
+    assert b.interval_scope == "equilibrium" and "10 independent draws" in b.interval_note
+    assert b.nsr == pytest.approx(sum(ns) / sum(gs), rel=1e-12)
+    assert b.nsr_ci95 == e.nsr_ci95
+    lo = critical_batch_size(me.batch_size, e.nsr_ci95[0])
+    assert b.b_star_ci95[0] == pytest.approx(lo, rel=1e-12)
+    # the top of the recommended range is the lower 95% bound of B* over the equilibrium
+    assert p.recommended.limited_by == "b_star"
+    assert p.recommended.max == pytest.approx(lo, rel=1e-12)
+    assert confirmation_target(p)[0] == min(math.floor(lo), me.dataset_size // 2)
+    assert check(p, math.floor(lo)).verdict == "ok"
+    assert check(p, math.ceil(lo) + 1).verdict in ("warn", "fail")
+    # the batch-noise interval of the pooled points alone would have been much narrower
+    pooled_lo = critical_batch_size(me.batch_size, me.scale_invariant.nsr_ci95[0])
+    assert pooled_lo > lo
+
+
+def test_close_checkpoints_are_one_draw_and_keep_the_batch_noise_interval() -> None:
+    from bscrit.prediction import predict
+
+    m = _fixture()
+    me = _with_equilibrium(m, list(range(0, 50, 5)), [0.1 + 0.01 * i for i in range(10)],
+                           [0.8] * 10)  # fmt: skip
+    assert me.equilibrium_interval.scope == "checkpoints"
+    b = predict([("m.json", me)]).base
+    assert b.interval_scope == "checkpoints" and "these 10 checkpoints only" in b.interval_note
+    assert b.nsr_ci95 == me.scale_invariant.noise_stats().nsr_ci95
