@@ -328,10 +328,10 @@ def equilibrium_interval(
 
 def one_draw_advice(tau: float | None) -> str:
     """What the user can do to get an interval for the equilibrium."""
-    spacing = f"at least {tau:.0f} steps (1/(2ηλ)) apart" if tau else "1/(2ηλ) steps apart"
+    apart = f"≥ {tau:.0f} steps = 1/(2ηλ)" if tau else "≥ 1/(2ηλ) steps"
     return (
-        f"for the equilibrium, measure several checkpoints {spacing} (-c runs/ --last 10) or "
-        "sample from this one (--sample-steps/--samples; docs/theory.md §8)"
+        f"for the equilibrium: several checkpoints {apart} apart (-c runs/ --last 10), or "
+        "--sample-steps (docs/theory.md §8)"
     )
 
 

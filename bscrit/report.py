@@ -38,7 +38,7 @@ from . import optim
 if TYPE_CHECKING:
     from rich.progress import Task
 
-    from .equilibrium import EquilibriumInterval, SamplePlan
+    from .equilibrium import SamplePlan
     from .optim import OptimizerInfo
     from .prediction import CheckResult, Prediction
     from .results import Measurement, ParameterRow, ParamSetStats
@@ -265,18 +265,20 @@ def format_measurement(m: Measurement) -> Group:
                  f"{c.equilibrium.residual:+.3f}" if c.equilibrium else "—")
                 for c in m.checkpoints]  # fmt: skip
         parts.append(_table("Per checkpoint (pooled above: mean of G and N)", header, rows))
-    if m.equilibrium_interval is not None:
-        parts += _equilibrium_parts(m.equilibrium_interval)
+    parts += _equilibrium_parts(m)
     return Group(*parts)
 
 
-def _equilibrium_parts(e: EquilibriumInterval) -> list[RenderableType]:
+def _equilibrium_parts(m: Measurement) -> list[RenderableType]:
     """What the intervals cover; with several draws, the table over the equilibrium (§8)."""
-    from .equilibrium import one_draw_advice
+    from .equilibrium import one_draw_advice, relaxation_steps
 
-    advice = one_draw_advice(e.relaxation_steps)
-    if e.scope == "checkpoint":
+    e = m.equilibrium_interval
+    advice = one_draw_advice(e.relaxation_steps if e else relaxation_steps(m.optimizer)[0])
+    if (e.scope if e else "checkpoint") == "checkpoint" and len(m.checkpoints) <= 1:
         return [_line(f"intervals: the batch noise at this checkpoint only; {advice}")]
+    if e is None:  # several checkpoints measured before bscrit formed equilibrium intervals
+        return []
     spread = {k: f"{fmt(v.spread, 2)}×" for k, v in e.sets.items() if v.spread is not None}
     if not e.covers_equilibrium:
         return [_line(f"intervals: the batch noise of these {e.checkpoints} checkpoints only "

@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from . import optim
-from .equilibrium import SetInterval, one_draw_advice
+from .equilibrium import SetInterval, one_draw_advice, relaxation_steps
 from .errors import ArtifactError, UsageError
 from .estimators import NoiseStats, finite_population_factor, per_example_trace
 from .optim import OptimizerInfo
@@ -354,7 +354,7 @@ def interval_scope(m: Measurement, param_set: str, ns: NoiseStats) -> tuple[Nois
         ns = replace(ns, G=si.G, N=si.N, nsr=si.nsr, nsr_ci95=si.nsr_ci95)
         draws = f"{e.draws} independent draws from {e.checkpoints} checkpoints"
         return ns, "equilibrium", f"over the equilibrium: {draws} ({e.note})"
-    advice = one_draw_advice(e.relaxation_steps if e is not None else None)
+    advice = one_draw_advice(e.relaxation_steps if e else relaxation_steps(m.optimizer)[0])
     k = len(m.checkpoints)
     if k <= 1:
         return ns, "checkpoint", f"the batch noise at this checkpoint only; {advice}"
