@@ -257,16 +257,25 @@ def format_measurement(m: Measurement) -> Group:
     else:
         parts.append(Text(f"equilibrium: not checked ({m.equilibrium_note})"))
     if len(m.checkpoints) > 1:
-        header = ("checkpoint", "step", "G (all)", "N (all)", "NSR (all)", "batch-noise 95% CI",
-                  "NSR (scale-inv.)", "ρ")  # fmt: skip
-        rows = [(c.path, "—" if c.step is None else str(c.step), fmt(c.all.G), fmt(c.all.N),
-                 fmt(c.all.nsr), fmt_ci(c.all.nsr_ci95),
-                 fmt(c.scale_invariant.nsr) if c.scale_invariant else "—",
-                 f"{c.equilibrium.residual:+.3f}" if c.equilibrium else "—")
-                for c in m.checkpoints]  # fmt: skip
-        parts.append(_table("Per checkpoint (pooled above: mean of G and N)", header, rows))
+        parts.append(_checkpoint_table(m))
     parts += _equilibrium_parts(m)
     return Group(*parts)
+
+
+def _checkpoint_table(m: Measurement) -> _Fit:
+    """The checkpoints' scatter: step, G, N, NSR with its batch-noise interval, ρ; too wide for
+    the console, the step goes under the path and the interval under the NSR."""
+    title = "Per checkpoint (pooled above: mean of G and N)"
+    cells = [(c.path, "—" if c.step is None else str(c.step), fmt(c.all.G), fmt(c.all.N),
+              fmt(c.all.nsr), fmt_ci(c.all.nsr_ci95),
+              fmt(c.scale_invariant.nsr) if c.scale_invariant else "—",
+              f"{c.equilibrium.residual:+.3f}" if c.equilibrium else "—")
+             for c in m.checkpoints]  # fmt: skip
+    cols = ("checkpoint", "step", "G (all)", "N (all)", "NSR (all)", "batch-noise 95% CI",
+            "NSR (scale-inv.)", "ρ")  # fmt: skip
+    narrow = ((f"{c[0]}\nstep {c[1]}", *c[2:4], f"{c[4]}\n{c[5]}", *c[6:]) for c in cells)
+    cols2 = ("checkpoint / step", "G (all)", "N (all)", "NSR (all) / 95% CI", "NSR (s.-inv.)", "ρ")
+    return _Fit(_table(title, cols, cells), _table(title, cols2, narrow))
 
 
 def _equilibrium_parts(m: Measurement) -> list[RenderableType]:
@@ -276,20 +285,23 @@ def _equilibrium_parts(m: Measurement) -> list[RenderableType]:
     e = m.equilibrium_interval
     advice = one_draw_advice(e.relaxation_steps if e else relaxation_steps(m.optimizer)[0])
     if (e.scope if e else "checkpoint") == "checkpoint" and len(m.checkpoints) <= 1:
-        return [_line(f"intervals: the batch noise at this checkpoint only; {advice}")]
+        return [Text(f"intervals: the batch noise at this checkpoint only; {advice}")]
     if e is None:  # several checkpoints measured before bscrit formed equilibrium intervals
         return []
     spread = {k: f"{fmt(v.spread, 2)}×" for k, v in e.sets.items() if v.spread is not None}
     if not e.covers_equilibrium:
-        return [_line(f"intervals: the batch noise of these {e.checkpoints} checkpoints only "
-                      f"({e.note})")]  # fmt: skip
-    rows = [(k.replace("_", "-"), f"{fmt(v.G.value)} {fmt_ci(v.G.ci95)}",
-             f"{fmt(v.N.value)} {fmt_ci(v.N.ci95)}", fmt(v.nsr), fmt_ci(v.nsr_ci95),
-             spread.get(k, "—")) for k, v in e.sets.items()]  # fmt: skip
+        return [Text(f"intervals: the batch noise of these {e.checkpoints} checkpoints only "
+                     f"({e.note})")]  # fmt: skip
+    sets = {k.replace("_", "-"): [fmt(v.G.value), fmt_ci(v.G.ci95), fmt(v.N.value),
+            fmt_ci(v.N.ci95), fmt(v.nsr), fmt_ci(v.nsr_ci95), spread.get(k, "—")]
+            for k, v in e.sets.items()}  # fmt: skip
     title = (f"Over the equilibrium: {e.draws} draws from {e.checkpoints} checkpoints "
              "(delete-one-draw jackknife, 95%)")  # fmt: skip
-    cols = ("parameters", "G [CI]", "N [CI]", "NSR", "NSR 95% CI", "spread/noise")
-    return [_table(title, cols, rows), _line(f"  draws: {e.note}")]
+    cols = ("G", "G 95% CI", "N", "N 95% CI", "NSR", "NSR 95% CI", "spread/noise")
+    wide = _table(title, ("parameters", *cols), ([k, *v] for k, v in sets.items()))
+    narrow = _table(title, ("", *sets), ([c, *(v[i] for v in sets.values())]
+                                         for i, c in enumerate(cols)))  # fmt: skip
+    return [_Fit(wide, narrow), Text(f"  draws: {e.note}")]
 
 
 def format_sample_cost(plan: SamplePlan, opt: OptimizerInfo, batch_size: int) -> Group:

@@ -277,3 +277,29 @@ def test_close_checkpoints_are_one_draw_and_keep_the_batch_noise_interval() -> N
     b = predict([("m.json", me)]).base
     assert b.interval_scope == "checkpoints" and "these 10 checkpoints only" in b.interval_note
     assert b.nsr_ci95 == me.scale_invariant.noise_stats().nsr_ci95
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_measure_output_shows_the_equilibrium_table_whole(width: int) -> None:
+    import io
+
+    from rich.console import Console
+
+    from bscrit import report
+    from bscrit.report import fmt, fmt_ci
+
+    m = _fixture()
+    tau, _ = relaxation_steps(m.optimizer)  # type: ignore[attr-defined]
+    rng = random.Random(2)
+    gs = [rng.lognormvariate(math.log(0.1), 0.4) for _ in range(6)]
+    me = _with_equilibrium(m, [round(i * 2 * tau) for i in range(6)], gs, [0.8] * 6)  # type: ignore[operator]
+    console = Console(file=io.StringIO(), width=width, highlight=False)
+    report.show(report.format_measurement(me), console=console)
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "…" not in text and all(len(line) <= width for line in text.splitlines())
+    e = me.equilibrium_interval.sets["scale_invariant"]
+    assert "Over the equilibrium: 6 draws from 6 checkpoints" in " ".join(text.split())
+    for figure in (fmt(e.nsr), fmt_ci(e.nsr_ci95), fmt_ci(e.G.ci95)):
+        assert figure in text, (figure, text)
+    for step in (0, round(2 * tau)):
+        assert str(step) in text

@@ -220,18 +220,22 @@ def test_measurement_per_checkpoint_table() -> None:
     got = rows(text)
     assert got["checkpoint"] == [
         "checkpoint",
+        "step",
         "G (all)",
         "N (all)",
         "NSR (all)",
+        "batch-noise 95% CI",
         "NSR (scale-inv.)",
         "ρ",
     ]
     assert c.scale_invariant is not None and c.equilibrium is not None
     assert got[c.path] == [
         c.path,
+        "—",  # no step saved
         fmt(c.all.G),
         fmt(c.all.N),
         fmt(c.all.nsr),
+        fmt_ci(c.all.nsr_ci95),
         fmt(c.scale_invariant.nsr),
         f"{c.equilibrium.residual:+.3f}",
     ]
