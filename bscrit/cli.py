@@ -302,6 +302,10 @@ def measure(
     )
     if nproc is not None:  # the spec and options are valid: re-run this command under torchrun
         from .distributed import launch, measure_args_from_argv
+        from .sampling import check_sampling
+
+        if opts.sampling:
+            check_sampling([], opts, dist=True)  # continued training runs in one process
 
         raise typer.Exit(launch(nproc, measure_args_from_argv(sys.argv)))
 

@@ -604,9 +604,11 @@ def plan_svag(
             "give exactly one of {t} and {m}", t="target_batch_size", m="from_measurement"
         )
     if from_measurement is not None:
-        target_batch_size, why = confirmation_target(predict_files([from_measurement], c2))
+        pred = predict_files([from_measurement], c2)
+        target_batch_size, why = confirmation_target(pred)
+        scope = pred.base.interval_note.split(";")[0]  # over the equilibrium, or one point
         if on_target is not None:
-            on_target(f"B' = {target_batch_size}: {why} of {from_measurement}")
+            on_target(f"B' = {target_batch_size}: {why} of {from_measurement} ({scope})")
     assert target_batch_size is not None
     return prepare_svag(
         load_spec(spec_path), target_batch_size=target_batch_size, ls=parsed, **kwargs

@@ -154,6 +154,9 @@ def continue_training(
 def check_sampling(paths: Sequence[Any], o: Any, dist: Any) -> None:
     """``--sample-steps``/``--samples`` continue one checkpoint, in one process (checked before
     any work; ``o`` is the measurement's ``MeasureOptions``, ``dist`` its torchrun context)."""
+    if dist is not None:
+        raise UsageError("{sample_steps} runs in one process, not under torchrun ({nproc})",
+                         sample_steps="sample_steps", nproc="nproc")  # fmt: skip
     if len(paths) != 1:
         raise UsageError(
             f"{{sample_steps}} continues one checkpoint; {len(paths)} were given (use "
@@ -161,9 +164,6 @@ def check_sampling(paths: Sequence[Any], o: Any, dist: Any) -> None:
             sample_steps="sample_steps",
             last="last",
         )
-    if dist is not None:
-        raise UsageError("{sample_steps} runs in one process, not under torchrun",
-                         sample_steps="sample_steps")  # fmt: skip
     for key in ("sample_steps", "samples"):
         v = getattr(o, key)
         if isinstance(v, int) and v < 1:

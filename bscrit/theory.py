@@ -16,7 +16,11 @@ docs/theory.md §4 and §7. With NSR = N^B/G measured at batch size B and a clos
 Intervals: B* and its approximation are increasing in NSR, so their 95% intervals are the NSR
 interval (built from the stored jackknife values by :func:`bscrit.estimators.nsr_interval`) mapped
 through the formula, never endpoints of G and N plugged in separately. When Ĝ's interval reaches 0
-the NSR (and B*) has no upper bound at this precision: the upper end is ``inf`` ("> X").
+the NSR (and B*) has no upper bound at this precision: the upper end is ``inf`` ("> X"). When the
+measurement holds intervals over the equilibrium (checkpoints that make at least two independent
+draws, :mod:`bscrit.equilibrium`, docs/theory.md §8), G, N and NSR with their intervals are those
+(:func:`interval_scope`): the recommended range then ends at the lower 95% bound of B* over the
+equilibrium, not at one checkpoint's.
 
 Which parameters: the theorems assume a scale-invariant loss. bscrit uses the scale-invariant subset
 when it covers at least :data:`SCALE_INVARIANT_MIN_FRACTION` of the trainable parameters, else all

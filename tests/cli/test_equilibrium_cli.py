@@ -87,3 +87,8 @@ def test_sample_steps_states_the_cost_first_and_writes_the_points(work: Path) ->
     assert (work / "tiny.pt").read_bytes() == before
     r = _measure(str(work / "valid.yaml"), "--sample-steps", "lots")
     assert r.exit_code == 2 and "expected 'auto' or a number of steps" in _text(r)
+
+
+def test_sample_steps_is_refused_under_nproc_before_anything_starts(work: Path) -> None:
+    r = _measure(str(work / "valid.yaml"), "--samples", "3", "--nproc", "2")
+    assert r.exit_code == 2 and "runs in one process, not under torchrun" in _text(r), r.output
