@@ -213,7 +213,7 @@ class SetInterval:
 def spread_ratio(stats: Sequence[NoiseStats]) -> float | None:
     """sd of the checkpoints' Ĝ/N̂ over the RMS of their jackknife standard errors (G/N is
     smooth through G = 0, so it is the scale on which the checkpoints are compared)."""
-    if len(stats) < 2:
+    if len(stats) < 2 or any(s.N.value <= 0 for s in stats):
         return None
     snr = [s.G.value / s.N.value for s in stats]
     ses = [jackknife_se([g / n for g, n in zip(s.jackknife_G, s.jackknife_N)]) for s in stats]
@@ -322,7 +322,9 @@ def equilibrium_interval(
         scope = "checkpoint" if k == 1 else "checkpoints"
         out = {name: pooled_set_interval(p, per) for name, (p, per) in sets.items()}
         return EquilibriumInterval(scope, k, 1, tau, tuple(steps), note, out)
-    out = {name: set_interval(per, blocks) for name, (_, per) in sets.items()}
+    # a set without noise at some point (N ≤ 0) has no ratio to bound: left out here
+    out = {name: set_interval(per, blocks) for name, (_, per) in sets.items()
+           if all(s.N.value > 0 for s in per)}  # fmt: skip
     return EquilibriumInterval("equilibrium", k, len(blocks), tau, tuple(steps), note, out)
 
 
