@@ -342,3 +342,16 @@ def step_of(obj: Any) -> int | None:
         if step is not None:
             return step
     return None
+
+
+def saved_ints(path: str | os.PathLike[str], keys: tuple[str, ...]) -> dict[str, int]:
+    """The top-level integers under ``keys`` of a ``torch.save`` dict (``step``, ``global_step``),
+    read without torch and without running the pickle; {} when there are none or the file cannot
+    be read this way."""
+    try:
+        root = _skeleton(path)
+    except Exception:  # any damage: the loader reports it when the file is measured
+        return {}
+    if not isinstance(root, Mapping):
+        return {}
+    return {k: v for k in keys if isinstance(v := root.get(k), int) and not isinstance(v, bool)}

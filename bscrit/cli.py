@@ -21,7 +21,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from . import __version__, optim
-from .errors import ArtifactError, BscritError, ExitCode, Terminated
+from .errors import BscritError, ExitCode, Terminated
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,32 +60,6 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(int(ExitCode.TERMINATED if term else ExitCode.INTERRUPTED)) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def _write_outputs(
-    result: Callable[[], dict[str, Any]], jobs: list[tuple[Callable[[], object], list[Path]]]
-) -> str:
-    """Run the writes that follow the work and return the "wrote ..." line (naming the files it
-    overwrote). A write that fails prints the results on stdout as JSON, so nothing is lost, and
-    exits 3; an interrupt says which files were complete."""
-    old = [str(p) for _, paths in jobs for p in paths if p.exists()]
-    written: list[str] = []
-    try:
-        for write, paths in jobs:
-            write()
-            written += [str(p) for p in paths]
-    except BscritError as e:
-        _print_json(result())
-        done = f" (wrote {', '.join(written)})" if written else ""
-        raise ArtifactError(
-            f"{e.template}{done}; the results are printed on stdout as JSON",
-            exit_code=ExitCode.RUNTIME, **e.options,
-        ) from None  # fmt: skip
-    except KeyboardInterrupt as e:
-        e.written = written  # type: ignore[attr-defined]
-        raise
-    names = ", ".join(written[:-1]) + " and " + written[-1] if len(written) > 1 else written[0]
-    return f"wrote {names}" + (f" (overwrote the existing {', '.join(old)})" if old else "")
 
 
 def _version_callback(value: bool) -> None:
@@ -143,10 +117,28 @@ def measure(
         typer.Option(
             "--checkpoint",
             "-c",
-            help="Checkpoint to measure; repeat to pool several (mean of G and N, as [LMA21] "
-            "averaged epochs 200-250). Overrides the spec's checkpoint.path.",
+            help="Checkpoint file, folder or glob ('runs/epoch*.pt'); repeat to pool several "
+            "(mean of G and N, as [LMA21] averaged epochs 200-250), with an interval over the "
+            "equilibrium when they are far enough apart. Overrides the spec's checkpoint.path.",
         ),
     ] = None,
+    last: Annotated[
+        int | None, typer.Option(min=1, help="Of a folder or glob: the last K by saved step.")
+    ] = None,
+    sample_steps: Annotated[
+        str | None,
+        typer.Option(
+            "--sample-steps",
+            help="Equilibrium draws from one checkpoint: continue its training (its own "
+            "optimizer, B, data order) for T steps and measure at --samples points; 'auto' = 10 "
+            "relaxation times 1/(2ηλ). States the cost first. docs/theory.md §8.",
+        ),
+    ] = None,
+    samples: Annotated[
+        int | None,
+        typer.Option("--samples", min=2, help="Points measured over --sample-steps (default 20)."),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before training.")] = False,
     out: Annotated[
         str | None,  # not Path, which drops a trailing "/"
         typer.Option(
@@ -278,8 +270,10 @@ def measure(
     else requires_grad); the gradient is the unclipped one (a clipping run moves with less noise).
     """
     from . import report
+    from .equilibrium import parse_sample_steps, sample_cost_lines
+    from .outputs import check_output_path, write_outputs
     from .pipeline import MeasureOptions, measure_session
-    from .results import check_output_path, csv_path_for, dumps, write_measurement
+    from .results import csv_path_for, dumps, write_measurement
     from .spec import load_spec
 
     if per_tensor not in ("all", "none") and not per_tensor.isdigit():
@@ -306,24 +300,35 @@ def measure(
         num_workers=num_workers,
         prefetch=prefetch,
         host_memory=host_memory,
+        last=last,
+        sample_steps=parse_sample_steps(sample_steps),
+        samples=samples,
     )
     if nproc is not None:  # the spec and options are valid: re-run this command under torchrun
         from .distributed import launch, measure_args_from_argv
+        from .sampling import check_sampling
+
+        if opts.sampling:
+            check_sampling([], opts, dist=True)  # continued training runs in one process
 
         raise typer.Exit(launch(nproc, measure_args_from_argv(sys.argv)))
 
     def on_rank(is_main: bool) -> None:  # under torchrun rank 0 alone prints and writes
         report.out.quiet = report.err.quiet = not is_main
 
+    def on_sampling(plan: Any, opt: Any) -> None:  # the cost first, then (maybe) ask
+        report.info("\n".join(sample_cost_lines(plan, opt, s.batch_size)))
+        _confirm(yes, "Train and measure?")
+
     progress = None if quiet else (lambda d, t: report.progress(d, t, "batch"))
     m = measure_session(
         s, checkpoint, opts, dist_timeout, progress_factory=progress, on_rank=on_rank,
-        on_error=report.error, on_info=None if quiet else report.info,
+        on_error=report.error, on_info=None if quiet else report.info, on_sampling=on_sampling,
     )  # fmt: skip
     if m is None:  # a rank other than 0
         return
     if outs:
-        wrote = _write_outputs(m.to_dict, [(lambda: write_measurement(m, outs[0]), outs)])
+        wrote = write_outputs(m.to_dict, [(lambda: write_measurement(m, outs[0]), outs)])
     if json_out:
         report.out.print(dumps(m.to_dict()), markup=False, highlight=False, soft_wrap=True, end="")
     else:
@@ -500,7 +505,7 @@ def scale(
     Works for scaling down (κ < 1) too.
     """
     from . import report
-    from .pipeline import scale_request
+    from .rescale import scale_request
 
     hp = {"lr": lr, "momentum": momentum, "beta1": beta1, "beta2": beta2, "eps": eps}
     hp |= {"alpha": alpha, "weight_decay": weight_decay}
@@ -531,9 +536,20 @@ def scale(
 
 def _svag_interactive() -> bool:
     """Ask before a long run only on an interactive terminal outside CI."""
-    import os
-
     return sys.stdin.isatty() and sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def _confirm(yes: bool, question: str) -> None:
+    """After the cost is shown: ask on a terminal (unless ``--yes``); "no" exits 0."""
+    from . import report
+
+    if yes:
+        return
+    if not _svag_interactive():
+        report.info("non-interactive (no terminal or CI set): starting without asking")
+    elif not typer.confirm(question, default=True, err=True):
+        report.info("not started; nothing written")
+        raise typer.Exit(int(ExitCode.OK))
 
 
 @app.command()
@@ -641,8 +657,10 @@ def svag(
     held-out loss/accuracy and |x|^2 decide; G and N are shown only. Details: docs/svag.md.
     """
     from . import report
+    from .outputs import check_output_path, write_outputs
     from .pipeline import plan_svag
-    from .results import check_output_path, dumps
+    from .results import dumps
+    from .svag.plot import plot_svag
     from .svag.results import svag_paths, write_svag
     from .svag.run import run_plan
 
@@ -681,13 +699,7 @@ def svag(
         plan.ls, plan.effective_steps, plan.forward_backward(), plan.target_batch_size,
         str(plan.device),
     ), stderr=True)  # fmt: skip
-    if not yes:
-        if _svag_interactive():
-            if not typer.confirm("Run it?", default=True, err=True):
-                report.info("not started; nothing written")
-                raise typer.Exit(int(ExitCode.OK))
-        else:
-            report.info("non-interactive (no terminal or CI set): starting without asking")
+    _confirm(yes, "Run it?")
     with report.progress(
         "SVAG", plan.total_steps, unit="step", enabled=not quiet and not json_out
     ) as advance:
@@ -696,8 +708,8 @@ def svag(
     if out is not None:
         jobs.append((lambda: write_svag(result, out), list(svag_paths(out))))
     if plot_path is not None:
-        jobs.append((lambda: report.plot_svag(result, plot_path), [plot_path]))
-    wrote = _write_outputs(result.to_dict, jobs) if jobs else None
+        jobs.append((lambda: plot_svag(result, plot_path), [plot_path]))
+    wrote = write_outputs(result.to_dict, jobs) if jobs else None
     if json_out:
         report.out.print(
             dumps(result.to_dict()), markup=False, highlight=False, soft_wrap=True, end=""
@@ -769,19 +781,7 @@ def demo(
         markup=False,
     )
     if json_out:
-        summary = {
-            "workdir": str(r.workdir),
-            "spec": str(r.spec),
-            "checkpoints": [str(c) for c in r.checkpoints],
-            "measurement": str(r.measurement),
-            "prediction": str(r.prediction),
-            "b_star": r.b_star,
-            "recommended_max": r.recommended_max,
-            "svag_target_batch_size": r.svag_target,
-            "svag_verdict": r.svag_verdict,
-            "svag_plot": str(r.svag_plot) if r.svag_plot else None,
-        }
-        typer.echo(json.dumps(summary, indent=2))
+        typer.echo(json.dumps(r.summary(), indent=2))
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -97,6 +97,21 @@ class DemoResult:
     svag_verdict: str | None
     files: list[Path] = field(default_factory=list)
 
+    def summary(self) -> dict[str, Any]:
+        """The JSON summary ``bscrit demo --json`` prints."""
+        return {
+            "workdir": str(self.workdir),
+            "spec": str(self.spec),
+            "checkpoints": [str(c) for c in self.checkpoints],
+            "measurement": str(self.measurement),
+            "prediction": str(self.prediction),
+            "b_star": self.b_star,
+            "recommended_max": self.recommended_max,
+            "svag_target_batch_size": self.svag_target,
+            "svag_verdict": self.svag_verdict,
+            "svag_plot": str(self.svag_plot) if self.svag_plot else None,
+        }
+
 
 def run_demo(
     workdir: Path,
@@ -307,6 +322,7 @@ def _run_svag(
 ) -> str:
     """Run the SVAG step; ``files`` gets the figure and the folder as each is written."""
     from .svag.plan import prepare_svag
+    from .svag.plot import plot_svag
     from .svag.results import write_svag
     from .svag.run import run_plan
 
@@ -327,12 +343,9 @@ def _run_svag(
         with show.progress("SVAG", plan.total_steps, unit="step") as advance:
             result = run_plan(plan, on_step=advance)
         show.show(show.format_svag(result))
-        show.plot_svag(result, plot)
     else:
         result = run_plan(plan)
-        from .report import plot_svag
-
-        plot_svag(result, plot)
+    plot_svag(result, plot)
     files.append(plot)
     write_svag(result, out_dir)
     files.append(out_dir)

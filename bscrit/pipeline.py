@@ -8,6 +8,7 @@ prints; torch is imported lazily (``bscrit scale`` runs without it).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -17,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 from . import optim
 from .errors import UsageError
 from .optim import OptimizerInfo
-from .scaling import ScaledHyperparameters, scale_hyperparameters
 
 if TYPE_CHECKING:
     from .adaptive import AdaptiveState
     from .distributed import DistContext
     from .engine import RawMeasurement
+    from .equilibrium import SamplePlan
     from .groups import SumsPlan
     from .results import Equilibrium, Measurement, ParamSetStats
     from .spec import Spec
@@ -32,83 +33,6 @@ if TYPE_CHECKING:
 PathLike = str | os.PathLike[str]
 #: ``(description, total) -> context manager yielding advance(n)`` (a progress bar).
 ProgressFactory = Callable[[str, int], Any]
-
-
-def scale_request(
-    target_batch_size: int,
-    *,
-    optimizer: str | None = None,
-    batch_size: int | None = None,
-    values: Mapping[str, float | None] | None = None,
-    epochs: float | None = None,
-    steps: int | None = None,
-    warmup_steps: int | None = None,
-    from_spec: PathLike | None = None,
-    measurement: PathLike | None = None,
-    c2: float = 2.0,
-) -> ScaledHyperparameters:
-    """``bscrit scale``: the base run's optimizer from a spec, a measurement or explicit values,
-    scaled from B to B' by its rule (docs/theory.md §5).
-
-    Precedence: explicit arguments over the spec over the measurement. ``optimizer`` different
-    from the base's starts from that optimizer's defaults. With ``measurement``, warnings say
-    when B' is past its recommended range.
-    """
-    from .prediction import range_context
-    from .results import load_measurement
-
-    base: OptimizerInfo | None = None
-    b = batch_size
-    if from_spec is not None:
-        from .spec import load_spec
-
-        s = load_spec(from_spec)
-        base = s.optimizer
-        b = b if b is not None else s.batch_size
-        if steps is None and s.schedule.total_steps is not None:
-            steps = s.schedule.total_steps
-        if warmup_steps is None and s.schedule.warmup_steps > 0:
-            warmup_steps = s.schedule.warmup_steps
-    m = load_measurement(measurement) if measurement is not None else None
-    if m is not None:
-        named_only = base is not None and base.source == optim.NAME_ONLY
-        if base is None or (named_only and m.optimizer and m.optimizer.name == base.name):
-            base = m.optimizer  # a spec naming the optimizer only: the measured values
-        b = b if b is not None else m.batch_size
-    if optimizer is not None and (base is None or base.name != optimizer):
-        base = OptimizerInfo(optim.get(optimizer).name, lr=base.lr if base else 0.0, source="cli")
-    if base is None:
-        raise UsageError(
-            "no optimizer: give {optimizer} and {lr} (or {from_spec} spec.yaml)",
-            optimizer="optimizer",
-            lr="lr",
-            from_spec="from_spec",
-        )
-    if b is None:
-        raise UsageError(
-            "no base batch size: give {batch_size} (or {from_spec} / {measurement})",
-            batch_size="batch_size",
-            from_spec="from_spec",
-            measurement="measurement",
-        )
-    values = dict(values or {})
-    if values.get("lr") is None and not base.lr > 0:
-        raise UsageError(f"give the base run's learning rate with {{lr}} ({base.name})", lr="lr")
-    opt = optim.with_values(base, values, source=base.source)
-    warnings: list[str] = []
-    nsr_target = None
-    if m is not None:
-        warnings, nsr_target = range_context(str(measurement), m, b, target_batch_size, c2)
-    result = scale_hyperparameters(
-        opt,
-        b,
-        target_batch_size,
-        epochs=epochs,
-        steps=steps,
-        warmup_steps=warmup_steps,
-        nsr_target=nsr_target,
-    )
-    return replace(result, warnings=tuple(warnings) + result.warnings)
 
 
 @dataclass(frozen=True)
@@ -131,6 +55,14 @@ class MeasureOptions:
     num_workers: int | None = None  # DataLoader workers (default: the spec's data.num_workers)
     prefetch: int | None = None  # DataLoader prefetch_factor
     host_memory: float | None = None  # GiB the group sums may take in host memory, else spill
+    last: int | None = None  # of a folder or glob of checkpoints, the last K by saved step
+    sample_steps: int | str | None = None  # continue training T steps ("auto": 10τ), §8
+    samples: int | None = None  # measure at K points over those T steps
+
+    @property
+    def sampling(self) -> bool:
+        """``--sample-steps``/``--samples``: equilibrium draws from one checkpoint."""
+        return self.sample_steps is not None or self.samples is not None
 
 
 @dataclass
@@ -150,20 +82,27 @@ class _MeasurePlan:
     k: int
     adaptive: AdaptiveState | None
     loss_fn: Any
+    steps: list[int | None]  # each checkpoint's saved step (None: not saved)
+    selection_note: str | None = None  # how a folder or glob was expanded
+    labels: list[str] = dataclasses.field(default_factory=list)  # one per measured point
+    sampling: Any = None  # (SamplePlan, notes) once --sample-steps has planned its points
+
+    def __post_init__(self) -> None:
+        self.labels = self.labels or [str(p) for p in self.paths]
 
 
 def _plan_measurement(
     spec: Spec, checkpoints: Sequence[PathLike] | None, o: MeasureOptions, dist: DistContext | None
 ) -> _MeasurePlan:
     from .adaptive import adaptive_plan
+    from .checkpoint_select import select
     from .data import check_num_batches, default_num_batches
     from .loading import build_dataset, build_loss, resolve_device
     from .objective import check_examples
     from .spec import resolve_micro_batch_size
 
     ms = spec.measure
-    paths = [Path(p) for p in (checkpoints or spec.checkpoint.paths)]
-    if not paths:
+    if not (checkpoints or spec.checkpoint.paths):
         raise UsageError(
             f"{spec.path}: no checkpoint: give {{checkpoint}} PATH or set checkpoint.path in the "
             "spec",
@@ -173,6 +112,12 @@ def _plan_measurement(
         from .hf import require_transformers
 
         require_transformers(str(spec.path))
+    chosen = select(checkpoints or spec.checkpoint.paths, o.last)
+    paths = list(chosen.paths)
+    if o.sampling:
+        from .sampling import check_sampling
+
+        check_sampling(paths, o, dist)
     if o.estimator not in ("batch", "per-example"):
         raise UsageError(
             f"{{estimator}}: expected 'batch' or 'per-example', got {o.estimator!r}",
@@ -191,12 +136,16 @@ def _plan_measurement(
     dataset = build_dataset(spec.data, spec.base_dir, "data")
     n = len(dataset)
     k = o.batches or ms.batches or default_num_batches(n, batch_size)
+    if o.sampling and not (o.batches or ms.batches):
+        from .equilibrium import sample_batches
+
+        k = sample_batches(k, groups)
     check_num_batches(k)
     adaptive = adaptive_plan(
         o.target_rel_error, o.max_batches, o.batches or ms.batches, groups, n, batch_size
     )
     if adaptive is not None:
-        if len(paths) > 1:
+        if len(paths) > 1 or o.sampling:
             raise UsageError(
                 "{target_rel_error} measures one checkpoint at a time (pooled checkpoints need "
                 "the same groups); give one checkpoint, or use {batches} for a fixed k",
@@ -204,6 +153,7 @@ def _plan_measurement(
                 batches="batches",
             )
         k = adaptive.start
+    steps, from_epochs = chosen.steps_or_epochs(max(1, n // batch_size))
     loss_fn = build_loss(spec)
     check_examples(dataset, loss_fn, str(spec.path))
     if hasattr(loss_fn, "to"):  # an nn.Module loss, e.g. class weights of a CrossEntropyLoss
@@ -222,6 +172,8 @@ def _plan_measurement(
         k=k,
         adaptive=adaptive,
         loss_fn=loss_fn,
+        steps=steps,
+        selection_note="; ".join(x for x in (chosen.note, from_epochs) if x) or None,
     )
 
 
@@ -255,7 +207,7 @@ def plan_line(
     batch (on each of ``ranks`` ranks), the projected total, and ``memory``
     (:meth:`~bscrit.groups.SumsPlan.note`); None when the projection is under
     ``PLAN_LINE_MIN_S`` and the sums are not ``spilled``."""
-    a, b, m, c = plan.adaptive, plan.batch_size, plan.groups, len(plan.paths)
+    a, b, m, c = plan.adaptive, plan.batch_size, plan.groups, len(plan.labels)
     k = a.max_batches if a is not None else plan.k
     total = seconds_per_batch * k * c / ranks
     if total < PLAN_LINE_MIN_S and not spilled:
@@ -263,6 +215,7 @@ def plan_line(
     what = f"{k:,} batches" if a is None else f"{a.start:,} to {k:,} batches (adaptive)"
     groups = f"{m} groups" if a is None else f"{m} to {max(m, a.max_groups)} groups"
     each = f" for each of {c} checkpoints" if c > 1 else ""
+    each = f" at each of {c} sampled points" if c > 1 and plan.options.sampling else each
     per = f"about {_duration(seconds_per_batch)} a batch" + (
         f" on each of {ranks} ranks" * (ranks > 1)
     )
@@ -298,7 +251,7 @@ def _measure_one(
     from .engine import measure_model
     from .summary import PerExampleInput, summarize_checkpoint
 
-    o, path, n, b = plan.options, plan.paths[ci], len(plan.dataset), plan.batch_size
+    o, label, n, b = plan.options, plan.labels[ci], len(plan.dataset), plan.batch_size
     seed = plan.seed + ci
     kw = dist.measure_kwargs(n, b, plan.k, seed) if dist is not None else {"seed": seed}
     run_kw: dict[str, Any] = dict(
@@ -333,8 +286,8 @@ def _measure_one(
 
         run_kw["estimate"] = estimate
     total = plan.adaptive.max_batches if plan.adaptive is not None else plan.k
-    many = len(plan.paths) > 1
-    desc = f"measure {path.name}" + (f" ({ci + 1}/{len(plan.paths)})" if many else "")
+    many = len(plan.labels) > 1
+    desc = f"measure {Path(label).name}" + (f" ({ci + 1}/{len(plan.labels)})" if many else "")
     pe = None
     with progress_factory(desc, total) if progress_factory else _no_progress() as advance:
         if advance is not None:
@@ -348,7 +301,7 @@ def _measure_one(
             pe = PerExampleInput(pe_raw, n, b)
         else:
             raw = measure_model(model, plan.dataset, plan.loss_fn, **run_kw)
-    summary = summarize_checkpoint(str(path), raw.tensors, opt, raw.elapsed_s, raw.tau, pe)
+    summary = summarize_checkpoint(label, raw.tensors, opt, raw.elapsed_s, raw.tau, pe)
     return summary, raw
 
 
@@ -407,6 +360,41 @@ def _per_example_extra(summaries: Sequence[CheckpointSummary]) -> dict[str, Any]
     return extra
 
 
+def _points(
+    plan: _MeasurePlan,
+    spec: Spec,
+    dist: DistContext | None,
+    on_checkpoint: Callable[[str], None] | None,
+    on_sampling: Callable[[SamplePlan, OptimizerInfo], None] | None,
+) -> Iterator[tuple[Any, OptimizerInfo | None, Mapping[str, Any] | None, Any, list[str]]]:
+    """``(model on the device, its optimizer, the optimizer state, the parameter selection,
+    warnings)`` at each point to measure:
+    every checkpoint in turn, or the points of continued training from one (``--sample-steps``,
+    :func:`bscrit.sampling.sampled_points`, which also sets the plan's labels and steps)."""
+    from .checkpoints import load_model, resolve_optimizer
+    from .param_select import select_parameters
+    from .sampling import sampled_points
+
+    for path in plan.paths:
+        if on_checkpoint is not None:
+            on_checkpoint(str(path))
+        model, ckpt = load_model(spec, path, unsafe=plan.options.unsafe_load)
+        if dist is not None:
+            model = dist.prepare_model(model)
+        # the parameters the run's optimizer updates (docs/theory.md §1, "Which parameters")
+        sel = select_parameters(model, ckpt.optimizer_state, f"checkpoint {path}")
+        opt, notes = resolve_optimizer(spec, ckpt)
+        if opt is not None and sel.group_params:
+            opt = optim.with_group_params(opt, sel.group_params)
+        notes = ([sel.warning] if sel.warning else []) + list(notes)
+        model.to(plan.device)
+        if plan.options.sampling:
+            for point in sampled_points(plan, model, ckpt.optimizer_state, opt, on_sampling):
+                yield (*point, sel, notes)
+        else:
+            yield model, opt, ckpt.optimizer_state, sel, notes
+
+
 def run_measurement(
     spec: Spec,
     checkpoints: Sequence[PathLike] | None = None,
@@ -416,6 +404,7 @@ def run_measurement(
     on_checkpoint: Callable[[str], None] | None = None,
     dist: DistContext | None = None,
     on_info: Callable[[str], None] | None = None,
+    on_sampling: Callable[[SamplePlan, OptimizerInfo], None] | None = None,
 ) -> Measurement:
     """Measure every checkpoint of a spec and pool them into a :class:`~bscrit.results.Measurement`.
 
@@ -431,14 +420,16 @@ def run_measurement(
         on_checkpoint: called with each checkpoint path before it is measured.
         dist: the torchrun context (its device, rows, seeds and reduction hooks), else None.
         on_info: told the plan line (:func:`plan_line`) early in a long measurement.
+        on_sampling: with ``options.sampling``, told the sampling plan (its cost) and the
+            optimizer before the training starts; it may raise to stop there.
     """
     from . import __version__
-    from .checkpoints import load_model, resolve_optimizer
     from .engine import trainable_parameters
-    from .param_select import requires_grad_only, select_parameters
+    from .equilibrium import interval_warnings
+    from .param_select import requires_grad_only
     from .precondition import build_preconditioner
     from .results import Measurement
-    from .summary import equilibrium, equilibrium_set, pool_param_sets
+    from .summary import equilibrium, equilibrium_intervals, equilibrium_set, pool_param_sets
 
     plan = _plan_measurement(spec, checkpoints, options or MeasureOptions(), dist)
     summaries: list[CheckpointSummary] = []
@@ -448,26 +439,14 @@ def run_measurement(
     pre_notes: list[str | None] = []  # per checkpoint: P's description, or why there is none
     pre_reason: str | None = None
     selections = []
-    for ci, path in enumerate(plan.paths):
-        if on_checkpoint is not None:
-            on_checkpoint(str(path))
-        model, ckpt = load_model(spec, path, unsafe=plan.options.unsafe_load)
-        if dist is not None:
-            model = dist.prepare_model(model)
-        # the parameters the run's optimizer updates (docs/theory.md §1, "Which parameters")
-        sel = select_parameters(model, ckpt.optimizer_state, f"checkpoint {path}")
+    points = _points(plan, spec, dist, on_checkpoint, on_sampling)
+    for ci, (model, opt_ci, opt_state, sel, notes) in enumerate(points):
+        opt = opt_ci if ci == 0 else opt
         selections.append(sel)
-        notes = [sel.warning] if sel.warning else []
-        if ci == 0:
-            opt, opt_notes = resolve_optimizer(spec, ckpt)
-            notes += opt_notes
-            if opt is not None and sel.group_params:
-                opt = optim.with_group_params(opt, sel.group_params)
         warnings.extend(w for w in notes if w not in warnings)
-        model.to(plan.device)
         with requires_grad_only(model, sel.names):
             params = [p for _, p in trainable_parameters(model)]
-            pre, why = build_preconditioner(params, ckpt.optimizer_state, opt, sel.state_indices)
+            pre, why = build_preconditioner(params, opt_state, opt, sel.state_indices)
             pre_notes.append(pre.description if pre is not None else None)
             pre_reason = pre_reason or why
             factors = pre.factors if pre is not None else None
@@ -484,9 +463,14 @@ def run_measurement(
     si_pooled = pool_param_sets(si_list) if all(si_list) else None  # type: ignore[arg-type]
     eq_set, eq_name = equilibrium_set(all_pooled, si_pooled)
     eq, note = equilibrium(opt, eq_set, eq_name)
-    if len(plan.paths) > 1:
-        note += f"; pooled over {len(plan.paths)} checkpoints"
+    if len(plan.labels) > 1:
+        what = "sampled points" if plan.options.sampling else "checkpoints"
+        note += f"; pooled over {len(plan.labels)} {what}"
     warnings += _pooled_warnings(plan, summaries, all_pooled, eq)
+    pre_sets = [s.preconditioned for s in summaries]
+    pooled_pre = pool_param_sets(pre_sets) if all(pre_sets) else None  # type: ignore[arg-type]
+    eqi = equilibrium_intervals(summaries, all_pooled, si_pooled, pooled_pre, plan.steps, opt)
+    warnings += interval_warnings(eqi)
     extra: dict[str, Any] = {"tau": raw.tau, "mean_loss": sum(mean_losses) / len(mean_losses)}
     extra["parameters"] = selections[0].to_dict()
     if plan.adaptive is not None:
@@ -495,8 +479,10 @@ def run_measurement(
     if dist is not None:
         extra["distributed"] = dist.describe(plan.batch_size)
     adaptive = plan.adaptive is not None
-    pre_sets = [s.preconditioned for s in summaries]
-    pooled_pre = pool_param_sets(pre_sets) if all(pre_sets) else None  # type: ignore[arg-type]
+    if plan.selection_note is not None:
+        extra["selection"] = plan.selection_note
+    if plan.sampling is not None:
+        extra["sampling"] = plan.sampling[0].to_dict() | {"notes": list(plan.sampling[1])}
     return Measurement(
         batch_size=plan.batch_size,
         micro_batch_size=plan.micro_batch_size,
@@ -507,7 +493,7 @@ def run_measurement(
         device=str(plan.device),
         mode=plan.mode,
         elapsed_s=sum(s.stats.elapsed_s for s in summaries),
-        checkpoints=tuple(s.stats for s in summaries),
+        checkpoints=tuple(replace(s.stats, step=st) for s, st in zip(summaries, plan.steps)),
         all=all_pooled,
         scale_invariant=si_pooled,
         equilibrium=eq,
@@ -525,6 +511,7 @@ def run_measurement(
         preconditioned=pooled_pre,
         preconditioner=pre_notes[0] if pooled_pre is not None else None,
         preconditioned_reason=None if pooled_pre is not None else pre_reason,
+        equilibrium_interval=eqi,
     )
 
 
@@ -538,6 +525,7 @@ def measure_session(
     on_rank: Callable[[bool], None] | None = None,
     on_error: Callable[[str], None] | None = None,
     on_info: Callable[[str], None] | None = None,
+    on_sampling: Callable[[SamplePlan, OptimizerInfo], None] | None = None,
 ) -> Measurement | None:
     """``bscrit measure``: :func:`run_measurement` in one process or as one torchrun rank.
 
@@ -562,6 +550,7 @@ def measure_session(
             progress_factory=progress_factory if main else None,
             dist=dist,
             on_info=on_info if main else None,
+            on_sampling=on_sampling,
         )
     return m if main else None
 
@@ -595,9 +584,11 @@ def plan_svag(
             "give exactly one of {t} and {m}", t="target_batch_size", m="from_measurement"
         )
     if from_measurement is not None:
-        target_batch_size, why = confirmation_target(predict_files([from_measurement], c2))
+        pred = predict_files([from_measurement], c2)
+        target_batch_size, why = confirmation_target(pred)
+        scope = pred.base.interval_note.split(";")[0]  # over the equilibrium, or one point
         if on_target is not None:
-            on_target(f"B' = {target_batch_size}: {why} of {from_measurement}")
+            on_target(f"B' = {target_batch_size}: {why} of {from_measurement} ({scope})")
     assert target_batch_size is not None
     return prepare_svag(
         load_spec(spec_path), target_batch_size=target_batch_size, ls=parsed, **kwargs

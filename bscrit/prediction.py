@@ -83,6 +83,7 @@ def bounds_to_dict(b: MeasurementBounds) -> dict[str, Any]:
         "equilibrium_residual": _num(b.equilibrium_residual),
         "optimizer": b.optimizer.name if b.optimizer is not None else None,
         "other_readings": [o.to_dict() for o in b.other_readings],
+        "interval": {"scope": b.interval_scope, "note": b.interval_note},
         "warnings": list(b.warnings),
     }
 
@@ -253,6 +254,7 @@ class CheckResult:
             "dataset_size": _dataset_size(p),
             "range_max": _num(self.range_max),
             "limited_by": self.limited_by,
+            "interval_scope": [b.interval_scope for b in p.measurements],
             "recommended": r.to_dict(),
             "warnings": [w for b in p.measurements for w in b.warnings] + list(p.warnings),
         }

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console, ConsoleOptions, Group, NewLine, RenderableType, RenderResult
 from rich.markup import escape
 from rich.measure import Measurement as Width
-from rich.progress import (
+from rich.progress import (  # fmt: skip
     BarColumn,
     MofNCompleteColumn,
     Progress,
@@ -232,10 +232,12 @@ def format_measurement(m: Measurement) -> Group:
             + f"  device={m.device}  mode={m.mode}"
             + (f"  amp={m.amp}" if m.amp else "")
             + f"  {m.elapsed_s:.2f}s",
-        )
+        )  # fmt: skip
     ]
-    opt = m.optimizer
-    parts += [_line(f"{opt.name}: {x}") for x in optim.summary_lines(opt)] if opt else []
+    if opt := m.optimizer:
+        parts += [_line(f"{opt.name}: {x}") for x in optim.summary_lines(opt)]
+    if m.extra.get("selection"):
+        parts.append(_line(f"checkpoints: {m.extra['selection']}"))
     title = f"G = ‖∇L‖², N = Tr Σ at B={m.batch_size}, NSR = N/G (jackknife over {m.groups} groups)"
     si = m.scale_invariant
     sets = {
@@ -257,13 +259,51 @@ def format_measurement(m: Measurement) -> Group:
     else:
         parts.append(Text(f"equilibrium: not checked ({m.equilibrium_note})"))
     if len(m.checkpoints) > 1:
-        header = ("checkpoint", "G (all)", "N (all)", "NSR (all)", "NSR (scale-inv.)", "ρ")
-        rows = [(c.path, fmt(c.all.G), fmt(c.all.N), fmt(c.all.nsr),
-                 fmt(c.scale_invariant.nsr) if c.scale_invariant else "—",
-                 f"{c.equilibrium.residual:+.3f}" if c.equilibrium else "—")
-                for c in m.checkpoints]  # fmt: skip
-        parts.append(_table("Per checkpoint (pooled above: mean of G and N)", header, rows))
+        parts.append(_checkpoint_table(m))
+    parts += _equilibrium_parts(m)
     return Group(*parts)
+
+
+def _checkpoint_table(m: Measurement) -> _Fit:
+    """The checkpoints' scatter: step, G, N, NSR with its batch-noise interval, ρ; too wide for
+    the console, the step goes under the path and the interval under the NSR."""
+    title = "Per checkpoint (pooled above: mean of G and N)"
+    cells = [(c.path, "—" if c.step is None else str(c.step), fmt(c.all.G), fmt(c.all.N),
+              fmt(c.all.nsr), fmt_ci(c.all.nsr_ci95),
+              fmt(c.scale_invariant.nsr) if c.scale_invariant else "—",
+              f"{c.equilibrium.residual:+.3f}" if c.equilibrium else "—")
+             for c in m.checkpoints]  # fmt: skip
+    cols = ("checkpoint", "step", "G (all)", "N (all)", "NSR (all)", "batch-noise 95% CI",
+            "NSR (scale-inv.)", "ρ")  # fmt: skip
+    narrow = ((f"{c[0]}\nstep {c[1]}", *c[2:4], f"{c[4]}\n{c[5]}", *c[6:]) for c in cells)
+    cols2 = ("checkpoint / step", "G (all)", "N (all)", "NSR (all) / 95% CI", "NSR (s.-inv.)", "ρ")
+    return _Fit(_table(title, cols, cells), _table(title, cols2, narrow))
+
+
+def _equilibrium_parts(m: Measurement) -> list[RenderableType]:
+    """What the intervals cover; with several draws, the table over the equilibrium (§8)."""
+    from .equilibrium import one_draw_advice, relaxation_steps
+
+    e = m.equilibrium_interval
+    advice = one_draw_advice(e.relaxation_steps if e else relaxation_steps(m.optimizer)[0])
+    if (e.scope if e else "checkpoint") == "checkpoint" and len(m.checkpoints) <= 1:
+        return [Text(f"intervals: the batch noise at this checkpoint only; {advice}")]
+    if e is None:  # several checkpoints measured before bscrit formed equilibrium intervals
+        return []
+    spread = {k: f"{fmt(v.spread, 2)}×" for k, v in e.sets.items() if v.spread is not None}
+    if not e.covers_equilibrium:
+        return [Text(f"intervals: the batch noise of these {e.checkpoints} checkpoints only "
+                     f"({e.note})")]  # fmt: skip
+    sets = {k.replace("_", "-"): [fmt(v.G.value), fmt_ci(v.G.ci95), fmt(v.N.value),
+            fmt_ci(v.N.ci95), fmt(v.nsr), fmt_ci(v.nsr_ci95), spread.get(k, "—")]
+            for k, v in e.sets.items()}  # fmt: skip
+    title = (f"Over the equilibrium: {e.draws} draws from {e.checkpoints} checkpoints "
+             "(delete-one-draw jackknife, 95%)")  # fmt: skip
+    cols = ("G", "G 95% CI", "N", "N 95% CI", "NSR", "NSR 95% CI", "spread/noise")
+    wide = _table(title, ("parameters", *cols), ([k, *v] for k, v in sets.items()))
+    narrow = _table(title, ("", *sets), ([c, *(v[i] for v in sets.values())]
+                                         for i, c in enumerate(cols)))  # fmt: skip
+    return [_Fit(wide, narrow), Text(f"  draws: {e.note}")]
 
 
 def format_per_tensor(rows: Sequence[ParameterRow], limit: int | None = 20) -> Group:
@@ -385,6 +425,7 @@ def format_bounds(b: MeasurementBounds) -> Group:
             )
         )
     parts.append(_line(f"  Parameters: {b.param_set_reason}."))
+    parts.append(_line(f"  Intervals: {b.interval_note}."))
     return Group(*parts)
 
 
@@ -571,55 +612,6 @@ def format_svag(r: SvagResult) -> Report:
         parts.append(_line(f"  disagreements: {'; '.join(v.failing)}"))
     parts += [_line(f"  note: {n}") for n in r.notes]
     return Report(*parts, warnings=r.warnings)
-
-
-def plot_svag(r: SvagResult, path: str | os.PathLike[str]) -> None:
-    """A PNG like [LMA21] Fig. 4: one panel per test function against effective steps, one line
-    per l. matplotlib (Agg backend) is imported here only."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .svag.results import METRIC_LABELS
-
-    metrics = r.metrics()
-    ncols = min(3, len(metrics))
-    nrows = math.ceil(len(metrics) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
-    for ax, m in zip(axes.flat, metrics):
-        for run in r.runs:
-            label = f"l = {run.l}" + (" (SGD)" if run.l == 1 and r.target_optimizer.name == "sgd"
-                                      else "")  # fmt: skip
-            ax.plot(run.effective_steps, run.values[m], marker="." if len(run.effective_steps) < 30
-                    else None, label=label)  # fmt: skip
-        ax.set_title(METRIC_LABELS.get(m, m), fontsize=10)
-        ax.set_xlabel("effective steps")
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(metrics) :]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
-    fig.suptitle(
-        f"SVAG at B' = {r.target_batch_size} ({r.target_optimizer.name}); verdict: "
-        f"{r.verdict.code}",
-        fontsize=11,
-    )
-    fig.tight_layout()
-    from .results import write_error
-
-    p = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(p))
-    tmp = os.path.join(d, f".{os.path.basename(p)}.tmp.png")
-    try:
-        os.makedirs(d, exist_ok=True)
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, p)
-    except OSError as e:  # disk full, folder gone: exit 3 naming the file
-        raise write_error(p, e) from None
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def format_stopping(m: Measurement) -> str | None:

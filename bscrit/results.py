@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,7 +22,8 @@ from typing import Any
 
 from . import __version__
 from .checker import measurement_problems
-from .errors import ArtifactError, ExitCode, UsageError
+from .equilibrium import EquilibriumInterval
+from .errors import ArtifactError, ExitCode
 from .estimators import Estimate, NoiseStats, noise_stats_from_jackknife
 from .optim import OptimizerInfo
 
@@ -52,6 +52,8 @@ from .optim import OptimizerInfo
 #   lr_decay / decoupled_weight_decay / identified_by, written only when set (optimizer.lr is the
 #   base LR, initial_lr where a scheduler stored it); extra.parameters (tensors and parameters
 #   measured and left out); scale/predict --json: groups.
+#   Added under schema 1 (0.3): checkpoints[i].step, equilibrium_interval (scope, draws, the
+#   intervals over the equilibrium per parameter set), extra.sampling, extra.selection.
 SCHEMA = 1
 KIND_MEASUREMENT = "bscrit.measurement"
 #: ``_UPGRADES[v]`` rewrites a schema-v artifact as schema v + 1 (none yet).
@@ -239,10 +241,12 @@ class CheckpointStats:
     scale_invariant: ParamSetStats | None
     equilibrium: Equilibrium | None
     elapsed_s: float
+    step: int | None = None  # the training step saved with it (or after it, when sampled)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "path": self.path,
+            "step": self.step,
             "elapsed_s": self.elapsed_s,
             "stats": {
                 "all": self.all.to_dict(),
@@ -266,6 +270,7 @@ class CheckpointStats:
             ),
             equilibrium=Equilibrium.from_dict(d["equilibrium"]) if d.get("equilibrium") else None,
             elapsed_s=float(d.get("elapsed_s", 0.0)),
+            step=None if d.get("step") is None else int(d["step"]),
         )
 
 
@@ -302,6 +307,8 @@ class Measurement:
     preconditioner: str | None = None  # what P is, in a few words
     preconditioned_reason: str | None = None  # why there is no preconditioned reading
     micro_batch_size: int | None = None  # examples per forward/backward chunk of a batch
+    #: what the intervals cover, and those over the equilibrium (docs/theory.md §8)
+    equilibrium_interval: EquilibriumInterval | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -338,6 +345,9 @@ class Measurement:
                 ),
                 "preconditioned_reason": self.preconditioned_reason,
             },
+            "equilibrium_interval": (
+                self.equilibrium_interval.to_dict() if self.equilibrium_interval else None
+            ),
             "checkpoints": [c.to_dict() for c in self.checkpoints],
             "per_parameter": [r.to_dict() for r in self.per_parameter],
             "warnings": list(self.warnings),
@@ -404,6 +414,11 @@ class Measurement:
                 preconditioner=(st.get("preconditioned") or {}).get("preconditioner"),
                 preconditioned_reason=st.get("preconditioned_reason"),
                 micro_batch_size=int(d["micro_batch_size"]) if d.get("micro_batch_size") else None,
+                equilibrium_interval=(
+                    EquilibriumInterval.from_dict(d["equilibrium_interval"])
+                    if d.get("equilibrium_interval")
+                    else None
+                ),
             )
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise ArtifactError(
@@ -480,51 +495,6 @@ def read_json(path: str | os.PathLike[str], what: str = "bscrit JSON artifact") 
 def load_measurement(path: str | os.PathLike[str]) -> Measurement:
     """Read and validate a measurement artifact written by ``bscrit measure``."""
     return Measurement.from_dict(read_json(path, "bscrit measurement"), source=str(path))
-
-
-#: Less free space than this on the disk of an output path is refused before any work.
-MIN_FREE_BYTES = 1 << 20
-
-
-def check_output_path(
-    path: str | os.PathLike[str], *, folder: bool = False, key: str = "out"
-) -> Path:
-    """Refuse, before any work, an output path that could not be written at the end.
-
-    A file path (``folder=False``) must not end in ``/``, be an existing folder or a device; a
-    folder path must not be an existing file. The nearest existing folder on the way must accept
-    a new file (a probe file is created and removed: read-only folders and file systems are
-    caught) and its disk must have at least :data:`MIN_FREE_BYTES` free. Raises
-    :class:`UsageError` naming the option (``key``) and the path; nothing is created.
-    """
-    raw = os.fspath(path)
-    p, base = Path(raw), Path(raw) if folder else Path(raw).parent
-
-    def refuse(problem: str) -> UsageError:
-        return UsageError(f"{{{key}}} {raw}: {problem}", **{key: key})
-
-    if not folder and raw.endswith(("/", os.sep)):
-        raise refuse("ends in '/', expected a file name")
-    try:
-        if folder and p.exists() and not p.is_dir():
-            raise refuse("exists and is not a folder")
-        if not folder and p.is_dir():
-            raise refuse("is an existing folder, expected a file name")
-        if not folder and p.exists() and not p.is_file():
-            raise refuse("exists and is not a regular file")
-        while not base.exists() and base != base.parent:
-            base = base.parent
-        if not base.is_dir():
-            raise refuse(f"cannot create a folder under the file {base}")
-        fd, probe = tempfile.mkstemp(prefix=".bscrit-probe.", dir=base)
-        os.close(fd)
-        os.unlink(probe)
-        free = shutil.disk_usage(base).free
-    except OSError as e:
-        raise refuse(f"cannot write in {base} ({e.strerror or e})") from None
-    if free < MIN_FREE_BYTES:
-        raise refuse(f"the disk holding {base} is full ({free} bytes free)")
-    return p
 
 
 def write_error(path: str | os.PathLike[str], e: OSError) -> ArtifactError:

@@ -13,6 +13,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from .equilibrium import EquilibriumInterval, equilibrium_interval, relaxation_steps
 from .estimators import (
     GroupSums,
     NoiseStats,
@@ -273,4 +274,28 @@ def pool_param_sets(sets: Sequence[ParamSetStats]) -> ParamSetStats:
         R=sum(s.R for s in sets) / len(sets),
         num_params=first.num_params,
         num_tensors=first.num_tensors,
+    )
+
+
+def equilibrium_intervals(
+    summaries: Sequence[CheckpointSummary],
+    all_pooled: ParamSetStats,
+    si_pooled: ParamSetStats | None,
+    pre_pooled: ParamSetStats | None,
+    steps: Sequence[int | None],
+    opt: OptimizerInfo | None,
+) -> EquilibriumInterval:
+    """What the intervals cover, and the intervals over the equilibrium (docs/theory.md §8) of
+    each pooled parameter set, with τ = 1/(2ηλ) of the run's optimizer."""
+    sets = {"all": (all_pooled, [s.stats.all for s in summaries])}
+    if si_pooled is not None:
+        sets["scale_invariant"] = (si_pooled, [s.stats.scale_invariant for s in summaries])
+    if pre_pooled is not None:
+        sets["preconditioned"] = (pre_pooled, [s.preconditioned for s in summaries])
+    tau, why = relaxation_steps(opt)
+    return equilibrium_interval(
+        {k: (p.noise_stats(), [x.noise_stats() for x in per]) for k, (p, per) in sets.items()},  # type: ignore[union-attr]
+        steps,
+        tau,
+        why,
     )

@@ -16,7 +16,11 @@ docs/theory.md §4 and §7. With NSR = N^B/G measured at batch size B and a clos
 Intervals: B* and its approximation are increasing in NSR, so their 95% intervals are the NSR
 interval (built from the stored jackknife values by :func:`bscrit.estimators.nsr_interval`) mapped
 through the formula, never endpoints of G and N plugged in separately. When Ĝ's interval reaches 0
-the NSR (and B*) has no upper bound at this precision: the upper end is ``inf`` ("> X").
+the NSR (and B*) has no upper bound at this precision: the upper end is ``inf`` ("> X"). When the
+measurement holds intervals over the equilibrium (checkpoints that make at least two independent
+draws, :mod:`bscrit.equilibrium`, docs/theory.md §8), G, N and NSR with their intervals are those
+(:func:`interval_scope`): the recommended range then ends at the lower 95% bound of B* over the
+equilibrium, not at one checkpoint's.
 
 Which parameters: the theorems assume a scale-invariant loss. bscrit uses the scale-invariant subset
 when it covers at least :data:`SCALE_INVARIANT_MIN_FRACTION` of the trainable parameters, else all
@@ -27,10 +31,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import optim
+from .equilibrium import SetInterval, one_draw_advice, relaxation_steps
 from .errors import ArtifactError, UsageError
 from .estimators import NoiseStats, finite_population_factor, per_example_trace
 from .optim import OptimizerInfo
@@ -245,10 +250,11 @@ class Reading:
         }
 
 
-def _reading(name: str, s: ParamSetStats, b: int, c2: float) -> Reading | None:
+def _reading(name: str, m: Measurement, s: ParamSetStats, c2: float) -> Reading | None:
     if not s.N > 0:
         return None
-    ns = s.noise_stats()
+    ns, _, _ = interval_scope(m, name, s.noise_stats())
+    b = m.batch_size
     lo, hi = ns.nsr_ci95
     bs = (critical_batch_size(b, lo, c2), critical_batch_size(b, hi, c2))
     return Reading(name, ns.nsr, ns.nsr_ci95, critical_batch_size(b, ns.nsr, c2), bs)
@@ -258,11 +264,11 @@ def other_readings(m: Measurement, used: str, c2: float) -> tuple[Reading, ...]:
     """The raw reading beside the preconditioned one (or the reverse), so that ``predict`` shows
     both; nothing when the measurement has no preconditioned statistics."""
     if used == "preconditioned":
-        raw = _reading("all", m.all, m.batch_size, c2)
+        raw = _reading("all", m, m.all, c2)
         return (raw,) if raw is not None else ()
     if m.preconditioned is None:
         return ()
-    pre = _reading("preconditioned", m.preconditioned, m.batch_size, c2)
+    pre = _reading("preconditioned", m, m.preconditioned, c2)
     return (pre,) if pre is not None else ()
 
 
@@ -301,6 +307,9 @@ class MeasurementBounds:
     optimizer: OptimizerInfo | None
     warnings: tuple[str, ...]
     other_readings: tuple[Reading, ...] = ()
+    #: what the 95% intervals cover: "checkpoint", "checkpoints" or "equilibrium" (§8)
+    interval_scope: str = "checkpoint"
+    interval_note: str = ""  # the same in words, with how to get an equilibrium interval
 
     @property
     def nsr(self) -> float:
@@ -333,6 +342,30 @@ def _noise_stats(s: ParamSetStats, source: str, which: str) -> NoiseStats:
         raise ArtifactError(f"{source}: cannot recompute the intervals ({e})") from None
 
 
+def interval_scope(m: Measurement, param_set: str, ns: NoiseStats) -> tuple[NoiseStats, str, str]:
+    """The statistics the bounds use and what their intervals cover (docs/theory.md §8).
+
+    When the measurement has an interval over the equilibrium for ``param_set`` (several draws),
+    G, N and NSR with their intervals are those; otherwise ``ns`` (batch noise only) is kept and
+    the note says it covers this checkpoint (or these checkpoints' average) only.
+
+    Returns:
+        ``(noise stats, scope, note)``; scope is "equilibrium", "checkpoints" or "checkpoint".
+    """
+    e = m.equilibrium_interval
+    si: SetInterval | None = e.sets.get(param_set) if e is not None else None
+    if e is not None and e.covers_equilibrium and si is not None:
+        ns = replace(ns, G=si.G, N=si.N, nsr=si.nsr, nsr_ci95=si.nsr_ci95)
+        draws = f"{e.draws} independent draws from {e.checkpoints} checkpoints"
+        return ns, "equilibrium", f"over the equilibrium: {draws} ({e.note})"
+    advice = one_draw_advice(e.relaxation_steps if e else relaxation_steps(m.optimizer)[0])
+    k = len(m.checkpoints)
+    if k <= 1:
+        return ns, "checkpoint", f"the batch noise at this checkpoint only; {advice}"
+    why = e.note if e is not None else "measured before bscrit formed equilibrium intervals"
+    return ns, "checkpoints", f"the batch noise of these {k} checkpoints only ({why}); {advice}"
+
+
 def measurement_bounds(
     m: Measurement, source: str = "<measurement>", c2: float = DEFAULT_C2
 ) -> MeasurementBounds:
@@ -340,6 +373,7 @@ def measurement_bounds(
     c2 = check_c2(c2)
     choice = choose_param_set(m)
     ns = _noise_stats(choice.stats, source, choice.name.replace("_", "-"))
+    ns, scope, scope_note = interval_scope(m, choice.name, ns)
     b = m.batch_size
     nsr, (nsr_lo, nsr_hi) = ns.nsr, ns.nsr_ci95
     warnings: list[str] = []
@@ -424,6 +458,8 @@ def measurement_bounds(
         optimizer=opt,
         warnings=tuple(warnings),
         other_readings=other_readings(m, choice.name, c2),
+        interval_scope=scope,
+        interval_note=scope_note,
     )
 
 

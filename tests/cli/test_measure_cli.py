@@ -273,17 +273,17 @@ def test_out_on_a_full_disk_or_read_only_folder_exits_2_before_any_work(
     import os
     import tempfile
 
-    import bscrit.results
+    import bscrit.outputs
 
     def read_only(*a: object, **k: object) -> tuple[int, str]:
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
     with monkeypatch.context() as mp:
-        mp.setattr(bscrit.results.tempfile, "mkstemp", read_only)
+        mp.setattr(bscrit.outputs.tempfile, "mkstemp", read_only)
         r = _measure(str(work / "valid.yaml"), "--out", str(work / "m.json"))
     assert r.exit_code == 2 and "Read-only file system" in r.output, r.output
     usage = shutil.disk_usage(work)
-    monkeypatch.setattr(bscrit.results.shutil, "disk_usage", lambda p: usage._replace(free=0))
+    monkeypatch.setattr(bscrit.outputs.shutil, "disk_usage", lambda p: usage._replace(free=0))
     r = _measure(str(work / "valid.yaml"), "--out", str(work / "m.json"))
     assert r.exit_code == 2 and "is full (0 bytes free)" in r.output, r.output
     assert "bscrit measure  B=" not in r.output  # no measurement was made

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -270,11 +271,14 @@ def test_cli_adaptive_and_per_example() -> None:
     assert math.isclose(d["stats"]["all"]["N"], t1["value"] * (n - b) / (b * (n - 1)))
 
 
-def test_cli_refusals() -> None:
+def test_cli_refusals(tmp_path: Path) -> None:
     code, _, err = _cli("--estimator", "per-example")
     assert code == 2 and "BatchNorm1d in train mode" in err  # a usage error
     assert "Use --estimator batch" in err and "--mode eval" in err  # flags named by the CLI
     code, _, err = _cli("--max-batches", "100")
     assert code == 2 and "needs --target-rel-error" in err
-    code, _, err = _cli("--target-rel-error", "0.1", "-c", "x.pt", "-c", "y.pt")
+    x, y = tmp_path / "x.pt", tmp_path / "y.pt"  # two checkpoints that exist
+    shutil.copy(ASSETS / "tiny.pt", x)
+    shutil.copy(ASSETS / "tiny.pt", y)
+    code, _, err = _cli("--target-rel-error", "0.1", "-c", str(x), "-c", str(y))
     assert code == 2 and "one checkpoint" in err

@@ -221,18 +221,22 @@ def test_measurement_per_checkpoint_table() -> None:
     got = rows(text)
     assert got["checkpoint"] == [
         "checkpoint",
+        "step",
         "G (all)",
         "N (all)",
         "NSR (all)",
+        "batch-noise 95% CI",
         "NSR (scale-inv.)",
         "ρ",
     ]
     assert c.scale_invariant is not None and c.equilibrium is not None
     assert got[c.path] == [
         c.path,
+        "—",  # no step saved
         fmt(c.all.G),
         fmt(c.all.N),
         fmt(c.all.nsr),
+        fmt_ci(c.all.nsr_ci95),
         fmt(c.scale_invariant.nsr),
         f"{c.equilibrium.residual:+.3f}",
     ]
@@ -664,6 +668,8 @@ def test_svag_cost_lines() -> None:
 def test_plot_svag_writes_a_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     target = tmp_path / "sub" / "svag.png"
-    report.plot_svag(_svag_result(), target)
+    from bscrit.svag.plot import plot_svag
+
+    plot_svag(_svag_result(), target)
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in target.parent.iterdir()] == ["svag.png"]  # no temporary left

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from bscrit import results
+from bscrit import outputs, results
 from bscrit.errors import ArtifactError
 from bscrit.estimators import Estimate, noise_stats_from_jackknife
 from bscrit.results import (
@@ -153,13 +153,22 @@ def test_unknown_keys_are_ignored() -> None:
     d["written_by_a_newer_bscrit"] = {"anything": [1, 2, 3]}
     d["stats"]["all"]["preconditioned_G"] = 0.5
     d["stats"]["some_future_set"] = {"G": 1.0}  # ("preconditioned" is a known key now)
-    d["checkpoints"][0]["step"] = 1200
+    d["checkpoints"][0]["saved_by"] = "trainer v9"  # ("step" is a known key now)
     d["per_parameter"][0]["new_column"] = "x"
     m = Measurement.from_dict(d, source="newer.json")
     assert m == ref
     assert m.to_dict() == ref.to_dict()
     assert m.all.G == 0.11 and m.all.N == 0.9  # sgd_b128, "all" set
     assert "preconditioned_G" not in m.to_dict()["stats"]["all"]
+
+
+def test_checkpoint_step_round_trips_and_reads_as_none_when_absent() -> None:
+    d = base_dict()
+    assert Measurement.from_dict(copy.deepcopy(d)).checkpoints[0].step is None
+    d["checkpoints"][0]["step"] = 1200
+    m = Measurement.from_dict(d)
+    assert m.checkpoints[0].step == 1200
+    assert Measurement.from_dict(m.to_dict()).checkpoints[0].step == 1200
 
 
 def test_missing_optional_keys_read_as_absent() -> None:
@@ -486,7 +495,7 @@ def test_check_output_path_refuses_what_cannot_be_written(
     (tmp_path / "file.txt").write_text("x")
     raw = str(tmp_path / name) + ("/" if name.endswith("/") else "")
     with pytest.raises(UsageError) as e:
-        results.check_output_path(raw, folder=folder, key="out")
+        outputs.check_output_path(raw, folder=folder, key="out")
     assert e.value.exit_code == 2
     assert message in e.value.for_cli() and e.value.for_cli().startswith(f"--out {raw}: ")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "file.txt"]  # nothing created
@@ -497,7 +506,7 @@ def test_check_output_path_accepts_new_and_existing_paths_and_creates_nothing(
 ) -> None:
     (tmp_path / "old.json").write_text("{}")
     for name, folder in [("old.json", False), ("a/b/m.json", False), ("out", True), (".", True)]:
-        assert results.check_output_path(tmp_path / name, folder=folder) == tmp_path / name
+        assert outputs.check_output_path(tmp_path / name, folder=folder) == tmp_path / name
     assert [p.name for p in tmp_path.iterdir()] == ["old.json"]  # no probe file left
 
 
@@ -505,7 +514,7 @@ def test_check_output_path_refuses_a_device(tmp_path: Path) -> None:
     from bscrit.errors import UsageError
 
     with pytest.raises(UsageError, match="exists and is not a regular file"):
-        results.check_output_path("/dev/null")
+        outputs.check_output_path("/dev/null")
 
 
 def test_check_output_path_refuses_a_read_only_folder_and_a_full_disk(
@@ -522,14 +531,14 @@ def test_check_output_path_refuses_a_read_only_folder_and_a_full_disk(
     def read_only(*a: object, **k: object) -> tuple[int, str]:
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(results.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(outputs.tempfile, "mkstemp", read_only)
     with pytest.raises(UsageError, match=r"cannot write in .* \(Read-only file system\)"):
-        results.check_output_path(tmp_path / "m.json", key="plot")
-    monkeypatch.setattr(results.tempfile, "mkstemp", real)
+        outputs.check_output_path(tmp_path / "m.json", key="plot")
+    monkeypatch.setattr(outputs.tempfile, "mkstemp", real)
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(results.shutil, "disk_usage", lambda p: usage._replace(free=4096))
+    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda p: usage._replace(free=4096))
     with pytest.raises(UsageError, match=r"the disk holding .* is full \(4096 bytes free\)"):
-        results.check_output_path(tmp_path / "sub" / "m.json")
+        outputs.check_output_path(tmp_path / "sub" / "m.json")
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes anywhere")
@@ -541,6 +550,6 @@ def test_check_output_path_refuses_a_folder_without_write_permission(tmp_path: P
     ro.chmod(0o555)
     try:
         with pytest.raises(UsageError, match="Permission denied"):
-            results.check_output_path(ro / "m.json")
+            outputs.check_output_path(ro / "m.json")
     finally:
         ro.chmod(0o755)

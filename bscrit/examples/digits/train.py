@@ -130,6 +130,7 @@ def train(
             "model": model.state_dict(),
             "optimizer": opt.state_dict(),
             "epoch": epoch,
+            "step": epoch * steps_per_epoch,  # the training step: how far apart checkpoints are
             "batch_size": batch_size,
             "config": config,
         }
