@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_equilibrium_coverage_smoke(tmp_path: Path) -> None:
+    pytest.importorskip("mnist1d")  # the benchmark generates MNIST-1D locally (pip install mnist1d)
     r = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks/equilibrium_coverage.py"), "--smoke", "--reps",
          "2", "--method-reps", "50", "--out", str(tmp_path)],
