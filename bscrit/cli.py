@@ -1,81 +1,27 @@
-"""The ``bscrit`` command line: the only typer module.
+"""The ``bscrit`` command line: measure, predict, check, scale, and the entry point.
 
-Each command parses its options, calls one library function and hands the result to
-:mod:`bscrit.report`. Library errors (:class:`~bscrit.errors.BscritError`) are caught here once and
-turned into one message on stderr and an exit code (:class:`~bscrit.errors.ExitCode`). torch is
-imported lazily, inside the commands that need it, so ``bscrit --help``, ``predict``, ``check``
-and ``scale`` start instantly.
+With :mod:`bscrit.cli_common` (the app, errors) and :mod:`bscrit.cli_runs` (svag, demo) these are
+the only typer modules. Each command parses its options, calls one library function and hands
+the result to :mod:`bscrit.report`. Library errors (:class:`~bscrit.errors.BscritError`) are
+caught once (:func:`bscrit.cli_common.handle_errors`) and turned into one message on stderr and an
+exit code (:class:`~bscrit.errors.ExitCode`). torch is imported lazily, inside the commands that
+need it, so ``bscrit --help``, ``predict``, ``check`` and ``scale`` start instantly.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import sys
-from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
-from . import __version__, optim
-from .errors import BscritError, ExitCode, Terminated
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-app = typer.Typer(
-    name="bscrit",
-    help=(
-        "How far can you scale the batch size? Measures the gradient noise (G, N) of a checkpoint "
-        "and applies the bounds of Li, Malladi & Arora (2021) to give the critical batch size B* "
-        "and the linearly / square-root scaled hyperparameters."
-    ),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
-)
-
-
-def handle_errors(fn: F) -> F:
-    """Turn library errors into one stderr line and an exit code; Ctrl-C into exit 130, SIGTERM
-    into 143, saying which complete files were written before (an exception's ``written``)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from . import report
-
-        try:
-            return fn(*args, **kwargs)
-        except BscritError as e:
-            if not getattr(e, "reported", False):  # a distributed rank 0 may have printed it
-                report.error(e.for_cli())
-            raise typer.Exit(int(e.exit_code)) from None
-        except KeyboardInterrupt as e:
-            term, done = isinstance(e, Terminated), ", ".join(map(str, getattr(e, "written", ())))
-            what = f"written before it: {done}" if done else "no output file was written"
-            report.error(f"interrupted{' (SIGTERM)' if term else ''}; {what}")
-            raise typer.Exit(int(ExitCode.TERMINATED if term else ExitCode.INTERRUPTED)) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _version_callback(value: bool) -> None:
-    if value:
-        typer.echo(f"bscrit {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _main(
-    version: bool = typer.Option(
-        False, "--version", callback=_version_callback, is_eager=True, help="Print the version."
-    ),
-) -> None:
-    """bscrit: critical batch size from one checkpoint."""
-
+from . import optim
+from .cli_common import app, confirm_run, handle_errors, print_json
+from .errors import ExitCode, Terminated
 
 # ==============================================================================================
 # measure  (issue: bscrit measure)
@@ -318,7 +264,7 @@ def measure(
 
     def on_sampling(plan: Any, opt: Any) -> None:  # the cost first, then (maybe) ask
         report.info("\n".join(sample_cost_lines(plan, opt, s.batch_size)))
-        _confirm(yes, "Train and measure?")
+        confirm_run(yes, "Train and measure?")
 
     progress = None if quiet else (lambda d, t: report.progress(d, t, "batch"))
     m = measure_session(
@@ -355,13 +301,6 @@ def measure(
 OptimizerName = Enum("OptimizerName", {n: n for n in optim.NAMES}, type=str)  # type: ignore[misc]
 
 
-def _print_json(d: dict) -> None:  # type: ignore[type-arg]
-    from . import report
-    from .results import dumps
-
-    report.out.print(dumps(d), markup=False, highlight=False, soft_wrap=True, end="")
-
-
 C2_HELP = "C² of [LMA21] (C > 1 is the closeness constant; the paper uses C² = 2)."
 
 
@@ -390,7 +329,7 @@ def predict(
 
     p = predict_files(measurements, c2)
     if json_out:
-        _print_json(p.to_dict())
+        print_json(p.to_dict())
     else:
         report.show(report.format_prediction(p))
 
@@ -430,7 +369,7 @@ def check(
 
     r = check_target(predict_files(measurements, c2), batch_size, strict)
     if json_out:
-        _print_json(r.to_dict())
+        print_json(r.to_dict())
     else:
         report.show(report.format_check(r))
     if r.exit_code != ExitCode.OK:
@@ -522,266 +461,14 @@ def scale(
         c2=c2,
     )
     if json_out:
-        _print_json(result.to_dict())
+        print_json(result.to_dict())
     else:
         report.show(report.format_scaled(result))
     for w in result.warnings:
         report.warn(w)
 
 
-# ==============================================================================================
-# svag  (issue: bscrit svag)
-# ==============================================================================================
-
-
-def _svag_interactive() -> bool:
-    """Ask before a long run only on an interactive terminal outside CI."""
-    return sys.stdin.isatty() and sys.stderr.isatty() and not os.environ.get("CI")
-
-
-def _confirm(yes: bool, question: str) -> None:
-    """After the cost is shown: ask on a terminal (unless ``--yes``); "no" exits 0."""
-    from . import report
-
-    if yes:
-        return
-    if not _svag_interactive():
-        report.info("non-interactive (no terminal or CI set): starting without asking")
-    elif not typer.confirm(question, default=True, err=True):
-        report.info("not started; nothing written")
-        raise typer.Exit(int(ExitCode.OK))
-
-
-@app.command()
-@handle_errors
-def svag(
-    spec: Annotated[Path, typer.Argument(help="YAML spec of model, data, loss, batch size.")],
-    target_batch_size: Annotated[
-        int | None,
-        typer.Option(
-            "--target-batch-size",
-            "-t",
-            min=1,
-            help="B' to test. Or --from-measurement.",
-        ),
-    ] = None,
-    from_measurement: Annotated[
-        Path | None,
-        typer.Option(
-            "--from-measurement",
-            help="Take B' = the top of the recommended range of `bscrit predict` on this "
-            "measurement JSON (the lower 95% bound of B*): confirms the prediction.",
-        ),
-    ] = None,
-    c2: Annotated[float, typer.Option("--c2", help="C² for --from-measurement.")] = 2.0,
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option("--checkpoint", "-c", help="Checkpoint to start from (default: the spec's)."),
-    ] = None,
-    l_values: Annotated[
-        str, typer.Option("--l", help="SVAG parameters l, comma-separated, at least three.")
-    ] = "1,2,4",
-    effective_steps: Annotated[
-        int, typer.Option("--effective-steps", "-e", min=1, help="Run length E (steps at B').")
-    ] = 300,
-    out: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="Folder for svag.json and trajectories.csv."),
-    ] = None,
-    plot: Annotated[
-        str | None, typer.Option("--plot", help="Write a PNG like [LMA21] Fig. 4 here.")
-    ] = None,
-    optimizer: Annotated[
-        str | None,
-        typer.Option(
-            "--optimizer",
-            help="sgd | adam | adamw | rmsprop (SVAG runs these); if spec and ckpt lack one.",
-        ),
-    ] = None,
-    lr: Annotated[float | None, typer.Option(help="Target LR at B' (overrides the rule).")] = None,
-    momentum: Annotated[float | None, typer.Option(help="Target momentum.")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="Target weight decay.")] = None,
-    beta1: Annotated[float | None, typer.Option(help="Target Adam beta1.")] = None,
-    beta2: Annotated[float | None, typer.Option(help="Target Adam beta2.")] = None,
-    eps: Annotated[float | None, typer.Option(help="Target Adam/RMSprop eps.")] = None,
-    alpha: Annotated[float | None, typer.Option(help="Target RMSprop alpha.")] = None,
-    eval_every: Annotated[
-        int | None,
-        typer.Option(min=1, help="Effective steps between evaluations (default E/20)."),
-    ] = None,
-    eval_batches: Annotated[
-        int,
-        typer.Option(min=2, help="Fixed training batches for train loss, G and N (k)."),
-    ] = 8,
-    eval_examples: Annotated[
-        int, typer.Option(min=1, help="Held-out examples evaluated (a fixed random subset).")
-    ] = 2048,
-    start_step: Annotated[
-        float,
-        typer.Option(help="Step (at B') of the checkpoint in the spec's LR schedule."),
-    ] = 0.0,
-    rtol: Annotated[float, typer.Option(min=0.0, help="Relative tolerance of agreement.")] = 0.1,
-    z: Annotated[float, typer.Option(min=0.0, help="Noise floor: z × combined tail sd.")] = 2.0,
-    fresh_optimizer_state: Annotated[
-        bool,
-        typer.Option(
-            "--fresh-optimizer-state",
-            help="Adam/RMSprop: start from zero moments instead of the warm start.",
-        ),
-    ] = False,
-    seed: Annotated[int | None, typer.Option(help="Seed (default: spec measure.seed).")] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N.")] = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before running.")] = False,
-    unsafe_load: Annotated[
-        bool,
-        typer.Option("--unsafe-load", help="torch.load(weights_only=False): trusted files only."),
-    ] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the JSON on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-) -> None:
-    """Confirm (or refute) a prediction with a short SVAG run at the target batch size.
-
-    SVAG is the Stochastic Variance Amplified Gradient of Li, Malladi & Arora ([LMA21] §4;
-    [MLPA22] §6 for Adam/RMSprop), not Balles & Hennig's SVAG. From the checkpoint, runs the
-    optimizer at B' (hyperparameters scaled from the spec's by the linear / square-root rule, or
-    given with --lr etc.) once per l for the same number of effective steps, each step combining
-    two batches as r1·g1 + r2·g2, and compares the test functions at equal effective steps:
-    l = 2, 4 agree with l = 1 -> SGD tracks its SDE (the rule should hold); 2 and 4 agree but not
-    with 1 -> SGD left the SDE regime (expect the rule to fail); 2 and 4 disagree -> not
-    converged. Costs 2·l forward-backward passes per effective step for each l.
-
-    Test functions: train loss on --eval-batches fixed batches, held-out loss and accuracy (spec
-    eval_data), G and N on the same batches, |x|^2. Two runs agree on one when the means a, b of
-    its last 20% of effective steps satisfy |a - b| <= max(rtol*max(|a|,|b|), z*sqrt(sd_a^2 +
-    sd_b^2)) (sd: spread over those points; accuracies as error rates 1 - acc). Train loss,
-    held-out loss/accuracy and |x|^2 decide; G and N are shown only. Details: docs/svag.md.
-    """
-    from . import report
-    from .outputs import check_output_path, write_outputs
-    from .pipeline import plan_svag
-    from .results import dumps
-    from .svag.plot import plot_svag
-    from .svag.results import svag_paths, write_svag
-    from .svag.run import run_plan
-
-    for p in (out, *svag_paths(out)) if out is not None else ():  # before any work
-        check_output_path(p, folder=p is out)
-    plot_path = None if plot is None else check_output_path(plot, key="plot")
-    plan = plan_svag(
-        spec,
-        target_batch_size=target_batch_size,
-        from_measurement=from_measurement,
-        c2=c2,
-        ls=l_values,
-        effective_steps=effective_steps,
-        checkpoint=checkpoint,
-        optimizer_name=optimizer,
-        overrides={
-            "lr": lr,
-            "momentum": momentum,
-            "weight_decay": weight_decay,
-            "beta1": beta1,
-            "beta2": beta2,
-            "eps": eps,
-            "alpha": alpha,
-        },  # fmt: skip
-        eval_every=eval_every,
-        eval_batches=eval_batches,
-        eval_examples=eval_examples,
-        start_step=start_step,
-        seed=seed,
-        device=device,
-        warm_start=not fresh_optimizer_state,
-        unsafe=unsafe_load,
-        on_target=report.info,
-    )
-    report.show(report.format_svag_cost(
-        plan.ls, plan.effective_steps, plan.forward_backward(), plan.target_batch_size,
-        str(plan.device),
-    ), stderr=True)  # fmt: skip
-    _confirm(yes, "Run it?")
-    with report.progress(
-        "SVAG", plan.total_steps, unit="step", enabled=not quiet and not json_out
-    ) as advance:
-        result = run_plan(plan, on_step=advance, rtol=rtol, z=z)
-    jobs: list[tuple[Callable[[], object], list[Path]]] = []
-    if out is not None:
-        jobs.append((lambda: write_svag(result, out), list(svag_paths(out))))
-    if plot_path is not None:
-        jobs.append((lambda: plot_svag(result, plot_path), [plot_path]))
-    wrote = write_outputs(result.to_dict, jobs) if jobs else None
-    if json_out:
-        report.out.print(
-            dumps(result.to_dict()), markup=False, highlight=False, soft_wrap=True, end=""
-        )
-        for w in result.warnings:
-            report.warn(w)
-    else:
-        report.show(report.format_svag(result))
-    if wrote:
-        report.info(wrote)
-
-
-# ==============================================================================================
-# demo  (issue: bscrit demo)
-# ==============================================================================================
-
-
-@app.command()
-@handle_errors
-def demo(
-    workdir: Annotated[
-        Path, typer.Option("--workdir", "-w", help="Where every artifact of the demo is written.")
-    ] = Path("bscrit-demo"),
-    quick: Annotated[
-        bool,
-        typer.Option(
-            "--quick", help="Short run for CI (under a minute); the network is not at equilibrium."
-        ),
-    ] = False,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "cpu",
-    svag: Annotated[bool, typer.Option("--svag/--no-svag", help="Run the SVAG step.")] = True,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print a JSON summary on stdout after the tables.")
-    ] = False,
-) -> None:
-    """Run the whole pipeline on the built-in digits example, offline, on CPU.
-
-    Trains a small scale-invariant network (BatchNorm after every weight layer, fixed last layer)
-    on scikit-learn's digits with SGD + weight decay at a constant LR to equilibrium (about half
-    a minute), then runs measure -> predict -> scale -> a short svag at the top of the recommended
-    range, printing each step and writing the spec, checkpoints, JSON, CSV and PNG files into
-    --workdir. A few minutes in all on a laptop CPU; --quick takes well under a minute.
-    """
-    import json
-
-    from . import report
-    from .demo import run_demo
-
-    report.info(f"bscrit demo: writing into {workdir.resolve()}")
-    r = run_demo(
-        workdir,
-        quick=quick,
-        device=device,
-        svag=svag,
-        say=lambda line: report.out.print(f"\n[bold]{line}[/]", markup=True, highlight=False),
-        show=report,
-    )
-    report.out.print(
-        f"\n[bold]done.[/] B* = {report.fmt(r.b_star)} (from B = 32); recommended up to "
-        f"{report.fmt(r.recommended_max)}"
-        + (f"; SVAG at B' = {r.svag_target}: {r.svag_verdict}" if r.svag_verdict else ""),
-        markup=True,
-    )
-    report.out.print(f"files in {r.workdir}:", markup=False)
-    for f in r.files:
-        report.out.print(f"  {f}", markup=False)
-    report.out.print(
-        f"next: bscrit check {r.measurement} --batch-size 1024   (or any B' you plan to use)",
-        markup=False,
-    )
-    if json_out:
-        typer.echo(json.dumps(r.summary(), indent=2))
+from . import cli_runs  # noqa: E402,F401  (registers svag, demo)
 
 
 def _terminate(signum: int, frame: object) -> None:

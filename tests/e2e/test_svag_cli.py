@@ -163,13 +163,13 @@ def test_from_measurement_takes_the_top_of_the_recommended_range(ckpt):
 def test_from_measurement_caps_the_target_at_half_the_dataset(ckpt, tmp_path, monkeypatch):
     """Range top = n (the lower bound of B*, 1867, is above the 1500 digits): B' = n/2, so the
     two batches of a SVAG step do not overlap; the info line says so (declined: nothing runs)."""
-    import bscrit.cli as cli
+    import bscrit.cli_common as cli
 
     d = json.loads((MEASUREMENTS / "sgd_b128.json").read_text())
     d["dataset_size"] = 1500
     m = tmp_path / "digits_n.json"
     m.write_text(json.dumps(d))
-    monkeypatch.setattr(cli, "_svag_interactive", lambda: True)
+    monkeypatch.setattr(cli, "interactive", lambda: True)
     out = tmp_path / "svag-out"
     r = runner.invoke(app, ["svag", str(SPEC), "-c", str(ckpt), "--from-measurement", str(m),
                             *FAST, "--out", str(out)], input="n\n")  # fmt: skip
@@ -181,9 +181,9 @@ def test_from_measurement_caps_the_target_at_half_the_dataset(ckpt, tmp_path, mo
 
 
 def test_interactive_prompt_can_decline_and_yes_skips_it(ckpt, tmp_path, monkeypatch):
-    import bscrit.cli as cli
+    import bscrit.cli_common as cli
 
-    monkeypatch.setattr(cli, "_svag_interactive", lambda: True)
+    monkeypatch.setattr(cli, "interactive", lambda: True)
     out = tmp_path / "declined"
     base = ["svag", str(SPEC), "-c", str(ckpt), "-t", "64", *FAST, "--out", str(out)]
     r = runner.invoke(app, base, input="n\n")
@@ -195,10 +195,10 @@ def test_interactive_prompt_can_decline_and_yes_skips_it(ckpt, tmp_path, monkeyp
 
 
 def test_ci_env_means_non_interactive(monkeypatch):
-    import bscrit.cli as cli
+    import bscrit.cli_common as cli
 
     monkeypatch.setenv("CI", "true")
-    assert cli._svag_interactive() is False
+    assert cli.interactive() is False
 
 
 def _flat(text: str) -> str:
