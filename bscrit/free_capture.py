@@ -244,7 +244,9 @@ class FreeCapture:
     # DDP: ranks are the slices
     # ------------------------------------------------------------------------------------------
 
-    def _comm_hook(self, state: Any, bucket: Any) -> torch.futures.Future[torch.Tensor]:
+    def _comm_hook(self, state, bucket):  # type: ignore[no-untyped-def]
+        # no annotations: DDP checks them against dist.GradBucket / Future, and this module's
+        # annotations are strings (from __future__ import annotations)
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
         self._local.append(bucket.buffer().detach().double().square().sum())

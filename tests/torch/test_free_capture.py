@@ -216,3 +216,94 @@ def test_bad_arguments() -> None:
         LOSS(model(xb), yb).backward()
     with pytest.raises(UsageError, match="exceed the dataset size"):
         cap.on_step_end(6)
+
+
+# ----------------------------------------------------------------------------------------------
+# DDP: two gloo ranks, each accumulating 2 micro-batches (torchrun in a subprocess)
+# ----------------------------------------------------------------------------------------------
+
+DDP_WORKER = """
+import contextlib, copy, json, sys
+import torch, torch.distributed as dist
+from torch import nn
+from bscrit.free_capture import FreeCapture
+
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+g = torch.Generator().manual_seed(1)
+x, y = torch.randn(48, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (48,), generator=g)
+loss_fn, acc, b = nn.CrossEntropyLoss(), 2, 3
+
+
+def train(capture):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
+    ref = copy.deepcopy(model)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
+    cap = FreeCapture(ddp, dataset_size=48) if capture else None
+    refs = []
+    for t in range(4):  # 4 steps of 2 ranks x 2 micro-batches x 3 examples: 48 examples once
+        base = t * world * acc * b
+        ref.load_state_dict(ddp.module.state_dict())
+        hs = []
+        for r in range(world):  # every rank's slice gradient, by brute force
+            lo = base + r * acc * b
+            loss = loss_fn(ref(x[lo:lo + acc * b]), y[lo:lo + acc * b])
+            grads = torch.autograd.grad(loss, list(ref.parameters()))
+            hs.append(torch.cat([gr.flatten() for gr in grads]))
+        h = torch.stack(hs)
+        refs.append([float(h.square().sum()), float(h.mean(0).square().sum())])
+        lo = base + rank * acc * b
+        for j in range(acc):
+            sl = slice(lo + j * b, lo + (j + 1) * b)
+            with ddp.no_sync() if j < acc - 1 else contextlib.nullcontext():
+                (loss_fn(ddp(x[sl]), y[sl]) / acc).backward()
+        if cap is not None:
+            cap.on_step_end(b, step=t)
+        opt.step()
+        opt.zero_grad()
+    out = {"refs": refs, "weights": [float(v) for p in model.parameters() for v in p.flatten()]}
+    if cap is not None:
+        steps, skipped = cap.steps()
+        out["steps"] = [[s.sum_sq, s.mean_sq, s.slices, s.slice_size] for s in steps]
+        out["skipped"] = skipped
+        out["estimate"] = cap.estimate().to_dict()
+    return out
+
+
+out = {"with": train(True), "without": train(False)}
+if rank == 0:
+    with open(sys.argv[1], "w") as f:
+        json.dump(out, f)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="needs torch.distributed with gloo",
+)
+def test_ddp_ranks_are_read_in_the_comm_hook(tmp_path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "worker.py").write_text(DDP_WORKER)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    out = tmp_path / "out.json"
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+            "2", "worker.py", str(out)]  # fmt: skip
+    r = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads(out.read_text())
+    with_cap, without = results["with"], results["without"]
+    assert with_cap["weights"] == without["weights"]  # bitwise: floats round-trip through JSON
+    assert with_cap["skipped"] == 0 and len(with_cap["steps"]) == 4
+    for (q, m, slices, size), (q_ref, m_ref) in zip(with_cap["steps"], with_cap["refs"]):
+        assert (slices, size) == (2, 6)
+        assert q == pytest.approx(q_ref, rel=1e-10)
+        assert m == pytest.approx(m_ref, rel=1e-10)
+    assert with_cap["estimate"]["batch_size"] == 12 and with_cap["estimate"]["steps_pooled"] == 4
