@@ -105,6 +105,8 @@ class FreeCapture:
             ``"manual"``: call :meth:`on_backward_end` after each micro-batch's backward.
         track_drift: keep a host copy of the weights at the window's first step to report how
             far they move (:class:`~bscrit.free_estimators.Drift`).
+        stride: read every ``stride``-th step only (the others cost nothing but a counter):
+            divides the overhead by ``stride`` and the steps pooled per window alike.
 
     Example::
 
@@ -125,11 +127,14 @@ class FreeCapture:
         accumulation: Accumulation = "mean",
         boundaries: Literal["hooks", "manual"] = "hooks",
         track_drift: bool = True,
+        stride: int = 1,
     ) -> None:
         if accumulation not in ("mean", "sum"):
             raise UsageError(f"accumulation must be 'mean' or 'sum', got {accumulation!r}")
         if boundaries not in ("hooks", "manual"):
             raise UsageError(f"boundaries must be 'hooks' or 'manual', got {boundaries!r}")
+        if stride < 1:
+            raise UsageError(f"stride must be >= 1, got {stride}")
         if dataset_size is not None and dataset_size < 2:
             raise UsageError(f"dataset_size must be >= 2 or None, got {dataset_size}")
         src = model_or_params
@@ -141,6 +146,8 @@ class FreeCapture:
         self.accumulation: Accumulation = accumulation
         self.boundaries = boundaries
         self.track_drift = track_drift
+        self.stride = stride
+        self._step_calls = 0  # on_step_end calls: step number modulo stride decides reading
         self.ranks = _world_size() if _is_ddp(src) else 1
         self._groups: list[_Group] = []
         if self.ranks < 2:
@@ -228,8 +235,14 @@ class FreeCapture:
         if self.boundaries == "manual" and not self._paused:
             self._read_micro_batch()
 
+    @property
+    def _reading(self) -> bool:
+        return self._step_calls % self.stride == 0
+
     def _read_micro_batch(self) -> None:
         self._count += 1
+        if not self._reading:
+            return
         for g in self._groups:
             have = [(v, p.grad) for v, p in zip(g.views, g.params) if p.grad is not None]
             if not have:
@@ -249,11 +262,13 @@ class FreeCapture:
         # annotations are strings (from __future__ import annotations)
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-        self._local.append(bucket.buffer().detach().double().square().sum())
+        if not self._reading:
+            return allreduce_hook(state, bucket)
+        self._local.append(_sq_norm([bucket.buffer().detach()]))
 
         def after(fut: torch.futures.Future[torch.Tensor]) -> torch.Tensor:
             t = fut.value()
-            self._global.append(t.detach().double().square().sum())  # list.append: thread-safe
+            self._global.append(_sq_norm([t.detach()]))  # list.append: thread-safe
             return t
 
         return allreduce_hook(state, bucket).then(after)
@@ -279,6 +294,11 @@ class FreeCapture:
         """
         count, sizes = self._count, self._sizes
         self._count, self._sizes = 0, set()
+        reading = self._reading
+        self._step_calls += 1
+        if not reading:
+            self._local, self._global = [], []
+            return
         if self.ranks >= 2:
             local, glob = self._local, self._global
             self._local, self._global = [], []
@@ -319,8 +339,9 @@ class FreeCapture:
     def _note_drift(self) -> None:
         if self.track_drift and self._snapshot is None:
             with torch.no_grad():
-                self._snapshot = [p.detach().to("cpu", copy=True) for p in self.params]
-            self._norm_sq_start = sum(float(t.double().square().sum()) for t in self._snapshot)
+                xs = [p.detach() for p in self.params]
+                self._snapshot = [x.to("cpu", copy=True) for x in xs]
+                self._norm_sq_start = float(_sq_norm(xs))
 
     @property
     def steps_recorded(self) -> int:
@@ -372,13 +393,13 @@ class FreeCapture:
         """‖x_now − x_start‖/‖x_start‖ and ‖x‖² at both ends (None without a snapshot)."""
         if self._snapshot is None or not self._norm_sq_start:
             return None
-        diff = end = 0.0
         with torch.no_grad():
-            for p, s in zip(self.params, self._snapshot):
-                x = p.detach().to("cpu", torch.float64)
-                diff += float((x - s.double()).square().sum())
-                end += float(x.square().sum())
-        return Drift(math.sqrt(diff / self._norm_sq_start), self._norm_sq_start, end)
+            xs = [p.detach() for p in self.params]
+            diff = _sq_norm(
+                torch._foreach_sub(xs, [s.to(x.device) for s, x in zip(self._snapshot, xs)])
+            )
+            end = float(_sq_norm(xs))
+        return Drift(math.sqrt(float(diff) / self._norm_sq_start), self._norm_sq_start, end)
 
     def estimate(
         self,

@@ -61,6 +61,22 @@ def test_sums_match_per_micro_batch_gradients(accumulation: str, boundaries: str
     cap.close()
 
 
+def test_stride_reads_every_kth_step_only() -> None:
+    model = _model()
+    x, y = _data(12)
+    q_ref, m_ref = _reference(model, list(x.split(4)), list(y.split(4)))
+    cap = FreeCapture(model, dataset_size=12, stride=3)
+    for step in range(7):
+        for xb, yb in zip(x.split(4), y.split(4)):
+            (LOSS(model(xb), yb) / 3).backward()
+        cap.on_step_end(4, step=step)
+        model.zero_grad()
+    steps, skipped = cap.steps()
+    assert [s.step for s in steps] == [0, 3, 6] and skipped == 0
+    assert all(s.sum_sq == pytest.approx(q_ref, rel=1e-10) for s in steps)
+    assert all(s.mean_sq == pytest.approx(m_ref, rel=1e-10) for s in steps)
+
+
 def test_hooks_read_the_gradient_before_clipping() -> None:
     """The HF Trainer clips before any callback after the last micro-batch: the hooks have read
     it inside backward(), so clipping does not change the sums."""
