@@ -153,7 +153,13 @@ class FreeCapture:
         if self.ranks < 2:
             self._make_buffers()
         else:
-            src.register_comm_hook(None, self._comm_hook)  # type: ignore[union-attr]
+            try:
+                src.register_comm_hook(None, self._comm_hook)  # type: ignore[union-attr]
+            except RuntimeError as e:  # DDP takes one hook, registered before the first backward
+                raise UsageError(
+                    f"FreeCapture: cannot add its DDP communication hook ({e}); create the "
+                    "capture before training starts, on a model without a communication hook"
+                ) from e
         self._handles: list[Any] = []
         self._queued = False
         self._paused = False
