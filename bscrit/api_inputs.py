@@ -177,9 +177,9 @@ def unwrap_optimizer(optimizer: Any) -> Any:
     import torch
 
     opt = optimizer
-    for _ in range(4):
+    for _ in range(4):  # a wrapper may itself subclass Optimizer (AcceleratedOptimizer does)
         inner = getattr(opt, "_optimizer", None) or getattr(opt, "optimizer", None)
-        if isinstance(opt, torch.optim.Optimizer) or inner is None:
+        if not isinstance(inner, torch.optim.Optimizer) or inner is opt:
             break
         opt = inner
     if not isinstance(getattr(opt, "param_groups", None), list):

@@ -74,3 +74,22 @@ def test_import_bscrit_and_the_api_without_torch():
         "    raise AssertionError('bscrit.nope')\n"
     )
     assert r.returncode == 0, r.stderr
+
+
+def test_callbacks_without_their_framework_say_which_extra_to_install():
+    for module, blocked, extra in (
+        ("lightning", ("lightning", "lightning.pytorch", "pytorch_lightning"), "bscrit[lightning]"),
+        ("transformers", ("transformers",), "bscrit[hf]"),
+    ):
+        r = run(
+            "import sys\n"
+            f"for name in {blocked!r}:\n"
+            "    sys.modules[name] = None  # import fails as if not installed\n"
+            "try:\n"
+            f"    import bscrit.integrations.{module}\n"
+            "except ImportError as e:\n"
+            f"    assert {extra!r} in str(e), e\n"
+            "else:\n"
+            "    raise AssertionError('imported')\n"
+        )
+        assert r.returncode == 0, r.stderr
