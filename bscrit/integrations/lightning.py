@@ -34,6 +34,7 @@ except ImportError:  # pragma: no cover - the standalone package
         ) from None
 
 from ..errors import UsageError
+from .free import FreeWindow, batch_length, dataset_size
 from .recorder import SeriesRecorder, check_mode
 
 __all__ = ["BscritCallback"]
@@ -54,7 +55,9 @@ class BscritCallback(Callback):
             ``self.log`` silenced while bscrit calls it. Give one when ``training_step`` does
             more than compute the loss (manual optimisation is refused).
         mode: ``"every_n"`` (independent batches at every n-th step) or ``"free"`` (the step's
-            own micro-batch gradients; not available yet).
+            own micro-batch gradients, pooled over windows of ``every_n_steps`` steps; needs
+            ``accumulate_grad_batches`` ≥ 2 or DDP; docs/free.md).
+        stride: ``mode="free"``: read every ``stride``-th step only (cost ÷ stride).
         c2: C² of [LMA21] for B*.
         seed: the batches of step t are drawn with ``seed + t``.
         micro_batch_size: examples per forward/backward (default: the DataLoader's batch size
@@ -76,10 +79,14 @@ class BscritCallback(Callback):
         seed: int = 0,
         micro_batch_size: int | None = None,
         data: Any = None,
+        stride: int = 1,
     ) -> None:
         super().__init__()
         check_mode(mode)
         self.mode = mode
+        self.free = (
+            FreeWindow(out_dir, every_n_steps, c2=c2, stride=stride) if mode == "free" else None
+        )
         self.recorder = SeriesRecorder(
             out_dir, every_n_steps, num_batches=num_batches, groups=groups, seed=seed, c2=c2
         )
@@ -96,6 +103,9 @@ class BscritCallback(Callback):
         """Resolve the data, B, the micro-batch size and the loss; refuse what cannot work."""
         from ..api_inputs import check_arguments, resolve_data
 
+        if self.free is not None:
+            self._start_free(trainer, pl_module)
+            return
         self._data = self.data if self.data is not None else _train_loader(trainer)
         resolve_data(self._data)  # refuses an iterable dataset now, not at step n
         per_device = getattr(self._data, "batch_size", None)
@@ -122,13 +132,60 @@ class BscritCallback(Callback):
         else:
             self._loss = training_step_loss
 
-    # -- mode="free": where the step's own gradients would be read ------------------------
+    # -- mode="free": the step's own micro-batch gradients --------------------------------
 
-    def on_after_backward(self, trainer: Any, pl_module: Any) -> None:
-        """mode="free" reads each micro-batch's gradient here (not available yet)."""
+    def _start_free(self, trainer: Any, pl_module: Any) -> None:
+        """The capture on the module (accumulation) or on the DDP model (ranks are slices)."""
+        assert self.free is not None
+        loader = self.data if self.data is not None else _train_loader(trainer)
+        micro = self.micro_batch_size or getattr(loader, "batch_size", None)
+        if not isinstance(micro, int):
+            raise UsageError(
+                "BscritCallback: the train DataLoader has no batch_size (a batch sampler?): "
+                "give micro_batch_size=b, the examples of one forward/backward on one device"
+            )
+        acc, world = int(trainer.accumulate_grad_batches), int(trainer.world_size)
+        model = pl_module
+        if world > 1:
+            model = trainer.strategy.model
+            if not hasattr(model, "register_comm_hook"):
+                raise UsageError(
+                    f"BscritCallback: mode='free' on {world} devices needs the DDP strategy "
+                    f"(got {type(trainer.strategy).__name__})"
+                )
+        self._batch_size = self.batch_size or micro * acc * world
+        optimizers = list(trainer.optimizers)
+        self.free.start(
+            model,
+            optimizer=optimizers[0] if optimizers else None,
+            dataset_size=dataset_size(loader),
+            batch_size=self._batch_size,
+            micro_batch_size=micro,
+            slices=acc * world,
+        )
+
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """mode="free": the micro-batch's size (a step with unequal micro-batches is skipped)."""
+        if self.free is not None:
+            self.free.micro_batch(batch_length(batch))
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
-        """mode="free" closes the step's set of micro-batch gradients here (not available)."""
+        """mode="free": the step's micro-batch gradients were read inside backward(); close the
+        step (before clipping and the optimizer step) and, every n steps, pool the window."""
+        if self.free is None:
+            return
+        step = int(trainer.global_step)
+        assert self._batch_size is not None
+        metrics = self.free.step_end(step, step * self._batch_size, trainer.is_global_zero)
+        if metrics is not None and trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=step)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.free is not None:
+            self.free.close()
 
     # -- mode="every_n": after the optimizer step, at the new weights ----------------------
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ..results import Measurement
 
 #: ``mode``: measure every n steps with independent batches ("every_n"), or read the
-#: micro-batch gradients the step already computes ("free", docs/theory.md, not wired yet).
+#: micro-batch gradients the step already computes ("free", docs/free.md, :mod:`.free`).
 MODES = ("every_n", "free")
 #: The name of one measured step's JSON in ``out_dir``.
 STEP_FILE = "step-{step:07d}.json"
@@ -43,23 +43,13 @@ SERIES_KEYS = (
 
 
 def check_mode(mode: str) -> None:
-    """Refuse an unknown mode, and ``"free"`` while it is not available (before training).
+    """Refuse an unknown mode (before training).
 
     Raises:
-        UsageError: naming the modes, or saying that ``mode="free"`` needs
-            ``bscrit.free_capture``.
+        UsageError: naming the modes.
     """
     if mode not in MODES:
         raise UsageError(f"mode: expected one of {', '.join(map(repr, MODES))}, got {mode!r}")
-    if mode == "free":
-        import importlib.util
-
-        have = importlib.util.find_spec("bscrit.free_capture") is not None
-        raise UsageError(
-            "mode='free' (the micro-batch gradients of the step itself) is not available in "
-            + ("this callback yet" if have else "this version of bscrit (no bscrit.free_capture)")
-            + "; use mode='every_n'"
-        )
 
 
 def check_every(every_n_steps: Any) -> int:

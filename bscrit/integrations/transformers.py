@@ -31,6 +31,7 @@ except ImportError:
     ) from None
 
 from ..errors import UsageError
+from .free import FreeWindow, dataset_size
 from .recorder import SeriesRecorder, check_mode
 
 __all__ = ["BscritCallback"]
@@ -51,7 +52,9 @@ class BscritCallback(TrainerCallback):
             ``"model"``: the model's own ``output.loss`` (micro-batches weighted by their
             label counts, as the Trainer's ``num_items_in_batch``).
         mode: ``"every_n"`` (independent batches at every n-th step) or ``"free"`` (the step's
-            own micro-batch gradients; not available yet).
+            own micro-batch gradients, pooled over windows of ``every_n_steps`` steps; needs
+            ``gradient_accumulation_steps`` ≥ 2, one process; docs/free.md).
+        stride: ``mode="free"``: read every ``stride``-th step only (cost ÷ stride).
         c2: C² of [LMA21] for B*.
         seed: the batches of step t are drawn with ``seed + t``.
         micro_batch_size: examples per forward/backward (default
@@ -73,9 +76,13 @@ class BscritCallback(TrainerCallback):
         seed: int = 0,
         micro_batch_size: int | None = None,
         data: Any = None,
+        stride: int = 1,
     ) -> None:
         check_mode(mode)
         self.mode = mode
+        self.free = (
+            FreeWindow(out_dir, every_n_steps, c2=c2, stride=stride) if mode == "free" else None
+        )
         self.recorder = SeriesRecorder(
             out_dir, every_n_steps, num_batches=num_batches, groups=groups, seed=seed, c2=c2
         )
@@ -91,6 +98,9 @@ class BscritCallback(TrainerCallback):
         """Resolve B, the micro-batch size and the data; refuse what cannot work."""
         from ..api_inputs import check_arguments, resolve_data, resolve_loss
 
+        if self.free is not None:
+            self._start_free(args, kwargs)
+            return
         per_device = int(args.per_device_train_batch_size)
         b = self.batch_size or per_device * int(args.gradient_accumulation_steps) * _world()
         micro = self.micro_batch_size
@@ -103,13 +113,45 @@ class BscritCallback(TrainerCallback):
             resolve_data(data)
         self._batch_size, self._micro = b, micro
 
-    # -- mode="free": where the step's own gradients would be read ------------------------
+    # -- mode="free": the step's own micro-batch gradients --------------------------------
 
-    def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """mode="free" reads each accumulated micro-batch's gradient here (not available)."""
+    def _start_free(self, args: Any, kwargs: dict[str, Any]) -> None:
+        """The capture on the model: the micro-batches of gradient accumulation are the slices
+        (read inside backward(), so before the Trainer clips the last one)."""
+        assert self.free is not None
+        if _world() > 1:
+            raise UsageError(
+                "BscritCallback: mode='free' under several processes is not supported with the "
+                "Trainer (a callback cannot reach the DDP model); use mode='every_n', or "
+                "bscrit.free_capture.FreeCapture on the DDP model by hand"
+            )
+        micro = self.micro_batch_size or int(args.per_device_train_batch_size)
+        acc = int(args.gradient_accumulation_steps)
+        self._batch_size = self.batch_size or micro * acc
+        self.free.start(
+            kwargs["model"],
+            optimizer=kwargs.get("optimizer"),
+            dataset_size=dataset_size(self._data(kwargs)),
+            batch_size=self._batch_size,
+            micro_batch_size=micro,
+            slices=acc,
+        )
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """mode="free" reads the step's last micro-batch gradient here (not available)."""
+        """mode="free": close the step (its micro-batch gradients were read inside backward(),
+        before clipping) and, every n steps, pool the window."""
+        if self.free is None:
+            return
+        step = int(state.global_step)
+        assert self._batch_size is not None
+        metrics = self.free.step_end(step, step * self._batch_size, state.is_world_process_zero)
+        if metrics is not None and state.is_world_process_zero:
+            state.log_history.append({**metrics, "step": step})
+            self._pending = metrics
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.free is not None:
+            self.free.close()
 
     # -- mode="every_n": after the optimizer step, at the new weights ----------------------
 

@@ -1,0 +1,53 @@
+"""mode="free" of the Lightning callback: a run with gradient accumulation ends bitwise as one
+without the callback; one series line per window of steps, with the drift; refused without
+accumulation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("lightning")
+
+from test_lightning_callback import fit  # noqa: E402  (the same run, module and logger)
+
+from bscrit.errors import UsageError  # noqa: E402
+from bscrit.integrations.lightning import BscritCallback  # noqa: E402
+from bscrit.integrations.recorder import SERIES_KEYS, read_series  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec:FutureWarning", "ignore:.*num_workers")
+
+
+def test_free_mode_leaves_the_run_bitwise_unchanged_and_writes_windows(tmp_path):
+    torch.set_num_threads(1)
+    plain, _ = fit(tmp_path / "plain", steps=20, accumulate=2)
+    out = tmp_path / "free"
+    cb = BscritCallback(out, every_n_steps=5, mode="free")
+    measured, log = fit(tmp_path / "measured", [cb], steps=20, accumulate=2)
+    a, b = plain.state_dict(), measured.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    rows = read_series(out / "series.jsonl")
+    # each window's last gradient: the weights after 4, 9, 14, 19 updates
+    assert [r["step"] for r in rows] == [4, 9, 14, 19]
+    for r in rows:
+        assert tuple(r)[: len(SERIES_KEYS)] == SERIES_KEYS and r["mode"] == "free"
+        assert r["batch_size"] == 16 and r["examples_seen"] == 16 * r["step"]
+        free = r["free"]
+        assert (free["slices"], free["micro_batch_size"], free["dataset_size"]) == (2, 8, 96)
+        assert free["steps_pooled"] == 5 and free["steps_skipped"] == 0
+        assert free["first_step"] == r["step"] - 4
+        assert r["drift"]["relative"] > 0 and r["file"] is None
+        lo, hi = r["G_ci95"]
+        assert lo <= r["G"] <= hi
+    logged = [(s, m) for s, m in log.metrics if "bscrit/nsr" in m]
+    assert [s for s, _ in logged] == [4, 9, 14, 19]
+    assert all("bscrit/drift" in m and "bscrit/b_star" in m for _, m in logged)
+
+
+def test_free_mode_needs_several_micro_batches(tmp_path):
+    cb = BscritCallback(tmp_path / "x", every_n_steps=5, mode="free")
+    with pytest.raises(UsageError, match="accumulation"):
+        fit(tmp_path, [cb], steps=2, accumulate=1)
+    with pytest.raises(UsageError, match="every_n_steps"):
+        BscritCallback(tmp_path, every_n_steps=1, mode="free")
