@@ -38,6 +38,9 @@ def test_free_mode_leaves_the_run_bitwise_unchanged_and_writes_windows(tmp_path)
         assert free["steps_pooled"] == 5 and free["steps_skipped"] == 0
         assert free["first_step"] == r["step"] - 4
         assert r["drift"]["relative"] > 0 and r["file"] is None
+        # τ = 1/(2ηλ) of the run's AdamW (η = 0.01, λ = 0.05): the window is far shorter
+        assert free["interval"]["relaxation_steps"] == pytest.approx(1000.0)
+        assert free["interval"]["scope"] == "window"
         lo, hi = r["G_ci95"]
         assert lo <= r["G"] <= hi
     logged = [(s, m) for s, m in log.metrics if "bscrit/nsr" in m]
