@@ -125,6 +125,7 @@ class FreeWindow:
         batch_size: int,
         micro_batch_size: int,
         slices: int,
+        boundaries: str = "hooks",
     ) -> None:
         """Create the capture (before the first backward); refuse what cannot work.
 
@@ -135,6 +136,8 @@ class FreeWindow:
             batch_size: B, the examples of one optimizer step (all ranks).
             micro_batch_size: b, the examples of one forward/backward on one rank.
             slices: micro-batches × ranks per optimizer step (must be ≥ 2).
+            boundaries: ``"hooks"`` (read inside backward) or ``"manual"`` (the callback calls
+                :meth:`backward_end` after each micro-batch's backward).
         """
         from ..equilibrium import relaxation_steps
         from ..free_capture import FreeCapture
@@ -160,12 +163,18 @@ class FreeWindow:
             if not ddp:  # the parameters the optimizer updates
                 ids = {id(p) for g in unwrap_optimizer(optimizer).param_groups for p in g["params"]}
                 params = [p for p in model.parameters() if id(p) in ids and p.requires_grad]
-        self.capture = FreeCapture(params, dataset_size=dataset_size, stride=self.stride)
+        self.capture = FreeCapture(
+            params,
+            dataset_size=dataset_size,
+            stride=self.stride,
+            boundaries=boundaries,  # type: ignore[arg-type]
+        )
         self.batch_size, self.micro_batch_size = batch_size, micro_batch_size
 
-    def micro_batch(self, examples: int | None) -> None:
-        """The size of the micro-batch about to run (steps with unequal ones are skipped)."""
-        if self.capture is not None and examples is not None:
+    def backward_end(self, examples: int | None) -> None:
+        """After a micro-batch's backward, with its size (steps with unequal ones are skipped):
+        reads it with ``boundaries="manual"``, records the size only with hooks."""
+        if self.capture is not None:
             self.capture.on_backward_end(examples=examples)
 
     def step_end(

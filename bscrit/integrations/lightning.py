@@ -96,6 +96,7 @@ class BscritCallback(Callback):
         self._loss: Any = None
         self._batch_size: int | None = None
         self._micro: int | None = None
+        self._examples: int | None = None
 
     # -- set-up: every input checked before the first step ---------------------------------
 
@@ -162,6 +163,7 @@ class BscritCallback(Callback):
             batch_size=self._batch_size,
             micro_batch_size=micro,
             slices=acc * world,
+            boundaries="manual",  # on_after_backward: one call per micro-batch, before clipping
         )
 
     def on_train_batch_start(
@@ -169,11 +171,16 @@ class BscritCallback(Callback):
     ) -> None:
         """mode="free": the micro-batch's size (a step with unequal micro-batches is skipped)."""
         if self.free is not None:
-            self.free.micro_batch(batch_length(batch))
+            self._examples = batch_length(batch)
+
+    def on_after_backward(self, trainer: Any, pl_module: Any) -> None:
+        """mode="free": read this micro-batch's gradient (the change of the accumulated .grad)."""
+        if self.free is not None:
+            self.free.backward_end(self._examples)
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
-        """mode="free": the step's micro-batch gradients were read inside backward(); close the
-        step (before clipping and the optimizer step) and, every n steps, pool the window."""
+        """mode="free": the step's micro-batch gradients were read in on_after_backward; close
+        the step (before clipping and the optimizer step) and, every n steps, pool the window."""
         if self.free is None:
             return
         step = int(trainer.global_step)

@@ -93,6 +93,40 @@ def test_hooks_read_the_gradient_before_clipping() -> None:
     assert s.mean_sq == pytest.approx(m_ref, rel=1e-10)
 
 
+class _Checkpointed(nn.Module):
+    """A middle block under activation checkpointing (recomputed in backward)."""
+
+    def __init__(self, reentrant: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.e, self.a, self.b = nn.Linear(5, 5), nn.Linear(5, 7), nn.Linear(7, 3)
+        self.reentrant = reentrant
+        self.double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        h = checkpoint(lambda z: torch.tanh(self.a(z)), self.e(x), use_reentrant=self.reentrant)
+        return self.b(h)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_hooks_with_activation_checkpointing(reentrant: bool) -> None:
+    """Non-reentrant checkpointing recomputes inside the same backward; reentrant runs a nested
+    backward, whose hooks come after the output layer's queued the callback on the outer one."""
+    x, y = _data(12)
+    q_ref, m_ref = _reference(_Checkpointed(False), list(x.split(4)), list(y.split(4)))
+    model = _Checkpointed(reentrant)
+    cap = FreeCapture(model, dataset_size=12)
+    for xb, yb in zip(x.split(4), y.split(4)):
+        (LOSS(model(xb), yb) / 3).backward()
+    cap.on_step_end(4)
+    (s,), _ = cap.steps()
+    assert s.slices == 3
+    assert s.sum_sq == pytest.approx(q_ref, rel=1e-10)
+    assert s.mean_sq == pytest.approx(m_ref, rel=1e-10)
+
+
 def _train(capture: str | None, steps: int = 4, m: int = 3) -> list[torch.Tensor]:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
