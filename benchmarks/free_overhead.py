@@ -63,20 +63,22 @@ def train(
     capture: str | None,
     every: int,
     inside: bool = False,
-) -> float:
+) -> tuple[float, float, float]:
     """Seconds per optimizer step; ``rows`` (steps, M, b) holds the example indices. With
-    ``inside``: the seconds per step spent inside the capture's own calls instead."""
+    ``inside`` also the seconds per step spent reading (the capture's per-micro-batch and
+    per-step calls) and per window in ``estimate()``."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     x_all, y_all = data.tensors
     m, b = rows.shape[1], rows.shape[2]
     cap = None
     if capture is not None:
         cap = FreeCapture(model, dataset_size=len(x_all), boundaries=capture)  # type: ignore[arg-type]
-    spent = [0.0]
+    spent, spent_est = [0.0], [0.0]
+    windows = max(1, len(rows) // every)
     if cap is not None and inside:
         cap._read_micro_batch = _timed(cap._read_micro_batch, spent, device)  # type: ignore[method-assign]
         cap.on_step_end = _timed(cap.on_step_end, spent, device)  # type: ignore[method-assign]
-        cap.estimate = _timed(cap.estimate, spent, device)  # type: ignore[method-assign]
+        cap.estimate = _timed(cap.estimate, spent_est, device)  # type: ignore[method-assign]
     sync(device)
     t0 = time.perf_counter()
     for t, step_rows in enumerate(rows):
@@ -97,7 +99,7 @@ def train(
     elapsed = time.perf_counter() - t0
     if cap is not None:
         cap.close()
-    return (spent[0] if inside else elapsed) / len(rows)
+    return elapsed / len(rows), spent[0] / len(rows), spent_est[0] / windows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", default="small_cnn,resnet18")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps per timed run")
-    ap.add_argument("--every", type=int, default=4, help="steps per estimate() window")
+    ap.add_argument("--every", type=int, default=8, help="steps per estimate() window")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cpu":
@@ -119,32 +121,42 @@ def main(argv: list[str] | None = None) -> None:
     rows = torch.randperm(n, generator=g)[: steps * m * b].reshape(steps, m, b)
     print(f"device {device}, micro-batch b = {b}, M = {m}, {steps} steps per run, ")
     print(f"estimate() every {args.every} steps, medians of {args.repeats} interleaved runs")
-    print(f"{'model':<10} {'params':>8} {'plain ms':>9} {'hooks':>8} {'manual':>8} {'inside':>8}")
+    print(
+        f"{'model':<10} {'params':>8} {'plain ms':>9} {'hooks':>7} {'manual':>7} "
+        f"{'reading':>8} {'estimate':>9}"
+    )
     for name in args.models.split(","):
         base = MODELS[name]().to(device)
         state = {k: v.clone() for k, v in base.state_dict().items()}
         times: dict[str | None, list[float]] = {None: [], "hooks": [], "manual": []}
-        inside: list[float] = []
+        reading: list[float] = []
+        estimating: list[float] = []
         variants: list[str | None] = [None, "hooks", "manual"]
         for r in range(args.repeats + 1):
             for variant in variants[r % 3 :] + variants[: r % 3]:  # rotate the order
                 base.load_state_dict(state)
-                s = train(base, data, rows, device, variant, args.every)
+                s, _, _ = train(base, data, rows, device, variant, args.every)
                 if r > 0:  # the first round warms up
                     times[variant].append(s)
             base.load_state_dict(state)
-            inside.append(train(base, data, rows, device, "hooks", args.every, inside=True))
+            _, read, est = train(base, data, rows, device, "hooks", args.every, inside=True)
+            reading.append(read)
+            estimating.append(est)
         plain = statistics.median(times[None])
         hooks = statistics.median(times["hooks"]) / plain
         manual = statistics.median(times["manual"]) / plain
-        own = statistics.median(inside) / plain
+        own = statistics.median(reading) / plain
+        est = statistics.median(estimating) / plain
         mib = param_bytes(base) / 2**20
         print(
-            f"{name:<10} {mib:>6.1f}Mi {plain * 1e3:>9.1f} {hooks:>8.3f} {manual:>8.3f} {own:>8.4f}"
+            f"{name:<10} {mib:>6.1f}Mi {plain * 1e3:>9.1f} {hooks:>7.3f} {manual:>7.3f} "
+            f"{own:>8.4f} {est:>9.3f}",
+            flush=True,
         )
     print("hooks / manual: time per step with FreeCapture over the plain loop (1.000 = free);")
-    print("inside: time spent in the capture's own calls (hooks mode) over the plain step time;")
-    print("device memory added: one buffer the size of the trainable parameters (params column)")
+    print("reading: time per step inside the capture's per-micro-batch and per-step calls, over")
+    print("the plain step; estimate: one estimate() per window (pooling, drift), in plain steps.")
+    print("Device memory added: one buffer the size of the trainable parameters (params column).")
 
 
 if __name__ == "__main__":

@@ -163,6 +163,7 @@ class FreeCapture:
         self._handles: list[Any] = []
         self._queued = False
         self._paused = False
+        self._fresh = True  # the next micro-batch starts a step (its buffer content is stale)
         self._count = 0
         self._acc: list[torch.Tensor] = []
         self._local: list[torch.Tensor] = []  # ranks: per-bucket local ‖·‖² of this step
@@ -249,14 +250,22 @@ class FreeCapture:
         self._count += 1
         if not self._reading:
             return
+        fresh, self._fresh = self._fresh, False
         for g in self._groups:
             have = [(v, p.grad) for v, p in zip(g.views, g.params) if p.grad is not None]
+            if fresh:  # the step's first micro-batch: .grad was zero before it, Δ_1 = .grad
+                for v, p in zip(g.views, g.params):
+                    if p.grad is None:
+                        v.zero_()
             if not have:
                 continue
             prev = [v for v, _ in have]
             grads = [gr.detach() for _, gr in have]
-            torch._foreach_sub_(prev, grads)  # prev ← prev − .grad = −Δ_j
-            self._acc.append(_sq_norm(prev))
+            if fresh:
+                self._acc.append(_sq_norm(grads))
+            else:
+                torch._foreach_sub_(prev, grads)  # prev ← prev − .grad = −Δ_j
+                self._acc.append(_sq_norm(prev))
             torch._foreach_copy_(prev, grads)
 
     # ------------------------------------------------------------------------------------------
@@ -299,7 +308,7 @@ class FreeCapture:
             examples_seen: training examples before this step.
         """
         count, sizes = self._count, self._sizes
-        self._count, self._sizes = 0, set()
+        self._count, self._sizes, self._fresh = 0, set(), True
         reading = self._reading
         self._step_calls += 1
         if not reading:
@@ -339,8 +348,6 @@ class FreeCapture:
                     examples_seen,
                 )
             )
-        for g in self._groups:
-            g.buffer.zero_()
 
     def _note_drift(self) -> None:
         if self.track_drift and self._snapshot is None:
