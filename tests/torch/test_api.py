@@ -298,3 +298,36 @@ def test_predict_and_scale_take_measurements_or_paths(tmp_path):
     assert bscrit.scale(64, optimizer="sgd", batch_size=16, lr=0.1).new["lr"] == pytest.approx(0.4)
     with pytest.raises(UsageError, match="expected a Measurement"):
         bscrit.predict([3])
+
+
+def test_progress_is_told_every_batch_when_asked(capsys):
+    torch.set_num_threads(1)
+    model, ds, _ = trained(steps=0)
+    seen: list[int] = []
+    bscrit.measure(model, ds, nn.CrossEntropyLoss(), B, num_batches=K, groups=M,
+                   progress=seen.append)  # fmt: skip
+    assert sum(seen) == K
+    bscrit.measure(model, ds, nn.CrossEntropyLoss(), B, num_batches=K, groups=M, progress=True)
+    assert f"bscrit: {K} batches" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_on_cuda_the_cuda_rng_and_the_model_are_left_alone():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    model, ds, opt = trained()
+    model.cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x, y = (t.cuda() for t in ds.tensors)
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    cuda_rng = torch.cuda.get_rng_state()
+    before = snapshot(model, opt)
+    m = bscrit.measure(model, ds, nn.CrossEntropyLoss(), B, num_batches=K, groups=M, optimizer=opt)
+    assert m.device.startswith("cuda")
+    assert torch.equal(cuda_rng, torch.cuda.get_rng_state())
+    assert_same(before, snapshot(model, opt))
+    cpu = bscrit.measure(model, ds, nn.CrossEntropyLoss(), B, num_batches=K, groups=M,
+                         device="cpu", mode="eval")  # fmt: skip
+    gpu = bscrit.measure(model, ds, nn.CrossEntropyLoss(), B, num_batches=K, groups=M, mode="eval")
+    assert gpu.all.N == pytest.approx(cpu.all.N, rel=1e-3)
