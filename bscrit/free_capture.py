@@ -66,8 +66,8 @@ class _Group:
 class _Pending:
     """One recorded step; the sums stay on the device until :meth:`FreeCapture.estimate`."""
 
-    sum_sq: torch.Tensor  # Σ‖Δ_j‖² (accumulation) or the rank's local ‖g_r‖² (ranks)
-    mean_sq: torch.Tensor  # ‖Σ_j Δ_j‖² (accumulation) or ‖h̄‖² (ranks)
+    sum_sq: torch.Tensor  # norms of the Δ_j's pieces (accumulation) or local ‖g_r‖² (ranks)
+    mean_sq: torch.Tensor  # norms of Σ_j Δ_j's pieces (accumulation) or ‖h̄‖² (ranks)
     slices: int
     slice_size: int
     scale: float  # accumulation: g_j = scale·Δ_j
@@ -84,10 +84,21 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def _norm_dtype(tensors: list[torch.Tensor]) -> torch.dtype:
+    """float64 for float64 tensors, else float32 (a bf16 norm has 3 digits: s² would cancel)."""
+    return torch.float64 if tensors and tensors[0].dtype == torch.float64 else torch.float32
+
+
 def _sq_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Σ ‖t‖² over tensors, as a float64 scalar on their device (norms in their dtype)."""
-    norms = torch._foreach_norm(tensors)
+    """Σ ‖t‖² over tensors, as a float64 scalar on their device (norms: :func:`_norm_dtype`)."""
+    norms = torch._foreach_norm(tensors, 2, dtype=_norm_dtype(tensors))
     return torch.stack(norms).double().square().sum()
+
+
+def _norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The tensors' norms as one vector on their device (two dispatches: a training step's
+    reading stays cheap on small models); squared and summed in float64 on the host later."""
+    return torch.stack(torch._foreach_norm(tensors, 2, dtype=_norm_dtype(tensors)))
 
 
 class FreeCapture:
@@ -262,10 +273,10 @@ class FreeCapture:
             prev = [v for v, _ in have]
             grads = [gr.detach() for _, gr in have]
             if fresh:
-                self._acc.append(_sq_norm(grads))
+                self._acc.append(_norms(grads))
             else:
                 torch._foreach_sub_(prev, grads)  # prev ← prev − .grad = −Δ_j
-                self._acc.append(_sq_norm(prev))
+                self._acc.append(_norms(prev))
             torch._foreach_copy_(prev, grads)
 
     # ------------------------------------------------------------------------------------------
@@ -334,12 +345,12 @@ class FreeCapture:
             self._skipped += 1
         else:
             check_step(count, micro_batch_size, self.dataset_size, "FreeCapture")
-            total = _sq_norm([g.buffer for g in self._groups])  # ‖Σ_j Δ_j‖²
+            total = _norms([g.buffer for g in self._groups])  # ‖Σ_j Δ_j‖², in pieces
             scale = float(count) if self.accumulation == "mean" else 1.0
             self._note_drift()
             self._pending.append(
                 _Pending(
-                    torch.stack([a.to(total.device) for a in acc]).sum(),
+                    torch.cat([a.to(total.device) for a in acc]),
                     total,
                     count,
                     micro_batch_size,
@@ -377,9 +388,16 @@ class FreeCapture:
         and how many were skipped (non-finite sums included). With DDP ranks this all-reduces."""
         if not self._pending:
             return [], self._skipped
-        raw = torch.stack(
-            [torch.stack([p.sum_sq.cpu(), p.mean_sq.cpu()]) for p in self._pending]
-        ).double()
+        # one transfer: every step's pieces, then Σ piece² per step in float64 on the host
+        pieces = [t for p in self._pending for t in (p.sum_sq.reshape(-1), p.mean_sq.reshape(-1))]
+        dev = pieces[0].device
+        flat = torch.cat([t.detach().to(dev, torch.float64) for t in pieces]).cpu()
+        sums = [float(x.sum()) for x in flat.split([t.numel() for t in pieces])]
+        if self.ranks >= 2:  # already squared norms (float64 scalars)
+            raw = torch.tensor(sums, dtype=torch.float64).reshape(-1, 2)
+        else:
+            sq = [float(x.square().sum()) for x in flat.split([t.numel() for t in pieces])]
+            raw = torch.tensor(sq, dtype=torch.float64).reshape(-1, 2)
         if self.ranks >= 2:
             dist = torch.distributed
             local = raw[:, 0].clone()
