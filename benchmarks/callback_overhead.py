@@ -103,11 +103,13 @@ def main() -> None:
     run(20, None, b)  # warm-up: imports, allocator, first Trainer
     configs = [(k, n) for k in args.num_batches for n in args.every]
     base: list[float] = []
+    idle: list[float] = []  # the callback's hooks alone: every_n_steps past the run's end
     times: dict[tuple[int, int], list[float]] = {c: [] for c in configs}
     spent: dict[tuple[int, int], tuple[int, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):  # interleaved: a busy machine slows every row alike
             base.append(run(steps, None, b))
+            idle.append(run(steps, BscritCallback(Path(tmp) / "idle", every_n_steps=steps + 1), b))
             for k, n in configs:
                 out = Path(tmp) / f"k{k}-n{n}-{r}"
                 cb = BscritCallback(out, every_n_steps=n, num_batches=k, groups=10)
@@ -128,6 +130,11 @@ def main() -> None:
     print(head)
     print("-" * len(head))
     print(f"{'none (baseline)':<28}{t_base / steps * 1e3:>9.2f}{1.0:>8.3f}{0.0:>10.1%}")
+    t_idle = min(idle)
+    print(
+        f"{'hooks only (no point)':<28}{t_idle / steps * 1e3:>9.2f}{t_idle / t_base:>8.3f}"
+        f"{t_idle / t_base - 1:>10.1%}{0:>8}"
+    )
     for k, n in configs:
         t = min(times[(k, n)])
         count, total = spent[(k, n)]
