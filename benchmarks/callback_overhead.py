@@ -110,6 +110,7 @@ def main() -> None:
     base_acc: list[float] = []  # the same B in 2 micro-batches: the free mode's baseline
     free_times: list[float] = []
     free_spent = (0, float("inf"))
+    idle: list[float] = []  # the callback's hooks alone: every_n_steps past the run's end
     times: dict[tuple[int, int], list[float]] = {c: [] for c in configs}
     spent: dict[tuple[int, int], tuple[int, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,6 +124,7 @@ def main() -> None:
             total = sum(row["seconds"] for row in series)
             if total < free_spent[1]:
                 free_spent = (len(series), total)
+            idle.append(run(steps, BscritCallback(Path(tmp) / "idle", every_n_steps=steps + 1), b))
             for k, n in configs:
                 out = Path(tmp) / f"k{k}-n{n}-{r}"
                 cb = BscritCallback(out, every_n_steps=n, num_batches=k, groups=10)
@@ -143,6 +145,11 @@ def main() -> None:
     print(head)
     print("-" * len(head))
     print(f"{'none (baseline)':<28}{t_base / steps * 1e3:>9.2f}{1.0:>8.3f}{0.0:>10.1%}")
+    t_idle = min(idle)
+    print(
+        f"{'hooks only (no point)':<28}{t_idle / steps * 1e3:>9.2f}{t_idle / t_base:>8.3f}"
+        f"{t_idle / t_base - 1:>10.1%}{0:>8}"
+    )
     for k, n in configs:
         t = min(times[(k, n)])
         count, total = spent[(k, n)]

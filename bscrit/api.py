@@ -104,6 +104,7 @@ def measure(
     from . import __version__
     from .api_inputs import (
         check_arguments,
+        check_targets,
         engine_collate,
         optimizer_selection,
         parameter_names,
@@ -126,6 +127,7 @@ def measure(
     sel, opt = view.selection, view.info
     label = label or f"<{type(model).__name__}>"
     with _kept_state(model), requires_grad_only(model, sel.names), _progress(progress) as adv:
+        check_targets(d.dataset, loss)  # reads an example: inside, where the RNGs are kept
         params = parameter_names(model, sel.names)
         pre, why = build_preconditioner(params, view.state, opt, sel.state_indices)
         if optimizer is None:

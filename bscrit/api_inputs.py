@@ -127,6 +127,37 @@ def resolve_loss(loss_fn: Any) -> Any:
     return loss_fn
 
 
+def check_targets(dataset: Any, loss: Any) -> None:
+    """Refuse a torch loss (``loss_fn(outputs, targets)``) on dict examples, which carry no
+    separate target; reads the first example only.
+
+    Raises:
+        UsageError: naming the example's keys and the two forms that work.
+    """
+    from collections.abc import Mapping
+
+    from torch import nn
+
+    func = getattr(loss, "func", loss)
+    torch_loss = isinstance(loss, nn.modules.loss._Loss) or getattr(func, "__module__", "") in (
+        "torch.nn.functional",
+        "torch._C._nn",
+    )
+    if not torch_loss:
+        return
+    try:
+        first = dataset[0]
+    except Exception:  # noqa: BLE001 - a broken dataset is reported with its first batch
+        return
+    if isinstance(first, Mapping):
+        keys = ", ".join(sorted(map(str, first.keys())))
+        raise UsageError(
+            f"loss_fn: the examples are dicts (keys: {keys}), so a torch loss has no separate "
+            "target: give loss_fn='model' (the model's own output.loss, model(**batch)) or "
+            "loss_fn(model, batch)"
+        )
+
+
 class WholeBatch:
     """A collate function whose batch reaches a ``loss_fn(model, batch)`` whole: the collated
     batch as the engine's inputs, with no separate targets (any structure: a triple, a dict)."""

@@ -12,7 +12,10 @@ import bscrit
 from bscrit.integrations.recorder import read_series
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "callbacks"
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::UserWarning", "ignore:.*LeafSpec:FutureWarning"),
+]
 
 
 def load(name: str):

@@ -269,6 +269,7 @@ def test_bad_inputs_are_refused_before_any_batch():
         (dict(data=3), "expected a torch Dataset"),
         (dict(loss_fn="mean"), "the only string accepted is 'model'"),
         (dict(loss_fn=3), "expected a callable"),
+        (dict(data=Dicts(ds)), "the examples are dicts \\(keys: x, y\\)"),
         (dict(optimizer=other), "none of its 2 parameters is one of the model's"),
         (dict(optimizer=object()), "expected a torch.optim.Optimizer"),
         (dict(model="net"), "expected a torch.nn.Module"),
