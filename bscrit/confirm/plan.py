@@ -38,6 +38,7 @@ from ..svag.plan import _fixed_batches, _held_out
 from ..svag.step import target_schedule
 from .results import (
     DECAY_FRACTION,
+    DECAY_TAIL_POINTS,
     DEFAULT_POINTS,
     DEFAULT_RELAXATION_TIMES,
     DEFAULT_TAIL_POINTS,
@@ -211,7 +212,7 @@ def prepare_confirm(
     overrides: Mapping[str, float | None] | None = None,
     decay: bool = False,
     points: int = DEFAULT_POINTS,
-    tail_points: int = DEFAULT_TAIL_POINTS,
+    tail_points: int | None = None,
     relaxation_times: float = DEFAULT_RELAXATION_TIMES,
     eval_batches: int = 8,
     eval_examples: int | None = 2048,
@@ -229,6 +230,8 @@ def prepare_confirm(
             round(examples/B') steps; the base the same examples.
         seeds: K; seed i (from ``seed``, default the spec's ``measure.seed``) sets the batch order
             and the global torch seed (dropout) of both branches.
+        tail_points: the final loss is the mean over this many last grid points (default 5 of
+            21; 1 with ``decay``, the loss at the end of the decay).
         start_step: the checkpoint's step in the base run (the schedule); default the step saved
             in the checkpoint, else 0.
 
@@ -238,8 +241,10 @@ def prepare_confirm(
         DataError, CheckpointError: the spec's data or checkpoint cannot be loaded.
     """
     _check_options(target_batch_size, seeds, examples, eval_batches)
+    if tail_points is None:
+        tail_points = DECAY_TAIL_POINTS if decay else DEFAULT_TAIL_POINTS
     if not 1 <= tail_points:
-        raise UsageError(f"{{tail_points}} must be >= 1, got {tail_points}", tail_points="tail")
+        raise UsageError(f"tail_points must be >= 1, got {tail_points}")
     seed = spec.measure.seed if seed is None else int(seed)
     dev = resolve_device(device or spec.measure.device)
     model, ckpt = load_model(spec, checkpoint, unsafe=unsafe)

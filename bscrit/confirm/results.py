@@ -17,7 +17,8 @@ and over the K seeds (paired: the same seed in both branches) the mean d̄ with 
 interval d̄ ± t_{0.975, K−1} · sd(d)/√K. With the tolerance δ fixed before the run:
 
 - ``holds``: the whole interval lies below δ (B' loses less than δ of the loss, at 95%);
-- ``fails``: the whole interval lies above δ, or a target branch diverged (NaN/Inf loss);
+- ``fails``: the whole interval lies above δ, or a target branch diverged (a NaN/Inf loss, or a
+  loss above ``DIVERGENCE_FACTOR`` = 10 times its value at the checkpoint);
 - ``inconclusive``: otherwise, and always with one seed (no interval) unless a branch diverged.
 
 A base branch that diverges is a run failure (:class:`~bscrit.errors.RunError`, exit 3), raised by
@@ -53,14 +54,20 @@ KIND_CONFIRM = "bscrit.confirm"
 #: Default tolerance δ on the relative final-loss difference (L_B' − L_B)/L_B. A starting
 #: value: the lead re-chooses it from the agreement table of docs/validation.md.
 DEFAULT_TOLERANCE = 0.05
-#: The final loss is the mean over this many last grid points (of ``DEFAULT_POINTS`` + 1).
-DEFAULT_TAIL_POINTS = 3
+#: The final loss is the mean over this many last grid points (of ``DEFAULT_POINTS`` + 1): the
+#: last fifth, which averages out the loss's fluctuation at a constant LR (on digits at B' = 256,
+#: 3 points left the 95% interval of d twice as wide as 5). With ``--decay``: the last point.
+DEFAULT_TAIL_POINTS = 5
+DECAY_TAIL_POINTS = 1
 #: Evaluation intervals on the grid of example counts (grid points = this + 1, from 0).
 DEFAULT_POINTS = 20
 #: Default budget: this many relaxation times 1/(2ηλ) of ‖x‖² at B ([LMA21] eq. 10), in examples.
 DEFAULT_RELAXATION_TIMES = 2.0
 #: Default budget when the relaxation time is unknown (no weight decay, Adam's coupled decay).
 FALLBACK_EPOCHS = 5.0
+#: A branch has diverged when a loss is not finite or above this many times its value at the
+#: checkpoint (grid point 0): a run blowing up need not overflow within the budget.
+DIVERGENCE_FACTOR = 10.0
 #: ``--decay``: the LR falls linearly to 0 over this last fraction of each branch's steps.
 DECAY_FRACTION = 0.2
 
@@ -150,7 +157,7 @@ class Branch:
     steps: tuple[int, ...]  # optimizer steps done at each grid point
     examples: tuple[int, ...]  # training examples seen at each grid point
     values: Mapping[str, tuple[float, ...]]  # NaN after a divergence
-    diverged_at: int | None = None  # examples at the first grid point with a non-finite loss
+    diverged_at: int | None = None  # examples at the first grid point where it diverged
     elapsed_s: float = 0.0
 
     def final(self, metric: str, tail_points: int = DEFAULT_TAIL_POINTS) -> float:

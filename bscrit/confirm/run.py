@@ -40,6 +40,8 @@ from ..svag.warm import GradientMoments, model_gradient_moments, warm_start
 from .plan import SECOND_MOMENT_KEYS, ConfirmPlan
 from .results import (
     DECAY_FRACTION,
+    DIVERGENCE_FACTOR,
+    LOSS_METRICS,
     SECOND_MOMENT_NOTE,
     Branch,
     ConfirmResult,
@@ -140,6 +142,15 @@ def _non_finite(values: Mapping[str, float]) -> str:
     return ", ".join(f"{k} = {v}" for k, v in values.items() if not math.isfinite(v))
 
 
+def _blown_up(values: Mapping[str, float], start: Mapping[str, float]) -> str:
+    """The losses above ``DIVERGENCE_FACTOR`` × their value at the checkpoint ("" if none)."""
+    return ", ".join(
+        f"{k} = {values[k]:.4g} > {DIVERGENCE_FACTOR:g} × {start[k]:.4g}"
+        for k in LOSS_METRICS
+        if k in values and k in start and values[k] > DIVERGENCE_FACTOR * abs(start[k])
+    )
+
+
 def run_branch(
     plan: ConfirmPlan,
     which: str,
@@ -149,8 +160,9 @@ def run_branch(
     on_step: Callable[[int], None] | None = None,
 ) -> Branch:
     """Train branch ``which`` ("base" or "target") of ``seed`` from the checkpoint (a deep copy)
-    and evaluate it at the grid points. A non-finite test function stops the branch
-    (``diverged_at``, the remaining points NaN).
+    and evaluate it at the grid points. A non-finite test function, or a loss above
+    ``DIVERGENCE_FACTOR`` × its value at the checkpoint, stops the branch (``diverged_at``; the
+    remaining points are NaN).
 
     Raises:
         RunError: a test function is not finite at the checkpoint itself (before any step), out
@@ -169,6 +181,7 @@ def run_branch(
     loss_fn = plan.loss_fn.to(plan.device) if isinstance(plan.loss_fn, nn.Module) else plan.loss_fn
     params = [p for p in model.parameters() if p.requires_grad]
     values: dict[str, list[float]] = {}
+    start_vals: dict[str, float] = {}
     diverged_at: int | None = None
     steps = 0
     t0 = time.perf_counter()
@@ -214,7 +227,8 @@ def run_branch(
                     )
                 for k, v in vals.items():
                     values.setdefault(k, [math.nan] * i).append(float(v))
-                if _non_finite(vals):
+                start_vals = start_vals if i else vals
+                if _non_finite(vals) or _blown_up(vals, start_vals):
                     diverged_at = g * bsz
                     break
         except torch.cuda.OutOfMemoryError:

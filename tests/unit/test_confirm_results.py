@@ -171,7 +171,7 @@ def _result() -> ConfirmResult:
         base_optimizer=sgd, target_optimizer=OptimizerInfo("sgd", lr=0.2, weight_decay=5e-4),
         examples=64, examples_why="given", seeds=(0, 1), branches=branches,
         verdict=decide(d, DEFAULT_TOLERANCE, diverged=["seed 1 at 32 examples"]),
-        dataset_size=64, forward_backward={"base": 10, "target": 6},
+        dataset_size=64, forward_backward={"base": 10, "target": 6}, tail_points=3,
     )  # fmt: skip
 
 
