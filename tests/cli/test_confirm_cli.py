@@ -64,7 +64,7 @@ def spec(tmp_path_factory) -> Path:
     return d / "spec.yaml"
 
 
-FAST = ["--examples", "8192", "--seeds", "3", "--points", "8", "--eval-batches", "2", "--quiet"]
+FAST = ["--examples", "4096", "--seeds", "3", "--points", "8", "--eval-batches", "2", "--quiet"]
 
 
 def _sha(p: Path) -> str:
