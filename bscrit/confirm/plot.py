@@ -20,6 +20,7 @@ def plot_confirm(r: ConfirmResult, path: str | os.PathLike[str]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter, MaxNLocator
 
     present = r.metrics()
     metrics = [m for m in PANELS if m in present]
@@ -35,6 +36,8 @@ def plot_confirm(r: ConfirmResult, path: str | os.PathLike[str]) -> None:
         title = METRIC_LABELS.get(m, m) + (" (verdict)" if m == r.verdict.metric else "")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("training examples")
+        ax.xaxis.set_major_formatter(EngFormatter())
+        ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(
