@@ -116,14 +116,14 @@ def confirm(
     from . import report
     from .confirm.plan import plan_confirm
     from .confirm.plot import plot_confirm
-    from .confirm.results import confirm_paths, decide, write_confirm
+    from .confirm.results import check_tolerance, confirm_paths, write_confirm
     from .confirm.run import run_confirm
     from .outputs import check_output_path, write_outputs
     from .report_confirm import format_confirm, format_confirm_cost
     from .results import dumps
 
     if tolerance is not None:
-        decide([], tolerance)  # δ = 0 refused before any work
+        check_tolerance(tolerance)  # δ = 0 refused before any work
     for p in (out, *confirm_paths(out)) if out is not None else ():
         check_output_path(p, folder=p is out)
     plot_path = None if plot is None else check_output_path(plot, key="plot")

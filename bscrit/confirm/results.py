@@ -278,6 +278,13 @@ def _pct(x: float) -> str:
     return f"{100 * x:+.2f}%" if math.isfinite(x) else ("+∞" if x > 0 else "−∞")
 
 
+def check_tolerance(tolerance: float) -> float:
+    """δ must be a finite number > 0 (a :class:`UsageError` naming ``--tolerance`` otherwise)."""
+    if not tolerance > 0 or not math.isfinite(tolerance):
+        raise UsageError(f"{{tolerance}} must be > 0, got {tolerance}", tolerance="tolerance")
+    return float(tolerance)
+
+
 def decide(
     per_seed: Sequence[float],
     tolerance: float = DEFAULT_TOLERANCE,
@@ -295,8 +302,7 @@ def decide(
         diverged: where target branches diverged ("seed 1 at 12800 examples"); any → fails.
         target_batch_size: B', for the text.
     """
-    if not tolerance > 0 or not math.isfinite(tolerance):
-        raise UsageError(f"{{tolerance}} must be > 0, got {tolerance}", tolerance="tolerance")
+    check_tolerance(tolerance)
     b = f"B' = {target_batch_size}" if target_batch_size is not None else "B'"
     mean, sd, ci = t_interval(per_seed)
     common = dict(metric=metric, per_seed=tuple(per_seed), mean=mean, sd=sd, ci95=ci,

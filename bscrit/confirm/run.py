@@ -40,12 +40,14 @@ from ..svag.warm import GradientMoments, model_gradient_moments, warm_start
 from .plan import SECOND_MOMENT_KEYS, ConfirmPlan
 from .results import (
     DECAY_FRACTION,
+    DEFAULT_TOLERANCE,
     DIVERGENCE_FACTOR,
     LOSS_METRICS,
     SECOND_MOMENT_NOTE,
     Branch,
     ConfirmResult,
     ConfirmVerdict,
+    check_tolerance,
     decide,
     relative_difference,
 )
@@ -273,10 +275,7 @@ def run_confirm(
         RunError: a base branch diverged (the run itself is unstable from this checkpoint: no
             verdict about B'), a non-finite start, out of memory, a failing forward pass.
     """
-    from .results import DEFAULT_TOLERANCE
-
-    tol = DEFAULT_TOLERANCE if tolerance is None else float(tolerance)
-    decide([], tol)  # a bad tolerance fails before the runs
+    tol = check_tolerance(DEFAULT_TOLERANCE if tolerance is None else tolerance)
     t0 = time.perf_counter()
     moments = _moments(plan)
     starts = {w: _start(plan, w, moments) for w in ("base", "target")}
