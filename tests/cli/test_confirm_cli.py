@@ -110,3 +110,17 @@ def test_a_tiny_tolerance_is_inconclusive_or_worse_and_bad_input_exits_2(spec, t
     assert r.exit_code == 2 and "--target-batch-size" in r.output
     r = runner.invoke(app, ["confirm", str(spec), "-t", "16", "--tolerance", "0", *FAST])
     assert r.exit_code == 2 and "--tolerance" in r.output
+
+
+def test_from_measurement_confirms_at_the_top_of_predicts_range(spec, tmp_path):
+    from bscrit.prediction import confirmation_target, predict_files
+
+    torch.set_num_threads(1)
+    m = tmp_path / "m.json"
+    r = runner.invoke(app, ["measure", str(spec), "--out", str(m), "--quiet"])
+    assert r.exit_code == 0, r.output
+    expected, _ = confirmation_target(predict_files([m]))
+    r = runner.invoke(app, ["confirm", str(spec), "--from-measurement", str(m), *FAST, "--json"])
+    assert r.exit_code in (0, 1), r.output
+    assert json.loads(r.stdout)["target_batch_size"] == expected
+    assert f"B' = {expected}: " in r.stderr
