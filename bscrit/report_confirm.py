@@ -50,7 +50,7 @@ def format_confirm_cost(plan: ConfirmPlan) -> Group:
 
 def format_confirm(r: ConfirmResult) -> Report:
     """The branches per seed (final losses, d), the interval and the verdict, with the notes."""
-    from .confirm.results import METRIC_LABELS
+    from .confirm.results import METRIC_LABELS, relative_difference
 
     v = r.verdict
     parts: list[RenderableType] = [
@@ -83,8 +83,7 @@ def format_confirm(r: ConfirmResult) -> Report:
     for i, s in enumerate(r.seeds):
         row = [str(s), fmt(base[i]), fmt(target[i]), _pct(v.per_seed[i])]
         if other:
-            d = (ot[i] - ob[i]) / ob[i] if ob[i] and math.isfinite(ot[i]) else math.inf
-            row.append(_pct(d))
+            row.append(_pct(relative_difference(ob[i], ot[i])))
         secs = sum(b.elapsed_s for b in r.branches if b.seed == s)
         tb = r.branch("target", s)
         row.append(f"{secs:.1f} s" + (" (B' diverged)" if tb and tb.diverged_at else ""))
