@@ -82,3 +82,23 @@ def test_free_mode_refuses_a_single_micro_batch(tmp_path):
     kw = dict(model=gpt2(), optimizer=None, train_dataloader=None)
     with pytest.raises(UsageError, match="accumulation"):
         cb.on_train_begin(args, transformers.TrainerState(), transformers.TrainerControl(), **kw)
+
+
+def test_a_real_trainer_run_in_free_mode(tmp_path):
+    """The Trainer accumulates 2 micro-batches and clips (max_grad_norm = 1) before
+    on_pre_optimizer_step: the hooks read the micro-batches inside backward()."""
+    pytest.importorskip("accelerate")
+    from test_hf_callback import trainer_run
+
+    torch.set_num_threads(1)
+    plain, _ = trainer_run(tmp_path / "plain", [])
+    out = tmp_path / "free"
+    measured, trainer = trainer_run(tmp_path / "measured", [BscritCallback(out, 5, mode="free")])
+    assert same(plain, measured)
+    rows = read_series(out / "series.jsonl")
+    assert [r["step"] for r in rows] == [4, 9, 14, 19]
+    for r in rows:
+        assert r["free"]["slices"] == 2 and r["free"]["micro_batch_size"] == PER_DEVICE
+        assert r["free"]["steps_pooled"] == 5 and r["free"]["steps_skipped"] == 0
+    history = [h["step"] for h in trainer.state.log_history if "bscrit/nsr" in h]
+    assert history == [4, 9, 14, 19]
