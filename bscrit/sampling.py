@@ -208,7 +208,8 @@ def sampled_points(
     sp = plan_samples(steps, o.samples, tau, tau_note, plan.k, one)
     source = plan.paths[0]
     plan.labels = [f"{source} +{s}" for s in sp.points]
-    plan.steps = list(sp.points)
+    plan.steps = list(sp.points)  # after the checkpoint: examples/tokens seen unknown
+    plan.seen = ([None] * len(sp.points), [None] * len(sp.points))
     if on_sampling is not None:
         on_sampling(sp, opt)
     params = [p for _, p in trainable_parameters(model)]

@@ -20,7 +20,7 @@ def test_pure_modules_do_not_import_torch():
         "import bscrit.theory, bscrit.scaling, bscrit.estimators, bscrit.results\n"
         "import bscrit.prediction, bscrit.optim, bscrit.spec, bscrit.checker, bscrit.summary\n"
         "import bscrit.svag.results, bscrit.pipeline, bscrit.errors, bscrit.checkpoint_file\n"
-        "import bscrit.spec_model\n"
+        "import bscrit.spec_model, bscrit.schedule, bscrit.schedule_io\n"
         "bad = sorted(m for m in ('torch', 'numpy', 'pandas') if m in sys.modules)\n"
         "assert not bad, bad\n"
     )
