@@ -286,8 +286,9 @@ def build_stages(
     """The warm-up stages from ordered points, with the base optimizer scaled at each.
 
     Returns:
-        ``(stages, warnings)``: the first stage starts at step 0 with ``base``; a new stage starts
-        at each point where the batch size rises.
+        ``(stages, warnings)``: the first stage starts at step 0 with ``base`` (or with the size
+        chosen at a point measured at step 0); a new stage starts at each point where the batch
+        size rises.
     """
     warnings: list[str] = []
     sizes = choose_batch_sizes(base, [p.top for p in points], multiple_of)
@@ -319,6 +320,8 @@ def build_stages(
         if optimizer is not None and p.dataset_size > p.batch_size:
             nsr = nsr_at_batch(p.nsr, p.batch_size, b, p.dataset_size)
         hp, sc = hyper(b, nsr)
+        if not p.step and not p.examples_seen:  # a point at step 0 replaces the base stage
+            stages.pop()
         stages.append(Stage(p.step or 0, p.examples_seen, p.tokens_seen, b, i, hp, sc,
                             p.heuristic))  # fmt: skip
     for p, b in zip(points, sizes, strict=True):

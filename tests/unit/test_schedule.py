@@ -110,6 +110,11 @@ def test_stages_start_at_the_points_where_the_size_rises_with_scaled_hyperparame
     assert s.stage_at(1000 * 32).batch_size == 256
 
 
+def test_a_point_at_step_0_sets_the_first_stage():
+    s = make_schedule([point(0, 100), point(10, 1000)])
+    assert [(g.start_step, g.batch_size, g.point) for g in s.stages] == [(0, 64, 0), (10, 512, 1)]
+
+
 def test_points_are_ordered_and_the_earliest_is_the_base():
     s = make_schedule([point(500, 2000, b=64), point(100, 300, b=32)])
     assert [p.step for p in s.points] == [100, 500] and s.base_batch_size == 32
