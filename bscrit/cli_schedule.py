@@ -20,6 +20,11 @@ class ScheduleFormat(str, Enum):
     megatron = "megatron"
 
 
+class Cap(str, Enum):
+    later = "later"
+    start = "start"
+
+
 @app.command()
 @handle_errors
 def schedule(
@@ -50,6 +55,14 @@ def schedule(
             help="Stage batch sizes are multiples of K (default: powers of two).",
         ),
     ] = None,
+    cap: Annotated[
+        Cap,
+        typer.Option(
+            "--cap",
+            help="later: each stage within the range of every point from its start on (one low "
+            "point caps the stages before it); start: within the range where it starts only.",
+        ),
+    ] = Cap.later,
     output_format: Annotated[
         ScheduleFormat,
         typer.Option(
@@ -70,7 +83,8 @@ def schedule(
 
     Each point is one measurement read as `bscrit predict` reads it: B* = C²(B + B·N/G) [LMA21
     Thm 5.6], the recommended range [B, top]. Stages of non-decreasing batch sizes (powers of two,
-    or multiples of --multiple-of K), each within the range of every point from its start on,
+    or multiples of --multiple-of K), each within the range of every point from its start on
+    (--cap start: of the point where it starts),
     with the base optimizer scaled as `bscrit scale` scales it. Points off equilibrium (|ρ| > 0.5)
     or earlier than one relaxation time 1/(2ηλ) are labelled heuristic.
     """
@@ -83,7 +97,7 @@ def schedule(
 
     outs = [check_output_path(p, key=k) for p, k in ((out, "out"), (plot, "plot")) if p]
     points = load_points(inputs, c2)
-    s = make_schedule(points, c2=c2, multiple_of=multiple_of)
+    s = make_schedule(points, c2=c2, multiple_of=multiple_of, cap=cap.value)
     megatron = None
     if output_format is ScheduleFormat.megatron or seq_length is not None:
         megatron = megatron_schedule(s, seq_length)

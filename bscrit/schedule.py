@@ -143,6 +143,7 @@ class Schedule:
     relaxation_steps: float | None
     tokens_per_example: float | None = None
     warnings: tuple[str, ...] = field(default=())
+    cap: str = "later"  # one of CAPS
 
     def to_dict(self) -> dict[str, Any]:
         """The ``schedule --json`` object: ``stages`` and ``points`` keys are a fixed contract."""
@@ -152,6 +153,7 @@ class Schedule:
             "c2": self.c2,
             "base_batch_size": self.base_batch_size,
             "rounding": self.rounding,
+            "cap": self.cap,
             "optimizer": self.optimizer.name if self.optimizer is not None else None,
             "relaxation_steps": finite_or_none(self.relaxation_steps),
             "tokens_per_example": self.tokens_per_example,
@@ -252,16 +254,15 @@ def admissible(lo: int, hi: float, multiple_of: int | None) -> int | None:
     return largest_multiple(lo, hi, multiple_of)
 
 
-def choose_batch_sizes(
-    base: int, tops: Sequence[float], multiple_of: int | None = None
-) -> list[int]:
-    """Per point (in training order): the batch size of the stage starting there.
+#: ``cap``: which ranges a stage must stay within ("later": every point from its start on;
+#: "start": the point where it starts).
+CAPS = ("later", "start")
 
-    Each point's own choice c_i is the largest admissible size in [base, top_i] (``base`` when
+
+def own_choices(base: int, tops: Sequence[float], multiple_of: int | None = None) -> list[int]:
+    """Each point's own choice c_i: the largest admissible size in [base, top_i] (``base`` when
     there is none, or the range is empty); an unbounded top (no limit detected) keeps the
-    previous choice. The stage sizes are the running minimum from the end, b_i = min_{j ≥ i} c_j:
-    non-decreasing, and within the range of every point at or after i.
-    """
+    previous choice."""
     own: list[int] = []
     prev = base
     for top in tops:
@@ -271,10 +272,48 @@ def choose_batch_sizes(
             c = admissible(base, top, multiple_of) or base
         own.append(c)
         prev = c
-    out = list(own)
+    return own
+
+
+def choose_batch_sizes(
+    base: int, tops: Sequence[float], multiple_of: int | None = None, cap: str = "later"
+) -> list[int]:
+    """Per point (in training order): the batch size of the stage in force from there.
+
+    ``cap="later"`` (default): the running minimum from the end of the own choices
+    (:func:`own_choices`), b_i = min_{j ≥ i} c_j: non-decreasing, and within the range of every
+    point at or after i (one low point caps every stage before it). ``cap="start"``: the
+    running maximum, b_i = max_{j ≤ i} c_j: non-decreasing, a stage within the range of the
+    point where it starts only (a later point with a lower range does not lower it).
+    """
+    if cap not in CAPS:
+        raise UsageError(f"{{cap}}: expected one of {', '.join(CAPS)}, got {cap!r}", cap="cap")
+    out = own_choices(base, tops, multiple_of)
+    if cap == "start":
+        for i in range(1, len(out)):
+            out[i] = max(out[i], out[i - 1])
+        return out
     for i in range(len(out) - 2, -1, -1):
         out[i] = min(out[i], out[i + 1])
     return out
+
+
+def capping_warnings(
+    points: Sequence[SchedulePoint], own: Sequence[int], sizes: Sequence[int]
+) -> list[str]:
+    """Name each later point whose range lowered the stages before it (``cap="later"``)."""
+    first: dict[int, int] = {}  # capping point → the first point it lowered
+    for i in range(len(sizes)):
+        if sizes[i] < own[i]:
+            j = next(k for k in range(i, len(own)) if own[k] == sizes[i])
+            first.setdefault(j, i)
+    return [
+        f"{points[j].source} (step {points[j].step}, top of the range {points[j].top:.0f}) caps "
+        f"the stages from step {points[i].step} on at {own[j]}: one checkpoint is one draw of "
+        "the weights, so pool checkpoints around it (`bscrit measure -c A -c B ...`) for an "
+        "interval over the equilibrium, or `--cap start`"
+        for j, i in first.items()
+    ]
 
 
 def build_stages(
@@ -282,6 +321,7 @@ def build_stages(
     base: int,
     optimizer: OptimizerInfo | None,
     multiple_of: int | None = None,
+    cap: str = "later",
 ) -> tuple[list[Stage], list[str]]:
     """The warm-up stages from ordered points, with the base optimizer scaled at each.
 
@@ -290,8 +330,9 @@ def build_stages(
         chosen at a point measured at step 0); a new stage starts at each point where the batch
         size rises.
     """
-    warnings: list[str] = []
-    sizes = choose_batch_sizes(base, [p.top for p in points], multiple_of)
+    tops = [p.top for p in points]
+    sizes = choose_batch_sizes(base, tops, multiple_of, cap)
+    warnings = capping_warnings(points, own_choices(base, tops, multiple_of), sizes)
     cache: dict[int, tuple[dict[str, float] | None, ScaledHyperparameters | None]] = {}
 
     def hyper(b: int, nsr: float | None) -> tuple[dict[str, float] | None, Any]:
@@ -339,6 +380,7 @@ def make_schedule(
     c2: float = DEFAULT_C2,
     multiple_of: int | None = None,
     tokens_per_example: float | None = None,
+    cap: str = "later",
 ) -> Schedule:
     """Order the points by training position and build the warm-up.
 
@@ -396,7 +438,7 @@ def make_schedule(
             "each point's interval covers its batch noise only (one checkpoint is one draw of "
             "the weights); the schedule moves with that draw (docs/theory.md §8)"
         )
-    stages, more = build_stages(pts, base.batch_size, opt, multiple_of)
+    stages, more = build_stages(pts, base.batch_size, opt, multiple_of, cap)
     tau = relaxation_steps(opt)[0]
     if tokens_per_example is None:
         ratios = [p.tokens_seen / p.examples_seen for p in pts
@@ -412,4 +454,5 @@ def make_schedule(
         relaxation_steps=tau,
         tokens_per_example=tokens_per_example,
         warnings=tuple(warnings + more),
+        cap=cap,
     )

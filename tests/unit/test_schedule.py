@@ -72,6 +72,21 @@ def test_an_empty_range_keeps_the_base_and_caps_every_earlier_stage():
     assert choose_batch_sizes(32, [1000, 20, 1000]) == [32, 32, 512]
 
 
+def test_cap_start_keeps_each_stage_within_its_own_start_range_only():
+    assert choose_batch_sizes(32, [100, 1000, 300, 5000], cap="start") == [64, 512, 512, 4096]
+    with pytest.raises(UsageError, match="cap"):
+        choose_batch_sizes(32, [100], cap="nope")
+
+
+def test_a_low_later_point_is_named_when_it_caps_earlier_stages():
+    s = make_schedule([point(10, 100), point(20, 1000), point(30, 300), point(40, 5000)])
+    (w,) = [w for w in s.warnings if "caps the stages" in w]
+    assert w.startswith(
+        "p30 (step 30, top of the range 300) caps the stages from step 20 on at 256"
+    )
+    assert not any("caps" in w for w in make_schedule([point(10, 100)], cap="start").warnings)
+
+
 def test_multiple_of_k():
     assert choose_batch_sizes(24, [100, 1000], multiple_of=24) == [96, 984]
     assert choose_batch_sizes(30, [31], multiple_of=8) == [30]  # none in [30, 31]: the base
@@ -81,19 +96,24 @@ def test_an_unbounded_top_keeps_the_previous_choice():
     assert choose_batch_sizes(32, [math.inf, 200, math.inf]) == [32, 128, 128]
 
 
+@pytest.mark.parametrize("cap", ["later", "start"])
 @pytest.mark.parametrize("multiple_of", [None, 8, 48])
-def test_random_tops_give_monotone_stages_within_every_later_range(multiple_of):
+def test_random_tops_give_monotone_stages_within_the_ranges(multiple_of, cap):
     rng = random.Random(0)
     for _ in range(200):
         base = rng.choice([8, 24, 32, 100])
         tops = [rng.choice([rng.uniform(1, 20000), math.inf]) for _ in range(rng.randint(1, 8))]
-        sizes = choose_batch_sizes(base, tops, multiple_of)
+        sizes = choose_batch_sizes(base, tops, multiple_of, cap)
         assert all(a <= b for a, b in zip(sizes, sizes[1:])), (base, tops, sizes)
         for i, b in enumerate(sizes):
             assert b >= base
             if b != base:
                 assert b & (b - 1) == 0 if multiple_of is None else b % multiple_of == 0
+            starts = i == 0 or sizes[i - 1] < b  # a stage starts here
+            if cap == "later" and b != base:  # within every later range
                 assert all(b <= t for t in tops[i:] if t >= base), (base, tops, sizes)
+            if starts and b != base:  # within the range where it starts
+                assert b <= tops[i], (base, tops, sizes)
 
 
 def test_stages_start_at_the_points_where_the_size_rises_with_scaled_hyperparameters(tmp_path):
