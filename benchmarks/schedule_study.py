@@ -9,15 +9,19 @@
    examples seen) against K seeds at the fixed small batch, for the same number of examples:
    final test loss / error and the number of optimizer steps.
 
-Writes ``benchmarks/schedule_results/`` (results.json, results.md, runs.csv, the measurements,
-schedule.json / schedule.yaml and fig_schedule.png); docs/schedule.md reports them.
+Arms: the fixed small batch; the schedule (``--cap later``, the default); the schedule with
+``--cap start`` when it differs; and, as a control, the schedule's largest batch size with its
+scaled LR from step 0 (no warm-up). Writes ``benchmarks/schedule_results/`` (results.json,
+results.md, runs.csv, baseline.json, the measurements, schedule*.json / .yaml,
+fig_schedule.png); docs/schedule.md reports them. ``--reuse`` skips the baseline and the
+measurements when they are there already.
 
     python benchmarks/schedule_study.py            # ~5 min single-threaded
     python benchmarks/schedule_study.py --smoke --out /tmp/s   # seconds; numbers meaningless
 
 Hook for ``bscrit confirm`` (not run here): ``--confirm-points K`` lists, in results.json, the K
 points (checkpoint, measurement, B' = the schedule's stage batch size there) to check with
-``bscrit confirm`` once that command exists.
+``bscrit confirm`` once that command exists; their checkpoints are kept in ``confirm/``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -134,10 +139,16 @@ def train(
                 test_loss=te_loss, test_error=te_err, seconds=time.perf_counter() - t0)  # fmt: skip
 
 
+def rel(p: Path) -> str:
+    """A path relative to the repository (the artifacts name their files that way)."""
+    return os.path.relpath(p, ROOT)
+
+
 def bscrit(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m bscrit ARGS`` from the repository root (paths relative to it)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", COLUMNS="200")
     r = subprocess.run([sys.executable, "-m", "bscrit", *args], capture_output=True, text=True,
-                       env=env, timeout=900)  # fmt: skip
+                       env=env, timeout=900, cwd=ROOT)  # fmt: skip
     if r.returncode != 0:
         raise SystemExit(f"bscrit {' '.join(args)} failed ({r.returncode}):\n{r.stderr}")
     return r
@@ -145,6 +156,17 @@ def bscrit(*args: str) -> subprocess.CompletedProcess[str]:
 
 def mean_sd(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def schedule_arm(out: Path, mfiles: list[Path], name: str, *extra: str) -> tuple[dict, list[Stage]]:
+    """``bscrit schedule`` on the measurements: its JSON (saved) and its stages (from its YAML)."""
+    import yaml
+
+    y = out / f"{name}.yaml"
+    r = bscrit("schedule", *map(rel, mfiles), "--json", "--out", rel(y), *extra)
+    d = json.loads(r.stdout)
+    (out / f"{name}.json").write_text(json.dumps(d, indent=1) + "\n")
+    return d, stages_from_yaml_dict(yaml.safe_load(y.read_text()), str(y))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--batches", default="auto", help="bscrit measure --batches")
     p.add_argument("--confirm-points", type=int, default=3, help="points listed for confirm")
+    p.add_argument("--reuse", action="store_true", help="reuse the baseline and measurements")
     p.add_argument("--smoke", action="store_true", help="tiny run; numbers mean nothing")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -174,62 +197,96 @@ def main(argv: list[str] | None = None) -> int:
     names = {s: f"step{s:06d}" for s in early}
     names |= {max(1, round(e * steps_per_epoch)): f"epoch{e:04d}" for e in epochs}
     save_at = {s: out / "ckpt" / f"{name}.pt" for s, name in names.items()}
+    mfiles = [out / "measurements" / f"{ck.stem}.json" for _, ck in sorted(save_at.items())]
     fixed = [Stage(0, 0, None, b0, None, {"lr": 0.1, "weight_decay": 5e-4})]
     t0 = time.perf_counter()
-    print(f"1. baseline B = {b0}, {a.epochs} epochs, checkpoints at epochs {epochs}", flush=True)
-    base = train(fixed, total, seed=0, save_at=save_at)
-    print(f"   {base}", flush=True)
+    reuse = a.reuse and (out / "baseline.json").exists() and all(m.exists() for m in mfiles)
+    if reuse:
+        print("1-2. reusing the baseline and its measurements", flush=True)
+        base = json.loads((out / "baseline.json").read_text())
+    else:
+        print(f"1. baseline B = {b0}, {a.epochs} epochs, checkpoints at epochs {epochs}",
+              flush=True)  # fmt: skip
+        base = train(fixed, total, seed=0, save_at=save_at)
+        (out / "baseline.json").write_text(json.dumps(base, indent=1) + "\n")
+        print(f"   {base}", flush=True)
+        print("2. bscrit measure each checkpoint (--step)", flush=True)
+        for (step, ck), m in zip(sorted(save_at.items()), mfiles, strict=True):
+            bscrit("measure", rel(SPEC), "-c", rel(ck), "--step", str(step), "--batches",
+                   a.batches, "--quiet", "--per-tensor", "none", "--out", rel(m))  # fmt: skip
+            m.with_name(f"{m.stem}.params.csv").unlink(missing_ok=True)
 
-    print("2. bscrit measure each checkpoint (--step)", flush=True)
-    mfiles = []
-    for step, ck in sorted(save_at.items()):
-        m = out / "measurements" / f"{ck.stem}.json"
-        bscrit("measure", str(SPEC), "-c", str(ck), "--step", str(step), "--batches", a.batches,
-               "--quiet", "--per-tensor", "none", "--out", str(m))  # fmt: skip
-        (out / "measurements" / f"{ck.stem}.params.csv").unlink(missing_ok=True)
-        mfiles.append(m)
+    pooled = out / "pooled_equilibrium.json"  # the plateau pooled: an interval over it
+    tau = 1 / (2 * 0.1 * 5e-4)  # 1/(2ηλ) steps [LMA21 eq. 10]
+    last = [ck for st, ck in sorted(save_at.items()) if st >= 1.2 * tau][-5:]
+    if len(last) >= 2 and not (reuse and pooled.exists()):
+        print("2b. the last checkpoints pooled (interval over the equilibrium)", flush=True)
+        args = [a_ for ck in last for a_ in ("-c", rel(ck))]
+        bscrit("measure", rel(SPEC), *args, "--quiet", "--per-tensor", "none", "--batches",
+               a.batches, "--out", rel(pooled))  # fmt: skip
+        pooled.with_name(f"{pooled.stem}.params.csv").unlink(missing_ok=True)
 
-    print("3. bscrit schedule", flush=True)
-    yaml_path, fig = out / "schedule.yaml", out / "fig_schedule.png"
-    r = bscrit("schedule", *map(str, mfiles), "--json", "--plot", str(fig), "--out",
-               str(yaml_path))  # fmt: skip
-    sched = json.loads(r.stdout)
-    (out / "schedule.json").write_text(json.dumps(sched, indent=1) + "\n")
-    text = bscrit("schedule", *map(str, mfiles)).stdout
+    print("3. bscrit schedule (--cap later, the default; and --cap start)", flush=True)
+    sched, stages = schedule_arm(out, mfiles, "schedule")
+    sched_start, stages_start = schedule_arm(out, mfiles, "schedule_start", "--cap", "start")
+    bscrit("schedule", *map(rel, mfiles), "--plot", rel(out / "fig_schedule.png"))
+    text = bscrit("schedule", *map(rel, mfiles)).stdout
     (out / "schedule.txt").write_text(text)
     print(text, flush=True)
-    import yaml
+    top = stages_start[-1]
+    arms: dict[str, list[Stage]] = {"fixed": fixed, "schedule": stages}
+    if [s.batch_size for s in stages_start] != [s.batch_size for s in stages]:
+        arms["schedule (cap start)"] = stages_start
+    # control: the largest stage's batch size and LR from step 0 (no warm-up)
+    arms[f"fixed {top.batch_size}"] = [Stage(0, 0, None, top.batch_size, None,
+                                             top.hyperparameters)]  # fmt: skip
 
-    stages = stages_from_yaml_dict(yaml.safe_load(yaml_path.read_text()), str(yaml_path))
-
-    print(f"4. {a.seeds} seeds: schedule vs fixed B = {b0} ({total} examples each)", flush=True)
+    print(f"4. {a.seeds} seeds per arm ({total} examples each): {', '.join(arms)}", flush=True)
     runs: list[dict[str, Any]] = []
     for seed in range(a.seeds):
-        for arm, st in (("fixed", fixed), ("schedule", stages)):
+        for arm, st in arms.items():
             res = train(st, total, seed=100 + seed) | {"arm": arm}
             runs.append(res)
-            print(f"   {arm:8s} seed {seed}: steps {res['steps']}, test loss "
+            print(f"   {arm:22s} seed {seed}: steps {res['steps']}, test loss "
                   f"{res['test_loss']:.4f}, test error {res['test_error']:.4f}",
                   flush=True)  # fmt: skip
-    summary: dict[str, Any] = {}
-    for arm in ("fixed", "schedule"):
-        rs = [r for r in runs if r["arm"] == arm]
-        keys = ("steps", "test_loss", "test_error", "train_loss", "train_error")
-        summary[arm] = {k: mean_sd([r[k] for r in rs]) for k in keys}
-    pairs = [(f, s) for f, s in zip(runs[0::2], runs[1::2], strict=True)]
-    diff = {k: mean_sd([s[k] - f[k] for f, s in pairs]) for k in ("test_loss", "test_error")}
-    saved = 1 - summary["schedule"]["steps"][0] / summary["fixed"]["steps"][0]
+    keys = ("steps", "test_loss", "test_error", "train_loss", "train_error")
+    summary = {arm: {k: mean_sd([r[k] for r in runs if r["arm"] == arm]) for k in keys}
+               for arm in arms}  # fmt: skip
+    by_seed = {(r["arm"], r["seed"]): r for r in runs}
+    diff = {
+        arm: {k: mean_sd([by_seed[(arm, 100 + s)][k] - by_seed[("fixed", 100 + s)][k]
+                          for s in range(a.seeds)]) for k in ("test_loss", "test_error")}
+        for arm in arms if arm != "fixed"
+    }  # fmt: skip
+    saved = {arm: 1 - summary[arm]["steps"][0] / summary["fixed"]["steps"][0] for arm in arms}
     pts = sched["points"]
-    confirm = [
-        {"checkpoint": str(save_at[pt["step"]]) if pt["step"] in save_at else None,
-         "measurement": pt["source"], "step": pt["step"],
-         "batch_size": stage_at(stages, pt["examples_seen"] or 0).batch_size}
-        for pt in pts[:: max(1, len(pts) // max(1, a.confirm_points))][: a.confirm_points]
-    ]  # fmt: skip
-    result = dict(epochs=a.epochs, seeds=a.seeds, batch_size=b0, total_examples=total,
-                  baseline=base, schedule=sched, runs=runs, summary=summary,
-                  paired_difference=diff, steps_saved=saved, confirm_points=confirm,
-                  seconds=time.perf_counter() - t0, smoke=a.smoke)  # fmt: skip
+    confirm = []  # the hook for `bscrit confirm`: checkpoints kept in out/confirm/
+    for pt in pts[:: max(1, len(pts) // max(1, a.confirm_points))][: a.confirm_points]:
+        ck = save_at.get(pt["step"])
+        if ck is not None and ck.exists():
+            (out / "confirm").mkdir(exist_ok=True)
+            shutil.copy(ck, out / "confirm" / ck.name)
+        confirm.append({
+            "checkpoint": None if ck is None else rel(out / "confirm" / ck.name),
+            "measurement": pt["source"], "step": pt["step"],
+            "batch_size": stage_at(stages, pt["examples_seen"] or 0).batch_size,
+        })  # fmt: skip
+    plateau = None
+    if pooled.exists():
+        from bscrit.prediction import predict_files
+
+        pb = predict_files([pooled])
+        ci = [x if math.isfinite(x) else None for x in pb.base.b_star_ci95]
+        plateau = {"checkpoints": [rel(c) for c in last], "b_star": pb.base.b_star,
+                   "b_star_ci95": ci, "recommended_max": pb.recommended.max,
+                   "interval": pb.base.interval_note}  # fmt: skip
+    result = dict(pooled_equilibrium=plateau, epochs=a.epochs, seeds=a.seeds, batch_size=b0,
+                  total_examples=total,
+                  baseline=base, schedule=sched, schedule_start=sched_start, runs=runs,
+                  summary=summary, paired_difference=diff, steps_saved=saved,
+                  confirm_points=confirm, seconds=time.perf_counter() - t0,
+                  smoke=a.smoke)  # fmt: skip
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     with open(out / "runs.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(runs[0]))
@@ -238,27 +295,28 @@ def main(argv: list[str] | None = None) -> int:
     md = [
         f"# Schedule study (digits MLP, SGD, B = {b0}, {a.epochs} epochs, {a.seeds} seeds)",
         "",
-        "| arm | optimizer steps | test loss | test error | train loss |",
-        "|---|---|---|---|---|",
+        "| arm | optimizer steps | steps saved | test loss | test error | train loss | "
+        "Δ test loss vs fixed | Δ test error vs fixed |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for arm in ("fixed", "schedule"):
-        s = summary[arm]
-        md.append(f"| {arm} | {s['steps'][0]:.0f} | {s['test_loss'][0]:.4f} ± "
-                  f"{s['test_loss'][1]:.4f} | {s['test_error'][0]:.4f} ± {s['test_error'][1]:.4f}"
-                  f" | {s['train_loss'][0]:.4f} ± {s['train_loss'][1]:.4f} |")  # fmt: skip
-    md += [
-        "",
-        f"Steps saved: {100 * saved:.1f}%. Paired difference (schedule − fixed), mean ± sd over "
-        f"seeds: test loss {diff['test_loss'][0]:+.4f} ± {diff['test_loss'][1]:.4f}, test error "
-        f"{diff['test_error'][0]:+.4f} ± {diff['test_error'][1]:.4f}.",
-        "",
-        "| stage from step (measured run) | from examples | batch size | lr |",
-        "|---|---|---|---|",
-    ]
-    md += [f"| {s['start_step']} | {s['start_examples']} | {s['batch_size']} | "
-           f"{(s['hyperparameters'] or {}).get('lr', float('nan')):.4g} |"
-           for s in sched["stages"]]  # fmt: skip
-    md += ["", "| step | examples | B* | B* 95% CI | range top | ρ | heuristic |",
+    for arm in arms:
+        s, d = summary[arm], diff.get(arm)
+        dl = "—" if d is None else f"{d['test_loss'][0]:+.4f} ± {d['test_loss'][1]:.4f}"
+        de = "—" if d is None else f"{d['test_error'][0]:+.4f} ± {d['test_error'][1]:.4f}"
+        md.append(f"| {arm} | {s['steps'][0]:.0f} | {100 * saved[arm]:.1f}% | "
+                  f"{s['test_loss'][0]:.4f} ± {s['test_loss'][1]:.4f} | "
+                  f"{s['test_error'][0]:.4f} ± {s['test_error'][1]:.4f} | "
+                  f"{s['train_loss'][0]:.4f} ± {s['train_loss'][1]:.4f} | {dl} | {de} |"
+                  )  # fmt: skip
+    md += ["", "Mean ± sd over seeds; Δ: paired by seed (same initialisation and data order).", ""]
+    for title, sc in (("schedule (--cap later)", sched), ("schedule (--cap start)", sched_start)):
+        md += [f"| {title}: from step (measured run) | from examples | batch size | lr |",
+               "|---|---|---|---|"]  # fmt: skip
+        md += [f"| {s['start_step']} | {s['start_examples']} | {s['batch_size']} | "
+               f"{(s['hyperparameters'] or {}).get('lr', float('nan')):.4g} |"
+               for s in sc["stages"]]  # fmt: skip
+        md.append("")
+    md += ["| step | examples | B* | B* 95% CI | range top | ρ | heuristic |",
            "|---|---|---|---|---|---|---|"]  # fmt: skip
 
     def num(x: float | None) -> str:
@@ -270,6 +328,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"[{num(pt['b_star_ci95'][0])}, {num(pt['b_star_ci95'][1])}] | "
                   f"{num(pt['recommended_max'])} | {'—' if rho is None else f'{rho:+.2f}'} | "
                   f"{'yes' if pt['heuristic'] else ''} |")  # fmt: skip
+    if plateau is not None:
+        lo, hi = plateau["b_star_ci95"]
+        md += ["", f"Plateau, the last {len(last)} checkpoints pooled: B* = "
+               f"{plateau['b_star']:.0f}, 95% [{num(lo)}, {num(hi)}] "
+               f"({plateau['interval']})."]  # fmt: skip
     md += ["", f"Total time {result['seconds']:.0f} s."]
     (out / "results.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

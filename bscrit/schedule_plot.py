@@ -11,7 +11,8 @@ from .schedule import Schedule
 
 
 def plot_schedule(s: Schedule, path: str | os.PathLike[str]) -> None:
-    """Write the PNG: x = examples seen in the measured run (steps when unknown), y log.
+    """Write the PNG: x = examples seen in the measured run (steps when unknown; symmetric-log
+    when the points span more than two decades), y log.
 
     Heuristic points (off equilibrium, earlier than τ) are hollow markers.
     """
@@ -48,6 +49,10 @@ def plot_schedule(s: Schedule, path: str | os.PathLike[str]) -> None:
     sy = [g.batch_size for g in s.stages]
     ax.step(sx, sy + sy[-1:], where="post", color="C3", lw=2, label="schedule")
     ax.set_yscale("log")
+    positive = [x for x in xs if x > 0]
+    if positive and max(positive) > 100 * min(positive):  # B*(t) moves fastest early: symlog
+        ax.set_xscale("symlog", linthresh=min(positive))
+    ax.set_xlim(0, end)
     ax.set_xlabel("examples seen (measured run)" if use_ex else "step (measured run)")
     ax.set_ylabel("batch size")
     ax.set_title(f"B*(t) and the batch-size warm-up (C² = {s.c2:g}; hollow: heuristic)",
