@@ -206,7 +206,15 @@ def point_from_measurement(source: str, m: Measurement, c2: float = DEFAULT_C2) 
 
     Raises:
         ArtifactError: the measurement cannot be bounded (no noise, a damaged jackknife).
+        UsageError: a ``--sample-steps`` measurement (its steps count from the checkpoint it
+            continued, not along the run).
     """
+    if m.extra.get("sampling"):
+        raise UsageError(
+            f"{source}: measured with --sample-steps, whose steps count from the checkpoint it "
+            "continued, not along the run: give measurements of checkpoints saved along the run "
+            "(several pooled with -c A -c B give an interval over the equilibrium)"
+        )
     p = predict([(source, m)], c2)
     b = p.base
     cks = m.checkpoints

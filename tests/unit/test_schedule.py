@@ -196,6 +196,15 @@ def test_saved_examples_seen_win_over_step_times_b(tmp_path):
     assert load_points([f])[0].examples_seen == 999
 
 
+def test_a_sampled_measurement_has_no_place_on_the_timeline(tmp_path):
+    d = json.loads(with_step(tmp_path, "sgd_b128.json", 10).read_text())
+    d["extra"]["sampling"] = {"steps": 100}
+    f = tmp_path / "sampled.json"
+    f.write_text(json.dumps(d))
+    with pytest.raises(UsageError, match="sampled.json: measured with --sample-steps"):
+        load_points([f])
+
+
 def test_a_measurement_without_a_step_is_refused_naming_it(tmp_path):
     f = with_step(tmp_path, "sgd_b128.json", None)
     with pytest.raises(UsageError, match=str(f).replace(".", r"\.")):
