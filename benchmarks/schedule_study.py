@@ -262,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     saved = {arm: 1 - summary[arm]["steps"][0] / summary["fixed"]["steps"][0] for arm in arms}
     pts = sched["points"]
     confirm = []  # the hook for `bscrit confirm`: checkpoints kept in out/confirm/
-    for pt in pts[:: max(1, len(pts) // max(1, a.confirm_points))][: a.confirm_points]:
+    k = min(a.confirm_points, len(pts))  # evenly spaced, first and last included
+    for pt in [pts[round(i * (len(pts) - 1) / max(1, k - 1))] for i in range(k)]:
         ck = save_at.get(pt["step"])
         if ck is not None and ck.exists():
             (out / "confirm").mkdir(exist_ok=True)
