@@ -82,11 +82,11 @@ def schedule(
     """B*(t) with 95% intervals and a batch-size warm-up that stays within each point's range.
 
     Each point is one measurement read as `bscrit predict` reads it: B* = C²(B + B·N/G) [LMA21
-    Thm 5.6], the recommended range [B, top]. Stages of non-decreasing batch sizes (powers of two,
-    or multiples of --multiple-of K), each within the range of every point from its start on
-    (--cap start: of the point where it starts),
-    with the base optimizer scaled as `bscrit scale` scales it. Points off equilibrium (|ρ| > 0.5)
-    or earlier than one relaxation time 1/(2ηλ) are labelled heuristic.
+    Thm 5.6] and the recommended range [B, top]. The warm-up: stages of non-decreasing batch
+    sizes (powers of two, or multiples of --multiple-of K), each within the range of every point
+    from its start on (--cap start: of the point where it starts), with the base optimizer
+    scaled as `bscrit scale` scales it. Points off equilibrium (|ρ| > 0.5) or earlier than one
+    relaxation time 1/(2ηλ) are labelled heuristic. docs/schedule.md.
     """
     from . import report
     from .outputs import check_output_path
