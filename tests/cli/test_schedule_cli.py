@@ -130,3 +130,11 @@ def test_a_saved_examples_seen_is_recorded(measured, tmp_path):
     assert r.exit_code == 0, r.output
     c = load_measurement(out).checkpoints[0]
     assert (c.step, c.examples_seen) == (40, 123)
+
+
+def test_step_with_sample_steps_is_refused(measured):
+    work, _ = measured
+    r = runner.invoke(app, ["measure", str(work / "valid.yaml"), "--step", "5",
+                            "--sample-steps", "10", "--samples", "2", "--yes"])  # fmt: skip
+    assert r.exit_code == 2 and "--step places a checkpoint on the run's timeline" in _text(r)
+    assert "--sample-steps" in _text(r) and "Traceback" not in r.output
