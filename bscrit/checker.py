@@ -437,6 +437,9 @@ def measurement_problems(d: dict[str, Any]) -> list[SpecProblem]:
                 c.add(join(path, "path"), f"expected a string, got {describe(ckd.get('path'))}")
             if ckd.get("elapsed_s") is not None:
                 c.number(ckd["elapsed_s"], join(path, "elapsed_s"), low=0.0)
+            for key in ("step", "examples_seen", "tokens_seen"):  # optional; null: unknown
+                if ckd.get(key) is not None:
+                    c.integer(ckd[key], join(path, key), minimum=0)
             _stats_problems(c, ckd, path, groups)
             _equilibrium_problems(c, ckd.get("equilibrium"), join(path, "equilibrium"))
     rows = d.get("per_parameter")

@@ -37,6 +37,11 @@ FOLDER_MARKERS = (
 STEP_KEYS = ("global_step", "step")
 #: Without a step, the epoch tells the order, and (× steps per epoch) roughly the spacing.
 EPOCH_KEY = "epoch"
+#: Top-level keys of a checkpoint dict that count the training examples / tokens consumed.
+SEEN_KEYS = ("examples_seen", "tokens_seen")
+#: The tokens an HF Trainer consumed, in its ``trainer_state.json`` (0 unless the run set
+#: ``include_num_input_tokens_seen``).
+HF_TOKENS_KEY = "num_input_tokens_seen"
 _GLOB = re.compile(r"[*?\[]")
 
 
@@ -102,6 +107,84 @@ def saved_position(path: Path) -> tuple[int | None, int | None]:
     found = checkpoint_file.saved_ints(path, (*STEP_KEYS, EPOCH_KEY))
     epoch = found.get(EPOCH_KEY)
     return _step_of_mapping(found), epoch if epoch is not None and epoch >= 0 else None
+
+
+def _count(v: object) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+
+
+def saved_seen(path: Path) -> tuple[int | None, int | None]:
+    """``(examples_seen, tokens_seen)`` saved with a checkpoint (None where not saved).
+
+    A ``torch.save`` dict's top-level ``examples_seen`` / ``tokens_seen``; an HF Trainer folder's
+    ``num_input_tokens_seen`` (tokens only, and only when positive: the Trainer writes 0 when it
+    does not count them).
+    """
+    if path.is_dir():
+        try:
+            raw = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None, None
+        tokens = _count(raw.get(HF_TOKENS_KEY)) if isinstance(raw, Mapping) else None
+        return None, tokens or None
+    if checkpoint_file.file_problem(path) is not None:
+        return None, None
+    found = checkpoint_file.saved_ints(path, SEEN_KEYS)
+    return _count(found.get(SEEN_KEYS[0])), _count(found.get(SEEN_KEYS[1]))
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far into training each checkpoint is: step, examples and tokens seen (None: unknown)."""
+
+    steps: list[int | None]
+    examples_seen: list[int | None]
+    tokens_seen: list[int | None]
+    note: str | None = None
+
+
+def progress(
+    paths: Sequence[Path],
+    steps: Sequence[int | None],
+    batch_size: int,
+    *,
+    step: int | None = None,
+    examples_seen: int | None = None,
+) -> Progress:
+    """Each checkpoint's step, examples seen and tokens seen, for ``bscrit schedule``.
+
+    ``step`` / ``examples_seen`` (``measure --step``, ``--examples-seen``) name them for one
+    checkpoint and override what it saved. Otherwise examples seen are the checkpoint's own
+    ``examples_seen`` when it saved one, else step × ``batch_size``: the run's batch per optimizer
+    step (the spec's ``batch_size``, gradient accumulation and data-parallel ranks included),
+    assuming the run kept that batch size from step 0. Tokens seen are only read, never guessed.
+
+    Raises:
+        UsageError: ``step`` or ``examples_seen`` with more than one checkpoint, or negative.
+    """
+    for key, v in (("step", step), ("examples_seen", examples_seen)):
+        if v is None:
+            continue
+        if v < 0:
+            raise UsageError(f"{{{key}}} must be ≥ 0, got {v}", **{key: key})
+        if len(paths) != 1:
+            raise UsageError(
+                f"{{{key}}} names the position of one checkpoint; {len(paths)} were given (save "
+                "the step in each checkpoint, or measure them one at a time)",
+                **{key: key},
+            )
+    out_steps = [step] if step is not None else list(steps)
+    seen = [saved_seen(Path(p)) for p in paths]
+    examples: list[int | None] = []
+    derived = False
+    for st, (ex, _) in zip(out_steps, seen, strict=True):
+        if ex is None and st is not None:
+            ex, derived = st * batch_size, True
+        examples.append(ex)
+    if examples_seen is not None:
+        examples, derived = [examples_seen], False
+    note = f"examples seen = step × B = step × {batch_size}" if derived else None
+    return Progress(out_steps, examples, [t for _, t in seen], note)
 
 
 def _in_folder(folder: Path) -> list[Path]:

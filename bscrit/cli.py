@@ -84,6 +84,24 @@ def measure(
         int | None,
         typer.Option("--samples", min=2, help="Points measured over --sample-steps (default 20)."),
     ] = None,
+    step: Annotated[
+        int | None,
+        typer.Option(
+            "--step",
+            min=0,
+            help="The training step of the (one) checkpoint, when it saved none or a wrong one; "
+            "recorded for `bscrit schedule`.",
+        ),
+    ] = None,
+    examples_seen: Annotated[
+        int | None,
+        typer.Option(
+            "--examples-seen",
+            min=0,
+            help="Training examples consumed before the checkpoint (default: the one it saved, "
+            "else step x the spec's batch_size).",
+        ),
+    ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before training.")] = False,
     out: Annotated[
         str | None,  # not Path, which drops a trailing "/"
@@ -249,6 +267,8 @@ def measure(
         last=last,
         sample_steps=parse_sample_steps(sample_steps),
         samples=samples,
+        step=step,
+        examples_seen=examples_seen,
     )
     if nproc is not None:  # the spec and options are valid: re-run this command under torchrun
         from .distributed import launch, measure_args_from_argv
@@ -468,7 +488,7 @@ def scale(
         report.warn(w)
 
 
-from . import cli_confirm, cli_runs  # noqa: E402,F401  (register confirm, svag, demo)
+from . import cli_confirm, cli_runs, cli_schedule  # noqa: E402,F401  (register the commands)
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -58,6 +58,8 @@ class MeasureOptions:
     last: int | None = None  # of a folder or glob of checkpoints, the last K by saved step
     sample_steps: int | str | None = None  # continue training T steps ("auto": 10τ), §8
     samples: int | None = None  # measure at K points over those T steps
+    step: int | None = None  # the one checkpoint's training step (overrides the saved one)
+    examples_seen: int | None = None  # its training examples consumed (default: step × B)
 
     @property
     def sampling(self) -> bool:
@@ -83,6 +85,7 @@ class _MeasurePlan:
     adaptive: AdaptiveState | None
     loss_fn: Any
     steps: list[int | None]  # each checkpoint's saved step (None: not saved)
+    seen: tuple[list[int | None], list[int | None]]  # each one's examples and tokens seen
     selection_note: str | None = None  # how a folder or glob was expanded
     labels: list[str] = dataclasses.field(default_factory=list)  # one per measured point
     sampling: Any = None  # (SamplePlan, notes) once --sample-steps has planned its points
@@ -95,7 +98,7 @@ def _plan_measurement(
     spec: Spec, checkpoints: Sequence[PathLike] | None, o: MeasureOptions, dist: DistContext | None
 ) -> _MeasurePlan:
     from .adaptive import adaptive_plan
-    from .checkpoint_select import select
+    from .checkpoint_select import progress, select
     from .data import check_num_batches, default_num_batches
     from .loading import build_dataset, build_loss, resolve_device
     from .objective import check_examples
@@ -154,6 +157,7 @@ def _plan_measurement(
             )
         k = adaptive.start
     steps, from_epochs = chosen.steps_or_epochs(max(1, n // batch_size))
+    prog = progress(paths, steps, spec.batch_size, step=o.step, examples_seen=o.examples_seen)
     loss_fn = build_loss(spec)
     check_examples(dataset, loss_fn, str(spec.path))
     if hasattr(loss_fn, "to"):  # an nn.Module loss, e.g. class weights of a CrossEntropyLoss
@@ -172,8 +176,9 @@ def _plan_measurement(
         k=k,
         adaptive=adaptive,
         loss_fn=loss_fn,
-        steps=steps,
-        selection_note="; ".join(x for x in (chosen.note, from_epochs) if x) or None,
+        steps=prog.steps,
+        seen=(prog.examples_seen, prog.tokens_seen),
+        selection_note="; ".join(x for x in (chosen.note, from_epochs, prog.note) if x) or None,
     )
 
 
@@ -494,7 +499,10 @@ def run_measurement(
         device=str(plan.device),
         mode=plan.mode,
         elapsed_s=sum(s.stats.elapsed_s for s in summaries),
-        checkpoints=tuple(replace(s.stats, step=st) for s, st in zip(summaries, plan.steps)),
+        checkpoints=tuple(
+            replace(s.stats, step=st, examples_seen=ex, tokens_seen=tk)
+            for s, st, ex, tk in zip(summaries, plan.steps, *plan.seen, strict=True)
+        ),
         all=all_pooled,
         scale_invariant=si_pooled,
         equilibrium=eq,

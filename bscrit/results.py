@@ -54,6 +54,9 @@ from .optim import OptimizerInfo
 #   measured and left out); scale/predict --json: groups.
 #   Added under schema 1 (0.3): checkpoints[i].step, equilibrium_interval (scope, draws, the
 #   intervals over the equilibrium per parameter set), extra.sampling, extra.selection.
+#   Added under schema 1 (0.3, issue 16): checkpoints[i].examples_seen and
+#   checkpoints[i].tokens_seen (training examples / tokens consumed before the checkpoint; null
+#   when unknown).
 SCHEMA = 1
 KIND_MEASUREMENT = "bscrit.measurement"
 #: ``_UPGRADES[v]`` rewrites a schema-v artifact as schema v + 1 (none yet).
@@ -242,11 +245,15 @@ class CheckpointStats:
     equilibrium: Equilibrium | None
     elapsed_s: float
     step: int | None = None  # the training step saved with it (or after it, when sampled)
+    examples_seen: int | None = None  # training examples consumed before it (null: unknown)
+    tokens_seen: int | None = None  # training tokens consumed before it (HF Trainer; null: unknown)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "path": self.path,
             "step": self.step,
+            "examples_seen": self.examples_seen,
+            "tokens_seen": self.tokens_seen,
             "elapsed_s": self.elapsed_s,
             "stats": {
                 "all": self.all.to_dict(),
@@ -271,6 +278,8 @@ class CheckpointStats:
             equilibrium=Equilibrium.from_dict(d["equilibrium"]) if d.get("equilibrium") else None,
             elapsed_s=float(d.get("elapsed_s", 0.0)),
             step=None if d.get("step") is None else int(d["step"]),
+            examples_seen=None if d.get("examples_seen") is None else int(d["examples_seen"]),
+            tokens_seen=None if d.get("tokens_seen") is None else int(d["tokens_seen"]),
         )
 
 

@@ -168,6 +168,13 @@ def check_sampling(paths: Sequence[Any], o: Any, dist: Any) -> None:
         v = getattr(o, key)
         if isinstance(v, int) and v < 1:
             raise UsageError(f"{{{key}}} must be at least 1, got {v}", **{key: key})
+    for key in ("step", "examples_seen"):  # the sampled points record their offsets instead
+        if getattr(o, key, None) is not None:
+            raise UsageError(
+                f"{{{key}}} places a checkpoint on the run's timeline; {{sample_steps}} records "
+                "the steps after the checkpoint it continues instead: drop one of them",
+                **{key: key}, sample_steps="sample_steps",
+            )  # fmt: skip
 
 
 def sampled_points(
@@ -208,7 +215,8 @@ def sampled_points(
     sp = plan_samples(steps, o.samples, tau, tau_note, plan.k, one)
     source = plan.paths[0]
     plan.labels = [f"{source} +{s}" for s in sp.points]
-    plan.steps = list(sp.points)
+    plan.steps = list(sp.points)  # after the checkpoint: examples/tokens seen unknown
+    plan.seen = ([None] * len(sp.points), [None] * len(sp.points))
     if on_sampling is not None:
         on_sampling(sp, opt)
     params = [p for _, p in trainable_parameters(model)]

@@ -89,3 +89,30 @@ def test_a_saved_epoch_orders_the_checkpoints_and_estimates_their_steps(tmp_path
     assert steps == [30 * 62, 40 * 62] and note is not None and "× 62 steps per epoch" in note
     both = select([_save(tmp_path / "d.pt", step=5, epoch=1)])
     assert both.steps_or_epochs(62) == ([5], None)  # a saved step wins
+
+
+def test_progress_reads_examples_and_tokens_seen_else_step_times_b(tmp_path: Path) -> None:
+    from bscrit.checkpoint_select import progress, saved_seen
+
+    a = _save(tmp_path / "a.pt", step=10, examples_seen=333, tokens_seen=9000)
+    b = _save(tmp_path / "b.pt", step=20)
+    hf, hf0 = tmp_path / "checkpoint-30", tmp_path / "checkpoint-40"
+    for folder, step, tokens in ((hf, 30, 61440), (hf0, 40, 0)):
+        folder.mkdir()
+        state = {"global_step": step, "num_input_tokens_seen": tokens}
+        (folder / "trainer_state.json").write_text(json.dumps(state))
+    assert saved_seen(a) == (333, 9000) and saved_seen(b) == (None, None)
+    assert saved_seen(hf) == (None, 61440) and saved_seen(hf0) == (None, None)  # 0: not counted
+    sel = select([a, b, hf, hf0])
+    p = progress(sel.paths, sel.steps, 8)
+    assert p.steps == [10, 20, 30, 40]
+    assert p.examples_seen == [333, 20 * 8, 30 * 8, 40 * 8]  # saved, else step × B
+    assert p.tokens_seen == [9000, None, 61440, None]
+    assert p.note == "examples seen = step × B = step × 8"
+    one = progress([b], [20], 8, step=5, examples_seen=77)
+    assert (one.steps, one.examples_seen) == ([5], [77])
+    assert progress([b], [None], 8).examples_seen == [None]  # no step, nothing saved: unknown
+    with pytest.raises(UsageError, match="step must be ≥ 0"):
+        progress([b], [20], 8, step=-1)
+    with pytest.raises(UsageError, match="examples_seen names the position of one checkpoint"):
+        progress([a, b], [10, 20], 8, examples_seen=5)

@@ -21,6 +21,7 @@ def test_pure_modules_do_not_import_torch():
         "import bscrit.prediction, bscrit.optim, bscrit.spec, bscrit.checker, bscrit.summary\n"
         "import bscrit.svag.results, bscrit.pipeline, bscrit.errors, bscrit.checkpoint_file\n"
         "import bscrit.spec_model, bscrit.confirm.results, bscrit.free_estimators\n"
+        "import bscrit.schedule, bscrit.schedule_io, bscrit.conclusion\n"
         "bad = sorted(m for m in ('torch', 'numpy', 'pandas') if m in sys.modules)\n"
         "assert not bad, bad\n"
     )
