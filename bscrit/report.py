@@ -596,7 +596,7 @@ def format_svag(r: SvagResult) -> Report:
                    sde.source == "extrapolated" else f" (l={sde.ls[-1]})"))  # fmt: skip
         mark = {"inside": "[green]✓[/]", "outside": "[red]✗[/]"}.get(ratio.status, "[yellow]?[/]")
         if not ratio.decides:
-            mark = ""
+            mark = "(G < N/k: unresolved)" if ratio.status == "unresolved" else ""
         row.append(f"{fmt(ratio.ratio, 3)} [{fmt(ratio.lo, 3)}, {fmt(ratio.hi, 3)}] {mark}")
         t.add_row(*row)
     parts.append(t)
@@ -604,7 +604,8 @@ def format_svag(r: SvagResult) -> Report:
         _line(
             f"  * decides the verdict: sde_fails when a 95% interval lies wholly outside "
             f"[1/C, C] = [{1 / C:.3g}, {C:.3g}] (✗), ? = it reaches across a boundary "
-            f"(rule: {v.config.fail_rule}). ηN/N̄ compares Tr Σ at B' (not SVAG's l·Σ). SDE: "
+            f"(rule: {v.config.fail_rule}). ηN/N̄ compares Tr Σ at B' (not SVAG's l·Σ); G decides "
+            "only where the k evaluation batches resolve it (G ≥ N/k). SDE: "
             "extrapolated linearly in 1/l only where the runs show the trend, else the largest l."
         )
     )

@@ -168,7 +168,8 @@ def run_setting(name: str, args: argparse.Namespace) -> dict[str, Any]:
             for n in args.confirm_examples:
                 code, out, err, secs = bscrit(
                     "confirm", str(spec), "-c", str(ckpt), "--target-batch-size", str(b),
-                    "--examples", str(n), "--seeds", str(args.seeds), "--yes", "--json")  # fmt: skip
+                    "--examples", str(n), "--seeds", str(args.seeds), "--yes", "--json",
+                )  # fmt: skip
                 row["confirm"][str(n)] = _json(out)["verdict"] if code in (0, 1) else "error"
                 row[f"confirm_s_{n}"] = secs
         rows.append(row)
@@ -176,15 +177,24 @@ def run_setting(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "setting": name,
         "label": st.label,
-        "base": {"B0": st.base_batch, "lr": st.base_lr, "weight_decay": st.weight_decay,
-                 "checkpoint_epoch": st.decay_epoch},  # fmt: skip
-        "predict": {"b_star": pred["measurements"][0]["b_star"],
-                    "b_star_ci95": pred["measurements"][0]["b_star_ci95"],
-                    "recommended_max": pred["recommended"]["max"]},  # fmt: skip
+        "base": {
+            "B0": st.base_batch,
+            "lr": st.base_lr,
+            "weight_decay": st.weight_decay,
+            "checkpoint_epoch": st.decay_epoch,
+        },  # fmt: skip
+        "predict": {
+            "b_star": pred["measurements"][0]["b_star"],
+            "b_star_ci95": pred["measurements"][0]["b_star_ci95"],
+            "recommended_max": pred["recommended"]["max"],
+        },  # fmt: skip
         "confirm_available": has_confirm,
         "rows": rows,
-        "runtime_s": {"train": t_train, "measure": t_measure,
-                      "total": time.perf_counter() - t_all},  # fmt: skip
+        "runtime_s": {
+            "train": t_train,
+            "measure": t_measure,
+            "total": time.perf_counter() - t_all,
+        },  # fmt: skip
     }
 
 
@@ -195,9 +205,9 @@ def run_setting(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def recalibrate(names: list[str]) -> list[dict[str, Any]]:
     """Every setting's svag verdicts under a grid of VerdictConfigs (no runs)."""
+    from bscrit.optim import OptimizerInfo
     from bscrit.svag.results import SvagRun, svag_verdict
     from bscrit.svag.verdict import VerdictConfig
-    from bscrit.optim import OptimizerInfo
 
     grid = [VerdictConfig(fail_rule=f, extrapolate=e, skip=s)
             for f in ("interval", "point") for e in ("auto", "never")
@@ -250,8 +260,9 @@ def markdown(results: list[dict[str, Any]]) -> str:
                 return f"{v:.2f}{star} [{lo:.2f}, {hi_s}]"
 
             conf = row.get("confirm", "—")
-            conf_s = conf if isinstance(conf, str) else ", ".join(f"{k}: {v}"
-                                                                   for k, v in conf.items())  # fmt: skip
+            if not isinstance(conf, str):
+                conf = ", ".join(f"{k}: {v}" for k, v in conf.items())
+            conf_s = conf
             tau = row.get("relaxation_steps")
             lines.append(
                 f"| {row['target']} | {'—' if tau is None else f'{tau:.0f}'} | {row['sweep']} | "

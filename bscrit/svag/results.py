@@ -127,6 +127,7 @@ def svag_verdict(
     target_optimizer: OptimizerInfo,
     target_batch_size: int,
     config: VerdictConfig | None = None,
+    eval_batches: int | None = None,
 ) -> tuple[Verdict, float | None]:
     """The calibrated verdict of the runs (:func:`bscrit.svag.verdict.decide`) and τ at B'.
 
@@ -143,6 +144,7 @@ def svag_verdict(
         target_batch_size=target_batch_size,
         run_name=d.torch_class if d is not None else target_optimizer.name,
         rule=f"{d.rule} scaling rule" if d is not None else "scaling rule",
+        eval_batches=eval_batches,
     )
     return verdict, tau
 
@@ -152,8 +154,9 @@ def _upgrade_1_to_2(d: dict[str, Any]) -> dict[str, Any]:
     d = {k: v for k, v in d.items() if k not in ("summaries", "comparisons", "thresholds")}
     runs = [SvagRun.from_dict(r) for r in d["runs"]]
     verdict, tau = svag_verdict(
-        runs, OptimizerInfo.from_dict(d["target_optimizer"]), int(d["target_batch_size"])
-    )
+        runs, OptimizerInfo.from_dict(d["target_optimizer"]), int(d["target_batch_size"]),
+        eval_batches=int(d["eval_batches"]),
+    )  # fmt: skip
     d["verdict"] = verdict.to_dict()
     d["relaxation_steps"] = tau
     d.setdefault("notes", []).append("upgraded from schema 1: verdict recomputed (C² = 2)")

@@ -293,7 +293,8 @@ def run_plan(
             target_batch_size="target_batch_size",
             lr="lr",
         )
-    verdict, tau = svag_verdict(runs, plan.target_optimizer, plan.target_batch_size, config)
+    verdict, tau = svag_verdict(runs, plan.target_optimizer, plan.target_batch_size, config,
+                                len(plan.fixed_batches))  # fmt: skip
     return SvagResult(
         batch_size=plan.batch_size,
         target_batch_size=plan.target_batch_size,

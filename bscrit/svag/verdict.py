@@ -1,48 +1,25 @@
 """The calibrated SVAG verdict: SGD against its SDE as C-closeness of equilibria (pure: no torch).
 
-[LMA21] Def. 5.1 calls the equilibria of SGD and of its SDE *C-close* when
+[LMA21] Def. 5.1 calls the equilibria of SGD and its SDE *C-close* when R∞/R̄∞, G∞/Ḡ∞ and
+ηN∞/N̄∞ all lie in [1/C, C] (eq. (8)); R = E‖x‖², G = E‖∇L‖², N = E Tr Σ, and the SDE's noise
+covariance is Σ̄ = ηΣ, so ηN∞/N̄∞ = E Tr Σ(x)/E Tr Σ(X): the one-batch trace at B' at SGD's
+points against the same at the SDE's (like with like, not SVAG's l·Σ). bscrit's N test function
+is that trace (N^{B'}), so the third ratio is a ratio of recorded N's. C = √c2 as in the bounds.
 
-    1/C ≤ R∞/R̄∞,  G∞/Ḡ∞,  ηN∞/N̄∞ ≤ C                                     ([LMA21] eq. (8))
-
-with R = E‖x‖², G = E‖∇L‖², N = E Tr Σ for SGD, and the barred values for the SDE, whose noise
-covariance is Σ̄ = ηΣ. So ηN∞/N̄∞ = E Tr Σ(x) / E Tr Σ(X): the trace of the *one-batch*
-covariance at B' at SGD's points against the same at the SDE's points (like with like; not
-SVAG's amplified l·Σ). bscrit's N test function is exactly Tr Σ at B' (N^{B'}), recorded at
-every evaluation point of every run, so the third ratio is the ratio of the recorded N's.
-The bounds of bscrit use C² = 2 (``--c2``), so the verdict uses the same C = √c2.
-
-How the runs are read:
-
-1. **Tail window** (:func:`tail_window`). The runs start from a checkpoint at the *base* batch
-   size; ‖x‖² relaxes to the equilibrium at B' on the time scale τ = 1/(2η'λ) steps at B'
-   ([LMA21] eq. (10); :func:`bscrit.equilibrium.relaxation_steps`). The window skips the first
-   ``skip`` τ (default 1) and runs to the end; with no τ known (no weight decay, Adam), or a run
-   shorter than 2·skip·τ, it is the last half.
-2. **Tail means with an autocorrelation-aware s.e.** (:func:`tail_stat`): batch means over
-   contiguous blocks of at least τ/2 (at most 20 blocks, at least 2 points each), Student's t with
-   b − 1 degrees of freedom. Successive evaluation points of one run are strongly correlated, so
-   the plain sd/√n would be far too small.
-3. **The SDE** (:func:`sde_estimate`): from the SVAG runs (l > 1). SVAG's error is bounded by
-   C(T)/l ([LMA21] Thm 4.3), a bound, not an expansion in 1/l, so extrapolating is an empirical
-   choice: the value is extrapolated linearly in 1/l to 1/l = 0 from the two largest l *only when
-   the runs show the trend*: the values at l₀ (normally 1) and at every SVAG l are monotone in l,
-   the step between the two largest l is significant (beyond its 95% interval) and smaller than
-   the step before it (the sequence is converging). Otherwise the largest l is the SDE.
-4. **Ratios** (:func:`ratio_estimate`) SGD/SDE for R, G, ηN, training and held-out loss (the
-   *decision ratios*; error rates 1 − acc are reported, not decisive) with a 95% interval by the
-   delta method on the log ratio: se² = (se_sgd/sgd)² + (se_sde/sde)², t at the smaller number of
-   degrees of freedom. The runs share their seeds (positively correlated), so treating them as
-   independent makes the interval conservative. A ratio with a non-positive mean (Ĝ can be) has
-   no interval and decides nothing.
-5. **Settled?** (:func:`unsettled`). ``not_converged`` only when the SVAG runs themselves have
-   not settled: a decision metric of an SVAG run still drifts over the window (second half of the
-   blocks against the first: beyond its 95% interval *and* by more than ``settle_rtol`` of its
-   value), or the l-trend l₀ → SVAG l's reverses with both steps significant and larger than
-   ``settle_rtol``. Runs that differ by a few percent are not "not converged".
-6. **Decision** (:func:`decide`). With ``fail_rule="interval"`` (the default): ``sde_fails`` when
-   the 95% interval of some decision ratio lies wholly outside [1/C, C]; ``sde_holds`` otherwise
-   (a ratio whose interval straddles a boundary is named as undecided). With ``"point"``, the
-   point estimates decide. How the defaults were chosen (on mnist1d-si only): docs/svag.md.
+1. **Tail window** (:func:`tail_window`): from ``skip`` relaxation times τ = 1/(2η'λ) at B'
+   ([LMA21] eq. (10)) to the end; the last half without τ or for runs shorter than 2·skip·τ.
+2. **Tail means** (:func:`tail_stat`) with a batch-means s.e. (blocks ≥ τ/2; Student's t).
+3. **The SDE** (:func:`sde_estimate`) from the runs l > 1: extrapolated linearly in 1/l only
+   when the runs show the trend ([LMA21] Thm 4.3 bounds the error by C(T)/l; it promises no
+   expansion in 1/l), else the largest l.
+4. **Ratios** SGD/SDE (:func:`ratio_estimate`) with a 95% interval by the delta method on the
+   log ratio. R, G, ηN, train and held-out loss decide (``VerdictConfig.decide_on``); G only
+   where the k evaluation batches resolve it (G ≥ N/k). Error rates 1 − acc are shown only.
+5. **Settled?** (:func:`unsettled`): ``not_converged`` only when R or a loss of an SVAG run
+   still drifts over the window, or the l-trend reverses, beyond the noise and ``settle_rtol``.
+6. **Decision** (:func:`decide`): ``fail_rule="interval"``: ``sde_fails`` when a decision
+   ratio's interval lies wholly outside [1/C, C]; ``"point"``: when its estimate does.
+   How the defaults were chosen (on mnist1d-si only): docs/svag.md.
 """
 
 from __future__ import annotations
@@ -60,6 +37,10 @@ __all__ = ["DECISION_METRICS", "RATIO_METRICS", "RatioEstimate", "SdeEstimate", 
 
 #: The ratios that decide: Def. 5.1's R, G, ηN and the training / held-out loss.
 DECISION_METRICS: tuple[str, ...] = ("norm_sq", "G", "N", "train_loss", "eval_loss")
+#: The test functions whose settling decides ``not_converged``: R and the losses. Ĝ and N̂ come
+#: from k fixed batches, so their noise is large and correlated from point to point through
+#: those batches; a drift test on them tests the estimator more than the run.
+SETTLE_METRICS: tuple[str, ...] = ("norm_sq", "train_loss", "eval_loss")
 #: Every ratio reported (accuracies as error rates 1 − acc, shown but not deciding).
 RATIO_METRICS: tuple[str, ...] = (*DECISION_METRICS, "train_acc", "eval_acc")
 RATIO_LABELS: dict[str, str] = {
@@ -98,7 +79,8 @@ VERDICT_TEXT: dict[str, str] = {
         "expect the {rule} to fail here."
     ),
     "not_converged": (
-        "the SVAG runs have not settled ({why}); no verdict on C-closeness: run longer "
+        "the SVAG runs of {run} at batch size {b} have not settled ({why}); no verdict on "
+        "C-closeness: run longer "
         "(--relaxation-times) or with larger l (e.g. --l {suggest})."
     ),
 }
@@ -129,6 +111,7 @@ class VerdictConfig:
     settle_rtol: float = DEFAULT_SETTLE_RTOL
     fail_rule: str = "interval"  # "interval" | "point"
     extrapolate: str = "auto"  # "auto" (when the trend shows) | "never"
+    decide_on: tuple[str, ...] = DECISION_METRICS  # the ratios that decide
 
     def __post_init__(self) -> None:
         if not self.c2 > 1.0:
@@ -145,7 +128,7 @@ class VerdictConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"c2": self.c2, "C": self.C, "skip_relaxation_times": self.skip,
                 "settle_rtol": self.settle_rtol, "fail_rule": self.fail_rule,
-                "extrapolate": self.extrapolate}  # fmt: skip
+                "extrapolate": self.extrapolate, "decide_on": list(self.decide_on)}  # fmt: skip
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> VerdictConfig:
@@ -155,6 +138,7 @@ class VerdictConfig:
             settle_rtol=float(d["settle_rtol"]),
             fail_rule=str(d["fail_rule"]),
             extrapolate=str(d["extrapolate"]),
+            decide_on=tuple(str(m) for m in d.get("decide_on", DECISION_METRICS)),
         )
 
 
@@ -226,7 +210,7 @@ def tail_stat(
 ) -> TailStat:
     """Mean and batch-means s.e. of ``values`` at the ``times`` ≥ ``start``.
 
-    Blocks: b = ⌊window / (τ/2)⌋ contiguous blocks (5 when τ is unknown), at most 20 and with at
+    Blocks: b = ⌊window / (τ/2)⌋ contiguous blocks (10 when τ is unknown), at most 20 and with at
     least two points each; se = sd(block means)/√b with b − 1 degrees of freedom. With one point
     the s.e. is NaN (an unbounded interval).
     """
@@ -240,7 +224,7 @@ def tail_stat(
     if n == 1:
         return TailStat(metric, l, mean, math.nan, math.nan, 1, 1, math.nan, math.nan, final)
     width = times[idx[-1]] - times[idx[0]]
-    b = int(width // (tau / 2.0)) if tau else 5
+    b = int(width // (tau / 2.0)) if tau else 10
     b = max(2, min(b, MAX_BLOCKS, n // 2)) if n >= 4 else n
     groups: list[list[float]] = [[] for _ in range(b)]
     for j, x in enumerate(xs):
@@ -292,9 +276,11 @@ class SdeEstimate:
                            str(d["trend"]))  # fmt: skip
 
 
-def _diff_significant(a: TailStat, b: TailStat) -> bool:
-    d, se = b.mean - a.mean, math.hypot(a.se, b.se)
-    return math.isfinite(se) and abs(d) > _q(min(a.df, b.df)) * se
+def _diff_significant(a: TailStat, b: TailStat, p: float = 0.5 + LEVEL / 2) -> bool:
+    """|b − a| beyond the two-sided ``p`` quantile of t times its s.e. (runs independent)."""
+    d, se, df = b.mean - a.mean, math.hypot(a.se, b.se), min(a.df, b.df)
+    q = t_quantile(p, df) if math.isfinite(df) and df > 0 else math.inf
+    return math.isfinite(se) and abs(d) > q * se
 
 
 def sde_estimate(ref: TailStat, svag: Sequence[TailStat], extrapolate: str = "auto") -> SdeEstimate:
@@ -346,7 +332,8 @@ class RatioEstimate:
     """SGD/SDE of one test function with a 95% interval and where it lies against [1/C, C].
 
     ``status``: "inside" (interval within [1/C, C]), "outside" (interval wholly outside),
-    "straddles" (the interval reaches across a boundary), "undefined" (a non-positive mean).
+    "straddles" (the interval reaches across a boundary), "undefined" (a non-positive mean),
+    "unresolved" (G below the noise N/k of the k fixed evaluation batches: shown only).
     """
 
     metric: str
@@ -376,9 +363,17 @@ class RatioEstimate:
         )  # fmt: skip
 
 
-def ratio_estimate(sgd: TailStat, sde: SdeEstimate, C: float) -> RatioEstimate:  # noqa: N803
-    """SGD/SDE with the delta-method interval on the log ratio (module docstring, step 4)."""
-    decides = sgd.metric in DECISION_METRICS
+def ratio_estimate(
+    sgd: TailStat,
+    sde: SdeEstimate,
+    C: float,
+    decide_on: Sequence[str] = DECISION_METRICS,  # noqa: N803
+) -> RatioEstimate:
+    """SGD/SDE with a 95% interval by the delta method on the log ratio:
+    se² = (se_sgd/sgd)² + (se_sde/sde)², t at the smaller number of degrees of freedom (runs
+    treated as independent; they share seeds, so this is conservative). A non-positive mean (Ĝ
+    can be) gives no interval ("undefined")."""
+    decides = sgd.metric in decide_on
     if not (sgd.mean > 0 and sde.value > 0):
         return RatioEstimate(sgd.metric, sgd.mean, sde.value, math.nan, 0.0, math.inf,
                              "undefined", False, decides, sde.source)  # fmt: skip
@@ -409,18 +404,22 @@ def unsettled(
 ) -> list[str]:
     """Why the SVAG runs (every l but the smallest) have not settled ([] when they have).
 
-    A decision metric drifts over the window (beyond its 95% interval and by more than
-    ``settle_rtol`` of its tail mean), or its l-trend l₀ → l₁ → … reverses with both steps
-    significant and larger than ``settle_rtol``.
+    One of :data:`SETTLE_METRICS` drifts over the window (beyond its interval and by more
+    than ``settle_rtol`` of its tail mean), or its l-trend l₀ → l₁ → … reverses with both steps
+    beyond their intervals and larger than ``settle_rtol``. The intervals are Bonferroni-corrected
+    over all these checks (family-wise level 95%), so settled runs are called unsettled in at most
+    5% of cases, not in 5% per check.
     """
     ls = sorted(ls)
+    ms = [m for m in SETTLE_METRICS if all((m, lv) in stats for lv in ls)]
+    checks = max(1, len(ms) * (2 * len(ls) - 3))  # drifts (l > l₀) + reversals (triples)
+    p = 1.0 - (1.0 - LEVEL) / 2 / checks
     out: list[str] = []
-    for m in DECISION_METRICS:
-        if not all((m, lv) in stats for lv in ls):
-            continue
+    for m in ms:
         for lv in ls[1:]:
             s = stats[(m, lv)]
-            if (math.isfinite(s.drift_se) and abs(s.drift) > _q(s.blocks - 2.0) * s.drift_se
+            q = t_quantile(p, s.blocks - 2.0) if s.blocks > 2 else math.inf
+            if (math.isfinite(s.drift_se) and abs(s.drift) > q * s.drift_se
                     and abs(s.drift) > settle_rtol * abs(s.mean)):  # fmt: skip
                 out.append(f"{RATIO_LABELS[m]} of l = {lv} drifts by {s.drift / s.mean:+.0%} "
                            "over the tail window")  # fmt: skip
@@ -428,7 +427,7 @@ def unsettled(
         for x, y, z in zip(seq, seq[1:], seq[2:]):
             d1, d2 = y.mean - x.mean, z.mean - y.mean
             big = all(abs(d) > settle_rtol * abs(y.mean) for d in (d1, d2))
-            if d1 * d2 < 0 and big and _diff_significant(x, y) and _diff_significant(y, z):
+            if d1 * d2 < 0 and big and _diff_significant(x, y, p) and _diff_significant(y, z, p):
                 out.append(f"{RATIO_LABELS[m]} is not monotone in l = {x.l}, {y.l}, {z.l} "
                            f"({x.mean:.4g}, {y.mean:.4g}, {z.mean:.4g})")  # fmt: skip
     return out
@@ -532,6 +531,7 @@ def decide(
     target_batch_size: int = 0,
     run_name: str = "SGD",
     rule: str = "linear scaling rule",
+    eval_batches: int | None = None,
 ) -> Verdict:
     """Read the runs (module docstring): tail window, tail means, the SDE, the ratios, the code.
 
@@ -540,6 +540,9 @@ def decide(
         relaxation_steps: τ at B' in effective steps, or None when unknown.
         config: the thresholds (:class:`VerdictConfig`).
         relaxation_note, target_batch_size, run_name, rule: words of the text.
+        eval_batches: k of the runs' Ĝ, N̂. Given, G decides only when the k fixed batches
+            resolve it: G ≥ N/k for SGD and for the SDE (the noise of the k-batch mean gradient
+            below its signal); otherwise its ratio is "unresolved" and shown only.
 
     Raises:
         ValueError: fewer than two runs, or a run with a non-finite value in the tail window
@@ -563,7 +566,15 @@ def decide(
         raise ValueError(f"not finite in the tail window: {', '.join(bad)}")
     sdes = {m: sde_estimate(stats[(m, ls[0])], [stats[(m, lv)] for lv in ls[1:]],
                             cfg.extrapolate) for m in metrics}  # fmt: skip
-    ratios = [ratio_estimate(stats[(m, ls[0])], sdes[m], cfg.C) for m in metrics]
+    ratios = [ratio_estimate(stats[(m, ls[0])], sdes[m], cfg.C, cfg.decide_on) for m in metrics]
+    if eval_batches and "G" in metrics and "N" in metrics:
+        k = eval_batches
+        floor = max(stats[("N", ls[0])].mean, sdes["N"].value) / k
+        if min(stats[("G", ls[0])].mean, sdes["G"].value) < floor:
+            # Ĝ's error from the k fixed batches is correlated from point to point: not in the
+            # batch-means interval, so G decides only where those batches resolve it
+            ratios = [replace(r, decides=False, status="unresolved") if r.metric == "G" else r
+                      for r in ratios]  # fmt: skip
     used = [r for r in ratios if r.decides]
     why = unsettled(stats, ls, cfg.settle_rtol)
     if cfg.fail_rule == "interval":
