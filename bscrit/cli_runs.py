@@ -104,6 +104,14 @@ def svag(
         float,
         typer.Option(help="Step (at B') of the checkpoint in the spec's LR schedule."),
     ] = 0.0,
+    decide_on: Annotated[
+        str,
+        typer.Option(
+            "--decide-on",
+            help="Ratios that decide: 'losses' (train and held-out loss; the default, chosen on "
+            "mnist1d-si) or 'def5.1' (also R = |x|^2, G, ηN of [LMA21] Def. 5.1).",
+        ),
+    ] = "losses",
     rtol: Annotated[float | None, typer.Option(hidden=True, help="Deprecated, ignored.")] = None,
     z: Annotated[float | None, typer.Option(hidden=True, help="Deprecated, ignored.")] = None,
     fresh_optimizer_state: Annotated[
@@ -133,12 +141,12 @@ def svag(
     forward-backward passes per effective step for each l, printed first.
 
     Verdict: C-closeness of SGD (l = 1) and its SDE (the runs l > 1, extrapolated in 1/l when
-    they show the trend) as in [LMA21] Def. 5.1: the ratios SGD/SDE of |x|^2, G, ηN and the
-    train / held-out loss, means over the tail window (from one relaxation time to the end) with
-    95% intervals (batch means, delta method), must lie within [1/C, C], C = sqrt(--c2).
-    sde_holds / sde_fails (an interval wholly outside) / not_converged (the SVAG runs still
-    drift, or their l-trend reverses). A diverged run is an error (exit 3). Details:
-    docs/svag.md.
+    they show the trend) as in [LMA21] Def. 5.1: ratios SGD/SDE of |x|^2, G, ηN and the train /
+    held-out loss, means over the tail window (from one relaxation time to the end) with 95%
+    intervals (batch means, delta method), against [1/C, C], C = sqrt(--c2). The losses decide
+    (--decide-on def5.1: R, G, ηN too). sde_holds / sde_fails (an interval wholly outside) /
+    not_converged (the SVAG runs still drift, or their l-trend reverses). A diverged run is an
+    error (exit 3). Details: docs/svag.md.
     """
     from . import report
     from .errors import UsageError
@@ -148,7 +156,7 @@ def svag(
     from .svag.plot import plot_svag
     from .svag.results import svag_paths, write_svag
     from .svag.run import run_plan
-    from .svag.verdict import VerdictConfig
+    from .svag.verdict import DECIDE_ON, VerdictConfig
 
     for p in (out, *svag_paths(out)) if out is not None else ():  # before any work
         check_output_path(p, folder=p is out)
@@ -160,6 +168,11 @@ def svag(
         )
     if not c2 > 1.0:
         raise UsageError(f"{{c2}} must be > 1 (C-closeness needs C > 1), got {c2:g}", c2="c2")
+    if decide_on not in DECIDE_ON:
+        raise UsageError(
+            f"{{decide_on}} must be one of {', '.join(DECIDE_ON)}, got {decide_on!r}",
+            decide_on="decide_on",
+        )
     plan = plan_svag(
         spec,
         target_batch_size=target_batch_size,
@@ -197,7 +210,8 @@ def svag(
     with report.progress(
         "SVAG", plan.total_steps, unit="step", enabled=not quiet and not json_out
     ) as advance:
-        result = run_plan(plan, on_step=advance, config=VerdictConfig(c2=c2))
+        config = VerdictConfig(c2=c2, decide_on=DECIDE_ON[decide_on])
+        result = run_plan(plan, on_step=advance, config=config)
     jobs: list[tuple[Callable[[], object], list[Path]]] = []
     if out is not None:
         jobs.append((lambda: write_svag(result, out), list(svag_paths(out))))

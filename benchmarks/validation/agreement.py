@@ -207,10 +207,12 @@ def recalibrate(names: list[str]) -> list[dict[str, Any]]:
     """Every setting's svag verdicts under a grid of VerdictConfigs (no runs)."""
     from bscrit.optim import OptimizerInfo
     from bscrit.svag.results import SvagRun, svag_verdict
-    from bscrit.svag.verdict import VerdictConfig
+    from bscrit.svag.verdict import DECISION_METRICS, VerdictConfig
 
-    grid = [VerdictConfig(fail_rule=f, extrapolate=e, skip=s)
-            for f in ("interval", "point") for e in ("auto", "never")
+    sets = {"def5.1+losses": DECISION_METRICS, "losses": ("train_loss", "eval_loss"),
+            "R+losses": ("norm_sq", "train_loss", "eval_loss")}  # fmt: skip
+    grid = [VerdictConfig(fail_rule=f, extrapolate=e, skip=s, decide_on=m)
+            for m in sets.values() for f in ("interval", "point") for e in ("auto", "never")
             for s in (0.5, 1.0, 2.0)]  # fmt: skip
     out = []
     for name in names:
@@ -222,7 +224,8 @@ def recalibrate(names: list[str]) -> list[dict[str, Any]]:
                     continue
                 d = json.loads(p.read_text())
                 runs = [SvagRun.from_dict(r) for r in d["runs"]]
-                v, _ = svag_verdict(runs, OptimizerInfo.from_dict(d["target_optimizer"]), b, cfg)
+                opt = OptimizerInfo.from_dict(d["target_optimizer"])
+                v, _ = svag_verdict(runs, opt, b, cfg, d["eval_batches"])
                 sweep = "holds" if b <= SWEEP_LAST_PASS[name] else "fails"
                 calls.append((b, sweep, v.code))
             agree = sum(("sde_" + s) == c for _, s, c in calls)
@@ -289,7 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.recalibrate:
         res = recalibrate(names)
         for r in res:
-            print(json.dumps(r))
+            c = r["config"]
+            calls = " ".join(f"{b}:{code.replace('sde_', '')[:4]}" for b, _, code in r["calls"])
+            print(f"{r['setting']:15s} {'+'.join(c['decide_on']):45s} {c['fail_rule']:8s} "
+                  f"{c['extrapolate']:5s} skip={c['skip_relaxation_times']:g}  "
+                  f"{r['agree']}/{r['of']}  {calls}")  # fmt: skip
+        (OUT / "recalibration.json").write_text(json.dumps(res, indent=1))
         return 0
     out = OUT / "smoke" if args.smoke else OUT
     out.mkdir(parents=True, exist_ok=True)

@@ -27,16 +27,23 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 from ..estimators import t_quantile
 
-__all__ = ["DECISION_METRICS", "RATIO_METRICS", "RatioEstimate", "SdeEstimate", "TailStat",
-           "Verdict", "VerdictConfig", "decide", "ratio_estimate", "sde_estimate", "tail_stat",
-           "tail_window", "unsettled"]  # fmt: skip
+__all__ = ["DECIDE_ON", "DECISION_METRICS", "LOSS_METRICS", "RATIO_METRICS", "RatioEstimate",
+           "SdeEstimate", "TailStat", "Verdict", "VerdictConfig", "decide", "ratio_estimate",
+           "sde_estimate", "tail_stat", "tail_window", "unsettled"]  # fmt: skip
 
-#: The ratios that decide: Def. 5.1's R, G, ηN and the training / held-out loss.
+#: Def. 5.1's R, G, ηN and the training / held-out loss (``--decide-on def5.1``).
 DECISION_METRICS: tuple[str, ...] = ("norm_sq", "G", "N", "train_loss", "eval_loss")
+#: The default decision ratios: the losses (chosen on mnist1d-si, docs/svag.md). For a
+#: scale-invariant network SGD's equilibrium sits at a larger ‖x‖² than the SDE's (the η²G term
+#: of [LMA21] eq. (10)), which moves R, G, N by ≈ √(1 + 1/NSR^{B'}) without changing the function
+#: the network computes; by Thm 5.2 (ii) these ratios leave [1/C, C] once NSR^{B'} < 1/(C² − 1),
+#: a factor ≈ C² before the scaling rule fails (Thm 5.6).
+LOSS_METRICS: tuple[str, ...] = ("train_loss", "eval_loss")
+DECIDE_ON: dict[str, tuple[str, ...]] = {"losses": LOSS_METRICS, "def5.1": DECISION_METRICS}
 #: The test functions whose settling decides ``not_converged``: R and the losses. Ĝ and N̂ come
 #: from k fixed batches, so their noise is large and correlated from point to point through
 #: those batches; a drift test on them tests the estimator more than the run.
@@ -53,25 +60,18 @@ RATIO_LABELS: dict[str, str] = {
     "eval_acc": "held-out error",
 }
 
-LEVEL = 0.95
-DEFAULT_C2 = 2.0
-#: Relaxation times τ skipped before the tail window.
-DEFAULT_SKIP = 1.0
-#: Default run length in relaxation times τ = 1/(2ηλ) at B'.
-DEFAULT_RELAXATION_TIMES = 4.0
-#: Run length in effective steps when no relaxation time is known.
-DEFAULT_EFFECTIVE_STEPS = 300
-#: Tail window as a fraction of the run when no relaxation time is known.
-UNKNOWN_TAU_TAIL = 0.5
-#: A drift or a reversal of the l-trend counts only beyond this relative size.
-DEFAULT_SETTLE_RTOL = 0.1
-MAX_BLOCKS = 20
+LEVEL, DEFAULT_C2, MAX_BLOCKS = 0.95, 2.0, 20
+DEFAULT_SKIP = 1.0  # relaxation times τ skipped before the tail window
+DEFAULT_RELAXATION_TIMES = 4.0  # default run length in τ = 1/(2ηλ) at B'
+DEFAULT_EFFECTIVE_STEPS = 300  # run length when no relaxation time is known
+UNKNOWN_TAU_TAIL = 0.5  # tail window (fraction of the run) when no τ is known
+DEFAULT_SETTLE_RTOL = 0.1  # a drift or an l-trend reversal counts only beyond this
 
 VERDICT_TEXT: dict[str, str] = {
     "sde_holds": (
         "{run} at batch size {b} and its SDE (from l = {sde}) are C-close ([LMA21] Def. 5.1, "
-        "C = √{c2:g} = {C:.3g}): no ratio SGD/SDE of R, G, ηN, train or held-out loss is outside "
-        "[1/C, C]{how}; the {rule} is expected to hold."
+        "C = √{c2:g} = {C:.3g}): no ratio SGD/SDE of {decided} is outside [1/C, C]{how}; the "
+        "{rule} is expected to hold."
     ),
     "sde_fails": (
         "{run} at batch size {b} and its SDE (from l = {sde}) are not C-close ([LMA21] Def. 5.1, "
@@ -84,14 +84,6 @@ VERDICT_TEXT: dict[str, str] = {
         "(--relaxation-times) or with larger l (e.g. --l {suggest})."
     ),
 }
-
-
-class RunLike(Protocol):
-    """What the verdict reads of a run (:class:`bscrit.svag.results.SvagRun`)."""
-
-    l: int  # noqa: E741
-    effective_steps: tuple[float, ...]
-    values: Mapping[str, Sequence[float]]
 
 
 def _num(x: float) -> float | None:
@@ -111,7 +103,7 @@ class VerdictConfig:
     settle_rtol: float = DEFAULT_SETTLE_RTOL
     fail_rule: str = "interval"  # "interval" | "point"
     extrapolate: str = "auto"  # "auto" (when the trend shows) | "never"
-    decide_on: tuple[str, ...] = DECISION_METRICS  # the ratios that decide
+    decide_on: tuple[str, ...] = LOSS_METRICS  # the ratios that decide (DECIDE_ON)
 
     def __post_init__(self) -> None:
         if not self.c2 > 1.0:
@@ -138,7 +130,7 @@ class VerdictConfig:
             settle_rtol=float(d["settle_rtol"]),
             fail_rule=str(d["fail_rule"]),
             extrapolate=str(d["extrapolate"]),
-            decide_on=tuple(str(m) for m in d.get("decide_on", DECISION_METRICS)),
+            decide_on=tuple(str(m) for m in d.get("decide_on", LOSS_METRICS)),
         )
 
 
@@ -367,7 +359,7 @@ def ratio_estimate(
     sgd: TailStat,
     sde: SdeEstimate,
     C: float,
-    decide_on: Sequence[str] = DECISION_METRICS,  # noqa: N803
+    decide_on: Sequence[str] = LOSS_METRICS,  # noqa: N803
 ) -> RatioEstimate:
     """SGD/SDE with a 95% interval by the delta method on the log ratio:
     se² = (se_sgd/sgd)² + (se_sde/sde)², t at the smaller number of degrees of freedom (runs
@@ -523,7 +515,7 @@ def _fmt_ratio(r: RatioEstimate) -> str:
 
 
 def decide(
-    runs: Sequence[RunLike],
+    runs: Sequence[Any],
     relaxation_steps: float | None,
     *,
     config: VerdictConfig | None = None,
@@ -536,7 +528,8 @@ def decide(
     """Read the runs (module docstring): tail window, tail means, the SDE, the ratios, the code.
 
     Args:
-        runs: one per l (at least two); the smallest l is the reference (normally 1, plain SGD).
+        runs: one per l (at least two; ``l``, ``effective_steps``, ``values`` of
+            :class:`~bscrit.svag.results.SvagRun`); the smallest l is the reference (l = 1: SGD).
         relaxation_steps: τ at B' in effective steps, or None when unknown.
         config: the thresholds (:class:`VerdictConfig`).
         relaxation_note, target_batch_size, run_name, rule: words of the text.
@@ -589,7 +582,9 @@ def decide(
     fmt = {"run": run_name, "b": target_batch_size, "sde": ", ".join(str(x) for x in ls[1:]),
            "c2": cfg.c2, "C": cfg.C, "rule": rule, "how": how,
            "suggest": f"{ls[0]},{2 * ls[-2]},{2 * ls[-1]}" if len(ls) > 2 else f"{ls[0]},8,16",
-           "why": "; ".join(why), "failing": "; ".join(_fmt_ratio(r) for r in failing)}  # fmt: skip
+           "why": "; ".join(why),
+           "decided": ", ".join(RATIO_LABELS[m] for m in metrics if m in cfg.decide_on),
+           "failing": "; ".join(_fmt_ratio(r) for r in failing)}  # fmt: skip
     code = "not_converged" if why else ("sde_fails" if failing else "sde_holds")
     text = VERDICT_TEXT[code].format(**fmt)
     if undecided and code != "not_converged":

@@ -3,10 +3,10 @@
 Model w ∈ R^32 (``nn.Linear(32, 1, bias=False)``, from w = 0), x ~ N(0, I), y = ε ~ N(0, 1)
 (n = 4096), mean squared error: the Hessian is 2·XᵀX/n ≈ 2I and the minimum is w* ≈ 0, so
 every coordinate is the OU process of tests/unit/test_svag_results.py with a = 2: SGD/SDE of
-R = ‖w‖² (and of G ≈ 4‖w‖²) is 2/(2 − 2η). With C² = 2 that is inside [1/C, C] for η = 0.025 (ratio 1.03) and
-outside for η = 0.4 (ratio 1.67): ``sde_holds`` and ``sde_fails``. No weight decay: no relaxation
-time, so the run length is given and the tail window is the last half. A run that diverges
-(η = 1.5, past the stability edge ηa = 2) is an error, exit 3.
+R = ‖w‖² (and of G ≈ 4‖w‖²) is 2/(2 − 2η). With C² = 2 that is inside [1/C, C] for
+η = 0.025 (ratio 1.03) and outside for η = 0.4 (ratio 1.67): ``sde_holds`` and ``sde_fails``.
+No weight decay: no relaxation time, so the run length is given and the tail window is the
+last half. A run that diverges (η = 1.5, past the stability edge ηa = 2) is an error, exit 3.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def test_least_squares_on_noise_holds_for_small_lr_and_fails_near_the_edge(tmp_p
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        r = _svag(_spec(tmp_path, lr))
+        r = _svag(_spec(tmp_path, lr), "--decide-on", "def5.1")
     finally:
         torch.set_num_threads(threads)
     assert r.exit_code == 0, r.output
@@ -96,6 +96,9 @@ def test_rtol_and_z_are_deprecated_and_ignored(tmp_path):
     assert "--rtol and --z are deprecated and ignored" in " ".join(r.output.split())
 
 
-def test_c2_must_exceed_one(tmp_path):
-    r = _svag(_spec(tmp_path, 0.025), "--c2", "1")
-    assert r.exit_code == 2 and "must be > 1" in r.output
+@pytest.mark.parametrize(
+    ("args", "message"), [(["--c2", "1"], "must be > 1"), (["--decide-on", "R"], "losses, def5.1")]
+)
+def test_bad_c2_or_decide_on_exit_2_before_running(tmp_path, args, message):
+    r = _svag(_spec(tmp_path, 0.025), *args)
+    assert r.exit_code == 2 and message in r.output

@@ -32,6 +32,7 @@ from bscrit.svag.results import (
     write_svag,
 )
 from bscrit.svag.verdict import (
+    DECISION_METRICS,
     VerdictConfig,
     decide,
     tail_stat,
@@ -94,7 +95,7 @@ def test_ou_tail_means_match_the_closed_form():
 
 def test_ou_boundary_of_c_closeness_from_the_closed_form():
     """Holds for small ηa, fails above ηa* = 2 − 2/C (where 2/(2 − ηa) = C), C² = 2."""
-    cfg = VerdictConfig(c2=2.0)
+    cfg = VerdictConfig(c2=2.0, decide_on=DECISION_METRICS)  # Def. 5.1's R, G, ηN and the loss
     star = 2.0 - 2.0 / cfg.C  # ≈ 0.586
     small = decide(ou_runs(0.05), tau(0.05), config=cfg)
     assert small.code == "sde_holds", small.text
@@ -114,7 +115,7 @@ def test_ou_verdict_flips_where_the_closed_form_ratio_crosses_c(margin):
     above → holds (C² passed as --c2 would be)."""
     eta = 0.3
     rho = 2 / (2 - eta * A)
-    cfg = VerdictConfig(c2=(rho * margin) ** 2)
+    cfg = VerdictConfig(c2=(rho * margin) ** 2)  # the loss decides (the default): ratio ρ too
     v = decide(ou_runs(eta, ls=(1, 2, 4, 8)), tau(eta), config=cfg)
     assert v.code == ("sde_fails" if margin < 1 else "sde_holds"), v.text
 
@@ -169,9 +170,9 @@ def test_interval_rule_against_point_rule():
     interval rule (holds), a failure under the point rule."""
     runs = [flat(1, 1.5, wave=0.4), flat(2, 1.0), flat(4, 1.0)]
     vi = decide(runs, 20.0, config=VerdictConfig(fail_rule="interval"))
-    r = vi.ratio("norm_sq")
+    r = vi.ratio("train_loss")
     assert r.status == "straddles" and not r.point_inside
-    assert vi.code == "sde_holds" and "norm_sq" in vi.undecided and "Undecided" in vi.text
+    assert vi.code == "sde_holds" and vi.undecided == ("train_loss",) and "Undecided" in vi.text
     assert decide(runs, 20.0, config=VerdictConfig(fail_rule="point")).code == "sde_fails"
 
 
