@@ -214,8 +214,16 @@ def run_setting(name: str, args: argparse.Namespace) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 
 
+def _truncate(run: Any, end: float) -> Any:
+    """The run as if it had stopped at effective step ``end`` (emulates a shorter run)."""
+    idx = [i for i, e in enumerate(run.effective_steps) if e <= end + 1e-9]
+    return replace(run, effective_steps=tuple(run.effective_steps[i] for i in idx),
+                   values={m: tuple(v[i] for i in idx) for m, v in run.values.items()})  # fmt: skip
+
+
 def recalibrate(names: list[str]) -> list[dict[str, Any]]:
-    """Every setting's svag verdicts under a grid of VerdictConfigs (no runs)."""
+    """Every setting's svag verdicts under a grid of VerdictConfigs, and under the defaults for
+    runs cut to 3, 2.5 and 2 relaxation times (no runs)."""
     from bscrit.optim import OptimizerInfo
     from bscrit.svag.results import SvagRun, svag_verdict
     from bscrit.svag.verdict import DECISION_METRICS, VerdictConfig
@@ -225,9 +233,10 @@ def recalibrate(names: list[str]) -> list[dict[str, Any]]:
     grid = [VerdictConfig(fail_rule=f, extrapolate=e, skip=s, decide_on=m)
             for m in sets.values() for f in ("interval", "point") for e in ("auto", "never")
             for s in (0.5, 1.0, 2.0)]  # fmt: skip
+    grid = [(cfg, None) for cfg in grid] + [(VerdictConfig(), k) for k in (3.0, 2.5, 2.0)]
     out = []
     for name in names:
-        for cfg in grid:
+        for cfg, length in grid:
             calls = []
             for b in TARGETS:
                 p = WORK / name / f"svag-{b}.json"
@@ -235,13 +244,16 @@ def recalibrate(names: list[str]) -> list[dict[str, Any]]:
                     continue
                 d = json.loads(p.read_text())
                 runs = [SvagRun.from_dict(r) for r in d["runs"]]
+                if length is not None:
+                    runs = [_truncate(r, length * d["relaxation_steps"]) for r in runs]
                 opt = OptimizerInfo.from_dict(d["target_optimizer"])
                 v, _ = svag_verdict(runs, opt, b, cfg, d["eval_batches"])
                 sweep = "holds" if b <= SWEEP_LAST_PASS[name] else "fails"
                 calls.append((b, sweep, v.code))
             agree = sum(("sde_" + s) == c for _, s, c in calls)
             out.append({"setting": name, "config": cfg.to_dict(), "agree": agree,
-                        "of": len(calls), "calls": calls})  # fmt: skip
+                        "relaxation_times": length or 4.0, "of": len(calls),
+                        "calls": calls})  # fmt: skip
     return out
 
 
@@ -310,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
             c = r["config"]
             calls = " ".join(f"{b}:{code.replace('sde_', '')[:4]}" for b, _, code in r["calls"])
             print(f"{r['setting']:15s} {'+'.join(c['decide_on']):45s} {c['fail_rule']:8s} "
-                  f"{c['extrapolate']:5s} skip={c['skip_relaxation_times']:g}  "
+                  f"{c['extrapolate']:5s} skip={c['skip_relaxation_times']:g} "
+                  f"length={r['relaxation_times']:g}τ  "
                   f"{r['agree']}/{r['of']}  {calls}")  # fmt: skip
         (OUT / "recalibration.json").write_text(json.dumps(res, indent=1))
         return 0
