@@ -439,7 +439,7 @@ def check_schema(
     kind: str,
     source: str,
     *,
-    schema: int = SCHEMA,
+    schema: int | None = None,
     upgrades: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Validate ``d`` as an artifact of ``kind`` and bring it to the current schema.
@@ -454,6 +454,7 @@ def check_schema(
     Raises:
         ArtifactError: not a JSON object, another kind, or an unknown schema.
     """
+    schema = SCHEMA if schema is None else schema
     if not isinstance(d, dict):
         raise ArtifactError(
             f"{source}: not a {kind} artifact (expected a JSON object, got {type(d).__name__})"
