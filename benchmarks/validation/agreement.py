@@ -270,8 +270,11 @@ def markdown(results: list[dict[str, Any]]) -> str:
                   f"B* = {r['predict']['b_star']:.0f} (95% interval "
                   f"{r['predict']['b_star_ci95'][0]:.0f}–{r['predict']['b_star_ci95'][1]:.0f}) "
                   f"from the epoch-{r['base']['checkpoint_epoch']} checkpoint at B0 = "
-                  f"{r['base']['B0']}; runtime: train {rs['train']:.0f} s, measure "
-                  f"{rs['measure']:.0f} s, total {rs['total']:.0f} s (one thread).", "",
+                  f"{r['base']['B0']}; runtime (one thread on a shared 2-core machine): svag "
+                  f"{sum(x.get('svag_s', 0) for x in r['rows']):.0f} s over the "
+                  f"{len(r['rows'])} B'" + (f", train {rs['train']:.0f} s, measure "
+                  f"{rs['measure']:.0f} s" if rs["train"] else " (base run and measurement "
+                  "cached)") + ".", "",
                   "| B' | τ (steps) | sweep says | predict says | svag says | svag, def5.1 | R | G "
                   "| ηN/N̄ | train loss | held-out loss | svag time | confirm says |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
