@@ -5,8 +5,8 @@ and its adaptive version [MLPA22 §6, Defs. 6.1–6.2] — not Balles & Hennig's
 variance-adapted gradient, the M-SVAG optimiser), which shares the acronym. docs/theory.md §6;
 details and the verdict: docs/svag.md.
 
-The package imports nothing itself (``bscrit.svag.results`` and ``verdict`` stay free of torch); import from
-the modules:
+The package imports nothing itself (``bscrit.svag.results`` and ``verdict`` stay free of
+torch); import from the modules:
 
 - :mod:`bscrit.svag.step`: one SVAG step (ĝ = r₁g₁ + r₂g₂, PyTorch's optimizer) and the LR
   schedule on effective steps;
