@@ -55,7 +55,7 @@ from .optim import OptimizerInfo
 #   Added under schema 1 (0.3): checkpoints[i].step, equilibrium_interval (scope, draws, the
 #   intervals over the equilibrium per parameter set), extra.sampling, extra.selection.
 # The svag artifact (``bscrit.svag``) has its own number, ``SVAG_SCHEMA`` in
-# bscrit/svag/results.py, with its own history there (2, unreleased, issue 15: the calibrated verdict).
+# bscrit/svag/results.py, with its own history there (2, issue 15: the calibrated verdict).
 SCHEMA = 1
 KIND_MEASUREMENT = "bscrit.measurement"
 #: ``_UPGRADES[v]`` rewrites a schema-v artifact as schema v + 1 (none yet).

@@ -14,7 +14,7 @@ Def. 5.1) and writes ``svag.json`` (``"schema": 2``, ``"kind": "bscrit.svag"``) 
 Format history of ``svag.json`` (the rule at the top of :mod:`bscrit.results`):
 1 (0.1): ``summaries``, ``comparisons``, ``thresholds`` {rtol, z, tail}; ``verdict`` {code, text,
   reference_l, high_ls, metrics, failing} from pairwise agreement within rtol.
-2 (unreleased, issue 15): the calibrated verdict; ``summaries``, ``comparisons`` and ``thresholds`` are gone;
+2 (issue 15): the calibrated verdict; ``summaries``, ``comparisons`` and ``thresholds`` are gone;
   ``verdict`` holds the ratios SGD/SDE with 95% intervals, C, the SDE estimates (extrapolated or
   largest l), the tail window and its statistics; ``relaxation_steps`` at top level. A schema-1
   file is upgraded by recomputing the verdict from its trajectories (C² = 2, τ from its target
