@@ -468,7 +468,7 @@ def scale(
         report.warn(w)
 
 
-from . import cli_runs  # noqa: E402,F401  (registers svag, demo)
+from . import cli_confirm, cli_runs  # noqa: E402,F401  (register confirm, svag, demo)
 
 
 def _terminate(signum: int, frame: object) -> None:

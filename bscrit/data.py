@@ -170,7 +170,8 @@ class BatchSource:
     (collated by torch's ``default_collate`` into one dict of stacked tensors) as
     ``(batch, None)``: its targets are inside it (:mod:`bscrit.objective`).
 
-    In-memory TensorDatasets are indexed directly on the device (no DataLoader, no collation);
+    In-memory TensorDatasets are indexed directly on the device (no DataLoader, no collation,
+    unless a ``collate_fn`` is given);
     anything else goes through a DataLoader with a fixed batch sampler (workers, pinned memory).
     With workers, one DataLoader with persistent workers serves every group (its batch sampler
     is swapped per group), so workers start once per measurement, not once per group.
@@ -180,12 +181,13 @@ class BatchSource:
     device: torch.device
     num_workers: int = 0
     prefetch: int | None = None  # batches each worker loads ahead (DataLoader prefetch_factor)
+    collate_fn: Any = None  # the DataLoader's collate_fn (None: torch's default_collate)
     _tensors: tuple[Tensor, ...] | None = field(default=None, init=False)
     _loader: Any = field(default=None, init=False)
     _sampler: Any = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        view = tensor_view(self.dataset)
+        view = tensor_view(self.dataset) if self.collate_fn is None else None
         if view is not None and len(view) == 2:
             self._tensors = tuple(t.to(self.device) for t in view)
 
@@ -213,6 +215,7 @@ class BatchSource:
                 persistent_workers=self.num_workers > 0,
                 prefetch_factor=(self.prefetch or 4) if self.num_workers > 0 else None,
                 generator=torch.Generator().manual_seed(seed),
+                collate_fn=self.collate_fn,
             )
         self._sampler.rows = [r.tolist() for r in rows]
         loader = self._loader
@@ -241,6 +244,7 @@ class BatchSource:
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
             prefetch_factor=(self.prefetch or 4) if self.num_workers > 0 else None,
+            collate_fn=self.collate_fn,
         )
         non_blocking = self.device.type == "cuda"
         for item in loader:

@@ -178,6 +178,7 @@ def measure_model(
     host_memory: int | None = None,
     spill_dir: str | None = None,
     on_plan: Callable[[SumsPlan], None] | None = None,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
 ) -> RawMeasurement:
     """Measure the streaming sums of k batch gradients of ``model`` at its current weights.
 
@@ -215,6 +216,7 @@ def measure_model(
         spill_dir: the folder of that file (default: the system's temporary folder, $TMPDIR).
         on_plan: told where the group sums live (:class:`~bscrit.groups.SumsPlan`), before the
             first batch.
+        collate_fn: how a DataLoader collates the examples of a batch (default torch's).
 
     Returns:
         A :class:`RawMeasurement` of per-tensor Gram matrices, Q_j and invariance sums.
@@ -257,7 +259,7 @@ def measure_model(
     loop = _HotLoop(
         model=torch.compile(model) if compile else model,  # same parameters and buffers
         named=named,
-        source=BatchSource(dataset, device, num_workers, prefetch),
+        source=BatchSource(dataset, device, num_workers, prefetch, collate_fn),
         loss_fn=loss_fn,
         device=device,
         amp=amp,

@@ -10,6 +10,7 @@ examples          loss               the model is called     the loss is
 ``(x, y)`` pairs  ``loss: model``    ``model(x, labels=y)``  ``output.loss``
 dicts             ``loss: model``    ``model(**batch)``      ``output.loss``
 dicts             a factory          ``model(**batch)``      ``loss_fn(output, batch)``
+any batch         ``BatchLoss(fn)``  by ``fn``               ``fn(model, batch)``
 ================  =================  ======================  ==========================
 
 ``x`` that is a tuple is spread (``model(*x)``), a dict passed as keywords (``model(**x)``).
@@ -101,6 +102,19 @@ class ModelLoss:
         )
 
 
+@dataclass(frozen=True)
+class BatchLoss:
+    """A loss that calls the model itself: ``fn(model, batch)`` → the mean loss of the batch
+    (the Python API's ``loss_fn(model, batch)``, a Lightning ``training_step``). ``batch`` is the
+    collated batch: ``(inputs, targets)`` for pairs, else what the collate function returned.
+    Micro-batches weigh by examples (:func:`chunk_weights`)."""
+
+    fn: Callable[[nn.Module, Any], Any]
+
+    def __call__(self, model: nn.Module, batch: Any) -> Tensor:
+        return self.fn(model, batch)
+
+
 def _describe(obj: Any) -> str:
     if isinstance(obj, Tensor):
         return f"a tensor of shape {tuple(obj.shape)}"
@@ -124,7 +138,10 @@ def call_model(model: nn.Module, loss_fn: Any, x: Any, y: Any) -> Any:
 
 
 def batch_loss(model: nn.Module, loss_fn: Any, x: Any, y: Any) -> tuple[Tensor, Any]:
-    """``(loss, output)`` of one batch: the mean loss and the model's output."""
+    """``(loss, output)`` of one batch: the mean loss and the model's output (None for a
+    :class:`BatchLoss`, which calls the model itself)."""
+    if isinstance(loss_fn, BatchLoss):
+        return loss_fn(model, x if y is None else (x, y)), None
     out = call_model(model, loss_fn, x, y)
     if isinstance(loss_fn, ModelLoss):
         return loss_fn.read(out), out

@@ -59,7 +59,7 @@ class OptimizerInfo:
     eps: float | None = None  # adam-family/rmsprop/adagrad
     alpha: float | None = None  # rmsprop (PyTorch's smoothing constant, the paper's beta)
     nesterov: bool = False
-    source: str = "spec"  # "spec" | "checkpoint" | "cli" | "scaled" | NAME_ONLY
+    source: str = "spec"  # "spec" | "checkpoint" | "api" | "cli" | "scaled" | NAME_ONLY
     momentum_decay: float | None = None  # nadam's ψ
     lr_decay: float | None = None  # adagrad
     decoupled_weight_decay: bool = False  # nadam/radam's switch (adamw and lion always are)

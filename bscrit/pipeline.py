@@ -305,12 +305,13 @@ def _measure_one(
     return summary, raw
 
 
-def _pooled_warnings(
-    plan: _MeasurePlan,
+def pooled_warnings(
+    adaptive: AdaptiveState | None,
     summaries: Sequence[CheckpointSummary],
     all_pooled: ParamSetStats,
     eq: Equilibrium | None,
 ) -> list[str]:
+    """The measurement's warnings about the pooled result (signal, equilibrium, invariance)."""
     from .theory import EQUILIBRIUM_RESIDUAL_MAX
 
     warnings: list[str] = []
@@ -336,7 +337,7 @@ def _pooled_warnings(
             "no scale-invariant tensor found: the theorems of [LMA21] §5 assume a scale-invariant "
             "loss; the bounds are indicative only"
         )
-    a = plan.adaptive
+    a = adaptive
     if a is not None and a.reason == "budget exhausted":
         warnings.append(
             f"--target-rel-error {a.target:g} not reached within --max-batches "
@@ -466,7 +467,7 @@ def run_measurement(
     if len(plan.labels) > 1:
         what = "sampled points" if plan.options.sampling else "checkpoints"
         note += f"; pooled over {len(plan.labels)} {what}"
-    warnings += _pooled_warnings(plan, summaries, all_pooled, eq)
+    warnings += pooled_warnings(plan.adaptive, summaries, all_pooled, eq)
     pre_sets = [s.preconditioned for s in summaries]
     pooled_pre = pool_param_sets(pre_sets) if all(pre_sets) else None  # type: ignore[arg-type]
     eqi = equilibrium_intervals(summaries, all_pooled, si_pooled, pooled_pre, plan.steps, opt)

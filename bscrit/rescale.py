@@ -9,11 +9,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from . import optim
 from .errors import UsageError
 from .optim import OptimizerInfo
 from .scaling import ScaledHyperparameters, scale_hyperparameters
+
+if TYPE_CHECKING:
+    from .results import Measurement
 
 PathLike = str | os.PathLike[str]
 
@@ -28,7 +32,7 @@ def scale_request(
     steps: int | None = None,
     warmup_steps: int | None = None,
     from_spec: PathLike | None = None,
-    measurement: PathLike | None = None,
+    measurement: PathLike | Measurement | None = None,
     c2: float = 2.0,
 ) -> ScaledHyperparameters:
     """``bscrit scale``: the base run's optimizer from a spec, a measurement or explicit values,
@@ -36,10 +40,11 @@ def scale_request(
 
     Precedence: explicit arguments over the spec over the measurement. ``optimizer`` different
     from the base's starts from that optimizer's defaults. With ``measurement``, warnings say
-    when B' is past its recommended range.
+    when B' is past its recommended range. ``measurement`` is a path or a loaded
+    :class:`~bscrit.results.Measurement` (the Python API's :func:`bscrit.scale`).
     """
     from .prediction import range_context
-    from .results import load_measurement
+    from .results import Measurement, load_measurement
 
     base: OptimizerInfo | None = None
     b = batch_size
@@ -53,7 +58,10 @@ def scale_request(
             steps = s.schedule.total_steps
         if warmup_steps is None and s.schedule.warmup_steps > 0:
             warmup_steps = s.schedule.warmup_steps
-    m = load_measurement(measurement) if measurement is not None else None
+    m = measurement if isinstance(measurement, Measurement) else None
+    source = "the measurement" if m is not None else str(measurement)
+    if measurement is not None and m is None:
+        m = load_measurement(measurement)  # type: ignore[arg-type]
     if m is not None:
         named_only = base is not None and base.source == optim.NAME_ONLY
         if base is None or (named_only and m.optimizer and m.optimizer.name == base.name):
@@ -82,7 +90,7 @@ def scale_request(
     warnings: list[str] = []
     nsr_target = None
     if m is not None:
-        warnings, nsr_target = range_context(str(measurement), m, b, target_batch_size, c2)
+        warnings, nsr_target = range_context(source, m, b, target_batch_size, c2)
     result = scale_hyperparameters(
         opt,
         b,

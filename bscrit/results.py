@@ -356,6 +356,11 @@ class Measurement:
             "extra": self.extra,
         }
 
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the JSON artifact ``bscrit measure --out`` writes (atomically), and the
+        per-parameter CSV beside it (``m.params.csv``); returns the JSON's path."""
+        return write_measurement(self, path)[0]
+
     @staticmethod
     def from_dict(d: dict[str, Any], source: str = "<dict>") -> Measurement:
         """Read an artifact; every impossible value is an :class:`ArtifactError` naming its key.

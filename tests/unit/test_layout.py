@@ -90,8 +90,8 @@ def test_no_catch_all_module():
 
 
 def test_one_home_per_dependency():
-    cli = {"bscrit.cli", "bscrit.cli_common", "bscrit.cli_runs"}
-    homes = {"typer": cli, "rich": {"bscrit.report", *cli}}
+    cli = {"bscrit.cli", "bscrit.cli_common", "bscrit.cli_runs", "bscrit.cli_confirm"}
+    homes = {"typer": cli, "rich": {"bscrit.report", "bscrit.report_confirm", *cli}}
     for name, path in _modules().items():
         tree = ast.parse(path.read_text(encoding="utf-8"))
         used = set()

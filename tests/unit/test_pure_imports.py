@@ -20,7 +20,7 @@ def test_pure_modules_do_not_import_torch():
         "import bscrit.theory, bscrit.scaling, bscrit.estimators, bscrit.results\n"
         "import bscrit.prediction, bscrit.optim, bscrit.spec, bscrit.checker, bscrit.summary\n"
         "import bscrit.svag.results, bscrit.pipeline, bscrit.errors, bscrit.checkpoint_file\n"
-        "import bscrit.spec_model\n"
+        "import bscrit.spec_model, bscrit.confirm.results\n"
         "bad = sorted(m for m in ('torch', 'numpy', 'pandas') if m in sys.modules)\n"
         "assert not bad, bad\n"
     )
@@ -44,3 +44,52 @@ def test_predict_check_scale_cli_do_not_import_torch():
         "assert not bad, bad\n"
     )
     assert r.returncode == 0, r.stderr + r.stdout
+
+
+def test_import_bscrit_and_the_api_without_torch():
+    """``import bscrit`` and the API's names load no torch; predict, scale and load_measurement
+    run without it (only ``bscrit.measure`` imports torch, when called)."""
+    m = str(ASSETS / "sgd_b128.json")
+    r = run(
+        "import sys\n"
+        "import bscrit\n"
+        "assert 'torch' not in sys.modules\n"
+        "assert set(bscrit.__all__) >= {'measure', 'predict', 'scale', 'load_measurement',\n"
+        "                               'Measurement', 'Prediction'}\n"
+        "assert all(callable(getattr(bscrit, n)) for n in bscrit.__all__ if n != '__version__')\n"
+        f"p = bscrit.predict({m!r})\n"
+        "assert isinstance(p, bscrit.Prediction) and p.base.b_star > 0\n"
+        f"ms = bscrit.load_measurement({m!r})\n"
+        "assert isinstance(ms, bscrit.Measurement)\n"
+        "assert bscrit.predict([ms]).base.b_star == p.base.b_star\n"
+        f"s = bscrit.scale(1024, {m!r})\n"
+        "assert s.target_batch_size == 1024\n"
+        "bad = sorted(m for m in ('torch', 'numpy', 'pandas') if m in sys.modules)\n"
+        "assert not bad, bad\n"
+        "try:\n"
+        "    bscrit.nope\n"
+        "except AttributeError as e:\n"
+        "    assert 'nope' in str(e)\n"
+        "else:\n"
+        "    raise AssertionError('bscrit.nope')\n"
+    )
+    assert r.returncode == 0, r.stderr
+
+
+def test_callbacks_without_their_framework_say_which_extra_to_install():
+    for module, blocked, extra in (
+        ("lightning", ("lightning", "lightning.pytorch", "pytorch_lightning"), "bscrit[lightning]"),
+        ("transformers", ("transformers",), "bscrit[hf]"),
+    ):
+        r = run(
+            "import sys\n"
+            f"for name in {blocked!r}:\n"
+            "    sys.modules[name] = None  # import fails as if not installed\n"
+            "try:\n"
+            f"    import bscrit.integrations.{module}\n"
+            "except ImportError as e:\n"
+            f"    assert {extra!r} in str(e), e\n"
+            "else:\n"
+            "    raise AssertionError('imported')\n"
+        )
+        assert r.returncode == 0, r.stderr

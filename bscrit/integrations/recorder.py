@@ -1,0 +1,209 @@
+"""What a bscrit callback does at a measured step, whatever the framework (docs/api.md).
+
+Every ``every_n_steps`` optimizer steps, after the step (at the new weights), the callback calls
+:func:`bscrit.measure` on the training dataset and hands the result here:
+:class:`SeriesRecorder` writes ``out_dir/step-XXXXXXX.json`` (the JSON ``bscrit measure``
+writes, with ``checkpoints[0].step``) and appends one line to ``out_dir/series.jsonl``
+(:func:`series_row`), and returns the metrics the callback logs (``bscrit/nsr``,
+``bscrit/b_star``). Only the process of rank 0 records (the callbacks check).
+
+The measurement changes nothing of the run (the guarantees of :func:`bscrit.measure`): a run
+with the callback ends with the same weights, bitwise, as one without it.
+
+Imports neither torch nor a framework at module level.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from ..prediction import Prediction
+    from ..results import Measurement
+
+#: ``mode``: measure every n steps with independent batches ("every_n"), or read the
+#: micro-batch gradients the step already computes ("free", docs/theory.md, not wired yet).
+MODES = ("every_n", "free")
+#: The name of one measured step's JSON in ``out_dir``.
+STEP_FILE = "step-{step:07d}.json"
+SERIES_FILE = "series.jsonl"
+#: The keys of a ``series.jsonl`` line, in order (a fixed contract: ``bscrit schedule`` reads it).
+SERIES_KEYS = (
+    "step", "examples_seen", "G", "N", "nsr", "b_star", "b_star_ci95", "G_ci95", "N_ci95",
+    "nsr_ci95", "batch_size", "seconds", "param_set", "file",
+)  # fmt: skip
+
+
+def check_mode(mode: str) -> None:
+    """Refuse an unknown mode, and ``"free"`` while it is not available (before training).
+
+    Raises:
+        UsageError: naming the modes, or saying that ``mode="free"`` needs
+            ``bscrit.free_capture``.
+    """
+    if mode not in MODES:
+        raise UsageError(f"mode: expected one of {', '.join(map(repr, MODES))}, got {mode!r}")
+    if mode == "free":
+        import importlib.util
+
+        have = importlib.util.find_spec("bscrit.free_capture") is not None
+        raise UsageError(
+            "mode='free' (the micro-batch gradients of the step itself) is not available in "
+            + ("this callback yet" if have else "this version of bscrit (no bscrit.free_capture)")
+            + "; use mode='every_n'"
+        )
+
+
+def check_every(every_n_steps: Any) -> int:
+    if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
+        raise UsageError(f"every_n_steps: expected a positive integer, got {every_n_steps!r}")
+    return every_n_steps
+
+
+def _num(x: float | None) -> float | None:
+    """JSON-safe: NaN and ±inf → None."""
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _pair(ci: tuple[float, float]) -> list[float | None]:
+    return [_num(ci[0]), _num(ci[1])]
+
+
+def series_row(
+    m: Measurement,
+    p: Prediction,
+    step: int,
+    examples_seen: int | None,
+    seconds: float,
+    file: str,
+) -> dict[str, Any]:
+    """One line of ``series.jsonl``: G, N, NSR and B* with their 95% intervals, of the parameter
+    set ``predict`` uses (the scale-invariant one when there is one, else all), NaN/inf → null.
+
+    B* = C²(B + B·N^B/G) is [LMA21] Thm 5.6's critical batch size as ``bscrit predict``
+    reports it (docs/theory.md §4); its interval is the NSR's mapped through that formula.
+    """
+    b = p.base
+    ns = b.noise
+    return {
+        "step": step,
+        "examples_seen": examples_seen,
+        "G": _num(ns.G.value),
+        "N": _num(ns.N.value),
+        "nsr": _num(ns.nsr),
+        "b_star": _num(b.b_star),
+        "b_star_ci95": _pair(b.b_star_ci95),
+        "G_ci95": _pair(ns.G.ci95),
+        "N_ci95": _pair(ns.N.ci95),
+        "nsr_ci95": _pair(ns.nsr_ci95),
+        "batch_size": m.batch_size,
+        "seconds": seconds,  # measuring, writing the JSON and predicting
+        "param_set": b.param_set,
+        "file": file,
+    }
+
+
+class SeriesRecorder:
+    """The measured steps of one run: when to measure, and what to write and log.
+
+    Args:
+        out_dir: where ``step-XXXXXXX.json`` and ``series.jsonl`` go (created on the first
+            record; ``series.jsonl`` is appended to, so a resumed run continues it).
+        every_n_steps: measure after every n-th optimizer step.
+        num_batches, groups, seed, c2: as in :func:`bscrit.measure` / :func:`bscrit.predict`;
+            the batches of step t are drawn with seed ``seed + t`` (a fresh draw each time).
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        every_n_steps: int,
+        *,
+        num_batches: int | None = None,
+        groups: int = 10,
+        seed: int = 0,
+        c2: float = 2.0,
+    ) -> None:
+        from ..theory import check_c2
+
+        self.out_dir = Path(out_dir)
+        self.every_n_steps = check_every(every_n_steps)
+        self.num_batches, self.groups, self.seed = num_batches, groups, seed
+        self.c2 = check_c2(c2)
+        self.last_step: int | None = None
+        self.rows: list[dict[str, Any]] = []
+
+    def due(self, step: int) -> bool:
+        """True after every n-th optimizer step, once per step (accumulation calls again)."""
+        return step > 0 and step % self.every_n_steps == 0 and step != self.last_step
+
+    def record(
+        self,
+        *,
+        model: Any,
+        data: Any,
+        loss_fn: Any,
+        batch_size: int,
+        step: int,
+        examples_seen: int | None = None,
+        optimizer: Any = None,
+        micro_batch_size: int | None = None,
+    ) -> dict[str, float]:
+        """Measure at the current weights, write the JSON and the series line; returns the
+        metrics to log (``bscrit/nsr``, ``bscrit/b_star``; inf when B* is unbounded)."""
+        from ..api import measure, predict
+
+        self.last_step = step
+        t0 = time.perf_counter()
+        m = measure(
+            model,
+            data,
+            loss_fn,
+            batch_size,
+            num_batches=self.num_batches,
+            groups=self.groups,
+            seed=self.seed + step,
+            optimizer=optimizer,
+            micro_batch_size=micro_batch_size,
+            step=step,
+            examples_seen=examples_seen,
+            label=f"step {step}",
+        )
+        name = STEP_FILE.format(step=step)
+        m.save(self.out_dir / name)
+        p = predict(m, self.c2)
+        seconds = time.perf_counter() - t0  # all the callback's work at this step
+        row = series_row(m, p, step, examples_seen, seconds, name)
+        with open(self.out_dir / SERIES_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, allow_nan=False) + "\n")
+        self.rows.append(row)
+        return {"bscrit/nsr": p.base.nsr, "bscrit/b_star": p.base.b_star}
+
+
+def read_series(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The lines of a ``series.jsonl``, each a dict with :data:`SERIES_KEYS`.
+
+    Raises:
+        UsageError: a line that is not a JSON object with those keys (names the line).
+    """
+    rows = []
+    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path}:{i}: not JSON ({e.msg})") from None
+        missing = [k for k in SERIES_KEYS if not isinstance(row, Mapping) or k not in row]
+        if missing:
+            raise UsageError(f"{path}:{i}: missing {', '.join(missing)}")
+        rows.append(dict(row))
+    return rows

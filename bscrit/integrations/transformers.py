@@ -1,0 +1,156 @@
+"""``BscritCallback`` for the Hugging Face ``Trainer``: measure the gradient noise every n steps.
+
+::
+
+    from bscrit.integrations.transformers import BscritCallback
+
+    trainer = Trainer(..., callbacks=[BscritCallback("bscrit-out", every_n_steps=500)])
+
+After every n-th optimizer step (``on_step_end``: ``state.global_step`` has moved, the weights
+are the new ones) it measures the model on the Trainer's training dataset, collated by the
+Trainer's own collator, with :func:`bscrit.measure` (the loss: the model's own
+``output.loss``, ``model(**batch)``), writes ``out_dir/step-XXXXXXX.json`` and a line of
+``out_dir/series.jsonl`` (:mod:`bscrit.integrations.recorder`), and logs ``bscrit/nsr`` and
+``bscrit/b_star``: appended to ``state.log_history`` (kept in ``trainer_state.json``) and added
+to the next ``on_log`` call's ``logs`` (reporters listed after this callback see them). Only
+the main process measures and writes. The run itself is unchanged (same final weights).
+
+Needs transformers (``pip install 'bscrit[hf]'``; the ``Trainer`` itself needs accelerate).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+try:
+    from transformers import TrainerCallback
+except ImportError:
+    raise ImportError(
+        "bscrit.integrations.transformers needs transformers: pip install 'bscrit[hf]'"
+    ) from None
+
+from ..errors import UsageError
+from .recorder import SeriesRecorder, check_mode
+
+__all__ = ["BscritCallback"]
+
+
+class BscritCallback(TrainerCallback):
+    """Measure G, N, NSR and B* every ``every_n_steps`` optimizer steps (module docstring).
+
+    Args:
+        out_dir: where the step JSONs and ``series.jsonl`` go.
+        every_n_steps: measure after every n-th optimizer step (``state.global_step``).
+        batch_size: B of the run (default: ``per_device_train_batch_size`` ×
+            ``gradient_accumulation_steps`` × the world size, the examples of one optimizer
+            step).
+        num_batches: k per measurement (default max(200, ⌈n/B⌉), the CLI's).
+        groups: jackknife groups m.
+        loss_fn: the mean loss of a batch, in a form :func:`bscrit.measure` takes; default
+            ``"model"``: the model's own ``output.loss`` (micro-batches weighted by their
+            label counts, as the Trainer's ``num_items_in_batch``).
+        mode: ``"every_n"`` (independent batches at every n-th step) or ``"free"`` (the step's
+            own micro-batch gradients; not available yet).
+        c2: C² of [LMA21] for B*.
+        seed: the batches of step t are drawn with ``seed + t``.
+        micro_batch_size: examples per forward/backward (default
+            ``per_device_train_batch_size`` when it divides B: no more memory than a step).
+        data: a Dataset or DataLoader to measure on instead of the Trainer's train DataLoader.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        every_n_steps: int = 100,
+        *,
+        batch_size: int | None = None,
+        num_batches: int | None = None,
+        groups: int = 10,
+        loss_fn: Any = "model",
+        mode: str = "every_n",
+        c2: float = 2.0,
+        seed: int = 0,
+        micro_batch_size: int | None = None,
+        data: Any = None,
+    ) -> None:
+        check_mode(mode)
+        self.mode = mode
+        self.recorder = SeriesRecorder(
+            out_dir, every_n_steps, num_batches=num_batches, groups=groups, seed=seed, c2=c2
+        )
+        self.batch_size, self.micro_batch_size = batch_size, micro_batch_size
+        self.loss_fn, self.data = loss_fn, data
+        self._batch_size: int | None = None
+        self._micro: int | None = None
+        self._pending: dict[str, float] = {}
+
+    # -- set-up: every input checked before the first step ---------------------------------
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Resolve B, the micro-batch size and the data; refuse what cannot work."""
+        from ..api_inputs import check_arguments, resolve_data, resolve_loss
+
+        per_device = int(args.per_device_train_batch_size)
+        b = self.batch_size or per_device * int(args.gradient_accumulation_steps) * _world()
+        micro = self.micro_batch_size
+        if micro is None and per_device < b and b % per_device == 0:
+            micro = per_device
+        check_arguments(b, self.recorder.num_batches, self.recorder.groups, micro, "train")
+        resolve_loss(self.loss_fn)
+        data = self._data(kwargs)
+        if data is not None:
+            resolve_data(data)
+        self._batch_size, self._micro = b, micro
+
+    # -- mode="free": where the step's own gradients would be read ------------------------
+
+    def on_substep_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """mode="free" reads each accumulated micro-batch's gradient here (not available)."""
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """mode="free" reads the step's last micro-batch gradient here (not available)."""
+
+    # -- mode="every_n": after the optimizer step, at the new weights ----------------------
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        step = int(state.global_step)
+        if self.mode != "every_n" or not self.recorder.due(step):
+            return
+        if not state.is_world_process_zero:
+            self.recorder.last_step = step
+            return
+        data = self._data(kwargs)
+        if data is None:
+            raise UsageError("BscritCallback: the Trainer has no train DataLoader: give data=...")
+        if self._batch_size is None:  # on_train_begin not called (hooks driven by hand)
+            self.on_train_begin(args, state, control, **kwargs)
+        assert self._batch_size is not None
+        metrics = self.recorder.record(
+            model=kwargs["model"],
+            data=data,
+            loss_fn=self.loss_fn,
+            batch_size=self._batch_size,
+            step=step,
+            examples_seen=step * self._batch_size,
+            optimizer=kwargs.get("optimizer"),
+            micro_batch_size=self._micro,
+        )
+        state.log_history.append({**metrics, "step": step})
+        self._pending = metrics
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        """Adds the latest measurement's metrics to the logs being reported (once)."""
+        if self._pending and isinstance(logs, dict):
+            logs.update(self._pending)
+            self._pending = {}
+
+    def _data(self, kwargs: dict[str, Any]) -> Any:
+        return self.data if self.data is not None else kwargs.get("train_dataloader")
+
+
+def _world() -> int:
+    """The number of processes training (1 outside torch.distributed)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
