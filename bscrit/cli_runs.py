@@ -35,7 +35,14 @@ def svag(
             "measurement JSON (the lower 95% bound of B*): confirms the prediction.",
         ),
     ] = None,
-    c2: Annotated[float, typer.Option("--c2", help="C² for --from-measurement.")] = 2.0,
+    c2: Annotated[
+        float,
+        typer.Option(
+            "--c2",
+            help="C²: the verdict's C-closeness (ratios SGD/SDE within [1/C, C]) and the "
+            "prediction of --from-measurement.",
+        ),
+    ] = 2.0,
     checkpoint: Annotated[
         Path | None,
         typer.Option("--checkpoint", "-c", help="Checkpoint to start from (default: the spec's)."),
@@ -44,8 +51,23 @@ def svag(
         str, typer.Option("--l", help="SVAG parameters l, comma-separated, at least three.")
     ] = "1,2,4",
     effective_steps: Annotated[
-        int, typer.Option("--effective-steps", "-e", min=1, help="Run length E (steps at B').")
-    ] = 300,
+        int | None,
+        typer.Option(
+            "--effective-steps",
+            "-e",
+            min=1,
+            help="Run length E (steps at B'); default: --relaxation-times × τ.",
+        ),
+    ] = None,
+    relaxation_times: Annotated[
+        float | None,
+        typer.Option(
+            "--relaxation-times",
+            min=0.0,
+            help="Run length in relaxation times τ = 1/(2η'λ) at B' ([LMA21] eq. 10); "
+            "default 4 (300 steps when no τ is known).",
+        ),
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", "-o", help="Folder for svag.json and trajectories.csv."),
@@ -82,8 +104,16 @@ def svag(
         float,
         typer.Option(help="Step (at B') of the checkpoint in the spec's LR schedule."),
     ] = 0.0,
-    rtol: Annotated[float, typer.Option(min=0.0, help="Relative tolerance of agreement.")] = 0.1,
-    z: Annotated[float, typer.Option(min=0.0, help="Noise floor: z × combined tail sd.")] = 2.0,
+    decide_on: Annotated[
+        str,
+        typer.Option(
+            "--decide-on",
+            help="Ratios that decide: 'losses' (train and held-out loss; the default, chosen on "
+            "mnist1d-si) or 'def5.1' (also R = |x|^2, G, ηN of [LMA21] Def. 5.1).",
+        ),
+    ] = "losses",
+    rtol: Annotated[float | None, typer.Option(hidden=True, help="Deprecated, ignored.")] = None,
+    z: Annotated[float | None, typer.Option(hidden=True, help="Deprecated, ignored.")] = None,
     fresh_optimizer_state: Annotated[
         bool,
         typer.Option(
@@ -106,29 +136,43 @@ def svag(
     SVAG is the Stochastic Variance Amplified Gradient of Li, Malladi & Arora ([LMA21] §4;
     [MLPA22] §6 for Adam/RMSprop), not Balles & Hennig's SVAG. From the checkpoint, runs the
     optimizer at B' (hyperparameters scaled from the spec's by the linear / square-root rule, or
-    given with --lr etc.) once per l for the same number of effective steps, each step combining
-    two batches as r1·g1 + r2·g2, and compares the test functions at equal effective steps:
-    l = 2, 4 agree with l = 1 -> SGD tracks its SDE (the rule should hold); 2 and 4 agree but not
-    with 1 -> SGD left the SDE regime (expect the rule to fail); 2 and 4 disagree -> not
-    converged. Costs 2·l forward-backward passes per effective step for each l.
+    given with --lr etc.) once per l for the same number of effective steps (default 4 relaxation
+    times 1/(2η'λ)), each step combining two batches as r1·g1 + r2·g2. Costs 2·l
+    forward-backward passes per effective step for each l, printed first.
 
-    Test functions: train loss on --eval-batches fixed batches, held-out loss and accuracy (spec
-    eval_data), G and N on the same batches, |x|^2. Two runs agree on one when the means a, b of
-    its last 20% of effective steps satisfy |a - b| <= max(rtol*max(|a|,|b|), z*sqrt(sd_a^2 +
-    sd_b^2)) (sd: spread over those points; accuracies as error rates 1 - acc). Train loss,
-    held-out loss/accuracy and |x|^2 decide; G and N are shown only. Details: docs/svag.md.
+    Verdict: C-closeness of SGD (l = 1) and its SDE (the runs l > 1, extrapolated in 1/l when
+    they show the trend) as in [LMA21] Def. 5.1: ratios SGD/SDE of |x|^2, G, ηN and the train /
+    held-out loss, means over the tail window (from one relaxation time to the end) with 95%
+    intervals (batch means, delta method), against [1/C, C], C = sqrt(--c2). The losses decide
+    (--decide-on def5.1: R, G, ηN too). sde_holds / sde_fails (an interval wholly outside) /
+    not_converged (the SVAG runs still drift, or their l-trend reverses). A diverged run is an
+    error (exit 3). Details: docs/svag.md.
     """
     from . import report
+    from .errors import UsageError
     from .outputs import check_output_path, write_outputs
     from .pipeline import plan_svag
     from .results import dumps
     from .svag.plot import plot_svag
     from .svag.results import svag_paths, write_svag
     from .svag.run import run_plan
+    from .svag.verdict import DECIDE_ON, VerdictConfig
 
     for p in (out, *svag_paths(out)) if out is not None else ():  # before any work
         check_output_path(p, folder=p is out)
     plot_path = None if plot is None else check_output_path(plot, key="plot")
+    if rtol is not None or z is not None:
+        report.warn(
+            "--rtol and --z are deprecated and ignored: the verdict now compares SGD with its SDE "
+            "as C-closeness (ratios within [1/C, C], C = √c2; see docs/svag.md)"
+        )
+    if not c2 > 1.0:
+        raise UsageError(f"{{c2}} must be > 1 (C-closeness needs C > 1), got {c2:g}", c2="c2")
+    if decide_on not in DECIDE_ON:
+        raise UsageError(
+            f"{{decide_on}} must be one of {', '.join(DECIDE_ON)}, got {decide_on!r}",
+            decide_on="decide_on",
+        )
     plan = plan_svag(
         spec,
         target_batch_size=target_batch_size,
@@ -136,6 +180,7 @@ def svag(
         c2=c2,
         ls=l_values,
         effective_steps=effective_steps,
+        relaxation_times=relaxation_times,
         checkpoint=checkpoint,
         optimizer_name=optimizer,
         overrides={
@@ -159,13 +204,14 @@ def svag(
     )
     report.show(report.format_svag_cost(
         plan.ls, plan.effective_steps, plan.forward_backward(), plan.target_batch_size,
-        str(plan.device),
+        str(plan.device), plan.sizing,
     ), stderr=True)  # fmt: skip
     confirm_run(yes, "Run it?")
     with report.progress(
         "SVAG", plan.total_steps, unit="step", enabled=not quiet and not json_out
     ) as advance:
-        result = run_plan(plan, on_step=advance, rtol=rtol, z=z)
+        config = VerdictConfig(c2=c2, decide_on=DECIDE_ON[decide_on])
+        result = run_plan(plan, on_step=advance, config=config)
     jobs: list[tuple[Callable[[], object], list[Path]]] = []
     if out is not None:
         jobs.append((lambda: write_svag(result, out), list(svag_paths(out))))

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from .results import Measurement, ParameterRow, ParamSetStats
     from .scaling import ScaledHyperparameters
     from .svag.results import SvagResult
+    from .svag.verdict import TailStat
     from .theory import MeasurementBounds
 
 # Outside a terminal (pipes, CI logs) rich falls back to 80 columns and truncates the tables;
@@ -521,12 +522,14 @@ def format_svag_cost(
     passes: Mapping[int, int],
     target_batch_size: int,
     device: str,
+    sizing: str = "",
 ) -> Group:
     """What the SVAG runs will cost, before they start (``show(..., stderr=True)``)."""
     total = sum(passes.values())
     lines = [
         f"SVAG at B' = {target_batch_size} on {device}: {effective_steps} effective steps for "
         f"each l in {', '.join(str(x) for x in ls)}.",
+        *([f"Run length: {sizing}."] if sizing else []),
         "Cost: SVAG with l takes 2·l forward-backward passes per effective step (+ evaluation):",
     ]
     for lv in ls:
@@ -539,15 +542,18 @@ def format_svag_cost(
 
 def format_svag(r: SvagResult) -> Report:
     """Human output of ``bscrit svag`` (a :class:`~bscrit.svag.results.SvagResult`): the runs,
-    the test functions at the end (tail means) with the comparisons behind the verdict, and the
+    the tail means per l, the ratios SGD/SDE with their intervals against [1/C, C], and the
     verdict; with the result's warnings."""
-    from .svag.results import METRIC_LABELS, VERDICT_METRICS
+    from .svag.verdict import RATIO_LABELS
 
+    v = r.verdict
+    C = v.config.C
     parts: list[RenderableType] = [
         _line(
             f"SVAG (Stochastic Variance Amplified Gradient, [LMA21] §4) at B' = "
             f"{r.target_batch_size} from B = {r.batch_size} (κ = {r.kappa:.4g}; "
             f"{r.rule_reference}), {r.effective_steps} effective steps"
+            + (f" ({r.sizing})" if r.sizing else "")
         )
     ]
     t = Table(title="runs", title_justify="left")
@@ -562,56 +568,62 @@ def format_svag(r: SvagResult) -> Report:
             str(run.steps),
             optim.describe(run.optimizer),
             f"{r.forward_backward.get(run.l, 0):,}",
-            f"{run.elapsed_s:.1f} s" + (" (diverged)" if run.diverged_at is not None else ""),
+            f"{run.elapsed_s:.1f} s",
         )
     parts.append(t)
 
     ls = [run.l for run in r.runs]
-    pairs = list(dict.fromkeys((c.l_a, c.l_b) for c in r.comparisons))
     t = Table(
-        title=f"test functions: mean ±sd over the last {r.tail:.0%} of the effective steps; "
-        f"comparisons: |a − b| / threshold, both relative to max(|a|,|b|)",
+        title=f"tail window (effective steps {v.tail_start:.4g}–{v.tail_end:.4g}: "
+        f"{v.tail_note}): mean ±95% half-width (batch means); SGD/SDE with its 95% interval, "
+        f"C = √{v.config.c2:g} = {C:.3g}",
         title_justify="left",
     )
     t.add_column("test function")
     for lv in ls:
         t.add_column(f"l = {lv}", justify="right")
-    for la, lb in pairs:
-        t.add_column(f"{lb} vs {la}", justify="right")
-    for m in r.metrics():
-        label = METRIC_LABELS.get(m, m) + (" *" if m in VERDICT_METRICS else "")
+    t.add_column("SDE", justify="right")
+    t.add_column("SGD/SDE [95%]", justify="right")
+    for ratio in v.ratios:
+        m = ratio.metric
+        label = RATIO_LABELS.get(m, m) + (" *" if ratio.decides else "")
         row = [label]
         for lv in ls:
-            s = r.summary(m, lv)
-            row.append("—" if s is None else f"{fmt(s.mean)} ±{s.sd:.1g}")
-        for la, lb in pairs:
-            c = next((c for c in r.comparisons if c.metric == m and (c.l_a, c.l_b) == (la, lb)),
-                     None)  # fmt: skip
-            if c is None:
-                row.append("—")
-            else:
-                mark = "[green]✓[/]" if c.agree else "[red]✗[/]"
-                scale = max(abs(c.a), abs(c.b))
-                rel_thr = c.threshold / scale if scale > 0 else math.nan
-                row.append(f"{_pct(c.rel_diff)} / {_pct(rel_thr)} {mark}")
+            s_ = v.stat(m, lv)
+            row.append("—" if s_ is None else f"{fmt(s_.mean)} ±{_half(s_)}")
+        sde = next((e for e in v.sde if e.metric == m), None)
+        row.append("—" if sde is None else fmt(sde.value) + (" (1/l→0)" if
+                   sde.source == "extrapolated" else f" (l={sde.ls[-1]})"))  # fmt: skip
+        mark = {"inside": "[green]✓[/]", "outside": "[red]✗[/]"}.get(ratio.status, "[yellow]?[/]")
+        if not ratio.decides:
+            mark = "(G < N/k: unresolved)" if ratio.status == "unresolved" else ""
+        row.append(f"{fmt(ratio.ratio, 3)} [{fmt(ratio.lo, 3)}, {fmt(ratio.hi, 3)}] {mark}")
         t.add_row(*row)
     parts.append(t)
     parts.append(
         _line(
-            f"  * decides the verdict. Agree iff |a − b| ≤ max(rtol·max(|a|,|b|), "
-            f"z·√(sd_a² + sd_b²)) with rtol = {r.rtol:g}, z = {r.z:g}; accuracies compared as "
-            "error rates 1 − acc."
+            f"  * decides the verdict: sde_fails when a 95% interval lies wholly outside "
+            f"[1/C, C] = [{1 / C:.3g}, {C:.3g}] (✗), ? = it reaches across a boundary "
+            f"(rule: {v.config.fail_rule}). ηN/N̄ compares Tr Σ at B' (not SVAG's l·Σ); G decides "
+            "only where the k evaluation batches resolve it (G ≥ N/k). SDE: "
+            "extrapolated linearly in 1/l only where the runs show the trend, else the largest l."
         )
     )
-    v = r.verdict
     colour = {"sde_holds": "green", "sde_fails": "red", "not_converged": "yellow"}.get(v.code, "")
     verdict = Text.assemble((f"verdict ({v.code}):", f"bold {colour}".strip()), f" {v.text}")
     verdict.no_wrap, verdict.overflow = True, "ignore"
     parts.append(verdict)
-    if v.failing:
-        parts.append(_line(f"  disagreements: {'; '.join(v.failing)}"))
     parts += [_line(f"  note: {n}") for n in r.notes]
     return Report(*parts, warnings=r.warnings)
+
+
+def _half(s: TailStat) -> str:
+    """95% half-width of a tail mean (t at its degrees of freedom), 1 significant digit."""
+    from .estimators import t_quantile
+
+    if not (math.isfinite(s.se) and math.isfinite(s.df) and s.df > 0):
+        return "?"
+    return f"{t_quantile(0.975, s.df) * s.se:.1g}"
 
 
 def format_stopping(m: Measurement) -> str | None:

@@ -57,6 +57,8 @@ from .optim import OptimizerInfo
 #   Added under schema 1 (0.3, issue 16): checkpoints[i].examples_seen and
 #   checkpoints[i].tokens_seen (training examples / tokens consumed before the checkpoint; null
 #   when unknown).
+# The svag artifact (``bscrit.svag``) has its own number, ``SVAG_SCHEMA`` in
+# bscrit/svag/results.py, with its own history there (2, issue 15: the calibrated verdict).
 SCHEMA = 1
 KIND_MEASUREMENT = "bscrit.measurement"
 #: ``_UPGRADES[v]`` rewrites a schema-v artifact as schema v + 1 (none yet).
@@ -446,11 +448,19 @@ class Measurement:
 # ----------------------------------------------------------------------------------------------
 
 
-def check_schema(d: Any, kind: str, source: str) -> dict[str, Any]:
+def check_schema(
+    d: Any,
+    kind: str,
+    source: str,
+    *,
+    schema: int | None = None,
+    upgrades: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
     """Validate ``d`` as an artifact of ``kind`` and bring it to the current schema.
 
-    Follows the format history above: every schema from 1 to :data:`SCHEMA` is accepted (older
-    ones are upgraded step by step), a newer one is refused.
+    Follows the format history above: every schema from 1 to ``schema`` (:data:`SCHEMA`, or a
+    kind's own, e.g. ``bscrit.svag``'s) is accepted (older ones are upgraded step by step with
+    ``upgrades``, default ``_UPGRADES``), a newer one is refused.
 
     Returns:
         The artifact as a dict of the current schema.
@@ -458,6 +468,7 @@ def check_schema(d: Any, kind: str, source: str) -> dict[str, Any]:
     Raises:
         ArtifactError: not a JSON object, another kind, or an unknown schema.
     """
+    schema = SCHEMA if schema is None else schema
     if not isinstance(d, dict):
         raise ArtifactError(
             f"{source}: not a {kind} artifact (expected a JSON object, got {type(d).__name__})"
@@ -467,15 +478,16 @@ def check_schema(d: Any, kind: str, source: str) -> dict[str, Any]:
     version = d.get("schema")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ArtifactError(
-            f"{source}: key 'schema' is {version!r}; this bscrit reads schema 1 to {SCHEMA}"
+            f"{source}: key 'schema' is {version!r}; this bscrit reads schema 1 to {schema}"
         )
-    if version > SCHEMA:
+    if version > schema:
         raise ArtifactError(
-            f"{source}: key 'schema' is {version}, newer than this bscrit reads ({SCHEMA}); "
+            f"{source}: key 'schema' is {version}, newer than this bscrit reads ({schema}); "
             "upgrade bscrit"
         )
-    while version < SCHEMA:
-        d = _UPGRADES[version](d)
+    steps = _UPGRADES if upgrades is None else upgrades
+    while version < schema:
+        d = steps[version](d)
         version += 1
         d["schema"] = version
     return d

@@ -250,7 +250,8 @@ def svag_transcript(r: Any, args: list[str] = SVAG) -> str:
     with _recording() as text:
         report.show(
             report.format_svag_cost(
-                r.ls, r.effective_steps, r.forward_backward, r.target_batch_size, r.device
+                r.ls, r.effective_steps, r.forward_backward, r.target_batch_size, r.device,
+                r.sizing,
             ),
             stderr=True,
         )
@@ -265,18 +266,27 @@ def _join(words: list[str]) -> str:
 
 
 def demo_sentence(v: dict[str, Any]) -> str:
-    """The README's words on the SVAG figure of ``bscrit demo``, from its verdict."""
-    from bscrit.svag.results import METRIC_LABELS
+    """The README's words on the SVAG figure of ``bscrit demo``, from its verdict (svag.json
+    schema 2: the ratios SGD/SDE against [1/C, C]; a schema-1 verdict is read as before)."""
+    from bscrit.svag.verdict import RATIO_LABELS
 
-    lo, (a, b) = v["reference_l"], v["high_ls"]
-    metrics = list(dict.fromkeys(f.split(":")[0] for f in v["failing"]))
-    labels = _join([METRIC_LABELS.get(x, x) for x in metrics]) if metrics else ""
     head = f"`svag.png`, B' = {v['target_batch_size']}; verdict `{v['code']}`"
-    if v["code"] == "sde_holds":
-        return f"{head}: l = {a} and {b} agree with plain SGD (l = {lo})"
-    if v["code"] == "sde_fails":
-        return f"{head}: l = {a} and {b} agree, plain SGD (l = {lo}) separates in {labels}"
-    return f"{head}: l = {a} and {b} still disagree in {labels}"
+    if "high_ls" in v:  # schema 1: pairwise agreement
+        lo, (a, b) = v["reference_l"], v["high_ls"]
+        metrics = list(dict.fromkeys(f.split(":")[0] for f in v["failing"]))
+        labels = _join([RATIO_LABELS.get(x, x) for x in metrics]) if metrics else ""
+        if v["code"] == "sde_holds":
+            return f"{head}: l = {a} and {b} agree with plain SGD (l = {lo})"
+        if v["code"] == "sde_fails":
+            return f"{head}: l = {a} and {b} agree, plain SGD (l = {lo}) separates in {labels}"
+        return f"{head}: l = {a} and {b} still disagree in {labels}"
+    c = v["config"]["C"]
+    used = [r for r in v["ratios"] if r["decides"]]
+    said = _join([f"{RATIO_LABELS.get(r['metric'], r['metric'])} {r['ratio']:.2f}" for r in used])
+    if v["code"] == "not_converged":
+        return f"{head}: the SVAG runs l = {_join([str(x) for x in v['sde_ls']])} have not settled"
+    where = "within" if v["code"] == "sde_holds" else "not all within"
+    return f"{head}: SGD/SDE {said}, {where} [1/C, C] = [{1 / c:.2f}, {c:.2f}]"
 
 
 def _g(x: float, digits: int = 3) -> str:

@@ -5,15 +5,18 @@ and its adaptive version [MLPA22 §6, Defs. 6.1–6.2] — not Balles & Hennig's
 variance-adapted gradient, the M-SVAG optimiser), which shares the acronym. docs/theory.md §6;
 details and the verdict: docs/svag.md.
 
-The package imports nothing itself (``bscrit.svag.results`` must stay free of torch); import from
-the modules:
+The package imports nothing itself (``bscrit.svag.results`` and ``verdict`` stay free of
+torch); import from the modules:
 
 - :mod:`bscrit.svag.step`: one SVAG step (ĝ = r₁g₁ + r₂g₂, PyTorch's optimizer) and the LR
   schedule on effective steps;
 - :mod:`bscrit.svag.oracles`: where the two gradients come from (a model on random batches, or an
   analytic gradient plus Gaussian noise) and the test functions (:class:`ModelEvaluator`);
 - :mod:`bscrit.svag.warm`: the warm start of Adam/RMSprop from the gradient moments;
-- :mod:`bscrit.svag.plan`: from a spec to a :class:`SvagPlan` (target hyperparameters, cost);
+- :mod:`bscrit.svag.plan`: from a spec to a :class:`SvagPlan` (target hyperparameters, run
+  length in relaxation times, cost);
 - :mod:`bscrit.svag.run`: :func:`run_svag` (one l) and :func:`run_plan` (every l, the verdict);
-- :mod:`bscrit.svag.results`: runs, comparisons, verdict and ``svag.json`` (pure: no torch).
+- :mod:`bscrit.svag.verdict`: the calibrated verdict, SGD against its SDE as C-closeness of
+  [LMA21] Def. 5.1 (pure: no torch);
+- :mod:`bscrit.svag.results`: runs and ``svag.json``, schema 2 (pure: no torch).
 """

@@ -9,6 +9,7 @@ checkpoint file is only read. Running the plan: :func:`bscrit.svag.run.run_plan`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from .. import optim
 from ..checker import check_batch_size
 from ..checkpoints import load_model, resolve_optimizer
 from ..data import BatchSource
+from ..equilibrium import relaxation_steps
 from ..errors import UsageError
 from ..loading import build_dataset, build_loss, resolve_device
 from ..objective import check_examples
@@ -28,6 +30,11 @@ from ..optim import OptimizerInfo
 from ..param_select import select_parameters
 from ..scaling import scale_optimizer
 from .step import target_schedule
+from .verdict import DEFAULT_EFFECTIVE_STEPS, DEFAULT_RELAXATION_TIMES
+
+#: Evaluation points per run by default (every E/40 effective steps): the tail window's blocks
+#: of τ/2 need a few points each.
+EVAL_POINTS = 40
 
 if TYPE_CHECKING:
     from ..spec import Spec
@@ -63,6 +70,8 @@ class SvagPlan:
     seed: int
     warm_start: bool = True
     micro_batch_size: int | None = None  # gradients in chunks of at most this many examples
+    relaxation_steps: float | None = None  # τ = 1/(2η'λ) at B' (effective steps), if known
+    sizing: str = ""  # how effective_steps was chosen
     spec: str | None = None
     checkpoint: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -113,9 +122,39 @@ def parse_ls(text: str | Sequence[int]) -> tuple[int, ...]:
     return tuple(ls)
 
 
-def _check_lengths(target_batch_size: int, effective_steps: int, eval_batches: int) -> None:
+def run_length(
+    target: OptimizerInfo, effective_steps: int | None, relaxation_times: float | None
+) -> tuple[int, float | None, str]:
+    """``(E, τ, how)``: the run length in effective steps, τ = 1/(2η'λ) at B' and how E was set.
+
+    ``effective_steps`` given: that. Else ``relaxation_times`` (default
+    :data:`~bscrit.svag.verdict.DEFAULT_RELAXATION_TIMES`) × τ of the target optimizer
+    ([LMA21] eq. (10), :func:`bscrit.equilibrium.relaxation_steps`), at least 20; with no τ known,
+    :data:`~bscrit.svag.verdict.DEFAULT_EFFECTIVE_STEPS`.
+    """
+    tau, why = relaxation_steps(target)
+    if relaxation_times is not None and not relaxation_times > 0:
+        raise UsageError(
+            f"{{relaxation_times}} must be > 0, got {relaxation_times}",
+            relaxation_times="relaxation_times",
+        )
+    if effective_steps is not None:
+        how = f"{effective_steps} effective steps (given)"
+        if tau is not None:
+            how += f" = {effective_steps / tau:.2g} relaxation times τ = {tau:.4g} ({why})"
+        return int(effective_steps), tau, how
+    if tau is None:
+        return DEFAULT_EFFECTIVE_STEPS, None, (
+            f"{DEFAULT_EFFECTIVE_STEPS} effective steps (the default: {why})"
+        )  # fmt: skip
+    k = DEFAULT_RELAXATION_TIMES if relaxation_times is None else float(relaxation_times)
+    e = max(20, math.ceil(k * tau))
+    return e, tau, f"{e} effective steps = {k:g} relaxation times τ = 1/(2η'λ) = {tau:.4g} at B'"
+
+
+def _check_lengths(target_batch_size: int, effective_steps: int | None, eval_batches: int) -> None:
     check_batch_size(target_batch_size, "target_batch_size")
-    if effective_steps < 1:
+    if effective_steps is not None and effective_steps < 1:
         raise UsageError(
             f"{{effective_steps}} must be >= 1, got {effective_steps}",
             effective_steps="effective_steps",
@@ -245,7 +284,8 @@ def prepare_svag(
     *,
     target_batch_size: int,
     ls: Sequence[int] = (1, 2, 4),
-    effective_steps: int = 300,
+    effective_steps: int | None = None,
+    relaxation_times: float | None = None,
     checkpoint: str | Path | None = None,
     optimizer_name: str | None = None,
     overrides: dict[str, float | None] | None = None,
@@ -293,6 +333,7 @@ def prepare_svag(
         base, optimizer_name, dict(overrides or {}), kappa
     )
     notes += _momentum_note(target)
+    steps, tau, sizing = run_length(target, effective_steps, relaxation_times)
     sched = target_schedule(spec.schedule, kappa)
     notes += _schedule_note(sched, target_batch_size, start_step)
     held_out, held_idx = _held_out(spec, dev, eval_examples, seed)
@@ -323,11 +364,13 @@ def prepare_svag(
         schedule=sched,
         start_step=float(start_step),
         ls=ls,
-        effective_steps=int(effective_steps),
-        eval_every=int(eval_every) if eval_every is not None else max(1, effective_steps // 20),
+        effective_steps=steps,
+        eval_every=int(eval_every) if eval_every is not None else max(1, steps // EVAL_POINTS),
         seed=seed,
         warm_start=warm_start,
         micro_batch_size=spec.micro_batch_size,
+        relaxation_steps=tau,
+        sizing=sizing,
         spec=str(spec.path),
         checkpoint=str(ckpt.path),
         notes=notes,

@@ -27,16 +27,9 @@ from ..optim import OptimizerInfo
 from ..scaling import svag_hyperparameters
 from .oracles import ModelEvaluator, ModelOracle
 from .plan import SvagPlan
-from .results import (
-    DEFAULT_RTOL,
-    DEFAULT_TAIL,
-    DEFAULT_Z,
-    SvagResult,
-    SvagRun,
-    compare_runs,
-    decide,
-)
+from .results import SvagResult, SvagRun, svag_verdict
 from .step import GradientOracle, lr_factor, make_optimizer, svag_coefficients, svag_step
+from .verdict import VerdictConfig
 from .warm import GradientMoments, model_gradient_moments, warm_start
 
 __all__ = ["run_plan", "run_svag"]
@@ -263,10 +256,6 @@ def _run_one(
 
 def _run_warnings(plan: SvagPlan, runs: list[SvagRun]) -> list[str]:
     warnings = list(plan.warnings)
-    for r in runs:
-        if r.diverged_at is not None:
-            warnings.append(f"l = {r.l} diverged (non-finite test function) at effective step "
-                            f"{r.diverged_at:g}")  # fmt: skip
     if plan.ls[0] != 1:
         warnings.append(
             f"the smallest l is {plan.ls[0]}, not 1: the comparison is with SVAG l = "
@@ -279,31 +268,33 @@ def run_plan(
     plan: SvagPlan,
     *,
     on_step: Callable[[int], None] | None = None,
-    rtol: float = DEFAULT_RTOL,
-    z: float = DEFAULT_Z,
-    tail: float = DEFAULT_TAIL,
+    config: VerdictConfig | None = None,
 ) -> SvagResult:
-    """Run SVAG once per l of the plan (same seeds), compare the runs and give the verdict.
+    """Run SVAG once per l of the plan (same seeds) and give the calibrated verdict
+    (:mod:`bscrit.svag.verdict`, thresholds ``config``).
 
     Raises:
         RunError: out of GPU memory at the target batch size, a loss that is not a scalar, a
         forward/backward pass that fails, test functions that are not finite at the checkpoint
-        (effective step 0), or every run diverged (no verdict); each names the run's l.
+        (effective step 0), or a run that diverged (a NaN/Inf test function: no verdict, the
+        error names l, the effective step and the test functions).
     """
     t0 = time.perf_counter()
     moments, state_note = _start_moments(plan)
     runs = [_run_one(plan, lv, moments, on_step) for lv in plan.ls]
-    if all(r.diverged_at is not None for r in runs):
+    diverged = [r for r in runs if r.diverged_at is not None]
+    if diverged:
         raise RunError(
-            "every SVAG run diverged (non-finite test function): "
-            + "; ".join(_divergence(r) for r in runs)
+            "SVAG run diverged (non-finite test function): "
+            + "; ".join(_divergence(r) for r in diverged)
             + f"; no verdict at B' = {plan.target_batch_size}: the learning rate "
             f"{plan.target_optimizer.lr:g} may be too large there (try a smaller "
             "{target_batch_size} or {lr}), or the model or data give NaN/Inf",
             target_batch_size="target_batch_size",
             lr="lr",
         )
-    summaries, comparisons = compare_runs(runs, rtol=rtol, z=z, tail=tail)
+    verdict, tau = svag_verdict(runs, plan.target_optimizer, plan.target_batch_size, config,
+                                len(plan.fixed_batches))  # fmt: skip
     return SvagResult(
         batch_size=plan.batch_size,
         target_batch_size=plan.target_batch_size,
@@ -321,12 +312,9 @@ def run_plan(
         device=str(plan.device),
         forward_backward=plan.forward_backward(),
         runs=tuple(runs),
-        summaries=tuple(summaries),
-        comparisons=tuple(comparisons),
-        verdict=decide(comparisons, plan.ls, plan.target_batch_size, plan.target_optimizer.name),
-        rtol=rtol,
-        z=z,
-        tail=tail,
+        verdict=verdict,
+        relaxation_steps=tau,
+        sizing=plan.sizing,
         schedule=plan.schedule,
         start_step=plan.start_step,
         spec=plan.spec,

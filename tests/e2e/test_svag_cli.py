@@ -76,7 +76,7 @@ def test_svag_on_digits_writes_table_json_csv_png_and_leaves_the_checkpoint(ckpt
     assert "non-interactive" in r.output
     assert "verdict (" in r.output and "held-out loss" in r.output
     d = json.loads((out / "svag.json").read_text())
-    assert d["schema"] == 1 and d["kind"] == "bscrit.svag"
+    assert d["schema"] == 2 and d["kind"] == "bscrit.svag"
     assert d["verdict"]["code"] in ("sde_holds", "sde_fails", "not_converged")
     assert d["target_batch_size"] == 128 and d["kappa"] == 4.0 and d["rule"] == "linear"
     assert d["target_optimizer"]["lr"] == pytest.approx(0.4)
@@ -87,9 +87,13 @@ def test_svag_on_digits_writes_table_json_csv_png_and_leaves_the_checkpoint(ckpt
                                            "eval_loss", "eval_acc"}  # fmt: skip
     assert d["cost"]["forward_backward_passes"] == {"1": 12 + 6, "2": 24 + 6, "4": 48 + 6}
     assert d["eval_examples"] == 64 and d["eval_batches"] == 2
-    comps = {(c["metric"], c["l_a"], c["l_b"]) for c in d["comparisons"]}
-    assert ("train_loss", 1, 2) in comps and ("train_loss", 2, 4) in comps
-    assert all(c["threshold"] is not None for c in d["comparisons"] if c["in_verdict"])
+    ratios = {r["metric"]: r for r in d["verdict"]["ratios"]}
+    assert {"norm_sq", "G", "N", "train_loss", "eval_loss"} <= set(ratios)
+    assert [m for m, r in ratios.items() if r["decides"]] == ["train_loss", "eval_loss"]
+    assert d["verdict"]["config"]["c2"] == 2.0
+    # τ = 1/(2η'λ) at B' = 128: η' = 0.4, λ = 5e-4
+    assert d["relaxation_steps"] == pytest.approx(1 / (2 * 0.4 * 5e-4))
+    assert "(given)" in d["sizing"]
     # every l starts from the same point: identical test functions at effective step 0
     first = [tuple(run["values"][m][0] for m in ("train_loss", "norm_sq", "eval_loss"))
              for run in d["runs"]]  # fmt: skip
@@ -301,14 +305,14 @@ def test_nan_checkpoint_exits_3_naming_the_run_step_and_quantity(tiny):
     assert "not_converged" not in text and not out.exists()
 
 
-def test_every_run_diverging_exits_3_naming_each_run(tiny):
+def test_diverging_runs_exit_3_naming_each_run(tiny):
     out = tiny / "svag-out"
     r = runner.invoke(app, ["svag", str(tiny / "valid.yaml"), *TINY, "--lr", "1e30",
                             "--out", str(out)])  # fmt: skip
     assert r.exit_code == 3, r.output
     assert "Traceback" not in r.output
     text = " ".join(r.output.split())  # rich wraps long lines
-    assert "every SVAG run diverged" in text
+    assert "SVAG run diverged" in text
     assert all(f"l = {lv} at effective step 2" in text for lv in (1, 2, 4))
     assert "--lr" in text and not out.exists()
 

@@ -1,5 +1,13 @@
 # ruff: noqa: E741  (l is the SVAG parameter of [LMA21])
-"""The SVAG verdict, its thresholds and the svag.json / trajectories.csv artifact (no torch)."""
+"""The calibrated SVAG verdict (bscrit.svag.verdict) on the Ornstein-Uhlenbeck closed form and on
+synthetic runs, and the svag.json / trajectories.csv artifact (no torch).
+
+The OU process: L(x) = a x²/2 per coordinate, gradient noise σξ. SVAG with parameter l is
+x ← x − (η/l)(a x + σ(r₁ξ₁ + r₂ξ₂)), whose stationary variance is the closed form
+V_l = ησ²/(a(2 − ηa/l)); l = 1 is SGD, l → ∞ the SDE's ησ²/(2a). So SGD/SDE of ‖x‖² (and of
+G = a²‖x‖², of the loss) is 2/(2 − ηa), and SGD and its SDE are C-close ([LMA21] Def. 5.1) iff
+ηa ≤ 2 − 2/C: the verdict must hold below that boundary and fail above it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +18,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from bscrit.errors import ArtifactError
@@ -17,206 +26,246 @@ from bscrit.optim import OptimizerInfo
 from bscrit.svag.results import (
     SvagResult,
     SvagRun,
-    TailSummary,
-    agreement,
-    compare_runs,
-    decide,
     load_svag,
-    tail_summary,
+    svag_verdict,
     trajectories_csv,
     write_svag,
 )
+from bscrit.svag.verdict import (
+    DECISION_METRICS,
+    VerdictConfig,
+    decide,
+    tail_stat,
+    tail_window,
+)
 
-STEPS = tuple(float(e) for e in range(0, 101, 10))  # 11 evaluation points, tail = last 3
+# ----------------------------------------------------------------------------------------------
+# The OU closed form
+# ----------------------------------------------------------------------------------------------
+
+A, SIGMA, D = 1.0, 1.0, 2000
 
 
-def run(l: int, loss_end: float = 0.3, acc_end: float = 0.98, norm_end: float = 30.0,
-        wiggle: float = 0.0) -> SvagRun:  # fmt: skip
-    """A smooth trajectory from the same start to the given end values (plus an alternating
-    wiggle of the given size in the tail)."""
-    n = len(STEPS)
-
-    def path(start: float, end: float) -> tuple[float, ...]:
-        out = []
-        for i in range(n):
-            v = start + (end - start) * min(1.0, i / (n - 3))
-            if i >= n - 3:
-                v += wiggle * (-1) ** i
-            out.append(v)
-        return tuple(out)
-
-    return SvagRun(
-        l=l,
-        optimizer=OptimizerInfo("sgd", lr=0.8 / l),
-        steps=100 * l,
-        effective_steps=STEPS,
-        values={
-            "train_loss": path(0.5, loss_end),
-            "eval_acc": path(0.9, acc_end),
-            "norm_sq": path(40.0, norm_end),
-            "G": path(0.1, 0.5 * l),  # noisy, not in the verdict
-        },
+def stationary(eta: float, l: float) -> float:
+    """V_l = ησ²/(a(2 − ηa/l)); l = ∞ is the SDE's ησ²/(2a)."""
+    return (
+        eta * SIGMA**2 / (A * (2.0 - eta * A / l)) if math.isfinite(l) else eta * SIGMA**2 / (2 * A)
     )
 
 
-def verdict(runs):
-    _, comps = compare_runs(runs)
-    return decide(comps, [r.l for r in runs], 1024)
+def ou_runs(eta: float, ls=(1, 2, 4), steps: int = 200, seed: int = 0) -> list[SvagRun]:
+    """SVAG-l on D independent OU coordinates, from the SDE's stationary law (the checkpoint at
+    equilibrium), evaluated at every effective step: norm_sq = mean x², G = a² mean x², N = σ²
+    (the trace of the one-batch covariance, the same for every l), train loss = a mean x²/2."""
+    rng = np.random.default_rng(seed)
+    x0 = rng.normal(0.0, math.sqrt(stationary(eta, math.inf)), D)
+    runs = []
+    for l in ls:
+        r1, r2 = (1 + math.sqrt(2 * l - 1)) / 2, (1 - math.sqrt(2 * l - 1)) / 2
+        x, vals = x0.copy(), []
+        g = np.random.default_rng(seed + 1)  # same seed for every l, as bscrit svag does
+        for k in range(steps * l + 1):
+            if k % l == 0:
+                vals.append(float(np.mean(x**2)))
+            if k < steps * l:
+                noise = SIGMA * (r1 * g.standard_normal(D) + r2 * g.standard_normal(D))
+                x -= (eta / l) * (A * x + noise)
+        v = tuple(vals)
+        runs.append(SvagRun(
+            l=l, optimizer=OptimizerInfo("sgd", lr=eta / l), steps=steps * l,
+            effective_steps=tuple(float(e) for e in range(steps + 1)),
+            values={"norm_sq": v, "G": tuple(A**2 * y for y in v), "N": (SIGMA**2,) * len(v),
+                    "train_loss": tuple(A * y / 2 for y in v)},
+        ))  # fmt: skip
+    return runs
 
 
-def test_all_agree_is_sde_holds():
-    v = verdict([run(1), run(2, loss_end=0.31), run(4, loss_end=0.305)])
-    assert v.code == "sde_holds"
-    assert v.metrics == ("train_loss", "eval_acc", "norm_sq")
-    assert "agree with l = 1" in v.text and "1024" in v.text
+def tau(eta: float) -> float:
+    """Relaxation of the variance: (1 − ηa)² ≈ 1 − 2ηa per step, τ = 1/(2ηa) ([LMA21] eq. 10)."""
+    return 1.0 / (2.0 * eta * A)
 
 
-def test_high_ls_agree_but_not_with_one_is_sde_fails():
-    v = verdict([run(1, norm_end=45.0), run(2, norm_end=20.0), run(4, norm_end=19.5)])
-    assert v.code == "sde_fails"
-    assert v.failing == ("norm_sq: l=1 vs l=2", "norm_sq: l=1 vs l=4")
-    assert "left the SDE regime" in v.text
-    assert "Only ‖x‖² disagrees" in v.text
-    v = verdict([run(1, loss_end=0.4), run(2), run(4)])
-    assert v.code == "sde_fails" and "Only" not in v.text
+def test_ou_tail_means_match_the_closed_form():
+    eta = 0.3
+    for run in ou_runs(eta):
+        start, _ = tail_window(run.effective_steps[-1], tau(eta))
+        s = tail_stat("norm_sq", run.l, run.effective_steps, run.values["norm_sq"], start, tau(eta))
+        assert abs(s.mean - stationary(eta, run.l)) < 4 * s.se, (run.l, s)
 
 
-def test_only_norm_sq_note_needs_every_verdict_disagreement_in_norm_sq():
-    """The note reads every comparison of the table's verdict rows, not only the deciding ones."""
-    # not_converged by ‖x‖² (l = 2 vs 4), while l = 1 also differs in the train loss
-    v = verdict([run(1, loss_end=0.4), run(2), run(4, norm_end=20.0)])
-    assert v.code == "not_converged" and v.failing == ("norm_sq: l=2 vs l=4",)
-    assert "Only ‖x‖²" not in v.text
-    assert v.text.endswith(
-        " Also disagreeing, without deciding the verdict: train loss (l = 2 vs 1); "
-        "train loss (l = 4 vs 1); ‖x‖² (l = 4 vs 1)."
+def test_ou_boundary_of_c_closeness_from_the_closed_form():
+    """Holds for small ηa, fails above ηa* = 2 − 2/C (where 2/(2 − ηa) = C), C² = 2."""
+    cfg = VerdictConfig(c2=2.0, decide_on=DECISION_METRICS)  # Def. 5.1's R, G, ηN and the loss
+    star = 2.0 - 2.0 / cfg.C  # ≈ 0.586
+    small = decide(ou_runs(0.05), tau(0.05), config=cfg)
+    assert small.code == "sde_holds", small.text
+    r = small.ratio("norm_sq")
+    assert r.status == "inside" and r.lo <= 2 / (2 - 0.05) * 1.02
+    above = 1.35 * star  # closed-form ratio 2/(2 − 0.79) ≈ 1.65 > C
+    big = decide(ou_runs(above), tau(above), config=cfg)
+    assert 2 / (2 - above) > cfg.C
+    assert big.code == "sde_fails", big.text
+    assert set(big.failing) >= {"norm_sq", "G", "train_loss"} and "N" not in big.failing
+    assert big.ratio("N").ratio == pytest.approx(1.0)  # like with like: Tr Σ, not l·Σ
+
+
+@pytest.mark.parametrize("margin", [0.9, 1.1])
+def test_ou_verdict_flips_where_the_closed_form_ratio_crosses_c(margin):
+    """At ηa = 0.3 the closed form gives SGD/SDE = 2/1.7 ≈ 1.18: C just below → fails, just
+    above → holds (C² passed as --c2 would be)."""
+    eta = 0.3
+    rho = 2 / (2 - eta * A)
+    cfg = VerdictConfig(c2=(rho * margin) ** 2)  # the loss decides (the default): ratio ρ too
+    v = decide(ou_runs(eta, ls=(1, 2, 4, 8)), tau(eta), config=cfg)
+    assert v.code == ("sde_fails" if margin < 1 else "sde_holds"), v.text
+
+
+def test_ou_extrapolates_only_when_the_runs_show_the_trend():
+    eta = 0.8  # V_l/V_∞ = 1.67, 1.25, 1.11 for l = 1, 2, 4: monotone and converging
+    v = decide(ou_runs(eta), tau(eta))
+    assert "norm_sq" in v.extrapolated
+    sde = next(s for s in v.sde if s.metric == "norm_sq")
+    # 1/l-extrapolation is closer to the SDE than the largest l
+    assert abs(sde.value - stationary(eta, math.inf)) < abs(
+        stationary(eta, 4) - stationary(eta, math.inf)
     )
-    # sde_fails decided by ‖x‖² alone (l = 1 vs 4, 8), but l = 2 differs in the train loss too
-    v = verdict([run(1, norm_end=45.0), run(2, loss_end=0.4, norm_end=20.0),
-                 run(4, norm_end=20.0), run(8, norm_end=20.0)])  # fmt: skip
-    assert v.code == "sde_fails"
-    assert v.failing == ("norm_sq: l=1 vs l=4", "norm_sq: l=1 vs l=8")
-    assert "Only ‖x‖²" not in v.text
-    assert "without deciding the verdict: train loss (l = 2 vs 1); ‖x‖² (l = 2 vs 1)." in v.text
-    # ‖x‖² alone in every comparison: the note, and nothing else to add
-    v = verdict([run(1), run(2), run(4, norm_end=20.0)])
-    assert v.code == "not_converged" and "Only ‖x‖² disagrees" in v.text
-    assert "‖x‖² (l = 4 vs 1)" in v.text and "train loss" not in v.text
+    never = decide(ou_runs(eta), tau(eta), config=VerdictConfig(extrapolate="never"))
+    assert never.extrapolated == ()
+    # N is the same for every l: no trend, the largest l
+    assert next(s for s in v.sde if s.metric == "N").source == "largest_l"
 
 
-def test_high_ls_disagree_is_not_converged():
-    v = verdict([run(1), run(2, loss_end=0.30), run(4, loss_end=0.20)])
-    assert v.code == "not_converged"
-    assert v.failing == ("train_loss: l=2 vs l=4",)
-    assert "--l 1,4,8" in v.text
+# ----------------------------------------------------------------------------------------------
+# Synthetic runs: settled or not, interval rule
+# ----------------------------------------------------------------------------------------------
+
+T = tuple(float(e) for e in range(0, 201, 5))
 
 
-def test_uses_the_two_largest_l():
-    runs = [run(1), run(2, loss_end=0.9), run(8), run(16)]
-    assert verdict(runs).code == "sde_holds"  # l = 2 neither decides convergence nor the verdict
+def flat(l, level, *, noise=0.01, drift=0.0, wave=0.0, seed=0,
+         metrics=("norm_sq", "train_loss")) -> SvagRun:  # fmt: skip
+    """A run at ``level`` (relative noise ``noise``) with a linear relative ``drift`` over it and
+    a slow relative oscillation ``wave`` (period 100 steps: strongly autocorrelated)."""
+    rng = np.random.default_rng(seed + 10 * l)
+    vals = tuple(level * (1 + drift * e / T[-1] + wave * math.sin(2 * math.pi * e / 100)
+                          + noise * rng.standard_normal()) for e in T)  # fmt: skip
+    return SvagRun(l=l, optimizer=OptimizerInfo("sgd", lr=1.0 / l), steps=200 * l,
+                   effective_steps=T, values={m: vals for m in metrics})  # fmt: skip
 
 
-def test_metrics_outside_the_verdict_do_not_decide():
-    _, comps = compare_runs([run(1), run(2), run(4)])
-    g = [c for c in comps if c.metric == "G"]
-    assert g and not any(c.in_verdict for c in g) and not all(c.agree for c in g)
+def test_a_drifting_svag_run_is_not_converged_but_a_few_percent_apart_is_not():
+    v = decide([flat(1, 1.0), flat(2, 1.0), flat(4, 1.0, drift=0.6)], 20.0)
+    assert v.code == "not_converged" and "drifts" in v.text
+    v = decide([flat(1, 1.0), flat(2, 1.04), flat(4, 1.05)], 20.0)
+    assert v.code == "sde_holds" and not v.unsettled
 
 
-def test_diverged_runs():
-    bad = run(1)
-    values = {**bad.values, "train_loss": (0.5,) + (math.nan,) * 10}
-    bad = SvagRun(**{**bad.__dict__, "values": values, "diverged_at": 10.0})
-    assert verdict([bad, run(2), run(4)]).code == "sde_fails"
-    bad4 = SvagRun(**{**run(4).__dict__, "values": {**run(4).values, "norm_sq": (math.inf,) * 11}})
-    assert verdict([run(1), run(2), bad4]).code == "not_converged"
+def test_a_reversed_l_trend_is_not_converged():
+    v = decide([flat(1, 1.0), flat(2, 1.5), flat(4, 1.0)], 20.0)
+    assert v.code == "not_converged" and "not monotone" in v.text
 
 
-def test_threshold_is_relative_with_a_noise_floor():
-    a = TailSummary("train_loss", 1, 1.0, 0.0, 0.0, 3, 1.0)
-    assert agreement(a, TailSummary("train_loss", 2, 1.09, 0.0, 0.0, 3, 1.09)).agree
-    far = TailSummary("train_loss", 2, 1.2, 0.0, 0.0, 3, 1.2)
-    c = agreement(a, far)
-    assert not c.agree and c.threshold == pytest.approx(0.12) and c.rel_diff == pytest.approx(1 / 6)
-    noisy = TailSummary("train_loss", 2, 1.2, 0.1, 0.05, 3, 1.2)
-    c = agreement(a, noisy)  # z·√(0² + 0.1²) = 0.2 ≥ 0.2
-    assert c.agree and c.threshold == pytest.approx(0.2)
-    assert agreement(a, far, rtol=0.2).agree
+def test_interval_rule_against_point_rule():
+    """A ratio whose point is outside but whose interval reaches inside: undecided under the
+    interval rule (holds), a failure under the point rule."""
+    runs = [flat(1, 1.5, wave=0.4), flat(2, 1.0), flat(4, 1.0)]
+    vi = decide(runs, 20.0, config=VerdictConfig(fail_rule="interval"))
+    r = vi.ratio("train_loss")
+    assert r.status == "straddles" and not r.point_inside
+    assert vi.code == "sde_holds" and vi.undecided == ("train_loss",) and "Undecided" in vi.text
+    assert decide(runs, 20.0, config=VerdictConfig(fail_rule="point")).code == "sde_fails"
 
 
-def test_accuracy_is_compared_as_error_rate():
-    a = TailSummary("eval_acc", 1, 0.98, 0.0, 0.0, 3, 0.98)
-    b = TailSummary("eval_acc", 2, 0.97, 0.0, 0.0, 3, 0.97)
-    c = agreement(a, b)  # errors 0.02 vs 0.03: 33% apart although the accuracies are 1% apart
-    assert c.compared_as.startswith("error rate") and not c.agree
-    assert c.a == pytest.approx(0.02) and c.b == pytest.approx(0.03)
+def test_tail_window_skips_a_relaxation_time_or_takes_the_last_half():
+    assert tail_window(400.0, 100.0)[0] == 100.0
+    assert tail_window(150.0, 100.0)[0] == 75.0  # shorter than 2τ
+    assert tail_window(300.0, None)[0] == 150.0
 
 
-def test_tail_summary():
-    r = run(1, wiggle=0.01)
-    s = tail_summary(r, "train_loss", 0.2)
-    assert s.n == 3 and s.mean == pytest.approx(0.3 + 0.01 / 3)
-    assert (
-        s.final == pytest.approx(0.31) and s.sd > 0 and s.se == pytest.approx(s.sd / math.sqrt(3))
+def test_non_finite_tail_is_an_error_not_a_verdict():
+    bad = flat(4, 1.0)
+    bad = SvagRun(
+        **{**bad.__dict__, "values": {m: (*v[:-1], math.nan) for m, v in bad.values.items()}}
     )
+    with pytest.raises(ValueError, match="not finite"):
+        decide([flat(1, 1.0), flat(2, 1.0), bad], 20.0)
 
 
-def test_decide_needs_three_ls():
-    _, comps = compare_runs([run(1), run(2)])
+def test_bad_config_is_refused():
     with pytest.raises(ValueError):
-        decide(comps, [1, 2], 64)
+        VerdictConfig(c2=1.0)
+    with pytest.raises(ValueError):
+        VerdictConfig(fail_rule="median")
+
+
+# ----------------------------------------------------------------------------------------------
+# The artifact
+# ----------------------------------------------------------------------------------------------
 
 
 def _result(runs) -> SvagResult:
-    summaries, comps = compare_runs(runs)
+    opt = OptimizerInfo("sgd", lr=3.2, weight_decay=5e-3)
+    v, tau_ = svag_verdict(runs, opt, 1024)
     return SvagResult(
         batch_size=32, target_batch_size=1024, kappa=32.0, rule="linear",
         rule_reference="linear scaling rule [LMA21 Def. 2.1]",
-        base_optimizer=OptimizerInfo("sgd", lr=0.1), target_optimizer=OptimizerInfo("sgd", lr=3.2),
-        ls=tuple(r.l for r in runs), effective_steps=100, eval_every=10, eval_batches=8,
+        base_optimizer=OptimizerInfo("sgd", lr=0.1), target_optimizer=opt,
+        ls=tuple(r.l for r in runs), effective_steps=200, eval_every=5, eval_batches=8,
         eval_examples=None, seed=0, device="cpu", forward_backward={1: 288, 2: 488, 4: 888},
-        runs=tuple(runs), summaries=tuple(summaries), comparisons=tuple(comps),
-        verdict=decide(comps, [r.l for r in runs], 1024),
+        runs=tuple(runs), verdict=v, relaxation_steps=tau_, sizing="200 effective steps",
     )  # fmt: skip
 
 
-def test_artifact_round_trip_with_nan_as_null(tmp_path):
-    bad4 = SvagRun(**{**run(4).__dict__, "values": {**run(4).values, "norm_sq": (math.nan,) * 11}})
-    res = _result([run(1), run(2), bad4])
+def test_artifact_round_trip(tmp_path):
+    res = _result([flat(1, 1.0), flat(2, 1.0), flat(4, 1.0)])
+    assert res.relaxation_steps == pytest.approx(1 / (2 * 3.2 * 5e-3))
     j, c = write_svag(res, tmp_path / "out")
     d = json.loads(j.read_text())
-    assert d["schema"] == 1 and d["kind"] == "bscrit.svag"
+    assert d["schema"] == 2 and d["kind"] == "bscrit.svag"
     assert "Stochastic Variance Amplified Gradient" in d["method"]
-    assert d["verdict"]["code"] == "not_converged"
-    assert d["runs"][2]["values"]["norm_sq"][0] is None
-    assert d["cost"]["total"] == 288 + 488 + 888
-    assert {"rtol", "z", "tail", "rule"} <= set(d["thresholds"])
+    assert d["verdict"]["code"] == "sde_holds" and d["verdict"]["config"]["C"] == pytest.approx(
+        math.sqrt(2)
+    )
+    r = d["verdict"]["ratios"][0]
+    assert {"metric", "ratio", "ci95", "status", "sde_source"} <= set(r)
+    assert d["relaxation_steps"] == pytest.approx(res.relaxation_steps)
     back = load_svag(tmp_path / "out")
-    assert back.verdict == res.verdict and back.comparisons[0].metric == res.comparisons[0].metric
-    assert math.isnan(back.runs[2].values["norm_sq"][3])
-    assert back.runs[0].values == res.runs[0].values
+    assert back.verdict == res.verdict and back.runs == res.runs
     rows = list(csv.DictReader(io.StringIO(c.read_text())))
-    assert len(rows) == 3 * 11
-    assert rows[0].keys() >= {"l", "step", "effective_step", "train_loss", "norm_sq"}
-    assert rows[-1]["l"] == "4" and rows[-1]["step"] == "400" and rows[-1]["norm_sq"] == ""
+    assert len(rows) == 3 * len(T)
     assert trajectories_csv(res) == c.read_text()
+
+
+def test_schema_1_file_is_upgraded_by_recomputing_the_verdict(tmp_path):
+    res = _result([flat(1, 1.6), flat(2, 1.0), flat(4, 1.0)])
+    d = res.to_dict()
+    d["schema"] = 1
+    d["verdict"] = {"code": "sde_holds", "text": "old", "reference_l": 1, "high_ls": [2, 4],
+                    "metrics": ["norm_sq"], "failing": []}  # fmt: skip
+    d["comparisons"], d["summaries"] = [], []
+    d["thresholds"] = {"rtol": 0.1, "z": 2.0, "tail": 0.2}
+    del d["relaxation_steps"]
+    (tmp_path / "svag.json").write_text(json.dumps(d))
+    back = load_svag(tmp_path / "svag.json")
+    assert back.verdict.code == "sde_fails" and back.verdict.config.c2 == 2.0
+    assert back.relaxation_steps == pytest.approx(res.relaxation_steps)
+    assert any("upgraded from schema 1" in n for n in back.notes)
 
 
 def test_load_rejects_other_artifacts(tmp_path):
     p = tmp_path / "svag.json"
-    p.write_text(json.dumps({"schema": 1, "kind": "bscrit.measurement"}))
+    p.write_text(json.dumps({"schema": 2, "kind": "bscrit.measurement"}))
     with pytest.raises(ArtifactError, match="kind"):
         load_svag(p)
-    p.write_text(json.dumps({"schema": 1, "kind": "bscrit.svag"}))
+    p.write_text(json.dumps({"schema": 2, "kind": "bscrit.svag"}))
     with pytest.raises(ArtifactError, match="malformed"):
+        load_svag(p)
+    p.write_text(json.dumps({"schema": 3, "kind": "bscrit.svag"}))
+    with pytest.raises(ArtifactError, match="upgrade bscrit"):
         load_svag(p)
 
 
-def test_svag_results_does_not_import_torch():
-    code = "import sys, bscrit.svag.results; assert 'torch' not in sys.modules"
-    r = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def test_svag_results_and_verdict_do_not_import_torch():
+    code = "import sys, bscrit.svag.results, bscrit.svag.verdict; assert 'torch' not in sys.modules"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
