@@ -5,7 +5,12 @@
 2. ``measure`` G and N at those checkpoints (pooled, as [LMA21] F.2 averaged epochs);
 3. ``predict`` B* and the recommended range (Thms 5.2, 5.5, 5.6);
 4. ``scale`` the hyperparameters to the top of the range (linear rule);
-5. a short ``svag`` run at the top of the range (l = 1, 2, 4) to confirm.
+5. a short ``svag`` run at the top of the range (l = 1, 2, 4): does SGD still track its SDE?
+6. ``confirm`` by branched training at the top of the range and, when the training set allows,
+   at twice that: does the scaled run reach the base run's loss for the same examples?
+
+It ends with :func:`bscrit.conclusion.conclude`: what the user can do, how sure bscrit is, and
+any disagreement between the steps, explained.
 
 Every step writes its artifact into the work directory; the spec it writes there can be reused
 with the individual commands.
@@ -22,6 +27,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .conclusion import Conclusion, Confirmation
     from .prediction import Prediction
     from .results import Measurement
     from .spec import Spec
@@ -41,19 +47,21 @@ class DemoConfig:
     svag_ls: tuple[int, ...]
     svag_steps: int
     svag_eval_every: int
+    confirm_examples: int | None  # None: confirm's default (2 relaxation times at B)
+    confirm_seeds: int
 
     @staticmethod
     def full() -> DemoConfig:
         return DemoConfig(
             epochs=1000, save_from=600, save_every=100, batches=None, svag_ls=(1, 2, 4),
-            svag_steps=300, svag_eval_every=30,
+            svag_steps=300, svag_eval_every=30, confirm_examples=None, confirm_seeds=3,
         )  # fmt: skip
 
     @staticmethod
     def quick() -> DemoConfig:
         return DemoConfig(
             epochs=60, save_from=40, save_every=20, batches=60, svag_ls=(1, 2, 4),
-            svag_steps=20, svag_eval_every=10,
+            svag_steps=20, svag_eval_every=10, confirm_examples=6000, confirm_seeds=2,
         )  # fmt: skip
 
 
@@ -95,6 +103,8 @@ class DemoResult:
     recommended_max: float
     svag_target: int | None
     svag_verdict: str | None
+    confirmations: list[dict[str, Any]] = field(default_factory=list)  # per B': verdict, d, CI
+    conclusion: Conclusion | None = None
     files: list[Path] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -110,6 +120,8 @@ class DemoResult:
             "svag_target_batch_size": self.svag_target,
             "svag_verdict": self.svag_verdict,
             "svag_plot": str(self.svag_plot) if self.svag_plot else None,
+            "confirm": self.confirmations,
+            "conclusion": None if self.conclusion is None else self.conclusion.to_dict(),
         }
 
 
@@ -119,6 +131,7 @@ def run_demo(
     quick: bool = False,
     device: str = "cpu",
     svag: bool = True,
+    confirm: bool = True,
     say: Callable[[str], None] = print,
     show: ModuleType | None = None,
 ) -> DemoResult:
@@ -134,7 +147,9 @@ def run_demo(
     if device == "cpu":
         torch.set_num_threads(1)
     try:
-        return _run_demo(workdir, quick=quick, device=device, svag=svag, say=say, show=show)
+        return _run_demo(
+            workdir, quick=quick, device=device, svag=svag, confirm=confirm, say=say, show=show
+        )
     finally:
         torch.set_num_threads(threads)
 
@@ -159,6 +174,7 @@ def _run_demo(
     quick: bool,
     device: str,
     svag: bool,
+    confirm: bool,
     say: Callable[[str], None],
     show: ModuleType | None,
 ) -> DemoResult:
@@ -172,6 +188,8 @@ def _run_demo(
         p, p_path = _predict_step(d, m, m_path)
         _scale_step(d, m, p)
         target, verdict, svag_dir, svag_plot = _svag_step(d, spec, ckpts[-1], p, svag)
+        confirmations = _confirm_step(d, spec, ckpts[-1], p, confirm)
+        conclusion = _conclusion(p, m, target, verdict, confirmations)
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: the CLI says what is already written
         e.written = list(d.files) or _saved_checkpoints(d)  # type: ignore[attr-defined]
         raise
@@ -188,6 +206,8 @@ def _run_demo(
         recommended_max=p.recommended.max,
         svag_target=target,
         svag_verdict=verdict,
+        confirmations=[c.to_dict() for c in confirmations],
+        conclusion=conclusion,
         files=d.files,
     )
 
@@ -203,7 +223,7 @@ def _train_step(d: _Demo) -> tuple[dict[str, Any], list[Path]]:
 
     cfg = d.cfg
     d.say(
-        f"[1/5] train the scale-invariant digits MLP: SGD, B={BASE['batch_size']}, "
+        f"[1/6] train the scale-invariant digits MLP: SGD, B={BASE['batch_size']}, "
         f"η={BASE['lr']}, λ={BASE['weight_decay']}, constant LR, {cfg.epochs} epochs"
         + (" (--quick: short, NOT at equilibrium)" if d.quick else " (to equilibrium)")
     )
@@ -244,7 +264,7 @@ def _measure_step(d: _Demo, ckpts: list[Path]) -> tuple[Spec, Measurement, Path]
         )
     )
     d.files.append(spec_path)
-    d.say(f"[2/5] bscrit measure {spec_path.name}: G and N at {len(ckpts)} checkpoints, pooled")
+    d.say(f"[2/6] bscrit measure {spec_path.name}: G and N at {len(ckpts)} checkpoints, pooled")
     spec = load_spec(spec_path)
     show = d.show
     progress = None if show is None else (lambda desc, t: show.progress(desc, t, "batch"))
@@ -262,7 +282,7 @@ def _predict_step(d: _Demo, m: Measurement, m_path: Path) -> tuple[Prediction, P
     from .prediction import predict
     from .results import write_json
 
-    d.say("[3/5] bscrit predict measurement.json: B* and the recommended range")
+    d.say("[3/6] bscrit predict measurement.json: B* and the recommended range")
     p = predict([(m_path.name, m)])
     p_path = d.workdir / "prediction.json"
     write_json(p_path, p.to_dict())
@@ -277,11 +297,11 @@ def _scale_step(d: _Demo, m: Measurement, p: Prediction) -> None:
 
     pow2 = p.recommended.max_pow2
     if pow2 is None or m.optimizer is None:
-        d.say("[4/5] scale skipped (no power of two in the recommended range, or no optimizer)")
+        d.say("[4/6] scale skipped (no power of two in the recommended range, or no optimizer)")
         return
     steps = d.cfg.epochs * (m.dataset_size // BASE["batch_size"])
     d.say(
-        f"[4/5] bscrit scale --from-spec spec.yaml --target-batch-size {pow2}: the largest "
+        f"[4/6] bscrit scale --from-spec spec.yaml --target-batch-size {pow2}: the largest "
         "power of two in the recommended range, with the training length"
     )
     scaled = scale_hyperparameters(m.optimizer, m.batch_size, pow2, steps=steps)
@@ -296,12 +316,12 @@ def _svag_step(
 
     if not enabled or p.recommended.target is None:
         why = "--no-svag" if not enabled else "no finite top of range"
-        d.say(f"[5/5] svag skipped ({why})")
+        d.say(f"[5/6] svag skipped ({why})")
         return p.recommended.target, None, None, None
     target, why = confirmation_target(p, power_of_two=True)
     svag_dir, svag_plot = d.workdir / "svag", d.workdir / "svag.png"
     d.say(
-        f"[5/5] bscrit svag at B' = {target} ({why}), l = {','.join(map(str, d.cfg.svag_ls))}, "
+        f"[5/6] bscrit svag at B' = {target} ({why}), l = {','.join(map(str, d.cfg.svag_ls))}, "
         f"{d.cfg.svag_steps} effective steps"
     )
     verdict = _run_svag(spec, checkpoint, target, d.cfg, d.device, svag_dir, svag_plot, d.show,
@@ -350,3 +370,84 @@ def _run_svag(
     write_svag(result, out_dir)
     files.append(out_dir)
     return result.verdict.code
+
+
+def _confirm_targets(p: Prediction, n: int) -> list[int]:
+    """B' of the branched runs: the one svag checks (the top of the recommended range, from
+    :func:`~bscrit.prediction.confirmation_target`) and twice that when it fits the data."""
+    from .prediction import confirmation_target
+
+    target, _ = confirmation_target(p, power_of_two=True)
+    return [b for b in (target, 2 * target) if b <= n]
+
+
+def _confirm_step(
+    d: _Demo, spec: Spec, checkpoint: Path, p: Prediction, enabled: bool
+) -> list[Confirmation]:
+    """Branched runs from the last checkpoint at each target; figure and folder per target."""
+    from .conclusion import confirmation_of
+    from .confirm.plan import prepare_confirm
+    from .confirm.plot import plot_confirm
+    from .confirm.results import write_confirm
+    from .confirm.run import run_confirm
+
+    if not enabled or p.recommended.target is None:
+        why = "--no-confirm" if not enabled else "no finite top of range"
+        d.say(f"[6/6] confirm skipped ({why})")
+        return []
+    targets = _confirm_targets(p, p.base.dataset_size)
+    d.say(
+        f"[6/6] bscrit confirm at B' = {' and '.join(map(str, targets))}: train from the last "
+        f"checkpoint at B = {BASE['batch_size']} and at B' (linear rule) for the same examples, "
+        f"{d.cfg.confirm_seeds} seeds each"
+    )
+    out: list[Confirmation] = []
+    for target in targets:
+        plan = prepare_confirm(
+            spec,
+            target_batch_size=target,
+            examples=d.cfg.confirm_examples,
+            seeds=d.cfg.confirm_seeds,
+            checkpoint=checkpoint,
+            device=d.device,
+        )
+        show = d.show
+        if show is not None:
+            from .report_confirm import format_confirm, format_confirm_cost
+
+            show.show(format_confirm_cost(plan), stderr=True)
+            with show.progress(f"confirm {target}", plan.total_steps, unit="step") as advance:
+                result = run_confirm(plan, on_step=advance)
+            show.show(format_confirm(result))
+        else:
+            result = run_confirm(plan)
+        figure, folder = d.workdir / f"confirm-{target}.png", d.workdir / f"confirm-{target}"
+        plot_confirm(result, figure)
+        d.files.append(figure)
+        write_confirm(result, folder)
+        d.files.append(folder)
+        out.append(confirmation_of(result))
+    return out
+
+
+def _conclusion(
+    p: Prediction,
+    m: Measurement,
+    svag_target: int | None,
+    svag_verdict: str | None,
+    confirmations: list[Confirmation],
+) -> Conclusion:
+    from . import optim
+    from .conclusion import conclude
+    from .prediction import b_star_lower
+
+    rule = optim.get(m.optimizer.name).rule if m.optimizer is not None else "linear"
+    return conclude(
+        base_batch_size=m.batch_size,
+        recommended_max=p.recommended.max,
+        b_star_lower=b_star_lower(p),
+        rule=rule,
+        svag=None if svag_target is None or svag_verdict is None else (svag_target,
+                                                                       svag_verdict),
+        confirmations=confirmations,
+    )  # fmt: skip

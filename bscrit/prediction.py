@@ -250,7 +250,7 @@ class CheckResult:
             "c2": p.c2,
             "base_batch_size": p.base.batch_size,
             "b_star": _num(p.b_star_min),
-            "b_star_lower": _num(_b_star_lower(p)),
+            "b_star_lower": _num(b_star_lower(p)),
             "dataset_size": _dataset_size(p),
             "range_max": _num(self.range_max),
             "limited_by": self.limited_by,
@@ -267,7 +267,7 @@ def _f(x: float) -> str:
     return f"{x:.0f}" if abs(x) >= 1000 else f"{x:.4g}"
 
 
-def _b_star_lower(p: Prediction) -> float:
+def b_star_lower(p: Prediction) -> float:
     """The smallest lower 95% bound of B* across the measurements (not capped at n)."""
     return min(b.b_star_ci95[0] for b in p.measurements)
 
@@ -290,7 +290,7 @@ def check(prediction: Prediction, target: int, strict: bool = False) -> CheckRes
     check_batch_size(target, "batch_size")
     p = prediction
     base = p.base.batch_size
-    lower = _b_star_lower(p)
+    lower = b_star_lower(p)
     n = _dataset_size(p)
     point = p.b_star_min
     reach = p.rule_limit.batch_max if p.rule_limit is not None else None

@@ -17,7 +17,7 @@ def test_quick_demo_runs_the_pipeline_and_writes_every_artifact(tmp_path: Path) 
     work = tmp_path / "demo"
     r = CliRunner().invoke(app, ["demo", "--quick", "--workdir", str(work), "--json"])
     assert r.exit_code == 0, r.output
-    for step in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"):
+    for step in ("[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]"):
         assert step in r.output
     summary = json.loads(r.stdout[r.stdout.rindex("\n{") :])
     m = load_measurement(summary["measurement"])
@@ -30,6 +30,17 @@ def test_quick_demo_runs_the_pipeline_and_writes_every_artifact(tmp_path: Path) 
     assert summary["svag_verdict"] in {"sde_holds", "sde_fails", "not_converged"}
     assert Path(summary["svag_plot"]).stat().st_size > 10_000  # a real PNG
     assert (work / "svag" / "trajectories.csv").exists()
+    # step 6 confirms where svag looked (and at twice that when it fits n = 1500)
+    targets = [c["target_batch_size"] for c in summary["confirm"]]
+    assert targets[0] == summary["svag_target_batch_size"] and targets[1:] in ([], [2 * targets[0]])
+    assert all(c["code"] in {"holds", "fails", "inconclusive"} for c in summary["confirm"])
+    for t in targets:
+        assert (work / f"confirm-{t}" / "confirm.json").exists()
+        assert (work / f"confirm-{t}.png").stat().st_size > 10_000
+    # the last lines: one recommendation, and what decided it
+    concl = summary["conclusion"]
+    assert concl["lines"] and "what you can do" in r.output
+    assert r.output.rstrip().endswith(concl["lines"][-1][-40:]) or "{" in r.output
     assert (work / "spec.yaml").exists() and (work / "measurement.params.csv").exists()
 
 
