@@ -200,7 +200,7 @@ def conclude(
         else "How sure: only the noise measurement supports this; no branched run held."
     )
     lines.append(sure)
-    return Conclusion(size, bool(held), tuple(lines + notes), tuple(notes))
+    return Conclusion(size, bool(held), tuple(lines[:-1] + notes + lines[-1:]), tuple(notes))
 
 
 def confirmation_of(result: Any) -> Confirmation:

@@ -16,7 +16,7 @@ the script replaces what lies between the two markers and leaves the rest of the
   ``docs/samples/`` and the script checks that re-rendering them gives exactly what the run
   printed, so that the test can re-render them without training anything.
 - ``demo-svag``: the verdict of the SVAG step of a full ``bscrit demo``; its figure is copied to
-  ``docs/img/svag-digits-512.png``.
+  ``docs/img/svag-digits-demo.png``.
 - ``digits-measure``, ``digits-eval`` (examples/digits/README.md): ``bscrit measure`` with
   k = 2000 batches at the digits checkpoint, in train and in eval mode, and ``bscrit predict``.
 
@@ -52,7 +52,7 @@ SAMPLES = ROOT / "docs" / "samples"
 MEASURE_JSON = SAMPLES / "measure-digits.json"
 SVAG_JSON = SAMPLES / "svag-digits-512.json"
 VALUES_JSON = SAMPLES / "values.json"
-FIGURE = ROOT / "docs" / "img" / "svag-digits-512.png"
+FIGURE = ROOT / "docs" / "img" / "svag-digits-demo.png"
 CKPT = ROOT / "examples" / "digits" / "ckpt.pt"
 WIDTH = 120
 

@@ -193,7 +193,7 @@ def run_setting(name: str, args: argparse.Namespace) -> dict[str, Any]:
                     c["wall_s"] = secs
                     cached.write_text(json.dumps(c))
                 c = json.loads(cached.read_text())
-                v = c["verdict"]
+                v = c["relative_difference"]
                 row["confirm"][str(n)] = v["code"]
                 row.setdefault("confirm_d", {})[str(n)] = [v["mean"], *(v["ci95"] or [None, None])]
                 row[f"confirm_s_{n}"] = c["wall_s"]
