@@ -180,11 +180,13 @@ def run_setting(name: str, args: argparse.Namespace) -> dict[str, Any]:
         if has_confirm:
             row["confirm"] = {}
             for n in args.confirm_examples:
-                cached = work / f"confirm-{b}-{n}-k{args.seeds}.json"
+                tag = "-decay" if args.decay else ""
+                cached = work / f"confirm-{b}-{n}-k{args.seeds}{tag}.json"
                 if not cached.exists() or args.force:
                     code, out, err, secs = bscrit(
                         "confirm", str(spec), "-c", str(ckpt), "--target-batch-size", str(b),
                         "--examples", str(n), "--seeds", str(args.seeds), "--yes", "--json",
+                        *(["--decay"] if args.decay else []),
                     )  # fmt: skip
                     if code not in (0, 1):
                         row["confirm"][str(n)] = "error"
@@ -273,7 +275,11 @@ def recalibrate(names: list[str]) -> list[dict[str, Any]]:
 
 
 def _pct(d: list[float | None]) -> str:
-    m, lo, hi = (x if x is not None else float("nan") for x in d)
+    m, lo, hi = d
+    if m is None:
+        return "a target branch diverged"
+    if lo is None or hi is None:
+        return f"{100 * m:+.1f}%"
     return f"{100 * m:+.1f}% [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
 
@@ -344,6 +350,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="predict from equilibrium draws (measure --sample-steps auto)",
     )
+    ap.add_argument("--decay", action="store_true",
+                    help="confirm --decay: both branches end with the same LR decay")  # fmt: skip
+    ap.add_argument(
+        "--out", type=Path, default=None, help="results folder (default results/agreement)"
+    )
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--force", action="store_true", help="rerun svag even when cached")
     ap.add_argument("--recalibrate", action="store_true")
@@ -361,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['agree']}/{r['of']}  {calls}")  # fmt: skip
         (OUT / "recalibration.json").write_text(json.dumps(res, indent=1))
         return 0
-    out = OUT / "smoke" if args.smoke else OUT
+    out = OUT / "smoke" if args.smoke else (args.out or OUT)
     out.mkdir(parents=True, exist_ok=True)
     old = out / "agreement.json"
     results = {r["setting"]: r for r in (json.loads(old.read_text()) if old.exists() else [])}
