@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     if r.returncode != 0:
         raise SystemExit(r.stderr)
     sched = json.loads(r.stdout)
-    (a.out / "schedule.json").write_text(json.dumps(sched, indent=1))
+    text = json.dumps(sched, indent=1).replace(str(ROOT) + "/", "")  # paths relative to the repo
+    (a.out / "schedule.json").write_text(text)
     md = [f"tiny GPT-2 (2 layers, d = 32, byte vocabulary), AdamW lr 1e-3, wd 0.01, B = 16; "
           f"{a.steps} steps, measured every {a.every} (k = 40), {seconds:.0f} s in all.", "",
           "| step | examples | NSR | B* | B* 95% |", "|---|---|---|---|---|"]  # fmt: skip

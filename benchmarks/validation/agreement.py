@@ -118,6 +118,7 @@ def _json(text: str) -> dict[str, Any]:
 
 
 def run_setting(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    from bscrit.confirm.results import DEFAULT_TOLERANCE, ConfirmVerdict, decide
     from bscrit.optim import OptimizerInfo
     from bscrit.svag.results import SvagRun, svag_verdict
     from bscrit.svag.verdict import DECIDE_ON, VerdictConfig
@@ -195,7 +196,10 @@ def run_setting(name: str, args: argparse.Namespace) -> dict[str, Any]:
                     c["wall_s"] = secs
                     cached.write_text(json.dumps(c))
                 c = json.loads(cached.read_text())
-                v = c["relative_difference"]
+                # the verdict under today's default δ (the per-seed d are kept; δ may have moved)
+                kept = ConfirmVerdict.from_dict(c["relative_difference"])
+                v = decide(list(kept.per_seed), DEFAULT_TOLERANCE, metric=kept.metric,
+                           diverged=list(kept.diverged), target_batch_size=b).to_dict()  # fmt: skip
                 row["confirm"][str(n)] = v["code"]
                 row.setdefault("confirm_d", {})[str(n)] = [v["mean"], *(v["ci95"] or [None, None])]
                 row[f"confirm_s_{n}"] = c["wall_s"]

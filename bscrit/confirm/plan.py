@@ -210,7 +210,7 @@ def prepare_confirm(
     seeds: int = 3,
     checkpoint: str | Path | None = None,
     overrides: Mapping[str, float | None] | None = None,
-    decay: bool = False,
+    decay: bool = True,
     points: int = DEFAULT_POINTS,
     tail_points: int | None = None,
     relaxation_times: float = DEFAULT_RELAXATION_TIMES,

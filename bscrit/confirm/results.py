@@ -51,9 +51,11 @@ from ..results import (
 
 KIND_CONFIRM = "bscrit.confirm"
 
-#: Default tolerance δ on the relative final-loss difference (L_B' − L_B)/L_B. A starting
-#: value: the lead re-chooses it from the agreement table of docs/validation.md.
-DEFAULT_TOLERANCE = 0.05
+#: Default tolerance δ on the relative final-loss difference (L_B' − L_B)/L_B, chosen on
+#: mnist1d-si (docs/validation.md, "Agreement"): with the LR decay at the end of both branches
+#: and 2 relaxation times, every δ in (7.1%, 14.5%) agrees with the LSR sweep on all 7 batch
+#: sizes there (δ = 5% leaves B' = 512 inconclusive); 10% then agrees on all 7 of mnist1d-affine.
+DEFAULT_TOLERANCE = 0.10
 #: The final loss is the mean over this many last grid points (of ``DEFAULT_POINTS`` + 1): the
 #: last fifth, which averages out the loss's fluctuation at a constant LR (on digits at B' = 256,
 #: 3 points left the 95% interval of d twice as wide as 5). With ``--decay``: the last point.
