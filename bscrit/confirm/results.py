@@ -46,7 +46,6 @@ from ..results import (
     dumps,
     finite_or_none,
     read_json,
-    write_atomic,
 )
 
 KIND_CONFIRM = "bscrit.confirm"
@@ -534,19 +533,16 @@ def confirm_paths(out_dir: str | Path) -> tuple[Path, Path]:
 
 def write_confirm(result: ConfirmResult, out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``confirm.json`` and ``curves.csv`` into ``out_dir`` (created), atomically."""
-    d = Path(out_dir)
-    if d.exists() and not d.is_dir():
-        raise ArtifactError(f"{{out}} {d}: exists and is not a folder", out="out")
-    j, c = confirm_paths(d)
-    text, csv_text = dumps(result.to_dict()), curves_csv(result)
-    write_atomic(j, text)
-    write_atomic(c, csv_text)
+    from ..folders import write_folder
+
+    files = [("confirm.json", dumps(result.to_dict())), ("curves.csv", curves_csv(result))]
+    j, c = write_folder(out_dir, files)
     return j, c
 
 
 def load_confirm(path: str | Path) -> ConfirmResult:
     """Read a ``confirm.json`` (or the folder holding it) written by ``bscrit confirm --out``."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "confirm.json"
+    from ..folders import file_in
+
+    p = file_in(path, "confirm.json")
     return ConfirmResult.from_dict(read_json(p), source=str(p))

@@ -40,7 +40,6 @@ from ..results import (
     dumps,
     finite_or_none,
     read_json,
-    write_atomic,
 )
 from .verdict import DECISION_METRICS, Verdict, VerdictConfig, decide
 
@@ -315,19 +314,16 @@ def svag_paths(out_dir: str | Path) -> tuple[Path, Path]:
 
 def write_svag(result: SvagResult, out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``svag.json`` and ``trajectories.csv`` into ``out_dir`` (created), atomically."""
-    d = Path(out_dir)
-    if d.exists() and not d.is_dir():
-        raise ArtifactError(f"{{out}} {d}: exists and is not a folder", out="out")
-    j, c = svag_paths(d)
-    text, csv_text = dumps(result.to_dict()), trajectories_csv(result)
-    write_atomic(j, text)
-    write_atomic(c, csv_text)
+    from ..folders import write_folder
+
+    files = [("svag.json", dumps(result.to_dict())), ("trajectories.csv", trajectories_csv(result))]
+    j, c = write_folder(out_dir, files)
     return j, c
 
 
 def load_svag(path: str | Path) -> SvagResult:
     """Read an ``svag.json`` (or the folder holding it) written by ``bscrit svag --out``."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "svag.json"
+    from ..folders import file_in
+
+    p = file_in(path, "svag.json")
     return SvagResult.from_dict(read_json(p), source=str(p))
