@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 
-from .results import write_error
+from .folders import save_figure
 from .schedule import Schedule
 
 
@@ -60,16 +60,4 @@ def plot_schedule(s: Schedule, path: str | os.PathLike[str]) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    p = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(p))
-    tmp = os.path.join(d, f".{os.path.basename(p)}.tmp.png")
-    try:
-        os.makedirs(d, exist_ok=True)
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, p)
-    except OSError as e:
-        raise write_error(p, e) from None
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_figure(fig, path)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from ..results import write_error
+from ..folders import save_figure
 from .results import METRIC_LABELS, ConfirmResult
 
 #: Panels, when recorded: the verdict's loss first.
@@ -46,16 +46,4 @@ def plot_confirm(r: ConfirmResult, path: str | os.PathLike[str]) -> None:
         fontsize=11,
     )
     fig.tight_layout()
-    p = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(p))
-    tmp = os.path.join(d, f".{os.path.basename(p)}.tmp.png")
-    try:
-        os.makedirs(d, exist_ok=True)
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, p)
-    except OSError as e:  # disk full, folder gone: exit 3 naming the file
-        raise write_error(p, e) from None
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_figure(fig, path)
