@@ -124,7 +124,7 @@ def run_setting(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from bscrit.svag.verdict import DECIDE_ON, VerdictConfig
 
     st = setting(name)
-    work = WORK / name
+    work = args.work / name
     work.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
     ckpt, t_train = base_checkpoint(st, work)
@@ -359,11 +359,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--out", type=Path, default=None, help="results folder (default results/agreement)"
     )
+    ap.add_argument("--work", type=Path, default=WORK, help="cache of runs (default: git-ignored)")
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--force", action="store_true", help="rerun svag even when cached")
     ap.add_argument("--recalibrate", action="store_true")
     args = ap.parse_args(argv)
     args.confirm_examples = [int(x) for x in args.confirm_examples.split(",")]
+    if args.smoke:  # seconds, numbers meaningless: what CI runs
+        args.confirm_examples, args.seeds = [2000], 2
     names = ["smoke"] if args.smoke else (args.setting or ["mnist1d-si", "mnist1d-affine"])
     if args.recalibrate:
         res = recalibrate(names)
@@ -376,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['agree']}/{r['of']}  {calls}")  # fmt: skip
         (OUT / "recalibration.json").write_text(json.dumps(res, indent=1))
         return 0
-    out = OUT / "smoke" if args.smoke else (args.out or OUT)
+    out = (args.out or OUT) / "smoke" if args.smoke else (args.out or OUT)
     out.mkdir(parents=True, exist_ok=True)
     old = out / "agreement.json"
     results = {r["setting"]: r for r in (json.loads(old.read_text()) if old.exists() else [])}
