@@ -27,6 +27,7 @@ from .data import BatchSource, forward
 from .equilibrium import SamplePlan, plan_samples, relaxation_steps
 from .errors import RunError, UsageError
 from .optim import OptimizerInfo
+from .param_select import requires_grad_only
 
 #: Offset of the data-order seed from the measurement seed (distinct streams).
 ORDER_SEED_OFFSET = 1_000_003
@@ -200,7 +201,6 @@ def sampled_points(
             (:func:`bscrit.equilibrium.plan_samples`).
     """
     from .data import default_num_batches
-    from .engine import trainable_parameters
 
     o = plan.options
     if opt is None:
@@ -219,12 +219,34 @@ def sampled_points(
     plan.seen = ([None] * len(sp.points), [None] * len(sp.points))
     if on_sampling is not None:
         on_sampling(sp, opt)
-    params = [p for _, p in trainable_parameters(model)]
+    params = _trained_parameters(model, saved_state, source)
     optimizer, notes = run_optimizer(params, opt, saved_state)
     plan.sampling = (sp, notes)
-    points = continue_training(
-        model, params, optimizer, plan.dataset, plan.loss_fn, batch_size=plan.batch_size,
-        points=sp.points, seed=plan.seed, device=plan.device,
-    )  # fmt: skip
-    for _ in points:
-        yield model, opt, optimizer.state_dict()
+    with requires_grad_only(model, [n for n, q in model.named_parameters()
+                                    if any(q is t for t in params)]):  # fmt: skip
+        points = continue_training(
+            model, params, optimizer, plan.dataset, plan.loss_fn, batch_size=plan.batch_size,
+            points=sp.points, seed=plan.seed, device=plan.device,
+        )  # fmt: skip
+        for _ in points:
+            yield model, opt, optimizer.state_dict()
+
+
+def _trained_parameters(model: nn.Module, saved: Mapping | None, source: str) -> list[Tensor]:
+    """The parameters the run's optimizer updates, as the measurement chooses them
+    (:func:`bscrit.param_select.select_parameters`: the saved optimizer state's tensors matched
+    to the model, else ``requires_grad``), in the saved state's order when it was matched one to
+    one, so that the saved groups and state load onto the right tensors. Parameters the run did
+    not train (a frozen backbone that still has ``requires_grad``) stay as they are."""
+    from .param_select import select_parameters
+
+    sel = select_parameters(model, saved, f"checkpoint {source}")
+    named = dict(model.named_parameters())
+    chosen = [named[n] for n in sel.names]
+    idx = sel.state_indices
+    if idx is None or sorted(i for i in idx if i is not None) != list(range(len(chosen))):
+        return chosen
+    ordered: list[Tensor] = [chosen[0]] * len(chosen)
+    for t, i in zip(chosen, idx, strict=True):
+        ordered[i] = t
+    return ordered

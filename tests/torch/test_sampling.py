@@ -181,3 +181,48 @@ def test_sampling_is_refused_for_several_checkpoints_and_without_an_optimizer(wo
     with pytest.raises(UsageError, match="none is known"):
         run_measurement(load_spec(work / "noopt.yaml"), [work / "bare.pt"],
                         MeasureOptions(samples=3, sample_steps=4, batches=8))  # fmt: skip
+
+
+def test_sampling_trains_only_what_the_run_optimizer_updates(work: Path) -> None:
+    """A checkpoint whose optimizer updated only the head (the body still has requires_grad):
+    the continued training must not move the body, and the saved state loads onto the head."""
+    from bscrit.sampling import _trained_parameters
+
+    torch.manual_seed(0)
+    model = tiny.make_model()
+    head = list(model[3].parameters())
+    opt = torch.optim.SGD(head, lr=0.1, momentum=0.9)
+    x, y = tiny.make_dataset()[:8]
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    chosen = _trained_parameters(model, opt.state_dict(), "head.pt")
+    assert len(chosen) == 2 and all(a is b for a, b in zip(chosen, head, strict=True))
+    # without a saved state: every requires_grad tensor, as the measurement does
+    assert len(_trained_parameters(model, None, "x")) == len(list(model.parameters()))
+
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, work / "head.pt")
+    body = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("3.")}
+    spec = load_spec(work / "valid.yaml")
+    seen: list[dict[str, torch.Tensor]] = []
+
+    import bscrit.sampling as sampling
+
+    real = sampling.continue_training
+
+    def spy(m, params, *a, **k):  # the model at every point, as the measurement sees it
+        for point in real(m, params, *a, **k):
+            seen.append({n: t.detach().clone() for n, t in m.state_dict().items()})
+            yield point
+
+    sampling.continue_training = spy
+    try:
+        m = run_measurement(spec, [work / "head.pt"],
+                            MeasureOptions(sample_steps=20, samples=2, batches=8))  # fmt: skip
+    finally:
+        sampling.continue_training = real
+    assert [c.step for c in m.checkpoints] == [0, 20] and len(seen) == 2
+    for state in seen:
+        for k, v in body.items():
+            if k.startswith("0."):  # the first Linear: not in the optimizer, must not move
+                assert torch.equal(state[k], v), k
+    assert not torch.equal(seen[-1]["3.weight"], model.state_dict()["3.weight"])
