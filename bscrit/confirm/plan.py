@@ -28,13 +28,12 @@ from ..checker import check_batch_size
 from ..checkpoints import load_model, resolve_optimizer
 from ..data import BatchSource
 from ..errors import UsageError
-from ..loading import build_dataset, build_loss, resolve_device
-from ..objective import check_examples
+from ..loading import build_dataset, resolve_device
 from ..optim import OptimizerInfo
 from ..optim_state import entry
 from ..param_select import select_parameters
 from ..scaling import scale_optimizer
-from ..svag.plan import _fixed_batches, _held_out
+from ..svag.plan import evaluation_inputs, fixed_batches
 from ..svag.step import target_schedule
 from .results import (
     DECAY_FRACTION,
@@ -290,22 +289,18 @@ def prepare_confirm(
     saved, state_why = _saved_state(
         ckpt.optimizer_state, sel.state_indices, base.name, optim.flat(base).get("momentum", 0.0)
     )
-    held_out, held_idx = _held_out(spec, dev, eval_examples, seed)
+    loss_fn, held_out, held_idx = evaluation_inputs(spec, dev, train_ds, eval_examples, seed)
     if held_out is None:
         notes.append("no eval_data in the spec: the verdict uses the loss on the fixed training "
                      "batches")  # fmt: skip
-    loss_fn = build_loss(spec)
-    check_examples(train_ds, loss_fn, str(spec.path))
-    if held_out is not None:
-        check_examples(held_out.dataset, loss_fn, str(spec.path), "eval_data")
     return ConfirmPlan(
         model=model,
         loss_fn=loss_fn,
         train=BatchSource(train_ds, dev, spec.data.num_workers),
         held_out=held_out,
         held_out_indices=held_idx,
-        fixed_batches=_fixed_batches(n, target_batch_size, eval_batches, seed),
-        base_batches=_fixed_batches(n, b, eval_batches, seed),
+        fixed_batches=fixed_batches(n, target_batch_size, eval_batches, seed),
+        base_batches=fixed_batches(n, b, eval_batches, seed),
         device=dev,
         mode=spec.measure.mode,
         batch_size=b,

@@ -257,8 +257,8 @@ def _schedule_note(sched: dict[str, Any], target_batch_size: int, start_step: fl
     ]
 
 
-def _fixed_batches(n: int, batch_size: int, k: int, seed: int) -> list[list[int]]:
-    """The k training batches every evaluation uses (the same for every l)."""
+def fixed_batches(n: int, batch_size: int, k: int, seed: int) -> list[list[int]]:
+    """The k training batches every evaluation uses (the same for every l, every branch)."""
     gen = torch.Generator().manual_seed(seed + 1)
     return [torch.randperm(n, generator=gen)[:batch_size].tolist() for _ in range(k)]
 
@@ -277,6 +277,20 @@ def _held_out(
         gen = torch.Generator().manual_seed(seed + 2)
         idx = sorted(torch.randperm(m, generator=gen)[:eval_examples].tolist())
     return BatchSource(eval_ds, device, spec.eval_data.num_workers), idx
+
+
+def evaluation_inputs(
+    spec: Spec, device: torch.device, train_ds: Any, eval_examples: int | None, seed: int
+) -> tuple[Callable[[Any, Any], Any], BatchSource | None, list[int]]:
+    """The loss and the held-out set that ``svag`` and ``confirm`` evaluate with: the spec's
+    loss, checked on the training data and on eval_data (before any run), and the fixed random
+    subset of ``eval_examples`` held-out examples (None, [] without eval_data)."""
+    held_out, held_idx = _held_out(spec, device, eval_examples, seed)
+    loss_fn = build_loss(spec)
+    check_examples(train_ds, loss_fn, str(spec.path))
+    if held_out is not None:
+        check_examples(held_out.dataset, loss_fn, str(spec.path), "eval_data")
+    return loss_fn, held_out, held_idx
 
 
 def prepare_svag(
@@ -336,21 +350,16 @@ def prepare_svag(
     steps, tau, sizing = run_length(target, effective_steps, relaxation_times)
     sched = target_schedule(spec.schedule, kappa)
     notes += _schedule_note(sched, target_batch_size, start_step)
-    held_out, held_idx = _held_out(spec, dev, eval_examples, seed)
+    loss_fn, held_out, held_idx = evaluation_inputs(spec, dev, train_ds, eval_examples, seed)
     if held_out is None:
         notes.append("no eval_data in the spec: no held-out loss/accuracy")
-
-    loss_fn = build_loss(spec)
-    check_examples(train_ds, loss_fn, str(spec.path))
-    if held_out is not None:
-        check_examples(held_out.dataset, loss_fn, str(spec.path), "eval_data")
     return SvagPlan(
         model=model,
         loss_fn=loss_fn,
         train=BatchSource(train_ds, dev, spec.data.num_workers),
         held_out=held_out,
         held_out_indices=held_idx,
-        fixed_batches=_fixed_batches(n, target_batch_size, eval_batches, seed),
+        fixed_batches=fixed_batches(n, target_batch_size, eval_batches, seed),
         device=dev,
         mode=spec.measure.mode,
         batch_size=spec.batch_size,
