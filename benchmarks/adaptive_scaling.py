@@ -37,10 +37,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "assets"))
 sys.path.insert(0, str(ROOT / "tests" / "torch"))
 
+from bscrit.engine.adaptive import adaptive_hooks, adaptive_plan
+from bscrit.engine.loop import measure_model
 from tiny import make_dataset, make_model  # noqa: E402
-
-from bscrit.adaptive import adaptive_hooks, adaptive_plan  # noqa: E402
-from bscrit.engine import measure_model  # noqa: E402
 
 
 def timed_run(k: int, adaptive: bool, groups: int, seed: int) -> list[tuple[int, float]]:
@@ -87,8 +86,8 @@ def coverage(reps: int, max_groups: int) -> tuple[float, float, float]:
     """Share of adaptive 95% NSR intervals that contain the exact NSR, its s.e., mean k."""
     from reference import mse, tiny_problem, truth
 
-    from bscrit.estimators import noise_stats
-    from bscrit.summary import set_sums
+    from bscrit.stats.estimators import noise_stats
+    from bscrit.stats.summary import set_sums
 
     model, ds = tiny_problem(64)
     b, n = 6, 64

@@ -2,7 +2,7 @@
 
 A tiny float64 MLP (3 → 4 → 1, tanh) on n = 48 examples, where the per-example gradients over the
 whole dataset give the exact G and N^B = T₁ (n − B)/(B (n − 1)) (docs/theory.md §1). Runs
-``bscrit.engine.measure_model`` R times with different seeds (k batches in m groups each) and
+``bscrit.engine.loop.measure_model`` R times with different seeds (k batches in m groups each) and
 prints the mean of Ĝ and N̂ against the truth (in units of their Monte-Carlo standard error) and
 how often the 95% jackknife intervals of G, N and NSR cover the truth.
 
@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "torch"))
 
+from bscrit.engine.loop import measure_model
 from reference import mse, tiny_problem, truth  # noqa: E402
 
-from bscrit.engine import measure_model  # noqa: E402
-from bscrit.summary import param_set_stats  # noqa: E402
+from bscrit.stats.summary import param_set_stats
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ The digits MLP (:mod:`bscrit.examples.digits`, n = 1500 training examples) is tr
 the weights frozen (lr = 0) and BatchNorm in eval mode (so that examples are independent and a
 per-example gradient is defined), the exact G, T₁ and NSR^B at B = M·b come from all n
 per-example gradients. Then ``--steps`` training steps of M micro-batches of b examples (random
-reshuffling, one shuffle per epoch) are read by :class:`bscrit.free_capture.FreeCapture`, and
+reshuffling, one shuffle per epoch) are read by :class:`bscrit.engine.free_capture.FreeCapture`, and
 the pooled estimate with the finite-population correction is compared with the plain
 independent-batch forms (N̂ = s², Ĝ = ‖h̄‖² − s²/M) on the same steps.
 
@@ -27,10 +27,11 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bscrit.examples.digits.data import load_tensors  # noqa: E402
-from bscrit.examples.digits.model import make_model  # noqa: E402
-from bscrit.free_capture import FreeCapture  # noqa: E402
-from bscrit.free_estimators import FreeStep, plain_step_estimate, pool_steps  # noqa: E402
+from bscrit.engine.free_capture import FreeCapture
+
+from bscrit.examples.digits.data import load_tensors
+from bscrit.examples.digits.model import make_model
+from bscrit.stats.free import FreeStep, plain_step_estimate, pool_steps
 
 
 def truth(model: nn.Module, x: torch.Tensor, y: torch.Tensor, big_b: int) -> dict[str, float]:

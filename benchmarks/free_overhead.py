@@ -1,7 +1,7 @@
 """Benchmark: the free mode's overhead on a gradient-accumulation training loop.
 
 One training loop (SGD with momentum, M micro-batches of b examples per step, gradient clipping,
-``zero_grad``) runs with and without :class:`bscrit.free_capture.FreeCapture`; the capture
+``zero_grad``) runs with and without :class:`bscrit.engine.free_capture.FreeCapture`; the capture
 variants are the default (``boundaries="hooks"``: the micro-batch ends are found inside
 ``backward()``) and ``"manual"`` (``on_backward_end()`` after each backward). Every variant
 starts from the same weights and sees the same batches; runs are interleaved (plain, hooks,
@@ -33,9 +33,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bscrit.engine.free_capture import FreeCapture
 from measure_overhead import MODELS, make_data, param_bytes, sync  # noqa: E402
-
-from bscrit.free_capture import FreeCapture  # noqa: E402
 
 #: (micro-batch b, micro-batches M, steps per timed run) on CPU (2 cores here) and on CUDA.
 SIZES = {"cpu": (16, 4, 8), "cuda": (64, 4, 40)}

@@ -3,7 +3,7 @@
 Same model, same batches (in-memory tensors on the device), same process setup; m = 10 groups
 (the default), so the group sums that bscrit keeps are those of a real run. The bscrit side
 runs twice: with the m group sums in host memory (``sums: memory``) and spilled to a temporary
-file (``sums: spilled``, ``host_memory=0``; bscrit.groups.plan_sums), to show what the spill
+file (``sums: spilled``, ``host_memory=0``; bscrit.engine.groups.plan_sums), to show what the spill
 saves. Each loop runs in a fresh child process.
 
 - Host memory, both devices: the child's **peak resident set size** (Linux ``VmHWM``, reset with
@@ -43,6 +43,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bscrit.engine.allocator import tune_cpu_allocator
+from bscrit.engine.data import sample_batches
+from bscrit.engine.loop import measure_model
 from measure_overhead import (  # noqa: E402
     MODELS,
     SIZES_CPU,
@@ -53,10 +56,6 @@ from measure_overhead import (  # noqa: E402
     plain_loop,
     sync,
 )
-
-from bscrit.allocator import tune_cpu_allocator  # noqa: E402
-from bscrit.data import sample_batches  # noqa: E402
-from bscrit.engine import measure_model  # noqa: E402
 
 GROUPS = 10
 #: (side, estimator, where the group sums live) in the order they run.

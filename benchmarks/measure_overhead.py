@@ -4,7 +4,7 @@ Both loops see the same model, the same batches (the same k × B index rows into
 in-memory tensors on the device) and the same train/eval mode, in the same process; runs are
 interleaved (plain, bscrit, bscrit, plain, ...) and repeated, and the table reports medians, so
 that load from other processes hits both sides alike. The bscrit side is the whole
-:func:`bscrit.engine.measure_model` call (setup, the Gram matrices at the end, restoring the
+:func:`bscrit.engine.loop.measure_model` call (setup, the Gram matrices at the end, restoring the
 buffers), divided by k.
 
 The plain loop is what a user pays anyway: ``loss = loss_fn(model(x), y); loss.backward()`` with
@@ -36,9 +36,9 @@ from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bscrit.allocator import tune_cpu_allocator  # noqa: E402
-from bscrit.data import sample_batches  # noqa: E402
-from bscrit.engine import measure_model  # noqa: E402
+from bscrit.engine.allocator import tune_cpu_allocator
+from bscrit.engine.data import sample_batches
+from bscrit.engine.loop import measure_model
 
 # ----------------------------------------------------------------------------------------------
 # Models and data (shared with measure_memory.py and precision.py)
@@ -151,7 +151,7 @@ def bscrit_loop(
     if compile:
         kw["compile"] = True
     if estimator == "per-example":
-        from bscrit.per_example import measure_per_example
+        from bscrit.engine.per_example import measure_per_example
 
         measure_per_example(
             model, data, nn.functional.cross_entropy, batch_size=rows.shape[1], **kw

@@ -45,10 +45,11 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bscrit.examples.digits import data as digits_data  # noqa: E402
-from bscrit.examples.digits import model as digits_model  # noqa: E402
-from bscrit.schedule import Stage, stage_at  # noqa: E402
-from bscrit.schedule_io import stages_from_yaml_dict  # noqa: E402
+from bscrit.theory.schedule import Stage, stage_at
+
+from bscrit.artifacts.schedule_io import stages_from_yaml_dict
+from bscrit.examples.digits import data as digits_data
+from bscrit.examples.digits import model as digits_model
 
 SPEC = ROOT / "examples" / "digits" / "spec.yaml"
 OUT = ROOT / "benchmarks" / "schedule_results"
@@ -275,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         })  # fmt: skip
     plateau = None
     if pooled.exists():
-        from bscrit.prediction import predict_files
+        from bscrit.theory.prediction import predict_files
 
         pb = predict_files([pooled])
         ci = [x if math.isfinite(x) else None for x in pb.base.b_star_ci95]

@@ -33,9 +33,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .api import load_measurement, measure, predict, scale
-    from .prediction import Prediction
-    from .results import Measurement
+    from bscrit.api import load_measurement, measure, predict, scale
+    from bscrit.artifacts.measurement import Measurement
+    from bscrit.theory.prediction import Prediction
 
 #: name -> the module that defines it (imported when the name is first read).
 _LAZY = {
@@ -43,8 +43,8 @@ _LAZY = {
     "predict": "bscrit.api",
     "scale": "bscrit.api",
     "load_measurement": "bscrit.api",
-    "Measurement": "bscrit.results",
-    "Prediction": "bscrit.prediction",
+    "Measurement": "bscrit.artifacts.measurement",
+    "Prediction": "bscrit.theory.prediction",
 }
 
 

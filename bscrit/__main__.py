@@ -1,5 +1,5 @@
 """``python -m bscrit`` (also what ``torchrun -m bscrit`` runs)."""
 
-from .cli import main
+from bscrit.cli import main
 
 main()

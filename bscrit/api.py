@@ -3,8 +3,8 @@
 ``bscrit.measure``, ``bscrit.predict``, ``bscrit.scale`` and ``bscrit.load_measurement`` are
 these functions (exposed lazily by ``bscrit/__init__``, so ``import bscrit`` loads no torch).
 They are the library functions behind ``bscrit measure``, ``predict`` and ``scale``: the same
-estimators, the same :class:`~bscrit.results.Measurement` and the same JSON
-(:meth:`~bscrit.results.Measurement.save`). docs/api.md is the user's page.
+estimators, the same :class:`~bscrit.artifacts.measurement.Measurement` and the same JSON
+(:meth:`~bscrit.artifacts.measurement.Measurement.save`). docs/api.md is the user's page.
 
 The guarantees of the command line hold for a live model (docs/api.md, "Guarantees"): its
 parameters, buffers, ``.grad``, ``requires_grad`` flags and train/eval mode, the global RNGs
@@ -24,12 +24,12 @@ from contextlib import contextmanager
 from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any
 
-from .errors import UsageError
+from bscrit.errors import UsageError
 
 if TYPE_CHECKING:
-    from .prediction import Prediction
-    from .results import Measurement
-    from .scaling import ScaledHyperparameters
+    from bscrit.artifacts.measurement import Measurement
+    from bscrit.theory.prediction import Prediction
+    from bscrit.theory.scaling import ScaledHyperparameters
 
 PathLike = str | os.PathLike[str]
 #: ``advance(n)``: told the batches done since the last call.
@@ -68,7 +68,7 @@ def measure(
         data: a map-style ``Dataset``, or a ``DataLoader`` (its dataset and ``collate_fn`` are
             used; its batch size, sampler and shuffling are not: the batches are bscrit's).
         loss_fn: the MEAN loss of a batch, in one of three forms
-            (:func:`bscrit.api_inputs.resolve_loss`): ``"model"`` (the model's own
+            (:func:`bscrit.workflows.live.resolve_loss`): ``"model"`` (the model's own
             ``output.loss``, called ``model(**batch)``); a torch loss (``nn.CrossEntropyLoss()``,
             ``F.cross_entropy``) or a function whose first parameter is named ``outputs`` /
             ``logits`` / ``preds``, called ``loss_fn(model(x), y)``; or any other function,
@@ -92,7 +92,7 @@ def measure(
         label: names the weights in the record (default ``"<ClassName>"``).
 
     Returns:
-        The :class:`~bscrit.results.Measurement` ``bscrit measure`` returns; ``.save(path)``
+        The :class:`~bscrit.artifacts.measurement.Measurement` ``bscrit measure`` returns; ``.save(path)``
         writes its JSON.
 
     Raises:
@@ -101,8 +101,12 @@ def measure(
     """
     import torch
 
-    from . import __version__
-    from .api_inputs import (
+    from bscrit import __version__
+    from bscrit.artifacts.measurement import Measurement
+    from bscrit.engine.loop import measure_model
+    from bscrit.engine.params import requires_grad_only
+    from bscrit.engine.precondition import build_preconditioner
+    from bscrit.workflows.live import (
         check_arguments,
         check_targets,
         engine_collate,
@@ -112,10 +116,6 @@ def measure(
         resolve_device,
         resolve_loss,
     )
-    from .engine import measure_model
-    from .param_select import requires_grad_only
-    from .precondition import build_preconditioner
-    from .results import Measurement
 
     check_arguments(batch_size, num_batches, groups, micro_batch_size, mode)
     if not isinstance(model, torch.nn.Module):
@@ -186,8 +186,8 @@ def measure(
 
 def _summary(label: str, raw: Any, opt: Any, step: int | None, examples_seen: int | None) -> Any:
     """The checkpoint summary, with its step (and examples seen, where the format has it)."""
-    from .results import CheckpointStats
-    from .summary import summarize_checkpoint
+    from bscrit.artifacts.measurement import CheckpointStats
+    from bscrit.stats.summary import summarize_checkpoint
 
     s = summarize_checkpoint(label, raw.tensors, opt, raw.elapsed_s, raw.tau)
     extra: dict[str, Any] = {"step": step}
@@ -198,8 +198,8 @@ def _summary(label: str, raw: Any, opt: Any, step: int | None, examples_seen: in
 
 def _pooled(summary: Any, opt: Any, step: int | None) -> tuple[Any, str, Any]:
     """Equilibrium, its note and the interval scope of one measured point, as
-    :func:`bscrit.pipeline.run_measurement` forms them for one checkpoint."""
-    from .summary import equilibrium, equilibrium_intervals, equilibrium_set
+    :func:`bscrit.workflows.measure.run_measurement` forms them for one checkpoint."""
+    from bscrit.stats.summary import equilibrium, equilibrium_intervals, equilibrium_set
 
     st = summary.stats
     eq_set, eq_name = equilibrium_set(st.all, st.scale_invariant)
@@ -211,8 +211,8 @@ def _pooled(summary: Any, opt: Any, step: int | None) -> tuple[Any, str, Any]:
 
 
 def _pooled_warnings(summary: Any, eq: Any, eqi: Any) -> list[str]:
-    from .equilibrium import interval_warnings
-    from .pipeline import pooled_warnings
+    from bscrit.stats.equilibrium import interval_warnings
+    from bscrit.workflows.measure import pooled_warnings
 
     return pooled_warnings(None, [summary], summary.stats.all, eq) + interval_warnings(eqi)
 
@@ -259,7 +259,7 @@ def _progress(progress: bool | Advance) -> Iterator[Advance | None]:
 
 
 def _as_measurement(item: Any, i: int) -> tuple[str, Measurement]:
-    from .results import Measurement, load_measurement
+    from bscrit.artifacts.measurement import Measurement, load_measurement
 
     if isinstance(item, Measurement):
         source = item.spec or (item.checkpoints[0].path if item.checkpoints else None)
@@ -277,11 +277,11 @@ def predict(measurements: Any, c2: float = 2.0) -> Prediction:
     hyperparameters scaled to its top ([LMA21] Thms 5.2, 5.5, 5.6; docs/theory.md §4).
 
     Args:
-        measurements: a :class:`~bscrit.results.Measurement` or the path of its JSON, or a
+        measurements: a :class:`~bscrit.artifacts.measurement.Measurement` or the path of its JSON, or a
             list of them (the first is the base run).
         c2: C² of [LMA21] (> 1): how much the noise may grow before the SDE breaks.
     """
-    from .prediction import predict as predict_measurements
+    from bscrit.theory.prediction import predict as predict_measurements
 
     items = (
         [measurements]
@@ -309,7 +309,7 @@ def scale(
 
     Args:
         target_batch_size: B'.
-        measurement: a :class:`~bscrit.results.Measurement` or its JSON path: the base
+        measurement: a :class:`~bscrit.artifacts.measurement.Measurement` or its JSON path: the base
             optimizer and B, and warnings when B' is past its recommended range.
         optimizer: the optimizer's name (``"sgd"``, ``"adamw"``...), overriding the base's.
         batch_size: the base B (default: the measurement's or the spec's).
@@ -318,7 +318,7 @@ def scale(
         c2: C² of [LMA21], for the range warnings.
         **hyperparameters: the base values (``lr=0.1, momentum=0.9``), overriding the others.
     """
-    from .rescale import scale_request
+    from bscrit.theory.rescale import scale_request
 
     return scale_request(
         target_batch_size,
@@ -336,6 +336,6 @@ def scale(
 
 def load_measurement(path: PathLike) -> Measurement:
     """Read and validate a measurement JSON (written by ``bscrit measure`` or ``.save``)."""
-    from .results import load_measurement as load
+    from bscrit.artifacts.measurement import load_measurement as load
 
     return load(path)

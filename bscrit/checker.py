@@ -13,8 +13,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from . import optim
-from .errors import SpecError, SpecProblem, UsageError
+from bscrit.errors import SpecError, SpecProblem, UsageError
+from bscrit.optim import registry as optim
 
 
 def describe(value: Any) -> str:

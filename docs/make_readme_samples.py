@@ -207,10 +207,10 @@ def fast_samples() -> dict[str, str]:
 
 @contextlib.contextmanager
 def _recording() -> Iterator[Callable[[], str]]:
-    """Route bscrit.report's stdout and stderr consoles into one recording at WIDTH columns."""
+    """Route bscrit.report.common's stdout and stderr consoles into one recording at WIDTH columns."""
     from rich.console import Console
 
-    from bscrit import report
+    from bscrit.report import common as report
 
     buf = io.StringIO()
     console = Console(file=buf, width=WIDTH, highlight=False, soft_wrap=False, no_color=True)
@@ -226,7 +226,7 @@ def _recording() -> Iterator[Callable[[], str]]:
 def measure_transcript(m: Any, args: list[str] = MEASURE) -> str:
     """What ``bscrit measure ... --out m.json`` prints for the measurement ``m`` (as cli.measure
     prints it: tables, warnings, the files written)."""
-    from bscrit import report
+    from bscrit.report import common as report
 
     with _recording() as text:
         report.show(report.format_measurement(m))
@@ -244,7 +244,7 @@ def measure_transcript(m: Any, args: list[str] = MEASURE) -> str:
 def svag_transcript(r: Any, args: list[str] = SVAG) -> str:
     """What ``bscrit svag ... --out DIR --plot PNG`` prints without a terminal for the result
     ``r`` (as cli.svag prints it: the cost, the tables and verdict, the files written)."""
-    from bscrit import report
+    from bscrit.report import common as report
 
     out, plot = args[args.index("--out") + 1], args[args.index("--plot") + 1]
     with _recording() as text:
@@ -268,7 +268,7 @@ def _join(words: list[str]) -> str:
 def demo_sentence(v: dict[str, Any]) -> str:
     """The README's words on the SVAG figure of ``bscrit demo``, from its verdict (svag.json
     schema 2: the ratios SGD/SDE against [1/C, C]; a schema-1 verdict is read as before)."""
-    from bscrit.svag.verdict import RATIO_LABELS
+    from bscrit.runs.svag.verdict import RATIO_LABELS
 
     head = f"`svag.png`, B' = {v['target_batch_size']}; verdict `{v['code']}`"
     if "high_ls" in v:  # schema 1: pairwise agreement
@@ -321,8 +321,8 @@ def digits_paragraphs(d: dict[str, Any]) -> dict[str, str]:
 def rendered_samples() -> dict[str, dict[str, str]]:
     """The bodies of the samples that come from a training run, re-rendered from the artifacts
     in docs/samples/ (no torch): ``{file: {name: body}}``."""
-    from bscrit.results import load_measurement
-    from bscrit.svag.results import load_svag
+    from bscrit.artifacts.measurement import load_measurement
+    from bscrit.runs.svag.results import load_svag
 
     values = json.loads(VALUES_JSON.read_text())
     readme = {
@@ -351,8 +351,8 @@ def _same(what: str, real: str, rendered: str) -> None:
 
 
 def _digits_numbers(workdir: Path, mode: str) -> dict[str, Any]:
-    from bscrit.prediction import predict
-    from bscrit.results import Measurement
+    from bscrit.theory.prediction import predict
+    from bscrit.artifacts.measurement import Measurement
 
     args = ["measure", "examples/digits/spec.yaml", "-c", "examples/digits/ckpt.pt",
             "-k", str(DIGITS_K), "--mode", mode, "--json", "--quiet"]  # fmt: skip
@@ -391,8 +391,8 @@ def _keep(artifact: Path, to: Path, work: Path) -> None:
 
 def run_slow(retrain: bool) -> None:
     """Run measure, svag, the demo and the k = 2000 measurements; keep their artifacts."""
-    from bscrit.results import load_measurement
-    from bscrit.svag.results import load_svag
+    from bscrit.artifacts.measurement import load_measurement
+    from bscrit.runs.svag.results import load_svag
 
     _ensure_checkpoint(retrain)
     SAMPLES.mkdir(exist_ok=True)

@@ -13,7 +13,7 @@ Protocol (the *branched* protocol; docs/validation.md, "Adaptive optimizers (Ada
    (brute force here, with bscrit's unbiased estimators and delete-one-group jackknife; the raw
    part of the brute force is checked against the engine on the same batches).
 3. **Branches.** From the branch point, for every κ and seed: AdamW at B' = κ·B0 with the
-   hyperparameters of bscrit's square-root rule (``bscrit.scaling.scale_hyperparameters``: η√κ,
+   hyperparameters of bscrit's square-root rule (``bscrit.theory.scaling.scale_hyperparameters``: η√κ,
    β' = 1 − κ(1 − β) for β₁ and β₂, ε/√κ, λ√κ) for steps/κ steps (the same number of tokens),
    constant LR. Two variants of the Adam state at the branch: (a) v carried over unchanged, (b)
    v/κ ([MLPA22] Thm 5.3 compares runs whose (θ, m, u = v/σ²) agree). m is carried over in both.
@@ -59,6 +59,9 @@ ROOT = HERE.parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bscrit.engine.loop import measure_model
+from bscrit.optim.registry import OptimizerInfo
+from bscrit.theory.scaling import scale_hyperparameters, square_root_rule
 from charlm import (  # noqa: E402
     Corpus,
     evaluate,
@@ -70,12 +73,9 @@ from charlm import (  # noqa: E402
     windows,
 )
 
-from bscrit.engine import measure_model  # noqa: E402
-from bscrit.estimators import GroupSums, finite_population_factor, noise_stats  # noqa: E402
-from bscrit.optim import OptimizerInfo  # noqa: E402
-from bscrit.scaling import scale_hyperparameters, square_root_rule  # noqa: E402
-from bscrit.summary import param_set_stats  # noqa: E402
-from bscrit.svag.step import make_optimizer  # noqa: E402
+from bscrit.runs.svag.step import make_optimizer
+from bscrit.stats.estimators import GroupSums, finite_population_factor, noise_stats
+from bscrit.stats.summary import param_set_stats
 
 C2 = 2.0  # [LMA21] Fig. 3's C², as in bscrit's B*
 FAIL_Z = 2.0  # failure: D > max(FAIL_Z · SE(D), FAIL_ABS)
@@ -644,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
                 "G_ci95": list(raw.G_ci95),
                 "N_ci95": list(raw.N_ci95),
                 "k": raw.k,
-                "source": "bscrit.engine.measure_model + param_set_stats",
+                "source": "bscrit.engine.loop.measure_model + param_set_stats",
             },
             "preconditioned": {
                 "G": pre.G.value,
@@ -654,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
                 "G_ci95": list(pre.G.ci95),
                 "N_ci95": list(pre.N.ci95),
                 "k": pre.k,
-                "source": "brute force, bscrit.estimators.noise_stats",
+                "source": "brute force, bscrit.stats.estimators.noise_stats",
             },
             "engine_vs_bruteforce_rel_diff": agree,
             "n_windows": n,

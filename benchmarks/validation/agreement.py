@@ -15,7 +15,7 @@ From the validation study's settings (``run.py``: mnist1d-si and mnist1d-affine,
    (with its deciding ratios), confirm says ("—" when the command is missing), runtimes.
 
 The svag JSONs are kept (``--work``/<setting>/svag-B.json), so ``--recalibrate`` re-reads them
-under other verdict thresholds (:class:`bscrit.svag.verdict.VerdictConfig`) without rerunning:
+under other verdict thresholds (:class:`bscrit.runs.svag.verdict.VerdictConfig`) without rerunning:
 that is how the defaults were chosen on mnist1d-si only, then scored on mnist1d-affine.
 
 Everything runs single-threaded (OMP_NUM_THREADS = 1)::
@@ -118,10 +118,11 @@ def _json(text: str) -> dict[str, Any]:
 
 
 def run_setting(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    from bscrit.confirm.results import DEFAULT_TOLERANCE, ConfirmVerdict, decide
-    from bscrit.optim import OptimizerInfo
-    from bscrit.svag.results import SvagRun, svag_verdict
-    from bscrit.svag.verdict import DECIDE_ON, VerdictConfig
+    from bscrit.optim.registry import OptimizerInfo
+
+    from bscrit.runs.confirm.results import DEFAULT_TOLERANCE, ConfirmVerdict, decide
+    from bscrit.runs.svag.results import SvagRun, svag_verdict
+    from bscrit.runs.svag.verdict import DECIDE_ON, VerdictConfig
 
     st = setting(name)
     work = args.work / name
@@ -245,9 +246,10 @@ def _truncate(run: Any, end: float) -> Any:
 def recalibrate(names: list[str]) -> list[dict[str, Any]]:
     """Every setting's svag verdicts under a grid of VerdictConfigs, and under the defaults for
     runs cut to 3, 2.5 and 2 relaxation times (no runs)."""
-    from bscrit.optim import OptimizerInfo
-    from bscrit.svag.results import SvagRun, svag_verdict
-    from bscrit.svag.verdict import DECISION_METRICS, VerdictConfig
+    from bscrit.optim.registry import OptimizerInfo
+
+    from bscrit.runs.svag.results import SvagRun, svag_verdict
+    from bscrit.runs.svag.verdict import DECISION_METRICS, VerdictConfig
 
     sets = {"def5.1+losses": DECISION_METRICS, "losses": ("train_loss", "eval_loss"),
             "R+losses": ("norm_sq", "train_loss", "eval_loss")}  # fmt: skip

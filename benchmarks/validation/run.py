@@ -302,16 +302,16 @@ def measure_reference(
 def measure_bscrit(
     model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, B: int, k: int, seed: int
 ) -> dict[str, dict[str, float]]:
-    """HOOK: the same numbers from bscrit's own engine (``bscrit.engine.measure_model``).
+    """HOOK: the same numbers from bscrit's own engine (``bscrit.engine.loop.measure_model``).
 
     Adapts to the engine's current return type (a ``RawMeasurement`` of per-tensor sums, turned
-    into ParamSetStats by ``bscrit.summary.param_set_stats``). If the engine's interface
+    into ParamSetStats by ``bscrit.stats.summary.param_set_stats``). If the engine's interface
     changes, this is the one function to update.
     """
+    from bscrit.engine.loop import measure_model
     from torch.utils.data import TensorDataset
 
-    from bscrit.engine import measure_model
-    from bscrit.summary import param_set_stats
+    from bscrit.stats.summary import param_set_stats
 
     raw = measure_model(
         model,

@@ -1,11 +1,11 @@
 """``mode="free"`` of the callbacks, whatever the framework (docs/free.md).
 
 The callback creates a :class:`FreeWindow` when training starts. A
-:class:`~bscrit.free_capture.FreeCapture` reads every optimizer step's micro-batch gradients
+:class:`~bscrit.engine.free_capture.FreeCapture` reads every optimizer step's micro-batch gradients
 inside ``backward()`` (or the DDP ranks' in a communication hook); the callback calls
 :meth:`FreeWindow.step_end` once per optimizer step, after the last backward and before the
 optimizer step. Every ``every_n_steps`` recorded steps the window is pooled
-(:func:`~bscrit.free_estimators.pool_steps`, intervals over blocks of steps, the relaxation time
+(:func:`~bscrit.stats.free.pool_steps`, intervals over blocks of steps, the relaxation time
 1/(2ηλ) read from the live optimizer when bscrit knows it), one line is appended to
 ``out_dir/series.jsonl`` (:func:`free_series_row`: the keys of
 :data:`~bscrit.integrations.recorder.SERIES_KEYS`, then ``"mode": "free"``, the weight drift and
@@ -25,12 +25,12 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UsageError
-from .recorder import SERIES_FILE, check_every
+from bscrit.errors import UsageError
+from bscrit.integrations.recorder import SERIES_FILE, check_every
 
 if TYPE_CHECKING:
-    from ..free_capture import FreeCapture
-    from ..free_estimators import FreeEstimate
+    from bscrit.engine.free_capture import FreeCapture
+    from bscrit.stats.free import FreeEstimate
 
 
 def _num(x: float | None) -> float | None:
@@ -44,7 +44,7 @@ def _pair(ci: tuple[float, float]) -> list[float | None]:
 def free_series_row(est: FreeEstimate, seconds: float) -> dict[str, Any]:
     """One ``series.jsonl`` line of a pooled window: the every-n-steps keys first (``step`` is
     the window's last step, ``file`` is null), then ``mode``, ``drift`` and ``free`` (the whole
-    :meth:`~bscrit.free_estimators.FreeEstimate.to_dict`)."""
+    :meth:`~bscrit.stats.free.FreeEstimate.to_dict`)."""
     return {
         "step": est.last_step,
         "examples_seen": est.examples_seen,
@@ -96,7 +96,7 @@ class FreeWindow:
         out_dir: where ``series.jsonl`` goes (created on the first line).
         every_n_steps: optimizer steps per pooled window (at least 2).
         c2: C² of [LMA21] for B*.
-        stride: read every ``stride``-th step only (:class:`~bscrit.free_capture.FreeCapture`).
+        stride: read every ``stride``-th step only (:class:`~bscrit.engine.free_capture.FreeCapture`).
     """
 
     def __init__(
@@ -139,8 +139,8 @@ class FreeWindow:
             boundaries: ``"hooks"`` (read inside backward) or ``"manual"`` (the callback calls
                 :meth:`backward_end` after each micro-batch's backward).
         """
-        from ..equilibrium import relaxation_steps
-        from ..free_capture import FreeCapture
+        from bscrit.engine.free_capture import FreeCapture
+        from bscrit.stats.equilibrium import relaxation_steps
 
         if slices < 2:
             raise UsageError(
@@ -155,7 +155,7 @@ class FreeWindow:
         params: Any = model
         ddp = hasattr(model, "register_comm_hook")
         if optimizer is not None:
-            from ..api_inputs import optimizer_selection, unwrap_optimizer
+            from bscrit.workflows.live import optimizer_selection, unwrap_optimizer
 
             inner = model.module if ddp else model
             view = optimizer_selection(inner, optimizer)

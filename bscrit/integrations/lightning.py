@@ -33,9 +33,9 @@ except ImportError:  # pragma: no cover - the standalone package
             "bscrit.integrations.lightning needs Lightning: pip install 'bscrit[lightning]'"
         ) from None
 
-from ..errors import UsageError
-from .free import FreeWindow, batch_length, dataset_size
-from .recorder import SeriesRecorder, check_mode
+from bscrit.errors import UsageError
+from bscrit.integrations.free import FreeWindow, batch_length, dataset_size
+from bscrit.integrations.recorder import SeriesRecorder, check_mode
 
 __all__ = ["BscritCallback"]
 
@@ -102,7 +102,7 @@ class BscritCallback(Callback):
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         """Resolve the data, B, the micro-batch size and the loss; refuse what cannot work."""
-        from ..api_inputs import check_arguments, resolve_data
+        from bscrit.workflows.live import check_arguments, resolve_data
 
         if self.free is not None:
             self._start_free(trainer, pl_module)

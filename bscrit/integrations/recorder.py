@@ -23,11 +23,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UsageError
+from bscrit.errors import UsageError
 
 if TYPE_CHECKING:
-    from ..prediction import Prediction
-    from ..results import Measurement
+    from bscrit.artifacts.measurement import Measurement
+    from bscrit.theory.prediction import Prediction
 
 #: ``mode``: measure every n steps with independent batches ("every_n"), or read the
 #: micro-batch gradients the step already computes ("free", docs/free.md, :mod:`.free`).
@@ -122,7 +122,7 @@ class SeriesRecorder:
         seed: int = 0,
         c2: float = 2.0,
     ) -> None:
-        from ..theory import check_c2
+        from bscrit.theory.bounds import check_c2
 
         self.out_dir = Path(out_dir)
         self.every_n_steps = check_every(every_n_steps)
@@ -149,7 +149,7 @@ class SeriesRecorder:
     ) -> dict[str, float]:
         """Measure at the current weights, write the JSON and the series line; returns the
         metrics to log (``bscrit/nsr``, ``bscrit/b_star``; inf when B* is unbounded)."""
-        from ..api import measure, predict
+        from bscrit.api import measure, predict
 
         self.last_step = step
         t0 = time.perf_counter()

@@ -30,9 +30,9 @@ except ImportError:
         "bscrit.integrations.transformers needs transformers: pip install 'bscrit[hf]'"
     ) from None
 
-from ..errors import UsageError
-from .free import FreeWindow, dataset_size
-from .recorder import SeriesRecorder, check_mode
+from bscrit.errors import UsageError
+from bscrit.integrations.free import FreeWindow, dataset_size
+from bscrit.integrations.recorder import SeriesRecorder, check_mode
 
 __all__ = ["BscritCallback"]
 
@@ -96,7 +96,7 @@ class BscritCallback(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Resolve B, the micro-batch size and the data; refuse what cannot work."""
-        from ..api_inputs import check_arguments, resolve_data, resolve_loss
+        from bscrit.workflows.live import check_arguments, resolve_data, resolve_loss
 
         if self.free is not None:
             self._start_free(args, kwargs)
@@ -123,7 +123,7 @@ class BscritCallback(TrainerCallback):
             raise UsageError(
                 "BscritCallback: mode='free' under several processes is not supported with the "
                 "Trainer (a callback cannot reach the DDP model); use mode='every_n', or "
-                "bscrit.free_capture.FreeCapture on the DDP model by hand"
+                "bscrit.engine.free_capture.FreeCapture on the DDP model by hand"
             )
         micro = self.micro_batch_size or int(args.per_device_train_batch_size)
         acc = int(args.gradient_accumulation_steps)

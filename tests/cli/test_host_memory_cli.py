@@ -9,9 +9,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from bscrit.cli import app
+from typer.testing import CliRunner
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 runner = CliRunner()
@@ -47,9 +46,9 @@ def test_spilled_sums_write_the_same_artifact_and_say_so_in_the_plan_line(
     assert _stats(a) == _stats(b)  # every number of the artifact, bit for bit
     assert list((work / "spill").iterdir()) == []
 
-    import bscrit.pipeline
+    import bscrit.workflows.measure
 
-    monkeypatch.setattr(bscrit.pipeline, "PLAN_LINE_MIN_S", 0.0)  # any run counts as long
+    monkeypatch.setattr(bscrit.workflows.measure, "PLAN_LINE_MIN_S", 0.0)  # any run counts as long
     r = runner.invoke(app, ["measure", spec, "-k", "120"])
     assert r.exit_code == 0, r.output
     text = " ".join(r.stderr.split())
@@ -60,14 +59,14 @@ def test_spilled_sums_write_the_same_artifact_and_say_so_in_the_plan_line(
 def test_a_spill_without_the_disk_space_exits_2_before_any_batch(
     work: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import bscrit.groups
+    import bscrit.engine.groups
 
     class Usage:
         free = 100
 
     real = shutil.disk_usage  # the spill folder is full; the --out folder is not
     monkeypatch.setattr(
-        bscrit.groups.shutil,
+        bscrit.engine.groups.shutil,
         "disk_usage",
         lambda folder: Usage if str(folder).endswith("spill") else real(folder),
     )

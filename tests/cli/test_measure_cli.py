@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from bscrit.cli import app
 from typer.testing import CliRunner
 
-from bscrit.cli import app
-from bscrit.results import csv_path_for, load_measurement
+from bscrit.artifacts.measurement import csv_path_for, load_measurement
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 runner = CliRunner()
@@ -173,12 +173,12 @@ def test_labels_out_of_range_exit_3_and_no_file(work: Path) -> None:
 def test_absurd_batches_refused_before_the_data_loads(
     work: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import bscrit.loading
+    import bscrit.load.factories
 
     def no_data(*args: object, **kwargs: object) -> None:
         raise AssertionError("the dataset was built before --batches was checked")
 
-    monkeypatch.setattr(bscrit.loading, "build_dataset", no_data)
+    monkeypatch.setattr(bscrit.load.factories, "build_dataset", no_data)
     out = work / "m.json"
     for option, value in (("--batches", "1000000000000"), ("--max-batches", "10000000000")):
         extra = ["--target-rel-error", "0.1"] if option == "--max-batches" else []
@@ -201,9 +201,9 @@ def test_absurd_batches_refused_before_the_data_loads(
 def test_long_measurement_prints_its_plan_first(
     work: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import bscrit.pipeline
+    import bscrit.workflows.measure
 
-    monkeypatch.setattr(bscrit.pipeline, "PLAN_LINE_MIN_S", 0.0)  # any run counts as long
+    monkeypatch.setattr(bscrit.workflows.measure, "PLAN_LINE_MIN_S", 0.0)  # any run counts as long
     r = runner.invoke(app, ["measure", str(work / "valid.yaml"), "--batches", "120"])
     assert r.exit_code == 0, r.output
     text = " ".join(r.stderr.split())
@@ -213,12 +213,12 @@ def test_long_measurement_prints_its_plan_first(
 
 
 def test_interrupt_exits_130_without_output(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import bscrit.engine
+    import bscrit.engine.loop
 
     def boom(*a: object, **k: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bscrit.engine, "measure_model", boom)
+    monkeypatch.setattr(bscrit.engine.loop, "measure_model", boom)
     out = work / "m.json"
     r = _measure(str(work / "valid.yaml"), "--out", str(out))
     assert r.exit_code == 130
@@ -273,17 +273,17 @@ def test_out_on_a_full_disk_or_read_only_folder_exits_2_before_any_work(
     import os
     import tempfile
 
-    import bscrit.outputs
+    import bscrit.cli.outputs
 
     def read_only(*a: object, **k: object) -> tuple[int, str]:
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
     with monkeypatch.context() as mp:
-        mp.setattr(bscrit.outputs.tempfile, "mkstemp", read_only)
+        mp.setattr(bscrit.cli.outputs.tempfile, "mkstemp", read_only)
         r = _measure(str(work / "valid.yaml"), "--out", str(work / "m.json"))
     assert r.exit_code == 2 and "Read-only file system" in r.output, r.output
     usage = shutil.disk_usage(work)
-    monkeypatch.setattr(bscrit.outputs.shutil, "disk_usage", lambda p: usage._replace(free=0))
+    monkeypatch.setattr(bscrit.cli.outputs.shutil, "disk_usage", lambda p: usage._replace(free=0))
     r = _measure(str(work / "valid.yaml"), "--out", str(work / "m.json"))
     assert r.exit_code == 2 and "is full (0 bytes free)" in r.output, r.output
     assert "bscrit measure  B=" not in r.output  # no measurement was made
@@ -296,12 +296,14 @@ def test_write_failing_after_the_work_prints_the_results_and_exits_3(
     import errno
     import os
 
-    import bscrit.results
+    import bscrit.artifacts.measurement
 
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(bscrit.results.os, "fsync", full)  # the disk fills during the run
+    monkeypatch.setattr(
+        bscrit.artifacts.measurement.os, "fsync", full
+    )  # the disk fills during the run
     monkeypatch.chdir(work)
     out = Path("out") / "m.json"
     r = _measure("valid.yaml", "--batches", "40", "--out", str(out))

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
-
 from bscrit.cli import app
+from typer.testing import CliRunner
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 runner = CliRunner()

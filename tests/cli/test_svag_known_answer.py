@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
-
 from bscrit.cli import app
+from typer.testing import CliRunner
 
 runner = CliRunner()
 

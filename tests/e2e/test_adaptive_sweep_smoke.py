@@ -28,7 +28,7 @@ def test_adaptive_sweep_smoke(tmp_path: Path) -> None:
     summary = list(csv.DictReader((tmp_path / "summary.csv").open()))
     assert {row["variant"] for row in summary} == {"a", "b"}
     runs = list(csv.DictReader((tmp_path / "runs.csv").open()))
-    # the square-root rule's hyperparameters (bscrit.scaling) at κ = 2
+    # the square-root rule's hyperparameters (bscrit.theory.scaling) at κ = 2
     k2 = next(r for r in runs if r["kappa"] == "2")
     assert float(k2["beta1"]) == pytest.approx(1 - 2 * (1 - 0.99))
     assert int(k2["steps"]) * 2 == int(next(r for r in runs if r["kappa"] == "1")["steps"])

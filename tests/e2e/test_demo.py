@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from bscrit.cli import app
 from typer.testing import CliRunner
 
-from bscrit.cli import app
-from bscrit.results import load_measurement, read_json
+from bscrit.artifacts.measurement import load_measurement, read_json
 
 
 @pytest.mark.slow
@@ -48,12 +48,12 @@ def test_quick_demo_runs_the_pipeline_and_writes_every_artifact(tmp_path: Path) 
 def test_interrupt_during_the_svag_step_says_what_was_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import bscrit.svag.results
+    import bscrit.runs.svag.results
 
     def interrupted(*a: object, **k: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bscrit.svag.results, "write_svag", interrupted)  # after the figure
+    monkeypatch.setattr(bscrit.runs.svag.results, "write_svag", interrupted)  # after the figure
     work = tmp_path / "demo"
     r = CliRunner().invoke(app, ["demo", "--quick", "--workdir", str(work)])
     assert r.exit_code == 130, r.output

@@ -71,7 +71,7 @@ def _render(*renderables: object) -> list[str]:
 
     from rich.console import Console
 
-    from bscrit import report
+    from bscrit.report import common as report
 
     console = Console(file=io.StringIO(), width=120, record=True, highlight=False)
     report.show(*renderables, console=console)  # type: ignore[arg-type]
@@ -106,8 +106,8 @@ def test_training_samples_are_what_the_code_prints_for_their_artifacts(gen: Modu
 
 
 def test_measure_sample_has_the_format_of_the_code(gen: ModuleType) -> None:
-    from bscrit import report
-    from bscrit.results import load_measurement
+    from bscrit.artifacts.measurement import load_measurement
+    from bscrit.report import common as report
 
     lines = _block(gen, "measure")
     assert lines[0] == "$ bscrit measure examples/digits/spec.yaml -c examples/digits/ckpt.pt " \
@@ -130,7 +130,7 @@ def test_measure_sample_has_the_format_of_the_code(gen: ModuleType) -> None:
 
 
 def test_svag_and_demo_samples_have_the_format_of_the_code(gen: ModuleType) -> None:
-    from bscrit.svag.verdict import VERDICT_TEXT
+    from bscrit.runs.svag.verdict import VERDICT_TEXT
 
     lines = _block(gen, "svag")
     assert lines[0].startswith("$ bscrit svag examples/digits/spec.yaml")

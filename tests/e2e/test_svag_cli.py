@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from typer.testing import CliRunner
-
 from bscrit.cli import app
+from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "examples" / "digits"
@@ -76,7 +75,7 @@ def test_svag_on_digits_writes_table_json_csv_png_and_leaves_the_checkpoint(ckpt
     assert "non-interactive" in r.output
     assert "verdict (" in r.output and "held-out loss" in r.output
     d = json.loads((out / "svag.json").read_text())
-    assert d["schema"] == 2 and d["kind"] == "bscrit.svag"
+    assert d["schema"] == 2 and d["kind"] == "bscrit.runs.svag"
     assert d["verdict"]["code"] in ("sde_holds", "sde_fails", "not_converged")
     assert d["target_batch_size"] == 128 and d["kappa"] == 4.0 and d["rule"] == "linear"
     assert d["target_optimizer"]["lr"] == pytest.approx(0.4)
@@ -167,7 +166,7 @@ def test_from_measurement_takes_the_top_of_the_recommended_range(ckpt):
 def test_from_measurement_caps_the_target_at_half_the_dataset(ckpt, tmp_path, monkeypatch):
     """Range top = n (the lower bound of B*, 1867, is above the 1500 digits): B' = n/2, so the
     two batches of a SVAG step do not overlap; the info line says so (declined: nothing runs)."""
-    import bscrit.cli_common as cli
+    import bscrit.cli.common as cli
 
     d = json.loads((MEASUREMENTS / "sgd_b128.json").read_text())
     d["dataset_size"] = 1500
@@ -185,7 +184,7 @@ def test_from_measurement_caps_the_target_at_half_the_dataset(ckpt, tmp_path, mo
 
 
 def test_interactive_prompt_can_decline_and_yes_skips_it(ckpt, tmp_path, monkeypatch):
-    import bscrit.cli_common as cli
+    import bscrit.cli.common as cli
 
     monkeypatch.setattr(cli, "interactive", lambda: True)
     out = tmp_path / "declined"
@@ -199,7 +198,7 @@ def test_interactive_prompt_can_decline_and_yes_skips_it(ckpt, tmp_path, monkeyp
 
 
 def test_ci_env_means_non_interactive(monkeypatch):
-    import bscrit.cli_common as cli
+    import bscrit.cli.common as cli
 
     monkeypatch.setenv("CI", "true")
     assert cli.interactive() is False
@@ -252,7 +251,7 @@ def test_plot_failing_after_the_run_prints_the_results_and_exits_3(ckpt, tmp_pat
     assert "(wrote out/svag.json, out/trajectories.csv)" in err
     assert "the results are printed on stdout as JSON" in err
     d = json.loads(r.stdout[r.stdout.index("{") :])  # nothing lost
-    assert d["kind"] == "bscrit.svag" and d["target_batch_size"] == 64
+    assert d["kind"] == "bscrit.runs.svag" and d["target_batch_size"] == 64
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no figure, no temp file
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bscrit.checkpoint_select import natural_key, saved_step, select
 from bscrit.errors import CheckpointError, UsageError
+from bscrit.load.selection import natural_key, saved_step, select
 
 
 def _save(path: Path, **extra: object) -> Path:
@@ -92,7 +92,7 @@ def test_a_saved_epoch_orders_the_checkpoints_and_estimates_their_steps(tmp_path
 
 
 def test_progress_reads_examples_and_tokens_seen_else_step_times_b(tmp_path: Path) -> None:
-    from bscrit.checkpoint_select import progress, saved_seen
+    from bscrit.load.selection import progress, saved_seen
 
     a = _save(tmp_path / "a.pt", step=10, examples_seen=333, tokens_seen=9000)
     b = _save(tmp_path / "b.pt", step=20)

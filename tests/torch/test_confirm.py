@@ -11,13 +11,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from bscrit.spec.document import load_spec
 from torch import nn
 
-from bscrit.confirm.plan import prepare_confirm
-from bscrit.confirm.run import _start, decay_factor, load_saved_state, run_branch, run_confirm
 from bscrit.errors import RunError
-from bscrit.spec import load_spec
-from bscrit.svag.step import make_optimizer
+from bscrit.runs.confirm.plan import prepare_confirm
+from bscrit.runs.confirm.run import (
+    _start,
+    decay_factor,
+    load_saved_state,
+    run_branch,
+    run_confirm,
+)
+from bscrit.runs.svag.step import make_optimizer
 
 ASSETS = Path(__file__).parents[1] / "assets"
 

@@ -17,10 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
-
 from bscrit.cli import app
-from bscrit.distributed import (
+from bscrit.engine.distributed import (
     ENV_TIMEOUT,
     Session,
     _failure_message,
@@ -28,9 +26,11 @@ from bscrit.distributed import (
     measure_args_from_argv,
     unwrap_model,
 )
+from bscrit.spec.document import load_spec
+from typer.testing import CliRunner
+
 from bscrit.errors import BscritError
-from bscrit.pipeline import MeasureOptions, run_measurement
-from bscrit.spec import load_spec
+from bscrit.workflows.measure import MeasureOptions, run_measurement
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),

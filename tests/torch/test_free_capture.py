@@ -7,10 +7,10 @@ import math
 
 import pytest
 import torch
+from bscrit.engine.free_capture import FreeCapture
 from torch import nn
 
 from bscrit.errors import UsageError
-from bscrit.free_capture import FreeCapture
 
 
 def _model(dtype: torch.dtype = torch.float64) -> nn.Module:
@@ -276,7 +276,7 @@ DDP_WORKER = """
 import contextlib, copy, json, sys
 import torch, torch.distributed as dist
 from torch import nn
-from bscrit.free_capture import FreeCapture
+from bscrit.engine.free_capture import FreeCapture
 
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()

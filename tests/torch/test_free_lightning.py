@@ -11,9 +11,9 @@ pytest.importorskip("lightning")
 
 from test_lightning_callback import fit  # noqa: E402  (the same run, module and logger)
 
-from bscrit.errors import UsageError  # noqa: E402
-from bscrit.integrations.lightning import BscritCallback  # noqa: E402
-from bscrit.integrations.recorder import SERIES_KEYS, read_series  # noqa: E402
+from bscrit.errors import UsageError
+from bscrit.integrations.lightning import BscritCallback
+from bscrit.integrations.recorder import SERIES_KEYS, read_series
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec:FutureWarning", "ignore:.*num_workers")
 

@@ -15,11 +15,12 @@ from torch import nn
 transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
-from bscrit import checkpoints  # noqa: E402
-from bscrit.checkpoints import load_checkpoint, load_model  # noqa: E402
-from bscrit.errors import CheckpointError, SpecError  # noqa: E402
-from bscrit.loading import build_model  # noqa: E402
-from bscrit.spec import parse_spec  # noqa: E402
+from bscrit.spec.document import parse_spec
+
+from bscrit.errors import CheckpointError, SpecError
+from bscrit.load import checkpoints
+from bscrit.load.checkpoints import load_checkpoint, load_model
+from bscrit.load.factories import build_model
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 TINY = str(ASSETS / "tiny.py")

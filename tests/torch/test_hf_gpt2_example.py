@@ -14,8 +14,9 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
-from bscrit.checkpoints import load_model  # noqa: E402
-from bscrit.spec import parse_spec  # noqa: E402
+from bscrit.spec.document import parse_spec
+
+from bscrit.load.checkpoints import load_model
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hf-gpt2"
 STEPS = 6

@@ -10,25 +10,25 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from bscrit.optim.registry import OptimizerInfo
+from bscrit.spec.document import DataSpec, load_spec, parse_spec
 from torch import nn
 
-from bscrit.checkpoints import (
+from bscrit.errors import BscritError, CheckpointError, DataError, SpecError
+from bscrit.load.checkpoints import (
     LoadedCheckpoint,
     load_checkpoint,
     load_model,
     optimizer_for,
     resolve_optimizer,
 )
-from bscrit.errors import BscritError, CheckpointError, DataError, SpecError
-from bscrit.loading import (
+from bscrit.load.factories import (
     build_dataset,
     build_loss,
     build_model,
     resolve_callable,
     resolve_device,
 )
-from bscrit.optim import OptimizerInfo
-from bscrit.spec import DataSpec, load_spec, parse_spec
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 sys.path.insert(0, str(ASSETS))
@@ -655,7 +655,7 @@ def test_pickle_scan_runs_nothing_from_the_file(tmp_path):
     # A malicious pickle (os.system on load) is only looked at, never run, by the scan.
     import pickle
 
-    from bscrit.checkpoint_file import pickled_models
+    from bscrit.load.checkpoint_file import pickled_models
 
     marker = tmp_path / "ran"
 

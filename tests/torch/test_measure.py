@@ -7,16 +7,16 @@ import statistics
 
 import pytest
 import torch
+from bscrit.engine.data import group_counts, sample_batches
+from bscrit.engine.loop import measure_model
 from reference import mse as _mse
 from reference import tiny_problem as _tiny_problem
 from reference import truth
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from bscrit.data import group_counts, sample_batches
-from bscrit.engine import measure_model
 from bscrit.errors import DataError, MeasurementError
-from bscrit.summary import param_set_stats, summarize_checkpoint
+from bscrit.stats.summary import param_set_stats, summarize_checkpoint
 
 
 def test_sampled_batches_are_distinct_within_and_independent_across() -> None:
@@ -32,7 +32,7 @@ def test_sampled_batches_are_distinct_within_and_independent_across() -> None:
 
 
 def test_batch_plan_is_lazy_and_row_for_row_sample_batches() -> None:
-    from bscrit.data import BatchPlan, group_blocks
+    from bscrit.engine.data import BatchPlan, group_blocks
 
     for n, b, k, seed in [(50, 8, 300, 3), (64, 64, 12, 0), (2_000_000, 4, 30, 2)]:
         rows = sample_batches(n, b, k, seed)
@@ -49,14 +49,15 @@ def test_batch_plan_is_lazy_and_row_for_row_sample_batches() -> None:
 
 
 def test_a_huge_k_starts_at_once_and_an_absurd_one_is_refused(monkeypatch) -> None:
-    import bscrit.engine
-    from bscrit.data import MAX_BATCHES
+    from bscrit.engine.data import MAX_BATCHES
+
+    import bscrit.engine.loop
     from bscrit.errors import UsageError
 
     def eager(*args: object, **kwargs: object) -> None:
         raise AssertionError("the whole batch plan was materialised before the first batch")
 
-    monkeypatch.setattr(bscrit.engine, "sample_batches", eager, raising=False)
+    monkeypatch.setattr(bscrit.engine.loop, "sample_batches", eager, raising=False)
     model, ds = _tiny_problem()
 
     class Started(Exception):

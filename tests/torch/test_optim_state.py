@@ -6,12 +6,12 @@ import math
 
 import pytest
 import torch
+from bscrit.theory.scaling import scale_hyperparameters
 from torch import nn
 
-from bscrit import optim
-from bscrit.checkpoints import load_checkpoint
 from bscrit.errors import UsageError
-from bscrit.scaling import scale_hyperparameters
+from bscrit.load.checkpoints import load_checkpoint
+from bscrit.optim import registry as optim
 
 
 def saved_state(make, steps: int = 2) -> dict:
@@ -126,7 +126,7 @@ def test_scheduler_base_and_current_lr():
 
 
 def test_svag_refuses_optimizers_it_does_not_run():
-    from bscrit.svag.plan import _target_optimizer
+    from bscrit.runs.svag.plan import _target_optimizer
 
     with pytest.raises(UsageError, match="SVAG runs support sgd, adam, adamw, rmsprop, not nadam"):
         _target_optimizer(optim.OptimizerInfo("nadam", lr=2e-3), None, {}, 2.0)

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from bscrit.engine.loop import measure_model
+from bscrit.engine.params import align, requires_grad_only, select_parameters
+from bscrit.spec.document import load_spec
+from bscrit.theory.scaling import scale_hyperparameters
 from torch import nn
 
-from bscrit import optim
-from bscrit.engine import measure_model
 from bscrit.errors import CheckpointError
-from bscrit.param_select import align, requires_grad_only, select_parameters
-from bscrit.pipeline import MeasureOptions, run_measurement
-from bscrit.scaling import scale_hyperparameters
-from bscrit.spec import load_spec
-from bscrit.summary import TAU_BF16, TAU_FP32
+from bscrit.optim import registry as optim
+from bscrit.stats.summary import TAU_BF16, TAU_FP32
+from bscrit.workflows.measure import MeasureOptions, run_measurement
 
 NET = textwrap.dedent("""
     import torch
@@ -196,7 +196,7 @@ def test_pipeline_measures_what_the_optimizer_updates(tmp_path):
 
 
 def test_svag_trains_what_the_optimizer_trained(tmp_path):
-    from bscrit.svag.plan import prepare_svag
+    from bscrit.runs.svag.plan import prepare_svag
 
     model = make_model()
     state = train(model, torch.optim.Adam(model[1].parameters(), lr=1e-2))

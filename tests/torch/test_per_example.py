@@ -1,4 +1,4 @@
-"""The per-example estimator against brute-force per-example autograd (bscrit.per_example)."""
+"""The per-example estimator against brute-force per-example autograd (bscrit.engine.per_example)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ import statistics
 
 import pytest
 import torch
+from bscrit.engine.loop import measure_model
+from bscrit.engine.per_example import layer_sq_norms, measure_per_example
 from reference import mse as _mse
 from reference import tiny_problem as _tiny_problem
 from reference import truth as exact_truth
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from bscrit.engine import measure_model
 from bscrit.errors import BscritError, MeasurementError, UsageError
-from bscrit.estimators import per_example_stats
-from bscrit.per_example import layer_sq_norms, measure_per_example
-from bscrit.summary import set_sums
+from bscrit.stats.estimators import per_example_stats
+from bscrit.stats.summary import set_sums
 
 # ----------------------------------------------------------------------------------------------
 # Exact per-example norms, layer by layer
@@ -41,7 +41,7 @@ class _Seq(nn.Module):
 
 
 def test_outer_norms_gram_and_direct_agree() -> None:
-    from bscrit.per_example import _outer_sq_norms
+    from bscrit.engine.per_example import _outer_sq_norms
 
     for o, i, ll in ((3, 4, 50), (40, 30, 2)):  # direct, then Gram
         d = torch.randn(6, o, ll, dtype=torch.float64)
@@ -135,7 +135,7 @@ def test_t1_and_n_unbiased_and_more_precise_than_batch_estimator() -> None:
         gs.append(s.noise.G.value)
         se_pe.append(s.noise.N.se)
         cover += s.T1.ci95[0] <= t1_true <= s.T1.ci95[1]
-        from bscrit.summary import param_set_stats
+        from bscrit.stats.summary import param_set_stats
 
         se_batch.append(param_set_stats(raw.tensors).N_se)
     for vals, exact in ((t1s, t1_true), (ns, n_true), (gs, g_true)):

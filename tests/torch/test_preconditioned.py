@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from bscrit.engine.data import sample_batches
+from bscrit.engine.loop import measure_model, trainable_parameters
+from bscrit.engine.precondition import build_preconditioner
+from bscrit.optim.registry import OptimizerInfo
 from reference import mse, tiny_problem
 
-from bscrit.data import sample_batches
-from bscrit.engine import measure_model, trainable_parameters
-from bscrit.estimators import noise_stats
-from bscrit.optim import OptimizerInfo
-from bscrit.precondition import build_preconditioner
-from bscrit.summary import set_sums
+from bscrit.stats.estimators import noise_stats
+from bscrit.stats.summary import set_sums
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
@@ -90,9 +90,8 @@ def test_measure_cli_writes_stats_preconditioned(tmp_path):
     checkpoint: null with preconditioned_reason."""
     import json
 
-    from typer.testing import CliRunner
-
     from bscrit.cli import app
+    from typer.testing import CliRunner
 
     for f in ("tiny.py", "valid.yaml"):
         shutil.copy(ASSETS / f, tmp_path / f)

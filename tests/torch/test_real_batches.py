@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from bscrit.engine.data import BatchSource
+from bscrit.engine.loop import measure_model
+from bscrit.engine.objective import ModelLoss, batch_gradient, item_count, shifts_labels
 from torch import nn
 from torch.utils.data import TensorDataset, default_collate
 
-from bscrit.data import BatchSource
-from bscrit.engine import measure_model
 from bscrit.errors import DataError, SpecError, UsageError
-from bscrit.objective import ModelLoss, batch_gradient, item_count, shifts_labels
-from bscrit.summary import param_set_stats
+from bscrit.stats.summary import param_set_stats
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
@@ -257,7 +257,7 @@ def test_cross_entropy_with_ignored_targets_is_weighted_too() -> None:
 
 def test_micro_batches_with_per_example_norms_and_dict_examples() -> None:
     """The per-example hooks read the pieces of the batch-B gradient under micro-batching."""
-    from bscrit.per_example import measure_per_example
+    from bscrit.engine.per_example import measure_per_example
 
     torch.manual_seed(0)
     model = lm.MLPTagger()
@@ -292,7 +292,7 @@ def test_micro_batch_size_must_divide_b_and_batchnorm_is_warned_about() -> None:
 
 
 def test_svag_gradients_and_evaluations_on_dict_examples_in_micro_batches() -> None:
-    from bscrit.svag.oracles import ModelEvaluator, loss_gradient
+    from bscrit.runs.svag.oracles import ModelEvaluator, loss_gradient
 
     torch.manual_seed(0)
     model = lm.make_tagger()
@@ -317,8 +317,9 @@ def test_svag_gradients_and_evaluations_on_dict_examples_in_micro_batches() -> N
 def test_per_example_on_a_real_gpt2_is_refused_naming_the_option() -> None:
     """GPT-2 (tied embeddings, Conv1D) has no per-example rule: a clear refusal, not a crash."""
     pytest.importorskip("transformers")
+    from bscrit.engine.per_example import measure_per_example
+
     from bscrit.errors import BscritError
-    from bscrit.per_example import measure_per_example
 
     with pytest.raises(BscritError, match="estimator per-example: .*Use estimator batch") as e:
         measure_per_example(lm.make_gpt2(), lm.make_tokens(32), ModelLoss(), batch_size=8,

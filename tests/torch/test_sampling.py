@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from bscrit.engine.sampling import continue_training, epoch_batches, run_optimizer
+from bscrit.optim.registry import OptimizerInfo
+from bscrit.spec.document import load_spec
 from torch import nn
 
-from bscrit.equilibrium import plan_samples
 from bscrit.errors import UsageError
-from bscrit.optim import OptimizerInfo
-from bscrit.pipeline import MeasureOptions, run_measurement
-from bscrit.sampling import continue_training, epoch_batches, run_optimizer
-from bscrit.spec import load_spec
+from bscrit.stats.equilibrium import plan_samples
+from bscrit.workflows.measure import MeasureOptions, run_measurement
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 sys.path.insert(0, str(ASSETS))
@@ -100,7 +100,7 @@ def test_continue_training_is_plain_training_and_leaves_the_global_rng_alone() -
     assert seen == points
     assert torch.equal(torch.random.get_rng_state(), state)
     # brute force: the same 7 steps by hand, batches from the same permutation stream
-    from bscrit.sampling import ORDER_SEED_OFFSET
+    from bscrit.engine.sampling import ORDER_SEED_OFFSET
 
     rows = epoch_batches(len(ds), 8, torch.Generator().manual_seed(5 + ORDER_SEED_OFFSET))
     for _ in range(7):
@@ -186,7 +186,7 @@ def test_sampling_is_refused_for_several_checkpoints_and_without_an_optimizer(wo
 def test_sampling_trains_only_what_the_run_optimizer_updates(work: Path) -> None:
     """A checkpoint whose optimizer updated only the head (the body still has requires_grad):
     the continued training must not move the body, and the saved state loads onto the head."""
-    from bscrit.sampling import _trained_parameters
+    from bscrit.engine.sampling import _trained_parameters
 
     torch.manual_seed(0)
     model = tiny.make_model()
@@ -205,7 +205,7 @@ def test_sampling_trains_only_what_the_run_optimizer_updates(work: Path) -> None
     spec = load_spec(work / "valid.yaml")
     seen: list[dict[str, torch.Tensor]] = []
 
-    import bscrit.sampling as sampling
+    import bscrit.engine.sampling as sampling
 
     real = sampling.continue_training
 

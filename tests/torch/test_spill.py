@@ -1,4 +1,4 @@
-"""Group sums spilled to disk (bscrit.groups.plan_sums / SpilledSums): the same numbers as in
+"""Group sums spilled to disk (bscrit.engine.groups.plan_sums / SpilledSums): the same numbers as in
 host memory, bit for bit; the plan decided and checked before any batch; the file removed."""
 
 from __future__ import annotations
@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from bscrit.engine.adaptive import adaptive_hooks, adaptive_plan
+from bscrit.engine.groups import SumsPlan, plan_sums
+from bscrit.engine.loop import measure_model
 from reference import mse as _mse
 from reference import tiny_problem as _tiny_problem
 from torch import nn
 from torch.utils.data import TensorDataset
 
-import bscrit.engine
-import bscrit.groups
-from bscrit.adaptive import adaptive_hooks, adaptive_plan
-from bscrit.engine import measure_model
+import bscrit.engine.groups
+import bscrit.engine.loop
 from bscrit.errors import UsageError
-from bscrit.groups import SumsPlan, plan_sums
 
 
 class _Mixed(nn.Module):
@@ -49,9 +49,9 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tiny chunks, spans and blocks, so that a tiny model exercises every path of the spill
     file: Gram matrices read in several spans of several chunks, groups of several blocks
     (read, add, rewrite), adds in several pieces."""
-    monkeypatch.setattr(bscrit.groups, "GRAM_CHUNK", 8)
-    monkeypatch.setattr(bscrit.groups, "SPILL_READ_BYTES", 300)
-    monkeypatch.setattr(bscrit.engine, "BLOCK_BATCHES", 3)
+    monkeypatch.setattr(bscrit.engine.groups, "GRAM_CHUNK", 8)
+    monkeypatch.setattr(bscrit.engine.groups, "SPILL_READ_BYTES", 300)
+    monkeypatch.setattr(bscrit.engine.loop, "BLOCK_BATCHES", 3)
 
 
 def _spilled_and_not(tmp_path: Path, run) -> tuple:  # type: ignore[no-untyped-def]
@@ -145,7 +145,7 @@ def test_the_plan_spills_beyond_the_budget_and_checks_the_space(
 ) -> None:
     w = [torch.zeros(1000), torch.zeros(24, dtype=torch.float64)]
     group_bytes = 1000 * 4 + 24 * 8
-    monkeypatch.setattr(bscrit.groups, "available_memory", lambda: 10**9)
+    monkeypatch.setattr(bscrit.engine.groups, "available_memory", lambda: 10**9)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     p = plan_sums(w, 10)  # default budget: half the available memory
     assert (p.group_bytes, p.total, p.budget) == (group_bytes, 10 * group_bytes, 10**9 // 2)
@@ -155,7 +155,7 @@ def test_the_plan_spills_beyond_the_budget_and_checks_the_space(
     assert plan_sums(w, 10).budget == 10**9 // 4 // 2
     p = plan_sums(w, 10, host_memory=10 * group_bytes - 1, spill_dir=str(tmp_path))
     assert p.spilled and p.spill_dir == str(tmp_path)
-    monkeypatch.setattr(bscrit.groups, "SPILL_READ_BYTES", 1000)
+    monkeypatch.setattr(bscrit.engine.groups, "SPILL_READ_BYTES", 1000)
     assert p.host_bytes == 1000  # the read buffer (no staging buffer on CPU)
     assert replace(p, cuda=True).host_bytes == 1000 + group_bytes
     assert f"spilled to {tmp_path}" in p.describe()
@@ -164,7 +164,7 @@ def test_the_plan_spills_beyond_the_budget_and_checks_the_space(
     assert note.endswith("device memory on each rank 1 MiB at peak so far")
     assert plan_sums(w, 10, host_memory=10 * group_bytes).spilled is False  # fits exactly
 
-    monkeypatch.setattr(bscrit.groups, "available_memory", lambda: 100)
+    monkeypatch.setattr(bscrit.engine.groups, "available_memory", lambda: 100)
     with pytest.raises(UsageError, match="only 25 B is available") as e:
         plan_sums(w, 10, host_memory=10**6)  # an explicit budget past the memory there is
     assert "lower --host-memory to spill them" in e.value.for_cli()
@@ -172,7 +172,7 @@ def test_the_plan_spills_beyond_the_budget_and_checks_the_space(
     class Usage:
         free = 1000
 
-    monkeypatch.setattr(bscrit.groups.shutil, "disk_usage", lambda folder: Usage)
+    monkeypatch.setattr(bscrit.engine.groups.shutil, "disk_usage", lambda folder: Usage)
     with pytest.raises(
         UsageError, match=re.escape(f"more than the 1000 B free in {tmp_path}")
     ) as e:
@@ -190,7 +190,7 @@ def test_a_spill_that_cannot_fit_stops_before_the_first_batch(
     class Usage:
         free = 10
 
-    monkeypatch.setattr(bscrit.groups.shutil, "disk_usage", lambda folder: Usage)
+    monkeypatch.setattr(bscrit.engine.groups.shutil, "disk_usage", lambda folder: Usage)
     model, ds = _tiny_problem()
 
     def progress(n: int) -> None:
@@ -204,7 +204,7 @@ def test_a_spill_that_cannot_fit_stops_before_the_first_batch(
 
 
 def test_host_memory_helpers_report_this_machine() -> None:
-    from bscrit.allocator import available_memory, peak_rss
+    from bscrit.engine.allocator import available_memory, peak_rss
 
     if not Path("/proc/meminfo").exists():
         pytest.skip("needs /proc (Linux)")
@@ -223,12 +223,12 @@ def test_host_memory_helpers_report_this_machine() -> None:
 def test_float64_norms_are_accumulated_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """‖W‖ in float64 without a float64 copy of W: chunk by chunk, equal to the norm of the
     float64 copy up to float64 rounding (and exactly that of one chunk for small tensors)."""
-    from bscrit.groups import norm64
+    from bscrit.engine.groups import norm64
 
     w = torch.randn(1000, 37, generator=torch.Generator().manual_seed(0))
     exact = float(w.double().norm())
     assert float(norm64(w)) == float(torch.linalg.vector_norm(w, dtype=torch.float64))
-    monkeypatch.setattr(bscrit.groups, "NORM_CHUNK", 999)  # 38 chunks, the last one partial
+    monkeypatch.setattr(bscrit.engine.groups, "NORM_CHUNK", 999)  # 38 chunks, the last one partial
     assert float(norm64(w)) == pytest.approx(exact, rel=1e-14)
     assert float(norm64(w.T)) == pytest.approx(exact, rel=1e-14)  # not contiguous
     assert float(norm64(torch.zeros(0))) == 0.0

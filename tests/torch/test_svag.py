@@ -2,7 +2,7 @@
 """SVAG [LMA21 §4; MLPA22 §6]: the algebra of ĝ, weak convergence on closed forms, schedules on
 effective steps, BatchNorm running statistics, optimizer warm start.
 
-The closed-form tests run through :func:`bscrit.svag.run.run_svag` — the same step code path as
+The closed-form tests run through :func:`bscrit.runs.svag.run.run_svag` — the same step code path as
 ``bscrit svag`` (svag_hyperparameters → PyTorch optimizer → two gradients → ĝ → ``step()`` →
 scheduler on effective steps) — with a synthetic :class:`GaussianNoiseOracle` instead of a model.
 Monte-Carlo tolerances come from the estimators' standard errors; seeds are fixed.
@@ -14,16 +14,16 @@ import math
 
 import pytest
 import torch
+from bscrit.engine.data import BatchSource
+from bscrit.optim.registry import OptimizerInfo
+from bscrit.spec.document import ScheduleSpec
 from torch import nn
 
-from bscrit.data import BatchSource
 from bscrit.errors import RunError, UsageError
-from bscrit.optim import OptimizerInfo
-from bscrit.spec import ScheduleSpec
-from bscrit.svag import run as svag_run
-from bscrit.svag.oracles import GaussianNoiseOracle, ModelEvaluator, ModelOracle
-from bscrit.svag.run import run_svag
-from bscrit.svag.step import (
+from bscrit.runs.svag import run as svag_run
+from bscrit.runs.svag.oracles import GaussianNoiseOracle, ModelEvaluator, ModelOracle
+from bscrit.runs.svag.run import run_svag
+from bscrit.runs.svag.step import (
     combine,
     lr_factor,
     make_optimizer,
@@ -31,7 +31,7 @@ from bscrit.svag.step import (
     svag_step,
     target_schedule,
 )
-from bscrit.svag.warm import gradient_moments, warm_start
+from bscrit.runs.svag.warm import gradient_moments, warm_start
 
 # ----------------------------------------------------------------------------------------------
 # Algebra: ĝ = r1 g1 + r2 g2 has the mean of g and l times its covariance

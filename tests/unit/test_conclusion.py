@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from bscrit.conclusion import Confirmation, conclude
+from bscrit.workflows.conclusion import Confirmation, conclude
 
 
 def _c(b: int, code: str, mean: float = 0.0, ci=(-0.02, 0.02)) -> Confirmation:

@@ -8,8 +8,10 @@ import json
 import math
 
 import pytest
+from bscrit.optim.registry import OptimizerInfo
 
-from bscrit.confirm.results import (
+from bscrit.errors import ArtifactError, UsageError
+from bscrit.runs.confirm.results import (
     DEFAULT_TOLERANCE,
     FALLBACK_EPOCHS,
     KIND_CONFIRM,
@@ -24,8 +26,6 @@ from bscrit.confirm.results import (
     t_interval,
     write_confirm,
 )
-from bscrit.errors import ArtifactError, UsageError
-from bscrit.optim import OptimizerInfo
 
 #: Student's t 0.975 quantiles from a printed table (scipy-free reference), by degrees of freedom.
 T975 = {1: 12.706204736, 2: 4.302652730, 3: 3.182446305, 4: 2.776445105, 9: 2.262157163}
@@ -207,6 +207,6 @@ def test_json_has_the_contract_keys_and_round_trips(tmp_path):
 
 def test_loading_another_artifact_is_an_error(tmp_path):
     p = tmp_path / "confirm.json"
-    p.write_text(json.dumps({"schema": 1, "kind": "bscrit.svag"}))
-    with pytest.raises(ArtifactError, match="bscrit.confirm"):
+    p.write_text(json.dumps({"schema": 1, "kind": "bscrit.runs.svag"}))
+    with pytest.raises(ArtifactError, match="bscrit.runs.confirm"):
         load_confirm(p)

@@ -7,8 +7,9 @@ import math
 import random
 
 import pytest
+from bscrit.optim.registry import OptimizerInfo
 
-from bscrit.equilibrium import (
+from bscrit.stats.equilibrium import (
     SPREAD_WARN,
     EquilibriumInterval,
     draw_blocks,
@@ -18,13 +19,12 @@ from bscrit.equilibrium import (
     set_interval,
     spread_ratio,
 )
-from bscrit.estimators import GroupSums, NoiseStats, noise_stats, pool, t_quantile
-from bscrit.optim import OptimizerInfo
+from bscrit.stats.estimators import GroupSums, NoiseStats, noise_stats, pool, t_quantile
 
 
 def _exact(g: float, n: float, m: int = 4) -> NoiseStats:
     """A checkpoint known exactly (its jackknife values all equal: no batch noise)."""
-    from bscrit.estimators import noise_stats_from_jackknife
+    from bscrit.stats.estimators import noise_stats_from_jackknife
 
     return noise_stats_from_jackknife(g, n, [g] * m, [n] * m, 8 * m)
 
@@ -194,13 +194,13 @@ def test_equilibrium_interval_scopes_and_round_trip() -> None:
 def _fixture() -> object:
     from pathlib import Path
 
-    from bscrit.results import load_measurement
+    from bscrit.artifacts.measurement import load_measurement
 
     return load_measurement(Path(__file__).parents[1] / "assets" / "measurements" / "sgd_b128.json")
 
 
 def test_one_checkpoint_says_the_interval_covers_that_point_only() -> None:
-    from bscrit.prediction import predict
+    from bscrit.theory.prediction import predict
 
     m = _fixture()
     p = predict([("m.json", m)])  # type: ignore[list-item]
@@ -215,8 +215,8 @@ def _with_equilibrium(m, steps: list[int], gs: list[float], ns: list[float]):  #
     (each exactly: no batch noise) with the equilibrium interval bscrit computes for them."""
     import dataclasses
 
-    from bscrit.results import ParamSetStats
-    from bscrit.summary import CheckpointSummary, equilibrium_intervals, pool_param_sets
+    from bscrit.artifacts.measurement import ParamSetStats
+    from bscrit.stats.summary import CheckpointSummary, equilibrium_intervals, pool_param_sets
 
     si = m.scale_invariant
 
@@ -236,8 +236,8 @@ def _with_equilibrium(m, steps: list[int], gs: list[float], ns: list[float]):  #
 
 
 def test_predict_check_and_confirmation_take_the_equilibrium_interval() -> None:
-    from bscrit.prediction import check, confirmation_target, predict
-    from bscrit.theory import critical_batch_size
+    from bscrit.theory.bounds import critical_batch_size
+    from bscrit.theory.prediction import check, confirmation_target, predict
 
     m = _fixture()
     tau, _ = relaxation_steps(m.optimizer)  # type: ignore[attr-defined]
@@ -268,7 +268,7 @@ def test_predict_check_and_confirmation_take_the_equilibrium_interval() -> None:
 
 
 def test_close_checkpoints_are_one_draw_and_keep_the_batch_noise_interval() -> None:
-    from bscrit.prediction import predict
+    from bscrit.theory.prediction import predict
 
     m = _fixture()
     me = _with_equilibrium(m, list(range(0, 50, 5)), [0.1 + 0.01 * i for i in range(10)],
@@ -283,10 +283,10 @@ def test_close_checkpoints_are_one_draw_and_keep_the_batch_noise_interval() -> N
 def test_measure_output_shows_the_equilibrium_table_whole(width: int) -> None:
     import io
 
+    from bscrit.report.common import fmt, fmt_ci
     from rich.console import Console
 
-    from bscrit import report
-    from bscrit.report import fmt, fmt_ci
+    from bscrit.report import common as report
 
     m = _fixture()
     tau, _ = relaxation_steps(m.optimizer)  # type: ignore[attr-defined]

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from bscrit.estimators import (
+from bscrit.stats.estimators import (
     GroupSums,
     estimate_g_n,
     finite_population_factor,

@@ -14,16 +14,16 @@ import random
 
 import numpy as np
 import pytest
+from bscrit.theory.bounds import critical_batch_size
 
 from bscrit.errors import UsageError
-from bscrit.free_estimators import (
+from bscrit.stats.free import (
     FreeStep,
     plain_step_estimate,
     pool_steps,
     step_blocks,
     step_estimate,
 )
-from bscrit.theory import critical_batch_size
 
 
 def _population(n: int, d: int, seed: int, spread: float) -> np.ndarray:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from bscrit.optim.registry import OptimizerInfo
 
-from bscrit import optim, optim_state
 from bscrit.errors import BscritError, UsageError
-from bscrit.optim import OptimizerInfo
+from bscrit.optim import registry as optim
+from bscrit.optim import state as optim_state
 
 
 def rule_for(name: str) -> str:

@@ -1,8 +1,8 @@
-"""``predict`` and ``check`` (bscrit.prediction) on the measurement fixtures, numbers derived
+"""``predict`` and ``check`` (bscrit.theory.prediction) on the measurement fixtures, numbers derived
 by hand.
 
 Every expected value is recomputed here from the loaded Measurement: the parameter set chosen by
-:func:`bscrit.theory.choose_param_set`, its G and N, and its stored leave-one-group-out values
+:func:`bscrit.theory.bounds.choose_param_set`, its G and N, and its stored leave-one-group-out values
 (the NSR interval is the inverse of the jackknife interval of G/N, Student t with m − 1 df).
 B* = C²(B + B·NSR) [LMA21 Thm 5.6]. No torch.
 """
@@ -15,13 +15,19 @@ import math
 from pathlib import Path
 
 import pytest
+from bscrit.theory.bounds import DEFAULT_C2, choose_param_set
+from bscrit.theory.prediction import (
+    CheckResult,
+    Prediction,
+    check,
+    predict,
+    predict_files,
+)
+from bscrit.theory.scaling import rule_limit
 
+from bscrit.artifacts.measurement import Measurement, ParamSetStats, load_measurement
 from bscrit.errors import BscritError, ExitCode
-from bscrit.estimators import t_quantile
-from bscrit.prediction import CheckResult, Prediction, check, predict, predict_files
-from bscrit.results import Measurement, ParamSetStats, load_measurement
-from bscrit.scaling import rule_limit
-from bscrit.theory import DEFAULT_C2, choose_param_set
+from bscrit.stats.estimators import t_quantile
 
 ASSETS = Path(__file__).parents[1] / "assets" / "measurements"
 FIXTURES = sorted(p.name for p in ASSETS.glob("*.json"))
@@ -95,7 +101,7 @@ def test_b_star_of_each_fixture_by_hand(name: str, c2: float) -> None:
     assert p.c2 == c2
 
     # One measurement: the range runs from its B to its lower bound, capped at n and at the
-    # largest B' the optimizer's scaling rule reaches (bscrit.scaling.rule_limit).
+    # largest B' the optimizer's scaling rule reaches (bscrit.theory.scaling.rule_limit).
     r = p.recommended
     reach = rule_limit(m.optimizer, m.batch_size).batch_max if m.optimizer else None
     expected_max = min(lo, float(m.dataset_size), math.inf if reach is None else float(reach))

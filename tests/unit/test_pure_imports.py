@@ -17,11 +17,11 @@ def run(code: str) -> subprocess.CompletedProcess:
 def test_pure_modules_do_not_import_torch():
     r = run(
         "import sys\n"
-        "import bscrit.theory, bscrit.scaling, bscrit.estimators, bscrit.results\n"
-        "import bscrit.prediction, bscrit.optim, bscrit.spec, bscrit.checker, bscrit.summary\n"
-        "import bscrit.svag.results, bscrit.pipeline, bscrit.errors, bscrit.checkpoint_file\n"
-        "import bscrit.spec_model, bscrit.confirm.results, bscrit.free_estimators\n"
-        "import bscrit.schedule, bscrit.schedule_io, bscrit.conclusion\n"
+        "import bscrit.theory.bounds, bscrit.theory.scaling, bscrit.stats.estimators, bscrit.artifacts.measurement\n"
+        "import bscrit.theory.prediction, bscrit.optim.registry, bscrit.spec.document, bscrit.checker, bscrit.stats.summary\n"
+        "import bscrit.runs.svag.results, bscrit.workflows.measure, bscrit.errors, bscrit.load.checkpoint_file\n"
+        "import bscrit.spec.model, bscrit.runs.confirm.results, bscrit.stats.free\n"
+        "import bscrit.theory.schedule, bscrit.artifacts.schedule_io, bscrit.workflows.conclusion\n"
         "bad = sorted(m for m in ('torch', 'numpy', 'pandas') if m in sys.modules)\n"
         "assert not bad, bad\n"
     )

@@ -15,19 +15,19 @@ import sys
 from pathlib import Path
 
 import pytest
+from bscrit.optim.registry import OptimizerInfo
+from bscrit.optim.state import ParamGroupInfo
+from bscrit.report.common import fmt, fmt_ci
+from bscrit.theory.prediction import check, predict_files
+from bscrit.theory.scaling import scale_hyperparameters
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from bscrit import report
-from bscrit.optim import OptimizerInfo
-from bscrit.optim_state import ParamGroupInfo
-from bscrit.prediction import check, predict_files
-from bscrit.report import fmt, fmt_ci
-from bscrit.results import Measurement, load_measurement
-from bscrit.scaling import scale_hyperparameters
-from bscrit.svag.results import SvagResult, SvagRun, svag_verdict
-from bscrit.svag.verdict import RATIO_LABELS
+from bscrit.artifacts.measurement import Measurement, load_measurement
+from bscrit.report import common as report
+from bscrit.runs.svag.results import SvagResult, SvagRun, svag_verdict
+from bscrit.runs.svag.verdict import RATIO_LABELS
 
 MEAS = Path(__file__).parents[1] / "assets" / "measurements"
 FIXTURES = ("sgd_b128", "sgd_b512", "sgd_small_nsr", "adam_noisy")
@@ -98,7 +98,7 @@ def test_report_imports_no_torch() -> None:
         [
             sys.executable,
             "-c",
-            "import sys, bscrit.report\n"
+            "import sys, bscrit.report.common\n"
             "bad = sorted(m for m in ('torch', 'numpy', 'matplotlib') if m in sys.modules)\n"
             "assert not bad, bad\n",
         ],
@@ -632,7 +632,7 @@ def test_svag_cost_lines() -> None:
 def test_plot_svag_writes_a_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     target = tmp_path / "sub" / "svag.png"
-    from bscrit.svag.plot import plot_svag
+    from bscrit.runs.svag.plot import plot_svag
 
     plot_svag(_svag_result(), target)
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,6 +1,6 @@
-"""Measurement artifacts (bscrit.results): round trip, inf ↔ null, the schema policy, safe I/O.
+"""Measurement artifacts (bscrit.artifacts.measurement): round trip, inf ↔ null, the schema policy, safe I/O.
 
-The schema policy is the format-history comment at the top of bscrit/results.py: additive
+The schema policy is the format-history comment at the top of bscrit/artifacts/measurement.py: additive
 changes keep the schema number (unknown keys ignored, missing new keys read as absent), other
 changes bump SCHEMA with an upgrade function in ``_UPGRADES``, newer schemas are refused with
 "upgrade bscrit". No torch.
@@ -21,10 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from bscrit import outputs, results
-from bscrit.errors import ArtifactError
-from bscrit.estimators import Estimate, noise_stats_from_jackknife
-from bscrit.results import (
+from bscrit.artifacts import measurement as results
+from bscrit.artifacts.measurement import (
     KIND_MEASUREMENT,
     SCHEMA,
     Measurement,
@@ -39,6 +37,9 @@ from bscrit.results import (
     write_json,
     write_measurement,
 )
+from bscrit.cli import outputs
+from bscrit.errors import ArtifactError
+from bscrit.stats.estimators import Estimate, noise_stats_from_jackknife
 
 ASSETS = Path(__file__).parents[1] / "assets" / "measurements"
 FIXTURES = sorted(p.name for p in ASSETS.glob("*.json"))
@@ -215,7 +216,7 @@ def test_missing_schema_is_refused() -> None:
         Measurement.from_dict(d, source="old.json")
 
 
-@pytest.mark.parametrize("kind", ["bscrit.svag", "bscrit.prediction", None, 1])
+@pytest.mark.parametrize("kind", ["bscrit.runs.svag", "bscrit.theory.prediction", None, 1])
 def test_wrong_kind_is_refused(kind) -> None:
     d = base_dict()
     d["kind"] = kind

@@ -5,11 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-
-from bscrit.errors import BscritError
-from bscrit.optim import OptimizerInfo, flat
-from bscrit.optim_state import ParamGroupInfo
-from bscrit.scaling import (
+from bscrit.optim.registry import OptimizerInfo, flat
+from bscrit.optim.state import ParamGroupInfo
+from bscrit.theory.scaling import (
     adaptive_sde_warning,
     linear_rule,
     rule_limit,
@@ -18,6 +16,8 @@ from bscrit.scaling import (
     square_root_rule,
     svag_hyperparameters,
 )
+
+from bscrit.errors import BscritError
 
 SGD = OptimizerInfo("sgd", lr=0.1, momentum=0.9, weight_decay=5e-4)
 ADAM = OptimizerInfo("adam", lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4)
@@ -176,7 +176,7 @@ def test_scale_hyperparameters_rejects_bad_input():
 
 
 def test_rule_limit_adam_is_set_by_beta1():
-    from bscrit.scaling import rule_limit
+    from bscrit.theory.scaling import rule_limit
 
     lim = rule_limit(OptimizerInfo("adam", lr=1e-3, betas=(0.9, 0.999)), 32)
     assert lim.kappa_max == pytest.approx(10.0) and lim.binding == "beta1"
@@ -188,7 +188,7 @@ def test_rule_limit_adam_is_set_by_beta1():
 
 
 def test_rule_limit_beta2_and_rmsprop_alpha():
-    from bscrit.scaling import rule_limit
+    from bscrit.theory.scaling import rule_limit
 
     lim = rule_limit(OptimizerInfo("adamw", lr=1e-3, betas=(0.99, 0.95), weight_decay=0.0), 10)
     assert lim.binding == "beta2" and lim.kappa_max == pytest.approx(20.0)
@@ -198,7 +198,7 @@ def test_rule_limit_beta2_and_rmsprop_alpha():
 
 def test_rule_limit_sgd_weight_decay_factor():
     """SGD with coupled decay: 1 − κηλ > 0 ([LMA21] eq. 7); without decay, no limit."""
-    from bscrit.scaling import rule_limit
+    from bscrit.theory.scaling import rule_limit
 
     lim = rule_limit(OptimizerInfo("sgd", lr=0.5, weight_decay=0.1), 16)
     assert lim.binding == "weight_decay" and lim.kappa_max == pytest.approx(20.0)
@@ -210,7 +210,7 @@ def test_rule_limit_sgd_weight_decay_factor():
 
 
 def test_adamw_decoupled_decay_limit_can_bind_before_the_betas():
-    from bscrit.scaling import rule_limit
+    from bscrit.theory.scaling import rule_limit
 
     lim = rule_limit(OptimizerInfo("adamw", lr=0.01, betas=(0.999, 0.9999), weight_decay=5.0), 4)
     assert lim.binding == "weight_decay" and lim.kappa_max == pytest.approx(20.0)

@@ -1,4 +1,4 @@
-"""``bscrit schedule`` logic (bscrit.schedule, bscrit.schedule_io): points read as ``predict``
+"""``bscrit schedule`` logic (bscrit.theory.schedule, bscrit.artifacts.schedule_io): points read as ``predict``
 reads them, warm-up stages (monotone, within every later range, powers of two / multiples of K),
 Megatron's string, the YAML round trip, series.jsonl, and the JSON contract. No torch."""
 
@@ -12,13 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from bscrit.errors import ArtifactError, UsageError
-from bscrit.prediction import predict
-from bscrit.rescale import scale_request
-from bscrit.results import load_measurement
-from bscrit.scaling import scale_hyperparameters
-from bscrit.schedule import (
+from bscrit.theory.prediction import predict
+from bscrit.theory.rescale import scale_request
+from bscrit.theory.scaling import scale_hyperparameters
+from bscrit.theory.schedule import (
     SchedulePoint,
     Stage,
     choose_batch_sizes,
@@ -27,7 +24,9 @@ from bscrit.schedule import (
     point_from_measurement,
     stage_at,
 )
-from bscrit.schedule_io import (
+
+from bscrit.artifacts.measurement import load_measurement
+from bscrit.artifacts.schedule_io import (
     _threshold,
     load_points,
     megatron_schedule,
@@ -35,6 +34,7 @@ from bscrit.schedule_io import (
     schedule_yaml_text,
     stages_from_yaml_dict,
 )
+from bscrit.errors import ArtifactError, UsageError
 
 ASSETS = Path(__file__).parents[1] / "assets" / "measurements"
 
@@ -219,7 +219,7 @@ def test_a_measurement_without_a_step_is_refused_naming_it(tmp_path):
 def test_json_contract_keys(tmp_path):
     s = make_schedule(load_points([with_step(tmp_path, "sgd_b128.json", 3000)]))
     d = json.loads(json.dumps(s.to_dict(), allow_nan=False))
-    assert d["kind"] == "bscrit.schedule" and d["schema"] == 1
+    assert d["kind"] == "bscrit.theory.schedule" and d["schema"] == 1
     for st in d["stages"]:
         assert {"start_step", "start_examples", "batch_size", "hyperparameters"} <= set(st)
     for p in d["points"]:

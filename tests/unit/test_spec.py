@@ -8,10 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from bscrit import optim
-from bscrit.errors import ExitCode, SpecError
-from bscrit.spec import (
+from bscrit.spec.document import (
     CheckpointSpec,
     LossSpec,
     MeasureSpec,
@@ -20,6 +17,9 @@ from bscrit.spec import (
     load_spec,
     parse_spec,
 )
+
+from bscrit.errors import ExitCode, SpecError
+from bscrit.optim import registry as optim
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
@@ -358,7 +358,7 @@ def test_optimizer_name_lr_and_betas_shape():
 
 
 def test_spec_module_imports_no_torch():
-    code = "import sys, bscrit.spec; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, bscrit.spec.document; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

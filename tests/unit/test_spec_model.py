@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+from bscrit.spec.document import ModelSpec, load_spec, parse_spec
 
 from bscrit.errors import SpecError
-from bscrit.spec import ModelSpec, load_spec, parse_spec
 
 
 def minimal(**over):

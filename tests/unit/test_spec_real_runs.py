@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from bscrit.spec.document import LossSpec, load_spec, parse_spec
 
 from bscrit.errors import SpecError
-from bscrit.spec import LossSpec, load_spec, parse_spec
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 

@@ -1,5 +1,5 @@
 # ruff: noqa: E741  (l is the SVAG parameter of [LMA21])
-"""The calibrated SVAG verdict (bscrit.svag.verdict) on the Ornstein-Uhlenbeck closed form and on
+"""The calibrated SVAG verdict (bscrit.runs.svag.verdict) on the Ornstein-Uhlenbeck closed form and on
 synthetic runs, and the svag.json / trajectories.csv artifact (no torch).
 
 The OU process: L(x) = a x²/2 per coordinate, gradient noise σξ. SVAG with parameter l is
@@ -20,10 +20,10 @@ import sys
 
 import numpy as np
 import pytest
+from bscrit.optim.registry import OptimizerInfo
 
 from bscrit.errors import ArtifactError
-from bscrit.optim import OptimizerInfo
-from bscrit.svag.results import (
+from bscrit.runs.svag.results import (
     SvagResult,
     SvagRun,
     load_svag,
@@ -31,7 +31,7 @@ from bscrit.svag.results import (
     trajectories_csv,
     write_svag,
 )
-from bscrit.svag.verdict import (
+from bscrit.runs.svag.verdict import (
     DECISION_METRICS,
     VerdictConfig,
     decide,
@@ -221,7 +221,7 @@ def test_artifact_round_trip(tmp_path):
     assert res.relaxation_steps == pytest.approx(1 / (2 * 3.2 * 5e-3))
     j, c = write_svag(res, tmp_path / "out")
     d = json.loads(j.read_text())
-    assert d["schema"] == 2 and d["kind"] == "bscrit.svag"
+    assert d["schema"] == 2 and d["kind"] == "bscrit.runs.svag"
     assert "Stochastic Variance Amplified Gradient" in d["method"]
     assert d["verdict"]["code"] == "sde_holds" and d["verdict"]["config"]["C"] == pytest.approx(
         math.sqrt(2)
@@ -257,15 +257,15 @@ def test_load_rejects_other_artifacts(tmp_path):
     p.write_text(json.dumps({"schema": 2, "kind": "bscrit.measurement"}))
     with pytest.raises(ArtifactError, match="kind"):
         load_svag(p)
-    p.write_text(json.dumps({"schema": 2, "kind": "bscrit.svag"}))
+    p.write_text(json.dumps({"schema": 2, "kind": "bscrit.runs.svag"}))
     with pytest.raises(ArtifactError, match="malformed"):
         load_svag(p)
-    p.write_text(json.dumps({"schema": 3, "kind": "bscrit.svag"}))
+    p.write_text(json.dumps({"schema": 3, "kind": "bscrit.runs.svag"}))
     with pytest.raises(ArtifactError, match="upgrade bscrit"):
         load_svag(p)
 
 
 def test_svag_results_and_verdict_do_not_import_torch():
-    code = "import sys, bscrit.svag.results, bscrit.svag.verdict; assert 'torch' not in sys.modules"
+    code = "import sys, bscrit.runs.svag.results, bscrit.runs.svag.verdict; assert 'torch' not in sys.modules"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

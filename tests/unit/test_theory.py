@@ -14,11 +14,7 @@ import math
 from pathlib import Path
 
 import pytest
-
-from bscrit.errors import ArtifactError, BscritError, UsageError
-from bscrit.prediction import check, predict
-from bscrit.results import Measurement, load_measurement
-from bscrit.theory import (
+from bscrit.theory.bounds import (
     EQUILIBRIUM_RESIDUAL_MAX,
     b_star_range,
     check_c2,
@@ -39,6 +35,10 @@ from bscrit.theory import (
     thm55_kappa_min,
     thm55_lsi_fails,
 )
+from bscrit.theory.prediction import check, predict
+
+from bscrit.artifacts.measurement import Measurement, load_measurement
+from bscrit.errors import ArtifactError, BscritError, UsageError
 
 ASSETS = Path(__file__).parents[1] / "assets" / "measurements"
 T9 = 2.26215716  # t_{0.975, 9}, from tables (scipy.stats.t.ppf(0.975, 9) = 2.2621571628)

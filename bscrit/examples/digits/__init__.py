@@ -4,7 +4,7 @@ The files under ``examples/digits/`` in the repository are thin wrappers around 
 that ``bscrit demo`` works from any installation, including a non-editable one.
 """
 
-from .data import load_tensors, make_dataset
-from .model import make_model, scale_invariant_names
+from bscrit.examples.digits.data import load_tensors, make_dataset
+from bscrit.examples.digits.model import make_model, scale_invariant_names
 
 __all__ = ["load_tensors", "make_dataset", "make_model", "scale_invariant_names"]

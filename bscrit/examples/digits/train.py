@@ -92,8 +92,8 @@ def train(
         test_acc), ``R_history`` (R per epoch),
         ``checkpoints`` (paths written) and ``seconds``.
     """
-    from . import data as data_mod
-    from . import model as model_mod
+    from bscrit.examples.digits import data as data_mod
+    from bscrit.examples.digits import model as model_mod
 
     x_tr, y_tr = data_mod.load_tensors("train")
     x_te, y_te = data_mod.load_tensors("test")

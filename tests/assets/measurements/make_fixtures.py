@@ -1,6 +1,6 @@
 """Write the hand-designed measurement fixtures of this folder (``python make_fixtures.py``).
 
-Each fixture is a :class:`bscrit.results.Measurement` whose leave-one-group-out values are built
+Each fixture is a :class:`bscrit.artifacts.measurement.Measurement` whose leave-one-group-out values are built
 so that the jackknife can be done by hand: with m = 10 groups, every N_(j) equals N and the G_(j)
 alternate G + δ, G − δ. Then the SNR values G_(j)/N are G/N ± δ/N, their mean is G/N, and
 
@@ -27,8 +27,7 @@ import json
 import sys
 from pathlib import Path
 
-from bscrit.estimators import noise_stats_from_jackknife
-from bscrit.results import (
+from bscrit.artifacts.measurement import (
     CheckpointStats,
     Equilibrium,
     Measurement,
@@ -36,6 +35,7 @@ from bscrit.results import (
     ParameterRow,
     ParamSetStats,
 )
+from bscrit.stats.estimators import noise_stats_from_jackknife
 
 HERE = Path(__file__).parent
 M = 10  # jackknife groups

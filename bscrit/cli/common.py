@@ -1,0 +1,95 @@
+"""What every ``bscrit`` command shares: the typer app, error handling, asking before long work,
+JSON on stdout. The commands live one per module beside it and are registered on :data:`app` in
+:mod:`bscrit.cli`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from bscrit import __version__
+from bscrit.errors import BscritError, ExitCode, Terminated
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="bscrit",
+    help=(
+        "How far can you scale the batch size? Measures the gradient noise (G, N) of a checkpoint "
+        "and applies the bounds of Li, Malladi & Arora (2021) to give the critical batch size B* "
+        "and the linearly / square-root scaled hyperparameters."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn library errors into one stderr line and an exit code; Ctrl-C into exit 130, SIGTERM
+    into 143, saying which complete files were written before (an exception's ``written``)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from bscrit.report import common as report
+
+        try:
+            return fn(*args, **kwargs)
+        except BscritError as e:
+            if not getattr(e, "reported", False):  # a distributed rank 0 may have printed it
+                report.error(e.for_cli())
+            raise typer.Exit(int(e.exit_code)) from None
+        except KeyboardInterrupt as e:
+            term, done = isinstance(e, Terminated), ", ".join(map(str, getattr(e, "written", ())))
+            what = f"written before it: {done}" if done else "no output file was written"
+            report.error(f"interrupted{' (SIGTERM)' if term else ''}; {what}")
+            raise typer.Exit(int(ExitCode.TERMINATED if term else ExitCode.INTERRUPTED)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"bscrit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """bscrit: critical batch size from one checkpoint."""
+
+
+def print_json(d: dict) -> None:  # type: ignore[type-arg]
+    from bscrit.artifacts.measurement import dumps
+    from bscrit.report import common as report
+
+    report.out.print(dumps(d), markup=False, highlight=False, soft_wrap=True, end="")
+
+
+def interactive() -> bool:
+    """Ask before a long run only on an interactive terminal outside CI."""
+    return sys.stdin.isatty() and sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def confirm_run(yes: bool, question: str) -> None:
+    """After the cost is shown: ask on a terminal (unless ``--yes``); "no" exits 0."""
+    from bscrit.report import common as report
+
+    if yes:
+        return
+    if not interactive():
+        report.info("non-interactive (no terminal or CI set): starting without asking")
+    elif not typer.confirm(question, default=True, err=True):
+        report.info("not started; nothing written")
+        raise typer.Exit(int(ExitCode.OK))

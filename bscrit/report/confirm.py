@@ -1,0 +1,101 @@
+"""Human output of ``bscrit confirm``: the cost before the run, the table and verdict after it
+(rich renderables; printed by :func:`bscrit.report.common.show`). Kept apart from :mod:`bscrit.report.common`,
+which is at its size limit."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from bscrit.optim import registry as optim
+from bscrit.report.common import Report, _line, fmt
+
+if TYPE_CHECKING:
+    from bscrit.runs.confirm.plan import ConfirmPlan
+    from bscrit.runs.confirm.results import ConfirmResult
+
+
+def _pct(x: float) -> str:
+    if not math.isfinite(x):
+        return "nan" if math.isnan(x) else ("+∞" if x > 0 else "−∞")
+    return f"{100 * x:+.2f}%"
+
+
+def format_confirm_cost(plan: ConfirmPlan) -> Group:
+    """What both branches will cost, before they start (``show(..., stderr=True)``)."""
+    k = len(plan.seeds)
+    n = plan.dataset_size
+    passes = plan.forward_backward()
+    total = sum(passes.values())
+    ex = plan.training_examples()
+    lines = [
+        f"confirm B = {plan.batch_size} → B' = {plan.target_batch_size} (κ = {plan.kappa:.4g}, "
+        f"{plan.rule_reference}) on {plan.device}: {plan.examples_target:,} examples per branch "
+        f"({plan.examples_target / n:.3g} epochs of n = {n:,}; {plan.examples_why}), "
+        f"{k} seed{'s' if k != 1 else ''}.",
+        f"  base:   {plan.steps_base:,} steps at B = {plan.batch_size} per seed, "
+        f"{optim.describe(plan.base_optimizer)}",
+        f"  target: {plan.steps_target:,} steps at B' = {plan.target_batch_size} per seed, "
+        f"{optim.describe(plan.target_optimizer)}",
+        f"Cost: {total:,} forward-backward passes ({passes['base']:,} at B, {passes['target']:,} "
+        f"at B', evaluations on {len(plan.grid_base)} grid points included); {ex:,} training "
+        f"examples = {ex / n:.3g} epochs of the training set.",
+    ]
+    return Group(*(Text(x) for x in lines))
+
+
+def format_confirm(r: ConfirmResult) -> Report:
+    """The branches per seed (final losses, d), the interval and the verdict, with the notes."""
+    from bscrit.runs.confirm.results import METRIC_LABELS, relative_difference
+
+    v = r.verdict
+    parts: list[RenderableType] = [
+        _line(
+            f"confirm: branched training from {r.checkpoint} at B = {r.batch_size} and B' = "
+            f"{r.target_batch_size} (κ = {r.kappa:.4g}; {r.rule_reference}), {r.examples:,} "
+            f"examples each ({r.epochs():.3g} epochs), {len(r.seeds)} seeds"
+        ),
+        _line(f"  base:   {optim.describe(r.base_optimizer)}"),
+        _line(f"  target: {optim.describe(r.target_optimizer)}"),
+    ]
+    metric = v.metric
+    label = METRIC_LABELS.get(metric, metric)
+    other = "train_loss" if metric == "eval_loss" else None
+    t = Table(
+        title=f"final {label} (mean of the last {r.tail_points} grid points) per seed; "
+        "d = (L_B' − L_B)/L_B",
+        title_justify="left",
+    )
+    t.add_column("seed", justify="right")
+    t.add_column(f"B = {r.batch_size}", justify="right")
+    t.add_column(f"B' = {r.target_batch_size}", justify="right")
+    t.add_column("d", justify="right")
+    if other:
+        t.add_column("d (train loss)", justify="right")
+    t.add_column("time", justify="right")
+    base, target = r.finals("base"), r.finals("target")
+    ob = r.finals("base", other) if other else []
+    ot = r.finals("target", other) if other else []
+    for i, s in enumerate(r.seeds):
+        row = [str(s), fmt(base[i]), fmt(target[i]), _pct(v.per_seed[i])]
+        if other:
+            row.append(_pct(relative_difference(ob[i], ot[i])))
+        secs = sum(b.elapsed_s for b in r.branches if b.seed == s)
+        tb = r.branch("target", s)
+        row.append(f"{secs:.1f} s" + (" (B' diverged)" if tb and tb.diverged_at else ""))
+        t.add_row(*row)
+    parts.append(t)
+    ci = "—" if v.ci95 is None else f"[{_pct(v.ci95[0])}, {_pct(v.ci95[1])}]"
+    parts.append(_line(f"  mean d = {_pct(v.mean)}, 95% t-interval {ci}, tolerance δ = "
+                       f"{100 * v.tolerance:g}%"))  # fmt: skip
+    colour = {"holds": "green", "fails": "red", "inconclusive": "yellow"}.get(v.code, "")
+    verdict = Text.assemble((f"verdict ({v.code}):", f"bold {colour}".strip()), f" {v.text}")
+    verdict.no_wrap, verdict.overflow = True, "ignore"
+    parts.append(verdict)
+    parts.append(_line(f"  optimizer state: {r.optimizer_state}"))
+    parts += [_line(f"  note: {n}") for n in r.notes]
+    return Report(*parts, warnings=r.warnings)

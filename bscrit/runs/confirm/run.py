@@ -1,0 +1,343 @@
+"""Running the branches of a :class:`~bscrit.runs.confirm.plan.ConfirmPlan`: every seed, base then
+target, evaluated on the shared grid of example counts, then the verdict (torch).
+
+Each branch trains a deep copy of the checkpoint's model with PyTorch's own optimizer, one batch
+of B (base) or B' (target) distinct random examples per step, drawn independently from step to
+step by a generator seeded with the seed (the setting of [LMA21] Thm 4.3, as in ``bscrit svag``);
+the global torch seed (dropout, augmentation) is set to the seed inside
+``torch.random.fork_rng``, so the caller's RNG is untouched. BatchNorm running statistics are
+updated by every training step, as in training; the evaluations restore them
+(:class:`~bscrit.runs.svag.oracles.ModelEvaluator`).
+
+Optimizer state at the branch point (docs/confirm.md):
+
+- SGD: the checkpoint's momentum buffers for both branches when it holds them (the buffer
+  estimates ḡ/(1 − μ), the same at every batch size; its noise part is forgotten within
+  1/(1 − μ) steps), else fresh;
+- Adam / AdamW / RMSprop: the checkpoint's state when it holds one: the base branch as is; the
+  target branch with the first moment unchanged and the second moment divided by κ
+  ([MLPA22] Thm 5.3: the SDE state is (θ, m, u = v/σ²) and σ² ∝ 1/B); else the warm start of
+  ``bscrit svag`` (:func:`bscrit.runs.svag.warm.warm_start`) from the gradient moments estimated at
+  each branch's batch size.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bscrit.errors import RunError
+from bscrit.optim import registry as optim
+from bscrit.runs.confirm.plan import SECOND_MOMENT_KEYS, ConfirmPlan
+from bscrit.runs.confirm.results import (
+    DECAY_FRACTION,
+    DEFAULT_TOLERANCE,
+    DIVERGENCE_FACTOR,
+    LOSS_METRICS,
+    SECOND_MOMENT_NOTE,
+    Branch,
+    ConfirmResult,
+    ConfirmVerdict,
+    check_tolerance,
+    decide,
+    relative_difference,
+)
+from bscrit.runs.svag.oracles import ModelEvaluator, forward_errors, loss_gradient
+from bscrit.runs.svag.step import lr_factor, make_optimizer
+from bscrit.runs.svag.warm import GradientMoments, model_gradient_moments, warm_start
+
+__all__ = ["decay_factor", "load_saved_state", "run_branch", "run_confirm"]
+
+#: What every result says about the running statistics.
+BUFFERS_NOTE = (
+    "BatchNorm running statistics: updated by every training step, as in training; the "
+    "evaluation passes restore them"
+)
+
+
+def decay_factor(step: int, total: int, fraction: float = DECAY_FRACTION) -> float:
+    """``--decay``: LR multiplier of step ``step`` (0-based) of ``total``: 1, then a linear ramp
+    to 0 over the last ``fraction`` of the steps (the step's end point: the last step gets 1/D)."""
+    d = max(1, round(fraction * total))
+    return min(1.0, (total - step) / d)
+
+
+def load_saved_state(
+    optimizer: torch.optim.Optimizer,
+    saved: Sequence[Mapping[str, Any]],
+    kappa: float = 1.0,
+) -> None:
+    """Give ``optimizer`` (one param group, its parameters in the order of ``saved``) the
+    checkpoint's per-parameter state, with every second moment (``exp_avg_sq``, ``square_avg``)
+    divided by ``kappa`` ([MLPA22] Thm 5.3; κ = 1 for the base branch). The hyperparameters stay
+    ``optimizer``'s; PyTorch's ``load_state_dict`` moves the tensors to each parameter's device
+    and dtype. Other keys (momentum buffers, ``exp_avg``, ``grad_avg``, ``step``) are copied."""
+    sd = optimizer.state_dict()
+    state: dict[int, dict[str, Any]] = {}
+    for i, st in enumerate(saved):
+        new: dict[str, Any] = {}
+        for k, v in st.items():
+            if isinstance(v, Tensor):
+                v = v.detach().clone()
+                if k in SECOND_MOMENT_KEYS:
+                    v = v / kappa
+            new[k] = v
+        state[i] = new
+    sd["state"] = state
+    optimizer.load_state_dict(sd)
+
+
+def _start(
+    plan: ConfirmPlan, which: str, moments: dict[str, GradientMoments]
+) -> Callable[[torch.optim.Optimizer, list[Tensor]], None]:
+    """How the optimizer of branch ``which`` starts (applied after it is built)."""
+    if plan.saved_state is not None:
+        kappa = plan.kappa if which == "target" else 1.0
+        saved = plan.saved_state
+        return lambda opt, params: load_saved_state(opt, saved, kappa)
+    if which in moments:
+        m = moments[which]
+        return lambda opt, params: warm_start(opt, params, m, 1)
+    return lambda opt, params: None
+
+
+def _state_note(plan: ConfirmPlan) -> str:
+    name = plan.base_optimizer.name
+    adaptive = optim.get(name).adaptive
+    if plan.saved_state is not None:
+        if adaptive:
+            return f"{name} state {plan.state_why}: base as saved; target: {SECOND_MOMENT_NOTE}"
+        return (f"SGD momentum buffers {plan.state_why}, unchanged for both branches (the "
+                "buffer estimates ḡ/(1 − μ) at any batch size)")  # fmt: skip
+    if not adaptive:
+        return f"SGD momentum starts fresh in both branches ({plan.state_why})"
+    if plan.warm_start:
+        return (
+            f"{name} state warm-started as in `bscrit svag` ({plan.state_why}): m0 = mean "
+            f"gradient, v0 = mean squared gradient over {len(plan.fixed_batches)} fixed batches "
+            f"at each branch's batch size (B for the base, B' for the target)"
+        )
+    return f"{name} state starts from zeros in both branches ({plan.state_why})"
+
+
+def _moments(plan: ConfirmPlan) -> dict[str, GradientMoments]:
+    """The gradient moments that warm-start an adaptive optimizer, at B and at B'."""
+    if not plan.uses_warm_start():
+        return {}
+    model = copy.deepcopy(plan.model).to(plan.device)
+    out = {}
+    for which, batches in (("base", plan.base_batches), ("target", plan.fixed_batches)):
+        out[which] = model_gradient_moments(
+            model, plan.loss_fn, plan.train, batches, plan.mode, seed=plan.seeds[0],
+            micro=plan.micro_batch_size,
+        )  # fmt: skip
+    return out
+
+
+def _non_finite(values: Mapping[str, float]) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in values.items() if not math.isfinite(v))
+
+
+def _blown_up(values: Mapping[str, float], start: Mapping[str, float]) -> str:
+    """The losses above ``DIVERGENCE_FACTOR`` × their value at the checkpoint ("" if none)."""
+    return ", ".join(
+        f"{k} = {values[k]:.4g} > {DIVERGENCE_FACTOR:g} × {start[k]:.4g}"
+        for k in LOSS_METRICS
+        if k in values and k in start and values[k] > DIVERGENCE_FACTOR * abs(start[k])
+    )
+
+
+def run_branch(
+    plan: ConfirmPlan,
+    which: str,
+    seed: int,
+    *,
+    start: Callable[[torch.optim.Optimizer, list[Tensor]], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> Branch:
+    """Train branch ``which`` ("base" or "target") of ``seed`` from the checkpoint (a deep copy)
+    and evaluate it at the grid points. A non-finite test function, or a loss above
+    ``DIVERGENCE_FACTOR`` × its value at the checkpoint, stops the branch (``diverged_at``; the
+    remaining points are NaN).
+
+    Raises:
+        RunError: a test function is not finite at the checkpoint itself (before any step), out
+            of memory, a forward/backward pass that fails.
+    """
+    if which == "base":
+        bsz, opt, sched, grid = plan.batch_size, plan.base_optimizer, plan.schedule, plan.grid_base
+        s0 = plan.start_step
+    else:
+        bsz, opt, sched = plan.target_batch_size, plan.target_optimizer, plan.target_schedule
+        grid, s0 = plan.grid_target, plan.start_step / plan.kappa
+    total = grid[-1]
+    devices = [plan.device.index or 0] if plan.device.type == "cuda" else []
+    model = copy.deepcopy(plan.model).to(plan.device)
+    model.train()
+    loss_fn = plan.loss_fn.to(plan.device) if isinstance(plan.loss_fn, nn.Module) else plan.loss_fn
+    params = [p for p in model.parameters() if p.requires_grad]
+    values: dict[str, list[float]] = {}
+    start_vals: dict[str, float] = {}
+    diverged_at: int | None = None
+    steps = 0
+    t0 = time.perf_counter()
+    where = f"confirm {which} branch (B = {bsz}), seed {seed}"
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        stream = plan.train.stream(bsz, torch.Generator().manual_seed(seed))
+        evaluate = ModelEvaluator(
+            model, loss_fn, plan.train, plan.fixed_batches, mode=plan.mode,
+            held_out=plan.held_out, held_out_indices=plan.held_out_indices,
+            eval_batch_size=min(plan.target_batch_size, 1024), seed=plan.seeds[0],
+            micro=plan.micro_batch_size,
+        )  # fmt: skip
+        optimizer = make_optimizer(params, opt)
+        if start is not None:
+            start(optimizer, params)
+        decay = plan.decay
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda k: (
+                lr_factor(sched, s0 + k, s0 + k + 1, s0 + total)
+                * (decay_factor(k, total) if decay else 1.0)
+            ),
+        )
+        try:
+            for i, g in enumerate(grid):
+                while steps < g:
+                    with forward_errors(f"in the {where} at step {steps}"):
+                        x, y = next(stream)
+                        grads = loss_gradient(model, loss_fn, params, x, y, plan.micro_batch_size)
+                    for p, gr in zip(params, grads, strict=True):
+                        p.grad = gr
+                    optimizer.step()
+                    scheduler.step()
+                    steps += 1
+                    if on_step is not None:
+                        on_step(1)
+                vals = evaluate()
+                if i == 0 and _non_finite(vals):
+                    raise RunError(
+                        f"{where}: {_non_finite(vals)} at the checkpoint, before any step: the "
+                        "model or the loss is not finite at its weights"
+                    )
+                for k, v in vals.items():
+                    values.setdefault(k, [math.nan] * i).append(float(v))
+                start_vals = start_vals if i else vals
+                if _non_finite(vals) or _blown_up(vals, start_vals):
+                    diverged_at = g * bsz
+                    break
+        except torch.cuda.OutOfMemoryError:
+            raise RunError(f"{where}: out of memory at batch size {bsz} on {plan.device}") from None
+    if on_step is not None and steps < total:
+        on_step(total - steps)  # skipped after divergence
+    n_done = len(next(iter(values.values()), []))
+    for vs in values.values():
+        vs.extend([math.nan] * (len(grid) - n_done))
+    return Branch(
+        name=which,
+        seed=seed,
+        batch_size=bsz,
+        steps=tuple(grid),
+        examples=tuple(g * bsz for g in grid),
+        values={k: tuple(v) for k, v in values.items()},
+        diverged_at=diverged_at,
+        elapsed_s=time.perf_counter() - t0,
+    )
+
+
+def _metric(plan: ConfirmPlan) -> str:
+    return "eval_loss" if plan.held_out is not None and plan.held_out_indices else "train_loss"
+
+
+def run_confirm(
+    plan: ConfirmPlan,
+    *,
+    tolerance: float | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> ConfirmResult:
+    """Run both branches for every seed of the plan and give the verdict.
+
+    Args:
+        tolerance: δ (default :data:`~bscrit.runs.confirm.results.DEFAULT_TOLERANCE`).
+        on_step: called with the number of optimizer steps done (progress bars).
+
+    Returns:
+        The :class:`~bscrit.runs.confirm.results.ConfirmResult`.
+
+    Raises:
+        RunError: a base branch diverged (the run itself is unstable from this checkpoint: no
+            verdict about B'), a non-finite start, out of memory, a failing forward pass.
+    """
+    tol = check_tolerance(DEFAULT_TOLERANCE if tolerance is None else tolerance)
+    t0 = time.perf_counter()
+    moments = _moments(plan)
+    starts = {w: _start(plan, w, moments) for w in ("base", "target")}
+    metric = _metric(plan)
+    branches: list[Branch] = []
+    d: list[float] = []
+    diverged: list[str] = []
+    for seed in plan.seeds:
+        base = run_branch(plan, "base", seed, start=starts["base"], on_step=on_step)
+        if base.diverged_at is not None:
+            raise RunError(
+                f"the base branch (B = {plan.batch_size}, {optim.describe(plan.base_optimizer)})"
+                f" diverged at {base.diverged_at} examples with seed {seed}: the run's own "
+                "hyperparameters are unstable from this checkpoint; no verdict about B'"
+            )
+        target = run_branch(plan, "target", seed, start=starts["target"], on_step=on_step)
+        branches += [base, target]
+        if target.diverged_at is not None:
+            diverged.append(f"seed {seed} at {target.diverged_at} examples")
+        d.append(relative_difference(base.final(metric, plan.tail_points),
+                                     target.final(metric, plan.tail_points)))  # fmt: skip
+    verdict = decide(d, tol, metric=metric, diverged=diverged,
+                     target_batch_size=plan.target_batch_size)  # fmt: skip
+    return _result(plan, branches, verdict, time.perf_counter() - t0)
+
+
+def _result(
+    plan: ConfirmPlan, branches: list[Branch], verdict: ConfirmVerdict, elapsed: float
+) -> ConfirmResult:
+    notes = list(plan.notes) + [
+        "batches: B distinct random examples per step, independent from step to step; the seed "
+        "sets them and the global torch seed (dropout), the same seeds for both branches",
+        BUFFERS_NOTE,
+    ]
+    if plan.decay_text:
+        notes.append(f"decay: {plan.decay_text}")
+    return ConfirmResult(
+        batch_size=plan.batch_size,
+        target_batch_size=plan.target_batch_size,
+        kappa=plan.kappa,
+        rule=plan.rule,
+        rule_reference=plan.rule_reference,
+        base_optimizer=plan.base_optimizer,
+        target_optimizer=plan.target_optimizer,
+        examples=plan.examples_target,
+        examples_why=plan.examples_why,
+        seeds=plan.seeds,
+        branches=tuple(branches),
+        verdict=verdict,
+        tail_points=plan.tail_points,
+        decay=plan.decay_text,
+        schedule=plan.schedule,
+        start_step=plan.start_step,
+        dataset_size=plan.dataset_size,
+        eval_batches=len(plan.fixed_batches),
+        eval_examples=len(plan.held_out_indices) if plan.held_out is not None else None,
+        optimizer_state=_state_note(plan),
+        forward_backward=plan.forward_backward(),
+        device=str(plan.device),
+        spec=plan.spec,
+        checkpoint=plan.checkpoint,
+        elapsed_s=elapsed,
+        notes=tuple(notes),
+        warnings=tuple(plan.warnings),
+    )

@@ -1,0 +1,387 @@
+"""From a spec to a SVAG plan: the target hyperparameters, the fixed evaluation batches and the
+cost, all known before anything runs (torch).
+
+Seeds: every l starts from the same checkpoint weights, the same optimizer state, the same batch
+generator seed and the same global torch seed (dropout, augmentation), and is evaluated on the
+same fixed batches and held-out examples (drawn here), so the runs differ only by l. The
+checkpoint file is only read. Running the plan: :func:`bscrit.runs.svag.run.run_plan`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from bscrit.checker import check_batch_size
+from bscrit.engine.data import BatchSource
+from bscrit.engine.objective import check_examples
+from bscrit.engine.params import select_parameters
+from bscrit.errors import UsageError
+from bscrit.load.checkpoints import load_model, resolve_optimizer
+from bscrit.load.factories import build_dataset, build_loss, resolve_device
+from bscrit.optim import registry as optim
+from bscrit.optim.registry import OptimizerInfo
+from bscrit.runs.svag.step import target_schedule
+from bscrit.runs.svag.verdict import DEFAULT_EFFECTIVE_STEPS, DEFAULT_RELAXATION_TIMES
+from bscrit.stats.equilibrium import relaxation_steps
+from bscrit.theory.scaling import scale_optimizer
+
+#: Evaluation points per run by default (every E/40 effective steps): the tail window's blocks
+#: of τ/2 need a few points each.
+EVAL_POINTS = 40
+
+if TYPE_CHECKING:
+    from bscrit.spec.document import Spec
+
+__all__ = ["SvagPlan", "parse_ls", "prepare_svag"]
+
+
+@dataclass
+class SvagPlan:
+    """Everything needed to run, and what it will cost; built by :func:`prepare_svag`."""
+
+    model: nn.Module  # the loaded checkpoint, on CPU; never modified (each l gets a deep copy)
+    loss_fn: Callable[[Any, Any], Tensor]
+    train: BatchSource
+    held_out: BatchSource | None
+    held_out_indices: list[int]
+    fixed_batches: list[list[int]]
+    device: torch.device
+    mode: str
+    batch_size: int
+    target_batch_size: int
+    dataset_size: int
+    kappa: float
+    rule: str
+    rule_reference: str
+    base_optimizer: OptimizerInfo | None
+    target_optimizer: OptimizerInfo
+    schedule: dict[str, Any]
+    start_step: float
+    ls: tuple[int, ...]
+    effective_steps: int
+    eval_every: int
+    seed: int
+    warm_start: bool = True
+    micro_batch_size: int | None = None  # gradients in chunks of at most this many examples
+    relaxation_steps: float | None = None  # τ = 1/(2η'λ) at B' (effective steps), if known
+    sizing: str = ""  # how effective_steps was chosen
+    spec: str | None = None
+    checkpoint: str | None = None
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def eval_points(self) -> int:
+        return len(range(0, self.effective_steps, self.eval_every)) + 1
+
+    def train_passes(self, l: int) -> int:  # noqa: E741
+        """Forward-backward passes of the SVAG steps: 2 l per effective step."""
+        return 2 * l * self.effective_steps
+
+    def eval_passes(self) -> int:
+        """Forward-backward passes of the evaluations (k fixed batches per evaluation point)."""
+        return self.eval_points * len(self.fixed_batches)
+
+    def forward_backward(self) -> dict[int, int]:
+        return {lv: self.train_passes(lv) + self.eval_passes() for lv in self.ls}
+
+    @property
+    def total_steps(self) -> int:
+        """SVAG steps over all runs (the progress bar's total)."""
+        return sum(lv * self.effective_steps for lv in self.ls)
+
+
+def parse_ls(text: str | Sequence[int]) -> tuple[int, ...]:
+    """``"1,2,4"`` → (1, 2, 4): distinct integers ≥ 1, at least three (sorted)."""
+    if isinstance(text, str):
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        try:
+            ls = [int(p) for p in parts]
+        except ValueError:
+            raise UsageError(
+                f"{{l}} expects integers separated by commas (e.g. 1,2,4), got {text!r}", l="l"
+            ) from None
+    else:
+        ls = [int(x) for x in text]
+    if any(x < 1 for x in ls):
+        raise UsageError(f"{{l}}: every l must be an integer >= 1, got {ls}", l="l")
+    ls = sorted(set(ls))
+    if len(ls) < 3:
+        raise UsageError(
+            "{l} needs at least three distinct values (e.g. 1,2,4) to tell 'SGD left the SDE' "
+            f"from 'SVAG not converged', got {ls}",
+            l="l",
+        )
+    return tuple(ls)
+
+
+def run_length(
+    target: OptimizerInfo, effective_steps: int | None, relaxation_times: float | None
+) -> tuple[int, float | None, str]:
+    """``(E, τ, how)``: the run length in effective steps, τ = 1/(2η'λ) at B' and how E was set.
+
+    ``effective_steps`` given: that. Else ``relaxation_times`` (default
+    :data:`~bscrit.runs.svag.verdict.DEFAULT_RELAXATION_TIMES`) × τ of the target optimizer
+    ([LMA21] eq. (10), :func:`bscrit.stats.equilibrium.relaxation_steps`), at least 20; with no τ known,
+    :data:`~bscrit.runs.svag.verdict.DEFAULT_EFFECTIVE_STEPS`.
+    """
+    tau, why = relaxation_steps(target)
+    if relaxation_times is not None and not relaxation_times > 0:
+        raise UsageError(
+            f"{{relaxation_times}} must be > 0, got {relaxation_times}",
+            relaxation_times="relaxation_times",
+        )
+    if effective_steps is not None:
+        how = f"{effective_steps} effective steps (given)"
+        if tau is not None:
+            how += f" = {effective_steps / tau:.2g} relaxation times τ = {tau:.4g} ({why})"
+        return int(effective_steps), tau, how
+    if tau is None:
+        return DEFAULT_EFFECTIVE_STEPS, None, (
+            f"{DEFAULT_EFFECTIVE_STEPS} effective steps (the default: {why})"
+        )  # fmt: skip
+    k = DEFAULT_RELAXATION_TIMES if relaxation_times is None else float(relaxation_times)
+    e = max(20, math.ceil(k * tau))
+    return e, tau, f"{e} effective steps = {k:g} relaxation times τ = 1/(2η'λ) = {tau:.4g} at B'"
+
+
+def _check_lengths(target_batch_size: int, effective_steps: int | None, eval_batches: int) -> None:
+    check_batch_size(target_batch_size, "target_batch_size")
+    if effective_steps is not None and effective_steps < 1:
+        raise UsageError(
+            f"{{effective_steps}} must be >= 1, got {effective_steps}",
+            effective_steps="effective_steps",
+        )
+    if eval_batches < 2:
+        raise UsageError(
+            f"{{eval_batches}} must be >= 2 (N needs two batches), got {eval_batches}",
+            eval_batches="eval_batches",
+        )
+
+
+def _check_dataset_size(n: int, target_batch_size: int) -> list[str]:
+    """A UsageError when B' > n (a batch holds distinct examples); a warning when B' > n/2."""
+    if target_batch_size > n:
+        raise UsageError(
+            f"{{target_batch_size}} {target_batch_size} exceeds the {n} training examples: a "
+            "batch holds distinct examples, so SVAG can only run at B' <= n",
+            target_batch_size="target_batch_size",
+        )
+    if target_batch_size <= n // 2:
+        return []
+    return [
+        f"B' = {target_batch_size} is more than half of the {n} training examples: the two "
+        "batches of a SVAG step overlap heavily and the gradient noise is small "
+        "(finite-population factor (n − B')/(n − 1))"
+    ]
+
+
+def _target_optimizer(
+    base: OptimizerInfo | None,
+    optimizer_name: str | None,
+    overrides: dict[str, float | None],
+    kappa: float,
+) -> tuple[OptimizerInfo, str, str, list[str]]:
+    """``(target, rule, rule_reference, notes)``: the base optimizer scaled to B' by its rule and
+    overridden, or (no base optimizer) the one given on the command line."""
+    if base is not None and optimizer_name is not None and optimizer_name.lower() != base.name:
+        raise UsageError(
+            f"{{optimizer}} {optimizer_name} differs from the base run's "
+            f"{base.name}; scaling one optimizer's hyperparameters into another is not defined "
+            "(drop {optimizer})",
+            optimizer="optimizer",
+        )
+    if base is None:
+        if optimizer_name is None or overrides.get("lr") is None:
+            raise UsageError(
+                "no optimizer: neither the spec (optimizer:) nor the checkpoint names one; give "
+                "{optimizer} and the target hyperparameters ({lr}, ...)",
+                optimizer="optimizer",
+                lr="lr",
+            )
+        _runnable(optimizer_name)
+        target = optim.with_values(OptimizerInfo(name=optimizer_name.lower(), lr=1.0), overrides)
+        notes = ["target hyperparameters given on the command line (no base optimizer)"]
+        return target, "given", "hyperparameters given on the command line", notes
+    d = _runnable(base.name)
+    target = optim.with_values(scale_optimizer(base, kappa), overrides)
+    given = [k for k, v in overrides.items() if v is not None]
+    notes = [f"overridden on the command line: {', '.join(given)}"] if given else []
+    if optim.group_optimizers(base):
+        notes.append(
+            f"the base run's {len(base.groups)} param groups have different values; the SVAG "
+            "runs use the main group's for every parameter"
+        )
+    return target, d.rule, d.rule_reference, notes
+
+
+def _runnable(name: str) -> optim.OptimizerDef:
+    """The registry entry of an optimizer bscrit's SVAG runs support; a clear error otherwise."""
+    d = optim.scalable(name)
+    if not d.svag:
+        runs = ", ".join(n for n, o in optim.REGISTRY.items() if o.svag)
+        raise UsageError(
+            f"bscrit's SVAG runs support {runs}, not {d.name}: its SVAG form is not in "
+            "[MLPA22] §6 (docs/theory.md §6); use `bscrit scale` for its scaled hyperparameters"
+        )
+    return d
+
+
+def _momentum_note(target: OptimizerInfo) -> list[str]:
+    """Momentum is kept unchanged for every l; say which theorem does not cover that."""
+    if optim.flat(target).get("momentum", 0.0) <= 0:
+        return []
+    d = optim.get(target.name)
+    if d.adaptive:
+        return [f"{d.torch_class} momentum is kept unchanged for every l (not covered by [MLPA22])"]
+    return [
+        f"{d.torch_class} momentum {target.momentum:g} is kept unchanged for every l (a "
+        "heuristic: the SVAG theorem [LMA21 Thm 4.3] covers plain SGD)"
+    ]
+
+
+def _schedule_note(sched: dict[str, Any], target_batch_size: int, start_step: float) -> list[str]:
+    if sched["name"] == "constant" and not sched["warmup_steps"]:
+        return []
+    return [
+        f"schedule {sched['name']} (warm-up {sched['warmup_steps']}, milestones "
+        f"{sched['milestones']}, total {sched['total_steps']}) in steps at B' = "
+        f"{target_batch_size}, run on effective steps from step {start_step:g}"
+    ]
+
+
+def fixed_batches(n: int, batch_size: int, k: int, seed: int) -> list[list[int]]:
+    """The k training batches every evaluation uses (the same for every l, every branch)."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    return [torch.randperm(n, generator=gen)[:batch_size].tolist() for _ in range(k)]
+
+
+def _held_out(
+    spec: Spec, device: torch.device, eval_examples: int | None, seed: int
+) -> tuple[BatchSource | None, list[int]]:
+    """The spec's eval_data and the fixed random subset of ``eval_examples`` evaluated."""
+    if spec.eval_data is None:
+        return None, []
+    eval_ds = build_dataset(spec.eval_data, spec.base_dir, "eval_data")
+    m = len(eval_ds)
+    if eval_examples is None or eval_examples >= m:
+        idx = list(range(m))
+    else:
+        gen = torch.Generator().manual_seed(seed + 2)
+        idx = sorted(torch.randperm(m, generator=gen)[:eval_examples].tolist())
+    return BatchSource(eval_ds, device, spec.eval_data.num_workers), idx
+
+
+def evaluation_inputs(
+    spec: Spec, device: torch.device, train_ds: Any, eval_examples: int | None, seed: int
+) -> tuple[Callable[[Any, Any], Any], BatchSource | None, list[int]]:
+    """The loss and the held-out set that ``svag`` and ``confirm`` evaluate with: the spec's
+    loss, checked on the training data and on eval_data (before any run), and the fixed random
+    subset of ``eval_examples`` held-out examples (None, [] without eval_data)."""
+    held_out, held_idx = _held_out(spec, device, eval_examples, seed)
+    loss_fn = build_loss(spec)
+    check_examples(train_ds, loss_fn, str(spec.path))
+    if held_out is not None:
+        check_examples(held_out.dataset, loss_fn, str(spec.path), "eval_data")
+    return loss_fn, held_out, held_idx
+
+
+def prepare_svag(
+    spec: Spec,
+    *,
+    target_batch_size: int,
+    ls: Sequence[int] = (1, 2, 4),
+    effective_steps: int | None = None,
+    relaxation_times: float | None = None,
+    checkpoint: str | Path | None = None,
+    optimizer_name: str | None = None,
+    overrides: dict[str, float | None] | None = None,
+    eval_every: int | None = None,
+    eval_batches: int = 8,
+    eval_examples: int | None = 2048,
+    start_step: float = 0.0,
+    seed: int | None = None,
+    device: str | None = None,
+    warm_start: bool = True,
+    unsafe: bool = False,
+) -> SvagPlan:
+    """Load the checkpoint and data of a spec and work out the target hyperparameters and cost.
+
+    Target hyperparameters: the base run's optimizer (spec ``optimizer``, else the checkpoint's)
+    at the spec's ``batch_size`` B, scaled to B' by its rule (linear for SGD, square-root for
+    Adam / AdamW / RMSprop; :func:`bscrit.theory.scaling.scale_optimizer`); then the ``overrides``
+    (``--lr`` etc.) replace target values. Without a known optimizer, ``optimizer_name`` and an
+    ``lr`` override are needed (rule ``"given"``).
+
+    Raises:
+        UsageError: B' larger than the training set (a batch holds distinct examples), no
+            optimizer, bad l, κ the square-root rule cannot take, ...
+        DataError, CheckpointError: the spec's data or checkpoint cannot be loaded.
+    """
+    ls = parse_ls(ls)
+    _check_lengths(target_batch_size, effective_steps, eval_batches)
+    seed = spec.measure.seed if seed is None else int(seed)
+    dev = resolve_device(device or spec.measure.device)
+
+    model, ckpt = load_model(spec, checkpoint, unsafe=unsafe)
+    train_ds = build_dataset(spec.data, spec.base_dir, "data")
+    n = len(train_ds)
+    warnings = _check_dataset_size(n, target_batch_size)
+    # SVAG trains what the run trained: the optimizer state's parameters (docs/theory.md §1)
+    sel = select_parameters(model, ckpt.optimizer_state, f"checkpoint {ckpt.path}")
+    for name, p in model.named_parameters():  # bscrit's own copy of the model
+        p.requires_grad_(name in sel.names)
+    warnings += [sel.warning] if sel.warning else []
+    base, opt_notes = resolve_optimizer(spec, ckpt)
+    warnings += opt_notes
+    base = None if base is None else replace(base, name=base.name.lower())
+    kappa = target_batch_size / spec.batch_size
+    target, rule, reference, notes = _target_optimizer(
+        base, optimizer_name, dict(overrides or {}), kappa
+    )
+    notes += _momentum_note(target)
+    steps, tau, sizing = run_length(target, effective_steps, relaxation_times)
+    sched = target_schedule(spec.schedule, kappa)
+    notes += _schedule_note(sched, target_batch_size, start_step)
+    loss_fn, held_out, held_idx = evaluation_inputs(spec, dev, train_ds, eval_examples, seed)
+    if held_out is None:
+        notes.append("no eval_data in the spec: no held-out loss/accuracy")
+    return SvagPlan(
+        model=model,
+        loss_fn=loss_fn,
+        train=BatchSource(train_ds, dev, spec.data.num_workers),
+        held_out=held_out,
+        held_out_indices=held_idx,
+        fixed_batches=fixed_batches(n, target_batch_size, eval_batches, seed),
+        device=dev,
+        mode=spec.measure.mode,
+        batch_size=spec.batch_size,
+        target_batch_size=int(target_batch_size),
+        dataset_size=n,
+        kappa=kappa,
+        rule=rule,
+        rule_reference=reference,
+        base_optimizer=base,
+        target_optimizer=target,
+        schedule=sched,
+        start_step=float(start_step),
+        ls=ls,
+        effective_steps=steps,
+        eval_every=int(eval_every) if eval_every is not None else max(1, steps // EVAL_POINTS),
+        seed=seed,
+        warm_start=warm_start,
+        micro_batch_size=spec.micro_batch_size,
+        relaxation_steps=tau,
+        sizing=sizing,
+        spec=str(spec.path),
+        checkpoint=str(ckpt.path),
+        notes=notes,
+        warnings=warnings,
+    )

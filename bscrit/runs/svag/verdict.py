@@ -1,0 +1,615 @@
+"""The calibrated SVAG verdict: SGD against its SDE as C-closeness of equilibria (pure: no torch).
+
+[LMA21] Def. 5.1 calls the equilibria of SGD and its SDE *C-close* when R∞/R̄∞, G∞/Ḡ∞ and
+ηN∞/N̄∞ all lie in [1/C, C] (eq. (8)); R = E‖x‖², G = E‖∇L‖², N = E Tr Σ, and the SDE's noise
+covariance is Σ̄ = ηΣ, so ηN∞/N̄∞ = E Tr Σ(x)/E Tr Σ(X): the one-batch trace at B' at SGD's
+points against the same at the SDE's (like with like, not SVAG's l·Σ). bscrit's N test function
+is that trace (N^{B'}), so the third ratio is a ratio of recorded N's. C = √c2 as in the bounds.
+
+1. **Tail window** (:func:`tail_window`): from ``skip`` relaxation times τ = 1/(2η'λ) at B'
+   ([LMA21] eq. (10)) to the end; the last half without τ or for runs shorter than 2·skip·τ.
+2. **Tail means** (:func:`tail_stat`) with a batch-means s.e. (blocks ≥ τ/2; Student's t).
+3. **The SDE** (:func:`sde_estimate`) from the runs l > 1: extrapolated linearly in 1/l only
+   when the runs show the trend ([LMA21] Thm 4.3 bounds the error by C(T)/l; it promises no
+   expansion in 1/l), else the largest l.
+4. **Ratios** SGD/SDE (:func:`ratio_estimate`) with a 95% interval by the delta method on the
+   log ratio. R, G, ηN, train and held-out loss decide (``VerdictConfig.decide_on``); G only
+   where the k evaluation batches resolve it (G ≥ N/k). Error rates 1 − acc are shown only.
+5. **Settled?** (:func:`unsettled`): ``not_converged`` only when R or a loss of an SVAG run
+   still drifts over the window, or the l-trend reverses, beyond the noise and ``settle_rtol``.
+6. **Decision** (:func:`decide`): ``fail_rule="interval"``: ``sde_fails`` when a decision
+   ratio's interval lies wholly outside [1/C, C]; ``"point"``: when its estimate does.
+   How the defaults were chosen (on mnist1d-si only): docs/svag.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from bscrit.stats.estimators import t_quantile
+
+__all__ = ["DECIDE_ON", "DECISION_METRICS", "LOSS_METRICS", "RATIO_METRICS", "RatioEstimate",
+           "SdeEstimate", "TailStat", "Verdict", "VerdictConfig", "decide", "ratio_estimate",
+           "sde_estimate", "tail_stat", "tail_window", "unsettled"]  # fmt: skip
+
+#: Def. 5.1's R, G, ηN and the training / held-out loss (``--decide-on def5.1``).
+DECISION_METRICS: tuple[str, ...] = ("norm_sq", "G", "N", "train_loss", "eval_loss")
+#: The default decision ratios: the losses (chosen on mnist1d-si, docs/svag.md). For a
+#: scale-invariant network SGD's equilibrium sits at a larger ‖x‖² than the SDE's (the η²G term
+#: of [LMA21] eq. (10)), which moves R, G, N by ≈ √(1 + 1/NSR^{B'}) without changing the function
+#: the network computes; by Thm 5.2 (ii) these ratios leave [1/C, C] once NSR^{B'} < 1/(C² − 1),
+#: a factor ≈ C² before the scaling rule fails (Thm 5.6).
+LOSS_METRICS: tuple[str, ...] = ("train_loss", "eval_loss")
+DECIDE_ON: dict[str, tuple[str, ...]] = {"losses": LOSS_METRICS, "def5.1": DECISION_METRICS}
+#: The test functions whose settling decides ``not_converged``: R and the losses. Ĝ and N̂ come
+#: from k fixed batches, so their noise is large and correlated from point to point through
+#: those batches; a drift test on them tests the estimator more than the run.
+SETTLE_METRICS: tuple[str, ...] = ("norm_sq", "train_loss", "eval_loss")
+#: Every ratio reported (accuracies as error rates 1 − acc, shown but not deciding).
+RATIO_METRICS: tuple[str, ...] = (*DECISION_METRICS, "train_acc", "eval_acc")
+RATIO_LABELS: dict[str, str] = {
+    "norm_sq": "R = ‖x‖²",
+    "G": "G = ‖∇L‖²",
+    "N": "ηN / N̄ (Tr Σ at B')",
+    "train_loss": "train loss",
+    "eval_loss": "held-out loss",
+    "train_acc": "train error",
+    "eval_acc": "held-out error",
+}
+
+LEVEL, DEFAULT_C2, MAX_BLOCKS = 0.95, 2.0, 20
+DEFAULT_SKIP = 1.0  # relaxation times τ skipped before the tail window
+DEFAULT_RELAXATION_TIMES = 4.0  # default run length in τ = 1/(2ηλ) at B'
+DEFAULT_EFFECTIVE_STEPS = 300  # run length when no relaxation time is known
+UNKNOWN_TAU_TAIL = 0.5  # tail window (fraction of the run) when no τ is known
+DEFAULT_SETTLE_RTOL = 0.1  # a drift or an l-trend reversal counts only beyond this
+
+VERDICT_TEXT: dict[str, str] = {
+    "sde_holds": (
+        "{run} at batch size {b} and its SDE (from l = {sde}) are C-close ([LMA21] Def. 5.1, "
+        "C = √{c2:g} = {C:.3g}): no ratio SGD/SDE of {decided} is outside [1/C, C]{how}; the "
+        "{rule} is expected to hold."
+    ),
+    "sde_fails": (
+        "{run} at batch size {b} and its SDE (from l = {sde}) are not C-close ([LMA21] Def. 5.1, "
+        "C = √{c2:g} = {C:.3g}): {failing} outside [1/C, C]{how}; {run} has left the SDE regime, "
+        "expect the {rule} to fail here."
+    ),
+    "not_converged": (
+        "the SVAG runs of {run} at batch size {b} have not settled ({why}); no verdict on "
+        "C-closeness: run longer "
+        "(--relaxation-times) or with larger l (e.g. --l {suggest})."
+    ),
+}
+
+
+def _num(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def _nan(x: Any) -> float:
+    return math.nan if x is None else float(x)
+
+
+@dataclass(frozen=True)
+class VerdictConfig:
+    """The verdict's thresholds (defaults chosen on mnist1d-si, docs/svag.md)."""
+
+    c2: float = DEFAULT_C2
+    skip: float = DEFAULT_SKIP  # relaxation times skipped before the tail window
+    settle_rtol: float = DEFAULT_SETTLE_RTOL
+    fail_rule: str = "interval"  # "interval" | "point"
+    extrapolate: str = "auto"  # "auto" (when the trend shows) | "never"
+    decide_on: tuple[str, ...] = LOSS_METRICS  # the ratios that decide (DECIDE_ON)
+
+    def __post_init__(self) -> None:
+        if not self.c2 > 1.0:
+            raise ValueError(f"C² must be > 1, got {self.c2}")
+        if self.fail_rule not in ("interval", "point"):
+            raise ValueError(f"fail_rule must be 'interval' or 'point', got {self.fail_rule!r}")
+        if self.extrapolate not in ("auto", "never"):
+            raise ValueError(f"extrapolate must be 'auto' or 'never', got {self.extrapolate!r}")
+
+    @property
+    def C(self) -> float:  # noqa: N802
+        return math.sqrt(self.c2)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"c2": self.c2, "C": self.C, "skip_relaxation_times": self.skip,
+                "settle_rtol": self.settle_rtol, "fail_rule": self.fail_rule,
+                "extrapolate": self.extrapolate, "decide_on": list(self.decide_on)}  # fmt: skip
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> VerdictConfig:
+        return VerdictConfig(
+            c2=float(d["c2"]),
+            skip=float(d["skip_relaxation_times"]),
+            settle_rtol=float(d["settle_rtol"]),
+            fail_rule=str(d["fail_rule"]),
+            extrapolate=str(d["extrapolate"]),
+            decide_on=tuple(str(m) for m in d.get("decide_on", LOSS_METRICS)),
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Tail window and tail statistics
+# ----------------------------------------------------------------------------------------------
+
+
+def tail_window(end: float, tau: float | None, skip: float = DEFAULT_SKIP) -> tuple[float, str]:
+    """Start of the tail window (in effective steps) of runs of length ``end``, and why.
+
+    From ``skip``·τ to the end when the run spans at least 2·skip·τ; otherwise the last half.
+    """
+    if tau is not None and tau > 0 and end >= 2.0 * skip * tau:
+        return skip * tau, f"from {skip:g} relaxation time(s) τ = {tau:.4g} steps to the end"
+    if tau is None or tau <= 0:
+        why = "no relaxation time known"
+    else:
+        why = f"the run ({end:g} steps) is shorter than {2 * skip:g} τ = {2 * skip * tau:.4g}"
+    return (1.0 - UNKNOWN_TAU_TAIL) * end, f"the last half ({why})"
+
+
+@dataclass(frozen=True)
+class TailStat:
+    """One test function of one run over the tail window: mean with a batch-means s.e.
+
+    ``drift`` = mean of the second half of the blocks − mean of the first, ``drift_se`` its s.e.
+    from the pooled within-half spread (NaN with fewer than 4 blocks).
+    """
+
+    metric: str
+    l: int  # noqa: E741
+    mean: float
+    se: float
+    df: float
+    n: int
+    blocks: int
+    drift: float
+    drift_se: float
+    final: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "l": self.l, "mean": _num(self.mean), "se": _num(self.se),
+                "df": _num(self.df), "n": self.n, "blocks": self.blocks,
+                "drift": _num(self.drift), "drift_se": _num(self.drift_se),
+                "final": _num(self.final)}  # fmt: skip
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> TailStat:
+        return TailStat(
+            metric=str(d["metric"]), l=int(d["l"]), mean=_nan(d["mean"]), se=_nan(d["se"]),
+            df=_nan(d["df"]), n=int(d["n"]), blocks=int(d["blocks"]), drift=_nan(d["drift"]),
+            drift_se=_nan(d["drift_se"]), final=_nan(d["final"]),
+        )  # fmt: skip
+
+
+def _transform(metric: str, x: float) -> float:
+    """Accuracies are compared as error rates 1 − acc ([LMA21] §5.1's test-error criterion)."""
+    return 1.0 - x if metric.endswith("_acc") else x
+
+
+def tail_stat(
+    metric: str,
+    l: int,  # noqa: E741
+    times: Sequence[float],
+    values: Sequence[float],
+    start: float,
+    tau: float | None,
+) -> TailStat:
+    """Mean and batch-means s.e. of ``values`` at the ``times`` ≥ ``start``.
+
+    Blocks: b = ⌊window / (τ/2)⌋ contiguous blocks (10 when τ is unknown), at most 20 and with at
+    least two points each; se = sd(block means)/√b with b − 1 degrees of freedom. With one point
+    the s.e. is NaN (an unbounded interval).
+    """
+    idx = [i for i, t in enumerate(times) if t >= start - 1e-9]
+    xs = [_transform(metric, values[i]) for i in idx]
+    final = _transform(metric, values[-1]) if len(values) else math.nan
+    n = len(xs)
+    if n == 0:
+        return TailStat(metric, l, math.nan, math.nan, math.nan, 0, 0, math.nan, math.nan, final)
+    mean = sum(xs) / n
+    if n == 1:
+        return TailStat(metric, l, mean, math.nan, math.nan, 1, 1, math.nan, math.nan, final)
+    width = times[idx[-1]] - times[idx[0]]
+    b = int(width // (tau / 2.0)) if tau else 10
+    b = max(2, min(b, MAX_BLOCKS, n // 2)) if n >= 4 else n
+    groups: list[list[float]] = [[] for _ in range(b)]
+    for j, x in enumerate(xs):
+        groups[j * b // n].append(x)
+    ms = [sum(g) / len(g) for g in groups]
+    mb = sum(ms) / b
+    se = math.sqrt(sum((m - mb) ** 2 for m in ms) / (b - 1) / b)
+    drift = drift_se = math.nan
+    if b >= 4:
+        first, second = ms[: b // 2], ms[b // 2 :]
+        m1, m2 = sum(first) / len(first), sum(second) / len(second)
+        ss = sum((m - m1) ** 2 for m in first) + sum((m - m2) ** 2 for m in second)
+        sp = math.sqrt(ss / (b - 2))
+        drift, drift_se = m2 - m1, sp * math.sqrt(1 / len(first) + 1 / len(second))
+    return TailStat(metric, l, mean, se, float(b - 1), n, b, drift, drift_se, final)
+
+
+def _q(df: float) -> float:
+    """Two-sided 95% quantile of t at ``df`` (∞ when df is not a positive number)."""
+    return t_quantile(0.5 + LEVEL / 2, df) if math.isfinite(df) and df > 0 else math.inf
+
+
+# ----------------------------------------------------------------------------------------------
+# The SDE from the SVAG runs
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SdeEstimate:
+    """The SDE's value of one test function, from the SVAG runs (l > 1)."""
+
+    metric: str
+    value: float
+    se: float
+    df: float
+    source: str  # "extrapolated" | "largest_l"
+    ls: tuple[int, ...]  # the SVAG l it is computed from
+    trend: str  # why (not) extrapolated
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "value": _num(self.value), "se": _num(self.se),
+                "df": _num(self.df), "source": self.source, "ls": list(self.ls),
+                "trend": self.trend}  # fmt: skip
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> SdeEstimate:
+        return SdeEstimate(str(d["metric"]), _nan(d["value"]), _nan(d["se"]), _nan(d["df"]),
+                           str(d["source"]), tuple(int(x) for x in d["ls"]),
+                           str(d["trend"]))  # fmt: skip
+
+
+def _diff_significant(a: TailStat, b: TailStat, p: float = 0.5 + LEVEL / 2) -> bool:
+    """|b − a| beyond the two-sided ``p`` quantile of t times its s.e. (runs independent)."""
+    d, se, df = b.mean - a.mean, math.hypot(a.se, b.se), min(a.df, b.df)
+    q = t_quantile(p, df) if math.isfinite(df) and df > 0 else math.inf
+    return math.isfinite(se) and abs(d) > q * se
+
+
+def sde_estimate(ref: TailStat, svag: Sequence[TailStat], extrapolate: str = "auto") -> SdeEstimate:
+    """The SDE's tail mean of one metric: the SVAG runs extrapolated in 1/l when they show the
+    trend (module docstring, step 3), else the largest l.
+
+    Linear in 1/l through the two largest l_a < l_b: v = (l_b m_b − l_a m_a)/(l_b − l_a), with
+    se² = (l_b² se_b² + l_a² se_a²)/(l_b − l_a)² (runs treated as independent).
+    """
+    svag = sorted(svag, key=lambda s: s.l)
+    top = svag[-1]
+    largest = SdeEstimate(ref.metric, top.mean, top.se, top.df, "largest_l", (top.l,), "")
+    if len(svag) < 2:
+        return replace(largest, trend="one SVAG run: the largest l")
+    if extrapolate == "never":
+        return replace(largest, trend="extrapolation off: the largest l")
+    a, b = svag[-2], svag[-1]
+    seq = [ref, *svag]
+    steps = [y.mean - x.mean for x, y in zip(seq, seq[1:])]
+    if not all(math.isfinite(s) for s in steps):
+        return replace(largest, trend="not finite: the largest l")
+    monotone = all(s > 0 for s in steps) or all(s < 0 for s in steps)
+    if not monotone:
+        return replace(largest, trend=f"not monotone in l = {', '.join(str(s.l) for s in seq)}: "
+                       "the largest l")  # fmt: skip
+    if not _diff_significant(a, b):
+        return replace(largest, trend=f"l = {a.l} and {b.l} agree within their 95% interval: "
+                       "the largest l")  # fmt: skip
+    if abs(steps[-1]) >= abs(steps[-2]):
+        return replace(largest, trend=f"not converging (the step {a.l}→{b.l} is not smaller than "
+                       "the one before): the largest l")  # fmt: skip
+    la, lb = a.l, b.l
+    value = (lb * b.mean - la * a.mean) / (lb - la)
+    se = math.sqrt(lb**2 * b.se**2 + la**2 * a.se**2) / (lb - la)
+    return SdeEstimate(
+        ref.metric, value, se, min(a.df, b.df), "extrapolated", (la, lb),
+        f"monotone and converging in l = {', '.join(str(s.l) for s in seq)}: extrapolated "
+        f"linearly in 1/l to 0 from l = {la}, {lb}",
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------
+# Ratios
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RatioEstimate:
+    """SGD/SDE of one test function with a 95% interval and where it lies against [1/C, C].
+
+    ``status``: "inside" (interval within [1/C, C]), "outside" (interval wholly outside),
+    "straddles" (the interval reaches across a boundary), "undefined" (a non-positive mean),
+    "unresolved" (G below the noise N/k of the k fixed evaluation batches: shown only).
+    """
+
+    metric: str
+    sgd: float
+    sde: float
+    ratio: float
+    lo: float
+    hi: float
+    status: str
+    point_inside: bool
+    decides: bool
+    sde_source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "sgd": _num(self.sgd), "sde": _num(self.sde),
+                "ratio": _num(self.ratio), "ci95": [_num(self.lo), _num(self.hi)],
+                "status": self.status, "point_inside": self.point_inside,
+                "decides": self.decides, "sde_source": self.sde_source}  # fmt: skip
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> RatioEstimate:
+        lo, hi = d["ci95"]
+        return RatioEstimate(
+            str(d["metric"]), _nan(d["sgd"]), _nan(d["sde"]), _nan(d["ratio"]),
+            0.0 if lo is None else float(lo), math.inf if hi is None else float(hi),
+            str(d["status"]), bool(d["point_inside"]), bool(d["decides"]), str(d["sde_source"]),
+        )  # fmt: skip
+
+
+def ratio_estimate(
+    sgd: TailStat,
+    sde: SdeEstimate,
+    C: float,
+    decide_on: Sequence[str] = LOSS_METRICS,  # noqa: N803
+) -> RatioEstimate:
+    """SGD/SDE with a 95% interval by the delta method on the log ratio:
+    se² = (se_sgd/sgd)² + (se_sde/sde)², t at the smaller number of degrees of freedom (runs
+    treated as independent; they share seeds, so this is conservative). A non-positive mean (Ĝ
+    can be) gives no interval ("undefined")."""
+    decides = sgd.metric in decide_on
+    if not (sgd.mean > 0 and sde.value > 0):
+        return RatioEstimate(sgd.metric, sgd.mean, sde.value, math.nan, 0.0, math.inf,
+                             "undefined", False, decides, sde.source)  # fmt: skip
+    r = sgd.mean / sde.value
+    se_log = math.hypot(sgd.se / sgd.mean, sde.se / sde.value)
+    half = _q(min(sgd.df, sde.df)) * se_log if math.isfinite(se_log) else math.inf
+    lo, hi = (r * math.exp(-half), r * math.exp(half)) if math.isfinite(half) else (0.0, math.inf)
+    if lo >= 1.0 / C and hi <= C:
+        status = "inside"
+    elif lo > C or hi < 1.0 / C:
+        status = "outside"
+    else:
+        status = "straddles"
+    inside = 1.0 / C <= r <= C
+    return RatioEstimate(sgd.metric, sgd.mean, sde.value, r, lo, hi, status, inside, decides,
+                         sde.source)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------
+# Settled? and the verdict
+# ----------------------------------------------------------------------------------------------
+
+
+def unsettled(
+    stats: Mapping[tuple[str, int], TailStat],
+    ls: Sequence[int],
+    settle_rtol: float = DEFAULT_SETTLE_RTOL,
+) -> list[str]:
+    """Why the SVAG runs (every l but the smallest) have not settled ([] when they have).
+
+    One of :data:`SETTLE_METRICS` drifts over the window (beyond its interval and by more
+    than ``settle_rtol`` of its tail mean), or its l-trend l₀ → l₁ → … reverses with both steps
+    beyond their intervals and larger than ``settle_rtol``. The intervals are Bonferroni-corrected
+    over all these checks (family-wise level 95%), so settled runs are called unsettled in at most
+    5% of cases, not in 5% per check.
+    """
+    ls = sorted(ls)
+    ms = [m for m in SETTLE_METRICS if all((m, lv) in stats for lv in ls)]
+    checks = max(1, len(ms) * (2 * len(ls) - 3))  # drifts (l > l₀) + reversals (triples)
+    p = 1.0 - (1.0 - LEVEL) / 2 / checks
+    out: list[str] = []
+    for m in ms:
+        for lv in ls[1:]:
+            s = stats[(m, lv)]
+            q = t_quantile(p, s.blocks - 2.0) if s.blocks > 2 else math.inf
+            if (math.isfinite(s.drift_se) and abs(s.drift) > q * s.drift_se
+                    and abs(s.drift) > settle_rtol * abs(s.mean)):  # fmt: skip
+                out.append(f"{RATIO_LABELS[m]} of l = {lv} drifts by {s.drift / s.mean:+.0%} "
+                           "over the tail window")  # fmt: skip
+        seq = [stats[(m, lv)] for lv in ls]
+        for x, y, z in zip(seq, seq[1:], seq[2:]):
+            d1, d2 = y.mean - x.mean, z.mean - y.mean
+            big = all(abs(d) > settle_rtol * abs(y.mean) for d in (d1, d2))
+            if d1 * d2 < 0 and big and _diff_significant(x, y, p) and _diff_significant(y, z, p):
+                out.append(f"{RATIO_LABELS[m]} is not monotone in l = {x.l}, {y.l}, {z.l} "
+                           f"({x.mean:.4g}, {y.mean:.4g}, {z.mean:.4g})")  # fmt: skip
+    return out
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The calibrated verdict: ``code`` in {sde_holds, sde_fails, not_converged}, with every
+    number behind it."""
+
+    code: str
+    text: str
+    config: VerdictConfig
+    reference_l: int
+    sde_ls: tuple[int, ...]
+    relaxation_steps: float | None
+    relaxation_note: str
+    tail_start: float
+    tail_end: float
+    tail_note: str
+    ratios: tuple[RatioEstimate, ...]
+    sde: tuple[SdeEstimate, ...]
+    tail: tuple[TailStat, ...]
+    unsettled: tuple[str, ...] = ()
+    failing: tuple[str, ...] = ()
+    undecided: tuple[str, ...] = ()
+    extrapolated: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "text": self.text,
+            "criterion": (
+                "C-closeness of [LMA21] Def. 5.1: every decision ratio SGD/SDE (R, G, ηN, train "
+                "and held-out loss) within [1/C, C], C = √c2; 95% intervals by the delta method on "
+                "the log ratio with batch-means standard errors over the tail window; fail_rule "
+                "'interval': fails when an interval lies wholly outside, 'point': when a point "
+                "estimate does; not_converged when an SVAG run drifts over the window or the "
+                "l-trend reverses (significant and > settle_rtol)"
+            ),
+            "config": self.config.to_dict(),
+            "reference_l": self.reference_l,
+            "sde_ls": list(self.sde_ls),
+            "relaxation_steps": None if self.relaxation_steps is None else self.relaxation_steps,
+            "relaxation_note": self.relaxation_note,
+            "tail_window": {
+                "start": self.tail_start,
+                "end": self.tail_end,
+                "note": self.tail_note,
+            },  # fmt: skip
+            "ratios": [r.to_dict() for r in self.ratios],
+            "sde": [s.to_dict() for s in self.sde],
+            "extrapolated": list(self.extrapolated),
+            "unsettled": list(self.unsettled),
+            "failing": list(self.failing),
+            "undecided": list(self.undecided),
+            "tail": [t.to_dict() for t in self.tail],
+        }
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> Verdict:
+        tw = d["tail_window"]
+        tau = d.get("relaxation_steps")
+        return Verdict(
+            code=str(d["code"]),
+            text=str(d["text"]),
+            config=VerdictConfig.from_dict(d["config"]),
+            reference_l=int(d["reference_l"]),
+            sde_ls=tuple(int(x) for x in d["sde_ls"]),
+            relaxation_steps=None if tau is None else float(tau),
+            relaxation_note=str(d.get("relaxation_note", "")),
+            tail_start=float(tw["start"]),
+            tail_end=float(tw["end"]),
+            tail_note=str(tw.get("note", "")),
+            ratios=tuple(RatioEstimate.from_dict(r) for r in d["ratios"]),
+            sde=tuple(SdeEstimate.from_dict(s) for s in d["sde"]),
+            tail=tuple(TailStat.from_dict(t) for t in d["tail"]),
+            unsettled=tuple(str(x) for x in d.get("unsettled", [])),
+            failing=tuple(str(x) for x in d.get("failing", [])),
+            undecided=tuple(str(x) for x in d.get("undecided", [])),
+            extrapolated=tuple(str(x) for x in d.get("extrapolated", [])),
+        )
+
+    def ratio(self, metric: str) -> RatioEstimate | None:
+        return next((r for r in self.ratios if r.metric == metric), None)
+
+    def stat(self, metric: str, l: int) -> TailStat | None:  # noqa: E741
+        return next((t for t in self.tail if t.metric == metric and t.l == l), None)
+
+
+def _fmt_ratio(r: RatioEstimate) -> str:
+    return f"{RATIO_LABELS[r.metric]} {r.ratio:.3g} [{r.lo:.3g}, {r.hi:.3g}]"
+
+
+def decide(
+    runs: Sequence[Any],
+    relaxation_steps: float | None,
+    *,
+    config: VerdictConfig | None = None,
+    relaxation_note: str = "",
+    target_batch_size: int = 0,
+    run_name: str = "SGD",
+    rule: str = "linear scaling rule",
+    eval_batches: int | None = None,
+) -> Verdict:
+    """Read the runs (module docstring): tail window, tail means, the SDE, the ratios, the code.
+
+    Args:
+        runs: one per l (at least two; ``l``, ``effective_steps``, ``values`` of
+            :class:`~bscrit.runs.svag.results.SvagRun`); the smallest l is the reference (l = 1: SGD).
+        relaxation_steps: τ at B' in effective steps, or None when unknown.
+        config: the thresholds (:class:`VerdictConfig`).
+        relaxation_note, target_batch_size, run_name, rule: words of the text.
+        eval_batches: k of the runs' Ĝ, N̂. Given, G decides only when the k fixed batches
+            resolve it: G ≥ N/k for SGD and for the SDE (the noise of the k-batch mean gradient
+            below its signal); otherwise its ratio is "unresolved" and shown only.
+
+    Raises:
+        ValueError: fewer than two runs, or a run with a non-finite value in the tail window
+            (a diverged run is an error of the caller, not a verdict).
+    """
+    cfg = config or VerdictConfig()
+    runs = sorted(runs, key=lambda r: r.l)
+    if len(runs) < 2:
+        raise ValueError("the verdict needs at least two runs (l = 1 and some l > 1)")
+    ls = [r.l for r in runs]
+    end = max(r.effective_steps[-1] for r in runs)
+    start, tail_note = tail_window(end, relaxation_steps, cfg.skip)
+    metrics = [m for m in RATIO_METRICS if all(m in r.values for r in runs)]
+    stats = {
+        (m, r.l): tail_stat(m, r.l, r.effective_steps, r.values[m], start, relaxation_steps)
+        for m in metrics
+        for r in runs
+    }
+    bad = [f"{m} of l = {lv}" for (m, lv), s in stats.items() if not math.isfinite(s.mean)]
+    if bad:
+        raise ValueError(f"not finite in the tail window: {', '.join(bad)}")
+    sdes = {m: sde_estimate(stats[(m, ls[0])], [stats[(m, lv)] for lv in ls[1:]],
+                            cfg.extrapolate) for m in metrics}  # fmt: skip
+    ratios = [ratio_estimate(stats[(m, ls[0])], sdes[m], cfg.C, cfg.decide_on) for m in metrics]
+    if eval_batches and "G" in metrics and "N" in metrics:
+        k = eval_batches
+        floor = max(stats[("N", ls[0])].mean, sdes["N"].value) / k
+        if min(stats[("G", ls[0])].mean, sdes["G"].value) < floor:
+            # Ĝ's error from the k fixed batches is correlated from point to point: not in the
+            # batch-means interval, so G decides only where those batches resolve it
+            ratios = [replace(r, decides=False, status="unresolved") if r.metric == "G" else r
+                      for r in ratios]  # fmt: skip
+    used = [r for r in ratios if r.decides]
+    why = unsettled(stats, ls, cfg.settle_rtol)
+    if cfg.fail_rule == "interval":
+        failing = [r for r in used if r.status == "outside"]
+        undecided = [r for r in used if r.status in ("straddles", "undefined")]
+        how = " (95% intervals)"
+    else:
+        failing = [r for r in used if r.status != "undefined" and not r.point_inside]
+        undecided = [r for r in used if r.status in ("straddles", "undefined")
+                     and r not in failing]  # fmt: skip
+        how = " (point estimates)"
+    fmt = {"run": run_name, "b": target_batch_size, "sde": ", ".join(str(x) for x in ls[1:]),
+           "c2": cfg.c2, "C": cfg.C, "rule": rule, "how": how,
+           "suggest": f"{ls[0]},{2 * ls[-2]},{2 * ls[-1]}" if len(ls) > 2 else f"{ls[0]},8,16",
+           "why": "; ".join(why),
+           "decided": ", ".join(RATIO_LABELS[m] for m in metrics if m in cfg.decide_on),
+           "failing": "; ".join(_fmt_ratio(r) for r in failing)}  # fmt: skip
+    code = "not_converged" if why else ("sde_fails" if failing else "sde_holds")
+    text = VERDICT_TEXT[code].format(**fmt)
+    if undecided and code != "not_converged":
+        text += (" Undecided (the 95% interval reaches across a boundary): "
+                 + "; ".join(_fmt_ratio(r) for r in undecided) + ".")  # fmt: skip
+    ext = [m for m in metrics if sdes[m].source == "extrapolated"]
+    if ext:
+        text += (" Extrapolated in 1/l (the runs show the trend): "
+                 + ", ".join(RATIO_LABELS[m] for m in ext) + ".")  # fmt: skip
+    return Verdict(
+        code=code,
+        text=text,
+        config=cfg,
+        reference_l=ls[0],
+        sde_ls=tuple(ls[1:]),
+        relaxation_steps=relaxation_steps,
+        relaxation_note=relaxation_note,
+        tail_start=start,
+        tail_end=end,
+        tail_note=tail_note,
+        ratios=tuple(ratios),
+        sde=tuple(sdes[m] for m in metrics),
+        tail=tuple(stats.values()),
+        unsettled=tuple(why),
+        failing=tuple(r.metric for r in failing),
+        undecided=tuple(r.metric for r in undecided),
+        extrapolated=tuple(ext),
+    )

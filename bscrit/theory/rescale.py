@@ -1,0 +1,103 @@
+"""``bscrit scale``: the base run's optimizer (from a spec, a measurement or explicit values)
+and batch size → the hyperparameters scaled to B' by the optimizer's rule (docs/theory.md §5).
+
+Pure: no torch import, so ``bscrit scale`` runs without it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from bscrit.errors import UsageError
+from bscrit.optim import registry as optim
+from bscrit.optim.registry import OptimizerInfo
+from bscrit.theory.scaling import ScaledHyperparameters, scale_hyperparameters
+
+if TYPE_CHECKING:
+    from bscrit.artifacts.measurement import Measurement
+
+PathLike = str | os.PathLike[str]
+
+
+def scale_request(
+    target_batch_size: int,
+    *,
+    optimizer: str | None = None,
+    batch_size: int | None = None,
+    values: Mapping[str, float | None] | None = None,
+    epochs: float | None = None,
+    steps: int | None = None,
+    warmup_steps: int | None = None,
+    from_spec: PathLike | None = None,
+    measurement: PathLike | Measurement | None = None,
+    c2: float = 2.0,
+) -> ScaledHyperparameters:
+    """``bscrit scale``: the base run's optimizer from a spec, a measurement or explicit values,
+    scaled from B to B' by its rule (docs/theory.md §5).
+
+    Precedence: explicit arguments over the spec over the measurement. ``optimizer`` different
+    from the base's starts from that optimizer's defaults. With ``measurement``, warnings say
+    when B' is past its recommended range. ``measurement`` is a path or a loaded
+    :class:`~bscrit.artifacts.measurement.Measurement` (the Python API's :func:`bscrit.scale`).
+    """
+    from bscrit.artifacts.measurement import Measurement, load_measurement
+    from bscrit.theory.prediction import range_context
+
+    base: OptimizerInfo | None = None
+    b = batch_size
+    if from_spec is not None:
+        from bscrit.spec.document import load_spec
+
+        s = load_spec(from_spec)
+        base = s.optimizer
+        b = b if b is not None else s.batch_size
+        if steps is None and s.schedule.total_steps is not None:
+            steps = s.schedule.total_steps
+        if warmup_steps is None and s.schedule.warmup_steps > 0:
+            warmup_steps = s.schedule.warmup_steps
+    m = measurement if isinstance(measurement, Measurement) else None
+    source = "the measurement" if m is not None else str(measurement)
+    if measurement is not None and m is None:
+        m = load_measurement(measurement)  # type: ignore[arg-type]
+    if m is not None:
+        named_only = base is not None and base.source == optim.NAME_ONLY
+        if base is None or (named_only and m.optimizer and m.optimizer.name == base.name):
+            base = m.optimizer  # a spec naming the optimizer only: the measured values
+        b = b if b is not None else m.batch_size
+    if optimizer is not None and (base is None or base.name != optimizer):
+        base = OptimizerInfo(optim.get(optimizer).name, lr=base.lr if base else 0.0, source="cli")
+    if base is None:
+        raise UsageError(
+            "no optimizer: give {optimizer} and {lr} (or {from_spec} spec.yaml)",
+            optimizer="optimizer",
+            lr="lr",
+            from_spec="from_spec",
+        )
+    if b is None:
+        raise UsageError(
+            "no base batch size: give {batch_size} (or {from_spec} / {measurement})",
+            batch_size="batch_size",
+            from_spec="from_spec",
+            measurement="measurement",
+        )
+    values = dict(values or {})
+    if values.get("lr") is None and not base.lr > 0:
+        raise UsageError(f"give the base run's learning rate with {{lr}} ({base.name})", lr="lr")
+    opt = optim.with_values(base, values, source=base.source)
+    warnings: list[str] = []
+    nsr_target = None
+    if m is not None:
+        warnings, nsr_target = range_context(source, m, b, target_batch_size, c2)
+    result = scale_hyperparameters(
+        opt,
+        b,
+        target_batch_size,
+        epochs=epochs,
+        steps=steps,
+        warmup_steps=warmup_steps,
+        nsr_target=nsr_target,
+    )
+    return replace(result, warnings=tuple(warnings) + result.warnings)

@@ -1,0 +1,416 @@
+"""Scaling rules for the batch size, and the SVAG hyperparameters (pure: no torch).
+
+docs/theory.md §5 and §6. Going from batch size B to B' = κB with the training length fixed in
+epochs (so the number of steps and the warm-up are divided by κ):
+
+- SGD, linear scaling rule [LMA21, Def. 2.1]: η' = κη; coupled weight decay λ and momentum μ
+  unchanged (Goyal et al.'s practice; for μ > 0 it is a heuristic).
+- RMSprop, square-root scaling rule [MLPA22, Def. 5.1]: η' = √κ η, β' = 1 − κ(1 − β) (PyTorch's
+  ``alpha``), ε' = ε/√κ.
+- Adam, square-root scaling rule [MLPA22, Def. 5.2]: η' = √κ η, β₁' = 1 − κ(1 − β₁),
+  β₂' = 1 − κ(1 − β₂), ε' = ε/√κ.
+- AdamW decoupled weight decay (*derived here*, not stated in the papers): one Adam step is η² of
+  SDE time and decays the weights by ηλ, so the decay rate per unit time is λ/η; keeping it gives
+  λ' = √κ λ.
+
+Coupled (L2) weight decay of SGD, Adam and RMSprop is part of the loss and does not depend on η:
+it is left unchanged. The square-root rule cannot be applied when κ(1 − β) ≥ 1 for some β (β' would
+be ≤ 0): :func:`square_root_rule` refuses with a message that gives the largest usable κ.
+
+Traps:
+- PyTorch's RMSprop ``alpha`` is the paper's β (the EMA constant of the squared gradient).
+- ε scales *down* when the batch grows (ε' = ε/√κ) because the gradient noise, hence √v, shrinks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+from bscrit.checker import check_batch_size
+from bscrit.errors import UsageError
+from bscrit.optim import registry as optim
+from bscrit.optim.registry import OptimizerInfo
+
+#: Below this NSR at the target batch the noise no longer dominates the gradient, which the Adam /
+#: RMSprop SDE needs ([MLPA22] §4.1, Remark 4.3: σ ≫ ‖ḡ‖). A heuristic threshold, not a theorem.
+ADAPTIVE_SDE_MIN_NSR = 1.0
+
+
+def _check_kappa(kappa: float) -> None:
+    if not (kappa > 0 and math.isfinite(kappa)):
+        raise UsageError(f"the batch-size ratio κ must be a positive number, got {kappa}")
+
+
+def linear_rule(opt: OptimizerInfo, kappa: float) -> OptimizerInfo:
+    """SGD from B to κB: η' = κη; momentum and coupled weight decay unchanged [LMA21, Def. 2.1].
+
+    Works for κ < 1 (scaling down) too.
+    """
+    _check_kappa(kappa)
+    return replace(opt, lr=opt.lr * kappa, source="scaled", groups=(), lr_current=None)
+
+
+def _scaled_beta(beta: float, kappa: float, label: str, optimizer: str) -> float:
+    """β' = 1 − κ(1 − β) [MLPA22, Defs. 5.1–5.2]; refuses when β' ≤ 0 (κ(1 − β) ≥ 1)."""
+    if not 0.0 <= beta < 1.0:
+        raise UsageError(f"{label} of {optimizer} must be in [0, 1), got {beta}")
+    new = 1.0 - kappa * (1.0 - beta)
+    if new <= 1e-12:  # κ(1 − β) ≥ 1 up to rounding: 1 − 10·(1 − 0.9) is 2e-16 in floating point
+        kmax = 1.0 / (1.0 - beta)
+        raise UsageError(
+            f"the square-root scaling rule cannot scale {optimizer} by κ = {kappa:g}: "
+            f"{label}' = 1 − κ(1 − {label}) = 1 − {kappa:g}·(1 − {beta:g}) = {new:.4g} ≤ 0 "
+            f"[MLPA22 Defs. 5.1–5.2]; the rule needs κ < 1/(1 − {label}) = {kmax:.4g}"
+        )
+    return new
+
+
+#: Below this value a scaled EMA constant β' averages over fewer than two steps: the scaled run's
+#: moment estimates are then barely smoothed, a regime far from the base run's (docs/theory.md §5).
+BETA_CAUTION = 0.5
+
+
+@dataclass(frozen=True)
+class RuleLimit:
+    """How far the optimizer's scaling rule reaches from batch size B (docs/theory.md §5).
+
+    Attributes:
+        kappa_max: supremum of the usable κ (exclusive); inf when the rule has no limit.
+        batch_max: the largest integer B' with B'/B < kappa_max (None when unlimited).
+        binding: the hyperparameter that sets the limit (``"beta1"``, ``"beta2"``, ``"alpha"``,
+            ``"weight_decay"``), or None.
+        caution_kappa: above this κ some scaled β' is below :data:`BETA_CAUTION` (None: never).
+        reason: one sentence, in words fit for the optimizer.
+    """
+
+    kappa_max: float
+    batch_max: int | None
+    binding: str | None
+    caution_kappa: float | None
+    reason: str
+
+
+def rule_limit(opt: OptimizerInfo, batch_size: int) -> RuleLimit:
+    """The largest κ (and B' = κB) the optimizer's scaling rule can reach from ``batch_size``.
+
+    - Adam / AdamW / RMSprop, square-root rule [MLPA22 Defs. 5.1–5.2]: every β' = 1 − κ(1 − β)
+      must stay > 0, so κ < 1/(1 − β) for each β; above κ = 0.5/(1 − β), β' < 0.5.
+    - SGD with coupled weight decay, linear rule: one step multiplies the weights by
+      1 − η'λ = 1 − κηλ ([LMA21] eq. 7), which must stay > 0: κ < 1/(ηλ).
+    - AdamW: its decoupled decay multiplies the weights by 1 − η'λ' = 1 − κηλ per step (η' = √κη,
+      λ' = √κλ), the same condition.
+    """
+    d = optim.scalable(opt.name)
+    check_batch_size(batch_size, "batch_size")
+    per_group = [rule_limit(g, batch_size) for _, g in optim.group_optimizers(opt)]
+    if per_group:  # every group must stay valid: the smallest reach binds
+        return min(per_group, key=lambda r: r.kappa_max)
+    v = optim.flat(opt)
+    limits: list[tuple[float, str, str]] = []  # (κ_max, key, reason)
+    caution = None
+    for b in ("beta1", "beta2", "alpha"):
+        if b in v and 0 < v[b] < 1:
+            k = 1.0 / (1.0 - v[b])
+            limits.append((k, b, f"{b}' = 1 − κ(1 − {b}) must stay > 0 {d.reference}"))
+            c = BETA_CAUTION / (1.0 - v[b])
+            caution = c if caution is None else min(caution, c)
+    coupled_sgd = not d.adaptive and v.get("weight_decay", 0.0) > 0
+    if (coupled_sgd or optim.decoupled(opt)) and v["weight_decay"] > 0 and v["lr"] > 0:
+        k = 1.0 / (v["lr"] * v["weight_decay"])
+        limits.append(
+            (k, "weight_decay", "the per-step weight decay factor 1 − κηλ must stay > 0 "
+             "([LMA21] eq. 7)")
+        )  # fmt: skip
+    if not limits:
+        return RuleLimit(math.inf, None, None, caution, f"the {d.rule_reference} has no limit")
+    k, key, why = min(limits)
+    b_max = math.floor(k * batch_size)  # the largest B' with B'/B < κ_max (up to rounding)
+    if b_max / batch_size >= k * (1.0 - 1e-12):
+        b_max -= 1
+    return RuleLimit(k, b_max, key, caution, f"{why}: κ < {k:.4g}, B' <= {b_max}")
+
+
+def square_root_rule(opt: OptimizerInfo, kappa: float) -> OptimizerInfo:
+    """Adam / AdamW / RMSprop from B to κB [MLPA22, Def. 5.1 (RMSprop) and Def. 5.2 (Adam)].
+
+    η' = √κ η, β' = 1 − κ(1 − β) for every β (Adam's β₁, β₂; RMSprop's ``alpha``), ε' = ε/√κ.
+    AdamW: λ' = √κ λ (derived: keeps λ/η, the decay rate per unit SDE time). Coupled weight decay
+    (Adam, RMSprop) and RMSprop's heavy-ball momentum are left unchanged.
+
+    Raises:
+        UsageError: when κ(1 − β) ≥ 1 for some β, i.e. β' ≤ 0: the rule cannot be applied.
+    """
+    _check_kappa(kappa)
+    d = optim.scalable(opt.name)
+    if not d.adaptive:
+        raise UsageError(
+            f"the square-root scaling rule is for adaptive optimizers, not {d.torch_class}"
+        )
+    s = math.sqrt(kappa)
+    v = optim.flat(opt)
+    new = {"lr": v["lr"] * s, "eps": v["eps"] / s}
+    for b in ("beta1", "beta2", "alpha"):
+        if b in v:
+            new[b] = _scaled_beta(v[b], kappa, b, d.torch_class)
+    if optim.decoupled(opt):
+        new["weight_decay"] = v["weight_decay"] * s
+    if "momentum_decay" in v:  # NAdam's momentum schedule counts steps: keep it in epochs
+        new["momentum_decay"] = v["momentum_decay"] * kappa
+    return optim.from_flat(d.name, {**v, **optim.switches(opt), **new}, source="scaled")
+
+
+def scale_optimizer(opt: OptimizerInfo, kappa: float) -> OptimizerInfo:
+    """Apply the rule of ``opt.name``: :func:`linear_rule` or :func:`square_root_rule` (a
+    :class:`UsageError` for an optimizer with no established rule)."""
+    if optim.scalable(opt.name).rule == "linear":
+        return linear_rule(opt, kappa)
+    return square_root_rule(opt, kappa)
+
+
+def svag_hyperparameters(opt: OptimizerInfo, l: int) -> OptimizerInfo:  # noqa: E741
+    """Hyperparameters of one SVAG step with parameter l ≥ 1 (docs/theory.md §6).
+
+    SVAG draws two batches and combines them with r₁,₂ = (1 ± √(2l − 1))/2 (mean kept, covariance
+    × l), then takes l steps per step of the original run:
+
+    - SGD [LMA21, Def. 4.1]: LR η/l; coupled weight decay and momentum unchanged.
+    - RMSprop / Adam [MLPA22, §6], written with bscrit's l (the paper's ℓ is √l): LR η/√l,
+      β ← 1 − (1 − β)/l for every β, ε ← ε√l. AdamW also λ ← λ/√l (keeps λ/η, derived as in
+      :func:`square_root_rule`). Missing betas/eps/alpha take PyTorch's defaults.
+
+    l = 1 returns the optimizer unchanged (SVAG with l = 1 is the plain optimizer).
+    """
+    if isinstance(l, bool) or int(l) != l or l < 1:
+        raise UsageError(f"the SVAG parameter l must be an integer >= 1, got {l}")
+    d = optim.scalable(opt.name)
+    if l == 1:
+        return opt
+    if not d.adaptive:
+        return replace(opt, lr=opt.lr / l)
+    s = math.sqrt(l)
+    v = optim.flat(opt)
+    new = {"lr": v["lr"] / s, "eps": v["eps"] * s}
+    for b in ("beta1", "beta2", "alpha"):
+        if b in v:
+            new[b] = 1.0 - (1.0 - v[b]) / l
+    if optim.decoupled(opt):
+        new["weight_decay"] = v["weight_decay"] / s
+    if "momentum_decay" in v:
+        new["momentum_decay"] = v["momentum_decay"] / l
+    return optim.from_flat(d.name, {**v, **optim.switches(opt), **new}, source=opt.source)
+
+
+# ----------------------------------------------------------------------------------------------
+# The full "old -> new" answer
+# ----------------------------------------------------------------------------------------------
+
+
+def scale_steps(steps: int | None, kappa: float) -> int | None:
+    """Steps at the new batch size for the same number of epochs: round(steps/κ).
+
+    Rounded to the nearest integer; a positive count never rounds down to 0.
+    """
+    if steps is None:
+        return None
+    if steps < 0:
+        raise UsageError(f"a step count must be >= 0, got {steps}")
+    if steps == 0:
+        return 0
+    return max(1, math.floor(steps / kappa + 0.5))
+
+
+def adaptive_sde_warning(nsr_target: float | None, optimizer: str) -> str | None:
+    """Heuristic warning for the square-root rule when noise stops dominating (docs/theory.md §5).
+
+    The Adam/RMSprop SDE of [MLPA22] needs σ ≫ ‖ḡ‖ (§4.1, Remark 4.3). When the NSR at the target
+    batch size, N^{B'}/G, is below :data:`ADAPTIVE_SDE_MIN_NSR` (1), the rule's premise is doubtful.
+    Returns None for SGD, for an unknown NSR, or when the NSR is large enough.
+    """
+    if nsr_target is None or not optim.get(optimizer).adaptive:
+        return None
+    if nsr_target < ADAPTIVE_SDE_MIN_NSR:
+        return (
+            f"the noise-to-signal ratio at the target batch size is {nsr_target:.3g} < "
+            f"{ADAPTIVE_SDE_MIN_NSR:g}: the gradient noise no longer dominates the gradient, which "
+            "the adaptive-optimizer SDE behind the square-root rule assumes ([MLPA22] §4.1, "
+            "Remark 4.3; heuristic threshold)"
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class ScaledGroup:
+    """One param group's hyperparameters, old and new (given where the groups' values differ)."""
+
+    index: int
+    tensors: int
+    params: int | None
+    old: dict[str, float]
+    new: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"index": self.index, "tensors": self.tensors, "params": self.params}
+        return d | {"hyperparameters": dict(self.new), "old_hyperparameters": dict(self.old)}
+
+
+@dataclass(frozen=True)
+class ScaledHyperparameters:
+    """The answer of ``bscrit scale``: old and new hyperparameters, rule, steps, warnings."""
+
+    optimizer: str
+    rule: str  # "linear" | "square-root"
+    reference: str  # e.g. "linear scaling rule [LMA21 Def. 2.1]"
+    batch_size: int
+    target_batch_size: int
+    kappa: float
+    old: dict[str, float]
+    new: dict[str, float]
+    notes: dict[str, str]  # per hyperparameter: why it changed or not
+    epochs: float | None
+    steps: tuple[int | None, int | None]  # (old, new)
+    warmup_steps: tuple[int | None, int | None]  # (old, new)
+    warnings: tuple[str, ...] = ()
+    groups: tuple[ScaledGroup, ...] = ()  # per param group, where the groups' values differ
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``scale --json`` object (and ``predict --json``'s ``scaled``)."""
+        return {
+            "rule": self.rule,
+            "reference": self.reference,
+            "optimizer": self.optimizer,
+            "batch_size": self.batch_size,
+            "target_batch_size": self.target_batch_size,
+            "kappa": self.kappa,
+            "hyperparameters": dict(self.new),
+            "old_hyperparameters": dict(self.old),
+            "notes": dict(self.notes),
+            "epochs": self.epochs,
+            "steps": self.steps[1],
+            "warmup_steps": self.warmup_steps[1],
+            "old_steps": self.steps[0],
+            "old_warmup_steps": self.warmup_steps[0],
+            "warnings": list(self.warnings),
+            "groups": [g.to_dict() for g in self.groups],
+        }
+
+
+def _notes(opt: OptimizerInfo, old: dict[str, float], new: dict[str, float]) -> dict[str, str]:
+    d = optim.get(opt.name)
+    notes: dict[str, str] = {}
+    if not d.adaptive:
+        notes["lr"] = "η' = κη " + "[LMA21 Def. 2.1]"
+        notes["momentum"] = "unchanged (Goyal et al. 2017; a heuristic)"
+        notes["weight_decay"] = "unchanged (coupled weight decay)"
+        return notes
+    ref = d.reference
+    notes["lr"] = f"η' = √κ η {ref}"
+    for b in ("beta1", "beta2", "alpha"):
+        if b in new:
+            notes[b] = f"β' = 1 − κ(1 − β) {ref}"
+    notes["eps"] = f"ε' = ε/√κ {ref}"
+    if optim.decoupled(opt):
+        notes["weight_decay"] = "λ' = √κ λ (derived: keeps λ/η; not stated in [MLPA22])"
+    else:
+        notes["weight_decay"] = "unchanged (coupled L2 weight decay)"
+    if "momentum" in new:
+        notes["momentum"] = "unchanged (heavy-ball momentum is not covered by [MLPA22 Def. 5.1])"
+    if "momentum_decay" in new:
+        notes["momentum_decay"] = "ψ' = κψ (derived: its schedule counts steps)"
+    return notes
+
+
+def scale_hyperparameters(
+    opt: OptimizerInfo,
+    batch_size: int,
+    target_batch_size: int,
+    *,
+    epochs: float | None = None,
+    steps: int | None = None,
+    warmup_steps: int | None = None,
+    nsr_target: float | None = None,
+) -> ScaledHyperparameters:
+    """Scale ``opt`` from ``batch_size`` to ``target_batch_size`` with the optimizer's rule.
+
+    κ = B'/B (κ < 1 scales down). Steps and warm-up steps are divided by κ (training length fixed
+    in epochs); epochs are unchanged. ``nsr_target`` (the NSR at B', when a measurement is known)
+    enables the adaptive-SDE warning of docs/theory.md §5.
+
+    Raises:
+        UsageError: invalid sizes, an unknown optimizer, or a κ the square-root rule cannot take.
+    """
+    check_batch_size(batch_size, "batch_size")
+    check_batch_size(target_batch_size, "target_batch_size")
+    if not (opt.lr > 0 and math.isfinite(opt.lr)):
+        raise UsageError(f"the learning rate must be a positive number, got {opt.lr}")
+    name = optim.scalable(opt.name).name
+    if not 0.0 <= opt.momentum < 1.0:
+        raise UsageError(f"momentum must be in [0, 1), got {opt.momentum}")
+    if not opt.weight_decay >= 0.0:
+        raise UsageError(f"weight decay must be >= 0, got {opt.weight_decay}")
+    if opt.eps is not None and not opt.eps > 0.0:
+        raise UsageError(f"eps must be > 0, got {opt.eps}")
+    kappa = target_batch_size / batch_size
+    limit = rule_limit(replace(opt, name=name), batch_size)
+    try:
+        new_opt = scale_optimizer(replace(opt, name=name), kappa)
+    except UsageError as e:  # offer the largest B' the rule can reach
+        if limit.batch_max is None or target_batch_size <= limit.batch_max:
+            raise
+        raise UsageError(
+            f"{e.template}; from B = {batch_size} the largest B' it reaches is {limit.batch_max}",
+            **e.options,
+        ) from None
+    if limit.batch_max is not None and target_batch_size > limit.batch_max:
+        raise UsageError(
+            f"the {optim.get(name).rule_reference} cannot scale {name} from B = {batch_size} to "
+            f"{target_batch_size} (κ = {kappa:.4g}): {limit.reason}; the largest B' it "
+            f"reaches is {limit.batch_max}"
+        )
+    old = optim.flat(replace(opt, name=name))
+    new = optim.flat(new_opt)
+    warnings: list[str] = []
+    if name == "sgd" and opt.nesterov:
+        warnings.append("Nesterov momentum is kept as is; the linear rule does not cover it")
+    if name == "rmsprop" and opt.momentum:
+        warnings.append(
+            "RMSprop momentum is kept unchanged: [MLPA22 Def. 5.1] covers RMSprop without momentum"
+        )
+    if limit.caution_kappa is not None and kappa > limit.caution_kappa:
+        low = ", ".join(f"{k}' = {new[k]:.3g}" for k in ("beta1", "beta2", "alpha")
+                        if k in new and new[k] < BETA_CAUTION)  # fmt: skip
+        warnings.append(
+            f"{low}: below {BETA_CAUTION:g}, the scaled moment estimates average over fewer than "
+            "two steps; the square-root rule is stretched close to its limit here (κ = "
+            f"{kappa:.3g}, limit {limit.kappa_max:.3g})"
+        )
+    if "docs/theory.md" in optim.get(name).reference:
+        warnings.append(
+            f"the square-root rule is stated for Adam and RMSprop [MLPA22]; for {name} it is "
+            "extended in docs/theory.md §5, not proved"
+        )
+    w = adaptive_sde_warning(nsr_target, name)
+    if w:
+        warnings.append(w)
+    groups = tuple(
+        ScaledGroup(g.index, g.tensors, g.params, optim.flat(o),
+                    optim.flat(scale_optimizer(replace(o, name=name), kappa)))
+        for g, o in optim.group_optimizers(opt)
+    )  # fmt: skip
+    return ScaledHyperparameters(
+        optimizer=name,
+        rule=optim.get(name).rule,
+        reference=optim.get(name).rule_reference,
+        batch_size=int(batch_size),
+        target_batch_size=int(target_batch_size),
+        kappa=kappa,
+        old=old,
+        new=new,
+        notes=_notes(replace(opt, name=name), old, new),
+        epochs=epochs,
+        steps=(steps, scale_steps(steps, kappa)),
+        warmup_steps=(warmup_steps, scale_steps(warmup_steps, kappa)),
+        warnings=tuple(warnings),
+        groups=groups,
+    )
