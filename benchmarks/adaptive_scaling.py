@@ -37,9 +37,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "assets"))
 sys.path.insert(0, str(ROOT / "tests" / "torch"))
 
-from bscrit.engine.adaptive import adaptive_hooks, adaptive_plan
-from bscrit.engine.loop import measure_model
 from tiny import make_dataset, make_model  # noqa: E402
+
+from bscrit.engine.adaptive import adaptive_hooks, adaptive_plan  # noqa: E402
+from bscrit.engine.loop import measure_model  # noqa: E402
 
 
 def timed_run(k: int, adaptive: bool, groups: int, seed: int) -> list[tuple[int, float]]:

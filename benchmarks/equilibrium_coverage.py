@@ -15,8 +15,8 @@ the means of N and G over all kept checkpoints.
    K points (the nearest epochs), coverage and median width against the interval from 50
    well-separated checkpoints (4 epochs ≈ 1.6τ apart).
 3. **``measure --sample-steps``** with its defaults (T = 10τ, K = 20, k/4 batches per point), run
-   through ``bscrit.workflows.measure.run_measurement`` from ``--reps`` checkpoints of the run (each its
-   own seed): coverage with the Wilson 95% interval of the rate, median width, cost.
+   through ``bscrit.workflows.measure.run_measurement`` from ``--reps`` checkpoints of the run
+   (each its own seed): coverage with the Wilson 95% interval of the rate, median width, cost.
 
 Everything runs on one CPU thread; the run's checkpoints and the measurements are cached under
 ``--out`` (git-ignored, except the tables):
@@ -42,15 +42,16 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "validation"))
 
-from bscrit.optim.registry import OptimizerInfo
-from bscrit.spec.document import load_spec
 from data import load_tensors  # noqa: E402
 from models import make_mnist1d_model  # noqa: E402
 
-from bscrit.artifacts.measurement import ParamSetStats
-from bscrit.stats.equilibrium import equilibrium_interval, relaxation_steps
-from bscrit.stats.estimators import NoiseStats, pool, t_quantile
-from bscrit.workflows.measure import MeasureOptions, run_measurement
+from bscrit.artifacts.records import ParamSetStats  # noqa: E402
+from bscrit.optim.registry import OptimizerInfo  # noqa: E402
+from bscrit.specfile.document import load_spec  # noqa: E402
+from bscrit.stats.equilibrium import equilibrium_interval, relaxation_steps  # noqa: E402
+from bscrit.stats.estimators import NoiseStats, pool, t_quantile  # noqa: E402
+from bscrit.workflows.measure import run_measurement  # noqa: E402
+from bscrit.workflows.plan import MeasureOptions  # noqa: E402
 
 SET = "scale_invariant"  # the set the bounds use (here every trainable tensor)
 START_EVERY = 3  # epochs between the checkpoints the --sample-steps repetitions start from

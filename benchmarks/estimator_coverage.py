@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "torch"))
 
-from bscrit.engine.loop import measure_model
 from reference import mse, tiny_problem, truth  # noqa: E402
 
+from bscrit.engine.loop import measure_model
 from bscrit.stats.summary import param_set_stats
 
 

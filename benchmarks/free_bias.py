@@ -28,7 +28,6 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bscrit.engine.free_capture import FreeCapture
-
 from bscrit.examples.digits.data import load_tensors
 from bscrit.examples.digits.model import make_model
 from bscrit.stats.free import FreeStep, plain_step_estimate, pool_steps

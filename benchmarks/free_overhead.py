@@ -33,8 +33,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bscrit.engine.free_capture import FreeCapture
 from measure_overhead import MODELS, make_data, param_bytes, sync  # noqa: E402
+
+from bscrit.engine.free_capture import FreeCapture
 
 #: (micro-batch b, micro-batches M, steps per timed run) on CPU (2 cores here) and on CUDA.
 SIZES = {"cpu": (16, 4, 8), "cuda": (64, 4, 40)}

@@ -43,9 +43,6 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bscrit.engine.allocator import tune_cpu_allocator
-from bscrit.engine.data import sample_batches
-from bscrit.engine.loop import measure_model
 from measure_overhead import (  # noqa: E402
     MODELS,
     SIZES_CPU,
@@ -56,6 +53,10 @@ from measure_overhead import (  # noqa: E402
     plain_loop,
     sync,
 )
+
+from bscrit.engine.allocator import tune_cpu_allocator
+from bscrit.engine.data import sample_batches
+from bscrit.engine.loop import measure_model
 
 GROUPS = 10
 #: (side, estimator, where the group sums live) in the order they run.

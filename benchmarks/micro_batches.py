@@ -26,11 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "assets"))
 
-from bscrit.engine.loop import measure_model
-from bscrit.engine.objective import ModelLoss
 from lm import make_gpt2, make_tokens  # noqa: E402
 
-from bscrit.stats.summary import param_set_stats
+from bscrit.engine.loop import measure_model  # noqa: E402
+from bscrit.engine.objective import ModelLoss  # noqa: E402
+from bscrit.stats.summary import param_set_stats  # noqa: E402
 
 
 def run(model, ds, args, micro: int | None) -> tuple[float, float, float]:

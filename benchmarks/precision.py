@@ -34,12 +34,12 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from measure_overhead import make_data, make_small_cnn  # noqa: E402
+
 from bscrit.engine.adaptive import adaptive_hooks, adaptive_plan
 from bscrit.engine.allocator import tune_cpu_allocator
 from bscrit.engine.loop import measure_model
 from bscrit.engine.per_example import measure_per_example
-from measure_overhead import make_data, make_small_cnn  # noqa: E402
-
 from bscrit.stats.estimators import noise_stats, per_example_stats
 from bscrit.stats.summary import set_sums
 

@@ -45,11 +45,10 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bscrit.theory.schedule import Stage, stage_at
-
-from bscrit.artifacts.schedule_io import stages_from_yaml_dict
-from bscrit.examples.digits import data as digits_data
-from bscrit.examples.digits import model as digits_model
+from bscrit.artifacts.schedule_io import stages_from_yaml_dict  # noqa: E402
+from bscrit.examples.digits import data as digits_data  # noqa: E402
+from bscrit.examples.digits import model as digits_model  # noqa: E402
+from bscrit.theory.schedule import Stage, stage_at  # noqa: E402
 
 SPEC = ROOT / "examples" / "digits" / "spec.yaml"
 OUT = ROOT / "benchmarks" / "schedule_results"

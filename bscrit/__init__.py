@@ -13,7 +13,8 @@ The Python API (docs/api.md)::
     s = bscrit.scale(1024, m)             # the hyperparameters at B' = 1024
 
 The names are loaded on first use (``bscrit.api``), so ``import bscrit`` imports no torch;
-``predict``, ``scale`` and ``load_measurement`` never do.
+``predict``, ``scale`` and ``load_measurement`` never do. ``bscrit.FreeCapture`` is free mode by
+hand (docs/free.md).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = [
+    "FreeCapture",
     "Measurement",
     "Prediction",
     "__version__",
@@ -35,6 +37,7 @@ __all__ = [
 if TYPE_CHECKING:
     from bscrit.api import load_measurement, measure, predict, scale
     from bscrit.artifacts.measurement import Measurement
+    from bscrit.engine.free_capture import FreeCapture
     from bscrit.theory.prediction import Prediction
 
 #: name -> the module that defines it (imported when the name is first read).
@@ -45,6 +48,7 @@ _LAZY = {
     "load_measurement": "bscrit.api",
     "Measurement": "bscrit.artifacts.measurement",
     "Prediction": "bscrit.theory.prediction",
+    "FreeCapture": "bscrit.engine.free_capture",  # free mode by hand (docs/free.md)
 }
 
 

@@ -21,7 +21,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any
 
 from bscrit.errors import UsageError
@@ -92,8 +91,8 @@ def measure(
         label: names the weights in the record (default ``"<ClassName>"``).
 
     Returns:
-        The :class:`~bscrit.artifacts.measurement.Measurement` ``bscrit measure`` returns; ``.save(path)``
-        writes its JSON.
+        The :class:`~bscrit.artifacts.measurement.Measurement` ``bscrit measure`` returns;
+        ``.save(path)`` writes its JSON.
 
     Raises:
         UsageError, DataError: bad arguments or data, before any batch is drawn.
@@ -101,11 +100,11 @@ def measure(
     """
     import torch
 
-    from bscrit import __version__
-    from bscrit.artifacts.measurement import Measurement
-    from bscrit.engine.loop import measure_model
+    from bscrit.engine.loop import LoopSettings, measure_model
     from bscrit.engine.params import requires_grad_only
     from bscrit.engine.precondition import build_preconditioner
+    from bscrit.stats.summary import summarize_checkpoint
+    from bscrit.workflows.assemble import MeasuredPoint, RunFacts, build_measurement
     from bscrit.workflows.live import (
         check_arguments,
         check_targets,
@@ -125,96 +124,44 @@ def measure(
     dev = resolve_device(model, device)
     view = optimizer_selection(model, optimizer)
     sel, opt = view.selection, view.info
-    label = label or f"<{type(model).__name__}>"
+    settings = LoopSettings(
+        batch_size=batch_size,
+        num_batches=num_batches,
+        groups=groups,
+        seed=seed,
+        device=dev,
+        mode=mode,
+        num_workers=num_workers,
+        micro_batch_size=micro_batch_size,
+        collate_fn=engine_collate(d, loss),
+    )
     with _kept_state(model), requires_grad_only(model, sel.names), _progress(progress) as adv:
         check_targets(d.dataset, loss)  # reads an example: inside, where the RNGs are kept
         params = parameter_names(model, sel.names)
         pre, why = build_preconditioner(params, view.state, opt, sel.state_indices)
         if optimizer is None:
             why = "no optimizer given (optimizer=...)"
-        raw = measure_model(
-            model,
-            d.dataset,
-            loss,
-            batch_size=batch_size,
-            num_batches=num_batches,
-            groups=groups,
-            seed=seed,
-            device=dev,
-            mode=mode,
-            num_workers=num_workers,
-            progress=adv,
-            preconditioner=pre.factors if pre is not None else None,
-            micro_batch_size=micro_batch_size,
-            collate_fn=engine_collate(d, loss),
-        )
-    summary = _summary(label, raw, opt, step, examples_seen)
-    eq, note, eqi = _pooled(summary, opt, step)
-    warnings = list(view.notes) + [w for w in raw.warnings if w not in view.notes]
-    warnings += _pooled_warnings(summary, eq, eqi)
-    extra: dict[str, Any] = {"tau": raw.tau, "mean_loss": raw.mean_loss}
-    extra["parameters"] = sel.to_dict()
-    return Measurement(
+        factors = pre.factors if pre is not None else None
+        raw = measure_model(model, d.dataset, loss, settings, progress=adv, preconditioner=factors)
+    summary = summarize_checkpoint(
+        label or f"<{type(model).__name__}>", raw.tensors, opt, raw.elapsed_s, raw.tau
+    )
+    described = pre.description if pre is not None else None
+    point = MeasuredPoint(summary, raw, step, examples_seen, preconditioner=described)
+    facts = RunFacts(
         batch_size=batch_size,
         micro_batch_size=micro_batch_size if micro_batch_size != batch_size else None,
         dataset_size=raw.dataset_size,
-        num_batches=raw.num_batches,
-        groups=raw.groups,
         seed=seed,
         device=str(dev),
         mode=mode,
-        elapsed_s=raw.elapsed_s,
-        checkpoints=(summary.stats,),
-        all=summary.stats.all,
-        scale_invariant=summary.stats.scale_invariant,
-        equilibrium=eq,
-        equilibrium_note=note,
-        optimizer=opt,
-        per_parameter=tuple(summary.rows),
-        scale_invariant_fraction=summary.scale_invariant_fraction,
-        spec=None,
         model=type(model).__name__,
-        warnings=tuple(warnings),
-        bscrit_version=__version__,
-        extra=extra,
-        preconditioned=summary.preconditioned,
-        preconditioner=pre.description if pre is not None else None,
-        preconditioned_reason=None if summary.preconditioned is not None else why,
-        equilibrium_interval=eqi,
+        parameters=sel.to_dict(),
+        optimizer=opt,
+        preconditioned_reason=why,
+        notes=tuple(view.notes),
     )
-
-
-def _summary(label: str, raw: Any, opt: Any, step: int | None, examples_seen: int | None) -> Any:
-    """The checkpoint summary, with its step (and examples seen, where the format has it)."""
-    from bscrit.artifacts.measurement import CheckpointStats
-    from bscrit.stats.summary import summarize_checkpoint
-
-    s = summarize_checkpoint(label, raw.tensors, opt, raw.elapsed_s, raw.tau)
-    extra: dict[str, Any] = {"step": step}
-    if "examples_seen" in {f.name for f in fields(CheckpointStats)}:
-        extra["examples_seen"] = examples_seen
-    return replace(s, stats=replace(s.stats, **extra))
-
-
-def _pooled(summary: Any, opt: Any, step: int | None) -> tuple[Any, str, Any]:
-    """Equilibrium, its note and the interval scope of one measured point, as
-    :func:`bscrit.workflows.measure.run_measurement` forms them for one checkpoint."""
-    from bscrit.stats.summary import equilibrium, equilibrium_intervals, equilibrium_set
-
-    st = summary.stats
-    eq_set, eq_name = equilibrium_set(st.all, st.scale_invariant)
-    eq, note = equilibrium(opt, eq_set, eq_name)
-    eqi = equilibrium_intervals(
-        [summary], st.all, st.scale_invariant, summary.preconditioned, [step], opt
-    )
-    return eq, note, eqi
-
-
-def _pooled_warnings(summary: Any, eq: Any, eqi: Any) -> list[str]:
-    from bscrit.stats.equilibrium import interval_warnings
-    from bscrit.workflows.measure import pooled_warnings
-
-    return pooled_warnings(None, [summary], summary.stats.all, eq) + interval_warnings(eqi)
+    return build_measurement([point], facts)
 
 
 @contextmanager
@@ -277,8 +224,8 @@ def predict(measurements: Any, c2: float = 2.0) -> Prediction:
     hyperparameters scaled to its top ([LMA21] Thms 5.2, 5.5, 5.6; docs/theory.md §4).
 
     Args:
-        measurements: a :class:`~bscrit.artifacts.measurement.Measurement` or the path of its JSON, or a
-            list of them (the first is the base run).
+        measurements: a :class:`~bscrit.artifacts.measurement.Measurement` or the path of its JSON,
+            or a list of them (the first is the base run).
         c2: C² of [LMA21] (> 1): how much the noise may grow before the SDE breaks.
     """
     from bscrit.theory.prediction import predict as predict_measurements

@@ -207,10 +207,10 @@ def fast_samples() -> dict[str, str]:
 
 @contextlib.contextmanager
 def _recording() -> Iterator[Callable[[], str]]:
-    """Route bscrit.report.common's stdout and stderr consoles into one recording at WIDTH columns."""
+    """Route bscrit.report's stdout and stderr consoles into one recording at WIDTH columns."""
     from rich.console import Console
 
-    from bscrit.report import common as report
+    from bscrit.report import console as report
 
     buf = io.StringIO()
     console = Console(file=buf, width=WIDTH, highlight=False, soft_wrap=False, no_color=True)
@@ -226,7 +226,7 @@ def _recording() -> Iterator[Callable[[], str]]:
 def measure_transcript(m: Any, args: list[str] = MEASURE) -> str:
     """What ``bscrit measure ... --out m.json`` prints for the measurement ``m`` (as cli.measure
     prints it: tables, warnings, the files written)."""
-    from bscrit.report import common as report
+    from bscrit import report
 
     with _recording() as text:
         report.show(report.format_measurement(m))
@@ -244,7 +244,7 @@ def measure_transcript(m: Any, args: list[str] = MEASURE) -> str:
 def svag_transcript(r: Any, args: list[str] = SVAG) -> str:
     """What ``bscrit svag ... --out DIR --plot PNG`` prints without a terminal for the result
     ``r`` (as cli.svag prints it: the cost, the tables and verdict, the files written)."""
-    from bscrit.report import common as report
+    from bscrit import report
 
     out, plot = args[args.index("--out") + 1], args[args.index("--plot") + 1]
     with _recording() as text:
@@ -351,8 +351,8 @@ def _same(what: str, real: str, rendered: str) -> None:
 
 
 def _digits_numbers(workdir: Path, mode: str) -> dict[str, Any]:
-    from bscrit.theory.prediction import predict
     from bscrit.artifacts.measurement import Measurement
+    from bscrit.theory.prediction import predict
 
     args = ["measure", "examples/digits/spec.yaml", "-c", "examples/digits/ckpt.pt",
             "-k", str(DIGITS_K), "--mode", mode, "--json", "--quiet"]  # fmt: skip

@@ -13,8 +13,8 @@ Protocol (the *branched* protocol; docs/validation.md, "Adaptive optimizers (Ada
    (brute force here, with bscrit's unbiased estimators and delete-one-group jackknife; the raw
    part of the brute force is checked against the engine on the same batches).
 3. **Branches.** From the branch point, for every κ and seed: AdamW at B' = κ·B0 with the
-   hyperparameters of bscrit's square-root rule (``bscrit.theory.scaling.scale_hyperparameters``: η√κ,
-   β' = 1 − κ(1 − β) for β₁ and β₂, ε/√κ, λ√κ) for steps/κ steps (the same number of tokens),
+   hyperparameters of bscrit's square-root rule (``bscrit.theory.scaling.scale_hyperparameters``:
+   η√κ, β' = 1 − κ(1 − β) for β₁ and β₂, ε/√κ, λ√κ) for steps/κ steps (the same number of tokens),
    constant LR. Two variants of the Adam state at the branch: (a) v carried over unchanged, (b)
    v/κ ([MLPA22] Thm 5.3 compares runs whose (θ, m, u = v/σ²) agree). m is carried over in both.
    The bias correction of the base run is folded into the state at the branch point (m ← m̂,
@@ -59,9 +59,6 @@ ROOT = HERE.parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bscrit.engine.loop import measure_model
-from bscrit.optim.registry import OptimizerInfo
-from bscrit.theory.scaling import scale_hyperparameters, square_root_rule
 from charlm import (  # noqa: E402
     Corpus,
     evaluate,
@@ -73,9 +70,12 @@ from charlm import (  # noqa: E402
     windows,
 )
 
-from bscrit.runs.svag.step import make_optimizer
-from bscrit.stats.estimators import GroupSums, finite_population_factor, noise_stats
-from bscrit.stats.summary import param_set_stats
+from bscrit.engine.loop import measure_model  # noqa: E402
+from bscrit.optim.registry import OptimizerInfo  # noqa: E402
+from bscrit.runs.common.optimizer import make_optimizer  # noqa: E402
+from bscrit.stats.estimators import GroupSums, finite_population_factor, noise_stats  # noqa: E402
+from bscrit.stats.summary import param_set_stats  # noqa: E402
+from bscrit.theory.scaling import scale_hyperparameters, square_root_rule  # noqa: E402
 
 C2 = 2.0  # [LMA21] Fig. 3's C², as in bscrit's B*
 FAIL_Z = 2.0  # failure: D > max(FAIL_Z · SE(D), FAIL_ABS)

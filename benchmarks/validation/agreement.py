@@ -119,8 +119,7 @@ def _json(text: str) -> dict[str, Any]:
 
 def run_setting(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from bscrit.optim.registry import OptimizerInfo
-
-    from bscrit.runs.confirm.results import DEFAULT_TOLERANCE, ConfirmVerdict, decide
+    from bscrit.runs.confirm.verdict import DEFAULT_TOLERANCE, ConfirmVerdict, decide
     from bscrit.runs.svag.results import SvagRun, svag_verdict
     from bscrit.runs.svag.verdict import DECIDE_ON, VerdictConfig
 
@@ -247,7 +246,6 @@ def recalibrate(names: list[str]) -> list[dict[str, Any]]:
     """Every setting's svag verdicts under a grid of VerdictConfigs, and under the defaults for
     runs cut to 3, 2.5 and 2 relaxation times (no runs)."""
     from bscrit.optim.registry import OptimizerInfo
-
     from bscrit.runs.svag.results import SvagRun, svag_verdict
     from bscrit.runs.svag.verdict import DECISION_METRICS, VerdictConfig
 

@@ -308,9 +308,9 @@ def measure_bscrit(
     into ParamSetStats by ``bscrit.stats.summary.param_set_stats``). If the engine's interface
     changes, this is the one function to update.
     """
-    from bscrit.engine.loop import measure_model
     from torch.utils.data import TensorDataset
 
+    from bscrit.engine.loop import measure_model
     from bscrit.stats.summary import param_set_stats
 
     raw = measure_model(

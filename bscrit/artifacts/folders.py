@@ -1,15 +1,14 @@
-"""Output files written atomically: an artifact's folder (``svag --out``, ``confirm --out``) file by
-file, the artifact read back from the folder or the file itself, and a matplotlib figure (the
-``--plot`` of svag, confirm, schedule). Pure: the figure is handed in."""
+"""An artifact's folder (``svag --out``, ``confirm --out``) written file by file, each atomically,
+and the artifact read back from the folder or the file itself (the ``--plot`` figures are
+:func:`bscrit.report.figure.save_figure`). Pure."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from bscrit.artifacts.measurement import write_atomic, write_error
+from bscrit.artifacts.files import write_atomic
 from bscrit.errors import ArtifactError
 
 
@@ -31,23 +30,3 @@ def file_in(path: str | os.PathLike[str], name: str) -> Path:
     """``path`` itself, or ``path/name`` when ``path`` is a folder (an artifact or its folder)."""
     p = Path(path)
     return p / name if p.is_dir() else p
-
-
-def save_figure(fig: Any, path: str | os.PathLike[str]) -> None:
-    """Save a matplotlib figure as a PNG atomically (a temporary file, then a rename), then close
-    it; a write failure (disk full, folder gone) raises the exit-3 error naming the file."""
-    import matplotlib.pyplot as plt
-
-    p = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(p))
-    tmp = os.path.join(d, f".{os.path.basename(p)}.tmp.png")
-    try:
-        os.makedirs(d, exist_ok=True)
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, p)
-    except OSError as e:
-        raise write_error(p, e) from None
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -19,17 +19,17 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bscrit.artifacts.measurement import load_measurement
+from bscrit.artifacts.jsonvalues import none_to_inf
+from bscrit.artifacts.measurement import check_schema, load_measurement
 from bscrit.errors import ArtifactError, UsageError
-from bscrit.theory.bounds import DEFAULT_C2
+from bscrit.theory.formulas import DEFAULT_C2
 from bscrit.theory.schedule import (
     KIND_SCHEDULE,
-    SCHEMA,
     Schedule,
     SchedulePoint,
     Stage,
@@ -39,6 +39,17 @@ from bscrit.theory.schedule import (
 
 #: ``series.jsonl`` keys a line must have (the callbacks' series, docs/schedule.md).
 SERIES_KEYS = ("step", "b_star", "b_star_ci95", "batch_size")
+
+#: Format number of the ``--out`` YAML (:func:`schedule_yaml_dict`), its own: independent of the
+#: measurement artifact's (:data:`bscrit.artifacts.measurement.SCHEMA`) and of ``schedule
+#: --json``'s (:data:`bscrit.theory.schedule.SCHEMA`), so bumping either does not re-version the
+#: files training loops read. The rule is the measurement's (additive changes keep the number;
+#: any other bumps it with an entry in ``_YAML_UPGRADES``).
+#: 1 (0.3): kind, schema, clock, base_batch_size, optimizer, c2, stages (start_examples,
+#: start_step, batch_size, hyperparameters).
+SCHEDULE_YAML_SCHEMA = 1
+#: ``_YAML_UPGRADES[v]`` rewrites a schema-v schedule YAML as schema v + 1 (none yet).
+_YAML_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 
 def _series_point(d: Any, where: str, folder: Path, c2: float) -> SchedulePoint:
@@ -71,8 +82,7 @@ def _series_point(d: Any, where: str, folder: Path, c2: float) -> SchedulePoint:
         raise ArtifactError(f"{where}: key 'b_star_ci95': expected [low, high] (numbers or null)")
     if not _num_or_null(d["b_star"]):
         raise ArtifactError(f"{where}: key 'b_star': expected a number or null")
-    inf = math.inf
-    lo = inf if ci[0] is None else float(ci[0])
+    lo = none_to_inf(ci[0])
     nsr_ci = d.get("nsr_ci95") if isinstance(d.get("nsr_ci95"), list) else [None, None]
     rho = d.get("equilibrium_residual")
     rho = float(rho) if _num_or_null(rho) and rho is not None else None
@@ -84,10 +94,10 @@ def _series_point(d: Any, where: str, folder: Path, c2: float) -> SchedulePoint:
         tokens_seen=d.get("tokens_seen") if isinstance(d.get("tokens_seen"), int) else None,
         batch_size=b,
         dataset_size=0,
-        nsr=inf if d.get("nsr") is None else float(d["nsr"]),
-        nsr_ci95=tuple(inf if x is None else float(x) for x in nsr_ci[:2]),  # type: ignore[arg-type]
-        b_star=inf if d["b_star"] is None else float(d["b_star"]),
-        b_star_ci95=(lo, inf if ci[1] is None else float(ci[1])),
+        nsr=none_to_inf(d.get("nsr")),
+        nsr_ci95=tuple(none_to_inf(x) for x in nsr_ci[:2]),  # type: ignore[arg-type]
+        b_star=none_to_inf(d["b_star"]),
+        b_star_ci95=(lo, none_to_inf(ci[1])),
         top=lo,
         limited_by="b_star" if math.isfinite(lo) else None,
         interval_scope="checkpoint",
@@ -199,7 +209,7 @@ def schedule_yaml_dict(s: Schedule) -> dict[str, Any]:
     """
     return {
         "kind": KIND_SCHEDULE,
-        "schema": SCHEMA,
+        "schema": SCHEDULE_YAML_SCHEMA,
         "clock": "examples_seen",
         "base_batch_size": s.base_batch_size,
         "optimizer": s.optimizer.name if s.optimizer is not None else None,
@@ -219,11 +229,16 @@ def schedule_yaml_dict(s: Schedule) -> dict[str, Any]:
 def stages_from_yaml_dict(d: Any, source: str = "<yaml>") -> list[Stage]:
     """Read the stages of :func:`schedule_yaml_dict` back (for a training loop or a callback).
 
+    The YAML's ``schema`` is checked against :data:`SCHEDULE_YAML_SCHEMA` (older ones upgraded,
+    newer ones refused); a hand-written file without one is read as schema 1.
+
     Raises:
-        UsageError: not a schedule, or a stage without an integer batch size / start.
+        UsageError: not a schedule, a schema this bscrit does not read, or a stage without an
+            integer batch size / start.
     """
     if not isinstance(d, dict) or d.get("kind") != KIND_SCHEDULE:
         raise UsageError(f"{source}: not a bscrit schedule (expected kind: {KIND_SCHEDULE})")
+    d = _check_yaml_schema(d, source)
     raw = d.get("stages")
     if not isinstance(raw, list) or not raw:
         raise UsageError(f"{source}: key 'stages': expected a non-empty list")
@@ -242,6 +257,19 @@ def stages_from_yaml_dict(d: Any, source: str = "<yaml>") -> list[Stage]:
         out.append(Stage(st["start_step"], st["start_examples"], None, st["batch_size"], None,
                          dict(hp) if isinstance(hp, dict) else None))  # fmt: skip
     return out
+
+
+def _check_yaml_schema(d: dict[str, Any], source: str) -> dict[str, Any]:
+    """``d`` brought to :data:`SCHEDULE_YAML_SCHEMA` with the YAML's own upgrades (never the
+    measurement's); a :class:`UsageError` for a schema this bscrit does not read."""
+    if "schema" not in d:  # hand-written stages: the first format
+        d = {**d, "schema": 1}
+    try:
+        return check_schema(
+            d, KIND_SCHEDULE, source, schema=SCHEDULE_YAML_SCHEMA, upgrades=_YAML_UPGRADES
+        )
+    except ArtifactError as e:
+        raise UsageError(e.message) from None
 
 
 def schedule_yaml_text(s: Schedule) -> str:

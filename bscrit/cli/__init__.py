@@ -3,9 +3,9 @@
 Each command parses its options, calls one workflow and hands the result to :mod:`bscrit.report`;
 library errors (:class:`~bscrit.errors.BscritError`) are caught once
 (:func:`bscrit.cli.common.handle_errors`) and become one message on stderr and an exit code
-(:class:`~bscrit.errors.ExitCode`). typer is imported only in this package; torch only lazily, inside
-the commands that train or measure, so ``bscrit --help``, ``predict``, ``check`` and ``scale`` start
-instantly.
+(:class:`~bscrit.errors.ExitCode`). typer is imported only in this package; torch only lazily,
+inside the commands that train or measure, so ``bscrit --help``, ``predict``, ``check`` and
+``scale`` start instantly.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from bscrit.cli.common import handle_errors, print_json
+from bscrit.cli.common import handle_errors
 from bscrit.errors import ExitCode
 from bscrit.optim import registry as optim
 
@@ -38,12 +38,12 @@ def predict(
     the Thm 5.2 verdict on the SDE approximation, the Thm 5.5 certificate, the simple noise scale
     [McC18] and the implicit-regularisation terms [SDBD21 eq. 22]. Reads JSON only (no torch).
     """
-    from bscrit.report import common as report
+    from bscrit import report
     from bscrit.theory.prediction import predict_files
 
     p = predict_files(measurements, c2)
     if json_out:
-        print_json(p.to_dict())
+        report.print_json(p.to_dict())
     else:
         report.show(report.format_prediction(p))
 
@@ -76,13 +76,13 @@ def check(
     lower 95% bound) or above the dataset size n. Between the two without --strict: exit 0 with
     a warning. One line says why, and which limit (the bound of B* or n) ends the range.
     """
-    from bscrit.report import common as report
+    from bscrit import report
     from bscrit.theory.prediction import check as check_target
     from bscrit.theory.prediction import predict_files
 
     r = check_target(predict_files(measurements, c2), batch_size, strict)
     if json_out:
-        print_json(r.to_dict())
+        report.print_json(r.to_dict())
     else:
         report.show(report.format_check(r))
     if r.exit_code != ExitCode.OK:
@@ -155,7 +155,7 @@ def scale(
     [MLPA22 Defs. 5.1, 5.2]; AdamW also λ' = √κ λ (derived). Steps and warm-up ÷ κ (same epochs).
     Works for scaling down (κ < 1) too.
     """
-    from bscrit.report import common as report
+    from bscrit import report
     from bscrit.theory.rescale import scale_request
 
     hp = {"lr": lr, "momentum": momentum, "beta1": beta1, "beta2": beta2, "eps": eps}
@@ -173,7 +173,7 @@ def scale(
         c2=c2,
     )
     if json_out:
-        print_json(result.to_dict())
+        report.print_json(result.to_dict())
     else:
         report.show(report.format_scaled(result))
     for w in result.warnings:

@@ -38,7 +38,7 @@ def handle_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from bscrit.report import common as report
+        from bscrit import report
 
         try:
             return fn(*args, **kwargs)
@@ -70,13 +70,6 @@ def _main(
     """bscrit: critical batch size from one checkpoint."""
 
 
-def print_json(d: dict) -> None:  # type: ignore[type-arg]
-    from bscrit.artifacts.measurement import dumps
-    from bscrit.report import common as report
-
-    report.out.print(dumps(d), markup=False, highlight=False, soft_wrap=True, end="")
-
-
 def interactive() -> bool:
     """Ask before a long run only on an interactive terminal outside CI."""
     return sys.stdin.isatty() and sys.stderr.isatty() and not os.environ.get("CI")
@@ -84,7 +77,7 @@ def interactive() -> bool:
 
 def confirm_run(yes: bool, question: str) -> None:
     """After the cost is shown: ask on a terminal (unless ``--yes``); "no" exits 0."""
-    from bscrit.report import common as report
+    from bscrit import report
 
     if yes:
         return

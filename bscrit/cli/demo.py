@@ -43,7 +43,7 @@ def demo(
     """
     import json
 
-    from bscrit.report import common as report
+    from bscrit import report
     from bscrit.workflows.demo import run_demo
 
     report.info(f"bscrit demo: writing into {workdir.resolve()}")

@@ -220,12 +220,14 @@ def measure(
     parameters measured are those the run's optimizer updates (its saved state's param groups,
     else requires_grad); the gradient is the unclipped one (a clipping run moves with less noise).
     """
-    from bscrit.artifacts.measurement import csv_path_for, dumps, write_measurement
+    from bscrit import report
+    from bscrit.artifacts.measurement import csv_path_for, write_measurement
     from bscrit.cli.outputs import check_output_path, write_outputs
-    from bscrit.report import common as report
-    from bscrit.spec.document import load_spec
-    from bscrit.stats.equilibrium import parse_sample_steps, sample_cost_lines
-    from bscrit.workflows.measure import MeasureOptions, measure_session
+    from bscrit.report.measure import format_measurement, format_per_tensor, format_stopping
+    from bscrit.specfile.document import load_spec
+    from bscrit.stats.sample_plan import parse_sample_steps, sample_cost_lines
+    from bscrit.workflows.measure import measure_session
+    from bscrit.workflows.plan import MeasureOptions
 
     if per_tensor not in ("all", "none") and not per_tensor.isdigit():
         raise typer.BadParameter(
@@ -258,7 +260,7 @@ def measure(
         examples_seen=examples_seen,
     )
     if nproc is not None:  # the spec and options are valid: re-run this command under torchrun
-        from bscrit.engine.distributed import launch, measure_args_from_argv
+        from bscrit.engine.launch import launch, measure_args_from_argv
         from bscrit.engine.sampling import check_sampling
 
         if opts.sampling:
@@ -283,13 +285,13 @@ def measure(
     if outs:
         wrote = write_outputs(m.to_dict, [(lambda: write_measurement(m, outs[0]), outs)])
     if json_out:
-        report.out.print(dumps(m.to_dict()), markup=False, highlight=False, soft_wrap=True, end="")
+        report.print_json(m.to_dict())
     else:
-        report.show(report.format_measurement(m))
+        report.show(format_measurement(m))
         if per_tensor != "none":
             limit = None if per_tensor == "all" else int(per_tensor)
-            report.show(report.format_per_tensor(m.per_parameter, limit))
-    line = report.format_stopping(m)
+            report.show(format_per_tensor(m.per_parameter, limit))
+    line = format_stopping(m)
     if line is not None:
         report.info(line)
     for w in m.warnings:

@@ -76,10 +76,9 @@ def write_outputs(
             write()
             written += [str(p) for p in paths]
     except BscritError as e:
-        from bscrit.artifacts.measurement import dumps
-        from bscrit.report import common as report
+        from bscrit import report
 
-        report.out.print(dumps(result()), markup=False, highlight=False, soft_wrap=True, end="")
+        report.print_json(result())
         done = f" (wrote {', '.join(written)})" if written else ""
         raise ArtifactError(
             f"{e.template}{done}; the results are printed on stdout as JSON",

@@ -1,7 +1,8 @@
 """The ``bscrit schedule`` command: B*(t) over training and the batch-size warm-up that follows it.
 
 Registered in :mod:`bscrit.cli`. Reads JSON only (no
-torch); the logic is :mod:`bscrit.theory.schedule`, the inputs and other forms :mod:`bscrit.artifacts.schedule_io`.
+torch); the logic is :mod:`bscrit.theory.schedule`, the inputs and other forms
+:mod:`bscrit.artifacts.schedule_io`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from bscrit.cli.common import handle_errors, print_json
+from bscrit.cli.common import handle_errors
 
 
 class ScheduleFormat(str, Enum):
@@ -87,10 +88,10 @@ def schedule(
     scaled as `bscrit scale` scales it. Points off equilibrium (|ρ| > 0.5) or earlier than one
     relaxation time 1/(2ηλ) are labelled heuristic. docs/schedule.md.
     """
-    from bscrit.artifacts.measurement import write_atomic
+    from bscrit import report
+    from bscrit.artifacts.files import write_atomic
     from bscrit.artifacts.schedule_io import load_points, megatron_schedule, schedule_yaml_text
     from bscrit.cli.outputs import check_output_path
-    from bscrit.report import common as report
     from bscrit.report.schedule import format_schedule
     from bscrit.theory.schedule import make_schedule
 
@@ -110,7 +111,7 @@ def schedule(
         d = s.to_dict()
         if megatron is not None:
             d["megatron"] = megatron
-        print_json(d)
+        report.print_json(d)
     elif output_format is ScheduleFormat.megatron:
         report.out.print(megatron, markup=False, highlight=False, soft_wrap=True)
         for w in s.warnings:

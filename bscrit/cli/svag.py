@@ -2,47 +2,51 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from bscrit.cli.common import confirm_run, handle_errors
+from bscrit.cli.common import handle_errors
+from bscrit.cli.options import (
+    AlphaOpt,
+    Beta1Opt,
+    Beta2Opt,
+    C2Opt,
+    CheckpointOpt,
+    DeviceOpt,
+    EpsOpt,
+    EvalBatchesOpt,
+    EvalExamplesOpt,
+    FreshOptimizerStateOpt,
+    FromMeasurementOpt,
+    JsonOpt,
+    LrOpt,
+    MomentumOpt,
+    OutOpt,
+    PlotOpt,
+    QuietOpt,
+    RunOutputs,
+    SeedOpt,
+    SpecArg,
+    StartStepOpt,
+    TargetBatchSizeOpt,
+    UnsafeLoadOpt,
+    WeightDecayOpt,
+    YesOpt,
+    target_overrides,
+)
+
+if TYPE_CHECKING:
+    from bscrit.runs.svag.verdict import VerdictConfig
 
 
 @handle_errors
 def svag(
-    spec: Annotated[Path, typer.Argument(help="YAML spec of model, data, loss, batch size.")],
-    target_batch_size: Annotated[
-        int | None,
-        typer.Option(
-            "--target-batch-size",
-            "-t",
-            min=1,
-            help="B' to test. Or --from-measurement.",
-        ),
-    ] = None,
-    from_measurement: Annotated[
-        Path | None,
-        typer.Option(
-            "--from-measurement",
-            help="Take B' = the top of the recommended range of `bscrit predict` on this "
-            "measurement JSON (the lower 95% bound of B*): confirms the prediction.",
-        ),
-    ] = None,
-    c2: Annotated[
-        float,
-        typer.Option(
-            "--c2",
-            help="C²: the verdict's C-closeness (ratios SGD/SDE within [1/C, C]) and the "
-            "prediction of --from-measurement.",
-        ),
-    ] = 2.0,
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option("--checkpoint", "-c", help="Checkpoint to start from (default: the spec's)."),
-    ] = None,
+    spec: SpecArg,
+    target_batch_size: TargetBatchSizeOpt = None,
+    from_measurement: FromMeasurementOpt = None,
+    c2: C2Opt = 2.0,
+    checkpoint: CheckpointOpt = None,
     l_values: Annotated[
         str, typer.Option("--l", help="SVAG parameters l, comma-separated, at least three.")
     ] = "1,2,4",
@@ -64,13 +68,8 @@ def svag(
             "default 4 (300 steps when no τ is known).",
         ),
     ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="Folder for svag.json and trajectories.csv."),
-    ] = None,
-    plot: Annotated[
-        str | None, typer.Option("--plot", help="Write a PNG like [LMA21] Fig. 4 here.")
-    ] = None,
+    out: OutOpt = None,
+    plot: PlotOpt = None,
     optimizer: Annotated[
         str | None,
         typer.Option(
@@ -78,28 +77,20 @@ def svag(
             help="sgd | adam | adamw | rmsprop (SVAG runs these); if spec and ckpt lack one.",
         ),
     ] = None,
-    lr: Annotated[float | None, typer.Option(help="Target LR at B' (overrides the rule).")] = None,
-    momentum: Annotated[float | None, typer.Option(help="Target momentum.")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="Target weight decay.")] = None,
-    beta1: Annotated[float | None, typer.Option(help="Target Adam beta1.")] = None,
-    beta2: Annotated[float | None, typer.Option(help="Target Adam beta2.")] = None,
-    eps: Annotated[float | None, typer.Option(help="Target Adam/RMSprop eps.")] = None,
-    alpha: Annotated[float | None, typer.Option(help="Target RMSprop alpha.")] = None,
+    lr: LrOpt = None,
+    momentum: MomentumOpt = None,
+    weight_decay: WeightDecayOpt = None,
+    beta1: Beta1Opt = None,
+    beta2: Beta2Opt = None,
+    eps: EpsOpt = None,
+    alpha: AlphaOpt = None,
     eval_every: Annotated[
         int | None,
         typer.Option(min=1, help="Effective steps between evaluations (default E/20)."),
     ] = None,
-    eval_batches: Annotated[
-        int,
-        typer.Option(min=2, help="Fixed training batches for train loss, G and N (k)."),
-    ] = 8,
-    eval_examples: Annotated[
-        int, typer.Option(min=1, help="Held-out examples evaluated (a fixed random subset).")
-    ] = 2048,
-    start_step: Annotated[
-        float,
-        typer.Option(help="Step (at B') of the checkpoint in the spec's LR schedule."),
-    ] = 0.0,
+    eval_batches: EvalBatchesOpt = 8,
+    eval_examples: EvalExamplesOpt = 2048,
+    start_step: StartStepOpt = 0.0,
     decide_on: Annotated[
         str,
         typer.Option(
@@ -110,22 +101,13 @@ def svag(
     ] = "losses",
     rtol: Annotated[float | None, typer.Option(hidden=True, help="Deprecated, ignored.")] = None,
     z: Annotated[float | None, typer.Option(hidden=True, help="Deprecated, ignored.")] = None,
-    fresh_optimizer_state: Annotated[
-        bool,
-        typer.Option(
-            "--fresh-optimizer-state",
-            help="Adam/RMSprop: start from zero moments instead of the warm start.",
-        ),
-    ] = False,
-    seed: Annotated[int | None, typer.Option(help="Seed (default: spec measure.seed).")] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N.")] = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before running.")] = False,
-    unsafe_load: Annotated[
-        bool,
-        typer.Option("--unsafe-load", help="torch.load(weights_only=False): trusted files only."),
-    ] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the JSON on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    fresh_optimizer_state: FreshOptimizerStateOpt = False,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    yes: YesOpt = False,
+    unsafe_load: UnsafeLoadOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Confirm (or refute) a prediction with a short SVAG run at the target batch size.
 
@@ -142,22 +124,46 @@ def svag(
     intervals (batch means, delta method), against [1/C, C], C = sqrt(--c2). The losses decide
     (--decide-on def5.1: R, G, ηN too). sde_holds / sde_fails (an interval wholly outside) /
     not_converged (the SVAG runs still drift, or their l-trend reverses). A diverged run is an
-    error (exit 3). Details: docs/svag.md.
+    error (exit 3). --out writes svag.json and trajectories.csv; --plot a PNG like [LMA21] Fig. 4.
+    Details: docs/svag.md.
     """
-    from bscrit.artifacts.measurement import dumps
-    from bscrit.cli.outputs import check_output_path, write_outputs
-    from bscrit.errors import UsageError
-    from bscrit.report import common as report
-    from bscrit.runs.svag.plot import plot_svag
+    from bscrit import report
+    from bscrit.report.svag_plot import plot_svag
     from bscrit.runs.svag.results import svag_paths, write_svag
     from bscrit.runs.svag.run import run_plan
-    from bscrit.runs.svag.verdict import DECIDE_ON, VerdictConfig
-    from bscrit.workflows.measure import plan_svag
+    from bscrit.workflows.targets import plan_svag
 
-    for p in (out, *svag_paths(out)) if out is not None else ():  # before any work
-        check_output_path(p, folder=p is out)
-    plot_path = None if plot is None else check_output_path(plot, key="plot")
-    if rtol is not None or z is not None:
+    outputs = RunOutputs(out, plot, json_out, quiet, yes)
+    outputs.check(svag_paths)  # before any work
+    config = _verdict_config(c2, decide_on, deprecated=rtol is not None or z is not None)
+    plan = plan_svag(
+        spec, target_batch_size=target_batch_size, from_measurement=from_measurement, c2=c2,
+        ls=l_values, effective_steps=effective_steps, relaxation_times=relaxation_times,
+        checkpoint=checkpoint, optimizer_name=optimizer,
+        overrides=target_overrides(lr, momentum, weight_decay, beta1, beta2, eps, alpha),
+        eval_every=eval_every, eval_batches=eval_batches, eval_examples=eval_examples,
+        start_step=start_step, seed=seed, device=device, warm_start=not fresh_optimizer_state,
+        unsafe=unsafe_load, on_target=report.info,
+    )  # fmt: skip
+    cost = report.format_svag_cost(
+        plan.ls, plan.effective_steps, plan.forward_backward(), plan.target_batch_size,
+        str(plan.device), plan.sizing,
+    )  # fmt: skip
+    result = outputs.run(
+        "SVAG", cost, plan.total_steps,
+        lambda advance: run_plan(plan, on_step=advance, config=config),
+    )  # fmt: skip
+    outputs.finish(result, write_svag, svag_paths, plot_svag, report.format_svag)
+
+
+def _verdict_config(c2: float, decide_on: str, deprecated: bool) -> VerdictConfig:
+    """The verdict's thresholds from --c2 and --decide-on, checked before any work (a warning
+    for the ignored --rtol and --z)."""
+    from bscrit import report
+    from bscrit.errors import UsageError
+    from bscrit.runs.svag.verdict import DECIDE_ON, VerdictConfig
+
+    if deprecated:
         report.warn(
             "--rtol and --z are deprecated and ignored: the verdict now compares SGD with its SDE "
             "as C-closeness (ratios within [1/C, C], C = √c2; see docs/svag.md)"
@@ -169,63 +175,4 @@ def svag(
             f"{{decide_on}} must be one of {', '.join(DECIDE_ON)}, got {decide_on!r}",
             decide_on="decide_on",
         )
-    plan = plan_svag(
-        spec,
-        target_batch_size=target_batch_size,
-        from_measurement=from_measurement,
-        c2=c2,
-        ls=l_values,
-        effective_steps=effective_steps,
-        relaxation_times=relaxation_times,
-        checkpoint=checkpoint,
-        optimizer_name=optimizer,
-        overrides={
-            "lr": lr,
-            "momentum": momentum,
-            "weight_decay": weight_decay,
-            "beta1": beta1,
-            "beta2": beta2,
-            "eps": eps,
-            "alpha": alpha,
-        },  # fmt: skip
-        eval_every=eval_every,
-        eval_batches=eval_batches,
-        eval_examples=eval_examples,
-        start_step=start_step,
-        seed=seed,
-        device=device,
-        warm_start=not fresh_optimizer_state,
-        unsafe=unsafe_load,
-        on_target=report.info,
-    )
-    report.show(report.format_svag_cost(
-        plan.ls, plan.effective_steps, plan.forward_backward(), plan.target_batch_size,
-        str(plan.device), plan.sizing,
-    ), stderr=True)  # fmt: skip
-    confirm_run(yes, "Run it?")
-    with report.progress(
-        "SVAG", plan.total_steps, unit="step", enabled=not quiet and not json_out
-    ) as advance:
-        config = VerdictConfig(c2=c2, decide_on=DECIDE_ON[decide_on])
-        result = run_plan(plan, on_step=advance, config=config)
-    jobs: list[tuple[Callable[[], object], list[Path]]] = []
-    if out is not None:
-        jobs.append((lambda: write_svag(result, out), list(svag_paths(out))))
-    if plot_path is not None:
-        jobs.append((lambda: plot_svag(result, plot_path), [plot_path]))
-    wrote = write_outputs(result.to_dict, jobs) if jobs else None
-    if json_out:
-        report.out.print(
-            dumps(result.to_dict()), markup=False, highlight=False, soft_wrap=True, end=""
-        )
-        for w in result.warnings:
-            report.warn(w)
-    else:
-        report.show(report.format_svag(result))
-    if wrote:
-        report.info(wrote)
-
-
-# ==============================================================================================
-# demo  (issue: bscrit demo)
-# ==============================================================================================
+    return VerdictConfig(c2=c2, decide_on=DECIDE_ON[decide_on])

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bscrit.engine.data import BatchPlan, default_num_batches
-from bscrit.engine.loop import LoopHooks
+from bscrit.engine.hot_loop import LoopHooks
 from bscrit.errors import UsageError
 from bscrit.stats.estimators import GroupSums
 
@@ -46,10 +46,11 @@ def group_seed(seed: int, j: int) -> int:
 class AdaptiveState:
     """Plan and outcome of an adaptive run: groups are added until the NSR is precise enough.
 
-    The criterion is the 95% interval of NSR (asymmetric; :func:`bscrit.stats.estimators.nsr_interval`):
-    ``rel_error = (hi − lo) / 2 / NSR``, infinite while Ĝ ≤ 0 or the interval is unbounded. It is
-    checked after the planned batches and after every ``group_size`` added batches; batches are
-    added only if all ``group_size`` of them fit in ``max_batches``.
+    The criterion is the 95% interval of NSR (asymmetric;
+    :func:`bscrit.stats.estimators.nsr_interval`): ``rel_error = (hi − lo) / 2 / NSR``, infinite
+    while Ĝ ≤ 0 or the interval is unbounded. It is checked after the planned batches and after
+    every ``group_size`` added batches; batches are added only if all ``group_size`` of them fit in
+    ``max_batches``.
     """
 
     target: float
@@ -170,3 +171,43 @@ def adaptive_hooks(
         )
 
     return replace(base or LoopHooks(), next_rows=next_rows, max_groups=state.max_groups)
+
+
+def batches_per_point(
+    given: int | None,
+    n: int,
+    batch_size: int,
+    groups: int,
+    target_rel_error: float | None,
+    max_batches: int | None,
+    *,
+    sampling: bool,
+    points: int,
+) -> tuple[int, AdaptiveState | None]:
+    """k, the batches per measured point (``given``, else the default max(200, n/B), a fraction
+    of it for each ``--sample-steps`` point, or what an adaptive run starts with), and the
+    adaptive plan (None: a fixed k).
+
+    Raises:
+        UsageError: k out of bounds, or an adaptive run asked for several points (pooled points
+            need the same groups).
+    """
+    from bscrit.engine.data import check_num_batches
+
+    k = given or default_num_batches(n, batch_size)
+    if sampling and not given:
+        from bscrit.stats.sample_plan import sample_batches
+
+        k = sample_batches(k, groups)
+    check_num_batches(k)
+    adaptive = adaptive_plan(target_rel_error, max_batches, given, groups, n, batch_size)
+    if adaptive is not None:
+        if points > 1 or sampling:
+            raise UsageError(
+                "{target_rel_error} measures one checkpoint at a time (pooled checkpoints need "
+                "the same groups); give one checkpoint, or use {batches} for a fixed k",
+                target_rel_error="target_rel_error",
+                batches="batches",
+            )
+        k = adaptive.start
+    return k, adaptive

@@ -51,6 +51,19 @@ def check_num_batches(k: int, key: str = "batches", where: str | None = None) ->
         )
 
 
+def check_batches(
+    given: int | None, in_spec: int | None, max_batches: int | None, where: str
+) -> None:
+    """``--batches`` (else the spec's ``measure.batches``, at ``where``) and ``--max-batches``
+    within bounds, before the data loads."""
+    if given is not None:
+        check_num_batches(given)
+    elif in_spec is not None:
+        check_num_batches(in_spec, where=where)
+    if max_batches is not None:
+        check_num_batches(max_batches, "max_batches")
+
+
 def group_counts(k: int, m: int) -> list[int]:
     """Split k batches into m groups of sizes as equal as possible (first ones one larger)."""
     return [k // m + (1 if j < k % m else 0) for j in range(m)]

@@ -4,10 +4,11 @@
 process (docs/theory.md §2), with the k batches shared out between the ranks:
 
 - **Same batches as one process.** Every rank draws the same k × B index rows from the global seed
-  (:class:`bscrit.engine.data.BatchPlan`) and keeps the m group boundaries; within each block of group
-  j, rank r computes the batches r, r + W, r + 2W, ... of the block (:attr:`LoopHooks.local_rows`;
-  a block is the whole group unless the group is longer than 1024 batches). A batch is
-  B examples on *one* rank (the per-rank batch is the unit of sampling; B is not multiplied by W).
+  (:class:`bscrit.engine.data.BatchPlan`) and keeps the m group boundaries; within each block of
+  group j, rank r computes the batches r, r + W, r + 2W, ... of the block
+  (:attr:`LoopHooks.local_rows`; a block is the whole group unless the group is longer than 1024
+  batches). A batch is B examples on *one* rank (the per-rank batch is the unit of sampling; B is
+  not multiplied by W).
 - **Sums, not gradients, are reduced.** Each rank accumulates its part of the group sum S_j
   (float32, on its device) and of Q_j (float64); at the end of each group they are summed across
   ranks with one all_reduce per ~64 MB bucket (:attr:`LoopHooks.reduce`), so every rank holds the
@@ -29,18 +30,14 @@ from __future__ import annotations
 
 import os
 import re
-import sys
-import traceback
-from collections.abc import Callable, Sequence
-from datetime import timedelta
-from types import TracebackType
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from bscrit.engine.data import BatchPlan
-from bscrit.engine.loop import LoopHooks
+from bscrit.engine.hot_loop import LoopHooks
 from bscrit.errors import BscritError, ExitCode, MeasurementError, UsageError
 
 #: Environment variable with the process-group timeout in seconds (tests set it low).
@@ -114,7 +111,7 @@ def rank_device(requested: str, rank: int, local_rank: int) -> torch.device:
     An explicit ``cuda:N`` is taken as "CUDA": with several ranks per machine each needs its own
     GPU.
     """
-    from bscrit.spec.document import parse_device
+    from bscrit.specfile.device import parse_device
 
     kind, _ = parse_device(requested)
     if kind == "cpu" or (kind == "auto" and not torch.cuda.is_available()):
@@ -293,7 +290,8 @@ class DistContext:
         """``seed``, ``batch_rows`` and ``hooks`` for :func:`~bscrit.engine.loop.measure_model`.
 
         The rows are those one process would draw with ``seed`` (a lazy
-        :class:`~bscrit.engine.data.BatchPlan`: never all k rows at once); the model seed is per rank.
+        :class:`~bscrit.engine.data.BatchPlan`: never all k rows at once); the model seed is per
+        rank.
         """
         self._group_start = self._next_start = 0  # a new checkpoint: batches count from 0
         rows = BatchPlan(n, batch_size, k, seed) if 0 < batch_size <= n else None
@@ -383,206 +381,3 @@ class DistContext:
             f"({cause}): another rank crashed, was killed or is stuck (collective "
             f"timeout {self.timeout_s:g} s; set it with {{dist_timeout}} or {ENV_TIMEOUT})"
         )
-
-
-def init(
-    device: str, timeout: float | None = None, env: tuple[int, int, int] | None = None
-) -> DistContext | None:
-    """Join the torchrun process group; None outside a distributed launch.
-
-    gloo carries CPU tensors (and the status messages, with a real timeout); NCCL the CUDA sums.
-    An existing default process group (initialised by the caller) is reused and left open.
-    """
-    env = env if env is not None else detect()
-    if env is None:
-        return None
-    import torch.distributed as dist
-
-    if not dist.is_available():
-        raise UsageError("distributed: this torch build has no torch.distributed")
-    rank, world, local = env
-    timeout_s = timeout_seconds(timeout)
-    dev = rank_device(device, rank, local)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    owns = not dist.is_initialized()
-    if owns:
-        backend = "cpu:gloo,cuda:nccl" if dev.type == "cuda" else "gloo"
-        try:
-            dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
-        except Exception as e:
-            raise MeasurementError(
-                f"rank {rank}: cannot join the process group of {world} ranks "
-                f"({_first_line(e)}); start bscrit with torchrun (or bscrit measure --nproc N)"
-            ) from None
-    backend = str(dist.get_backend())
-    control = None
-    if "gloo" not in backend:  # a caller's NCCL-only group: status messages need a CPU backend
-        control = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
-    return DistContext(rank, world, local, dev, backend, timeout_s, control, owns)
-
-
-class Session:
-    """Context manager around one distributed measurement (a no-op outside torchrun).
-
-    ``with Session(device) as dist:`` yields a :class:`DistContext`, or None in one process. On
-    leaving, the ranks check once more that none failed. When one did, every rank raises the same
-    :class:`PeerFailed` (or its own error); rank 0 first hands the message to ``on_error`` (and
-    marks the error ``reported``), then all ranks pass a last barrier, so that the message is
-    printed before torchrun stops the processes.
-    """
-
-    def __init__(
-        self,
-        device: str,
-        timeout: float | None = None,
-        *,
-        on_error: Callable[[str], None] | None = None,
-    ) -> None:
-        self.device = device
-        self.timeout = timeout
-        self.on_error = on_error
-        self.ctx: DistContext | None = None
-
-    def __enter__(self) -> DistContext | None:
-        self.ctx = init(self.device, self.timeout)
-        return self.ctx
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        ctx = self.ctx
-        if ctx is None:
-            return False
-        try:
-            self._settle(ctx, exc)
-        finally:
-            ctx.close()
-        return False
-
-    def _settle(self, ctx: DistContext, exc: BaseException | None) -> None:
-        """Raise the error every rank agrees on (or nothing if all went well)."""
-        own: BaseException | None = None
-        if exc is None:
-            try:
-                ctx.exchange()  # a rank may have failed after the last reduction
-                return
-            except PeerFailed as e:
-                peer = e
-            except CollectiveError as e:
-                self._say(ctx, e.message)
-                raise
-        elif not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: every rank gets it
-            return
-        elif isinstance(exc, CollectiveError):
-            self._say(ctx, exc.message)
-            return
-        elif isinstance(exc, PeerFailed):
-            peer = exc
-        else:
-            own = exc
-            if not isinstance(exc, BscritError):  # a bug or an unexpected error: keep the trace
-                traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-            try:
-                ctx.exchange(exc)
-                raise AssertionError("unreachable: this rank failed")  # pragma: no cover
-            except PeerFailed as e:
-                peer = e
-            except CollectiveError as e:
-                msg = f"rank {ctx.rank} failed: {_describe_failure(exc)[1]}; and {e.message}"
-                self._say(ctx, msg)
-                raise CollectiveError(msg) from None
-        final: BscritError = peer
-        if (
-            isinstance(own, BscritError)
-            and ctx.is_main
-            and set(peer.failures) == set(range(ctx.world_size))
-            and peer.message == own.message
-        ):
-            final = own  # the same error on every rank: keep rank 0's own (type, exit code)
-        if ctx.is_main and self.on_error is not None:
-            self.on_error(final.message)
-            final.reported = True  # type: ignore[attr-defined]
-        ctx.ack()
-        if final is exc:
-            return  # the with-statement re-raises it
-        raise final from None
-
-    @staticmethod
-    def _say(ctx: DistContext, message: str) -> None:
-        """Other ranks are silent; a lost-contact error is worth a line from each of them."""
-        if not ctx.is_main:
-            print(f"error: {message}", file=sys.__stderr__, flush=True)
-
-
-def measure_args_from_argv(argv: Sequence[str]) -> list[str]:
-    """The arguments after ``measure`` in ``argv``, without ``--nproc N`` / ``--nproc=N``."""
-    argv = list(argv)
-    try:
-        start = argv.index("measure", 1) + 1
-    except ValueError:
-        raise UsageError(
-            "--nproc: cannot find the measure command line; run "
-            "`torchrun --nproc-per-node N -m bscrit measure ...` instead"
-        ) from None
-    out: list[str] = []
-    skip = False
-    for a in argv[start:]:
-        if skip:
-            skip = False
-            continue
-        if a == "--nproc":
-            skip = True
-            continue
-        if a.startswith("--nproc="):
-            continue
-        out.append(a)
-    return out
-
-
-def launch(nproc: int, args: Sequence[str]) -> int:
-    """``torchrun --standalone --nproc-per-node N -m bscrit measure ARGS`` on this machine.
-
-    Runs torch's own launcher (``torch.distributed.run``) in this process and returns rank 0's exit
-    code (rank 0 has printed its error); when rank 0 did not get to say why (another rank crashed),
-    raises an error naming the rank that failed first.
-    """
-    if detect() is not None:
-        raise UsageError("--nproc: already inside a distributed launch (WORLD_SIZE is set)")
-    if nproc < 1:
-        raise UsageError(f"--nproc: expected at least 1 process, got {nproc}")
-    import logging
-
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
-
-    # torchrun's agent logs every failure as a traceback-sized report; rank 0 says it in one line.
-    for name in list(logging.root.manager.loggerDict):
-        if name.startswith("torch.distributed"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-    targs = parse_args(
-        ["--standalone", f"--nproc-per-node={nproc}", "-m", "bscrit", "measure", *args]
-    )
-    try:
-        run(targs)
-    except ChildFailedError as e:
-        codes = {r: f.exitcode for r, f in e.failures.items()}
-        if codes.get(0, 0) > 0:
-            return codes[0]  # rank 0 printed the error and exited with its code
-        first, failure = e.get_first_failure()
-        how = (
-            f"was killed by {failure.signal_name()}"
-            if failure.exitcode < 0
-            else f"exited with code {failure.exitcode}"
-        )
-        raise MeasurementError(f"rank {first} {how} (its output is above)") from None
-    except KeyboardInterrupt:
-        raise
-    except Exception as e:
-        if type(e).__name__ == "SignalException":
-            raise KeyboardInterrupt from None
-        raise MeasurementError(f"--nproc: torchrun failed: {_first_line(e)}") from None
-    return 0

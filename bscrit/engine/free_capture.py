@@ -48,7 +48,7 @@ from torch import nn
 
 from bscrit.errors import UsageError
 from bscrit.stats.free import Drift, FreeEstimate, FreeStep, check_step, pool_steps
-from bscrit.theory.bounds import DEFAULT_C2
+from bscrit.theory.formulas import DEFAULT_C2
 
 Accumulation = Literal["mean", "sum"]
 

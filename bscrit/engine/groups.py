@@ -3,8 +3,8 @@ and the float64 Gram matrices (torch).
 
 The hot loop (:mod:`bscrit.engine.loop`) folds every batch gradient into a running sum on the device
 and, at the end of each block of batches, adds it to its group's sum S_j (:class:`HostSums`).
-Every estimator needs only ⟨S_a, S_b⟩ and the Q_j (:class:`bscrit.stats.estimators.GroupSums`), formed
-here in float64, chunk by chunk (no m × numel float64 copy).
+Every estimator needs only ⟨S_a, S_b⟩ and the Q_j (:class:`bscrit.stats.estimators.GroupSums`),
+formed here in float64, chunk by chunk (no m × numel float64 copy).
 
 Memory. The m sums cost m × parameter bytes (GPT-2 124M at m = 10: 5 GB). No streamed form
 avoids holding them: leaving group j out needs ⟨S, S_j⟩ with S = Σ S_h the *final* total, and
@@ -35,32 +35,16 @@ from typing import IO
 import torch
 from torch import Tensor
 
+from bscrit.engine import gram
 from bscrit.engine.allocator import available_memory
 from bscrit.errors import MeasurementError, UsageError
-from bscrit.stats.estimators import GroupSums
 
-#: Elements per chunk when the float64 Gram matrices are formed (bounded temporary memory).
-GRAM_CHUNK = 1 << 16
 #: Share of the available host memory the group sums may take before they spill to disk.
 HOST_MEMORY_FRACTION = 0.5
 #: Bytes read from spilled sums at once (all groups together) while forming a Gram matrix.
 SPILL_READ_BYTES = 64 << 20
 #: Largest single read or write of the spill file (some systems cap one call near 2 GiB).
 _IO_BYTES = 1 << 30
-#: Elements per chunk of a float64 norm (:func:`norm64`).
-NORM_CHUNK = 1 << 22
-
-
-def norm64(w: Tensor) -> Tensor:
-    """‖w‖ in float64 on w's device, accumulated over chunks of ``NORM_CHUNK`` elements: no
-    float64 copy of w (a 41M-element weight would take 330 MB more at the peak)."""
-    flat = w.detach().reshape(-1)
-    if flat.numel() <= NORM_CHUNK:
-        return torch.linalg.vector_norm(flat, dtype=torch.float64)
-    sq = torch.zeros((), dtype=torch.float64, device=flat.device)
-    for lo in range(0, flat.numel(), NORM_CHUNK):
-        sq += torch.linalg.vector_norm(flat[lo : lo + NORM_CHUNK], dtype=torch.float64).square()
-    return sq.sqrt()
 
 
 def format_bytes(n: float) -> str:
@@ -274,7 +258,7 @@ class HostSums:
         self, t: int, rows: Sequence[int] | None = None, scale: Tensor | None = None
     ) -> Tensor:
         """Rows ``rows`` (default all) of tensor t's float64 Gram matrix ⟨S_a, S_b⟩."""
-        return gram_rows([s[t].reshape(-1) for s in self.sums], rows, scale)
+        return gram.gram_rows([s[t].reshape(-1) for s in self.sums], rows, scale)
 
     def close(self) -> None:
         """Release what the sums hold outside Python's memory (nothing here; see subclass)."""
@@ -344,10 +328,10 @@ class SpilledSums(HostSums):
         """As :meth:`HostSums.gram`, read back in spans of whole ``GRAM_CHUNK`` chunks (the same
         chunks, so the same float64 sums bit for bit)."""
         m, numel, dtype = self.count, self.numels[t], self.weights[t].dtype
-        per_chunk = max(1, m) * GRAM_CHUNK * self.weights[t].element_size()
-        span = max(1, SPILL_READ_BYTES // per_chunk) * GRAM_CHUNK
+        per_chunk = max(1, m) * gram.GRAM_CHUNK * self.weights[t].element_size()
+        span = max(1, SPILL_READ_BYTES // per_chunk) * gram.GRAM_CHUNK
         buf = torch.empty(m, min(span, numel), dtype=dtype)
-        acc = _GramAccumulator(m, rows, numel)
+        acc = gram._GramAccumulator(m, rows, numel)
         for lo in range(0, numel, span):
             hi = min(numel, lo + span)
             for j in range(m):
@@ -395,116 +379,3 @@ def deal(rows: Tensor, start: int, m: int) -> list[tuple[int, Tensor]]:
     batch of each other (the batches are independent, so which block runs first is immaterial).
     """
     return [((start + d) % m, rows[d::m]) for d in range(min(len(rows), m))]
-
-
-class _GramAccumulator:
-    """Rows ``rows`` of an m×m float64 Gram matrix, accumulated over consecutive pieces of the
-    vectors in ``GRAM_CHUNK``-element chunks (pieces of whole chunks give the same sums bit for
-    bit as one pass over the whole vectors)."""
-
-    def __init__(self, m: int, rows: Sequence[int] | None, numel: int) -> None:
-        self.idx = None if rows is None else list(rows)
-        self.out = torch.zeros(m if rows is None else len(self.idx or []), m, dtype=torch.float64)
-        self.buf = torch.empty(m, min(GRAM_CHUNK, max(numel, 1)), dtype=torch.float64)
-
-    def add(self, pieces: Sequence[Tensor], scale: Tensor | None) -> None:
-        numel = pieces[0].numel() if pieces else 0
-        for lo in range(0, numel, GRAM_CHUNK):
-            hi = min(numel, lo + GRAM_CHUNK)
-            block = self.buf[:, : hi - lo]
-            for j, v in enumerate(pieces):
-                block[j].copy_(v[lo:hi])
-            if scale is not None:
-                block.mul_(scale[lo:hi].to(torch.float64))
-            self.out.addmm_(block if self.idx is None else block[self.idx], block.T)
-
-
-def gram_rows(
-    vectors: Sequence[Tensor], rows: Sequence[int] | None = None, scale: Tensor | None = None
-) -> Tensor:
-    """Rows ``rows`` (default: all) of the m×m float64 Gram matrix ⟨v_a, v_b⟩, shape (r, m).
-
-    Converted to float64 chunk by chunk (no m × numel float64 copy). ``scale``: a fixed diagonal
-    P (flat, like the vectors): the Gram matrix of P v_a instead, with no copy of the vectors.
-    """
-    acc = _GramAccumulator(len(vectors), rows, vectors[0].numel())
-    acc.add(vectors, scale)
-    return acc.out
-
-
-class GramCache:
-    """Per-tensor Gram matrices, updated row by row: for the groups marked :meth:`changed` and
-    for groups added since the last :meth:`update` (all of it when that is most of the rows)."""
-
-    def __init__(self) -> None:
-        self.grams: list[Tensor] = []
-        self.dirty: set[int] = set()
-
-    def changed(self, j: int) -> None:
-        self.dirty.add(j)
-
-    def update(self, host: HostSums) -> list[Tensor]:
-        """The Gram matrices of the group sums of every tensor of ``host``."""
-        m = len(host)
-        old = self.grams[0].shape[0] if self.grams else 0
-        idx = sorted(self.dirty | set(range(old, m)))
-        self.dirty.clear()
-        if not idx:
-            return self.grams
-        full = 2 * len(idx) >= m
-        grams = []
-        for t in range(host.num_tensors):
-            rows = host.gram(t, None if full else idx)
-            if full:
-                grams.append(rows)
-                continue
-            g = torch.zeros(m, m, dtype=torch.float64)
-            g[:old, :old] = self.grams[t]
-            g[idx, :] = rows
-            g[:, idx] = rows.T
-            grams.append(g)
-        self.grams = grams
-        return grams
-
-
-def per_tensor_sums(
-    host: HostSums,
-    q_rows: Sequence[Tensor],
-    counts: Sequence[int],
-    cache: GramCache | None = None,
-    scales: Sequence[Tensor] | None = None,
-) -> list[GroupSums]:
-    """:class:`GroupSums` of every tensor (Gram matrices in float64; ``cache`` reused if given).
-
-    ``scales``: a fixed P per tensor; the sums are then those of P g (group sums P S_j), and
-    ``q_rows`` must be the Q_j of P g.
-    """
-    m = len(host)
-    if not m:
-        return []
-    q_host = torch.stack(list(q_rows)).cpu().tolist()
-    if cache is not None and scales is not None:
-        raise ValueError("the Gram cache holds unscaled sums: no cache with scales")
-    grams = cache.update(host) if cache is not None else None
-    out = []
-    for t in range(host.num_tensors):
-        scale = scales[t].reshape(-1) if scales is not None else None
-        g64 = grams[t] if grams is not None else host.gram(t, scale=scale)
-        out.append(
-            GroupSums(
-                gram=tuple(tuple(r) for r in g64.tolist()),
-                q=tuple(q_host[j][t] for j in range(m)),
-                counts=tuple(counts),
-            )
-        )
-    return out
-
-
-def total_sums(
-    host: HostSums, q_rows: Sequence[Tensor], counts: Sequence[int], cache: GramCache
-) -> GroupSums:
-    """:class:`GroupSums` of all tensors together (what the stopping rule reads): the per-tensor
-    Gram matrices and Q_j added up in torch, so the cost does not grow with the run's length."""
-    q = torch.stack(list(q_rows)).cpu().sum(dim=1).tolist()
-    gram = torch.stack(cache.update(host)).sum(dim=0).tolist()
-    return GroupSums(gram=tuple(tuple(r) for r in gram), q=tuple(q), counts=tuple(counts))

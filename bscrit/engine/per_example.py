@@ -57,7 +57,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from bscrit.engine.loop import LoopHooks, RawMeasurement, measure_model, trainable_parameters
+from bscrit.engine.hot_loop import LoopHooks
+from bscrit.engine.loop import (
+    LoopSettings,
+    RawMeasurement,
+    measure_model,
+    trainable_parameters,
+)
 from bscrit.errors import ExitCode, MeasurementError, UsageError
 from bscrit.stats.estimators import GroupSums, PerExampleRaw, per_example_stats
 
@@ -393,7 +399,8 @@ class PerExampleNorms:
     # -- group boundaries ---------------------------------------------------------------------
 
     def hooks(self, base: LoopHooks | None = None) -> LoopHooks:
-        """LoopHooks for :func:`bscrit.engine.loop.measure_model` (``base``: hooks to compose with)."""
+        """LoopHooks for :func:`bscrit.engine.loop.measure_model` (``base``: hooks to compose
+        with)."""
 
         base = base or LoopHooks()
         inner = base.local_rows
@@ -437,10 +444,8 @@ def measure_per_example(
     model: nn.Module,
     dataset: Any,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
+    settings: LoopSettings | None = None,
     *,
-    batch_size: int,
-    device: torch.device | str = "cpu",
-    mode: str = "train",
     hooks: LoopHooks | None = None,
     adaptive: AdaptiveState | None = None,
     **kwargs: Any,
@@ -455,16 +460,18 @@ def measure_per_example(
     Returns:
         ``(RawMeasurement, PerExampleRaw)``.
     """
-    if kwargs.get("compile"):
+    fields = {k: kwargs.pop(k) for k in list(kwargs) if k in LoopSettings.__dataclass_fields__}
+    s = replace(settings, **fields) if settings is not None else LoopSettings(**fields)
+    if s.compile:
         raise UsageError(
             "{compile} cannot be combined with the per-example estimator (its hooks need eager "
             "mode)",
             compile="compile",
         )
-    if batch_size < 2:
+    if s.batch_size < 2:
         raise UsageError("the per-example estimator needs a batch size B >= 2")
-    device = torch.device(device)
-    check_model(model, mode)
+    device = torch.device(s.device)
+    check_model(model, s.mode)
     if not all(p.device == device for p in model.parameters()):
         model = copy.deepcopy(model).to(device)
     params = [p for _, p in trainable_parameters(model)]
@@ -473,21 +480,15 @@ def measure_per_example(
 
     def nsr_of(sums: GroupSums) -> tuple[float, tuple[float, float]]:
         c = [sum(row) for row in collector.group_sums()]
-        s = per_example_stats(sums, c, n, batch_size).noise
-        return s.nsr, s.nsr_ci95
+        ps = per_example_stats(sums, c, n, s.batch_size).noise
+        return ps.nsr, ps.nsr_ci95
 
     if adaptive is not None:
         adaptive.nsr_of = nsr_of
     try:
+        settings = replace(s, device=device)
         raw = measure_model(
-            model,
-            dataset,
-            loss_fn,
-            batch_size=batch_size,
-            device=device,
-            mode=mode,
-            hooks=collector.hooks(hooks),
-            **kwargs,
+            model, dataset, loss_fn, settings, hooks=collector.hooks(hooks), **kwargs
         )
         c = collector.group_sums()
     finally:

@@ -1,11 +1,12 @@
 """Equilibrium draws from one checkpoint: continue its training and stop at K points (torch).
 
 ``bscrit measure --sample-steps T --samples K`` (docs/theory.md §8, "Sampling from one
-checkpoint"). From the checkpoint the run's own optimizer (:func:`bscrit.optim.registry.torch_kwargs`, and
-the checkpoint's optimizer state when it holds one) trains the spec's model at the run's batch
-size B, with the data in the usual order for SGD training: every epoch a fresh permutation cut
-into batches of B, the incomplete last batch dropped (a ``DataLoader`` with ``shuffle=True,
-drop_last=True``). :func:`continue_training` yields at each point so the caller measures there.
+checkpoint"). From the checkpoint the run's own optimizer
+(:func:`bscrit.optim.registry.torch_kwargs`, and the checkpoint's optimizer state when it holds one)
+trains the spec's model at the run's batch size B, with the data in the usual order for SGD
+training: every epoch a fresh permutation cut into batches of B, the incomplete last batch dropped
+(a ``DataLoader`` with ``shuffle=True, drop_last=True``). :func:`continue_training` yields at each
+point so the caller measures there.
 
 Nothing of the user's changes: the model is a fresh copy built from the spec and the file, the
 optimizer state is copied before it is loaded, and the global RNG is forked (its own seed) and
@@ -23,11 +24,12 @@ import torch
 from torch import Tensor, nn
 
 from bscrit.engine.data import BatchSource, forward
-from bscrit.engine.params import requires_grad_only
+from bscrit.engine.params import ParameterSelection, requires_grad_only
 from bscrit.errors import RunError, UsageError
 from bscrit.optim import registry as optim
 from bscrit.optim.registry import OptimizerInfo
-from bscrit.stats.equilibrium import SamplePlan, plan_samples, relaxation_steps
+from bscrit.stats.equilibrium import relaxation_steps
+from bscrit.stats.sample_plan import SamplePlan, plan_samples
 
 #: Offset of the data-order seed from the measurement seed (distinct streams).
 ORDER_SEED_OFFSET = 1_000_003
@@ -69,8 +71,8 @@ def run_optimizer(
     value of ``opt`` that differs from the first saved group replaces it in every group that had
     it, and a note says so.
     """
-    cls, kwargs = optim.torch_kwargs(opt)
     index, note = _saved_groups(params, saved)
+    cls, kwargs = optim.torch_kwargs(opt)
     notes = [note]
     if index is None:
         return getattr(torch.optim, cls)(list(params), **kwargs), notes
@@ -181,16 +183,17 @@ def check_sampling(paths: Sequence[Any], o: Any, dist: Any) -> None:
 def sampled_points(
     plan: Any,
     model: nn.Module,
+    sel: ParameterSelection,
     saved_state: Mapping | None,
     opt: OptimizerInfo | None,
     on_sampling: Callable[[SamplePlan, OptimizerInfo], None] | None = None,
 ) -> Iterator[tuple[nn.Module, OptimizerInfo, Mapping[str, Any]]]:
     """The points of ``--sample-steps T --samples K`` from one loaded checkpoint.
 
-    ``plan`` is the measurement plan (``bscrit.workflows.measure._MeasurePlan``): its options, batch size,
-    dataset, loss, seed and device; its ``labels`` and ``steps`` are set here to the sampled
-    points, and ``sampling`` to the :class:`SamplePlan` with the optimizer's notes, before the
-    first point. ``on_sampling`` is told the plan before any training (it may raise to stop).
+    ``plan`` is the measurement plan (:class:`bscrit.workflows.plan.MeasurePlan`): its options,
+    batch size, dataset, loss, seed and device; its ``labels`` and ``steps`` are set here to the
+    sampled points, and ``sampling`` to the :class:`SamplePlan` with the optimizer's notes, before
+    the first point. ``on_sampling`` is told the plan before any training (it may raise to stop).
 
     Yields:
         ``(model, opt, the live optimizer state)`` at each point (the preconditioner of an
@@ -209,6 +212,8 @@ def sampled_points(
             "an optimizer section to the spec (or save the optimizer state with the checkpoint)",
             sample_steps="sample_steps",
         )
+    params = _trained_parameters(model, sel)
+    optimizer, notes = run_optimizer(params, opt, saved_state)
     tau, tau_note = relaxation_steps(opt)
     one = default_num_batches(len(plan.dataset), plan.batch_size)
     steps = None if o.sample_steps == "auto" else o.sample_steps
@@ -219,8 +224,6 @@ def sampled_points(
     plan.seen = ([None] * len(sp.points), [None] * len(sp.points))
     if on_sampling is not None:
         on_sampling(sp, opt)
-    params = _trained_parameters(model, saved_state, source)
-    optimizer, notes = run_optimizer(params, opt, saved_state)
     plan.sampling = (sp, notes)
     with requires_grad_only(model, [n for n, q in model.named_parameters()
                                     if any(q is t for t in params)]):  # fmt: skip
@@ -232,15 +235,12 @@ def sampled_points(
             yield model, opt, optimizer.state_dict()
 
 
-def _trained_parameters(model: nn.Module, saved: Mapping | None, source: str) -> list[Tensor]:
-    """The parameters the run's optimizer updates, as the measurement chooses them
-    (:func:`bscrit.engine.params.select_parameters`: the saved optimizer state's tensors matched
+def _trained_parameters(model: nn.Module, sel: ParameterSelection) -> list[Tensor]:
+    """The parameters the run's optimizer updates, as the measurement chose them (``sel``,
+    :func:`bscrit.engine.params.select_parameters`: the saved optimizer state's tensors matched
     to the model, else ``requires_grad``), in the saved state's order when it was matched one to
     one, so that the saved groups and state load onto the right tensors. Parameters the run did
     not train (a frozen backbone that still has ``requires_grad``) stay as they are."""
-    from bscrit.engine.params import select_parameters
-
-    sel = select_parameters(model, saved, f"checkpoint {source}")
     named = dict(model.named_parameters())
     chosen = [named[n] for n in sel.names]
     idx = sel.state_indices

@@ -25,20 +25,13 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bscrit.artifacts.jsonvalues import finite_or_none, finite_pair
 from bscrit.errors import UsageError
 from bscrit.integrations.recorder import SERIES_FILE, check_every
 
 if TYPE_CHECKING:
     from bscrit.engine.free_capture import FreeCapture
     from bscrit.stats.free import FreeEstimate
-
-
-def _num(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
-
-
-def _pair(ci: tuple[float, float]) -> list[float | None]:
-    return [_num(ci[0]), _num(ci[1])]
 
 
 def free_series_row(est: FreeEstimate, seconds: float) -> dict[str, Any]:
@@ -48,14 +41,14 @@ def free_series_row(est: FreeEstimate, seconds: float) -> dict[str, Any]:
     return {
         "step": est.last_step,
         "examples_seen": est.examples_seen,
-        "G": _num(est.G.value),
-        "N": _num(est.N.value),
-        "nsr": _num(est.nsr),
-        "b_star": _num(est.b_star),
-        "b_star_ci95": _pair(est.b_star_ci95),
-        "G_ci95": _pair(est.G.ci95),
-        "N_ci95": _pair(est.N.ci95),
-        "nsr_ci95": _pair(est.nsr_ci95),
+        "G": finite_or_none(est.G.value),
+        "N": finite_or_none(est.N.value),
+        "nsr": finite_or_none(est.nsr),
+        "b_star": finite_or_none(est.b_star),
+        "b_star_ci95": finite_pair(est.b_star_ci95),
+        "G_ci95": finite_pair(est.G.ci95),
+        "N_ci95": finite_pair(est.N.ci95),
+        "nsr_ci95": finite_pair(est.nsr_ci95),
         "batch_size": est.batch_size,
         "seconds": seconds,
         "param_set": "all",
@@ -96,7 +89,8 @@ class FreeWindow:
         out_dir: where ``series.jsonl`` goes (created on the first line).
         every_n_steps: optimizer steps per pooled window (at least 2).
         c2: C² of [LMA21] for B*.
-        stride: read every ``stride``-th step only (:class:`~bscrit.engine.free_capture.FreeCapture`).
+        stride: read every ``stride``-th step only
+            (:class:`~bscrit.engine.free_capture.FreeCapture`).
     """
 
     def __init__(

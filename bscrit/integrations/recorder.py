@@ -16,13 +16,13 @@ Imports neither torch nor a framework at module level.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bscrit.artifacts.jsonvalues import finite_or_none, finite_pair
 from bscrit.errors import UsageError
 
 if TYPE_CHECKING:
@@ -58,15 +58,6 @@ def check_every(every_n_steps: Any) -> int:
     return every_n_steps
 
 
-def _num(x: float | None) -> float | None:
-    """JSON-safe: NaN and ±inf → None."""
-    return None if x is None or not math.isfinite(x) else float(x)
-
-
-def _pair(ci: tuple[float, float]) -> list[float | None]:
-    return [_num(ci[0]), _num(ci[1])]
-
-
 def series_row(
     m: Measurement,
     p: Prediction,
@@ -86,14 +77,14 @@ def series_row(
     return {
         "step": step,
         "examples_seen": examples_seen,
-        "G": _num(ns.G.value),
-        "N": _num(ns.N.value),
-        "nsr": _num(ns.nsr),
-        "b_star": _num(b.b_star),
-        "b_star_ci95": _pair(b.b_star_ci95),
-        "G_ci95": _pair(ns.G.ci95),
-        "N_ci95": _pair(ns.N.ci95),
-        "nsr_ci95": _pair(ns.nsr_ci95),
+        "G": finite_or_none(ns.G.value),
+        "N": finite_or_none(ns.N.value),
+        "nsr": finite_or_none(ns.nsr),
+        "b_star": finite_or_none(b.b_star),
+        "b_star_ci95": finite_pair(b.b_star_ci95),
+        "G_ci95": finite_pair(ns.G.ci95),
+        "N_ci95": finite_pair(ns.N.ci95),
+        "nsr_ci95": finite_pair(ns.nsr_ci95),
         "batch_size": m.batch_size,
         "seconds": seconds,  # measuring, writing the JSON and predicting
         "param_set": b.param_set,
@@ -122,7 +113,7 @@ class SeriesRecorder:
         seed: int = 0,
         c2: float = 2.0,
     ) -> None:
-        from bscrit.theory.bounds import check_c2
+        from bscrit.theory.formulas import check_c2
 
         self.out_dir = Path(out_dir)
         self.every_n_steps = check_every(every_n_steps)

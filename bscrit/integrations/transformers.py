@@ -123,7 +123,7 @@ class BscritCallback(TrainerCallback):
             raise UsageError(
                 "BscritCallback: mode='free' under several processes is not supported with the "
                 "Trainer (a callback cannot reach the DDP model); use mode='every_n', or "
-                "bscrit.engine.free_capture.FreeCapture on the DDP model by hand"
+                "bscrit.FreeCapture on the DDP model by hand"
             )
         micro = self.micro_batch_size or int(args.per_device_train_batch_size)
         acc = int(args.gradient_accumulation_steps)

@@ -23,6 +23,7 @@ import re
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from bscrit.errors import CheckpointError
@@ -260,6 +261,15 @@ def folder_weights(folder: str | os.PathLike[str]) -> str | None:
     return None
 
 
+def describe_keys(obj: Any) -> str:
+    """``top-level keys: a, b, ...`` of a loaded checkpoint, or what it holds instead."""
+    if isinstance(obj, Mapping):
+        keys = [str(k) for k in list(obj)[:10]]
+        more = f", ... ({len(obj)} keys)" if len(obj) > 10 else ""
+        return f"top-level keys: {', '.join(keys)}{more}"
+    return f"it holds a {type(obj).__name__}"
+
+
 def listing(folder: str | os.PathLike[str], limit: int = 8) -> str:
     """``a.txt, b.pt, ... (12 entries)``: what a folder holds, for messages."""
     try:
@@ -355,3 +365,56 @@ def saved_ints(path: str | os.PathLike[str], keys: tuple[str, ...]) -> dict[str,
     if not isinstance(root, Mapping):
         return {}
     return {k: v for k in keys if isinstance(v := root.get(k), int) and not isinstance(v, bool)}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a checkpoint path is, answered once (no torch, no pickle run): the one description
+    :func:`bscrit.load.checkpoints.load_checkpoint` dispatches on.
+
+    Attributes:
+        path: the path itself.
+        kind: ``"folder"`` (Hugging Face or HF Trainer), ``"index"`` (a sharded ``*.index.json``),
+            ``"safetensors"`` or ``"torch"`` (a ``torch.save`` file).
+        weights: a folder's weight file (the first of :data:`WEIGHT_FILES`) described in turn,
+            None if it has none.
+        shards: an index's tensor names → shard paths (every shard checked to exist).
+        parts: an index's shard files, each described, in the order they are first named.
+        optimizer_file: a Trainer folder's ``optimizer.pt``, when there is one.
+        args_file: a Trainer folder's ``training_args.bin`` (a pickle), when there is one.
+        step: a Trainer folder's ``global_step`` (``trainer_state.json``), else None.
+    """
+
+    path: str
+    kind: str
+    weights: Layout | None = None
+    shards: Mapping[str, str] | None = None
+    parts: tuple[Layout, ...] = ()
+    optimizer_file: str | None = None
+    args_file: str | None = None
+    step: int | None = None
+
+
+def layout(path: str | os.PathLike[str]) -> Layout:
+    """Describe the checkpoint at an existing ``path`` (:class:`Layout`).
+
+    Raises:
+        CheckpointError: a shard index or ``trainer_state.json`` that cannot be read.
+    """
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        opt, args = os.path.join(p, TRAINER_OPTIMIZER), os.path.join(p, TRAINER_ARGS)
+        weights = folder_weights(p)
+        return Layout(
+            p,
+            "folder",
+            weights=None if weights is None else layout(weights),
+            optimizer_file=opt if os.path.isfile(opt) else None,
+            args_file=args if os.path.isfile(args) else None,
+            step=trainer_step(p),
+        )
+    if p.endswith(".index.json"):
+        shards = read_index(p)
+        parts = tuple(layout(s) for s in dict.fromkeys(shards.values()))
+        return Layout(p, "index", shards=shards, parts=parts)
+    return Layout(p, "safetensors" if is_safetensors(p) else "torch")

@@ -1,4 +1,4 @@
-"""From a :class:`~bscrit.spec.document.Spec` to torch objects: model, dataset, loss, device.
+"""From a :class:`~bscrit.specfile.document.Spec` to torch objects: model, dataset, loss, device.
 
 Factories are referenced as ``"path/to/file.py:fn"`` (imported from the file, its folder on
 ``sys.path`` while it loads so sibling imports work) or ``"pkg.module:fn"``. Models may also be
@@ -28,8 +28,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bscrit.errors import DataError, SpecError, SpecProblem, UsageError
-from bscrit.spec.document import DataSpec, Spec, is_file_ref, parse_device, split_ref
+from bscrit.errors import DataError, SpecError, SpecProblem
+from bscrit.specfile.document import Spec
+from bscrit.specfile.references import is_file_ref, split_ref
+from bscrit.specfile.sections import DataSpec
 
 _import_counter = itertools.count()
 
@@ -154,11 +156,7 @@ def build_model(spec: Spec) -> nn.Module:
     """
     m = spec.model
     source = str(spec.path)
-    if m.hf is not None:  # a Hugging Face folder (transformers imported only here)
-        from bscrit.load.hf import build_hf_model
-
-        return build_hf_model(m, source)
-    if m.factory is not None:
+    if m.hf is None and m.factory is not None:
         fn = resolve_callable(m.factory, spec.base_dir, "model.factory", source=source)
         model = _call_factory(
             fn,
@@ -168,9 +166,13 @@ def build_model(spec: Spec) -> nn.Module:
             error=lambda msg: _spec_error(source, "model.factory", msg),
         )
         key = "model.factory"
-    else:
+    elif m.hf is None:
         model = _torchvision_model(m.name or "", m.kwargs, source)
         key = "model.name"
+    else:  # a Hugging Face folder (transformers imported only there)
+        from bscrit.load.hf import build_hf_model
+
+        return build_hf_model(m, source)
     # A factory may wrap the network in DDP/DataParallel for training; bscrit computes per-process
     # batch gradients on the inner module (DDP would all-reduce them per batch), and checkpoints
     # saved from either form load into it (the "module." prefix is stripped when needed).
@@ -363,25 +365,3 @@ def build_loss(spec: Spec) -> Callable[[Tensor, Tensor], Tensor]:
         )
     _check_reduction(obj, source, "loss.factory")
     return obj
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> ``cuda`` if available else ``cpu``; ``cpu``, ``cuda``, ``cuda:N`` checked.
-
-    Raises:
-        UsageError: unknown device string, or CUDA asked for but not available.
-    """
-    kind, index = parse_device(device)
-    if kind == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if kind == "cpu":
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise UsageError(
-            f"device {device!r}: no CUDA device is available (torch.cuda.is_available() is "
-            "False); use device: cpu or auto"
-        )
-    if index is not None and index >= torch.cuda.device_count():
-        count = torch.cuda.device_count()
-        raise UsageError(f"device {device!r}: only {count} CUDA device(s) (cuda:0..)")
-    return torch.device("cuda", index) if index is not None else torch.device("cuda")

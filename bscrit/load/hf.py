@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from bscrit.errors import CheckpointError, SpecError, SpecProblem, first_line
-from bscrit.spec.model import HF_INSTALL, ModelSpec
+from bscrit.errors import SpecError, SpecProblem, first_line
+from bscrit.specfile.model import HF_INSTALL, ModelSpec
 
 #: The dtype models are built in, whatever the config names: a bf16 checkpoint's weights are
 #: upcast exactly on loading, and gradients are computed in float32.
@@ -110,26 +110,3 @@ def build_hf_model(m: ModelSpec, source: str) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise _problem(source, key, f"{name} built a {type(model).__name__}, not an nn.Module")
     return model
-
-
-def trainer_optimizer_name(path: Any) -> str | None:
-    """``optim`` of an HF Trainer's ``training_args.bin`` (e.g. ``"adamw_torch"``).
-
-    The file is a pickle of ``TrainingArguments``: only read when the user passed
-    ``--unsafe-load`` (the caller checks), and it needs transformers to unpickle.
-
-    Raises:
-        CheckpointError: the file cannot be unpickled (transformers missing: the install command).
-    """
-    try:
-        args = torch.load(path, map_location="cpu", weights_only=False)
-    except ImportError as e:
-        raise CheckpointError(
-            f"cannot read {path}: it is a pickle of transformers' TrainingArguments and "
-            f"transformers is not installed ({first_line(e)}): {HF_INSTALL}"
-        ) from None
-    except Exception as e:
-        raise CheckpointError(f"cannot read {path}: {first_line(e)}") from None
-    value = getattr(args, "optim", None)
-    value = getattr(value, "value", value)  # an OptimizerNames enum
-    return value if isinstance(value, str) and value else None

@@ -3,10 +3,11 @@
 Everything bscrit knows about an optimizer lives here and nowhere else: its name, the
 hyperparameters it takes, PyTorch's defaults for them, which scaling rule applies and where it is
 stated (docs/theory.md §5; ``"none"`` where no rule is established, said plainly), the
-``torch.optim`` class that runs it, and how to recognise it in a saved optimizer state
-(:func:`identify`). The spec parser, ``bscrit scale``, the SVAG/confirmation runs and the reports
-all read this registry; adding an optimizer means adding one :class:`OptimizerDef` here, its
-signature in :func:`bscrit.optim.state.candidates` (and its rows in ``tests/unit/test_optim.py``).
+``torch.optim`` class that runs it (how to recognise it in a saved optimizer state is
+:mod:`bscrit.optim.saved`). The spec parser, ``bscrit scale``, the SVAG/confirmation runs and
+the reports all read this registry; adding an optimizer means adding one :class:`OptimizerDef`
+here, its signature in :func:`bscrit.optim.state.candidates` (and its rows in
+``tests/unit/test_optim.py``).
 
 Hyperparameters have one flat name each (``lr``, ``momentum``, ``nesterov``, ``beta1``,
 ``beta2``, ``eps``, ``alpha``, ``weight_decay``, ``momentum_decay``, ``lr_decay``,
@@ -25,19 +26,11 @@ from typing import Any
 from bscrit.errors import UsageError
 from bscrit.optim.state import (
     ParamGroupInfo,
-    candidates,
     describe_groups,
-    group_params,
-    groups_of,
-    indices,
-    main_group,
-    names_in,
-    state_keys,
-    to_float,
 )
 
 #: ``OptimizerInfo.source`` of a spec whose ``optimizer:`` gives only the name: the values are
-#: read from the checkpoint's optimizer state (:func:`bscrit.load.checkpoints.resolve_optimizer`).
+#: read from the checkpoint's optimizer state (:func:`bscrit.load.optimizer.resolve_optimizer`).
 NAME_ONLY = "spec-name"
 
 
@@ -138,7 +131,8 @@ _KIND_TEXT = {
     "nonnegative": "a non-negative number",
     "bool": "true or false",
 }
-_FLOAT_FIELDS = ("momentum", "weight_decay", "eps", "alpha", "momentum_decay", "lr_decay")
+#: The float-valued fields of :class:`OptimizerInfo` besides ``lr`` and ``betas``.
+FLOAT_FIELDS = ("momentum", "weight_decay", "eps", "alpha", "momentum_decay", "lr_decay")
 _BOOL_FIELDS = ("nesterov", "decoupled_weight_decay")
 
 
@@ -284,7 +278,7 @@ def flat(opt: OptimizerInfo) -> dict[str, float]:
     lr, alpha, eps, momentum, weight_decay. These are the ``scale --json`` key names.
     """
     d = get(opt.name)
-    given: dict[str, Any] = {k: getattr(opt, k) for k in ("lr", *_FLOAT_FIELDS)}
+    given: dict[str, Any] = {k: getattr(opt, k) for k in ("lr", *FLOAT_FIELDS)}
     given["beta1"] = opt.betas[0] if opt.betas is not None else None
     given["beta2"] = opt.betas[1] if opt.betas is not None else None
     return {k: float(d.defaults[k] if given[k] is None else given[k]) for k in d.values}
@@ -294,7 +288,7 @@ def from_flat(name: str, values: Mapping[str, Any], source: str = "spec") -> Opt
     """An :class:`OptimizerInfo` from flat values; keys that are absent take PyTorch's defaults."""
     d = get(name)
     v = {**d.defaults, **{k: x for k, x in values.items() if x is not None}}
-    kw: dict[str, Any] = {k: float(v[k]) for k in _FLOAT_FIELDS if k in d.keys}
+    kw: dict[str, Any] = {k: float(v[k]) for k in FLOAT_FIELDS if k in d.keys}
     kw |= {k: bool(v[k]) for k in _BOOL_FIELDS if k in d.keys}
     if "beta1" in d.keys:
         kw["betas"] = (float(v["beta1"]), float(v["beta2"]))
@@ -453,161 +447,3 @@ def describe(opt: OptimizerInfo) -> str:
     if opt.decoupled_weight_decay and not d.decoupled_weight_decay:
         parts.append("decoupled")
     return ", ".join(parts)
-
-
-# ----------------------------------------------------------------------------------------------
-# Recognising the optimizer in a saved optimizer state
-# ----------------------------------------------------------------------------------------------
-
-#: Keys under which training scripts save the optimizer's state_dict.
-STATE_KEYS = ("optimizer", "optimizer_state_dict", "optim", "opt", "optimizer_state")
-_SETTLE = "optimizer.name in the spec settles it (the rest is read from the checkpoint)"
-
-
-@dataclass(frozen=True)
-class Identification:
-    """Which optimizer a saved state is: a name, or why there is none (never a silent guess).
-
-    Attributes:
-        name: the registry name, or None (unknown, or ambiguous).
-        candidates: the names the saved keys fit.
-        by: how the name was decided, e.g. ``"its saved state"``, ``"hyper_parameters.optimizer =
-            'AdamW'"``.
-        problem: why there is no name, with the key that settles it.
-        note: a disagreement worth a warning (saved arguments naming another optimizer).
-    """
-
-    name: str | None
-    candidates: tuple[str, ...]
-    by: str = ""
-    problem: str | None = None
-    note: str | None = None
-
-
-def identify(
-    group: Mapping, state: set[str] | frozenset[str] = frozenset(), contexts: Sequence[Any] = ()
-) -> Identification:
-    """The optimizer of a param group: from its keys and state keys (:func:`candidates`), and
-    where those cannot decide, from a name in the saved arguments (``contexts``: a Lightning
-    checkpoint's ``hyper_parameters``, an HF Trainer's arguments, the checkpoint itself)."""
-    cands = candidates(group, state)
-    named = names_in(contexts, NAMES)
-    fitting = {n: p for n, p in named.items() if n in cands}
-    if not cands:
-        keys = ", ".join(sorted(k for k in group if k != "params"))
-        hint = f" (the saved arguments name {', '.join(named)})" if named else ""
-        return Identification(None, (), problem=(
-            f"the optimizer state (param-group keys: {keys}) is not one bscrit knows{hint}; "
-            f"give the optimizer in the spec (optimizer.name and optimizer.lr)"))  # fmt: skip
-    if len(cands) == 1:
-        note = None
-        if named and not fitting:
-            note = (f"the saved arguments name {', '.join(f'{n} ({p})' for n, p in named.items())}"
-                    f", but the optimizer state is {cands[0]}'s: read as {cands[0]}")  # fmt: skip
-        return Identification(cands[0], cands, "its saved state", note=note)
-    if len(fitting) == 1:
-        name, path = next(iter(fitting.items()))
-        return Identification(name, cands, path)
-    why = "the saved arguments name several" if fitting else "nothing saved names one of them"
-    return Identification(None, cands, problem=(
-        f"the optimizer state fits {' and '.join(cands)} (the same saved keys in this PyTorch "
-        f"version) and {why}: {_SETTLE}"))  # fmt: skip
-
-
-def name_from_param_group(group: Mapping, *contexts: Mapping) -> str | None:
-    """The optimizer whose ``param_groups`` entry this is, None when unknown or ambiguous
-    (:func:`identify` without the per-parameter state; ``contexts``: saved arguments)."""
-    return identify(group, frozenset(), contexts).name
-
-
-def optimizer_state(obj: Any) -> Mapping | None:
-    """The optimizer state_dict inside a loaded checkpoint object (None when there is none)."""
-    if not isinstance(obj, Mapping):
-        return None
-    if "param_groups" in obj and "state" in obj:  # the state_dict itself (optimizer.pt)
-        return obj
-    for k in STATE_KEYS:
-        if isinstance(obj.get(k), Mapping) and "param_groups" in obj[k]:
-            return obj[k]
-    states = obj.get("optimizer_states")  # Lightning
-    if isinstance(states, (list, tuple)) and states and isinstance(states[0], Mapping):
-        return states[0]
-    return None
-
-
-@dataclass(frozen=True)
-class OptimizerReading:
-    """An optimizer read from a checkpoint: the info (None when it cannot be), how, and a note
-    for the measurement's warnings (why there is none, or a disagreement)."""
-
-    info: OptimizerInfo | None
-    identification: Identification | None
-    note: str | None = None
-
-
-def _group_values(d: OptimizerDef, g: Mapping) -> dict[str, float]:
-    v: dict[str, Any] = {"lr": to_float(g.get("initial_lr"), to_float(g.get("lr")))}
-    betas = g.get("betas")
-    if "beta1" in d.keys and isinstance(betas, (list, tuple)) and len(betas) == 2:
-        v["beta1"], v["beta2"] = to_float(betas[0]), to_float(betas[1])
-    for k in _FLOAT_FIELDS:
-        if k in d.keys:
-            v[k] = to_float(g.get(k))
-    return {k: float(d.defaults[k] if v.get(k) is None else v[k]) for k in d.values}
-
-
-def read_state(
-    opt_state: Mapping | None, contexts: Sequence[Any] = (), name: str | None = None
-) -> OptimizerReading:
-    """Every param group of a saved optimizer state, as one :class:`OptimizerInfo`.
-
-    ``name`` (the spec's ``optimizer.name``) settles the optimizer; else :func:`identify` does,
-    or says why it cannot. Each group's base LR (``initial_lr`` where a scheduler stored it),
-    current LR and other values are kept in ``groups``; the top-level values are the main
-    group's (:func:`~bscrit.optim.state.main_group`: the largest decayed group, so a timm-style
-    no-decay group listed first does not make the run's weight decay 0).
-    """
-    groups = groups_of(opt_state)
-    if not groups or opt_state is None:
-        return OptimizerReading(None, None)
-    skeys = next((s for s in (state_keys(opt_state, g) for g in groups) if s), set())
-    ident = identify(groups[0], frozenset(skeys), contexts)
-    note = ident.note
-    if name is not None:
-        name = get(name).name
-        if ident.candidates and name not in ident.candidates:
-            note = (f"the spec names {name}, but the checkpoint's optimizer state looks like "
-                    f"{' or '.join(ident.candidates)}'s; read as {name}")  # fmt: skip
-        ident = replace(ident, name=name, by="the spec's optimizer.name", problem=None)
-    if ident.name is None:
-        return OptimizerReading(None, ident, ident.problem)
-    if any(to_float(g.get("lr")) is None for g in groups):
-        return OptimizerReading(None, ident, "the optimizer state's param groups have no lr")
-    d = REGISTRY[ident.name]
-    infos = []
-    for i, g in enumerate(groups):
-        values = _group_values(d, g)
-        infos.append(ParamGroupInfo(
-            index=i, tensors=len(indices(g)), values=values,
-            lr_current=to_float(g.get("lr")), params=group_params(opt_state, g),
-            nesterov=bool(g.get("nesterov", False))))  # fmt: skip
-    main = main_group(infos)
-    flags = {
-        "nesterov": main.nesterov,
-        "decoupled_weight_decay": groups[main.index].get("decoupled_weight_decay") is True,
-    }
-    info = from_flat(ident.name, {**main.values, **flags}, "checkpoint")
-    info = replace(info, lr_current=main.lr_current, groups=tuple(infos), identified_by=ident.by)
-    return OptimizerReading(info, ident, note)
-
-
-def read_checkpoint(obj: Any, *contexts: Any, name: str | None = None) -> OptimizerReading:
-    """:func:`read_state` of the optimizer state inside a loaded checkpoint object; the object
-    itself and ``contexts`` (e.g. an HF Trainer's saved arguments) are searched for a name."""
-    return read_state(optimizer_state(obj), (obj, *contexts), name)
-
-
-def from_checkpoint(obj: Any, *contexts: Any, name: str | None = None) -> OptimizerInfo | None:
-    """OptimizerInfo(source="checkpoint") from a saved optimizer, None when there is none or it
-    cannot be named (:func:`read_checkpoint` says why)."""
-    return read_checkpoint(obj, *contexts, name=name).info

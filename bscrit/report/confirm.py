@@ -1,6 +1,5 @@
 """Human output of ``bscrit confirm``: the cost before the run, the table and verdict after it
-(rich renderables; printed by :func:`bscrit.report.common.show`). Kept apart from :mod:`bscrit.report.common`,
-which is at its size limit."""
+(rich renderables; printed by :func:`bscrit.report.console.show`)."""
 
 from __future__ import annotations
 
@@ -12,7 +11,8 @@ from rich.table import Table
 from rich.text import Text
 
 from bscrit.optim import registry as optim
-from bscrit.report.common import Report, _line, fmt
+from bscrit.report.console import Report
+from bscrit.report.format import fmt, plain_line
 
 if TYPE_CHECKING:
     from bscrit.runs.confirm.plan import ConfirmPlan
@@ -50,17 +50,18 @@ def format_confirm_cost(plan: ConfirmPlan) -> Group:
 
 def format_confirm(r: ConfirmResult) -> Report:
     """The branches per seed (final losses, d), the interval and the verdict, with the notes."""
-    from bscrit.runs.confirm.results import METRIC_LABELS, relative_difference
+    from bscrit.runs.common.result import METRIC_LABELS
+    from bscrit.runs.confirm.verdict import relative_difference
 
     v = r.verdict
     parts: list[RenderableType] = [
-        _line(
+        plain_line(
             f"confirm: branched training from {r.checkpoint} at B = {r.batch_size} and B' = "
             f"{r.target_batch_size} (κ = {r.kappa:.4g}; {r.rule_reference}), {r.examples:,} "
             f"examples each ({r.epochs():.3g} epochs), {len(r.seeds)} seeds"
         ),
-        _line(f"  base:   {optim.describe(r.base_optimizer)}"),
-        _line(f"  target: {optim.describe(r.target_optimizer)}"),
+        plain_line(f"  base:   {optim.describe(r.base_optimizer)}"),
+        plain_line(f"  target: {optim.describe(r.target_optimizer)}"),
     ]
     metric = v.metric
     label = METRIC_LABELS.get(metric, metric)
@@ -90,12 +91,12 @@ def format_confirm(r: ConfirmResult) -> Report:
         t.add_row(*row)
     parts.append(t)
     ci = "—" if v.ci95 is None else f"[{_pct(v.ci95[0])}, {_pct(v.ci95[1])}]"
-    parts.append(_line(f"  mean d = {_pct(v.mean)}, 95% t-interval {ci}, tolerance δ = "
+    parts.append(plain_line(f"  mean d = {_pct(v.mean)}, 95% t-interval {ci}, tolerance δ = "
                        f"{100 * v.tolerance:g}%"))  # fmt: skip
     colour = {"holds": "green", "fails": "red", "inconclusive": "yellow"}.get(v.code, "")
     verdict = Text.assemble((f"verdict ({v.code}):", f"bold {colour}".strip()), f" {v.text}")
     verdict.no_wrap, verdict.overflow = True, "ignore"
     parts.append(verdict)
-    parts.append(_line(f"  optimizer state: {r.optimizer_state}"))
-    parts += [_line(f"  note: {n}") for n in r.notes]
+    parts.append(plain_line(f"  optimizer state: {r.optimizer_state}"))
+    parts += [plain_line(f"  note: {n}") for n in r.notes]
     return Report(*parts, warnings=r.warnings)

@@ -1,7 +1,6 @@
 """Human output of ``bscrit schedule``: the points B*(t) and the warm-up stages (rich tables).
 
-Kept beside :mod:`bscrit.report.common` (which holds the consoles and number formats) so that module
-stays one ``format_*`` per core command.
+Printed by :func:`bscrit.report.console.show`; the number formats are :mod:`bscrit.report.format`.
 """
 
 from __future__ import annotations
@@ -9,7 +8,8 @@ from __future__ import annotations
 from rich.console import NewLine, RenderableType
 from rich.table import Table
 
-from bscrit.report.common import Report, _batch, _batch_ci, _hp, _line, fmt
+from bscrit.report.console import Report
+from bscrit.report.format import fmt, fmt_batch, fmt_batch_ci, fmt_hp, plain_line
 from bscrit.theory.schedule import Schedule
 
 
@@ -17,7 +17,7 @@ def format_schedule(s: Schedule, megatron: str | None = None) -> Report:
     """The points (step, examples seen, B* with its interval, the top of the range, ρ, whether
     heuristic) and the stages (start, batch size, scaled hyperparameters); warnings on stderr."""
     parts: list[RenderableType] = [
-        _line(
+        plain_line(
             f"bscrit schedule: B*(t) from {len(s.points)} measurement(s), C² = {s.c2:g} "
             "([LMA21] Thm 5.6; 95% intervals)"
         )
@@ -30,17 +30,18 @@ def format_schedule(s: Schedule, megatron: str | None = None) -> Report:
             "—" if p.step is None else str(p.step),
             "—" if p.examples_seen is None else str(p.examples_seen),
             str(p.batch_size),
-            _batch(p.b_star),
-            _batch_ci(p.b_star_ci95),
-            "empty" if p.top < p.batch_size else _batch(p.top),
+            fmt_batch(p.b_star),
+            fmt_batch_ci(p.b_star_ci95),
+            "empty" if p.top < p.batch_size else fmt_batch(p.top),
             fmt(p.equilibrium_residual, 2),
             "equilibrium" if p.interval_scope == "equilibrium" else "batch noise only",
             "heuristic" if p.heuristic else "",
         )
     parts += [t]
     if s.relaxation_steps is not None:
-        parts.append(_line(f"  relaxation time τ = 1/(2ηλ) = {s.relaxation_steps:.0f} steps"))
-    parts += [NewLine(), _line(f"Batch-size warm-up ({s.rounding}, from B = {s.base_batch_size})")]
+        parts.append(plain_line(f"  relaxation time τ = 1/(2ηλ) = {s.relaxation_steps:.0f} steps"))
+    head = f"Batch-size warm-up ({s.rounding}, from B = {s.base_batch_size})"
+    parts += [NewLine(), plain_line(head)]
     st = Table()
     for col in ("from step", "from examples", "batch size", "hyperparameters", ""):
         st.add_column(col, justify="left" if col in ("hyperparameters", "") else "right")
@@ -48,7 +49,7 @@ def format_schedule(s: Schedule, megatron: str | None = None) -> Report:
         hp = (
             "—"
             if g.hyperparameters is None
-            else ", ".join(f"{k} {_hp(v)}" for k, v in g.hyperparameters.items())
+            else ", ".join(f"{k} {fmt_hp(v)}" for k, v in g.hyperparameters.items())
         )
         st.add_row(
             str(g.start_step),
@@ -59,8 +60,8 @@ def format_schedule(s: Schedule, megatron: str | None = None) -> Report:
         )
     parts += [st]
     if s.stages and s.stages[0].scaled is not None:
-        parts.append(_line(f"  hyperparameters: {s.stages[0].scaled.reference}, from B = "
+        parts.append(plain_line(f"  hyperparameters: {s.stages[0].scaled.reference}, from B = "
                            f"{s.base_batch_size}; switch stages by examples seen"))  # fmt: skip
     if megatron is not None:
-        parts += [NewLine(), _line(f'Megatron-LM: --step-batch-size-schedule "{megatron}"')]
+        parts += [NewLine(), plain_line(f'Megatron-LM: --step-batch-size-schedule "{megatron}"')]
     return Report(*parts, warnings=s.warnings)

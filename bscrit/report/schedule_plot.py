@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 
-from bscrit.artifacts.folders import save_figure
+from bscrit.report.figure import save_figure
 from bscrit.theory.schedule import Schedule
 
 

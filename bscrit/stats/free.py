@@ -42,8 +42,8 @@ weights, conservatively: the drift of G, N across the window counts as noise).
 
 Traps: the slices must be equal in size (a last, short micro-batch breaks the formulas: such
 steps are skipped by the capture); the gradients must be those of the *mean* slice loss (scale
-convention, :mod:`bscrit.engine.free_capture`); one step's Ĝ is very noisy (M is small), so never read a
-single step.
+convention, :mod:`bscrit.engine.free_capture`); one step's Ĝ is very noisy (M is small), so never
+read a single step.
 """
 
 from __future__ import annotations
@@ -53,21 +53,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bscrit.artifacts.jsonvalues import estimate_dict, finite_or_none
 from bscrit.errors import UsageError
 from bscrit.stats.equilibrium import ratio_interval
 from bscrit.stats.estimators import Estimate, interval
-from bscrit.theory.bounds import DEFAULT_C2, check_c2, critical_batch_size
+from bscrit.theory.formulas import DEFAULT_C2, check_c2, critical_batch_size
 
 #: Blocks of the jackknife over steps when the relaxation time does not set them.
 DEFAULT_BLOCKS = 20
-
-
-def _num(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
-
-
-def _est(e: Estimate) -> dict[str, Any]:
-    return {"value": _num(e.value), "se": _num(e.se), "ci95": [_num(x) for x in e.ci95]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,10 +230,10 @@ class Drift:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "relative": _num(self.relative),
-            "norm_sq_start": _num(self.norm_sq_start),
-            "norm_sq_end": _num(self.norm_sq_end),
-            "norm_sq_change": _num(self.norm_sq_change),
+            "relative": finite_or_none(self.relative),
+            "norm_sq_start": finite_or_none(self.norm_sq_start),
+            "norm_sq_end": finite_or_none(self.norm_sq_end),
+            "norm_sq_change": finite_or_none(self.norm_sq_change),
         }
 
 
@@ -305,20 +298,20 @@ class FreeEstimate:
             "micro_batch_size": self.slice_size,
             "slices": self.slices,
             "dataset_size": self.dataset_size,
-            "G": _est(self.G),
-            "N": _est(self.N),
-            "N_micro_batch": _est(self.N_slice),
-            "T1": _est(self.T1),
-            "nsr": _num(self.nsr),
-            "nsr_ci95": [_num(x) for x in self.nsr_ci95],
-            "b_star": _num(self.b_star),
-            "b_star_ci95": [_num(x) for x in self.b_star_ci95],
+            "G": estimate_dict(self.G),
+            "N": estimate_dict(self.N),
+            "N_micro_batch": estimate_dict(self.N_slice),
+            "T1": estimate_dict(self.T1),
+            "nsr": finite_or_none(self.nsr),
+            "nsr_ci95": [finite_or_none(x) for x in self.nsr_ci95],
+            "b_star": finite_or_none(self.b_star),
+            "b_star_ci95": [finite_or_none(x) for x in self.b_star_ci95],
             "signal_detected": self.signal_detected,
             "c2": self.c2,
             "interval": {
                 "scope": self.scope,
                 "blocks": self.blocks,
-                "relaxation_steps": _num(self.relaxation_steps),
+                "relaxation_steps": finite_or_none(self.relaxation_steps),
                 "note": self.note,
             },
             "drift": None if self.drift is None else self.drift.to_dict(),

@@ -1,10 +1,10 @@
 """From raw per-tensor sums to the reported statistics (pure: no torch).
 
 The hot loop in :mod:`bscrit.engine.loop` produces, for every trainable tensor, its
-:class:`~bscrit.stats.estimators.GroupSums` plus three scalars for the scale-invariance test and ‖W‖².
-Everything after that (which tensors are scale-invariant, G/N/NSR of a parameter set, the
-equilibrium residual, pooling checkpoints) is plain arithmetic and lives here, so it can be tested
-without torch and reused by the distributed path.
+:class:`~bscrit.stats.estimators.GroupSums` plus three scalars for the scale-invariance test
+and ‖W‖². Everything after that (which tensors are scale-invariant, G/N/NSR of a parameter set,
+the equilibrium residual, pooling checkpoints) is plain arithmetic and lives here, so it can be
+tested without torch and reused by the distributed path.
 """
 
 from __future__ import annotations
@@ -13,14 +13,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from bscrit.artifacts.measurement import (
-    CheckpointStats,
-    Equilibrium,
-    OptimizerInfo,
-    ParameterRow,
-    ParamSetStats,
-)
-from bscrit.optim.registry import current_lr
+from bscrit.artifacts.records import CheckpointStats, Equilibrium, ParameterRow, ParamSetStats
+from bscrit.optim.registry import OptimizerInfo, current_lr
 from bscrit.stats.equilibrium import (
     EquilibriumInterval,
     equilibrium_interval,
@@ -226,7 +220,8 @@ def summarize_checkpoint(
     """Stats for all trainable tensors and for the scale-invariant subset of one checkpoint.
 
     With ``per_example`` (the C_j of the per-example estimator, with n and B) G and N come from
-    :func:`~bscrit.stats.estimators.per_example_stats` instead of the batch estimator (docs/theory.md §2).
+    :func:`~bscrit.stats.estimators.per_example_stats` instead of the batch estimator
+    (docs/theory.md §2).
     """
 
     def noise_of(idx: list[int]) -> tuple[NoiseStats, PerExampleStats | None]:

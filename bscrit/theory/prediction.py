@@ -13,21 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bscrit.artifacts.jsonvalues import finite_or_none, finite_pair
 from bscrit.artifacts.measurement import Measurement, load_measurement
 from bscrit.checker import check_batch_size
 from bscrit.errors import BscritError, ExitCode, UsageError
 from bscrit.optim import registry as optim
-from bscrit.theory.bounds import (
-    DEFAULT_C2,
-    MeasurementBounds,
-    Recommendation,
-    b_star_range,
-    check_c2,
-    first_limit,
-    measurement_bounds,
-    nsr_at_batch,
-    recommend,
-)
+from bscrit.theory.bounds import MeasurementBounds, measurement_bounds
+from bscrit.theory.formulas import DEFAULT_C2, check_c2, nsr_at_batch
+from bscrit.theory.recommendation import Recommendation, b_star_range, first_limit, recommend
 from bscrit.theory.scaling import (
     ADAPTIVE_SDE_MIN_NSR,
     RuleLimit,
@@ -35,17 +28,6 @@ from bscrit.theory.scaling import (
     rule_limit,
     scale_hyperparameters,
 )
-
-
-def _num(x: float | None) -> float | None:
-    """JSON number: inf/nan → null."""
-    if x is None or not math.isfinite(x):
-        return None
-    return float(x)
-
-
-def _pair(ci: tuple[float, float]) -> list[float | None]:
-    return [_num(ci[0]), _num(ci[1])]
 
 
 def bounds_to_dict(b: MeasurementBounds) -> dict[str, Any]:
@@ -64,23 +46,23 @@ def bounds_to_dict(b: MeasurementBounds) -> dict[str, Any]:
         "N": ns.N.value,
         "N_ci95": list(ns.N.ci95),
         "signal_detected": ns.signal_detected,
-        "nsr": _num(b.nsr),
-        "nsr_ci95": _pair(b.nsr_ci95),
-        "b_star": _num(b.b_star),
-        "b_star_ci95": _pair(b.b_star_ci95),
-        "b_star_approx": _num(b.b_star_approx),
-        "b_star_approx_ci95": _pair(b.b_star_approx_ci95),
+        "nsr": finite_or_none(b.nsr),
+        "nsr_ci95": finite_pair(b.nsr_ci95),
+        "b_star": finite_or_none(b.b_star),
+        "b_star_ci95": finite_pair(b.b_star_ci95),
+        "b_star_approx": finite_or_none(b.b_star_approx),
+        "b_star_approx_ci95": finite_pair(b.b_star_approx_ci95),
         "sde_nsr_threshold": b.sde_nsr_threshold,
         "sde_certified_invalid": b.sde_certified_invalid,
-        "thm55_base_batch_below": _num(b.thm55_base_batch_below),
-        "thm55_kappa_min": _num(b.thm55_kappa_min),
-        "b_simple": _num(b.b_simple),
+        "thm55_base_batch_below": finite_or_none(b.thm55_base_batch_below),
+        "thm55_kappa_min": finite_or_none(b.thm55_kappa_min),
+        "b_simple": finite_or_none(b.b_simple),
         "implicit_regularisation": (
             None
             if ir is None
             else {"lr": ir.lr, "signal_term": ir.signal_term, "noise_term": ir.noise_term}
         ),
-        "equilibrium_residual": _num(b.equilibrium_residual),
+        "equilibrium_residual": finite_or_none(b.equilibrium_residual),
         "optimizer": b.optimizer.name if b.optimizer is not None else None,
         "other_readings": [o.to_dict() for o in b.other_readings],
         "interval": {"scope": b.interval_scope, "note": b.interval_note},
@@ -117,7 +99,7 @@ class Prediction:
         return {
             "c2": self.c2,
             "measurements": [bounds_to_dict(b) for b in self.measurements],
-            "range": [_num(self.range[0]), _num(self.range[1])],
+            "range": finite_pair(self.range),
             "recommended": r.to_dict(),
             "scaled": self.scaled.to_dict() if self.scaled is not None else None,
             "noise_dominance": (
@@ -125,7 +107,7 @@ class Prediction:
                 if self.nsr_at_target is None
                 else {
                     "batch_size": self.recommended.target,
-                    "nsr": _num(self.nsr_at_target),
+                    "nsr": finite_or_none(self.nsr_at_target),
                     "param_set": self.base.param_set,
                     "threshold": ADAPTIVE_SDE_MIN_NSR,
                 }
@@ -249,10 +231,10 @@ class CheckResult:
             "strict": self.strict,
             "c2": p.c2,
             "base_batch_size": p.base.batch_size,
-            "b_star": _num(p.b_star_min),
-            "b_star_lower": _num(b_star_lower(p)),
+            "b_star": finite_or_none(p.b_star_min),
+            "b_star_lower": finite_or_none(b_star_lower(p)),
             "dataset_size": _dataset_size(p),
-            "range_max": _num(self.range_max),
+            "range_max": finite_or_none(self.range_max),
             "limited_by": self.limited_by,
             "interval_scope": [b.interval_scope for b in p.measurements],
             "recommended": r.to_dict(),
@@ -386,7 +368,8 @@ def range_context(
 def confirmation_target(prediction: Prediction, *, power_of_two: bool = False) -> tuple[int, str]:
     """The batch size B' at which to confirm a prediction (``svag --from-measurement``, the demo).
 
-    The top of the recommended range (:attr:`~bscrit.theory.bounds.Recommendation.target`), capped at
+    The top of the recommended range
+    (:attr:`~bscrit.theory.recommendation.Recommendation.target`), capped at
     n/2: a SVAG step draws two batches, which above n/2 overlap heavily and carry little noise.
     ``power_of_two`` takes the largest power of two at or below that.
 

@@ -49,7 +49,7 @@ def scale_request(
     base: OptimizerInfo | None = None
     b = batch_size
     if from_spec is not None:
-        from bscrit.spec.document import load_spec
+        from bscrit.specfile.document import load_spec
 
         s = load_spec(from_spec)
         base = s.optimizer

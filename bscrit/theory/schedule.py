@@ -4,8 +4,9 @@ Merrill et al. 2025 ("Critical Batch Size Revisited") find the critical batch si
 initialisation, rising fast, then plateauing, and a batch-size warm-up that follows it trains
 OLMo 1B to slightly better loss in fewer steps. Here each *point* is one measurement (one
 checkpoint, or several pooled) of a run at batch size B, read exactly as ``bscrit predict`` reads
-it (:func:`bscrit.theory.prediction.predict`): B* = C²(B + B·N^B/G) [LMA21 Thm 5.6] with its 95% interval,
-and the recommended range [B, top], top = min(lower 95% bound of B*, the scaling rule's reach, n).
+it (:func:`bscrit.theory.prediction.predict`): B* = C²(B + B·N^B/G) [LMA21 Thm 5.6] with its 95%
+interval, and the recommended range [B, top], top = min(lower 95% bound of B*, the scaling rule's
+reach, n).
 
 The warm-up (:func:`build_stages`) is a list of stages of non-decreasing batch sizes, each a power
 of two (or a multiple of K), starting at the point where it was measured. Stage i's batch size is
@@ -33,14 +34,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bscrit.artifacts.measurement import Measurement, finite_or_none
+from bscrit.artifacts.jsonvalues import finite_or_none
+from bscrit.artifacts.measurement import Measurement
 from bscrit.errors import BscritError, UsageError
 from bscrit.optim import registry as optim
 from bscrit.optim.registry import OptimizerInfo
 from bscrit.stats.equilibrium import relaxation_steps
-from bscrit.theory.bounds import (
+from bscrit.theory.bounds import EQUILIBRIUM_RESIDUAL_MAX
+from bscrit.theory.formulas import (
     DEFAULT_C2,
-    EQUILIBRIUM_RESIDUAL_MAX,
     check_c2,
     largest_multiple,
     largest_power_of_two,
@@ -49,7 +51,7 @@ from bscrit.theory.bounds import (
 from bscrit.theory.prediction import predict
 from bscrit.theory.scaling import ScaledHyperparameters, scale_hyperparameters
 
-KIND_SCHEDULE = "bscrit.theory.schedule"
+KIND_SCHEDULE = "bscrit.schedule"
 SCHEMA = 1
 #: What a point's interval covers, in words (``points[i].interval``).
 SCOPE_WORDS = {
@@ -201,8 +203,8 @@ def heuristic_reasons(step: int | None, rho: float | None, tau: float | None) ->
 
 
 def point_from_measurement(source: str, m: Measurement, c2: float = DEFAULT_C2) -> SchedulePoint:
-    """One point: :func:`bscrit.theory.prediction.predict` on this one measurement (the same numbers as
-    ``bscrit predict FILE``), placed at its checkpoints' mean step and examples seen.
+    """One point: :func:`bscrit.theory.prediction.predict` on this one measurement (the same
+    numbers as ``bscrit predict FILE``), placed at its checkpoints' mean step and examples seen.
 
     Raises:
         ArtifactError: the measurement cannot be bounded (no noise, a damaged jackknife).

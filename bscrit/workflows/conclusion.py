@@ -23,10 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bscrit.artifacts.jsonvalues import finite_or_none
+
 
 @dataclass(frozen=True)
 class Confirmation:
-    """One ``bscrit confirm`` outcome at B' (from :class:`bscrit.runs.confirm.results.ConfirmResult`)."""
+    """One ``bscrit confirm`` outcome at B' (from
+    :class:`bscrit.runs.confirm.results.ConfirmResult`)."""
 
     target_batch_size: int
     code: str  # holds | fails | inconclusive
@@ -41,8 +44,8 @@ class Confirmation:
         return {
             "target_batch_size": self.target_batch_size,
             "code": self.code,
-            "relative_difference": _num(self.mean),
-            "ci95": None if self.ci95 is None else [_num(x) for x in self.ci95],
+            "relative_difference": finite_or_none(self.mean),
+            "ci95": None if self.ci95 is None else [finite_or_none(x) for x in self.ci95],
             "tolerance": self.tolerance,
             "seeds": self.seeds,
             "examples": self.examples,
@@ -66,10 +69,6 @@ class Conclusion:
             "lines": list(self.lines),
             "disagreements": list(self.disagreements),
         }
-
-
-def _num(x: float) -> float | None:
-    return x if math.isfinite(x) else None
 
 
 def _pct(x: float) -> str:
@@ -122,32 +121,9 @@ def conclude(
     held = [c for c in runs if c.code == "holds"]
     failed = [c for c in runs if c.code == "fails"]
     top = math.floor(recommended_max) if math.isfinite(recommended_max) else None
-    lines: list[str] = []
+    size, headline = _recommendation(base_batch_size, top, b_star_lower, rule, held, failed)
+    lines = [headline]
     notes: list[str] = []
-    if held:
-        best = held[-1]
-        size: int | None = best.target_batch_size
-        lines.append(
-            f"You can train at B' = {size} (κ = {size / base_batch_size:g}× the base "
-            f"{base_batch_size}) with the {rule}-scaled hyperparameters: a branched run from the "
-            f"checkpoint reached the same {_loss(best.metric)} as the base run for the same "
-            f"examples ({_interval(best)}, within ±{100 * best.tolerance:g}%, {best.seeds} "
-            f"seeds, {best.examples} examples)."
-        )
-    elif top is not None and (below := _below_failure(top, failed)) > base_batch_size:
-        size = below
-        capped = f", below the failure at {failed[0].target_batch_size}" if below < top else ""
-        lines.append(
-            f"bscrit predicts the {rule} rule holds up to B' = {top} (the lower 95% bound of "
-            f"B*, {b_star_lower:.0f}); use at most {below}{capped}. No branched run confirmed "
-            "it: treat it as an estimate, run `bscrit confirm` at the size you plan to use."
-        )
-    else:
-        size = None
-        lines.append(
-            f"bscrit found no batch size above the base {base_batch_size} that it can "
-            "recommend: keep the base batch size, or confirm a larger one directly."
-        )
     for c in failed:
         lines.append(
             f"At B' = {c.target_batch_size} the scaled run was worse ({_interval(c)}): the "
@@ -172,35 +148,77 @@ def conclude(
             f"{top}): the bound is conservative here (it certifies the SDE approximation, a "
             "sufficient condition, not where training gets worse)."
         )
-    if svag is not None:
-        s_target, s_code = svag
-        at = next((c for c in runs if c.target_batch_size == s_target), None)
-        if s_code == "sde_fails" and at is not None and at.code == "holds":
-            notes.append(
-                f"SVAG says SGD at {s_target} is no longer C-close to its SDE, while the "
-                "branched run holds there: the SDE is the theory's model, and a model that "
-                "stops fitting does not by itself make training worse. The branched run "
-                "answers the question you asked; the SVAG verdict says the theory no longer "
-                "vouches for larger batches."
-            )
-        elif s_code == "sde_holds" and at is not None and at.code == "fails":
-            notes.append(
-                f"SVAG says SGD at {s_target} still tracks its SDE, yet the branched run is "
-                "worse there: SVAG's short runs missed a difference that a longer training "
-                "run shows. The branched run decides."
-            )
-        elif s_code == "not_converged":
-            notes.append(
-                f"SVAG at {s_target} did not settle (its runs with different l disagree): it "
-                "gives no evidence either way."
-            )
+    svag_note = _svag_note(svag, runs)
+    if svag_note is not None:
+        notes.append(svag_note)
     sure = (
         "How sure: the batch size above was checked directly by training."
         if held
         else "How sure: only the noise measurement supports this; no branched run held."
     )
-    lines.append(sure)
-    return Conclusion(size, bool(held), tuple(lines[:-1] + notes + lines[-1:]), tuple(notes))
+    return Conclusion(size, bool(held), tuple(lines + notes + [sure]), tuple(notes))
+
+
+def _recommendation(
+    base_batch_size: int,
+    top: int | None,
+    b_star_lower: float,
+    rule: str,
+    held: Sequence[Confirmation],
+    failed: Sequence[Confirmation],
+) -> tuple[int | None, str]:
+    """The batch size to use and the line that says why: the largest B' a branched run held at;
+    else predict's top (below the first failure), unconfirmed; else none above the base."""
+    if held:
+        best = held[-1]
+        size = best.target_batch_size
+        return size, (
+            f"You can train at B' = {size} (κ = {size / base_batch_size:g}× the base "
+            f"{base_batch_size}) with the {rule}-scaled hyperparameters: a branched run from the "
+            f"checkpoint reached the same {_loss(best.metric)} as the base run for the same "
+            f"examples ({_interval(best)}, within ±{100 * best.tolerance:g}%, {best.seeds} "
+            f"seeds, {best.examples} examples)."
+        )
+    if top is not None and (below := _below_failure(top, failed)) > base_batch_size:
+        capped = f", below the failure at {failed[0].target_batch_size}" if below < top else ""
+        return below, (
+            f"bscrit predicts the {rule} rule holds up to B' = {top} (the lower 95% bound of "
+            f"B*, {b_star_lower:.0f}); use at most {below}{capped}. No branched run confirmed "
+            "it: treat it as an estimate, run `bscrit confirm` at the size you plan to use."
+        )
+    return None, (
+        f"bscrit found no batch size above the base {base_batch_size} that it can "
+        "recommend: keep the base batch size, or confirm a larger one directly."
+    )
+
+
+def _svag_note(svag: tuple[int, str] | None, runs: Sequence[Confirmation]) -> str | None:
+    """Where SVAG's verdict and the branched run at the same B' disagree (or SVAG did not
+    settle): which one decides, and why."""
+    if svag is None:
+        return None
+    s_target, s_code = svag
+    at = next((c for c in runs if c.target_batch_size == s_target), None)
+    if s_code == "sde_fails" and at is not None and at.code == "holds":
+        return (
+            f"SVAG says SGD at {s_target} is no longer C-close to its SDE, while the "
+            "branched run holds there: the SDE is the theory's model, and a model that "
+            "stops fitting does not by itself make training worse. The branched run "
+            "answers the question you asked; the SVAG verdict says the theory no longer "
+            "vouches for larger batches."
+        )
+    if s_code == "sde_holds" and at is not None and at.code == "fails":
+        return (
+            f"SVAG says SGD at {s_target} still tracks its SDE, yet the branched run is "
+            "worse there: SVAG's short runs missed a difference that a longer training "
+            "run shows. The branched run decides."
+        )
+    if s_code == "not_converged":
+        return (
+            f"SVAG at {s_target} did not settle (its runs with different l disagree): it "
+            "gives no evidence either way."
+        )
+    return None
 
 
 def confirmation_of(result: Any) -> Confirmation:

@@ -9,8 +9,8 @@
 6. ``confirm`` by branched training at the top of the range and, when the training set allows,
    at twice that: does the scaled run reach the base run's loss for the same examples?
 
-It ends with :func:`bscrit.workflows.conclusion.conclude`: what the user can do, how sure bscrit is, and
-any disagreement between the steps, explained.
+It ends with :func:`bscrit.workflows.conclusion.conclude`: what the user can do, how sure bscrit
+is, and any disagreement between the steps, explained.
 
 Every step writes its artifact into the work directory; the spec it writes there can be reused
 with the individual commands.
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bscrit.artifacts.measurement import Measurement
-    from bscrit.spec.document import Spec
+    from bscrit.specfile.document import Spec
     from bscrit.theory.prediction import Prediction
     from bscrit.workflows.conclusion import Conclusion, Confirmation
 
@@ -136,7 +136,7 @@ def run_demo(
     show: ModuleType | None = None,
 ) -> DemoResult:
     """Run the demo pipeline; ``say`` prints step headers, ``show`` (a module with the report
-    functions, normally :mod:`bscrit.report.common`) prints each step's tables.
+    functions, normally :mod:`bscrit.report`) prints each step's tables.
 
     The demo's network is tiny: one CPU thread runs it as fast as several and does not slow to a
     crawl when another process shares the cores, so torch is held to one thread meanwhile.
@@ -251,8 +251,9 @@ def _train_step(d: _Demo) -> tuple[dict[str, Any], list[Path]]:
 
 def _measure_step(d: _Demo, ckpts: list[Path]) -> tuple[Spec, Measurement, Path]:
     from bscrit.artifacts.measurement import write_measurement
-    from bscrit.spec.document import load_spec
-    from bscrit.workflows.measure import MeasureOptions, run_measurement
+    from bscrit.specfile.document import load_spec
+    from bscrit.workflows.measure import run_measurement
+    from bscrit.workflows.plan import MeasureOptions
 
     spec_path = d.workdir / "spec.yaml"
     spec_path.write_text(
@@ -279,7 +280,7 @@ def _measure_step(d: _Demo, ckpts: list[Path]) -> tuple[Spec, Measurement, Path]
 
 
 def _predict_step(d: _Demo, m: Measurement, m_path: Path) -> tuple[Prediction, Path]:
-    from bscrit.artifacts.measurement import write_json
+    from bscrit.artifacts.files import write_json
     from bscrit.theory.prediction import predict
 
     d.say("[3/6] bscrit predict measurement.json: B* and the recommended range")
@@ -341,8 +342,8 @@ def _run_svag(
     files: list[Path],
 ) -> str:
     """Run the SVAG step; ``files`` gets the figure and the folder as each is written."""
+    from bscrit.report.svag_plot import plot_svag
     from bscrit.runs.svag.plan import prepare_svag
-    from bscrit.runs.svag.plot import plot_svag
     from bscrit.runs.svag.results import write_svag
     from bscrit.runs.svag.run import run_plan
 
@@ -385,8 +386,8 @@ def _confirm_step(
     d: _Demo, spec: Spec, checkpoint: Path, p: Prediction, enabled: bool
 ) -> list[Confirmation]:
     """Branched runs from the last checkpoint at each target; figure and folder per target."""
+    from bscrit.report.confirm_plot import plot_confirm
     from bscrit.runs.confirm.plan import prepare_confirm
-    from bscrit.runs.confirm.plot import plot_confirm
     from bscrit.runs.confirm.results import write_confirm
     from bscrit.runs.confirm.run import run_confirm
     from bscrit.workflows.conclusion import confirmation_of

@@ -24,6 +24,7 @@ from typing import Any
 
 from bscrit.errors import UsageError
 from bscrit.optim import registry as optim
+from bscrit.optim import saved
 from bscrit.optim.registry import OptimizerInfo
 
 #: First-parameter names that mark a loss as ``loss_fn(outputs, targets)``.
@@ -190,7 +191,7 @@ def resolve_device(model: Any, device: Any) -> Any:
     """``device`` (a string or ``torch.device``), or None: where the model's parameters are."""
     import torch
 
-    from bscrit.load.factories import resolve_device as parse
+    from bscrit.load.device import resolve_device as parse
 
     if device is None:
         first = next(iter(model.parameters()), None)
@@ -244,7 +245,7 @@ def optimizer_selection(model: Any, optimizer: Any | None) -> OptimizerView:
 
     Without an optimizer: the ``requires_grad`` parameters. With one: the model's parameters in
     its ``param_groups`` (matched by identity), its hyperparameters read from its
-    ``state_dict()`` as from a checkpoint (:func:`bscrit.optim.registry.read_state`, named by its
+    ``state_dict()`` as from a checkpoint (:func:`bscrit.optim.saved.read_state`, named by its
     class), a warning when ``requires_grad`` says otherwise.
 
     Raises:
@@ -297,7 +298,7 @@ def optimizer_selection(model: Any, optimizer: Any | None) -> OptimizerView:
             f"({', '.join(sorted(optim.NAMES))}): no optimizer is recorded"
         )
     else:
-        reading = optim.read_state(state, name=name)
+        reading = saved.read_state(state, name=name)
         info = reading.info
         if info is not None:
             info = optim.with_group_params(info, sel.group_params)

@@ -10,11 +10,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from bscrit.cli import app
-from bscrit.theory.prediction import check, predict
 from typer.testing import CliRunner
 
 from bscrit.artifacts.measurement import load_measurement, write_measurement
+from bscrit.cli import app
+from bscrit.theory.prediction import check, predict
 
 MEAS = Path(__file__).resolve().parents[1] / "assets" / "measurements"
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -121,7 +121,7 @@ def test_measurement_round_trip_keeps_the_preconditioned_reading(tmp_path):
 
 def test_noise_dominance_statistic_at_the_target_batch():
     """predict reports NSR at the top of the range for adaptive runs (docs/theory.md §5)."""
-    from bscrit.theory.bounds import nsr_at_batch
+    from bscrit.theory.formulas import nsr_at_batch
 
     p = predict([("adam", _adam("adam_noisy.json"))])
     b = p.base
@@ -146,7 +146,7 @@ def test_predict_table_names_the_limit_in_words(name, changes, label):
 
     from rich.console import Console
 
-    from bscrit.report import common as report
+    from bscrit import report
 
     p = predict([(name, _adam(name, **changes))])
     console = Console(file=io.StringIO(), width=120)

@@ -9,8 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
-from bscrit.cli import app
 from typer.testing import CliRunner
+
+from bscrit.cli import app
 
 ASSETS = Path(__file__).parents[1] / "assets"
 B128 = ASSETS / "measurements" / "sgd_b128.json"

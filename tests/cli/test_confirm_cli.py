@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from bscrit.cli import app
 from typer.testing import CliRunner
 
-from bscrit.runs.confirm.results import DEFAULT_TOLERANCE
+from bscrit.cli import app
+from bscrit.runs.confirm.verdict import DEFAULT_TOLERANCE
 
 runner = CliRunner()
 
@@ -83,7 +83,7 @@ def test_small_kappa_holds_with_json_csv_png_and_the_checkpoint_untouched(spec, 
     assert "forward-backward passes" in r.output and "non-interactive" in r.output
     assert "verdict (holds)" in r.output
     d = json.loads((out / "confirm.json").read_text())
-    assert d["kind"] == "bscrit.runs.confirm" and d["verdict"] == "holds"
+    assert d["kind"] == "bscrit.confirm" and d["verdict"] == "holds"
     assert (d["base_batch_size"], d["target_batch_size"]) == (8, 16)
     assert d["hyperparameters"]["target"]["lr"] == pytest.approx(0.1)
     assert d["relative_difference"]["ci95"][1] < d["tolerance"] == DEFAULT_TOLERANCE == 0.10

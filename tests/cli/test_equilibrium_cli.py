@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from bscrit.cli import app
 from typer.testing import CliRunner
 
 from bscrit.artifacts.measurement import load_measurement
+from bscrit.cli import app
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 runner = CliRunner()

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from bscrit.cli import app
 from typer.testing import CliRunner
 
+from bscrit.cli import app
 from bscrit.errors import SpecError
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -52,9 +52,8 @@ def test_measure_without_transformers_exits_2_naming_the_extra(spec, no_transfor
 
 
 def test_build_model_without_transformers_names_the_extra(spec, no_transformers):
-    from bscrit.spec.document import load_spec
-
     from bscrit.load.factories import build_model
+    from bscrit.specfile.document import load_spec
 
     with pytest.raises(SpecError, match=r"pip install 'bscrit\[hf\]'") as info:
         build_model(load_spec(spec))

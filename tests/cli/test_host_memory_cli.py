@@ -9,8 +9,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from bscrit.cli import app
 from typer.testing import CliRunner
+
+from bscrit.cli import app
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 runner = CliRunner()
@@ -46,9 +47,9 @@ def test_spilled_sums_write_the_same_artifact_and_say_so_in_the_plan_line(
     assert _stats(a) == _stats(b)  # every number of the artifact, bit for bit
     assert list((work / "spill").iterdir()) == []
 
-    import bscrit.workflows.measure
+    import bscrit.workflows.plan
 
-    monkeypatch.setattr(bscrit.workflows.measure, "PLAN_LINE_MIN_S", 0.0)  # any run counts as long
+    monkeypatch.setattr(bscrit.workflows.plan, "PLAN_LINE_MIN_S", 0.0)  # any run counts as long
     r = runner.invoke(app, ["measure", spec, "-k", "120"])
     assert r.exit_code == 0, r.output
     text = " ".join(r.stderr.split())

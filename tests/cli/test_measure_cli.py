@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from bscrit.cli import app
 from typer.testing import CliRunner
 
 from bscrit.artifacts.measurement import csv_path_for, load_measurement
+from bscrit.cli import app
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 runner = CliRunner()
@@ -201,9 +201,9 @@ def test_absurd_batches_refused_before_the_data_loads(
 def test_long_measurement_prints_its_plan_first(
     work: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import bscrit.workflows.measure
+    import bscrit.workflows.plan
 
-    monkeypatch.setattr(bscrit.workflows.measure, "PLAN_LINE_MIN_S", 0.0)  # any run counts as long
+    monkeypatch.setattr(bscrit.workflows.plan, "PLAN_LINE_MIN_S", 0.0)  # any run counts as long
     r = runner.invoke(app, ["measure", str(work / "valid.yaml"), "--batches", "120"])
     assert r.exit_code == 0, r.output
     text = " ".join(r.stderr.split())
@@ -296,14 +296,12 @@ def test_write_failing_after_the_work_prints_the_results_and_exits_3(
     import errno
     import os
 
-    import bscrit.artifacts.measurement
+    import bscrit.artifacts.files
 
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(
-        bscrit.artifacts.measurement.os, "fsync", full
-    )  # the disk fills during the run
+    monkeypatch.setattr(bscrit.artifacts.files.os, "fsync", full)  # the disk fills during the run
     monkeypatch.chdir(work)
     out = Path("out") / "m.json"
     r = _measure("valid.yaml", "--batches", "40", "--out", str(out))

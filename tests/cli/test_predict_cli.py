@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from bscrit.cli import app
 from typer.testing import CliRunner
+
+from bscrit.cli import app
 
 ASSETS = Path(__file__).parents[1] / "assets"
 MEAS = ASSETS / "measurements"
@@ -157,7 +158,7 @@ def _write(tmp_path: Path, name: str, text: str) -> str:
 def _bad_inputs(tmp_path: Path) -> list[tuple[str, str]]:
     good = json.loads(Path(B128).read_text())
     schema2 = dict(good, schema=2)
-    kind = dict(good, kind="bscrit.theory.prediction")
+    kind = dict(good, kind="bscrit.prediction")
     missing = {k: v for k, v in good.items() if k != "stats"}
     return [
         (str(tmp_path / "nope.json"), "no such file"),

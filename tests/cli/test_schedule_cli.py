@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from bscrit.cli import app
-from bscrit.theory.prediction import predict_files
 from typer.testing import CliRunner
 
 from bscrit.artifacts.measurement import load_measurement
 from bscrit.artifacts.schedule_io import stages_from_yaml_dict
+from bscrit.cli import app
+from bscrit.theory.prediction import predict_files
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 runner = CliRunner()
@@ -56,7 +56,7 @@ def test_schedule_json_has_the_contract_and_predicts_numbers(measured):
     r = runner.invoke(app, ["schedule", *map(str, files), "--json"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
-    assert d["kind"] == "bscrit.theory.schedule" and d["schema"] == 1
+    assert d["kind"] == "bscrit.schedule" and d["schema"] == 1
     assert [p["step"] for p in d["points"]] == [100, 3000]
     for p, f in zip(d["points"], files, strict=True):
         base = predict_files([f]).base  # each point equals `bscrit predict` on its file

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from bscrit.cli import app
 from typer.testing import CliRunner
+
+from bscrit.cli import app
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 sys.path.insert(0, str(ASSETS))

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from bscrit.cli import app
 from typer.testing import CliRunner
+
+from bscrit.cli import app
 
 runner = CliRunner()
 

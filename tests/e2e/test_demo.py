@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from bscrit.cli import app
 from typer.testing import CliRunner
 
-from bscrit.artifacts.measurement import load_measurement, read_json
+from bscrit.artifacts.files import read_json
+from bscrit.artifacts.measurement import load_measurement
+from bscrit.cli import app
 
 
 @pytest.mark.slow

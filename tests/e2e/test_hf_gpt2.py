@@ -16,8 +16,9 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
-from bscrit.cli import app
 from typer.testing import CliRunner  # noqa: E402
+
+from bscrit.cli import app
 
 pytestmark = pytest.mark.slow
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hf-gpt2"

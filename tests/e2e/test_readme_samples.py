@@ -71,7 +71,7 @@ def _render(*renderables: object) -> list[str]:
 
     from rich.console import Console
 
-    from bscrit.report import common as report
+    from bscrit import report
 
     console = Console(file=io.StringIO(), width=120, record=True, highlight=False)
     report.show(*renderables, console=console)  # type: ignore[arg-type]
@@ -106,8 +106,8 @@ def test_training_samples_are_what_the_code_prints_for_their_artifacts(gen: Modu
 
 
 def test_measure_sample_has_the_format_of_the_code(gen: ModuleType) -> None:
+    from bscrit import report
     from bscrit.artifacts.measurement import load_measurement
-    from bscrit.report import common as report
 
     lines = _block(gen, "measure")
     assert lines[0] == "$ bscrit measure examples/digits/spec.yaml -c examples/digits/ckpt.pt " \

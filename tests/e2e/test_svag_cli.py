@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from bscrit.cli import app
 from typer.testing import CliRunner
+
+from bscrit.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "examples" / "digits"
@@ -75,7 +76,7 @@ def test_svag_on_digits_writes_table_json_csv_png_and_leaves_the_checkpoint(ckpt
     assert "non-interactive" in r.output
     assert "verdict (" in r.output and "held-out loss" in r.output
     d = json.loads((out / "svag.json").read_text())
-    assert d["schema"] == 2 and d["kind"] == "bscrit.runs.svag"
+    assert d["schema"] == 2 and d["kind"] == "bscrit.svag"
     assert d["verdict"]["code"] in ("sde_holds", "sde_fails", "not_converged")
     assert d["target_batch_size"] == 128 and d["kappa"] == 4.0 and d["rule"] == "linear"
     assert d["target_optimizer"]["lr"] == pytest.approx(0.4)
@@ -251,7 +252,7 @@ def test_plot_failing_after_the_run_prints_the_results_and_exits_3(ckpt, tmp_pat
     assert "(wrote out/svag.json, out/trajectories.csv)" in err
     assert "the results are printed on stdout as JSON" in err
     d = json.loads(r.stdout[r.stdout.index("{") :])  # nothing lost
-    assert d["kind"] == "bscrit.runs.svag" and d["target_batch_size"] == 64
+    assert d["kind"] == "bscrit.svag" and d["target_batch_size"] == 64
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no figure, no temp file
 
 

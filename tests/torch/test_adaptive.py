@@ -9,16 +9,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from bscrit.cli import app
-from bscrit.engine.adaptive import adaptive_hooks, adaptive_plan, group_seed
-from bscrit.engine.data import sample_batches
-from bscrit.engine.loop import LoopHooks, measure_model
-from bscrit.engine.per_example import measure_per_example
 from reference import mse as _mse
 from reference import tiny_problem as _tiny_problem
 from reference import truth
 from typer.testing import CliRunner
 
+from bscrit.cli import app
+from bscrit.engine.adaptive import adaptive_hooks, adaptive_plan, group_seed
+from bscrit.engine.data import sample_batches
+from bscrit.engine.hot_loop import LoopHooks
+from bscrit.engine.loop import measure_model
+from bscrit.engine.per_example import measure_per_example
 from bscrit.errors import BscritError, UsageError
 from bscrit.stats.estimators import noise_stats
 from bscrit.stats.summary import set_sums

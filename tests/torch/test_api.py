@@ -13,13 +13,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from bscrit.spec.document import load_spec
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 import bscrit
 from bscrit.errors import UsageError
-from bscrit.workflows.measure import MeasureOptions, run_measurement
+from bscrit.specfile.document import load_spec
+from bscrit.workflows.measure import run_measurement
+from bscrit.workflows.plan import MeasureOptions
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 sys.path.insert(0, str(ASSETS))

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from bscrit.spec.document import load_spec
 from torch import nn
 
 from bscrit.errors import RunError
+from bscrit.runs.common.optimizer import make_optimizer
 from bscrit.runs.confirm.plan import prepare_confirm
 from bscrit.runs.confirm.run import (
     _start,
@@ -23,7 +23,7 @@ from bscrit.runs.confirm.run import (
     run_branch,
     run_confirm,
 )
-from bscrit.runs.svag.step import make_optimizer
+from bscrit.specfile.document import load_spec
 
 ASSETS = Path(__file__).parents[1] / "assets"
 

@@ -17,20 +17,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from bscrit.cli import app
-from bscrit.engine.distributed import (
-    ENV_TIMEOUT,
-    Session,
-    _failure_message,
-    all_reduce_sum,
-    measure_args_from_argv,
-    unwrap_model,
-)
-from bscrit.spec.document import load_spec
 from typer.testing import CliRunner
 
+from bscrit.cli import app
+from bscrit.engine.distributed import ENV_TIMEOUT, _failure_message, all_reduce_sum, unwrap_model
+from bscrit.engine.launch import measure_args_from_argv
+from bscrit.engine.session import Session
 from bscrit.errors import BscritError
-from bscrit.workflows.measure import MeasureOptions, run_measurement
+from bscrit.specfile.document import load_spec
+from bscrit.workflows.measure import run_measurement
+from bscrit.workflows.plan import MeasureOptions
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),

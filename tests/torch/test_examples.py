@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from bscrit.engine.loop import measure_model
-from bscrit.spec.document import load_spec
 from torch.utils.data import TensorDataset
 
+from bscrit.engine.loop import measure_model
 from bscrit.errors import DataError
 from bscrit.load.factories import build_dataset, build_loss, build_model
+from bscrit.specfile.document import load_spec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
-from bscrit.engine.free_capture import FreeCapture
 from torch import nn
 
+from bscrit.engine.free_capture import FreeCapture
 from bscrit.errors import UsageError
 
 

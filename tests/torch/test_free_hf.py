@@ -14,9 +14,9 @@ transformers = pytest.importorskip("transformers")
 
 from test_hf_callback import PER_DEVICE, examples, gpt2, same  # noqa: E402
 
-from bscrit.errors import UsageError
-from bscrit.integrations.recorder import SERIES_KEYS, read_series
-from bscrit.integrations.transformers import BscritCallback
+from bscrit.errors import UsageError  # noqa: E402
+from bscrit.integrations.recorder import SERIES_KEYS, read_series  # noqa: E402
+from bscrit.integrations.transformers import BscritCallback  # noqa: E402
 
 ACC, STEPS, EVERY = 2, 12, 4
 

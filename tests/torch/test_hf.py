@@ -15,12 +15,11 @@ from torch import nn
 transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
-from bscrit.spec.document import parse_spec
-
-from bscrit.errors import CheckpointError, SpecError
-from bscrit.load import checkpoints
-from bscrit.load.checkpoints import load_checkpoint, load_model
-from bscrit.load.factories import build_model
+from bscrit.errors import CheckpointError, SpecError  # noqa: E402
+from bscrit.load import checkpoints  # noqa: E402
+from bscrit.load.checkpoints import load_checkpoint, load_model  # noqa: E402
+from bscrit.load.factories import build_model  # noqa: E402
+from bscrit.specfile.document import parse_spec  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 TINY = str(ASSETS / "tiny.py")
@@ -266,13 +265,13 @@ def test_training_args_are_read_only_with_unsafe_load(tmp_path, trained, monkeyp
     assert load_checkpoint(folder).optimizer.name == "adamw" and seen == []
     # With it, its optim reaches the optimizer registry as a context
     contexts = []
-    real_read = checkpoints.optim.read_checkpoint
+    real_read = checkpoints.saved.read_checkpoint
 
     def spy(obj, *ctx, **kw):
         contexts.append((obj, *ctx))
         return real_read(obj, *ctx, **kw)
 
-    monkeypatch.setattr(checkpoints.optim, "read_checkpoint", spy)
+    monkeypatch.setattr(checkpoints.saved, "read_checkpoint", spy)
     ckpt = load_checkpoint(folder, unsafe=True)
     assert seen == [folder / "training_args.bin"] and ckpt.optimizer.name == "adamw"
     assert any(c.get("optim") == "adamw_torch" for ctx in contexts for c in ctx)

@@ -17,9 +17,9 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import bscrit  # noqa: E402
-from bscrit.errors import UsageError
-from bscrit.integrations.recorder import SERIES_KEYS, read_series
-from bscrit.integrations.transformers import BscritCallback
+from bscrit.errors import UsageError  # noqa: E402
+from bscrit.integrations.recorder import SERIES_KEYS, read_series  # noqa: E402
+from bscrit.integrations.transformers import BscritCallback  # noqa: E402
 
 CONFIG = dict(
     vocab_size=64, n_positions=8, n_embd=16, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=0

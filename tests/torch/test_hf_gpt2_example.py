@@ -14,9 +14,8 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
-from bscrit.spec.document import parse_spec
-
 from bscrit.load.checkpoints import load_model
+from bscrit.specfile.document import parse_spec
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "hf-gpt2"
 STEPS = 6

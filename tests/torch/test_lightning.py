@@ -14,10 +14,9 @@ from torch import nn
 L = pytest.importorskip("lightning")
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec:FutureWarning")  # lightning's own
 
-from bscrit.spec.document import parse_spec
-
-from bscrit.errors import CheckpointError
-from bscrit.load.checkpoints import load_model
+from bscrit.errors import CheckpointError  # noqa: E402
+from bscrit.load.checkpoints import load_model  # noqa: E402
+from bscrit.specfile.document import parse_spec  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 sys.path.insert(0, str(ASSETS))

@@ -18,9 +18,9 @@ L = pytest.importorskip("lightning")
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec:FutureWarning", "ignore:.*num_workers")
 
 import bscrit  # noqa: E402
-from bscrit.errors import UsageError
-from bscrit.integrations.lightning import BscritCallback
-from bscrit.integrations.recorder import SERIES_KEYS, read_series
+from bscrit.errors import UsageError  # noqa: E402
+from bscrit.integrations.lightning import BscritCallback  # noqa: E402
+from bscrit.integrations.recorder import SERIES_KEYS, read_series  # noqa: E402
 
 
 class Noisy(Dataset):

@@ -10,25 +10,21 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from bscrit.optim.registry import OptimizerInfo
-from bscrit.spec.document import DataSpec, load_spec, parse_spec
 from torch import nn
 
 from bscrit.errors import BscritError, CheckpointError, DataError, SpecError
-from bscrit.load.checkpoints import (
-    LoadedCheckpoint,
-    load_checkpoint,
-    load_model,
-    optimizer_for,
-    resolve_optimizer,
-)
+from bscrit.load.checkpoints import LoadedCheckpoint, load_checkpoint, load_model
+from bscrit.load.device import resolve_device
 from bscrit.load.factories import (
     build_dataset,
     build_loss,
     build_model,
     resolve_callable,
-    resolve_device,
 )
+from bscrit.load.optimizer import optimizer_for, resolve_optimizer
+from bscrit.optim.registry import OptimizerInfo
+from bscrit.specfile.document import load_spec, parse_spec
+from bscrit.specfile.sections import DataSpec
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 sys.path.insert(0, str(ASSETS))

@@ -7,14 +7,14 @@ import statistics
 
 import pytest
 import torch
-from bscrit.engine.data import group_counts, sample_batches
-from bscrit.engine.loop import measure_model
 from reference import mse as _mse
 from reference import tiny_problem as _tiny_problem
 from reference import truth
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from bscrit.engine.data import group_counts, sample_batches
+from bscrit.engine.loop import measure_model
 from bscrit.errors import DataError, MeasurementError
 from bscrit.stats.summary import param_set_stats, summarize_checkpoint
 
@@ -49,9 +49,8 @@ def test_batch_plan_is_lazy_and_row_for_row_sample_batches() -> None:
 
 
 def test_a_huge_k_starts_at_once_and_an_absurd_one_is_refused(monkeypatch) -> None:
-    from bscrit.engine.data import MAX_BATCHES
-
     import bscrit.engine.loop
+    from bscrit.engine.data import MAX_BATCHES
     from bscrit.errors import UsageError
 
     def eager(*args: object, **kwargs: object) -> None:

@@ -6,12 +6,13 @@ import math
 
 import pytest
 import torch
-from bscrit.theory.scaling import scale_hyperparameters
 from torch import nn
 
 from bscrit.errors import UsageError
 from bscrit.load.checkpoints import load_checkpoint
 from bscrit.optim import registry as optim
+from bscrit.optim import saved
+from bscrit.theory.scaling import scale_hyperparameters
 
 
 def saved_state(make, steps: int = 2) -> dict:
@@ -45,7 +46,7 @@ CASES = [
 @pytest.mark.parametrize("name,make,values", CASES, ids=[f"{c[0]}{i}" for i, c in enumerate(CASES)])
 def test_real_state_dicts_are_recognised(name, make, values):
     sd = saved_state(make)
-    reading = optim.read_state(sd)
+    reading = saved.read_state(sd)
     assert reading.note is None and reading.info is not None
     info = reading.info
     assert info.name == name and info.identified_by == "its saved state"
@@ -53,20 +54,20 @@ def test_real_state_dicts_are_recognised(name, make, values):
     for k, x in values.items():
         assert v[k] == pytest.approx(x), k
     # the group's keys alone (no state): the seam the HF loader calls
-    assert optim.name_from_param_group(sd["param_groups"][0]) in (name, None)
+    assert saved.name_from_param_group(sd["param_groups"][0]) in (name, None)
 
 
 def test_real_nesterov_and_decoupled_switches():
-    sgd = optim.read_state(saved_state(lambda p: topt.SGD(p, lr=0.1, momentum=0.9, nesterov=True)))
+    sgd = saved.read_state(saved_state(lambda p: topt.SGD(p, lr=0.1, momentum=0.9, nesterov=True)))
     assert sgd.info.nesterov
-    nadamw = optim.read_state(
+    nadamw = saved.read_state(
         saved_state(lambda p: topt.NAdam(p, lr=2e-3, weight_decay=0.1, decoupled_weight_decay=True))
     ).info
     assert nadamw.decoupled_weight_decay and optim.decoupled(nadamw)
     s = scale_hyperparameters(nadamw, 64, 256)  # decoupled: λ' = √κ λ, as AdamW
     assert s.new["weight_decay"] == pytest.approx(0.2)
     assert s.new["momentum_decay"] == pytest.approx(4 * 4e-3)  # ψ' = κψ
-    radam = optim.read_state(saved_state(lambda p: topt.RAdam(p, lr=1e-3, weight_decay=0.1))).info
+    radam = saved.read_state(saved_state(lambda p: topt.RAdam(p, lr=1e-3, weight_decay=0.1))).info
     assert not optim.decoupled(radam)
     assert scale_hyperparameters(radam, 64, 256).new["weight_decay"] == 0.1  # coupled: unchanged
 
@@ -77,7 +78,7 @@ def test_lion_style_state_and_no_rule():
     sd["param_groups"] = [{"lr": 1e-4, "betas": (0.95, 0.98), "weight_decay": 0.1, "params": g}
                           for g in (x["params"] for x in sd["param_groups"])]  # fmt: skip
     sd["state"] = {i: {"exp_avg": st["momentum_buffer"]} for i, st in sd["state"].items()}
-    info = optim.read_state(sd).info
+    info = saved.read_state(sd).info
     assert (info.name, info.betas, info.weight_decay) == ("lion", (0.95, 0.98), 0.1)
     with pytest.raises(UsageError, match="no scaling rule for lion: none is established"):
         scale_hyperparameters(info, 64, 128)
@@ -88,7 +89,7 @@ def test_lion_style_state_and_no_rule():
 def test_asgd_is_not_rmsprop():
     sd = saved_state(lambda p: topt.ASGD(p, lr=1e-2))
     assert "alpha" in sd["param_groups"][0]  # what used to make it read as RMSprop
-    assert optim.read_state(sd).info.name == "asgd"
+    assert saved.read_state(sd).info.name == "asgd"
 
 
 @pytest.mark.parametrize(
@@ -97,9 +98,9 @@ def test_asgd_is_not_rmsprop():
 def test_older_adam_and_adamw_are_ambiguous_until_named(tmp_path, make):
     sd = saved_state(make)
     sd["param_groups"][0].pop("decoupled_weight_decay")  # PyTorch < 2.6 saved no flag
-    reading = optim.read_state(sd)
+    reading = saved.read_state(sd)
     assert reading.info is None and "fits adam and adamw" in reading.note
-    assert optim.read_state(sd, name="adamw").info.name == "adamw"
+    assert saved.read_state(sd, name="adamw").info.name == "adamw"
     # a Lightning checkpoint's hyper_parameters settle it
     ckpt = {"state_dict": {"w": torch.zeros(1)}, "optimizer_states": [sd],
             "hyper_parameters": {"optimizer": "AdamW", "lr": 1e-3}}  # fmt: skip
@@ -119,7 +120,7 @@ def test_scheduler_base_and_current_lr():
         model(torch.randn(4, 3)).sum().backward()
         opt.step()
         sched.step()
-    info = optim.read_state(opt.state_dict()).info
+    info = saved.read_state(opt.state_dict()).info
     assert info.lr == 0.1  # initial_lr: the base of the schedule (what the scaling rule scales)
     expected = 0.05 * (1 + math.cos(math.pi * 4 / 10))
     assert info.lr_current == pytest.approx(expected) and optim.current_lr(info) < info.lr

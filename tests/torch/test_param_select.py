@@ -8,16 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from bscrit.engine.loop import measure_model
-from bscrit.engine.params import align, requires_grad_only, select_parameters
-from bscrit.spec.document import load_spec
-from bscrit.theory.scaling import scale_hyperparameters
 from torch import nn
 
+from bscrit.engine.loop import measure_model
+from bscrit.engine.params import align, requires_grad_only, select_parameters
 from bscrit.errors import CheckpointError
 from bscrit.optim import registry as optim
+from bscrit.specfile.document import load_spec
 from bscrit.stats.summary import TAU_BF16, TAU_FP32
-from bscrit.workflows.measure import MeasureOptions, run_measurement
+from bscrit.theory.scaling import scale_hyperparameters
+from bscrit.workflows.measure import run_measurement
+from bscrit.workflows.plan import MeasureOptions
 
 NET = textwrap.dedent("""
     import torch

@@ -1,4 +1,5 @@
-"""The per-example estimator against brute-force per-example autograd (bscrit.engine.per_example)."""
+"""The per-example estimator against brute-force per-example autograd
+(bscrit.engine.per_example)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ import statistics
 
 import pytest
 import torch
-from bscrit.engine.loop import measure_model
-from bscrit.engine.per_example import layer_sq_norms, measure_per_example
 from reference import mse as _mse
 from reference import tiny_problem as _tiny_problem
 from reference import truth as exact_truth
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from bscrit.engine.loop import measure_model
+from bscrit.engine.per_example import layer_sq_norms, measure_per_example
 from bscrit.errors import BscritError, MeasurementError, UsageError
 from bscrit.stats.estimators import per_example_stats
 from bscrit.stats.summary import set_sums

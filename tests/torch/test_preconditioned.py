@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference import mse, tiny_problem
+
 from bscrit.engine.data import sample_batches
 from bscrit.engine.loop import measure_model, trainable_parameters
 from bscrit.engine.precondition import build_preconditioner
 from bscrit.optim.registry import OptimizerInfo
-from reference import mse, tiny_problem
-
 from bscrit.stats.estimators import noise_stats
 from bscrit.stats.summary import set_sums
 
@@ -90,8 +90,9 @@ def test_measure_cli_writes_stats_preconditioned(tmp_path):
     checkpoint: null with preconditioned_reason."""
     import json
 
-    from bscrit.cli import app
     from typer.testing import CliRunner
+
+    from bscrit.cli import app
 
     for f in ("tiny.py", "valid.yaml"):
         shutil.copy(ASSETS / f, tmp_path / f)

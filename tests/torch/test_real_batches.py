@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from bscrit.engine.data import BatchSource
-from bscrit.engine.loop import measure_model
-from bscrit.engine.objective import ModelLoss, batch_gradient, item_count, shifts_labels
 from torch import nn
 from torch.utils.data import TensorDataset, default_collate
 
+from bscrit.engine.data import BatchSource
+from bscrit.engine.loop import measure_model
+from bscrit.engine.objective import ModelLoss, batch_gradient, item_count, shifts_labels
 from bscrit.errors import DataError, SpecError, UsageError
 from bscrit.stats.summary import param_set_stats
 
@@ -292,7 +292,7 @@ def test_micro_batch_size_must_divide_b_and_batchnorm_is_warned_about() -> None:
 
 
 def test_svag_gradients_and_evaluations_on_dict_examples_in_micro_batches() -> None:
-    from bscrit.runs.svag.oracles import ModelEvaluator, loss_gradient
+    from bscrit.runs.common.evaluation import ModelEvaluator, loss_gradient
 
     torch.manual_seed(0)
     model = lm.make_tagger()
@@ -318,7 +318,6 @@ def test_per_example_on_a_real_gpt2_is_refused_naming_the_option() -> None:
     """GPT-2 (tied embeddings, Conv1D) has no per-example rule: a clear refusal, not a crash."""
     pytest.importorskip("transformers")
     from bscrit.engine.per_example import measure_per_example
-
     from bscrit.errors import BscritError
 
     with pytest.raises(BscritError, match="estimator per-example: .*Use estimator batch") as e:

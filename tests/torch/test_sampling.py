@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from bscrit.engine.sampling import continue_training, epoch_batches, run_optimizer
-from bscrit.optim.registry import OptimizerInfo
-from bscrit.spec.document import load_spec
 from torch import nn
 
+from bscrit.engine.sampling import continue_training, epoch_batches, run_optimizer
 from bscrit.errors import UsageError
-from bscrit.stats.equilibrium import plan_samples
-from bscrit.workflows.measure import MeasureOptions, run_measurement
+from bscrit.optim.registry import OptimizerInfo
+from bscrit.specfile.document import load_spec
+from bscrit.stats.sample_plan import plan_samples
+from bscrit.workflows.measure import run_measurement
+from bscrit.workflows.plan import MeasureOptions
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 sys.path.insert(0, str(ASSETS))
@@ -186,6 +187,7 @@ def test_sampling_is_refused_for_several_checkpoints_and_without_an_optimizer(wo
 def test_sampling_trains_only_what_the_run_optimizer_updates(work: Path) -> None:
     """A checkpoint whose optimizer updated only the head (the body still has requires_grad):
     the continued training must not move the body, and the saved state loads onto the head."""
+    from bscrit.engine.params import select_parameters
     from bscrit.engine.sampling import _trained_parameters
 
     torch.manual_seed(0)
@@ -195,10 +197,11 @@ def test_sampling_trains_only_what_the_run_optimizer_updates(work: Path) -> None
     x, y = tiny.make_dataset()[:8]
     nn.functional.cross_entropy(model(x), y).backward()
     opt.step()
-    chosen = _trained_parameters(model, opt.state_dict(), "head.pt")
+    chosen = _trained_parameters(model, select_parameters(model, opt.state_dict(), "head.pt"))
     assert len(chosen) == 2 and all(a is b for a, b in zip(chosen, head, strict=True))
     # without a saved state: every requires_grad tensor, as the measurement does
-    assert len(_trained_parameters(model, None, "x")) == len(list(model.parameters()))
+    every = _trained_parameters(model, select_parameters(model, None, "x"))
+    assert len(every) == len(list(model.parameters()))
 
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, work / "head.pt")
     body = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("3.")}

@@ -10,16 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from bscrit.engine.adaptive import adaptive_hooks, adaptive_plan
-from bscrit.engine.groups import SumsPlan, plan_sums
-from bscrit.engine.loop import measure_model
 from reference import mse as _mse
 from reference import tiny_problem as _tiny_problem
 from torch import nn
 from torch.utils.data import TensorDataset
 
+import bscrit.engine.gram
 import bscrit.engine.groups
 import bscrit.engine.loop
+from bscrit.engine.adaptive import adaptive_hooks, adaptive_plan
+from bscrit.engine.groups import SumsPlan, plan_sums
+from bscrit.engine.loop import measure_model
 from bscrit.errors import UsageError
 
 
@@ -49,7 +50,7 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tiny chunks, spans and blocks, so that a tiny model exercises every path of the spill
     file: Gram matrices read in several spans of several chunks, groups of several blocks
     (read, add, rewrite), adds in several pieces."""
-    monkeypatch.setattr(bscrit.engine.groups, "GRAM_CHUNK", 8)
+    monkeypatch.setattr(bscrit.engine.gram, "GRAM_CHUNK", 8)
     monkeypatch.setattr(bscrit.engine.groups, "SPILL_READ_BYTES", 300)
     monkeypatch.setattr(bscrit.engine.loop, "BLOCK_BATCHES", 3)
 
@@ -223,12 +224,12 @@ def test_host_memory_helpers_report_this_machine() -> None:
 def test_float64_norms_are_accumulated_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """‖W‖ in float64 without a float64 copy of W: chunk by chunk, equal to the norm of the
     float64 copy up to float64 rounding (and exactly that of one chunk for small tensors)."""
-    from bscrit.engine.groups import norm64
+    from bscrit.engine.gram import norm64
 
     w = torch.randn(1000, 37, generator=torch.Generator().manual_seed(0))
     exact = float(w.double().norm())
     assert float(norm64(w)) == float(torch.linalg.vector_norm(w, dtype=torch.float64))
-    monkeypatch.setattr(bscrit.engine.groups, "NORM_CHUNK", 999)  # 38 chunks, the last one partial
+    monkeypatch.setattr(bscrit.engine.gram, "NORM_CHUNK", 999)  # 38 chunks, the last one partial
     assert float(norm64(w)) == pytest.approx(exact, rel=1e-14)
     assert float(norm64(w.T)) == pytest.approx(exact, rel=1e-14)  # not contiguous
     assert float(norm64(torch.zeros(0))) == 0.0

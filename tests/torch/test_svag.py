@@ -14,24 +14,19 @@ import math
 
 import pytest
 import torch
-from bscrit.engine.data import BatchSource
-from bscrit.optim.registry import OptimizerInfo
-from bscrit.spec.document import ScheduleSpec
 from torch import nn
 
+from bscrit.engine.data import BatchSource
 from bscrit.errors import RunError, UsageError
+from bscrit.optim.registry import OptimizerInfo
+from bscrit.runs.common.evaluation import ModelEvaluator
+from bscrit.runs.common.optimizer import lr_factor, make_optimizer, target_schedule
+from bscrit.runs.common.warm import gradient_moments, warm_start
 from bscrit.runs.svag import run as svag_run
-from bscrit.runs.svag.oracles import GaussianNoiseOracle, ModelEvaluator, ModelOracle
+from bscrit.runs.svag.oracles import GaussianNoiseOracle, ModelOracle
 from bscrit.runs.svag.run import run_svag
-from bscrit.runs.svag.step import (
-    combine,
-    lr_factor,
-    make_optimizer,
-    svag_coefficients,
-    svag_step,
-    target_schedule,
-)
-from bscrit.runs.svag.warm import gradient_moments, warm_start
+from bscrit.runs.svag.step import combine, svag_coefficients, svag_step
+from bscrit.specfile.training import ScheduleSpec
 
 # ----------------------------------------------------------------------------------------------
 # Algebra: ĝ = r1 g1 + r2 g2 has the mean of g and l times its covariance

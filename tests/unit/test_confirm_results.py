@@ -8,24 +8,20 @@ import json
 import math
 
 import pytest
-from bscrit.optim.registry import OptimizerInfo
 
 from bscrit.errors import ArtifactError, UsageError
+from bscrit.optim.registry import OptimizerInfo
+from bscrit.runs.confirm.budget import FALLBACK_EPOCHS, default_examples, example_grid
 from bscrit.runs.confirm.results import (
-    DEFAULT_TOLERANCE,
-    FALLBACK_EPOCHS,
+    CONFIRM_SCHEMA,
     KIND_CONFIRM,
     Branch,
     ConfirmResult,
     curves_csv,
-    decide,
-    default_examples,
-    example_grid,
     load_confirm,
-    relative_difference,
-    t_interval,
     write_confirm,
 )
+from bscrit.runs.confirm.verdict import DEFAULT_TOLERANCE, decide, relative_difference, t_interval
 
 #: Student's t 0.975 quantiles from a printed table (scipy-free reference), by degrees of freedom.
 T975 = {1: 12.706204736, 2: 4.302652730, 3: 3.182446305, 4: 2.776445105, 9: 2.262157163}
@@ -207,6 +203,27 @@ def test_json_has_the_contract_keys_and_round_trips(tmp_path):
 
 def test_loading_another_artifact_is_an_error(tmp_path):
     p = tmp_path / "confirm.json"
-    p.write_text(json.dumps({"schema": 1, "kind": "bscrit.runs.svag"}))
-    with pytest.raises(ArtifactError, match="bscrit.runs.confirm"):
+    p.write_text(json.dumps({"schema": 1, "kind": "bscrit.svag"}))
+    with pytest.raises(ArtifactError, match="bscrit.confirm"):
         load_confirm(p)
+
+
+def test_confirm_json_has_its_own_schema_independent_of_the_measurement(tmp_path, monkeypatch):
+    """confirm.json is versioned by CONFIRM_SCHEMA and read with its own (empty) upgrades: a new
+    measurement schema, with an upgrade of its own, neither re-versions it nor is applied to it."""
+    import bscrit.artifacts.measurement as measurement
+
+    def upgrade(d):
+        raise AssertionError("the measurement's upgrade was applied to confirm.json")
+
+    monkeypatch.setattr(measurement, "SCHEMA", CONFIRM_SCHEMA + 1)
+    monkeypatch.setattr(measurement, "_UPGRADES", {CONFIRM_SCHEMA: upgrade}, raising=False)
+    r = _result()
+    assert r.to_dict()["schema"] == CONFIRM_SCHEMA == 1
+    write_confirm(r, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "confirm.json").read_text())["schema"] == CONFIRM_SCHEMA
+    assert load_confirm(tmp_path / "out").verdict.code == "fails"  # no upgrade applied
+    newer = {**r.to_dict(), "schema": CONFIRM_SCHEMA + 1}  # the measurement's number, not ours
+    (tmp_path / "newer.json").write_text(json.dumps(newer))
+    with pytest.raises(ArtifactError, match="upgrade bscrit"):
+        load_confirm(tmp_path / "newer.json")

@@ -7,8 +7,8 @@ import math
 import random
 
 import pytest
-from bscrit.optim.registry import OptimizerInfo
 
+from bscrit.optim.registry import OptimizerInfo
 from bscrit.stats.equilibrium import (
     SPREAD_WARN,
     EquilibriumInterval,
@@ -215,7 +215,7 @@ def _with_equilibrium(m, steps: list[int], gs: list[float], ns: list[float]):  #
     (each exactly: no batch noise) with the equilibrium interval bscrit computes for them."""
     import dataclasses
 
-    from bscrit.artifacts.measurement import ParamSetStats
+    from bscrit.artifacts.records import ParamSetStats
     from bscrit.stats.summary import CheckpointSummary, equilibrium_intervals, pool_param_sets
 
     si = m.scale_invariant
@@ -236,7 +236,7 @@ def _with_equilibrium(m, steps: list[int], gs: list[float], ns: list[float]):  #
 
 
 def test_predict_check_and_confirmation_take_the_equilibrium_interval() -> None:
-    from bscrit.theory.bounds import critical_batch_size
+    from bscrit.theory.formulas import critical_batch_size
     from bscrit.theory.prediction import check, confirmation_target, predict
 
     m = _fixture()
@@ -283,10 +283,10 @@ def test_close_checkpoints_are_one_draw_and_keep_the_batch_noise_interval() -> N
 def test_measure_output_shows_the_equilibrium_table_whole(width: int) -> None:
     import io
 
-    from bscrit.report.common import fmt, fmt_ci
     from rich.console import Console
 
-    from bscrit.report import common as report
+    from bscrit import report
+    from bscrit.report.format import fmt, fmt_ci
 
     m = _fixture()
     tau, _ = relaxation_steps(m.optimizer)  # type: ignore[attr-defined]

@@ -1,4 +1,5 @@
-"""The per-example estimator of bscrit.stats.estimators on a finite population small enough to enumerate.
+"""The per-example estimator of bscrit.stats.estimators on a finite population small enough to
+enumerate.
 
 A population of n = 12 vectors vᵢ of dimension 3 stands for the per-example gradients ∇ℓᵢ at one
 x. Its exact quantities (docs/theory.md §1, [SDBD21] eq. 22):
@@ -7,8 +8,8 @@ x. Its exact quantities (docs/theory.md §1, [SDBD21] eq. 22):
 
 N^B being the trace of the covariance of the mean of B distinct examples drawn uniformly without
 replacement; it is also checked by enumerating every one of the C(n, B) batches. The estimator
-is fed what bscrit.engine.per_example collects: the group sums of the batch means (Gram of S_j, Q_j, k_j)
-and C_j = Σ_batches Σᵢ ‖vᵢ/B‖². Pure Python, no torch.
+is fed what bscrit.engine.per_example collects: the group sums of the batch means (Gram of S_j,
+Q_j, k_j) and C_j = Σ_batches Σᵢ ‖vᵢ/B‖². Pure Python, no torch.
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ import random
 
 import numpy as np
 import pytest
-from bscrit.theory.bounds import critical_batch_size
 
 from bscrit.errors import UsageError
 from bscrit.stats.free import (
@@ -24,6 +23,7 @@ from bscrit.stats.free import (
     step_blocks,
     step_estimate,
 )
+from bscrit.theory.formulas import critical_batch_size
 
 
 def _population(n: int, d: int, seed: int, spread: float) -> np.ndarray:

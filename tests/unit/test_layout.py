@@ -7,8 +7,8 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[2] / "bscrit"
-MAX_LINES = 650  # lowered to 500 once the long modules are split
-MAX_BODY = 120  # lowered to 80 once the long functions are split
+MAX_LINES = 500  #: longest module (lines)
+MAX_BODY = 80  #: longest function body (lines, signature and docstring not counted)
 MAX_TOP_MODULES = 12  #: modules directly in bscrit/
 MIN_PACKAGES = 6  #: sub-packages of bscrit/
 #: Where a dependency may be imported at module level ("eager") and anywhere ("lazy", inside a
@@ -20,10 +20,10 @@ HOMES = {
         "eager": {"engine", "load", "runs", "integrations", "examples"},
         "lazy": {"cli", "workflows", "api"},
     },
-    "matplotlib": {"eager": set(), "lazy": {"report", "runs", "artifacts"}},
+    "matplotlib": {"eager": set(), "lazy": {"report"}},
 }
 #: Pure math and records: never torch, typer, rich or matplotlib, even lazily.
-PURE = ("stats", "theory", "spec", "optim", "checker", "errors")
+PURE = ("stats", "theory", "artifacts", "specfile", "optim", "checker", "errors")
 
 
 def _modules() -> dict[str, Path]:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from bscrit.optim.registry import OptimizerInfo
 
 from bscrit.errors import BscritError, UsageError
 from bscrit.optim import registry as optim
+from bscrit.optim import saved
 from bscrit.optim import state as optim_state
+from bscrit.optim.registry import OptimizerInfo
 
 
 def rule_for(name: str) -> str:
@@ -129,7 +130,7 @@ ADAM_KEYS = {"lr": 1e-3, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.0,
     ],
 )  # fmt: skip
 def test_name_from_param_group(group, context, name):
-    assert optim.name_from_param_group(group, context) == name
+    assert saved.name_from_param_group(group, context) == name
 
 
 def test_state_keys_decide_where_the_group_keys_cannot():
@@ -146,16 +147,16 @@ def test_state_keys_decide_where_the_group_keys_cannot():
 
 
 def test_ambiguous_name_says_which_key_settles_it():
-    ident = optim.identify(ADAM_KEYS, frozenset({"exp_avg", "exp_avg_sq", "step"}))
+    ident = saved.identify(ADAM_KEYS, frozenset({"exp_avg", "exp_avg_sq", "step"}))
     assert ident.name is None and ident.candidates == ("adam", "adamw")
     assert "fits adam and adamw" in ident.problem and "optimizer.name in the spec" in ident.problem
-    got = optim.identify(ADAM_KEYS, contexts=[{"hyper_parameters": {"optimizer": "AdamW"}}])
+    got = saved.identify(ADAM_KEYS, contexts=[{"hyper_parameters": {"optimizer": "AdamW"}}])
     assert (got.name, got.by) == ("adamw", "hyper_parameters.optimizer = 'AdamW'")
     # saved arguments that contradict the state: the state wins, and a note says so
     sgd = {"lr": 0.1, "momentum": 0.9, "dampening": 0, "nesterov": False}
-    got = optim.identify(sgd, contexts=[{"optimizer_name": "AdamW"}])
+    got = saved.identify(sgd, contexts=[{"optimizer_name": "AdamW"}])
     assert got.name == "sgd" and "optimizer_name = 'AdamW'" in got.note
-    unknown = optim.identify({"lr": 1.0, "rho": 0.9, "eps": 1e-6, "params": [0]})
+    unknown = saved.identify({"lr": 1.0, "rho": 0.9, "eps": 1e-6, "params": [0]})
     assert unknown.name is None and "eps, lr, rho" in unknown.problem
 
 
@@ -182,7 +183,7 @@ def test_every_group_is_read_and_no_decay_first_does_not_zero_the_decay():
     shapes = [(4,), (4,), (8, 4), (8, 8)]
     state = _state([({**adamw, "weight_decay": 0.0}, 2), ({**adamw, "weight_decay": 0.05}, 2)],
                    shapes)  # fmt: skip
-    info = optim.from_checkpoint({"optimizer": state})
+    info = saved.from_checkpoint({"optimizer": state})
     assert info.name == "adamw" and info.weight_decay == 0.05  # the decayed groups' value
     assert [g.values["weight_decay"] for g in info.groups] == [0.0, 0.05]
     assert [(g.tensors, g.params) for g in info.groups] == [(2, 8), (2, 96)]
@@ -194,49 +195,49 @@ def test_every_group_is_read_and_no_decay_first_does_not_zero_the_decay():
     assert [g.values["weight_decay"] for g in new.groups] == [0.0, 0.1]
     assert [o.weight_decay for _, o in optim.group_optimizers(new)] == [0.0, 0.1]
     # old behaviour read only the first group: weight decay 0
-    assert optim.from_checkpoint({"optimizer": {**state, "param_groups": state["param_groups"][:1]}}
+    assert saved.from_checkpoint({"optimizer": {**state, "param_groups": state["param_groups"][:1]}}
                                  ).weight_decay == 0.0  # fmt: skip
 
 
 def test_base_and_current_lr():
     sgd = {"lr": 0.004, "initial_lr": 0.1, "momentum": 0.9, "dampening": 0, "nesterov": False,
            "weight_decay": 5e-4}  # fmt: skip
-    info = optim.from_checkpoint({"optimizer": _state([(sgd, 3)])})
+    info = saved.from_checkpoint({"optimizer": _state([(sgd, 3)])})
     assert (info.lr, info.lr_current, optim.current_lr(info)) == (0.1, 0.004, 0.004)
     assert optim.summary_lines(info) == [
         "lr 0.1 (the schedule's base; 0.004 at the checkpoint)"]  # fmt: skip
     assert optim.group_optimizers(info) == []  # one group: nothing per group
-    no_sched = optim.from_checkpoint({"optimizer": _state([({**sgd, "initial_lr": None}, 3)])})
+    no_sched = saved.from_checkpoint({"optimizer": _state([({**sgd, "initial_lr": None}, 3)])})
     assert no_sched.lr == no_sched.lr_current == 0.004 and optim.summary_lines(no_sched) == []
 
 
 def test_spec_name_settles_an_ambiguous_state():
     state = _state([(ADAM_KEYS, 2)])
-    reading = optim.read_checkpoint({"optimizer": state})
+    reading = saved.read_checkpoint({"optimizer": state})
     assert reading.info is None and "optimizer.name" in reading.note
-    info = optim.from_checkpoint({"optimizer": state}, name="adamw")
+    info = saved.from_checkpoint({"optimizer": state}, name="adamw")
     assert info.name == "adamw" and info.identified_by == "the spec's optimizer.name"
     no_lr = {"state": {}, "param_groups": [{"momentum": 0.9, "params": [0]}]}
-    assert "no lr" in optim.read_checkpoint({"optimizer": no_lr}).note
-    wrong = optim.read_checkpoint({"optimizer": state}, name="sgd")
+    assert "no lr" in saved.read_checkpoint({"optimizer": no_lr}).note
+    wrong = saved.read_checkpoint({"optimizer": state}, name="sgd")
     assert wrong.info.name == "sgd" and "looks like adam or adamw's" in wrong.note
 
 
 def test_from_checkpoint_reads_the_first_group_of_one():
     state = {"param_groups": [{"lr": 0.05, "momentum": 0.9, "dampening": 0, "weight_decay": 1e-4,
                                "nesterov": True, "params": [0]}], "state": {}}  # fmt: skip
-    info = optim.from_checkpoint({"model": {}, "optimizer": state})
+    info = saved.from_checkpoint({"model": {}, "optimizer": state})
     assert (info.name, info.lr, info.momentum, info.weight_decay, info.nesterov, info.source) == (
         "sgd", 0.05, 0.9, 1e-4, True, "checkpoint")  # fmt: skip
-    assert optim.from_checkpoint({"model": {}}) is None
+    assert saved.from_checkpoint({"model": {}}) is None
     lightning = {"state_dict": {}, "optimizer_states": [state]}
-    assert optim.from_checkpoint(lightning).lr == 0.05
+    assert saved.from_checkpoint(lightning).lr == 0.05
 
 
 def test_optimizer_info_json_round_trip_and_old_artifacts():
     state = _state([({**ADAM_KEYS, "weight_decay": 0.0}, 1), ({**ADAM_KEYS, "weight_decay": 0.1,
                     "initial_lr": 2e-3}, 1)])  # fmt: skip
-    info = optim.from_checkpoint({"optimizer": state}, name="adamw")
+    info = saved.from_checkpoint({"optimizer": state}, name="adamw")
     assert OptimizerInfo.from_dict(json.loads(json.dumps(info.to_dict()))) == info
     old = {"name": "adam", "lr": 1e-3, "momentum": 0.0, "weight_decay": 0.0, "betas": [0.9, 0.99],
            "eps": 1e-8, "alpha": None, "nesterov": False, "source": "checkpoint"}  # fmt: skip

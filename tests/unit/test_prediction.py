@@ -2,8 +2,8 @@
 by hand.
 
 Every expected value is recomputed here from the loaded Measurement: the parameter set chosen by
-:func:`bscrit.theory.bounds.choose_param_set`, its G and N, and its stored leave-one-group-out values
-(the NSR interval is the inverse of the jackknife interval of G/N, Student t with m − 1 df).
+:func:`bscrit.theory.bounds.choose_param_set`, its G and N, and its stored leave-one-group-out
+values (the NSR interval is the inverse of the jackknife interval of G/N, Student t with m − 1 df).
 B* = C²(B + B·NSR) [LMA21 Thm 5.6]. No torch.
 """
 
@@ -15,7 +15,13 @@ import math
 from pathlib import Path
 
 import pytest
-from bscrit.theory.bounds import DEFAULT_C2, choose_param_set
+
+from bscrit.artifacts.measurement import Measurement, load_measurement
+from bscrit.artifacts.records import ParamSetStats
+from bscrit.errors import BscritError, ExitCode
+from bscrit.stats.estimators import t_quantile
+from bscrit.theory.bounds import choose_param_set
+from bscrit.theory.formulas import DEFAULT_C2
 from bscrit.theory.prediction import (
     CheckResult,
     Prediction,
@@ -24,10 +30,6 @@ from bscrit.theory.prediction import (
     predict_files,
 )
 from bscrit.theory.scaling import rule_limit
-
-from bscrit.artifacts.measurement import Measurement, ParamSetStats, load_measurement
-from bscrit.errors import BscritError, ExitCode
-from bscrit.stats.estimators import t_quantile
 
 ASSETS = Path(__file__).parents[1] / "assets" / "measurements"
 FIXTURES = sorted(p.name for p in ASSETS.glob("*.json"))

@@ -15,19 +15,19 @@ import sys
 from pathlib import Path
 
 import pytest
-from bscrit.optim.registry import OptimizerInfo
-from bscrit.optim.state import ParamGroupInfo
-from bscrit.report.common import fmt, fmt_ci
-from bscrit.theory.prediction import check, predict_files
-from bscrit.theory.scaling import scale_hyperparameters
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from bscrit import report
 from bscrit.artifacts.measurement import Measurement, load_measurement
-from bscrit.report import common as report
+from bscrit.optim.registry import OptimizerInfo
+from bscrit.optim.state import ParamGroupInfo
+from bscrit.report.format import fmt, fmt_ci, plain_line
 from bscrit.runs.svag.results import SvagResult, SvagRun, svag_verdict
 from bscrit.runs.svag.verdict import RATIO_LABELS
+from bscrit.theory.prediction import check, predict_files
+from bscrit.theory.scaling import scale_hyperparameters
 
 MEAS = Path(__file__).parents[1] / "assets" / "measurements"
 FIXTURES = ("sgd_b128", "sgd_b512", "sgd_small_nsr", "adam_noisy")
@@ -98,7 +98,7 @@ def test_report_imports_no_torch() -> None:
         [
             sys.executable,
             "-c",
-            "import sys, bscrit.report.common\n"
+            "import sys, bscrit.report\n"
             "bad = sorted(m for m in ('torch', 'numpy', 'matplotlib') if m in sys.modules)\n"
             "assert not bad, bad\n",
         ],
@@ -126,14 +126,17 @@ def test_format_functions_print_nothing(capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_show_prints_stdout_then_warnings_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
-    old = report.out
-    report.out = Console(file=io.StringIO(), width=120, highlight=False)
+    from bscrit.report import console
+
+    old = console.out
+    console.out = Console(file=io.StringIO(), width=120, highlight=False)
     try:
+        assert report.out is console.out  # the package reads the console module's
         r = report.Report(Text("body [not markup]"), warnings=["careful [x]"])
         report.show(r, "plain [bold]str[/]")
         printed = report.out.file.getvalue()  # type: ignore[attr-defined]
     finally:
-        report.out = old
+        console.out = old
     assert printed == "body [not markup]\nplain [bold]str[/]\n"
     assert capsys.readouterr().err == "warning: careful [x]\n"
 
@@ -146,7 +149,7 @@ def test_show_stderr(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_plain_lines_are_neither_wrapped_nor_cropped() -> None:
     long = "x" * 150 + " end"
-    r = report.Report(report._line(long), Text("y " * 60))
+    r = report.Report(plain_line(long), Text("y " * 60))
     text = render(r, width=80)
     assert long in lines(text)  # the plain line in one piece
     assert max(len(line) for line in lines(text)[1:]) <= 80  # other text wraps at the width
@@ -632,7 +635,7 @@ def test_svag_cost_lines() -> None:
 def test_plot_svag_writes_a_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     target = tmp_path / "sub" / "svag.png"
-    from bscrit.runs.svag.plot import plot_svag
+    from bscrit.report.svag_plot import plot_svag
 
     plot_svag(_svag_result(), target)
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

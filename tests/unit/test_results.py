@@ -1,9 +1,10 @@
-"""Measurement artifacts (bscrit.artifacts.measurement): round trip, inf ↔ null, the schema policy, safe I/O.
+"""Measurement artifacts (bscrit.artifacts.measurement, .records, .files, .jsonvalues): round
+trip, inf ↔ null, the schema policy, safe I/O.
 
-The schema policy is the format-history comment at the top of bscrit/artifacts/measurement.py: additive
-changes keep the schema number (unknown keys ignored, missing new keys read as absent), other
-changes bump SCHEMA with an upgrade function in ``_UPGRADES``, newer schemas are refused with
-"upgrade bscrit". No torch.
+The schema policy is the format-history comment at the top of bscrit/artifacts/measurement.py:
+additive changes keep the schema number (unknown keys ignored, missing new keys read as
+absent), other changes bump SCHEMA with an upgrade function in ``_UPGRADES``, newer schemas are
+refused with "upgrade bscrit". No torch.
 """
 
 from __future__ import annotations
@@ -21,22 +22,20 @@ from pathlib import Path
 
 import pytest
 
+from bscrit.artifacts import files
 from bscrit.artifacts import measurement as results
+from bscrit.artifacts.files import dumps, read_json, write_atomic, write_json
+from bscrit.artifacts.jsonvalues import estimate_dict
 from bscrit.artifacts.measurement import (
     KIND_MEASUREMENT,
     SCHEMA,
     Measurement,
-    ParamSetStats,
     check_schema,
     csv_path_for,
-    dumps,
-    estimate_dict,
     load_measurement,
-    read_json,
-    write_atomic,
-    write_json,
     write_measurement,
 )
+from bscrit.artifacts.records import ParamSetStats
 from bscrit.cli import outputs
 from bscrit.errors import ArtifactError
 from bscrit.stats.estimators import Estimate, noise_stats_from_jackknife
@@ -216,7 +215,7 @@ def test_missing_schema_is_refused() -> None:
         Measurement.from_dict(d, source="old.json")
 
 
-@pytest.mark.parametrize("kind", ["bscrit.runs.svag", "bscrit.theory.prediction", None, 1])
+@pytest.mark.parametrize("kind", ["bscrit.svag", "bscrit.prediction", None, 1])
 def test_wrong_kind_is_refused(kind) -> None:
     d = base_dict()
     d["kind"] = kind
@@ -463,7 +462,7 @@ def test_write_atomic_raises_an_exit_3_error_naming_the_file_on_a_full_disk(
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(results.os, "fsync", full)
+    monkeypatch.setattr(files.os, "fsync", full)
     with pytest.raises(ArtifactError) as e:
         write_atomic(tmp_path / "m.json", "{}")
     assert e.value.exit_code == 3

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+
+from bscrit.errors import BscritError
 from bscrit.optim.registry import OptimizerInfo, flat
 from bscrit.optim.state import ParamGroupInfo
 from bscrit.theory.scaling import (
@@ -16,8 +18,6 @@ from bscrit.theory.scaling import (
     square_root_rule,
     svag_hyperparameters,
 )
-
-from bscrit.errors import BscritError
 
 SGD = OptimizerInfo("sgd", lr=0.1, momentum=0.9, weight_decay=5e-4)
 ADAM = OptimizerInfo("adam", lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-4)

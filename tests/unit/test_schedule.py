@@ -1,6 +1,7 @@
-"""``bscrit schedule`` logic (bscrit.theory.schedule, bscrit.artifacts.schedule_io): points read as ``predict``
-reads them, warm-up stages (monotone, within every later range, powers of two / multiples of K),
-Megatron's string, the YAML round trip, series.jsonl, and the JSON contract. No torch."""
+"""``bscrit schedule`` logic (bscrit.theory.schedule, bscrit.artifacts.schedule_io): points read
+as ``predict`` reads them, warm-up stages (monotone, within every later range, powers of two /
+multiples of K), Megatron's string, the YAML round trip and its own schema, series.jsonl, and the
+JSON contract. No torch."""
 
 from __future__ import annotations
 
@@ -12,6 +13,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from bscrit.artifacts.measurement import load_measurement
+from bscrit.artifacts.schedule_io import (
+    _threshold,
+    load_points,
+    megatron_schedule,
+    read_series,
+    schedule_yaml_text,
+    stages_from_yaml_dict,
+)
+from bscrit.errors import ArtifactError, UsageError
 from bscrit.theory.prediction import predict
 from bscrit.theory.rescale import scale_request
 from bscrit.theory.scaling import scale_hyperparameters
@@ -24,17 +36,6 @@ from bscrit.theory.schedule import (
     point_from_measurement,
     stage_at,
 )
-
-from bscrit.artifacts.measurement import load_measurement
-from bscrit.artifacts.schedule_io import (
-    _threshold,
-    load_points,
-    megatron_schedule,
-    read_series,
-    schedule_yaml_text,
-    stages_from_yaml_dict,
-)
-from bscrit.errors import ArtifactError, UsageError
 
 ASSETS = Path(__file__).parents[1] / "assets" / "measurements"
 
@@ -219,7 +220,7 @@ def test_a_measurement_without_a_step_is_refused_naming_it(tmp_path):
 def test_json_contract_keys(tmp_path):
     s = make_schedule(load_points([with_step(tmp_path, "sgd_b128.json", 3000)]))
     d = json.loads(json.dumps(s.to_dict(), allow_nan=False))
-    assert d["kind"] == "bscrit.theory.schedule" and d["schema"] == 1
+    assert d["kind"] == "bscrit.schedule" and d["schema"] == 1
     for st in d["stages"]:
         assert {"start_step", "start_examples", "batch_size", "hyperparameters"} <= set(st)
     for p in d["points"]:
@@ -256,6 +257,47 @@ def test_yaml_round_trip(tmp_path):
     d["stages"][1]["batch_size"] = 0
     with pytest.raises(UsageError, match=r"s.yaml: key 'stages.1'"):
         stages_from_yaml_dict(d, "s.yaml")
+
+
+def test_yaml_schema_is_its_own(tmp_path, monkeypatch):
+    """The YAML's format number is SCHEDULE_YAML_SCHEMA: bumping the measurement's schema (with
+    an upgrade step) or ``schedule --json``'s neither re-versions the YAML nor runs the
+    measurement's upgrades on it; a newer YAML schema is refused, a missing one read as 1."""
+    from bscrit.artifacts import measurement, schedule_io
+    from bscrit.theory import schedule as theory_schedule
+
+    s = make_schedule(load_points([with_step(tmp_path, "sgd_b128.json", 3000)]))
+    before = yaml.safe_load(schedule_yaml_text(s))
+    assert before["schema"] == schedule_io.SCHEDULE_YAML_SCHEMA == 1
+
+    def measurement_upgrade(d: dict) -> dict:
+        raise AssertionError("the measurement's upgrade ran on a schedule YAML")
+
+    monkeypatch.setattr(measurement, "SCHEMA", measurement.SCHEMA + 1)
+    monkeypatch.setattr(measurement, "_UPGRADES", {1: measurement_upgrade})
+    monkeypatch.setattr(theory_schedule, "SCHEMA", theory_schedule.SCHEMA + 1)
+    d = yaml.safe_load(schedule_yaml_text(s))
+    assert d == before  # same text, same schema number
+    assert [st.batch_size for st in stages_from_yaml_dict(d, "s.yaml")] == [
+        st.batch_size for st in s.stages
+    ]
+    assert stages_from_yaml_dict({k: v for k, v in d.items() if k != "schema"}, "s.yaml")
+    newer = {**d, "schema": schedule_io.SCHEDULE_YAML_SCHEMA + 1}
+    with pytest.raises(UsageError, match=r"s.yaml: key 'schema' is 2, .*upgrade bscrit"):
+        stages_from_yaml_dict(newer, "s.yaml")
+
+    # Its own upgrades run instead (here a pretend schema 2 that keeps the stages as they are).
+    calls: list[int] = []
+
+    def yaml_upgrade(old: dict) -> dict:
+        calls.append(old["schema"])
+        return dict(old)
+
+    monkeypatch.setattr(schedule_io, "SCHEDULE_YAML_SCHEMA", 2)
+    monkeypatch.setattr(schedule_io, "_YAML_UPGRADES", {1: yaml_upgrade})
+    assert stages_from_yaml_dict(d, "s.yaml")[0].batch_size == s.stages[0].batch_size
+    assert calls == [1] and d["schema"] == 1  # the caller's dict is left alone
+    assert yaml.safe_load(schedule_yaml_text(s))["schema"] == 2
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,18 +8,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from bscrit.spec.document import (
-    CheckpointSpec,
-    LossSpec,
-    MeasureSpec,
-    ModelSpec,
-    ScheduleSpec,
-    load_spec,
-    parse_spec,
-)
 
 from bscrit.errors import ExitCode, SpecError
 from bscrit.optim import registry as optim
+from bscrit.specfile.document import load_spec, parse_spec
+from bscrit.specfile.model import ModelSpec
+from bscrit.specfile.sections import CheckpointSpec, LossSpec, MeasureSpec
+from bscrit.specfile.training import ScheduleSpec
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
@@ -358,7 +353,9 @@ def test_optimizer_name_lr_and_betas_shape():
 
 
 def test_spec_module_imports_no_torch():
-    code = "import sys, bscrit.spec.document; assert 'torch' not in sys.modules, 'torch imported'"
+    code = (
+        "import sys, bscrit.specfile.document; assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

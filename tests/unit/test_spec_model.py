@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-from bscrit.spec.document import ModelSpec, load_spec, parse_spec
 
 from bscrit.errors import SpecError
+from bscrit.specfile.document import load_spec, parse_spec
+from bscrit.specfile.model import ModelSpec
 
 
 def minimal(**over):

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from bscrit.spec.document import LossSpec, load_spec, parse_spec
 
 from bscrit.errors import SpecError
+from bscrit.specfile.document import load_spec, parse_spec
+from bscrit.specfile.sections import LossSpec
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 

@@ -1,6 +1,6 @@
 # ruff: noqa: E741  (l is the SVAG parameter of [LMA21])
-"""The calibrated SVAG verdict (bscrit.runs.svag.verdict) on the Ornstein-Uhlenbeck closed form and on
-synthetic runs, and the svag.json / trajectories.csv artifact (no torch).
+"""The calibrated SVAG verdict (bscrit.runs.svag.verdict) on the Ornstein-Uhlenbeck closed form
+and on synthetic runs, and the svag.json / trajectories.csv artifact (no torch).
 
 The OU process: L(x) = a x²/2 per coordinate, gradient noise σξ. SVAG with parameter l is
 x ← x − (η/l)(a x + σ(r₁ξ₁ + r₂ξ₂)), whose stationary variance is the closed form
@@ -20,9 +20,9 @@ import sys
 
 import numpy as np
 import pytest
-from bscrit.optim.registry import OptimizerInfo
 
 from bscrit.errors import ArtifactError
+from bscrit.optim.registry import OptimizerInfo
 from bscrit.runs.svag.results import (
     SvagResult,
     SvagRun,
@@ -31,13 +31,8 @@ from bscrit.runs.svag.results import (
     trajectories_csv,
     write_svag,
 )
-from bscrit.runs.svag.verdict import (
-    DECISION_METRICS,
-    VerdictConfig,
-    decide,
-    tail_stat,
-    tail_window,
-)
+from bscrit.runs.svag.tail import tail_stat, tail_window
+from bscrit.runs.svag.verdict import DECISION_METRICS, VerdictConfig, decide
 
 # ----------------------------------------------------------------------------------------------
 # The OU closed form
@@ -221,7 +216,7 @@ def test_artifact_round_trip(tmp_path):
     assert res.relaxation_steps == pytest.approx(1 / (2 * 3.2 * 5e-3))
     j, c = write_svag(res, tmp_path / "out")
     d = json.loads(j.read_text())
-    assert d["schema"] == 2 and d["kind"] == "bscrit.runs.svag"
+    assert d["schema"] == 2 and d["kind"] == "bscrit.svag"
     assert "Stochastic Variance Amplified Gradient" in d["method"]
     assert d["verdict"]["code"] == "sde_holds" and d["verdict"]["config"]["C"] == pytest.approx(
         math.sqrt(2)
@@ -257,15 +252,19 @@ def test_load_rejects_other_artifacts(tmp_path):
     p.write_text(json.dumps({"schema": 2, "kind": "bscrit.measurement"}))
     with pytest.raises(ArtifactError, match="kind"):
         load_svag(p)
-    p.write_text(json.dumps({"schema": 2, "kind": "bscrit.runs.svag"}))
+    p.write_text(json.dumps({"schema": 2, "kind": "bscrit.svag"}))
     with pytest.raises(ArtifactError, match="malformed"):
         load_svag(p)
-    p.write_text(json.dumps({"schema": 3, "kind": "bscrit.runs.svag"}))
+    p.write_text(json.dumps({"schema": 3, "kind": "bscrit.svag"}))
     with pytest.raises(ArtifactError, match="upgrade bscrit"):
         load_svag(p)
 
 
 def test_svag_results_and_verdict_do_not_import_torch():
-    code = "import sys, bscrit.runs.svag.results, bscrit.runs.svag.verdict; assert 'torch' not in sys.modules"
+    code = (
+        "import sys, bscrit.runs.svag.results, bscrit.runs.svag.verdict, bscrit.runs.svag.tail, "
+        "bscrit.runs.svag.ratios, bscrit.runs.common.result, bscrit.runs.common.artifact; "
+        "assert 'torch' not in sys.modules"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

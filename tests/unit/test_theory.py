@@ -14,20 +14,19 @@ import math
 from pathlib import Path
 
 import pytest
-from bscrit.theory.bounds import (
-    EQUILIBRIUM_RESIDUAL_MAX,
-    b_star_range,
+
+from bscrit.artifacts.measurement import Measurement, load_measurement
+from bscrit.errors import ArtifactError, BscritError, UsageError
+from bscrit.theory.bounds import EQUILIBRIUM_RESIDUAL_MAX, choose_param_set, measurement_bounds
+from bscrit.theory.formulas import (
     check_c2,
-    choose_param_set,
     critical_batch_size,
     critical_batch_size_approx,
     implicit_regularisation,
     kappa_max,
     largest_multiple,
     largest_power_of_two,
-    measurement_bounds,
     nsr_at_batch,
-    recommend,
     sde_certified_invalid,
     sde_nsr_threshold,
     simple_noise_scale,
@@ -36,9 +35,7 @@ from bscrit.theory.bounds import (
     thm55_lsi_fails,
 )
 from bscrit.theory.prediction import check, predict
-
-from bscrit.artifacts.measurement import Measurement, load_measurement
-from bscrit.errors import ArtifactError, BscritError, UsageError
+from bscrit.theory.recommendation import b_star_range, recommend
 
 ASSETS = Path(__file__).parents[1] / "assets" / "measurements"
 T9 = 2.26215716  # t_{0.975, 9}, from tables (scipy.stats.t.ppf(0.975, 9) = 2.2621571628)

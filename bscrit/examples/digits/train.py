@@ -49,6 +49,78 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
     return loss, acc
 
 
+def _print_header(
+    width: int,
+    affine: bool,
+    n: int,
+    batch_size: int,
+    steps_per_epoch: int,
+    lr: float,
+    weight_decay: float,
+    momentum: float,
+) -> None:
+    print(
+        f"digits MLP width={width} affine={affine}  n={n} B={batch_size} "
+        f"steps/epoch={steps_per_epoch} lr={lr} wd={weight_decay} momentum={momentum}"
+    )
+    print(
+        f"{'epoch':>5} {'lr':>8} {'train_loss':>10} {'train_acc':>9} {'test_acc':>8} "
+        f"{'R':>9} {'mean|g|^2':>10} {'rho':>7} {'sec':>5}"
+    )
+
+
+def _print_line(rec: dict[str, float], seconds: float) -> None:
+    print(
+        f"{rec['epoch']:5d} {rec['lr']:8.4g} {rec['train_loss']:10.4f} {rec['train_acc']:9.4f} "
+        f"{rec['test_acc']:8.4f} {rec['R']:9.3f} {rec['mean_sq_grad']:10.4g} {rec['rho']:+7.3f} "
+        f"{seconds:5.1f}"
+    )
+
+
+def _epoch(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    si_params: list[torch.nn.Parameter],
+    gen: torch.Generator,
+    batch_size: int,
+) -> dict[str, float]:
+    """One reshuffled epoch of SGD (full batches only); R, the mean squared gradient of the
+    scale-invariant tensors, the equilibrium residual ρ ([LMA21] eq. 11, no momentum) and the
+    losses and accuracies after it."""
+    (x_tr, y_tr), (x_te, y_te) = train, test
+    n = len(y_tr)
+    steps_per_epoch = n // batch_size
+    perm = torch.randperm(n, generator=gen)
+    sq = 0.0
+    for s in range(steps_per_epoch):
+        idx = perm[s * batch_size : (s + 1) * batch_size]
+        loss = F.cross_entropy(model(x_tr[idx]), y_tr[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():
+            sq += float(sum(p.grad.pow(2).sum() for p in si_params)) if si_params else 0.0
+        opt.step()
+    with torch.no_grad():
+        r = float(sum(p.pow(2).sum() for p in si_params)) if si_params else float("nan")
+    msg = sq / steps_per_epoch
+    group = opt.param_groups[0]
+    cur_lr, lam = group["lr"], group["weight_decay"]
+    rho = (2 - cur_lr * lam) * lam * r / (cur_lr * msg) - 1 if msg > 0 else float("nan")
+    tr_loss, tr_acc = evaluate(model, x_tr, y_tr)
+    te_loss, te_acc = evaluate(model, x_te, y_te)
+    return dict(
+        R=r,
+        mean_sq_grad=msg,
+        rho=rho,
+        train_loss=tr_loss,
+        train_acc=tr_acc,
+        test_loss=te_loss,
+        test_acc=te_acc,
+    )
+
+
 def train(
     out: str | Path | None = HERE / "ckpt.pt",
     epochs: int = 1000,
@@ -141,58 +213,18 @@ def train(
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     if verbose:
-        print(
-            f"digits MLP width={width} affine={affine}  n={n} B={batch_size} "
-            f"steps/epoch={steps_per_epoch} lr={lr} wd={weight_decay} momentum={momentum}"
-        )
-        print(
-            f"{'epoch':>5} {'lr':>8} {'train_loss':>10} {'train_acc':>9} {'test_acc':>8} "
-            f"{'R':>9} {'mean|g|^2':>10} {'rho':>7} {'sec':>5}"
-        )
+        _print_header(width, affine, n, batch_size, steps_per_epoch, lr, weight_decay, momentum)
     for epoch in range(1, epochs + 1):
         cur_lr = lr * (decay_factor if decay_epoch is not None and epoch > decay_epoch else 1.0)
         for group in opt.param_groups:
             group["lr"] = cur_lr
-        perm = torch.randperm(n, generator=gen)
-        sq = 0.0
-        for s in range(steps_per_epoch):
-            idx = perm[s * batch_size : (s + 1) * batch_size]
-            loss = F.cross_entropy(model(x_tr[idx]), y_tr[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            with torch.no_grad():
-                sq += float(sum(p.grad.pow(2).sum() for p in si_params)) if si_params else 0.0
-            opt.step()
-        with torch.no_grad():
-            r = float(sum(p.pow(2).sum() for p in si_params)) if si_params else float("nan")
-        msg = sq / steps_per_epoch
-        lam = weight_decay
-        rho = (2 - cur_lr * lam) * lam * r / (cur_lr * msg) - 1 if msg > 0 else float("nan")
-        tr_loss, tr_acc = evaluate(model, x_tr, y_tr)
-        te_loss, te_acc = evaluate(model, x_te, y_te)
-        rec = dict(
-            epoch=epoch,
-            lr=cur_lr,
-            R=r,
-            mean_sq_grad=msg,
-            rho=rho,
-            train_loss=tr_loss,
-            train_acc=tr_acc,
-            test_loss=te_loss,
-            test_acc=te_acc,
-        )
+        rec = _epoch(model, opt, (x_tr, y_tr), (x_te, y_te), si_params, gen, batch_size)
+        rec = {"epoch": epoch, "lr": cur_lr} | rec
         history.append(rec)
         if verbose and (epoch == 1 or epoch % log_every == 0 or epoch == epochs):
-            print(
-                f"{epoch:5d} {cur_lr:8.4g} {tr_loss:10.4f} {tr_acc:9.4f} {te_acc:8.4f} "
-                f"{r:9.3f} {msg:10.4g} {rho:+7.3f} {time.perf_counter() - t0:5.1f}"
-            )
-        if (
-            out_path is not None
-            and save_every
-            and epoch >= start
-            and (epoch - start) % save_every == 0
-        ):
+            _print_line(rec, time.perf_counter() - t0)
+        due = save_every and epoch >= start and (epoch - start) % save_every == 0
+        if out_path is not None and due:
             save(out_path.with_name(f"{out_path.stem}_epoch{epoch:04d}{out_path.suffix}"), epoch)
     if out_path is not None:
         save(out_path, epochs)

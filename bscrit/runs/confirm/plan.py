@@ -3,10 +3,11 @@ the optimizer state at the branch point and the cost, all known before anything 
 
 The base branch trains at the spec's ``batch_size`` B with the run's optimizer (spec
 ``optimizer``, else the checkpoint's ``param_groups``); the target branch at B' = κB with it scaled
-by the optimizer's rule, the function ``bscrit scale`` uses (:func:`bscrit.theory.scaling.scale_optimizer`:
+by the optimizer's rule, the function ``bscrit scale`` uses
+(:func:`bscrit.theory.scaling.scale_optimizer`:
 linear for SGD, square-root for Adam / AdamW / RMSprop). ``--lr`` etc. replace target values. The
 schedule is the spec's, in base steps for the base branch and divided by κ for the target (same
-epochs, :func:`bscrit.runs.svag.step.target_schedule`). Running the plan:
+epochs, :func:`bscrit.runs.common.optimizer.target_schedule`). Running the plan:
 :func:`bscrit.runs.confirm.run.run_confirm`. The checkpoint file is only read; each branch trains a
 deep copy of the model.
 """
@@ -15,40 +16,33 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from bscrit.checker import check_batch_size
-from bscrit.engine.data import BatchSource
-from bscrit.engine.params import select_parameters
 from bscrit.errors import UsageError
-from bscrit.load.checkpoints import load_model, resolve_optimizer
-from bscrit.load.factories import build_dataset, resolve_device
 from bscrit.optim import registry as optim
 from bscrit.optim.registry import OptimizerInfo
 from bscrit.optim.state import entry
-from bscrit.runs.confirm.results import (
+from bscrit.runs.common.optimizer import target_schedule
+from bscrit.runs.common.plan import RunPlan, Start, fixed_batches, load_start, scaled_target
+from bscrit.runs.confirm.budget import (
     DECAY_FRACTION,
-    DECAY_TAIL_POINTS,
     DEFAULT_POINTS,
     DEFAULT_RELAXATION_TIMES,
-    DEFAULT_TAIL_POINTS,
     default_examples,
     example_grid,
 )
-from bscrit.runs.svag.plan import evaluation_inputs, fixed_batches
-from bscrit.runs.svag.step import target_schedule
-from bscrit.theory.scaling import scale_optimizer
+from bscrit.runs.confirm.verdict import DECAY_TAIL_POINTS, DEFAULT_TAIL_POINTS
 
 if TYPE_CHECKING:
-    from bscrit.spec.document import Spec
+    from bscrit.specfile.document import Spec
 
-__all__ = ["ConfirmPlan", "plan_confirm", "prepare_confirm"]
+__all__ = ["ConfirmPlan", "prepare_confirm"]
 
 PathLike = str | os.PathLike[str]
 
@@ -59,34 +53,17 @@ STATE_KEYS: dict[str, tuple[str, ...]] = {
     "adamw": ("exp_avg", "exp_avg_sq"),
     "rmsprop": ("square_avg",),
 }
-#: Second-moment state tensors, divided by κ for the target branch ([MLPA22] Thm 5.3).
-SECOND_MOMENT_KEYS = ("exp_avg_sq", "square_avg")
 
 
-@dataclass
-class ConfirmPlan:
-    """Everything needed to run both branches, and what it will cost (:func:`prepare_confirm`)."""
+@dataclass(kw_only=True)
+class ConfirmPlan(RunPlan):
+    """Everything needed to run both branches, and what it will cost (:func:`prepare_confirm`).
 
-    model: nn.Module  # the loaded checkpoint, on CPU; never modified (each branch: a deep copy)
-    loss_fn: Callable[[Any, Any], Tensor]
-    train: BatchSource
-    held_out: BatchSource | None
-    held_out_indices: list[int]
-    fixed_batches: list[list[int]]  # k training batches of size B' every evaluation uses
-    base_batches: list[list[int]]  # k batches of size B (the base branch's warm start only)
-    device: torch.device
-    mode: str
-    batch_size: int
-    target_batch_size: int
-    dataset_size: int
-    kappa: float
-    rule: str
-    rule_reference: str
+    ``schedule`` is in base steps; ``start_step`` is the checkpoint's step in the base run."""
+
     base_optimizer: OptimizerInfo
-    target_optimizer: OptimizerInfo
-    schedule: dict[str, Any]  # in base steps
+    base_batches: list[list[int]]  # k batches of size B (the base branch's warm start only)
     target_schedule: dict[str, Any]  # in target steps
-    start_step: float  # the checkpoint's step in the base run
     examples: int  # requested
     examples_why: str
     grid_base: list[int]  # base steps at each grid point
@@ -96,12 +73,6 @@ class ConfirmPlan:
     tail_points: int = DEFAULT_TAIL_POINTS
     saved_state: list[Mapping[str, Any]] | None = None  # per trained parameter, the checkpoint's
     state_why: str = ""  # why the checkpoint's optimizer state is (not) used
-    warm_start: bool = True
-    micro_batch_size: int | None = None
-    spec: str | None = None
-    checkpoint: str | None = None
-    notes: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
 
     @property
     def steps_base(self) -> int:
@@ -157,14 +128,10 @@ def _target_optimizer(
             f"bscrit confirm runs {runs}, not {d.name} (the optimizer state at the branch point "
             "is defined for those); use `bscrit scale` for its scaled hyperparameters"
         )
-    target = optim.with_values(scale_optimizer(base, kappa), dict(overrides))
-    given = [k for k, v in overrides.items() if v is not None]
-    notes = [f"target overridden on the command line: {', '.join(given)}"] if given else []
-    if optim.group_optimizers(base):
-        notes.append(
-            f"the base run's {len(base.groups)} param groups have different values; both "
-            "branches use the main group's for every parameter"
-        )
+    target, notes = scaled_target(
+        base, overrides, kappa, overridden="target overridden on the command line",
+        runs="both branches",
+    )  # fmt: skip
     return target, d.rule, d.rule_reference, notes
 
 
@@ -199,6 +166,36 @@ def _check_options(target_batch_size: int, seeds: int, examples: int | None, k: 
             f"{{eval_batches}} must be >= 2 (N needs two batches), got {k}",
             eval_batches="eval_batches",
         )
+
+
+def _check_sizes(n: int, target_batch_size: int, batch_size: int) -> list[str]:
+    """A UsageError when B' or B exceeds the n training examples (a batch holds distinct ones)."""
+    for size, key in ((target_batch_size, "target_batch_size"), (batch_size, "batch_size")):
+        if size > n:
+            raise UsageError(
+                f"{{{key}}} {size} exceeds the {n} training examples: a batch holds distinct "
+                "examples",
+                **{key: key},
+            )
+    return []
+
+
+def _base_optimizer(start: Start) -> tuple[OptimizerInfo, list[str]]:
+    """The run's optimizer (the base branch trains with it) and a warning when the checkpoint's
+    LR is not the schedule's base LR."""
+    base = start.base
+    if base is None:
+        raise UsageError(
+            f"{start.spec.path}: no optimizer: neither the spec (optimizer:) nor the checkpoint "
+            "names one; give optimizer: {name, lr, ...} in the spec (the base branch trains "
+            "with it)"
+        )
+    if base.lr_current is not None and not math.isclose(base.lr_current, base.lr, rel_tol=1e-6):
+        return base, [
+            f"the checkpoint's LR is {base.lr_current:.6g}, the schedule's base {base.lr:.6g}: "
+            "both branches follow the spec's schedule from --start-step"
+        ]
+    return base, []
 
 
 def prepare_confirm(
@@ -244,38 +241,15 @@ def prepare_confirm(
         tail_points = DECAY_TAIL_POINTS if decay else DEFAULT_TAIL_POINTS
     if not 1 <= tail_points:
         raise UsageError(f"tail_points must be >= 1, got {tail_points}")
-    seed = spec.measure.seed if seed is None else int(seed)
-    dev = resolve_device(device or spec.measure.device)
-    model, ckpt = load_model(spec, checkpoint, unsafe=unsafe)
-    train_ds = build_dataset(spec.data, spec.base_dir, "data")
-    n = len(train_ds)
     b = spec.batch_size
-    for size, key in ((target_batch_size, "target_batch_size"), (b, "batch_size")):
-        if size > n:
-            raise UsageError(
-                f"{{{key}}} {size} exceeds the {n} training examples: a batch holds distinct "
-                "examples",
-                **{key: key},
-            )
-    sel = select_parameters(model, ckpt.optimizer_state, f"checkpoint {ckpt.path}")
-    for name, p in model.named_parameters():  # bscrit's own copy of the model
-        p.requires_grad_(name in sel.names)
-    warnings = [sel.warning] if sel.warning else []
-    base, opt_notes = resolve_optimizer(spec, ckpt)
-    warnings += opt_notes
-    if base is None:
-        raise UsageError(
-            f"{spec.path}: no optimizer: neither the spec (optimizer:) nor the checkpoint names "
-            "one; give optimizer: {name, lr, ...} in the spec (the base branch trains with it)"
-        )
-    base = replace(base, name=base.name.lower())
+    start = load_start(
+        spec, checkpoint, seed=seed, device=device, unsafe=unsafe,
+        check_size=lambda n: _check_sizes(n, target_batch_size, b),
+    )  # fmt: skip
+    base, lr_warnings = _base_optimizer(start)
     kappa = target_batch_size / b
     target, rule, reference, notes = _target_optimizer(base, dict(overrides or {}), kappa)
-    if base.lr_current is not None and not math.isclose(base.lr_current, base.lr, rel_tol=1e-6):
-        warnings.append(
-            f"the checkpoint's LR is {base.lr_current:.6g}, the schedule's base {base.lr:.6g}: "
-            "both branches follow the spec's schedule from --start-step"
-        )
+    n = start.dataset_size
     if examples is None:
         examples, why = default_examples(base, b, n, relaxation_times)
     else:
@@ -285,79 +259,22 @@ def prepare_confirm(
         notes.append(f"B'/B = {kappa:.4g} is not an integer: the base branch's examples at each "
                      f"grid point are rounded to whole steps at B (within {b // 2})")  # fmt: skip
     if start_step is None:
-        start_step = float(ckpt.step or 0)
+        start_step = float(start.checkpoint.step or 0)
     saved, state_why = _saved_state(
-        ckpt.optimizer_state, sel.state_indices, base.name, optim.flat(base).get("momentum", 0.0)
-    )
-    loss_fn, held_out, held_idx = evaluation_inputs(spec, dev, train_ds, eval_examples, seed)
-    if held_out is None:
+        start.checkpoint.optimizer_state, start.selection.state_indices, base.name,
+        optim.flat(base).get("momentum", 0.0),
+    )  # fmt: skip
+    shared = start.plan_fields(target_batch_size, eval_batches, eval_examples)
+    if shared["held_out"] is None:
         notes.append("no eval_data in the spec: the verdict uses the loss on the fixed training "
                      "batches")  # fmt: skip
+    shared["warnings"] = shared["warnings"] + lr_warnings
     return ConfirmPlan(
-        model=model,
-        loss_fn=loss_fn,
-        train=BatchSource(train_ds, dev, spec.data.num_workers),
-        held_out=held_out,
-        held_out_indices=held_idx,
-        fixed_batches=fixed_batches(n, target_batch_size, eval_batches, seed),
-        base_batches=fixed_batches(n, b, eval_batches, seed),
-        device=dev,
-        mode=spec.measure.mode,
-        batch_size=b,
-        target_batch_size=int(target_batch_size),
-        dataset_size=n,
-        kappa=kappa,
-        rule=rule,
-        rule_reference=reference,
-        base_optimizer=base,
-        target_optimizer=target,
-        schedule=target_schedule(spec.schedule, 1.0),
-        target_schedule=target_schedule(spec.schedule, kappa),
-        start_step=float(start_step),
-        examples=int(examples),
-        examples_why=why,
-        grid_base=grid_base,
-        grid_target=grid_target,
-        seeds=tuple(seed + i for i in range(seeds)),
-        decay=decay,
-        tail_points=tail_points,
-        saved_state=saved,
-        state_why=state_why,
-        warm_start=warm_start,
-        micro_batch_size=spec.micro_batch_size,
-        spec=str(spec.path),
-        checkpoint=str(ckpt.path),
-        notes=notes,
-        warnings=warnings,
-    )
-
-
-def plan_confirm(
-    spec_path: PathLike,
-    *,
-    target_batch_size: int | None = None,
-    from_measurement: PathLike | None = None,
-    c2: float = 2.0,
-    on_target: Callable[[str], None] | None = None,
-    **kwargs: Any,
-) -> ConfirmPlan:
-    """``bscrit confirm``: the plan at B', given or read from a measurement.
-
-    With ``from_measurement`` B' is :func:`~bscrit.theory.prediction.confirmation_target` of its
-    prediction (the top of the recommended range, as ``svag --from-measurement``). ``kwargs`` go
-    to :func:`prepare_confirm`; everything is checked before any run.
-    """
-    from bscrit.spec.document import load_spec
-    from bscrit.theory.prediction import confirmation_target, predict_files
-
-    if (target_batch_size is None) == (from_measurement is None):
-        raise UsageError(
-            "give exactly one of {t} and {m}", t="target_batch_size", m="from_measurement"
-        )
-    if from_measurement is not None:
-        pred = predict_files([from_measurement], c2)
-        target_batch_size, why = confirmation_target(pred)
-        if on_target is not None:
-            on_target(f"B' = {target_batch_size}: {why} of {from_measurement}")
-    assert target_batch_size is not None
-    return prepare_confirm(load_spec(spec_path), target_batch_size=target_batch_size, **kwargs)
+        **shared, rule=rule, rule_reference=reference, base_optimizer=base,
+        target_optimizer=target, schedule=target_schedule(spec.schedule, 1.0),
+        target_schedule=target_schedule(spec.schedule, kappa), start_step=float(start_step),
+        base_batches=fixed_batches(n, b, eval_batches, start.seed), examples=int(examples),
+        examples_why=why, grid_base=grid_base, grid_target=grid_target,
+        seeds=tuple(start.seed + i for i in range(seeds)), decay=decay, tail_points=tail_points,
+        saved_state=saved, state_why=state_why, warm_start=warm_start, notes=notes,
+    )  # fmt: skip

@@ -7,7 +7,7 @@ step by a generator seeded with the seed (the setting of [LMA21] Thm 4.3, as in 
 the global torch seed (dropout, augmentation) is set to the seed inside
 ``torch.random.fork_rng``, so the caller's RNG is untouched. BatchNorm running statistics are
 updated by every training step, as in training; the evaluations restore them
-(:class:`~bscrit.runs.svag.oracles.ModelEvaluator`).
+(:class:`~bscrit.runs.common.evaluation.ModelEvaluator`).
 
 Optimizer state at the branch point (docs/confirm.md):
 
@@ -17,40 +17,43 @@ Optimizer state at the branch point (docs/confirm.md):
 - Adam / AdamW / RMSprop: the checkpoint's state when it holds one: the base branch as is; the
   target branch with the first moment unchanged and the second moment divided by κ
   ([MLPA22] Thm 5.3: the SDE state is (θ, m, u = v/σ²) and σ² ∝ 1/B); else the warm start of
-  ``bscrit svag`` (:func:`bscrit.runs.svag.warm.warm_start`) from the gradient moments estimated at
-  each branch's batch size.
+  ``bscrit svag`` (:func:`bscrit.runs.common.warm.warm_start`) from the gradient moments
+  estimated at each branch's batch size.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from bscrit.errors import RunError
 from bscrit.optim import registry as optim
-from bscrit.runs.confirm.plan import SECOND_MOMENT_KEYS, ConfirmPlan
-from bscrit.runs.confirm.results import (
-    DECAY_FRACTION,
+from bscrit.runs.common.evaluation import forward_errors, loss_gradient
+from bscrit.runs.common.loop import replica, train_on_grid
+from bscrit.runs.common.optimizer import lr_factor, make_optimizer
+from bscrit.runs.common.warm import (
+    SECOND_MOMENT_KEYS,
+    GradientMoments,
+    model_gradient_moments,
+    warm_start,
+)
+from bscrit.runs.confirm.budget import DECAY_FRACTION
+from bscrit.runs.confirm.plan import ConfirmPlan
+from bscrit.runs.confirm.results import Branch, ConfirmResult
+from bscrit.runs.confirm.verdict import (
     DEFAULT_TOLERANCE,
     DIVERGENCE_FACTOR,
     LOSS_METRICS,
-    SECOND_MOMENT_NOTE,
-    Branch,
-    ConfirmResult,
     ConfirmVerdict,
     check_tolerance,
     decide,
     relative_difference,
 )
-from bscrit.runs.svag.oracles import ModelEvaluator, forward_errors, loss_gradient
-from bscrit.runs.svag.step import lr_factor, make_optimizer
-from bscrit.runs.svag.warm import GradientMoments, model_gradient_moments, warm_start
 
 __all__ = ["decay_factor", "load_saved_state", "run_branch", "run_confirm"]
 
@@ -58,6 +61,12 @@ __all__ = ["decay_factor", "load_saved_state", "run_branch", "run_confirm"]
 BUFFERS_NOTE = (
     "BatchNorm running statistics: updated by every training step, as in training; the "
     "evaluation passes restore them"
+)
+#: Why the Adam/RMSprop second moment is divided by κ at the branch point.
+SECOND_MOMENT_NOTE = (
+    "second moment v/κ at the branch point: [MLPA22] Thm 5.3 compares runs whose SDE states "
+    "(θ, m, u = v/σ²) agree, and the gradient noise σ² ∝ 1/B, so at B' = κB the same u is v/κ; "
+    "the first moment m is kept"
 )
 
 
@@ -140,10 +149,6 @@ def _moments(plan: ConfirmPlan) -> dict[str, GradientMoments]:
     return out
 
 
-def _non_finite(values: Mapping[str, float]) -> str:
-    return ", ".join(f"{k} = {v}" for k, v in values.items() if not math.isfinite(v))
-
-
 def _blown_up(values: Mapping[str, float], start: Mapping[str, float]) -> str:
     """The losses above ``DIVERGENCE_FACTOR`` × their value at the checkpoint ("" if none)."""
     return ", ".join(
@@ -177,26 +182,11 @@ def run_branch(
         bsz, opt, sched = plan.target_batch_size, plan.target_optimizer, plan.target_schedule
         grid, s0 = plan.grid_target, plan.start_step / plan.kappa
     total = grid[-1]
-    devices = [plan.device.index or 0] if plan.device.type == "cuda" else []
-    model = copy.deepcopy(plan.model).to(plan.device)
-    model.train()
-    loss_fn = plan.loss_fn.to(plan.device) if isinstance(plan.loss_fn, nn.Module) else plan.loss_fn
-    params = [p for p in model.parameters() if p.requires_grad]
-    values: dict[str, list[float]] = {}
-    start_vals: dict[str, float] = {}
-    diverged_at: int | None = None
-    steps = 0
-    t0 = time.perf_counter()
     where = f"confirm {which} branch (B = {bsz}), seed {seed}"
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with replica(plan, seed, where, bsz) as (model, loss_fn):
+        params = [p for p in model.parameters() if p.requires_grad]
         stream = plan.train.stream(bsz, torch.Generator().manual_seed(seed))
-        evaluate = ModelEvaluator(
-            model, loss_fn, plan.train, plan.fixed_batches, mode=plan.mode,
-            held_out=plan.held_out, held_out_indices=plan.held_out_indices,
-            eval_batch_size=min(plan.target_batch_size, 1024), seed=plan.seeds[0],
-            micro=plan.micro_batch_size,
-        )  # fmt: skip
+        evaluate = plan.evaluator(model, loss_fn, plan.seeds[0])
         optimizer = make_optimizer(params, opt)
         if start is not None:
             start(optimizer, params)
@@ -208,47 +198,33 @@ def run_branch(
                 * (decay_factor(k, total) if decay else 1.0)
             ),
         )
-        try:
-            for i, g in enumerate(grid):
-                while steps < g:
-                    with forward_errors(f"in the {where} at step {steps}"):
-                        x, y = next(stream)
-                        grads = loss_gradient(model, loss_fn, params, x, y, plan.micro_batch_size)
-                    for p, gr in zip(params, grads, strict=True):
-                        p.grad = gr
-                    optimizer.step()
-                    scheduler.step()
-                    steps += 1
-                    if on_step is not None:
-                        on_step(1)
-                vals = evaluate()
-                if i == 0 and _non_finite(vals):
-                    raise RunError(
-                        f"{where}: {_non_finite(vals)} at the checkpoint, before any step: the "
-                        "model or the loss is not finite at its weights"
-                    )
-                for k, v in vals.items():
-                    values.setdefault(k, [math.nan] * i).append(float(v))
-                start_vals = start_vals if i else vals
-                if _non_finite(vals) or _blown_up(vals, start_vals):
-                    diverged_at = g * bsz
-                    break
-        except torch.cuda.OutOfMemoryError:
-            raise RunError(f"{where}: out of memory at batch size {bsz} on {plan.device}") from None
-    if on_step is not None and steps < total:
-        on_step(total - steps)  # skipped after divergence
-    n_done = len(next(iter(values.values()), []))
-    for vs in values.values():
-        vs.extend([math.nan] * (len(grid) - n_done))
+        steps = 0
+
+        def step() -> None:
+            nonlocal steps
+            with forward_errors(f"in the {where} at step {steps}"):
+                x, y = next(stream)
+                grads = loss_gradient(model, loss_fn, params, x, y, plan.micro_batch_size)
+            for p, gr in zip(params, grads, strict=True):
+                p.grad = gr
+            optimizer.step()
+            scheduler.step()
+            steps += 1
+
+        curve = train_on_grid(
+            grid, step, evaluate, blown_up=lambda v, s: bool(_blown_up(v, s)), on_step=on_step,
+            at_start=lambda bad: (f"{where}: {bad} at the checkpoint, before any step: the "
+                                  "model or the loss is not finite at its weights"),
+        )  # fmt: skip
     return Branch(
         name=which,
         seed=seed,
         batch_size=bsz,
         steps=tuple(grid),
         examples=tuple(g * bsz for g in grid),
-        values={k: tuple(v) for k, v in values.items()},
-        diverged_at=diverged_at,
-        elapsed_s=time.perf_counter() - t0,
+        values=curve.values,
+        diverged_at=None if curve.diverged is None else grid[curve.diverged] * bsz,
+        elapsed_s=curve.elapsed_s,
     )
 
 
@@ -265,7 +241,7 @@ def run_confirm(
     """Run both branches for every seed of the plan and give the verdict.
 
     Args:
-        tolerance: δ (default :data:`~bscrit.runs.confirm.results.DEFAULT_TOLERANCE`).
+        tolerance: δ (default :data:`~bscrit.runs.confirm.verdict.DEFAULT_TOLERANCE`).
         on_step: called with the number of optimizer steps done (progress bars).
 
     Returns:
@@ -313,31 +289,9 @@ def _result(
     if plan.decay_text:
         notes.append(f"decay: {plan.decay_text}")
     return ConfirmResult(
-        batch_size=plan.batch_size,
-        target_batch_size=plan.target_batch_size,
-        kappa=plan.kappa,
-        rule=plan.rule,
-        rule_reference=plan.rule_reference,
-        base_optimizer=plan.base_optimizer,
-        target_optimizer=plan.target_optimizer,
-        examples=plan.examples_target,
-        examples_why=plan.examples_why,
-        seeds=plan.seeds,
-        branches=tuple(branches),
-        verdict=verdict,
-        tail_points=plan.tail_points,
-        decay=plan.decay_text,
-        schedule=plan.schedule,
-        start_step=plan.start_step,
-        dataset_size=plan.dataset_size,
-        eval_batches=len(plan.fixed_batches),
-        eval_examples=len(plan.held_out_indices) if plan.held_out is not None else None,
-        optimizer_state=_state_note(plan),
-        forward_backward=plan.forward_backward(),
-        device=str(plan.device),
-        spec=plan.spec,
-        checkpoint=plan.checkpoint,
-        elapsed_s=elapsed,
-        notes=tuple(notes),
+        **plan.result_fields(), examples=plan.examples_target, examples_why=plan.examples_why,
+        seeds=plan.seeds, branches=tuple(branches), verdict=verdict,
+        tail_points=plan.tail_points, decay=plan.decay_text, dataset_size=plan.dataset_size,
+        optimizer_state=_state_note(plan), elapsed_s=elapsed, notes=tuple(notes),
         warnings=tuple(plan.warnings),
-    )
+    )  # fmt: skip

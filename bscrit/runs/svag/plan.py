@@ -10,72 +10,42 @@ checkpoint file is only read. Running the plan: :func:`bscrit.runs.svag.run.run_
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor, nn
-
 from bscrit.checker import check_batch_size
-from bscrit.engine.data import BatchSource
-from bscrit.engine.objective import check_examples
-from bscrit.engine.params import select_parameters
 from bscrit.errors import UsageError
-from bscrit.load.checkpoints import load_model, resolve_optimizer
-from bscrit.load.factories import build_dataset, build_loss, resolve_device
 from bscrit.optim import registry as optim
 from bscrit.optim.registry import OptimizerInfo
-from bscrit.runs.svag.step import target_schedule
+from bscrit.runs.common.optimizer import target_schedule
+from bscrit.runs.common.plan import RunPlan, load_start, scaled_target
 from bscrit.runs.svag.verdict import DEFAULT_EFFECTIVE_STEPS, DEFAULT_RELAXATION_TIMES
 from bscrit.stats.equilibrium import relaxation_steps
-from bscrit.theory.scaling import scale_optimizer
 
 #: Evaluation points per run by default (every E/40 effective steps): the tail window's blocks
 #: of τ/2 need a few points each.
 EVAL_POINTS = 40
 
 if TYPE_CHECKING:
-    from bscrit.spec.document import Spec
+    from bscrit.specfile.document import Spec
 
 __all__ = ["SvagPlan", "parse_ls", "prepare_svag"]
 
 
-@dataclass
-class SvagPlan:
-    """Everything needed to run, and what it will cost; built by :func:`prepare_svag`."""
+@dataclass(kw_only=True)
+class SvagPlan(RunPlan):
+    """Everything needed to run, and what it will cost; built by :func:`prepare_svag`.
 
-    model: nn.Module  # the loaded checkpoint, on CPU; never modified (each l gets a deep copy)
-    loss_fn: Callable[[Any, Any], Tensor]
-    train: BatchSource
-    held_out: BatchSource | None
-    held_out_indices: list[int]
-    fixed_batches: list[list[int]]
-    device: torch.device
-    mode: str
-    batch_size: int
-    target_batch_size: int
-    dataset_size: int
-    kappa: float
-    rule: str
-    rule_reference: str
-    base_optimizer: OptimizerInfo | None
-    target_optimizer: OptimizerInfo
-    schedule: dict[str, Any]
-    start_step: float
+    ``base_optimizer`` is None when the hyperparameters at B' all come from the command line."""
+
     ls: tuple[int, ...]
     effective_steps: int
     eval_every: int
     seed: int
-    warm_start: bool = True
-    micro_batch_size: int | None = None  # gradients in chunks of at most this many examples
     relaxation_steps: float | None = None  # τ = 1/(2η'λ) at B' (effective steps), if known
     sizing: str = ""  # how effective_steps was chosen
-    spec: str | None = None
-    checkpoint: str | None = None
-    notes: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
 
     @property
     def eval_points(self) -> int:
@@ -129,8 +99,8 @@ def run_length(
 
     ``effective_steps`` given: that. Else ``relaxation_times`` (default
     :data:`~bscrit.runs.svag.verdict.DEFAULT_RELAXATION_TIMES`) × τ of the target optimizer
-    ([LMA21] eq. (10), :func:`bscrit.stats.equilibrium.relaxation_steps`), at least 20; with no τ known,
-    :data:`~bscrit.runs.svag.verdict.DEFAULT_EFFECTIVE_STEPS`.
+    ([LMA21] eq. (10), :func:`bscrit.stats.equilibrium.relaxation_steps`), at least 20; with no
+    τ known, :data:`~bscrit.runs.svag.verdict.DEFAULT_EFFECTIVE_STEPS`.
     """
     tau, why = relaxation_steps(target)
     if relaxation_times is not None and not relaxation_times > 0:
@@ -211,14 +181,9 @@ def _target_optimizer(
         notes = ["target hyperparameters given on the command line (no base optimizer)"]
         return target, "given", "hyperparameters given on the command line", notes
     d = _runnable(base.name)
-    target = optim.with_values(scale_optimizer(base, kappa), overrides)
-    given = [k for k, v in overrides.items() if v is not None]
-    notes = [f"overridden on the command line: {', '.join(given)}"] if given else []
-    if optim.group_optimizers(base):
-        notes.append(
-            f"the base run's {len(base.groups)} param groups have different values; the SVAG "
-            "runs use the main group's for every parameter"
-        )
+    target, notes = scaled_target(
+        base, overrides, kappa, overridden="overridden on the command line", runs="the SVAG runs"
+    )
     return target, d.rule, d.rule_reference, notes
 
 
@@ -257,42 +222,6 @@ def _schedule_note(sched: dict[str, Any], target_batch_size: int, start_step: fl
     ]
 
 
-def fixed_batches(n: int, batch_size: int, k: int, seed: int) -> list[list[int]]:
-    """The k training batches every evaluation uses (the same for every l, every branch)."""
-    gen = torch.Generator().manual_seed(seed + 1)
-    return [torch.randperm(n, generator=gen)[:batch_size].tolist() for _ in range(k)]
-
-
-def _held_out(
-    spec: Spec, device: torch.device, eval_examples: int | None, seed: int
-) -> tuple[BatchSource | None, list[int]]:
-    """The spec's eval_data and the fixed random subset of ``eval_examples`` evaluated."""
-    if spec.eval_data is None:
-        return None, []
-    eval_ds = build_dataset(spec.eval_data, spec.base_dir, "eval_data")
-    m = len(eval_ds)
-    if eval_examples is None or eval_examples >= m:
-        idx = list(range(m))
-    else:
-        gen = torch.Generator().manual_seed(seed + 2)
-        idx = sorted(torch.randperm(m, generator=gen)[:eval_examples].tolist())
-    return BatchSource(eval_ds, device, spec.eval_data.num_workers), idx
-
-
-def evaluation_inputs(
-    spec: Spec, device: torch.device, train_ds: Any, eval_examples: int | None, seed: int
-) -> tuple[Callable[[Any, Any], Any], BatchSource | None, list[int]]:
-    """The loss and the held-out set that ``svag`` and ``confirm`` evaluate with: the spec's
-    loss, checked on the training data and on eval_data (before any run), and the fixed random
-    subset of ``eval_examples`` held-out examples (None, [] without eval_data)."""
-    held_out, held_idx = _held_out(spec, device, eval_examples, seed)
-    loss_fn = build_loss(spec)
-    check_examples(train_ds, loss_fn, str(spec.path))
-    if held_out is not None:
-        check_examples(held_out.dataset, loss_fn, str(spec.path), "eval_data")
-    return loss_fn, held_out, held_idx
-
-
 def prepare_svag(
     spec: Spec,
     *,
@@ -327,61 +256,25 @@ def prepare_svag(
     """
     ls = parse_ls(ls)
     _check_lengths(target_batch_size, effective_steps, eval_batches)
-    seed = spec.measure.seed if seed is None else int(seed)
-    dev = resolve_device(device or spec.measure.device)
-
-    model, ckpt = load_model(spec, checkpoint, unsafe=unsafe)
-    train_ds = build_dataset(spec.data, spec.base_dir, "data")
-    n = len(train_ds)
-    warnings = _check_dataset_size(n, target_batch_size)
-    # SVAG trains what the run trained: the optimizer state's parameters (docs/theory.md §1)
-    sel = select_parameters(model, ckpt.optimizer_state, f"checkpoint {ckpt.path}")
-    for name, p in model.named_parameters():  # bscrit's own copy of the model
-        p.requires_grad_(name in sel.names)
-    warnings += [sel.warning] if sel.warning else []
-    base, opt_notes = resolve_optimizer(spec, ckpt)
-    warnings += opt_notes
-    base = None if base is None else replace(base, name=base.name.lower())
+    start = load_start(
+        spec, checkpoint, seed=seed, device=device, unsafe=unsafe,
+        check_size=lambda n: _check_dataset_size(n, target_batch_size),
+    )  # fmt: skip
     kappa = target_batch_size / spec.batch_size
     target, rule, reference, notes = _target_optimizer(
-        base, optimizer_name, dict(overrides or {}), kappa
+        start.base, optimizer_name, dict(overrides or {}), kappa
     )
     notes += _momentum_note(target)
     steps, tau, sizing = run_length(target, effective_steps, relaxation_times)
     sched = target_schedule(spec.schedule, kappa)
     notes += _schedule_note(sched, target_batch_size, start_step)
-    loss_fn, held_out, held_idx = evaluation_inputs(spec, dev, train_ds, eval_examples, seed)
-    if held_out is None:
+    shared = start.plan_fields(target_batch_size, eval_batches, eval_examples)
+    if shared["held_out"] is None:
         notes.append("no eval_data in the spec: no held-out loss/accuracy")
+    every = int(eval_every) if eval_every is not None else max(1, steps // EVAL_POINTS)
     return SvagPlan(
-        model=model,
-        loss_fn=loss_fn,
-        train=BatchSource(train_ds, dev, spec.data.num_workers),
-        held_out=held_out,
-        held_out_indices=held_idx,
-        fixed_batches=fixed_batches(n, target_batch_size, eval_batches, seed),
-        device=dev,
-        mode=spec.measure.mode,
-        batch_size=spec.batch_size,
-        target_batch_size=int(target_batch_size),
-        dataset_size=n,
-        kappa=kappa,
-        rule=rule,
-        rule_reference=reference,
-        base_optimizer=base,
-        target_optimizer=target,
-        schedule=sched,
-        start_step=float(start_step),
-        ls=ls,
-        effective_steps=steps,
-        eval_every=int(eval_every) if eval_every is not None else max(1, steps // EVAL_POINTS),
-        seed=seed,
-        warm_start=warm_start,
-        micro_batch_size=spec.micro_batch_size,
-        relaxation_steps=tau,
-        sizing=sizing,
-        spec=str(spec.path),
-        checkpoint=str(ckpt.path),
-        notes=notes,
-        warnings=warnings,
-    )
+        **shared, rule=rule, rule_reference=reference, base_optimizer=start.base,
+        target_optimizer=target, schedule=sched, start_step=float(start_step), ls=ls,
+        effective_steps=steps, eval_every=every, seed=start.seed, warm_start=warm_start,
+        relaxation_steps=tau, sizing=sizing, notes=notes,
+    )  # fmt: skip

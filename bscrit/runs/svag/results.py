@@ -4,14 +4,15 @@ SVAG here is the *Stochastic Variance Amplified Gradient* of Li, Malladi & Arora
 (and its adaptive version [MLPA22 §6]), not Balles & Hennig's "stochastic variance-adapted
 gradient" (the M-SVAG optimiser), which shares the acronym.
 
-:mod:`bscrit.runs.svag.run` runs the optimizer once per SVAG parameter l and records test functions at
-equal *effective steps* (SVAG steps / l). This module holds what those runs produce
+:mod:`bscrit.runs.svag.run` runs the optimizer once per SVAG parameter l and records test functions
+at equal *effective steps* (SVAG steps / l). This module holds what those runs produce
 (:class:`SvagRun`, :class:`SvagResult`), reads them with the calibrated verdict of
 :mod:`bscrit.runs.svag.verdict` (:func:`svag_verdict`: SGD against its SDE as C-closeness of [LMA21]
-Def. 5.1) and writes ``svag.json`` (``"schema": 2``, ``"kind": "bscrit.runs.svag"``) and
-``trajectories.csv`` atomically.
+Def. 5.1) and writes ``svag.json`` (``"schema": 2``, ``"kind": "bscrit.svag"``) and
+``trajectories.csv`` atomically (:data:`SVAG_ARTIFACT`).
 
-Format history of ``svag.json`` (the rule at the top of :mod:`bscrit.artifacts.measurement`):
+Format history of ``svag.json``, its own (the rule at the top of
+:mod:`bscrit.artifacts.measurement`):
 1 (0.1): ``summaries``, ``comparisons``, ``thresholds`` {rtol, z, tail}; ``verdict`` {code, text,
   reference_l, high_ls, metrics, failing} from pairwise agreement within rtol.
 2 (issue 15): the calibrated verdict; ``summaries``, ``comparisons`` and ``thresholds`` are gone;
@@ -23,47 +24,32 @@ Format history of ``svag.json`` (the rule at the top of :mod:`bscrit.artifacts.m
 
 from __future__ import annotations
 
-import csv
-import io
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from bscrit import __version__
-from bscrit.artifacts.measurement import (
-    OptimizerInfo,
-    check_schema,
-    dumps,
-    finite_or_none,
-    read_json,
-)
-from bscrit.errors import ArtifactError
+from bscrit.artifacts.jsonvalues import finite_or_none
 from bscrit.optim import registry as optim
+from bscrit.optim.registry import OptimizerInfo
+from bscrit.runs.common.artifact import (
+    RunArtifact,
+    csv_table,
+    values_from_json,
+    values_to_json,
+)
+from bscrit.runs.common.result import RunResult
 from bscrit.runs.svag.verdict import DECISION_METRICS, Verdict, VerdictConfig, decide
 from bscrit.stats.equilibrium import relaxation_steps as _relaxation_steps
 
-KIND_SVAG = "bscrit.runs.svag"
+__all__ = ["KIND_SVAG", "SVAG_ARTIFACT", "SVAG_SCHEMA", "SvagResult", "SvagRun",
+           "load_svag", "svag_paths", "svag_verdict", "trajectories_csv", "write_svag"]  # fmt: skip
+
+KIND_SVAG = "bscrit.svag"
 #: Schema of ``svag.json`` (its own history: module docstring).
 SVAG_SCHEMA = 2
 
 #: Test functions that decide the verdict (when present).
 VERDICT_METRICS: tuple[str, ...] = DECISION_METRICS
-#: Display order and labels of every test function bscrit records.
-METRIC_LABELS: dict[str, str] = {
-    "train_loss": "train loss",
-    "train_acc": "train acc",
-    "eval_loss": "held-out loss",
-    "eval_acc": "held-out acc",
-    "G": "G = ‖∇L‖²",
-    "N": "N = Tr Σ at B'",
-    "norm_sq": "‖x‖²",
-}
-
-
-def _none_to_nan(x: float | None) -> float:
-    return math.nan if x is None else float(x)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,7 +87,7 @@ class SvagRun:
             "diverged_at": self.diverged_at,
             "elapsed_s": self.elapsed_s,
             "effective_steps": list(self.effective_steps),
-            "values": {k: [finite_or_none(v) for v in vs] for k, vs in self.values.items()},
+            "values": values_to_json(self.values),
         }
 
     @staticmethod
@@ -111,14 +97,14 @@ class SvagRun:
             optimizer=OptimizerInfo.from_dict(d["optimizer"]),
             steps=int(d["steps"]),
             effective_steps=tuple(float(e) for e in d["effective_steps"]),
-            values={k: tuple(_none_to_nan(v) for v in vs) for k, vs in d["values"].items()},
+            values=values_from_json(d["values"]),
             diverged_at=None if d.get("diverged_at") is None else float(d["diverged_at"]),
             elapsed_s=float(d.get("elapsed_s", 0.0)),
         )
 
 
 # ----------------------------------------------------------------------------------------------
-# The artifact
+# The verdict and the artifact
 # ----------------------------------------------------------------------------------------------
 
 
@@ -163,56 +149,31 @@ def _upgrade_1_to_2(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-_SVAG_UPGRADES = {1: _upgrade_1_to_2}
+@dataclass(frozen=True, kw_only=True)
+class SvagResult(RunResult):
+    """Everything ``bscrit svag`` produced: setup, cost, runs and the calibrated verdict.
 
+    ``forward_backward``: l → forward-backward passes (training + evaluation); ``rule`` is
+    "given" when every hyperparameter came from the command line (no base optimizer)."""
 
-@dataclass(frozen=True)
-class SvagResult:
-    """Everything ``bscrit svag`` produced: setup, cost, runs and the calibrated verdict."""
-
-    batch_size: int  # B of the run the checkpoint comes from
-    target_batch_size: int  # B'
-    kappa: float
-    rule: str  # "linear" | "square-root" | "given" (all hyperparameters from the command line)
-    rule_reference: str
-    base_optimizer: OptimizerInfo | None
-    target_optimizer: OptimizerInfo
     ls: tuple[int, ...]
     effective_steps: int
     eval_every: int
-    eval_batches: int
-    eval_examples: int | None
     seed: int
-    device: str
-    forward_backward: dict[int, int]  # l -> forward-backward passes (training + evaluation)
     runs: tuple[SvagRun, ...]
     verdict: Verdict
     relaxation_steps: float | None = None  # τ = 1/(2η'λ) at B', in effective steps
     sizing: str = ""  # how the run length was chosen
-    schedule: dict[str, Any] = field(default_factory=dict)
-    start_step: float = 0.0
-    spec: str | None = None
-    checkpoint: str | None = None
-    elapsed_s: float = 0.0
-    notes: tuple[str, ...] = ()
-    warnings: tuple[str, ...] = ()
-    bscrit_version: str = __version__
+
+    def curves(self) -> list[Mapping[str, Sequence[float]]]:
+        return [r.values for r in self.runs]
 
     def to_dict(self) -> dict[str, Any]:
+        method = "SVAG, Stochastic Variance Amplified Gradient [LMA21 §4; MLPA22 §6]"
         return {
-            "schema": SVAG_SCHEMA,
-            "kind": KIND_SVAG,
-            "bscrit_version": self.bscrit_version,
-            "method": "SVAG, Stochastic Variance Amplified Gradient [LMA21 §4; MLPA22 §6]",
-            "spec": self.spec,
-            "checkpoint": self.checkpoint,
-            "device": self.device,
+            **self.head_dict(SVAG_ARTIFACT, method),
             "seed": self.seed,
-            "batch_size": self.batch_size,
-            "target_batch_size": self.target_batch_size,
-            "kappa": self.kappa,
-            "rule": self.rule,
-            "rule_reference": self.rule_reference,
+            **self.scaling_dict("batch_size"),
             "optimizer": self.base_optimizer.to_dict() if self.base_optimizer else None,
             "target_optimizer": self.target_optimizer.to_dict(),
             "schedule": self.schedule,
@@ -224,10 +185,7 @@ class SvagResult:
             "eval_every": self.eval_every,
             "eval_batches": self.eval_batches,
             "eval_examples": self.eval_examples,
-            "cost": {
-                "forward_backward_passes": {str(k): v for k, v in self.forward_backward.items()},
-                "total": sum(self.forward_backward.values()),
-            },
+            "cost": self.cost_dict(),
             "verdict": self.verdict.to_dict(),
             "runs": [r.to_dict() for r in self.runs],
             "elapsed_s": self.elapsed_s,
@@ -238,17 +196,11 @@ class SvagResult:
     @staticmethod
     def from_dict(d: dict[str, Any], source: str = "<dict>") -> SvagResult:
         try:
-            d = check_schema(d, KIND_SVAG, source, schema=SVAG_SCHEMA, upgrades=_SVAG_UPGRADES)
-            tau = d.get("relaxation_steps")
+            d = SVAG_ARTIFACT.check(d, source)
+            tau, base = d.get("relaxation_steps"), d.get("optimizer")
             return SvagResult(
-                batch_size=int(d["batch_size"]),
-                target_batch_size=int(d["target_batch_size"]),
-                kappa=float(d["kappa"]),
-                rule=str(d["rule"]),
-                rule_reference=str(d["rule_reference"]),
-                base_optimizer=(
-                    OptimizerInfo.from_dict(d["optimizer"]) if d.get("optimizer") else None
-                ),
+                **RunResult.common_fields(d, "batch_size"),
+                base_optimizer=OptimizerInfo.from_dict(base) if base else None,
                 target_optimizer=OptimizerInfo.from_dict(d["target_optimizer"]),
                 ls=tuple(int(x) for x in d["ls"]),
                 effective_steps=int(d["effective_steps"]),
@@ -264,67 +216,33 @@ class SvagResult:
                 verdict=Verdict.from_dict(d["verdict"]),
                 relaxation_steps=None if tau is None else float(tau),
                 sizing=str(d.get("sizing", "")),
-                schedule=dict(d.get("schedule") or {}),
-                start_step=float(d.get("start_step", 0.0)),
-                spec=d.get("spec"),
-                checkpoint=d.get("checkpoint"),
                 elapsed_s=float(d.get("elapsed_s", 0.0)),
-                notes=tuple(str(n) for n in d.get("notes", [])),
-                warnings=tuple(str(w) for w in d.get("warnings", [])),
-                bscrit_version=str(d.get("bscrit_version", "?")),
             )
         except (KeyError, TypeError, ValueError, IndexError) as e:
-            raise ArtifactError(
-                f"{source}: malformed SVAG artifact ({type(e).__name__}: {e}); "
-                "expected the svag.json written by `bscrit svag --out`"
-            ) from None
-
-    def metrics(self) -> list[str]:
-        """The test functions every run recorded, in display order."""
-        present = [m for m in METRIC_LABELS if all(m in r.values for r in self.runs)]
-        extra = [
-            m
-            for m in (self.runs[0].values if self.runs else {})
-            if m not in present and all(m in r.values for r in self.runs)
-        ]
-        return present + extra
+            raise SVAG_ARTIFACT.malformed(source, e) from None
 
 
 def trajectories_csv(result: SvagResult) -> str:
     """One row per (l, evaluation point): ``l, step, effective_step, <test functions>``.
 
     Non-finite values are written as empty cells."""
-    metrics = result.metrics()
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["l", "step", "effective_step", *metrics])
-    for run in result.runs:
-        for i, e in enumerate(run.effective_steps):
-            row: list[Any] = [run.l, round(e * run.l), repr(float(e))]
-            for m in metrics:
-                v = run.values[m][i]
-                row.append(repr(float(v)) if math.isfinite(v) else "")
-            w.writerow(row)
-    return buf.getvalue()
+    rows = (
+        ([run.l, round(e * run.l), repr(float(e))], run.values, i)
+        for run in result.runs
+        for i, e in enumerate(run.effective_steps)
+    )
+    return csv_table(["l", "step", "effective_step"], result.metrics(), rows)
 
 
-def svag_paths(out_dir: str | Path) -> tuple[Path, Path]:
-    """The two files :func:`write_svag` writes into ``out_dir``."""
-    return Path(out_dir) / "svag.json", Path(out_dir) / "trajectories.csv"
-
-
-def write_svag(result: SvagResult, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``svag.json`` and ``trajectories.csv`` into ``out_dir`` (created), atomically."""
-    from bscrit.artifacts.folders import write_folder
-
-    files = [("svag.json", dumps(result.to_dict())), ("trajectories.csv", trajectories_csv(result))]
-    j, c = write_folder(out_dir, files)
-    return j, c
-
-
-def load_svag(path: str | Path) -> SvagResult:
-    """Read an ``svag.json`` (or the folder holding it) written by ``bscrit svag --out``."""
-    from bscrit.artifacts.folders import file_in
-
-    p = file_in(path, "svag.json")
-    return SvagResult.from_dict(read_json(p), source=str(p))
+#: The folder of ``bscrit svag --out``: ``svag.json`` (schema :data:`SVAG_SCHEMA`, its own
+#: upgrades) and ``trajectories.csv``.
+SVAG_ARTIFACT: RunArtifact[SvagResult] = RunArtifact(
+    kind=KIND_SVAG, schema=SVAG_SCHEMA, json_name="svag.json", csv_name="trajectories.csv",
+    name="SVAG", command="bscrit svag", upgrades={1: _upgrade_1_to_2}, to_csv=trajectories_csv,
+    from_dict=SvagResult.from_dict,
+)  # fmt: skip
+#: The two files in an ``--out`` folder, writing them (atomically), reading ``svag.json`` (or the
+#: folder holding it).
+svag_paths = SVAG_ARTIFACT.paths
+write_svag = SVAG_ARTIFACT.write
+load_svag = SVAG_ARTIFACT.load

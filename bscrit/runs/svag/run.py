@@ -6,36 +6,30 @@ steps (SVAG steps / l); as l grows SVAG converges weakly to the SDE with error O
 
 :func:`run_svag` is the loop for any :class:`~bscrit.runs.svag.step.GradientOracle` (the closed-form
 tests use it with a synthetic oracle); :func:`run_plan` runs it once per l of a
-:class:`~bscrit.runs.svag.plan.SvagPlan`, each l on a deep copy of the model under the same seeds, and
-reads the runs (:mod:`bscrit.runs.svag.results`). Details and the verdict: docs/svag.md.
+:class:`~bscrit.runs.svag.plan.SvagPlan`, each l on a deep copy of the model under the same seeds,
+and reads the runs (:mod:`bscrit.runs.svag.results`). Details and the verdict: docs/svag.md.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
 
 from bscrit.errors import RunError, UsageError
 from bscrit.optim import registry as optim
 from bscrit.optim.registry import OptimizerInfo
-from bscrit.runs.svag.oracles import ModelEvaluator, ModelOracle
+from bscrit.runs.common.loop import non_finite, replica, train_on_grid
+from bscrit.runs.common.optimizer import lr_factor, make_optimizer
+from bscrit.runs.common.warm import GradientMoments, model_gradient_moments, warm_start
+from bscrit.runs.svag.oracles import ModelOracle
 from bscrit.runs.svag.plan import SvagPlan
 from bscrit.runs.svag.results import SvagResult, SvagRun, svag_verdict
-from bscrit.runs.svag.step import (
-    GradientOracle,
-    lr_factor,
-    make_optimizer,
-    svag_coefficients,
-    svag_step,
-)
+from bscrit.runs.svag.step import GradientOracle, svag_coefficients, svag_step
 from bscrit.runs.svag.verdict import VerdictConfig
-from bscrit.runs.svag.warm import GradientMoments, model_gradient_moments, warm_start
 from bscrit.theory.scaling import svag_hyperparameters
 
 __all__ = ["run_plan", "run_svag"]
@@ -92,12 +86,12 @@ def run_svag(
         evaluate: test functions at the current point, called at effective steps 0, eval_every,
             2·eval_every, ..., E (the last point is always included).
         eval_every: effective steps between evaluations.
-        schedule: target-batch schedule (:func:`~bscrit.runs.svag.step.target_schedule`); None =
-            constant LR.
+        schedule: target-batch schedule (:func:`~bscrit.runs.common.optimizer.target_schedule`);
+            None = constant LR.
         start_step: effective step of the checkpoint in the schedule.
         on_step: called with 1 after every SVAG step (progress bars).
         moments: gradient moments at the start; given, Adam/AdamW/RMSprop start from them
-            (:func:`~bscrit.runs.svag.warm.warm_start`) rather than from a zero state.
+            (:func:`~bscrit.runs.common.warm.warm_start`) rather than from a zero state.
 
     Returns:
         The :class:`~bscrit.runs.svag.results.SvagRun`; a non-finite test function stops the run
@@ -120,59 +114,36 @@ def run_svag(
         oracle, hp, l, moments, schedule or {"name": "constant"}, start_step,
         start_step + effective_steps,
     )  # fmt: skip
+
+    def step() -> None:
+        svag_step(oracle, optimizer, r1, r2)
+        scheduler.step()
+
     points = list(range(0, effective_steps, eval_every)) + [effective_steps]
-    values: dict[str, list[float]] = {}
-    t0 = time.perf_counter()
-    steps = 0
-    diverged_at: float | None = None
-    evaluated: list[float] = []
-    for p in points:
-        while steps < p * l:
-            svag_step(oracle, optimizer, r1, r2)
-            scheduler.step()
-            steps += 1
-            if on_step is not None:
-                on_step(1)
-        vals = evaluate()
-        if p == 0 and _non_finite(vals):
-            raise RunError(
-                f"SVAG run l = {l}: {_non_finite(vals)} at effective step 0, before any SVAG "
-                "step: the model or the loss is not finite at the checkpoint's weights (a NaN/Inf "
-                "weight, or data that give NaN); no run can start from there"
-            )
-        for k, v in vals.items():
-            values.setdefault(k, [math.nan] * len(evaluated)).append(float(v))
-        evaluated.append(float(p))
-        if not all(math.isfinite(v) for v in vals.values()):
-            diverged_at = float(p)
-            break
-    if on_step is not None and steps < effective_steps * l:
-        on_step(effective_steps * l - steps)  # skipped after divergence
-    for p in points[len(evaluated) :]:  # after divergence: NaN
-        evaluated.append(float(p))
-        for vs in values.values():
-            vs.append(math.nan)
+    curve = train_on_grid(
+        [p * l for p in points], step, evaluate, on_step=on_step,
+        at_start=lambda bad: (
+            f"SVAG run l = {l}: {bad} at effective step 0, before any SVAG step: the model or "
+            "the loss is not finite at the checkpoint's weights (a NaN/Inf weight, or data that "
+            "give NaN); no run can start from there"
+        ),
+    )  # fmt: skip
     return SvagRun(
         l=int(l),
         optimizer=hp,
-        steps=steps,
-        effective_steps=tuple(evaluated),
-        values={k: tuple(v) for k, v in values.items()},
-        diverged_at=diverged_at,
-        elapsed_s=time.perf_counter() - t0,
+        steps=curve.steps,
+        effective_steps=tuple(float(p) for p in points),
+        values=curve.values,
+        diverged_at=None if curve.diverged is None else float(points[curve.diverged]),
+        elapsed_s=curve.elapsed_s,
     )
-
-
-def _non_finite(values: dict[str, float]) -> str:
-    """``"train_loss = nan, G = nan"``: the test functions that are not finite ("" if none)."""
-    return ", ".join(f"{k} = {v}" for k, v in values.items() if not math.isfinite(v))
 
 
 def _divergence(run: SvagRun) -> str:
     """Where and in what a diverged run first stopped being finite."""
     steps = run.effective_steps
     at = steps.index(run.diverged_at) if run.diverged_at in steps else -1
-    what = _non_finite({k: v[at] for k, v in run.values.items()}) if at >= 0 else ""
+    what = non_finite({k: v[at] for k, v in run.values.items()}) if at >= 0 else ""
     return f"l = {run.l} at effective step {run.diverged_at:g}" + (f" ({what})" if what else "")
 
 
@@ -209,55 +180,22 @@ def _run_one(
     on_step: Callable[[int], None] | None,
 ) -> SvagRun:
     """SVAG with parameter l from the plan's checkpoint (a deep copy), under the plan's seeds."""
-    devices = [plan.device.index or 0] if plan.device.type == "cuda" else []
-    model = copy.deepcopy(plan.model).to(plan.device)
-    model.train()
-    loss_fn = plan.loss_fn.to(plan.device) if isinstance(plan.loss_fn, nn.Module) else plan.loss_fn
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(plan.seed)
-        oracle = ModelOracle(
-            model,
-            loss_fn,
-            plan.train,
-            plan.target_batch_size,
-            torch.Generator().manual_seed(plan.seed),
-            micro=plan.micro_batch_size,
-        )
-        evaluate = ModelEvaluator(
-            model,
-            loss_fn,
-            plan.train,
-            plan.fixed_batches,
-            mode=plan.mode,
-            held_out=plan.held_out,
-            held_out_indices=plan.held_out_indices,
-            eval_batch_size=min(plan.target_batch_size, 1024),
-            seed=plan.seed,
-            micro=plan.micro_batch_size,
-        )
+    where = f"SVAG run l = {l}"
+    with replica(plan, plan.seed, where, plan.target_batch_size) as (model, loss_fn):
+        oracle = ModelOracle(model, loss_fn, plan.train, plan.target_batch_size,
+                             torch.Generator().manual_seed(plan.seed),
+                             micro=plan.micro_batch_size)  # fmt: skip
         try:
-            run = run_svag(
-                oracle,
-                plan.target_optimizer,
-                l,
-                plan.effective_steps,
-                evaluate=evaluate,
-                eval_every=plan.eval_every,
-                schedule=plan.schedule,
-                start_step=plan.start_step,
-                on_step=on_step,
+            return run_svag(
+                oracle, plan.target_optimizer, l, plan.effective_steps,
+                evaluate=plan.evaluator(model, loss_fn, plan.seed), eval_every=plan.eval_every,
+                schedule=plan.schedule, start_step=plan.start_step, on_step=on_step,
                 moments=moments,
-            )
+            )  # fmt: skip
         except RunError as e:
-            if e.template.startswith("SVAG run l = "):
+            if e.template.startswith(where):
                 raise
-            raise RunError(f"SVAG run l = {l}: " + e.template, **e.options) from None
-        except torch.cuda.OutOfMemoryError:
-            raise RunError(
-                f"SVAG run l = {l}: out of memory at batch size {plan.target_batch_size} on "
-                f"{plan.device}"
-            ) from None
-    return run
+            raise RunError(f"{where}: " + e.template, **e.options) from None
 
 
 def _run_warnings(plan: SvagPlan, runs: list[SvagRun]) -> list[str]:
@@ -302,30 +240,9 @@ def run_plan(
     verdict, tau = svag_verdict(runs, plan.target_optimizer, plan.target_batch_size, config,
                                 len(plan.fixed_batches))  # fmt: skip
     return SvagResult(
-        batch_size=plan.batch_size,
-        target_batch_size=plan.target_batch_size,
-        kappa=plan.kappa,
-        rule=plan.rule,
-        rule_reference=plan.rule_reference,
-        base_optimizer=plan.base_optimizer,
-        target_optimizer=plan.target_optimizer,
-        ls=plan.ls,
-        effective_steps=plan.effective_steps,
-        eval_every=plan.eval_every,
-        eval_batches=len(plan.fixed_batches),
-        eval_examples=len(plan.held_out_indices) if plan.held_out is not None else None,
-        seed=plan.seed,
-        device=str(plan.device),
-        forward_backward=plan.forward_backward(),
-        runs=tuple(runs),
-        verdict=verdict,
-        relaxation_steps=tau,
-        sizing=plan.sizing,
-        schedule=plan.schedule,
-        start_step=plan.start_step,
-        spec=plan.spec,
-        checkpoint=plan.checkpoint,
-        elapsed_s=time.perf_counter() - t0,
+        **plan.result_fields(), ls=plan.ls, effective_steps=plan.effective_steps,
+        eval_every=plan.eval_every, seed=plan.seed, runs=tuple(runs), verdict=verdict,
+        relaxation_steps=tau, sizing=plan.sizing, elapsed_s=time.perf_counter() - t0,
         notes=(*plan.notes, state_note, BUFFERS_NOTE),
         warnings=tuple(_run_warnings(plan, runs)),
-    )
+    )  # fmt: skip

@@ -6,15 +6,18 @@ covariance is Σ̄ = ηΣ, so ηN∞/N̄∞ = E Tr Σ(x)/E Tr Σ(X): the one-bat
 points against the same at the SDE's (like with like, not SVAG's l·Σ). bscrit's N test function
 is that trace (N^{B'}), so the third ratio is a ratio of recorded N's. C = √c2 as in the bounds.
 
-1. **Tail window** (:func:`tail_window`): from ``skip`` relaxation times τ = 1/(2η'λ) at B'
-   ([LMA21] eq. (10)) to the end; the last half without τ or for runs shorter than 2·skip·τ.
-2. **Tail means** (:func:`tail_stat`) with a batch-means s.e. (blocks ≥ τ/2; Student's t).
-3. **The SDE** (:func:`sde_estimate`) from the runs l > 1: extrapolated linearly in 1/l only
-   when the runs show the trend ([LMA21] Thm 4.3 bounds the error by C(T)/l; it promises no
-   expansion in 1/l), else the largest l.
-4. **Ratios** SGD/SDE (:func:`ratio_estimate`) with a 95% interval by the delta method on the
-   log ratio. R, G, ηN, train and held-out loss decide (``VerdictConfig.decide_on``); G only
-   where the k evaluation batches resolve it (G ≥ N/k). Error rates 1 − acc are shown only.
+1. **Tail window** (:func:`~bscrit.runs.svag.tail.tail_window`): from ``skip`` relaxation times
+   τ = 1/(2η'λ) at B' ([LMA21] eq. (10)) to the end; the last half without τ or for runs shorter
+   than 2·skip·τ.
+2. **Tail means** (:func:`~bscrit.runs.svag.tail.tail_stat`) with a batch-means s.e. (blocks ≥
+   τ/2; Student's t).
+3. **The SDE** (:func:`~bscrit.runs.svag.ratios.sde_estimate`) from the runs l > 1: extrapolated
+   linearly in 1/l only when the runs show the trend ([LMA21] Thm 4.3 bounds the error by C(T)/l;
+   it promises no expansion in 1/l), else the largest l.
+4. **Ratios** SGD/SDE (:func:`~bscrit.runs.svag.ratios.ratio_estimate`) with a 95% interval by
+   the delta method on the log ratio. R, G, ηN, train and held-out loss decide
+   (``VerdictConfig.decide_on``); G only where the k evaluation batches resolve it (G ≥ N/k).
+   Error rates 1 − acc are shown only.
 5. **Settled?** (:func:`unsettled`): ``not_converged`` only when R or a loss of an SVAG run
    still drifts over the window, or the l-trend reverses, beyond the noise and ``settle_rtol``.
 6. **Decision** (:func:`decide`): ``fail_rule="interval"``: ``sde_fails`` when a decision
@@ -29,11 +32,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from bscrit.runs.svag.ratios import (
+    LEVEL,
+    RatioEstimate,
+    SdeEstimate,
+    diff_significant,
+    ratio_estimate,
+    sde_estimate,
+)
+from bscrit.runs.svag.tail import DEFAULT_SKIP, TailStat, tail_stat, tail_window
 from bscrit.stats.estimators import t_quantile
 
-__all__ = ["DECIDE_ON", "DECISION_METRICS", "LOSS_METRICS", "RATIO_METRICS", "RatioEstimate",
-           "SdeEstimate", "TailStat", "Verdict", "VerdictConfig", "decide", "ratio_estimate",
-           "sde_estimate", "tail_stat", "tail_window", "unsettled"]  # fmt: skip
+__all__ = ["DECIDE_ON", "DECISION_METRICS", "LOSS_METRICS", "RATIO_LABELS", "RATIO_METRICS",
+           "VERDICT_TEXT", "Verdict", "VerdictConfig", "decide", "unsettled"]  # fmt: skip
 
 #: Def. 5.1's R, G, ηN and the training / held-out loss (``--decide-on def5.1``).
 DECISION_METRICS: tuple[str, ...] = ("norm_sq", "G", "N", "train_loss", "eval_loss")
@@ -60,11 +71,9 @@ RATIO_LABELS: dict[str, str] = {
     "eval_acc": "held-out error",
 }
 
-LEVEL, DEFAULT_C2, MAX_BLOCKS = 0.95, 2.0, 20
-DEFAULT_SKIP = 1.0  # relaxation times τ skipped before the tail window
+DEFAULT_C2 = 2.0
 DEFAULT_RELAXATION_TIMES = 4.0  # default run length in τ = 1/(2ηλ) at B'
 DEFAULT_EFFECTIVE_STEPS = 300  # run length when no relaxation time is known
-UNKNOWN_TAU_TAIL = 0.5  # tail window (fraction of the run) when no τ is known
 DEFAULT_SETTLE_RTOL = 0.1  # a drift or an l-trend reversal counts only beyond this
 
 VERDICT_TEXT: dict[str, str] = {
@@ -84,14 +93,6 @@ VERDICT_TEXT: dict[str, str] = {
         "(--relaxation-times) or with larger l (e.g. --l {suggest})."
     ),
 }
-
-
-def _num(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
-
-
-def _nan(x: Any) -> float:
-    return math.nan if x is None else float(x)
 
 
 @dataclass(frozen=True)
@@ -135,256 +136,6 @@ class VerdictConfig:
 
 
 # ----------------------------------------------------------------------------------------------
-# Tail window and tail statistics
-# ----------------------------------------------------------------------------------------------
-
-
-def tail_window(end: float, tau: float | None, skip: float = DEFAULT_SKIP) -> tuple[float, str]:
-    """Start of the tail window (in effective steps) of runs of length ``end``, and why.
-
-    From ``skip``·τ to the end when the run spans at least 2·skip·τ; otherwise the last half.
-    """
-    if tau is not None and tau > 0 and end >= 2.0 * skip * tau:
-        return skip * tau, f"from {skip:g} relaxation time(s) τ = {tau:.4g} steps to the end"
-    if tau is None or tau <= 0:
-        why = "no relaxation time known"
-    else:
-        why = f"the run ({end:g} steps) is shorter than {2 * skip:g} τ = {2 * skip * tau:.4g}"
-    return (1.0 - UNKNOWN_TAU_TAIL) * end, f"the last half ({why})"
-
-
-@dataclass(frozen=True)
-class TailStat:
-    """One test function of one run over the tail window: mean with a batch-means s.e.
-
-    ``drift`` = mean of the second half of the blocks − mean of the first, ``drift_se`` its s.e.
-    from the pooled within-half spread (NaN with fewer than 4 blocks).
-    """
-
-    metric: str
-    l: int  # noqa: E741
-    mean: float
-    se: float
-    df: float
-    n: int
-    blocks: int
-    drift: float
-    drift_se: float
-    final: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "l": self.l, "mean": _num(self.mean), "se": _num(self.se),
-                "df": _num(self.df), "n": self.n, "blocks": self.blocks,
-                "drift": _num(self.drift), "drift_se": _num(self.drift_se),
-                "final": _num(self.final)}  # fmt: skip
-
-    @staticmethod
-    def from_dict(d: Mapping[str, Any]) -> TailStat:
-        return TailStat(
-            metric=str(d["metric"]), l=int(d["l"]), mean=_nan(d["mean"]), se=_nan(d["se"]),
-            df=_nan(d["df"]), n=int(d["n"]), blocks=int(d["blocks"]), drift=_nan(d["drift"]),
-            drift_se=_nan(d["drift_se"]), final=_nan(d["final"]),
-        )  # fmt: skip
-
-
-def _transform(metric: str, x: float) -> float:
-    """Accuracies are compared as error rates 1 − acc ([LMA21] §5.1's test-error criterion)."""
-    return 1.0 - x if metric.endswith("_acc") else x
-
-
-def tail_stat(
-    metric: str,
-    l: int,  # noqa: E741
-    times: Sequence[float],
-    values: Sequence[float],
-    start: float,
-    tau: float | None,
-) -> TailStat:
-    """Mean and batch-means s.e. of ``values`` at the ``times`` ≥ ``start``.
-
-    Blocks: b = ⌊window / (τ/2)⌋ contiguous blocks (10 when τ is unknown), at most 20 and with at
-    least two points each; se = sd(block means)/√b with b − 1 degrees of freedom. With one point
-    the s.e. is NaN (an unbounded interval).
-    """
-    idx = [i for i, t in enumerate(times) if t >= start - 1e-9]
-    xs = [_transform(metric, values[i]) for i in idx]
-    final = _transform(metric, values[-1]) if len(values) else math.nan
-    n = len(xs)
-    if n == 0:
-        return TailStat(metric, l, math.nan, math.nan, math.nan, 0, 0, math.nan, math.nan, final)
-    mean = sum(xs) / n
-    if n == 1:
-        return TailStat(metric, l, mean, math.nan, math.nan, 1, 1, math.nan, math.nan, final)
-    width = times[idx[-1]] - times[idx[0]]
-    b = int(width // (tau / 2.0)) if tau else 10
-    b = max(2, min(b, MAX_BLOCKS, n // 2)) if n >= 4 else n
-    groups: list[list[float]] = [[] for _ in range(b)]
-    for j, x in enumerate(xs):
-        groups[j * b // n].append(x)
-    ms = [sum(g) / len(g) for g in groups]
-    mb = sum(ms) / b
-    se = math.sqrt(sum((m - mb) ** 2 for m in ms) / (b - 1) / b)
-    drift = drift_se = math.nan
-    if b >= 4:
-        first, second = ms[: b // 2], ms[b // 2 :]
-        m1, m2 = sum(first) / len(first), sum(second) / len(second)
-        ss = sum((m - m1) ** 2 for m in first) + sum((m - m2) ** 2 for m in second)
-        sp = math.sqrt(ss / (b - 2))
-        drift, drift_se = m2 - m1, sp * math.sqrt(1 / len(first) + 1 / len(second))
-    return TailStat(metric, l, mean, se, float(b - 1), n, b, drift, drift_se, final)
-
-
-def _q(df: float) -> float:
-    """Two-sided 95% quantile of t at ``df`` (∞ when df is not a positive number)."""
-    return t_quantile(0.5 + LEVEL / 2, df) if math.isfinite(df) and df > 0 else math.inf
-
-
-# ----------------------------------------------------------------------------------------------
-# The SDE from the SVAG runs
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SdeEstimate:
-    """The SDE's value of one test function, from the SVAG runs (l > 1)."""
-
-    metric: str
-    value: float
-    se: float
-    df: float
-    source: str  # "extrapolated" | "largest_l"
-    ls: tuple[int, ...]  # the SVAG l it is computed from
-    trend: str  # why (not) extrapolated
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "value": _num(self.value), "se": _num(self.se),
-                "df": _num(self.df), "source": self.source, "ls": list(self.ls),
-                "trend": self.trend}  # fmt: skip
-
-    @staticmethod
-    def from_dict(d: Mapping[str, Any]) -> SdeEstimate:
-        return SdeEstimate(str(d["metric"]), _nan(d["value"]), _nan(d["se"]), _nan(d["df"]),
-                           str(d["source"]), tuple(int(x) for x in d["ls"]),
-                           str(d["trend"]))  # fmt: skip
-
-
-def _diff_significant(a: TailStat, b: TailStat, p: float = 0.5 + LEVEL / 2) -> bool:
-    """|b − a| beyond the two-sided ``p`` quantile of t times its s.e. (runs independent)."""
-    d, se, df = b.mean - a.mean, math.hypot(a.se, b.se), min(a.df, b.df)
-    q = t_quantile(p, df) if math.isfinite(df) and df > 0 else math.inf
-    return math.isfinite(se) and abs(d) > q * se
-
-
-def sde_estimate(ref: TailStat, svag: Sequence[TailStat], extrapolate: str = "auto") -> SdeEstimate:
-    """The SDE's tail mean of one metric: the SVAG runs extrapolated in 1/l when they show the
-    trend (module docstring, step 3), else the largest l.
-
-    Linear in 1/l through the two largest l_a < l_b: v = (l_b m_b − l_a m_a)/(l_b − l_a), with
-    se² = (l_b² se_b² + l_a² se_a²)/(l_b − l_a)² (runs treated as independent).
-    """
-    svag = sorted(svag, key=lambda s: s.l)
-    top = svag[-1]
-    largest = SdeEstimate(ref.metric, top.mean, top.se, top.df, "largest_l", (top.l,), "")
-    if len(svag) < 2:
-        return replace(largest, trend="one SVAG run: the largest l")
-    if extrapolate == "never":
-        return replace(largest, trend="extrapolation off: the largest l")
-    a, b = svag[-2], svag[-1]
-    seq = [ref, *svag]
-    steps = [y.mean - x.mean for x, y in zip(seq, seq[1:])]
-    if not all(math.isfinite(s) for s in steps):
-        return replace(largest, trend="not finite: the largest l")
-    monotone = all(s > 0 for s in steps) or all(s < 0 for s in steps)
-    if not monotone:
-        return replace(largest, trend=f"not monotone in l = {', '.join(str(s.l) for s in seq)}: "
-                       "the largest l")  # fmt: skip
-    if not _diff_significant(a, b):
-        return replace(largest, trend=f"l = {a.l} and {b.l} agree within their 95% interval: "
-                       "the largest l")  # fmt: skip
-    if abs(steps[-1]) >= abs(steps[-2]):
-        return replace(largest, trend=f"not converging (the step {a.l}→{b.l} is not smaller than "
-                       "the one before): the largest l")  # fmt: skip
-    la, lb = a.l, b.l
-    value = (lb * b.mean - la * a.mean) / (lb - la)
-    se = math.sqrt(lb**2 * b.se**2 + la**2 * a.se**2) / (lb - la)
-    return SdeEstimate(
-        ref.metric, value, se, min(a.df, b.df), "extrapolated", (la, lb),
-        f"monotone and converging in l = {', '.join(str(s.l) for s in seq)}: extrapolated "
-        f"linearly in 1/l to 0 from l = {la}, {lb}",
-    )  # fmt: skip
-
-
-# ----------------------------------------------------------------------------------------------
-# Ratios
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RatioEstimate:
-    """SGD/SDE of one test function with a 95% interval and where it lies against [1/C, C].
-
-    ``status``: "inside" (interval within [1/C, C]), "outside" (interval wholly outside),
-    "straddles" (the interval reaches across a boundary), "undefined" (a non-positive mean),
-    "unresolved" (G below the noise N/k of the k fixed evaluation batches: shown only).
-    """
-
-    metric: str
-    sgd: float
-    sde: float
-    ratio: float
-    lo: float
-    hi: float
-    status: str
-    point_inside: bool
-    decides: bool
-    sde_source: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "sgd": _num(self.sgd), "sde": _num(self.sde),
-                "ratio": _num(self.ratio), "ci95": [_num(self.lo), _num(self.hi)],
-                "status": self.status, "point_inside": self.point_inside,
-                "decides": self.decides, "sde_source": self.sde_source}  # fmt: skip
-
-    @staticmethod
-    def from_dict(d: Mapping[str, Any]) -> RatioEstimate:
-        lo, hi = d["ci95"]
-        return RatioEstimate(
-            str(d["metric"]), _nan(d["sgd"]), _nan(d["sde"]), _nan(d["ratio"]),
-            0.0 if lo is None else float(lo), math.inf if hi is None else float(hi),
-            str(d["status"]), bool(d["point_inside"]), bool(d["decides"]), str(d["sde_source"]),
-        )  # fmt: skip
-
-
-def ratio_estimate(
-    sgd: TailStat,
-    sde: SdeEstimate,
-    C: float,
-    decide_on: Sequence[str] = LOSS_METRICS,  # noqa: N803
-) -> RatioEstimate:
-    """SGD/SDE with a 95% interval by the delta method on the log ratio:
-    se² = (se_sgd/sgd)² + (se_sde/sde)², t at the smaller number of degrees of freedom (runs
-    treated as independent; they share seeds, so this is conservative). A non-positive mean (Ĝ
-    can be) gives no interval ("undefined")."""
-    decides = sgd.metric in decide_on
-    if not (sgd.mean > 0 and sde.value > 0):
-        return RatioEstimate(sgd.metric, sgd.mean, sde.value, math.nan, 0.0, math.inf,
-                             "undefined", False, decides, sde.source)  # fmt: skip
-    r = sgd.mean / sde.value
-    se_log = math.hypot(sgd.se / sgd.mean, sde.se / sde.value)
-    half = _q(min(sgd.df, sde.df)) * se_log if math.isfinite(se_log) else math.inf
-    lo, hi = (r * math.exp(-half), r * math.exp(half)) if math.isfinite(half) else (0.0, math.inf)
-    if lo >= 1.0 / C and hi <= C:
-        status = "inside"
-    elif lo > C or hi < 1.0 / C:
-        status = "outside"
-    else:
-        status = "straddles"
-    inside = 1.0 / C <= r <= C
-    return RatioEstimate(sgd.metric, sgd.mean, sde.value, r, lo, hi, status, inside, decides,
-                         sde.source)  # fmt: skip
-
-
-# ----------------------------------------------------------------------------------------------
 # Settled? and the verdict
 # ----------------------------------------------------------------------------------------------
 
@@ -419,7 +170,7 @@ def unsettled(
         for x, y, z in zip(seq, seq[1:], seq[2:]):
             d1, d2 = y.mean - x.mean, z.mean - y.mean
             big = all(abs(d) > settle_rtol * abs(y.mean) for d in (d1, d2))
-            if d1 * d2 < 0 and big and _diff_significant(x, y, p) and _diff_significant(y, z, p):
+            if d1 * d2 < 0 and big and diff_significant(x, y, p) and diff_significant(y, z, p):
                 out.append(f"{RATIO_LABELS[m]} is not monotone in l = {x.l}, {y.l}, {z.l} "
                            f"({x.mean:.4g}, {y.mean:.4g}, {z.mean:.4g})")  # fmt: skip
     return out
@@ -529,7 +280,8 @@ def decide(
 
     Args:
         runs: one per l (at least two; ``l``, ``effective_steps``, ``values`` of
-            :class:`~bscrit.runs.svag.results.SvagRun`); the smallest l is the reference (l = 1: SGD).
+            :class:`~bscrit.runs.svag.results.SvagRun`); the smallest l is the reference (l = 1:
+            SGD).
         relaxation_steps: τ at B' in effective steps, or None when unknown.
         config: the thresholds (:class:`VerdictConfig`).
         relaxation_note, target_batch_size, run_name, rule: words of the text.

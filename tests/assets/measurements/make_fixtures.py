@@ -1,8 +1,9 @@
 """Write the hand-designed measurement fixtures of this folder (``python make_fixtures.py``).
 
-Each fixture is a :class:`bscrit.artifacts.measurement.Measurement` whose leave-one-group-out values are built
-so that the jackknife can be done by hand: with m = 10 groups, every N_(j) equals N and the G_(j)
-alternate G + δ, G − δ. Then the SNR values G_(j)/N are G/N ± δ/N, their mean is G/N, and
+Each fixture is a :class:`bscrit.artifacts.measurement.Measurement` whose leave-one-group-out
+values are built so that the jackknife can be done by hand: with m = 10 groups, every N_(j)
+equals N and the G_(j) alternate G + δ, G − δ. Then the SNR values G_(j)/N are G/N ± δ/N, their
+mean is G/N, and
 
     se(G/N) = sqrt((m − 1)/m · m (δ/N)²) = 3 δ/N,     t_{0.975, 9} = 2.2621571627...
 
@@ -27,14 +28,9 @@ import json
 import sys
 from pathlib import Path
 
-from bscrit.artifacts.measurement import (
-    CheckpointStats,
-    Equilibrium,
-    Measurement,
-    OptimizerInfo,
-    ParameterRow,
-    ParamSetStats,
-)
+from bscrit.artifacts.measurement import Measurement
+from bscrit.artifacts.records import CheckpointStats, Equilibrium, ParameterRow, ParamSetStats
+from bscrit.optim.registry import OptimizerInfo
 from bscrit.stats.estimators import noise_stats_from_jackknife
 
 HERE = Path(__file__).parent

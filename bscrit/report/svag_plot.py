@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import math
 import os
+from typing import TYPE_CHECKING
 
-from bscrit.artifacts.folders import save_figure
-from bscrit.runs.svag.results import METRIC_LABELS, SvagResult
+from bscrit.report.figure import save_figure
+from bscrit.runs.common.result import METRIC_LABELS
+
+if TYPE_CHECKING:
+    from bscrit.runs.svag.results import SvagResult
 
 
 def plot_svag(r: SvagResult, path: str | os.PathLike[str]) -> None:
@@ -21,6 +25,8 @@ def plot_svag(r: SvagResult, path: str | os.PathLike[str]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    title = (f"SVAG at B' = {r.target_batch_size} ({r.target_optimizer.name}); verdict: "
+             f"{r.verdict.code}")  # fmt: skip
     metrics = r.metrics()
     ncols = min(3, len(metrics))
     nrows = math.ceil(len(metrics) / ncols)
@@ -37,10 +43,6 @@ def plot_svag(r: SvagResult, path: str | os.PathLike[str]) -> None:
     for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
-    fig.suptitle(
-        f"SVAG at B' = {r.target_batch_size} ({r.target_optimizer.name}); verdict: "
-        f"{r.verdict.code}",
-        fontsize=11,
-    )
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     save_figure(fig, path)

@@ -39,7 +39,8 @@ class ScheduleSpec:
 def parse_optimizer(c: Checker, value: Any) -> OptimizerInfo | None:
     """The spec's ``optimizer:``: a name and the run's hyperparameters (``lr`` required), or the
     name alone, which settles an optimizer state that cannot tell (Adam, AdamW, RAdam keep the
-    same state): its values are then read from the checkpoint (:data:`bscrit.optim.registry.NAME_ONLY`)."""
+    same state): its values are then read from the checkpoint
+    (:data:`bscrit.optim.registry.NAME_ONLY`)."""
     path = "optimizer"
     if value is None:
         return None

@@ -1,9 +1,10 @@
 """Warm start of the adaptive optimizers' state from the gradient moments at the checkpoint (torch).
 
-SGD starts with a fresh momentum buffer for every l; Adam/AdamW/RMSprop are warm-started for every
-l from the gradient moments at the checkpoint (:func:`warm_start`), so that the start-up
-transient of a zero state, which depends on l, does not pass for a difference between the
-optimizer and its SDE (docs/svag.md).
+Adam/AdamW/RMSprop started from a zero state go through a start-up transient (the first steps
+divide by a tiny √v) that depends on the run: on l for SVAG, on the batch size for the branches of
+``bscrit confirm``. :func:`warm_start` starts them instead from the gradient moments at the
+checkpoint (:func:`model_gradient_moments`), so that transient does not pass for a difference
+between the runs compared (docs/svag.md). SGD starts with a fresh momentum buffer.
 """
 
 from __future__ import annotations
@@ -19,15 +20,14 @@ from torch import Tensor, nn
 from bscrit.engine.data import BatchSource
 from bscrit.errors import UsageError
 from bscrit.optim import registry as optim
-from bscrit.runs.svag.oracles import KeepBuffers, forward_errors, loss_gradient
-from bscrit.runs.svag.step import Grads
+from bscrit.runs.common.evaluation import Grads, KeepBuffers, forward_errors, loss_gradient
 
 #: Bias corrections 1 − β^step are set to 1 − e^(−WARM_START_HORIZON) ≈ 1 by the warm start.
 WARM_START_HORIZON = 30.0
 
 #: PyTorch's state tensors of the first moment (Adam; centred RMSprop) and the second moment.
 _FIRST_MOMENT_KEYS = ("exp_avg", "grad_avg")
-_SECOND_MOMENT_KEYS = ("exp_avg_sq", "square_avg")
+SECOND_MOMENT_KEYS = ("exp_avg_sq", "square_avg")
 
 
 @dataclass
@@ -164,7 +164,7 @@ def warm_start(
             if not st or m is None or v is None:
                 continue
             m, v = m.to(p.device, p.dtype), v.to(p.device, p.dtype)
-            for keys, val in ((_FIRST_MOMENT_KEYS, m), (_SECOND_MOMENT_KEYS, v)):
+            for keys, val in ((_FIRST_MOMENT_KEYS, m), (SECOND_MOMENT_KEYS, v)):
                 for key in keys:
                     if key in st:
                         st[key].copy_(val)

@@ -5,9 +5,13 @@ write is an exit-3 error naming the file."""
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from bscrit.artifacts.folders import save_figure
-from bscrit.runs.confirm.results import METRIC_LABELS, ConfirmResult
+from bscrit.report.figure import save_figure
+from bscrit.runs.common.result import METRIC_LABELS
+
+if TYPE_CHECKING:
+    from bscrit.runs.confirm.results import ConfirmResult
 
 #: Panels, when recorded: the verdict's loss first.
 PANELS = ("eval_loss", "train_loss", "eval_acc", "norm_sq")
@@ -22,6 +26,8 @@ def plot_confirm(r: ConfirmResult, path: str | os.PathLike[str]) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import EngFormatter, MaxNLocator
 
+    title = (f"confirm B = {r.batch_size} → B' = {r.target_batch_size} ({r.rule}, "
+             f"{len(r.seeds)} seeds): {r.verdict.code}")  # fmt: skip
     present = r.metrics()
     metrics = [m for m in PANELS if m in present]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 3.4), squeeze=False)
@@ -40,10 +46,6 @@ def plot_confirm(r: ConfirmResult, path: str | os.PathLike[str]) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=8)
-    fig.suptitle(
-        f"confirm B = {r.batch_size} → B' = {r.target_batch_size} ({r.rule}, "
-        f"{len(r.seeds)} seeds): {r.verdict.code}",
-        fontsize=11,
-    )
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     save_figure(fig, path)

@@ -1,0 +1,91 @@
+"""The confirmation target B' read from a measurement: the one function behind ``bscrit svag
+--from-measurement``, ``bscrit confirm --from-measurement`` and the demo, so they name the same B'
+with the same words (where it comes from, and the scope of the interval it comes from)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from bscrit.errors import UsageError
+
+if TYPE_CHECKING:
+    from bscrit.runs.confirm.plan import ConfirmPlan
+    from bscrit.runs.svag.plan import SvagPlan
+
+PathLike = str | os.PathLike[str]
+
+
+def target_from_measurement(path: PathLike, c2: float = 2.0) -> tuple[int, str]:
+    """B' = :func:`~bscrit.theory.prediction.confirmation_target` of the prediction from the
+    measurement at ``path``, and one line saying why (which end of which interval, of which file,
+    over which scope: the equilibrium, or one point)."""
+    from bscrit.theory.prediction import confirmation_target, predict_files
+
+    pred = predict_files([path], c2)
+    target, why = confirmation_target(pred)
+    scope = pred.base.interval_note.split(";")[0]  # over the equilibrium, or one point
+    return target, f"B' = {target}: {why} of {path} ({scope})"
+
+
+def _target(
+    target_batch_size: int | None,
+    from_measurement: PathLike | None,
+    c2: float,
+    on_target: Callable[[str], None] | None,
+) -> int:
+    """B' given, or read from a measurement (exactly one), ``on_target`` told where it came from."""
+    if (target_batch_size is None) == (from_measurement is None):
+        raise UsageError(
+            "give exactly one of {t} and {m}", t="target_batch_size", m="from_measurement"
+        )
+    if from_measurement is not None:
+        target_batch_size, line = target_from_measurement(from_measurement, c2)
+        if on_target is not None:
+            on_target(line)
+    assert target_batch_size is not None
+    return target_batch_size
+
+
+def plan_svag(
+    spec_path: PathLike,
+    *,
+    target_batch_size: int | None = None,
+    from_measurement: PathLike | None = None,
+    c2: float = 2.0,
+    ls: str | Sequence[int] = (1, 2, 4),
+    on_target: Callable[[str], None] | None = None,
+    **kwargs: Any,
+) -> SvagPlan:
+    """``bscrit svag``: the SVAG plan at B', given or read from a measurement
+    (:func:`target_from_measurement`). ``kwargs`` go to
+    :func:`~bscrit.runs.svag.plan.prepare_svag`. Everything is checked before any run;
+    ``on_target`` is told where B' came from before the checkpoint and data are loaded.
+    """
+    from bscrit.runs.svag.plan import parse_ls, prepare_svag
+    from bscrit.specfile.document import load_spec
+
+    parsed = parse_ls(ls)
+    target = _target(target_batch_size, from_measurement, c2, on_target)
+    return prepare_svag(load_spec(spec_path), target_batch_size=target, ls=parsed, **kwargs)
+
+
+def plan_confirm(
+    spec_path: PathLike,
+    *,
+    target_batch_size: int | None = None,
+    from_measurement: PathLike | None = None,
+    c2: float = 2.0,
+    on_target: Callable[[str], None] | None = None,
+    **kwargs: Any,
+) -> ConfirmPlan:
+    """``bscrit confirm``: the plan at B', given or read from a measurement
+    (:func:`target_from_measurement`, the same B' as ``svag --from-measurement``). ``kwargs`` go
+    to :func:`~bscrit.runs.confirm.plan.prepare_confirm`; everything is checked before any run.
+    """
+    from bscrit.runs.confirm.plan import prepare_confirm
+    from bscrit.specfile.document import load_spec
+
+    target = _target(target_batch_size, from_measurement, c2, on_target)
+    return prepare_confirm(load_spec(spec_path), target_batch_size=target, **kwargs)
