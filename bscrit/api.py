@@ -103,6 +103,7 @@ def measure(
     from bscrit.engine.loop import LoopSettings, measure_model
     from bscrit.engine.params import requires_grad_only
     from bscrit.engine.precondition import build_preconditioner
+    from bscrit.load.factories import meta_message, meta_tensors
     from bscrit.stats.summary import summarize_checkpoint
     from bscrit.workflows.assemble import MeasuredPoint, RunFacts, build_measurement
     from bscrit.workflows.live import (
@@ -116,9 +117,13 @@ def measure(
         resolve_loss,
     )
 
-    check_arguments(batch_size, num_batches, groups, micro_batch_size, mode)
+    check_arguments(batch_size, num_batches, groups, micro_batch_size, mode, seed=seed,
+                    step=step, examples_seen=examples_seen, num_workers=num_workers)  # fmt: skip
     if not isinstance(model, torch.nn.Module):
         raise UsageError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    meta = meta_tensors(model)
+    if meta:
+        raise UsageError(f"model: {meta_message(meta)}")
     d = resolve_data(data)
     loss = resolve_loss(loss_fn)
     dev = resolve_device(model, device)

@@ -7,8 +7,12 @@ for a user mistake.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from enum import IntEnum
+
+#: Environment variable that turns on ``--debug`` (full tracebacks of internal errors).
+ENV_DEBUG = "BSCRIT_DEBUG"
 
 
 class ExitCode(IntEnum):
@@ -17,7 +21,8 @@ class ExitCode(IntEnum):
     OK = 0
     CHECK_FAILED = 1  # ``bscrit check``: the target batch size is past the critical batch size
     USAGE = 2  # bad command line, spec, checkpoint or artifact
-    RUNTIME = 3  # the measurement or a run failed (NaN gradient, out of memory, ...)
+    RUNTIME = 3  # the measurement or a run failed (NaN gradient, out of memory, the user's code)
+    INTERNAL = 4  # an unexpected error inside bscrit: a bug (``--debug`` shows the traceback)
     INTERRUPTED = 130  # Ctrl-C
     TERMINATED = 143  # SIGTERM (128 + 15), handled like Ctrl-C
 
@@ -115,6 +120,39 @@ class MeasurementError(BscritError):
     exit_code = ExitCode.RUNTIME
 
 
+class UserCodeError(BscritError):
+    """The user's own code raised while it ran: the model's forward, the loss, the backward pass
+    through them, a dataset item or the collate function (not while a factory built them: that
+    is a :class:`SpecError`).
+
+    The library raises it where it calls that code; the loops that know the batch or the step
+    turn it into a :class:`MeasurementError` or :class:`RunError` with :meth:`at`, chained to the
+    original exception (``--debug`` prints its traceback). Exit code 3 either way.
+
+    Attributes:
+        origin: what raised, e.g. ``"the loss function"``, ``"dataset item 17"``.
+        error: the original exception.
+        stage: ``"data"`` (reading the examples) or ``"pass"`` (the forward/backward pass).
+    """
+
+    exit_code = ExitCode.RUNTIME
+
+    def __init__(
+        self, origin: str, error: BaseException, stage: str = "pass", line: str | None = None
+    ) -> None:
+        self.origin, self.error, self.stage = origin, error, stage
+        if line is None:
+            line, name = first_line(error), type(error).__name__
+            if isinstance(error, RuntimeError) and type(error) is not RuntimeError:
+                line = line if line.startswith(name) else f"{name}: {line}"  # NotImplementedError
+        super().__init__(f"{line} (raised by {origin})")
+
+    def at(self, where: str) -> str:
+        """The one-line message of the failure ``where`` it happened (``"at batch 7"``)."""
+        what = "reading the examples" if self.stage == "data" else "the forward/backward pass"
+        return f"{what} failed {where}: {self.message}"
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread by the CLI's handler: every ``except KeyboardInterrupt``
     clean-up runs as for Ctrl-C (temp files removed, nothing partial); the exit code is 143."""
@@ -130,3 +168,18 @@ def first_line(e: BaseException) -> str:
     if isinstance(e, IndexError) and "out of bounds" in line:
         line += " (are the targets class indices 0..C-1 for a model with C outputs?)"
     return line
+
+
+def debug_enabled() -> bool:
+    """``--debug`` or ``BSCRIT_DEBUG=1``: print the traceback of an internal error (and the cause
+    of a library error) besides the one-line message."""
+    return os.environ.get(ENV_DEBUG, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def internal_message(e: BaseException) -> str:
+    """The one line printed for an unexpected error (exit code 4)."""
+    msg = str(e).strip()
+    what = f"{type(e).__name__}: {msg.splitlines()[0]}" if msg else type(e).__name__
+    return (
+        f"internal error: {what} (a bug in bscrit: please report it; --debug shows the traceback)"
+    )

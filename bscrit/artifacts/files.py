@@ -13,32 +13,46 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bscrit import boundary
 from bscrit.errors import ArtifactError, ExitCode
 
 
-def read_json(path: str | os.PathLike[str], what: str = "bscrit JSON artifact") -> Any:
-    """Read a JSON file, turning every failure into an :class:`ArtifactError` naming the file.
-
-    ``what`` names the expected file in the message for a binary file ("not a bscrit
-    measurement"): a checkpoint passed where a JSON artifact belongs.
-    """
+def read_text(path: str | os.PathLike[str], what: str, limit: int) -> str:
+    """A file's UTF-8 text, at most ``limit`` bytes (:mod:`bscrit.boundary`'s limits), every
+    failure an :class:`ArtifactError` naming the file; ``what`` names the expected file ("bscrit
+    measurement") for a binary one (a checkpoint passed where JSON belongs)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with open(p, "rb") as f:
+            data = f.read(limit + 1)  # never more than the limit, whatever the file's size
     except FileNotFoundError:
         raise ArtifactError(f"{p}: no such file") from None
     except IsADirectoryError:
         raise ArtifactError(f"{p}: is a folder, expected a JSON file") from None
-    except UnicodeDecodeError:
-        raise ArtifactError(f"{p}: not a {what} (a binary file; a checkpoint?)") from None
     except OSError as e:
         raise ArtifactError(f"{p}: cannot read ({e.strerror})") from None
+    if len(data) > limit:
+        size = max(len(data), p.stat().st_size)
+        raise ArtifactError(f"{p}: {boundary.size_problem(size, limit, what)}")
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ArtifactError(
-            f"{p}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
-        ) from None
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ArtifactError(f"{p}: not a {what} (a binary file; a checkpoint?)") from None
+
+
+def read_json(
+    path: str | os.PathLike[str], what: str = "bscrit JSON artifact", malformed: str = ""
+) -> Any:
+    """Read a JSON file, turning every failure into an :class:`ArtifactError` naming the file.
+
+    Bounded (:func:`bscrit.boundary.parse_json`): at most :data:`~bscrit.boundary.MAX_JSON_BYTES`,
+    nesting :data:`~bscrit.boundary.MAX_DEPTH`, finite numbers and int64 integers only (each bad
+    value named by its key path). ``what`` names the expected file in the message for a binary
+    file ("not a bscrit measurement"): a checkpoint passed where a JSON artifact belongs;
+    ``malformed`` ("measurement artifact") how a bad value's message names it.
+    """
+    text = read_text(path, what, boundary.MAX_JSON_BYTES)
+    return boundary.parse_json(text, str(Path(path)), what, malformed)
 
 
 def write_error(path: str | os.PathLike[str], e: OSError) -> ArtifactError:
@@ -69,8 +83,8 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
+            os.fchmod(f.fileno(), _file_mode())  # the file, not a link swapped in for its name
             os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode())
         os.replace(tmp, p)
     except BaseException as e:
         try:
@@ -80,6 +94,21 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> None:
         if isinstance(e, OSError):
             raise write_error(p, e) from None
         raise
+
+
+def append_line(path: str | os.PathLike[str], line: str) -> None:
+    """Append ``line`` and a newline to ``path`` (created 0666 less the umask, with its folder),
+    refusing to follow a link planted at ``path`` (``O_NOFOLLOW``): ``series.jsonl``. An OS
+    error is raised as :func:`write_error`."""
+    p = Path(path)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(p, flags, 0o666)
+        with os.fdopen(fd, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+    except OSError as e:
+        raise write_error(p, e) from None
 
 
 def dumps(d: dict[str, Any]) -> str:

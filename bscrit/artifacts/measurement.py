@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bscrit import __version__
+from bscrit import __version__, boundary
+from bscrit.artifacts.checks import measurement_problems
 from bscrit.artifacts.files import dumps, read_json, write_atomic
 from bscrit.artifacts.records import CheckpointStats, Equilibrium, ParameterRow, ParamSetStats
-from bscrit.checker import measurement_problems
-from bscrit.errors import ArtifactError
+from bscrit.errors import ArtifactError, ExitCode
 from bscrit.optim.registry import OptimizerInfo
 from bscrit.stats.equilibrium import EquilibriumInterval
 
@@ -283,7 +283,8 @@ def check_schema(
 
 def load_measurement(path: str | os.PathLike[str]) -> Measurement:
     """Read and validate a measurement artifact written by ``bscrit measure``."""
-    return Measurement.from_dict(read_json(path, "bscrit measurement"), source=str(path))
+    d = read_json(path, "bscrit measurement", malformed="measurement artifact")
+    return Measurement.from_dict(d, source=str(path))
 
 
 def per_parameter_csv(rows: Sequence[ParameterRow]) -> str:
@@ -315,9 +316,40 @@ def csv_path_for(json_path: str | os.PathLike[str]) -> Path:
     return p.with_name(p.stem + ".params.csv")
 
 
+def measurement_text(m: Measurement, where: str = "the measurement") -> str:
+    """The JSON text of ``m``, after the checks :func:`load_measurement` makes: what bscrit
+    writes, it reads back (a NaN, an int beyond int64 or an NSR that is not N/G is refused here,
+    before any file is written).
+
+    Raises:
+        ArtifactError: naming each value the reader would refuse, with its key path (exit 3: the
+            work is done but its record is not valid).
+    """
+    try:
+        d = m.to_dict()
+    except (TypeError, ValueError, AttributeError, OverflowError) as e:  # a field of a wrong type
+        raise ArtifactError(
+            f"{where} cannot be written: a field is not what a Measurement holds "
+            f"({type(e).__name__}: {e})",
+            exit_code=ExitCode.RUNTIME,
+        ) from None
+    problems = [*boundary.json_value_problems(d), *map(str, measurement_problems(d))]
+    if not problems:
+        try:
+            return dumps(d)
+        except (TypeError, ValueError) as e:  # a value of `extra` JSON cannot hold
+            problems = [f"not JSON ({e})"]
+    listed = "\n".join(f"  - {p}" for p in problems)
+    raise ArtifactError(
+        f"{where} cannot be written: its reader would refuse it:\n{listed}",
+        exit_code=ExitCode.RUNTIME,
+    )
+
+
 def write_measurement(m: Measurement, path: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """Write the JSON artifact and the per-parameter CSV beside it, both atomically."""
-    text = dumps(m.to_dict())
+    """Write the JSON artifact and the per-parameter CSV beside it, both atomically, after the
+    reader's checks (:func:`measurement_text`): nothing is written when one fails."""
+    text = measurement_text(m, str(path))
     csv_text = per_parameter_csv(m.per_parameter)
     write_atomic(path, text)
     csv_p = csv_path_for(path)

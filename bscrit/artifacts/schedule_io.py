@@ -16,7 +16,6 @@ length = samples). We write a suffix only where it divides exactly.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -24,10 +23,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from bscrit import boundary
 from bscrit.artifacts.jsonvalues import none_to_inf
 from bscrit.artifacts.measurement import check_schema, load_measurement
+from bscrit.artifacts.series import read_lines
 from bscrit.errors import ArtifactError, UsageError
-from bscrit.theory.formulas import DEFAULT_C2
+from bscrit.theory.formulas import DEFAULT_C2, check_c2
 from bscrit.theory.schedule import (
     KIND_SCHEDULE,
     Schedule,
@@ -52,17 +53,11 @@ SCHEDULE_YAML_SCHEMA = 1
 _YAML_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 
-def _series_point(d: Any, where: str, folder: Path, c2: float) -> SchedulePoint:
-    """One ``series.jsonl`` line: its measurement JSON when there is one (``"measurement"``, or
-    ``step-NNNNNNN.json`` beside the series), else the line's own numbers."""
-    if not isinstance(d, dict):
-        raise ArtifactError(f"{where}: expected a JSON object, got {type(d).__name__}")
-    step = d.get("step")
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ArtifactError(f"{where}: key 'step': expected an integer ≥ 0, got {step!r}")
-    ex = d.get("examples_seen")
-    if ex is not None and (isinstance(ex, bool) or not isinstance(ex, int) or ex < 0):
-        raise ArtifactError(f"{where}: key 'examples_seen': expected an integer ≥ 0 or null")
+def _series_point(d: dict[str, Any], where: str, folder: Path, c2: float) -> SchedulePoint:
+    """One ``series.jsonl`` line, already checked (:func:`bscrit.artifacts.series.read_lines`):
+    its measurement JSON when there is one (``"measurement"``, or ``step-NNNNNNN.json`` beside
+    the series), else the line's own numbers."""
+    step, ex = d["step"], d.get("examples_seen")
     named = d.get("measurement")
     mpath = folder / named if isinstance(named, str) else folder / f"step-{step:07d}.json"
     if mpath.is_file():
@@ -74,68 +69,43 @@ def _series_point(d: Any, where: str, folder: Path, c2: float) -> SchedulePoint:
             f"{where}: missing key(s) {', '.join(missing)} (expected a line of the callbacks' "
             "series.jsonl)"
         )
-    b = d["batch_size"]
-    ci = d["b_star_ci95"]
-    if isinstance(b, bool) or not isinstance(b, int) or b < 1:
-        raise ArtifactError(f"{where}: key 'batch_size': expected an integer ≥ 1, got {b!r}")
-    if not (isinstance(ci, list) and len(ci) == 2 and all(_num_or_null(x) for x in ci)):
-        raise ArtifactError(f"{where}: key 'b_star_ci95': expected [low, high] (numbers or null)")
-    if not _num_or_null(d["b_star"]):
-        raise ArtifactError(f"{where}: key 'b_star': expected a number or null")
+    b, ci = d["batch_size"], d["b_star_ci95"]
     lo = none_to_inf(ci[0])
-    nsr_ci = d.get("nsr_ci95") if isinstance(d.get("nsr_ci95"), list) else [None, None]
+    nsr_ci = d.get("nsr_ci95") or [None, None]
     rho = d.get("equilibrium_residual")
-    rho = float(rho) if _num_or_null(rho) and rho is not None else None
     reasons = heuristic_reasons(step, rho, None)
     return SchedulePoint(
         source=where,
         step=step,
         examples_seen=ex if ex is not None else step * b,
-        tokens_seen=d.get("tokens_seen") if isinstance(d.get("tokens_seen"), int) else None,
+        tokens_seen=d.get("tokens_seen"),
         batch_size=b,
         dataset_size=0,
         nsr=none_to_inf(d.get("nsr")),
-        nsr_ci95=tuple(none_to_inf(x) for x in nsr_ci[:2]),  # type: ignore[arg-type]
+        nsr_ci95=(none_to_inf(nsr_ci[0]), none_to_inf(nsr_ci[1])),
         b_star=none_to_inf(d["b_star"]),
         b_star_ci95=(lo, none_to_inf(ci[1])),
         top=lo,
         limited_by="b_star" if math.isfinite(lo) else None,
         interval_scope="checkpoint",
-        equilibrium_residual=rho,
+        equilibrium_residual=None if rho is None else float(rho),
         heuristic=bool(reasons),
         heuristic_reasons=reasons,
     )
 
 
-def _num_or_null(x: Any) -> bool:
-    return x is None or (isinstance(x, int | float) and not isinstance(x, bool) and x == x)
-
-
 def read_series(path: str | os.PathLike[str], c2: float = DEFAULT_C2) -> list[SchedulePoint]:
-    """The points of a ``series.jsonl`` (one JSON object a line; blank lines skipped).
+    """The points of a ``series.jsonl`` (one JSON object a line; blank lines skipped), every line
+    checked before any is used (:func:`bscrit.artifacts.series.read_lines`: bounded parsing,
+    values, B* inside its interval, steps increasing).
 
     Raises:
         ArtifactError: unreadable, or a line that is not a series record (naming file and line).
     """
-    p = Path(path)
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise ArtifactError(f"{p}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{p}: cannot read ({getattr(e, 'strerror', None) or e})") from None
-    out = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ArtifactError(f"{p}:{i}: not valid JSON ({e.msg})") from None
-        out.append(_series_point(d, f"{p}:{i}", p.parent, c2))
-    if not out:
-        raise ArtifactError(f"{p}: no series lines (expected one JSON object a line)")
-    return out
+    check_c2(c2)
+    lines = read_lines(path, required=("step",))
+    folder = Path(path).parent
+    return [_series_point(d, where, folder, c2) for where, d in lines]
 
 
 def load_points(
@@ -186,6 +156,10 @@ def megatron_schedule(s: Schedule, seq_length: int | None = None) -> str:
     Raises:
         UsageError: a stage after the first has no examples seen.
     """
+    if seq_length is not None:
+        why = boundary.integer_problem(seq_length, minimum=1)
+        if why:
+            raise UsageError(f"{{seq_length}}: {why}", seq_length="seq_length")
     per = float(seq_length) if seq_length is not None else s.tokens_per_example
     parts = []
     for st in s.stages:
@@ -196,6 +170,12 @@ def megatron_schedule(s: Schedule, seq_length: int | None = None) -> str:
                 examples_seen="examples_seen",
             )
         x = st.start_examples if per is None else round(st.start_examples * per)
+        if x > boundary.INT64_MAX:
+            raise UsageError(
+                f"the stage from step {st.start_step} starts at {x:.3g} tokens, more than int64 "
+                "holds (Megatron counts them in int64): check {seq_length}",
+                seq_length="seq_length",
+            )
         parts.append(f"{_threshold(int(x))}:{st.batch_size}")
     return " ".join(parts)
 
@@ -233,8 +213,9 @@ def stages_from_yaml_dict(d: Any, source: str = "<yaml>") -> list[Stage]:
     newer ones refused); a hand-written file without one is read as schema 1.
 
     Raises:
-        UsageError: not a schedule, a schema this bscrit does not read, or a stage without an
-            integer batch size / start.
+        UsageError: not a schedule, a schema this bscrit does not read, a stage without an int64
+            batch size / start or with a hyperparameter that is not a finite number, or stages
+            out of order (every problem, naming ``stages.i``).
     """
     if not isinstance(d, dict) or d.get("kind") != KIND_SCHEDULE:
         raise UsageError(f"{source}: not a bscrit schedule (expected kind: {KIND_SCHEDULE})")
@@ -242,21 +223,64 @@ def stages_from_yaml_dict(d: Any, source: str = "<yaml>") -> list[Stage]:
     raw = d.get("stages")
     if not isinstance(raw, list) or not raw:
         raise UsageError(f"{source}: key 'stages': expected a non-empty list")
+    problems = [
+        f"key 'stages.{i}': {why}" for i, st in enumerate(raw) for why in _stage_problems(st)
+    ]
+    starts = [(st["start_examples"], st["start_step"]) for st in raw if not problems]
+    problems += [
+        f"key 'stages.{i}': starts before stage {i - 1} (start_examples and start_step never "
+        "decrease)"
+        for i in range(1, len(starts))
+        if starts[i][0] < starts[i - 1][0] or starts[i][1] < starts[i - 1][1]
+    ]
+    if problems:
+        raise UsageError(f"{source}: " + "; ".join(problems[:10]))
+    return [
+        Stage(st["start_step"], st["start_examples"], None, st["batch_size"], None,
+              dict(st["hyperparameters"]) if isinstance(st.get("hyperparameters"), dict) else None)
+        for st in raw
+    ]  # fmt: skip
+
+
+def _stage_problems(st: Any) -> list[str]:
+    """Why one stage of the YAML cannot be used: its starts (int64 ≥ 0), its batch size (≥ 1),
+    its hyperparameters (finite numbers, or true/false)."""
+    if not isinstance(st, dict):
+        return [f"expected a mapping with start_examples, start_step, batch_size, got {st!r:.40}"]
     out = []
-    for i, st in enumerate(raw):
-        ok = isinstance(st, dict) and all(
-            isinstance(st.get(k), int) and not isinstance(st.get(k), bool) and st[k] >= 0
-            for k in ("start_examples", "start_step", "batch_size")
-        )
-        if not ok or st["batch_size"] < 1:
-            raise UsageError(
-                f"{source}: key 'stages.{i}': expected start_examples, start_step (integers ≥ 0) "
-                "and batch_size (≥ 1)"
-            )
-        hp = st.get("hyperparameters")
-        out.append(Stage(st["start_step"], st["start_examples"], None, st["batch_size"], None,
-                         dict(hp) if isinstance(hp, dict) else None))  # fmt: skip
+    for key, low in (("start_examples", 0), ("start_step", 0), ("batch_size", 1)):
+        why = boundary.integer_problem(st.get(key), minimum=low)
+        if why:
+            out.append(f"{key}: {why}")
+    hp = st.get("hyperparameters")
+    if hp is not None and not isinstance(hp, dict):
+        out.append(f"hyperparameters: expected a mapping, got {boundary.describe(hp)}")
+    for key, v in (hp if isinstance(hp, dict) else {}).items():
+        if not isinstance(v, bool) and boundary.number_problem(v)[1]:
+            out.append(f"hyperparameters.{key}: expected a finite number, got {boundary.short(v)}")
     return out
+
+
+def load_stages(path: str | os.PathLike[str]) -> list[Stage]:
+    """The stages of a schedule YAML file (``bscrit schedule --out``), read within the YAML
+    limits of :mod:`bscrit.boundary` (size, depth, aliases) with ``yaml.safe_load``.
+
+    Raises:
+        UsageError: unreadable, not YAML, past a limit, or not a schedule (naming the file).
+    """
+    from bscrit.checker import read_yaml
+    from bscrit.errors import SpecError
+
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            data = f.read(boundary.MAX_YAML_BYTES + 1)
+        raw, _ = read_yaml(data.decode("utf-8"), str(p), what="schedule YAML")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{p}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    except SpecError as e:
+        raise UsageError(f"{p}: " + "; ".join(str(x) for x in e.problems)) from None
+    return stages_from_yaml_dict(raw, str(p))
 
 
 def _check_yaml_schema(d: dict[str, Any], source: str) -> dict[str, Any]:

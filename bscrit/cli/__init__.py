@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import signal
 
+import click
+
 from bscrit.cli import analyze, confirm, demo, measure, schedule, svag
 from bscrit.cli.common import app
 from bscrit.errors import Terminated
@@ -40,7 +42,32 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main() -> None:
-    """Console-script entry point; SIGTERM is handled like Ctrl-C (exit 143)."""
+    """Console-script entry point; SIGTERM is handled like Ctrl-C (exit 143); a standard output
+    that cannot encode bscrit's symbols gets them in ASCII (:mod:`bscrit.report.encoding`)."""
+    from bscrit.report.encoding import survive_encoding
+
+    ascii_only = survive_encoding()
     if "WORLD_SIZE" not in os.environ:  # a torchrun rank: its launcher stops ranks by SIGTERM
         signal.signal(signal.SIGTERM, _terminate)
-    app(prog_name="bscrit")
+    if not ascii_only:
+        app(prog_name="bscrit")
+        return
+    import typer.main
+
+    command = typer.main.get_command(app)
+    _ascii_help(command)  # laid out by rich after the change: its panels stay aligned
+    command(prog_name="bscrit")
+
+
+def _ascii_help(command: click.Command) -> None:
+    """The help texts of ``command`` and its subcommands in ASCII (≈ ∞ κ …: ``~ inf kappa``)."""
+    from bscrit.report.encoding import to_ascii
+
+    for attr in ("help", "short_help", "epilog"):
+        if isinstance(getattr(command, attr, None), str):
+            setattr(command, attr, to_ascii(getattr(command, attr)))
+    for param in command.params:
+        if isinstance(getattr(param, "help", None), str):
+            param.help = to_ascii(param.help)  # type: ignore[attr-defined]
+    for sub in getattr(command, "commands", {}).values():
+        _ascii_help(sub)

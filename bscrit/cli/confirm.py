@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from bscrit.cli.common import handle_errors
+from bscrit.cli.limits import MAX_POINTS, MAX_SEEDS
 from bscrit.cli.options import (
     AlphaOpt,
     Beta1Opt,
@@ -58,7 +59,9 @@ def confirm(
             "5 epochs without weight decay).",
         ),
     ] = None,  # fmt: skip
-    seeds: Annotated[int, typer.Option("--seeds", "-k", min=1, help="Seeds K per branch.")] = 3,
+    seeds: Annotated[
+        int, typer.Option("--seeds", "-k", min=1, max=MAX_SEEDS, help="Seeds K per branch.")
+    ] = 3,
     tolerance: Annotated[
         float | None,
         typer.Option("--tolerance", min=0.0, help="δ on (L_B' − L_B)/L_B (default 0.10)."),
@@ -82,7 +85,7 @@ def confirm(
     eps: EpsOpt = None,
     alpha: AlphaOpt = None,
     points: Annotated[
-        int, typer.Option(min=1, help="Intervals of the grid of example counts.")
+        int, typer.Option(min=1, max=MAX_POINTS, help="Intervals of the grid of example counts.")
     ] = 20,
     eval_batches: EvalBatchesOpt = 8,
     eval_examples: EvalExamplesOpt = 2048,
@@ -119,7 +122,9 @@ def confirm(
     if tolerance is not None:
         check_tolerance(tolerance)  # δ = 0 refused before any work
     outputs = RunOutputs(out, plot, json_out, quiet, yes)
-    outputs.check(confirm_paths)
+    outputs.check(
+        confirm_paths, spec, [("the checkpoint", checkpoint), ("the measurement", from_measurement)]
+    )
     plan = plan_confirm(
         spec, target_batch_size=target_batch_size, from_measurement=from_measurement, c2=c2,
         on_target=report.info, examples=examples, seeds=seeds, checkpoint=checkpoint,
@@ -131,6 +136,8 @@ def confirm(
     result = outputs.run(
         "confirm", report.format_confirm_cost(plan), plan.total_steps,
         lambda advance: run_confirm(plan, tolerance=tolerance, on_step=advance),
+        passes=sum(plan.forward_backward().values()),
+        sized_by=("examples", "seeds", "points", "eval_batches"),
     )  # fmt: skip
     outputs.finish(result, write_confirm, confirm_paths, plot_confirm, report.format_confirm)
     if result.verdict.code == "fails":

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from bscrit.cli.common import handle_errors
+
+if TYPE_CHECKING:
+    from bscrit.workflows.demo import DemoConfig
 
 
 @handle_errors
@@ -44,9 +48,12 @@ def demo(
     import json
 
     from bscrit import report
-    from bscrit.workflows.demo import run_demo
+    from bscrit.workflows.demo import DemoConfig, run_demo
 
+    cfg = DemoConfig.quick() if quick else DemoConfig.full()
+    check_workdir(workdir, cfg)  # before any work: nothing of the user's is replaced
     report.info(f"bscrit demo: writing into {workdir.resolve()}")
+    report.info(plan_line(cfg, quick, svag, confirm))
     r = run_demo(
         workdir,
         quick=quick,
@@ -76,3 +83,58 @@ def demo(
             report.out.print(f"  {line}", markup=False)
     if json_out:
         typer.echo(json.dumps(r.summary(), indent=2))
+
+
+#: How long the demo takes on a laptop CPU (its sizes are fixed: no option makes it longer).
+DEMO_MINUTES = {False: 5, True: 1}
+
+
+def plan_line(cfg: DemoConfig, quick: bool, svag: bool, confirm: bool) -> str:
+    """What the demo will run and about how long it takes, printed before it starts."""
+    from bscrit.workflows.demo import BASE
+
+    ckpts = len(range(cfg.save_from, cfg.epochs + 1, cfg.save_every))
+    steps = [
+        f"train {cfg.epochs} epochs at B = {BASE['batch_size']}",
+        f"measure {ckpts} checkpoints"
+        + (f" ({cfg.batches} batches each)" if cfg.batches else " (max(200, n/B) batches each)"),
+    ]
+    if svag:
+        steps.append(f"svag l = {','.join(map(str, cfg.svag_ls))} x {cfg.svag_steps} steps")
+    if confirm:
+        steps.append(f"confirm at 1-2 batch sizes x {cfg.confirm_seeds} seeds")
+    return f"plan: {'; '.join(steps)}: about {DEMO_MINUTES[quick]} min on a laptop CPU"
+
+
+def check_workdir(workdir: Path, cfg: DemoConfig) -> None:
+    """Refuse, before any work, a ``--workdir`` where the demo would replace what is not its own:
+    a file in its place, a link where one of its files goes (the demo's files are written
+    atomically, so the link itself would be replaced), or a folder holding files of the demo's
+    names that an earlier demo did not write (no :data:`~bscrit.workflows.demo.MARKER` and no
+    demo spec.yaml)."""
+    from bscrit.cli.outputs import check_output_path
+    from bscrit.errors import UsageError
+    from bscrit.workflows.demo import MARKER, SPEC_TEMPLATE, demo_files
+
+    check_output_path(workdir, folder=True, key="workdir")
+    if not workdir.is_dir():
+        return
+    files = demo_files(workdir, cfg)
+    for f in files:
+        if f.is_symlink():
+            raise UsageError(
+                f"{{workdir}} {workdir}: {f} is a link (to {os.readlink(f)}); the demo writes its "
+                "own file there: remove the link or choose another folder",
+                workdir="workdir",
+            )
+    spec = workdir / "spec.yaml"
+    ours = (workdir / MARKER).is_file() or (
+        spec.is_file() and spec.read_text(errors="replace").startswith(SPEC_TEMPLATE.split("\n")[0])
+    )
+    found = [f for f in files if f.exists()]
+    if found and not ours:
+        raise UsageError(
+            f"{{workdir}} {workdir} holds {', '.join(f.name for f in found[:4])}, not written by "
+            "bscrit demo; the demo would replace them: choose a new or empty folder",
+            workdir="workdir",
+        )

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from bscrit.cli.common import confirm_run, handle_errors
+from bscrit.cli.limits import MAX_SAMPLES
+
+if TYPE_CHECKING:
+    from bscrit.specfile.document import Spec
 
 # ==============================================================================================
 # measure  (issue: bscrit measure)
@@ -42,6 +47,61 @@ def _parse_batches(value: str | None) -> int | None:
     return k
 
 
+def _spec_and_outputs(
+    spec: Path, out: str | None, checkpoint: list[Path] | None
+) -> tuple[Spec, list[Path]]:
+    """The spec, and the ``--out`` JSON and its CSV refused before any work when they could not
+    be written (a 20,000-batch result is not lost at the end) or would replace an input (the
+    spec, a checkpoint, a factory file)."""
+    from bscrit.artifacts.measurement import csv_path_for
+    from bscrit.cli.outputs import Inputs, check_output_path, spec_inputs
+    from bscrit.specfile.document import load_spec
+
+    outs = [] if out is None else [check_output_path(out), check_output_path(csv_path_for(out))]
+    s = load_spec(spec)
+    inputs = spec_inputs(s) + Inputs.of(("the checkpoint", checkpoint or ()))
+    for p in outs:
+        inputs.refuse(p)
+    return s, outs
+
+
+def _on_sampling(batch_size: int, yes: bool) -> Callable[[Any, Any], None]:
+    """What ``--sample-steps`` does once planned: its cost, then the cap, then (maybe) ask."""
+
+    def on_sampling(plan: Any, opt: Any) -> None:
+        from bscrit import report
+        from bscrit.cli.limits import check_passes
+        from bscrit.stats.sample_plan import sample_cost_lines
+
+        report.info("\n".join(sample_cost_lines(plan, opt, batch_size)))
+        sized_by = {k: k for k in ("sample_steps", "samples", "batches")}
+        check_passes(plan.forward_backward, yes, "measure --sample-steps", **sized_by)
+        confirm_run(yes, "Train and measure?")
+
+    return on_sampling
+
+
+def _check_size(
+    batches: int | None, in_spec: object, max_batches: int | None, nproc: int | None, yes: bool
+) -> None:
+    """Before any work: the batches per checkpoint (``--batches``, else the spec's
+    ``measure.batches``; ``--max-batches``) within :data:`~bscrit.cli.limits.MAX_PASSES`, and
+    ``--nproc`` within the CPU cores, unless ``--yes``."""
+    from bscrit.cli.limits import check_nproc, check_passes
+    from bscrit.engine.data import MAX_BATCHES
+
+    spec_k = in_spec if batches is None and isinstance(in_spec, int) else None
+    for value, key, what in (
+        (batches, "batches", "{batches}"),
+        (spec_k, "batches", "the spec's measure.batches"),
+        (max_batches, "max_batches", "{max_batches}"),
+    ):
+        if value is not None and value <= MAX_BATCHES:  # above: refused by the plan, --yes or not
+            check_passes(value, yes, f"{what} {value:,} (batches a checkpoint)", **{key: key})
+    if nproc is not None:
+        check_nproc(nproc, yes)
+
+
 @handle_errors
 def measure(
     spec: Annotated[Path, typer.Argument(help="YAML spec of model, data, loss, batch size.")],
@@ -69,7 +129,12 @@ def measure(
     ] = None,
     samples: Annotated[
         int | None,
-        typer.Option("--samples", min=2, help="Points measured over --sample-steps (default 20)."),
+        typer.Option(
+            "--samples",
+            min=2,
+            max=MAX_SAMPLES,
+            help="Points measured over --sample-steps (default 20).",
+        ),
     ] = None,
     step: Annotated[
         int | None,
@@ -89,7 +154,15 @@ def measure(
             "else step x the spec's batch_size).",
         ),
     ] = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before training.")] = False,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes",
+            "-y",
+            help="Do not ask before training; run over the cap on the batches, the sampling's "
+            "cost or --nproc too.",
+        ),
+    ] = False,
     out: Annotated[
         str | None,  # not Path, which drops a trailing "/"
         typer.Option(
@@ -221,21 +294,18 @@ def measure(
     else requires_grad); the gradient is the unclipped one (a clipping run moves with less noise).
     """
     from bscrit import report
-    from bscrit.artifacts.measurement import csv_path_for, write_measurement
-    from bscrit.cli.outputs import check_output_path, write_outputs
+    from bscrit.artifacts.measurement import write_measurement
+    from bscrit.cli.outputs import write_outputs
     from bscrit.report.measure import format_measurement, format_per_tensor, format_stopping
-    from bscrit.specfile.document import load_spec
-    from bscrit.stats.sample_plan import parse_sample_steps, sample_cost_lines
+    from bscrit.stats.sample_plan import parse_sample_steps
     from bscrit.workflows.measure import measure_session
     from bscrit.workflows.plan import MeasureOptions
 
-    if per_tensor not in ("all", "none") and not per_tensor.isdigit():
+    if per_tensor not in ("all", "none") and not (per_tensor.isascii() and per_tensor.isdigit()):
         raise typer.BadParameter(
             f"expected a number, 'all' or 'none', got {per_tensor!r}", param_hint="--per-tensor"
         )
-    # before any work: a 20,000-batch result is not lost at the end
-    outs = [] if out is None else [check_output_path(out), check_output_path(csv_path_for(out))]
-    s = load_spec(spec)
+    s, outs = _spec_and_outputs(spec, out, checkpoint)
     opts = MeasureOptions(
         batches=_parse_batches(batches),
         groups=groups,
@@ -259,6 +329,7 @@ def measure(
         step=step,
         examples_seen=examples_seen,
     )
+    _check_size(opts.batches, s.measure.batches, opts.max_batches, nproc, yes)
     if nproc is not None:  # the spec and options are valid: re-run this command under torchrun
         from bscrit.engine.launch import launch, measure_args_from_argv
         from bscrit.engine.sampling import check_sampling
@@ -271,14 +342,11 @@ def measure(
     def on_rank(is_main: bool) -> None:  # under torchrun rank 0 alone prints and writes
         report.out.quiet = report.err.quiet = not is_main
 
-    def on_sampling(plan: Any, opt: Any) -> None:  # the cost first, then (maybe) ask
-        report.info("\n".join(sample_cost_lines(plan, opt, s.batch_size)))
-        confirm_run(yes, "Train and measure?")
-
     progress = None if quiet else (lambda d, t: report.progress(d, t, "batch"))
     m = measure_session(
         s, checkpoint, opts, dist_timeout, progress_factory=progress, on_rank=on_rank,
-        on_error=report.error, on_info=None if quiet else report.info, on_sampling=on_sampling,
+        on_error=report.error, on_info=None if quiet else report.info,
+        on_sampling=_on_sampling(s.batch_size, yes),
     )  # fmt: skip
     if m is None:  # a rank other than 0
         return

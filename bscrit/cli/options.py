@@ -16,6 +16,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from bscrit.cli.limits import MAX_EVAL_BATCHES
+
 __all__ = [
     "AlphaOpt",
     "Beta1Opt",
@@ -127,7 +129,10 @@ def target_overrides(
 # -- evaluation --------------------------------------------------------------------------------
 
 EvalBatchesOpt = Annotated[
-    int, typer.Option(min=2, help="Fixed training batches k (of B') for train loss, G and N.")
+    int,
+    typer.Option(
+        min=2, max=MAX_EVAL_BATCHES, help="Fixed training batches k (of B') for train loss, G, N."
+    ),
 ]
 EvalExamplesOpt = Annotated[
     int, typer.Option(min=1, help="Held-out examples evaluated (a fixed random subset).")
@@ -142,7 +147,12 @@ OutOpt = Annotated[
 PlotOpt = Annotated[str | None, typer.Option("--plot", help="Write a PNG of the curves here.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the JSON on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before running.")]
+YesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--yes", "-y", help="Do not ask before running; run a plan over the cap on its size too."
+    ),
+]
 
 
 @dataclass(frozen=True)
@@ -159,25 +169,49 @@ class RunOutputs:
     quiet: bool
     yes: bool
 
-    def check(self, paths: Callable[[Path], Sequence[Path]]) -> None:
+    def check(
+        self,
+        paths: Callable[[Path], Sequence[Path]],
+        spec: Path | None = None,
+        inputs: Sequence[tuple[str, Path | None]] = (),
+    ) -> None:
         """Refuse the ``--out`` folder, the files ``paths(out)`` in it, and the ``--plot`` file
-        if any could not be written (:func:`bscrit.cli.outputs.check_output_path`)."""
-        from bscrit.cli.outputs import check_output_path
+        if any could not be written, would replace the ``spec`` (its checkpoint, factory files)
+        or one of the other ``inputs`` (``("the checkpoint", path)``), or would replace each other
+        (:func:`bscrit.cli.outputs.check_output_path`)."""
+        from bscrit.cli.outputs import Inputs, check_output_path, distinct_outputs, spec_file_inputs
 
+        read = Inputs.of(*((what, [p]) for what, p in inputs))
+        if spec is not None:
+            read = spec_file_inputs(spec) + read
+        named: list[tuple[Path | str, str]] = []
         for p in (self.out, *paths(self.out)) if self.out is not None else ():
-            check_output_path(p, folder=p is self.out)
+            check_output_path(p, folder=p is self.out, inputs=read)
+            named.append((p, "out"))
         if self.plot is not None:
-            check_output_path(self.plot, key="plot")
+            check_output_path(self.plot, key="plot", inputs=read)
+            named.append((self.plot, "plot"))
+        distinct_outputs(named[1:])  # the folder itself is not a file
 
     def run(
-        self, what: str, cost: Any, total: int, work: Callable[[Callable[[int], None]], R]
+        self,
+        what: str,
+        cost: Any,
+        total: int,
+        work: Callable[[Callable[[int], None]], R],
+        passes: int = 0,
+        sized_by: Sequence[str] = (),
     ) -> R:
-        """Show ``cost`` on stderr, ask before running, then ``work(advance)`` with a progress
-        bar of ``total`` steps."""
+        """Show ``cost`` on stderr, refuse a plan of more than
+        :data:`~bscrit.cli.limits.MAX_PASSES` forward-backward ``passes`` without ``--yes``
+        (naming the options ``sized_by``), ask before running, then ``work(advance)`` with a
+        progress bar of ``total`` steps."""
         from bscrit import report
         from bscrit.cli.common import confirm_run
+        from bscrit.cli.limits import check_passes
 
         report.show(cost, stderr=True)
+        check_passes(passes, self.yes, f"{what}", **{k: k for k in sized_by})
         confirm_run(self.yes, "Run it?")
         enabled = not self.quiet and not self.json_out
         with report.progress(what, total, unit="step", enabled=enabled) as advance:

@@ -91,11 +91,15 @@ def schedule(
     from bscrit import report
     from bscrit.artifacts.files import write_atomic
     from bscrit.artifacts.schedule_io import load_points, megatron_schedule, schedule_yaml_text
-    from bscrit.cli.outputs import check_output_path
+    from bscrit.cli.outputs import Inputs, check_output_path, distinct_outputs
     from bscrit.report.schedule import format_schedule
     from bscrit.theory.schedule import make_schedule
 
-    outs = [check_output_path(p, key=k) for p, k in ((out, "out"), (plot, "plot")) if p]
+    read = Inputs.of(*(("the series file" if str(p).endswith(".jsonl") else "the measurement",
+                        [p]) for p in inputs))  # fmt: skip
+    named = [(p, k) for p, k in ((out, "out"), (plot, "plot")) if p]
+    outs = [check_output_path(p, key=k, inputs=read) for p, k in named]
+    distinct_outputs(named)
     points = load_points(inputs, c2)
     s = make_schedule(points, c2=c2, multiple_of=multiple_of, cap=cap.value)
     megatron = None

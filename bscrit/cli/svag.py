@@ -134,7 +134,9 @@ def svag(
     from bscrit.workflows.targets import plan_svag
 
     outputs = RunOutputs(out, plot, json_out, quiet, yes)
-    outputs.check(svag_paths)  # before any work
+    outputs.check(
+        svag_paths, spec, [("the checkpoint", checkpoint), ("the measurement", from_measurement)]
+    )  # before any work
     config = _verdict_config(c2, decide_on, deprecated=rtol is not None or z is not None)
     plan = plan_svag(
         spec, target_batch_size=target_batch_size, from_measurement=from_measurement, c2=c2,
@@ -152,6 +154,8 @@ def svag(
     result = outputs.run(
         "SVAG", cost, plan.total_steps,
         lambda advance: run_plan(plan, on_step=advance, config=config),
+        passes=sum(plan.forward_backward().values()),
+        sized_by=("l", "effective_steps", "relaxation_times", "eval_every", "eval_batches"),
     )  # fmt: skip
     outputs.finish(result, write_svag, svag_paths, plot_svag, report.format_svag)
 

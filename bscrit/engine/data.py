@@ -8,7 +8,9 @@ measurement are drawn independently (not as one shuffled epoch).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bscrit.errors import DataError, UsageError
+from bscrit.errors import BscritError, DataError, UsageError, UserCodeError, first_line
 
 #: The paper's protocol: at least 200 batches, and at least one epoch's worth ([LMA21] F.2).
 MIN_BATCHES = 200
@@ -221,19 +223,18 @@ class BatchSource:
         if self._loader is None:
             self._sampler = _RowSampler()
             self._loader = DataLoader(
-                self.dataset,
+                guarded_dataset(self.dataset),
                 batch_sampler=self._sampler,
                 num_workers=self.num_workers,
                 pin_memory=self.device.type == "cuda",
                 persistent_workers=self.num_workers > 0,
                 prefetch_factor=(self.prefetch or 4) if self.num_workers > 0 else None,
                 generator=torch.Generator().manual_seed(seed),
-                collate_fn=self.collate_fn,
+                collate_fn=_GuardedCollate(self.collate_fn),
             )
         self._sampler.rows = [r.tolist() for r in rows]
-        loader = self._loader
         non_blocking = self.device.type == "cuda"
-        for item in loader:
+        for item in _loaded(self._loader):
             yield _pair(item, self.device, non_blocking)
 
     def stream(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Any, Any]]:
@@ -252,15 +253,15 @@ class BatchSource:
         from torch.utils.data import DataLoader
 
         loader = DataLoader(
-            self.dataset,
+            guarded_dataset(self.dataset),
             batch_sampler=rows,
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
             prefetch_factor=(self.prefetch or 4) if self.num_workers > 0 else None,
-            collate_fn=self.collate_fn,
+            collate_fn=_GuardedCollate(self.collate_fn),
         )
         non_blocking = self.device.type == "cuda"
-        for item in loader:
+        for item in _loaded(loader):
             yield _pair(item, self.device, non_blocking)
 
 
@@ -288,6 +289,118 @@ def _pair(item: Any, device: torch.device, non_blocking: bool) -> tuple[Any, Any
             + (f" with {len(item)} elements" if isinstance(item, (list, tuple)) else "")
         )
     return to_device(item[0], device, non_blocking), to_device(item[1], device, non_blocking)
+
+
+# ----------------------------------------------------------------------------------------------
+# The user's code, named when it raises (docs/reliability.md)
+# ----------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def user_code(origin: str) -> Iterator[None]:
+    """Run the user's code (the model, the loss, the backward pass through them): any exception
+    it raises becomes a :class:`~bscrit.errors.UserCodeError` naming ``origin``, chained to it.
+    Library errors, out of memory and Ctrl-C pass unchanged."""
+    try:
+        yield
+    except (BscritError, torch.cuda.OutOfMemoryError):
+        raise
+    except Exception as e:
+        raise UserCodeError(origin, e) from e
+
+
+class _UserDataFailure(Exception):
+    """A dataset item or the collate function raised. Its one argument is ``"origin\tline"``: a
+    DataLoader worker hands the main process its type and formatted traceback, not the object."""
+
+
+def _data_failure(origin: str, e: BaseException) -> _UserDataFailure:
+    return _UserDataFailure(f"{origin}\t{first_line(e)}")
+
+
+class _GuardedDataset:
+    """The dataset as the DataLoader sees it: the same items, an exception of ``__getitem__``
+    named with the item's index."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: Any) -> Any:
+        try:
+            return self.dataset[index]
+        except Exception as e:
+            raise _data_failure(f"dataset item {index}", e) from e
+
+
+class _GuardedBatchedDataset(_GuardedDataset):
+    """The same for a dataset with a batched fetch (``__getitems__``: Hugging Face datasets, a
+    Subset): a failing fetch is retried item by item to name the item that fails."""
+
+    def __getitems__(self, indices: list[Any]) -> Any:
+        try:
+            return self.dataset.__getitems__(indices)
+        except Exception as e:
+            for i in indices:  # the item that fails alone, with its own message and index
+                self.__getitem__(i)
+            raise _data_failure("the dataset's __getitems__", e) from e
+
+
+def guarded_dataset(dataset: Any) -> Any:
+    """``dataset`` for a DataLoader with a batch sampler, its items' exceptions named (an
+    iterable-style dataset is handed as it is)."""
+    from torch.utils.data import IterableDataset
+
+    if isinstance(dataset, IterableDataset):
+        return dataset
+    if callable(getattr(dataset, "__getitems__", None)):
+        return _GuardedBatchedDataset(dataset)
+    return _GuardedDataset(dataset)
+
+
+class _GuardedCollate:
+    """The collate function (torch's ``default_collate`` when none is given), its exceptions
+    named."""
+
+    def __init__(self, fn: Any) -> None:
+        from torch.utils.data import default_collate
+
+        self.fn = fn if fn is not None else default_collate
+        self.origin = "the collate function" + (" (torch's default_collate)" if fn is None else "")
+
+    def __call__(self, batch: list[Any]) -> Any:
+        try:
+            return self.fn(batch)
+        except Exception as e:
+            raise _data_failure(self.origin, e) from e
+
+
+#: The last line of a worker's formatted traceback: ``...._UserDataFailure: origin\tline``.
+_WORKER_LINE = re.compile(r"_UserDataFailure: ([^\n]*)\s*$")
+
+
+def _loaded(loader: Any) -> Iterator[Any]:
+    """The loader's batches; an exception while loading one becomes a
+    :class:`~bscrit.errors.UserCodeError` of stage ``"data"`` naming the dataset item or the
+    collate function (in this process or a worker), else the DataLoader."""
+    it = iter(loader)
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        except (BscritError, torch.cuda.OutOfMemoryError):
+            raise
+        except _UserDataFailure as e:
+            text = str(e)
+            match = _WORKER_LINE.search(text)  # from a worker: its whole traceback as text
+            origin, _, line = (match.group(1) if match else text).partition("\t")
+            raise UserCodeError(origin, e, "data", line) from e
+        except Exception as e:
+            raise UserCodeError("the DataLoader", e, "data") from e
+        yield item
 
 
 def forward(model: nn.Module, x: Any) -> Any:

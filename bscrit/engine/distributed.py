@@ -19,9 +19,9 @@ process (docs/theory.md §2), with the k batches shared out between the ranks:
   seeds) is seeded per rank: two batches never share a dropout mask.
 - **Failures do not hang.** Before every reduction the ranks exchange a small status message on
   the CPU (gloo). A rank that raised anywhere sends its error instead; every rank then stops with
-  "rank R failed: ...", printed once, by rank 0 (exit code 3, or the failing rank's own code). A
-  rank that dies or hangs is caught by the process-group timeout (``--dist-timeout``, env
-  ``BSCRIT_DIST_TIMEOUT``, default 600 s).
+  "rank R failed: ...", printed once, by rank 0 (the failing rank's own exit code: 3 for a failed
+  measurement, 4 for an unexpected error, a bug in bscrit). A rank that dies or hangs is caught
+  by the process-group timeout (``--dist-timeout``, env ``BSCRIT_DIST_TIMEOUT``, default 600 s).
 
 ``bscrit measure --nproc N`` launches torchrun for the user on one machine (:func:`launch`).
 """
@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from bscrit.engine.data import BatchPlan
 from bscrit.engine.hot_loop import LoopHooks
-from bscrit.errors import BscritError, ExitCode, MeasurementError, UsageError
+from bscrit.errors import BscritError, ExitCode, MeasurementError, UsageError, internal_message
 
 #: Environment variable with the process-group timeout in seconds (tests set it low).
 ENV_TIMEOUT = "BSCRIT_DIST_TIMEOUT"
@@ -190,10 +190,13 @@ def _first_line(e: BaseException) -> str:
 
 
 def _describe_failure(e: BaseException) -> tuple[int, str]:
-    """(exit code, message) a failed rank sends to the others."""
+    """(exit code, message) a failed rank sends to the others: a library error's own; out of
+    memory is a runtime failure (3); anything else is a bug in bscrit (4, never 1)."""
     if isinstance(e, BscritError):
         return int(e.exit_code), e.message
-    return int(ExitCode.RUNTIME), f"{type(e).__name__}: {_first_line(e)}"
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        return int(ExitCode.RUNTIME), f"out of memory: {_first_line(e)}"
+    return int(ExitCode.INTERNAL), internal_message(e)
 
 
 def _failure_message(failures: dict[int, tuple[int, str]], world_size: int) -> str:

@@ -21,7 +21,7 @@ from bscrit.engine.gram import GramCache, norm64, per_tensor_sums, total_sums
 from bscrit.engine.groups import SumsPlan, deal, open_sums
 from bscrit.engine.objective import batch_gradient
 from bscrit.engine.sanity import check_finite, check_loss, sum_check
-from bscrit.errors import BscritError, MeasurementError, UsageError, first_line
+from bscrit.errors import BscritError, MeasurementError, UsageError, UserCodeError, first_line
 from bscrit.stats.estimators import GroupSums
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -248,13 +248,17 @@ class _HotLoop:
         qp_start = self.qp_batch.clone()
         norms_j = torch.zeros(max(len(local), 1), len(self.params), **f64)
         losses_j = torch.zeros(max(len(local), 1), **f64)
-        done = self.invariance_done[j]
-        for i, (x, y) in enumerate(self.source.batches(local, self.seed + j)):
-            n64, loss = self._batch(x, y, batch_index + i, done + i < INVARIANCE_BATCHES)
-            norms_j[i] = n64
-            losses_j[i] = loss
-            q_j += n64 * n64
-            self.clock.tick()
+        done, i = self.invariance_done[j], 0
+        try:
+            for x, y in self.source.batches(local, self.seed + j):
+                n64, loss = self._batch(x, y, batch_index + i, done + i < INVARIANCE_BATCHES)
+                norms_j[i] = n64
+                losses_j[i] = loss
+                q_j += n64 * n64
+                i += 1
+                self.clock.tick()
+        except UserCodeError as e:  # a dataset item or the collate function, loading batch i
+            raise MeasurementError(e.at(f"at batch {batch_index + i}")) from e.error
         self.invariance_done[j] += len(local)
         check_finite(norms_j[: len(local)], losses_j[: len(local)], batch_index, self.names)
         self.loss_sum[0] += losses_j[: len(local)].sum()
@@ -293,6 +297,8 @@ class _HotLoop:
                     check=self._first_check(b) if self.first else None,
                 )  # fmt: skip
             self.first = False
+        except UserCodeError as e:  # the model, the loss or the backward pass raised
+            raise MeasurementError(e.at(f"at batch {b}")) from e.error
         except (BscritError, KeyboardInterrupt):
             raise
         except torch.cuda.OutOfMemoryError:
@@ -302,9 +308,8 @@ class _HotLoop:
                 amp="amp",
             ) from None
         except (RuntimeError, IndexError, ValueError, TypeError) as e:
-            # IndexError/ValueError: e.g. cross_entropy with class labels out of range for the
-            # model's output, or a target of the wrong shape; TypeError: a dict batch with a key
-            # the model's forward does not take (dict examples are passed as model(**batch))
+            # bscrit's own handling of the batch (micro-batches, item counts) on data it cannot
+            # take; the user's code raising is a UserCodeError, above
             raise MeasurementError(
                 f"the forward/backward pass failed at batch {b}: {first_line(e)}"
             ) from None

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bscrit.engine.distributed import _first_line, detect
-from bscrit.errors import MeasurementError, UsageError
+from bscrit.errors import MeasurementError, Terminated, UsageError
 
 
 def measure_args_from_argv(argv: Sequence[str]) -> list[str]:
@@ -33,6 +33,14 @@ def measure_args_from_argv(argv: Sequence[str]) -> list[str]:
             continue
         out.append(a)
     return out
+
+
+def _interrupt(sigval: object) -> KeyboardInterrupt:
+    """What the CLI handles for a signal torchrun's agent caught: SIGTERM is :class:`Terminated`
+    (exit 143, as without ``--nproc``), any other (SIGINT, SIGHUP, SIGQUIT) a Ctrl-C (exit 130)."""
+    import signal
+
+    return Terminated() if sigval == signal.SIGTERM else KeyboardInterrupt()
 
 
 def launch(nproc: int, args: Sequence[str]) -> int:
@@ -74,7 +82,7 @@ def launch(nproc: int, args: Sequence[str]) -> int:
     except KeyboardInterrupt:
         raise
     except Exception as e:
-        if type(e).__name__ == "SignalException":
-            raise KeyboardInterrupt from None
+        if type(e).__name__ == "SignalException":  # torchrun's agent stopped the ranks on a signal
+            raise _interrupt(getattr(e, "sigval", None)) from None
         raise MeasurementError(f"--nproc: torchrun failed: {_first_line(e)}") from None
     return 0

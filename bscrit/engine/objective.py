@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bscrit.engine.data import forward
+from bscrit.engine.data import forward, user_code
 from bscrit.errors import SpecError, SpecProblem
 
 #: The label of an item that is not predicted (padding): Hugging Face's and torch's default.
@@ -139,13 +139,17 @@ def call_model(model: nn.Module, loss_fn: Any, x: Any, y: Any) -> Any:
 
 def batch_loss(model: nn.Module, loss_fn: Any, x: Any, y: Any) -> tuple[Tensor, Any]:
     """``(loss, output)`` of one batch: the mean loss and the model's output (None for a
-    :class:`BatchLoss`, which calls the model itself)."""
+    :class:`BatchLoss`, which calls the model itself). What the model or the loss raises is a
+    :class:`~bscrit.errors.UserCodeError` naming which."""
     if isinstance(loss_fn, BatchLoss):
-        return loss_fn(model, x if y is None else (x, y)), None
-    out = call_model(model, loss_fn, x, y)
+        with user_code("the loss function"):
+            return loss_fn(model, x if y is None else (x, y)), None
+    with user_code("the model's forward"):
+        out = call_model(model, loss_fn, x, y)
     if isinstance(loss_fn, ModelLoss):
         return loss_fn.read(out), out
-    return loss_fn(out, x if y is None and isinstance(x, Mapping) else y), out
+    with user_code("the loss function"):
+        return loss_fn(out, x if y is None and isinstance(x, Mapping) else y), out
 
 
 def batch_len(x: Any, y: Any = None) -> int:
@@ -303,7 +307,8 @@ def batch_gradient(
             on_output(out, xm, ym)
         del out
         scaled = loss if isinstance(w, float) and w == 1.0 else loss * _as(w, loss)
-        g = torch.autograd.grad(scaled, params, allow_unused=True)
+        with user_code("the backward pass"):
+            g = torch.autograd.grad(scaled, params, allow_unused=True)
         grads = list(g) if grads is None else _accumulate(grads, g)
         total = scaled.detach() if total is None else total + scaled.detach()
     assert total is not None and grads is not None

@@ -15,6 +15,7 @@ restored afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,9 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bscrit.engine.data import BatchSource, forward
+from bscrit.engine.data import BatchSource, user_code
+from bscrit.engine.objective import batch_loss
 from bscrit.engine.params import ParameterSelection, requires_grad_only
-from bscrit.errors import RunError, UsageError
+from bscrit.errors import RunError, UsageError, UserCodeError
 from bscrit.optim import registry as optim
 from bscrit.optim.registry import OptimizerInfo
 from bscrit.stats.equilibrium import relaxation_steps
@@ -134,8 +136,9 @@ def continue_training(
         for point in points:
             while step < point:
                 model.train()
-                x, y = next(source.batches([next(rows)], seed))
-                loss = loss_fn(forward(model, x), y)
+                with _user_errors(step + 1):
+                    x, y = next(source.batches([next(rows)], seed))
+                    loss = batch_loss(model, loss_fn, x, y)[0]
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise RunError(
@@ -143,7 +146,8 @@ def continue_training(
                         "after the checkpoint; the run's own learning rate cannot continue here"
                     )
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                with _user_errors(step + 1), user_code("the backward pass"):
+                    loss.backward()
                 optimizer.step()
                 step += 1
                 if on_step is not None:
@@ -152,6 +156,18 @@ def continue_training(
             for p in params:  # the measurement reads no .grad, but leaves none behind either
                 p.grad = None
             yield step
+
+
+@contextlib.contextmanager
+def _user_errors(step: int) -> Iterator[None]:
+    """The user's model, loss, dataset item or collate function raising at a step of continued
+    training: a :class:`RunError` naming which and the step."""
+    try:
+        yield
+    except UserCodeError as e:
+        raise RunError(e.at(f"in continued training at step {step} after the checkpoint")) from (
+            e.error
+        )
 
 
 def check_sampling(paths: Sequence[Any], o: Any, dist: Any) -> None:

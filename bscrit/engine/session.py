@@ -23,7 +23,7 @@ from bscrit.engine.distributed import (
     rank_device,
     timeout_seconds,
 )
-from bscrit.errors import BscritError, MeasurementError, UsageError
+from bscrit.errors import BscritError, MeasurementError, UsageError, debug_enabled
 
 
 def init(
@@ -125,7 +125,7 @@ class Session:
             peer = exc
         else:
             own = exc
-            if not isinstance(exc, BscritError):  # a bug or an unexpected error: keep the trace
+            if not isinstance(exc, BscritError) and debug_enabled():  # a bug: --debug's trace
                 traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
             try:
                 ctx.exchange(exc)

@@ -25,6 +25,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bscrit.artifacts.files import append_line
 from bscrit.artifacts.jsonvalues import finite_or_none, finite_pair
 from bscrit.errors import UsageError
 from bscrit.integrations.recorder import SERIES_FILE, check_every
@@ -197,9 +198,7 @@ class FreeWindow:
         row = free_series_row(est, time.perf_counter() - t0)
         self.rows.append(row)
         if write:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.out_dir / SERIES_FILE, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row, allow_nan=False) + "\n")
+            append_line(self.out_dir / SERIES_FILE, json.dumps(row, allow_nan=False))
         drift = est.drift.relative if est.drift is not None else math.nan
         return {"bscrit/nsr": est.nsr, "bscrit/b_star": est.b_star, "bscrit/drift": drift}
 

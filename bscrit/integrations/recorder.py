@@ -18,10 +18,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bscrit.artifacts.files import append_line
 from bscrit.artifacts.jsonvalues import finite_or_none, finite_pair
 from bscrit.errors import UsageError
 
@@ -163,28 +163,19 @@ class SeriesRecorder:
         p = predict(m, self.c2)
         seconds = time.perf_counter() - t0  # all the callback's work at this step
         row = series_row(m, p, step, examples_seen, seconds, name)
-        with open(self.out_dir / SERIES_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row, allow_nan=False) + "\n")
+        append_line(self.out_dir / SERIES_FILE, json.dumps(row, allow_nan=False))
         self.rows.append(row)
         return {"bscrit/nsr": p.base.nsr, "bscrit/b_star": p.base.b_star}
 
 
 def read_series(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The lines of a ``series.jsonl``, each a dict with :data:`SERIES_KEYS`.
+    """The lines of a ``series.jsonl``, each a dict with :data:`SERIES_KEYS`, every line checked
+    before any is returned (:func:`bscrit.artifacts.series.read_lines`: bounded parsing, values
+    and ranges, B* inside its interval, steps increasing).
 
     Raises:
-        UsageError: a line that is not a JSON object with those keys (names the line).
+        ArtifactError: unreadable, or a line that is not a series record (names the line and key).
     """
-    rows = []
-    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{path}:{i}: not JSON ({e.msg})") from None
-        missing = [k for k in SERIES_KEYS if not isinstance(row, Mapping) or k not in row]
-        if missing:
-            raise UsageError(f"{path}:{i}: missing {', '.join(missing)}")
-        rows.append(dict(row))
-    return rows
+    from bscrit.artifacts.series import read_lines
+
+    return [dict(d) for _, d in read_lines(path, required=SERIES_KEYS)]

@@ -180,7 +180,27 @@ def build_model(spec: Spec) -> nn.Module:
         model = model.module
     if not isinstance(model, nn.Module):
         raise _spec_error(source, key, f"expected an nn.Module, got {type(model).__name__}")
+    meta = meta_tensors(model)
+    if meta:
+        raise _spec_error(source, key, meta_message(meta))
     return model
+
+
+def meta_tensors(model: nn.Module) -> list[str]:
+    """The names of the model's parameters and buffers on the meta device (no data)."""
+    named = [*model.named_parameters(), *model.named_buffers()]
+    return [name for name, t in named if t is not None and t.is_meta]
+
+
+def meta_message(names: list[str]) -> str:
+    """Why a model with tensors on the meta device cannot be measured, and what to do."""
+    shown = ", ".join(names[:5]) + (f", … ({len(names) - 5} more)" if len(names) > 5 else "")
+    return (
+        f"the model has {len(names)} tensor(s) on the meta device, without data ({shown}): it "
+        "was built under torch.device('meta') or init_empty_weights, and weights cannot be "
+        "loaded into it; build it on the CPU (or call model.to_empty(device='cpu') before "
+        "returning it)"
+    )
 
 
 def _torchvision_model(name: str, kwargs: dict, source: str) -> nn.Module:

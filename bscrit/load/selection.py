@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bscrit.errors import CheckpointError, UsageError
 from bscrit.load import checkpoint_file
+from bscrit.specfile.references import user_path
 
 #: Files inside a folder that are taken as checkpoints.
 SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors", ".tar")
@@ -184,7 +185,36 @@ def progress(
     if examples_seen is not None:
         examples, derived = [examples_seen], False
     note = f"examples seen = step × B = step × {batch_size}" if derived else None
-    return Progress(out_steps, examples, [t for _, t in seen], note)
+    tokens = [t for _, t in seen]
+    _check_progress(paths, out_steps, examples, tokens, note)
+    return Progress(out_steps, examples, tokens, note)
+
+
+def _check_progress(
+    paths: Sequence[Path],
+    steps: Sequence[int | None],
+    examples: Sequence[int | None],
+    tokens: Sequence[int | None],
+    derived: str | None,
+) -> None:
+    """Each checkpoint's step, examples and tokens seen within int64 (a measurement records
+    them; :mod:`bscrit.boundary`), checked before any work, naming the checkpoint.
+
+    Raises:
+        UsageError: a value out of range (a saved one, or step × B beyond int64).
+    """
+    from bscrit import boundary
+
+    for path, *values in zip(paths, steps, examples, tokens, strict=True):
+        for what, v in zip(("step", "examples seen", "tokens seen"), values, strict=True):
+            why = None if v is None else boundary.integer_problem(v, minimum=0)
+            if why:
+                how = f" ({derived})" if derived and what == "examples seen" else ""
+                raise UsageError(
+                    f"{path}: its {what}{how}: {why}; give {{step}} / {{examples_seen}}",
+                    step="step",
+                    examples_seen="examples_seen",
+                )
 
 
 def _in_folder(folder: Path) -> list[Path]:
@@ -206,7 +236,7 @@ def _in_folder(folder: Path) -> list[Path]:
 def _expand_one(arg: str | os.PathLike[str]) -> tuple[list[Path], bool]:
     """The paths one ``-c`` value names, and whether it named several (a folder or a glob)."""
     raw = os.fspath(arg)
-    p = Path(raw).expanduser()
+    p = user_path(raw)
     if not p.exists() and _GLOB.search(raw):
         found = [Path(x) for x in glob.glob(str(p))]
         found = [x for x in found if x.is_file() or is_checkpoint_folder(x)]

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from bscrit import boundary
 from bscrit.errors import UsageError
 from bscrit.optim.state import (
     ParamGroupInfo,
@@ -321,13 +322,7 @@ def check_value(key: str, value: Any) -> str | None:
     kind = HYPERPARAMETERS[key].kind
     if kind == "bool":
         return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
-    b = bounds(key)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = value > b["low"] if b["low_open"] else value >= b["low"]
-    if ok and b["high"] is not None:
-        ok = value < b["high"] if b["high_open"] else value <= b["high"]
-    return None if ok else f"expected {b['what']}, got {value!r}"
+    return boundary.number_problem(value, **bounds(key))[1]
 
 
 def with_values(
@@ -366,10 +361,12 @@ def with_values(
             f"{names} {verb} to {where}, not {d.name} (it takes: {', '.join(d.keys)})",
             **{k: k for k in bad},
         )
+    problems = boundary.Problems()  # every bad value at once
     for k, v in given.items():
         why = check_value(k, v)
         if why is not None:
-            raise UsageError("{" + k + "}: " + why, **{k: k})
+            problems.add(k, why)
+    problems.raise_any()
     old = flat(opt)
     new = from_flat(d.name, {**old, **switches(opt), **given}, source)
     groups = tuple(

@@ -28,6 +28,7 @@ from rich.progress import (  # fmt: skip
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
@@ -76,7 +77,43 @@ def _print(console: Console, r: RenderableType) -> None:
         for part in r.renderables:
             _print(console, part)
     else:
+        if not console.encoding.startswith("utf"):  # ≈ ∞ κ … in ASCII before the layout
+            r = ascii_renderable(r)
         console.print(r, soft_wrap=isinstance(r, Text) and bool(r.no_wrap))
+
+
+def ascii_renderable(r: RenderableType) -> RenderableType:
+    """``r`` with its text in ASCII (:func:`bscrit.report.encoding.to_ascii`: ``≈`` → ``~``,
+    ``κ`` → ``kappa``), for a console that cannot encode the symbols: changed before rich lays
+    it out, so the tables stay aligned. Strings, :class:`Text` (styles kept), tables (cells,
+    headers, title) and :class:`~bscrit.report.format.Fit` are changed (tables in place);
+    anything else is returned as is (the stream's error handler is the net)."""
+    from bscrit.report.encoding import to_ascii
+    from bscrit.report.format import Fit
+
+    if isinstance(r, str):
+        return to_ascii(r)
+    if isinstance(r, Text):
+        cuts = sorted({i for sp in r.spans for i in (sp.start, sp.end)} - {0, len(r)})
+        new = r.blank_copy()
+        for part in r.divide(cuts):
+            start = len(new)
+            new.append(to_ascii(part.plain))
+            for sp in part.spans:
+                new.stylize(sp.style, start, len(new))
+        return new
+    if isinstance(r, Table):
+        for col in r.columns:
+            col.header = ascii_renderable(col.header)
+            col._cells = [ascii_renderable(c) for c in col._cells]
+        if isinstance(r.title, str | Text):
+            r.title = ascii_renderable(r.title)  # type: ignore[assignment]
+        return r
+    if isinstance(r, Fit):
+        return Fit(*map(ascii_renderable, r.layouts))
+    if isinstance(r, Group):
+        return Group(*map(ascii_renderable, r.renderables))
+    return r
 
 
 def print_json(d: dict[str, Any]) -> None:

@@ -28,6 +28,9 @@ def save_figure(fig: Any, path: str | os.PathLike[str]) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(p)}.", suffix=".tmp", dir=d)
         with os.fdopen(fd, "wb") as f:
             fig.savefig(f, dpi=120, format="png")
+            mask = os.umask(0)
+            os.umask(mask)
+            os.fchmod(f.fileno(), 0o666 & ~mask)  # as open() would give, not mkstemp's 0600
         os.replace(tmp, p)
         tmp = None
     except OSError as e:

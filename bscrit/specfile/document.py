@@ -30,10 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bscrit import boundary
 from bscrit.checker import Checker, read_yaml
 from bscrit.errors import SpecError, SpecProblem, UsageError
 from bscrit.optim.registry import OptimizerInfo
 from bscrit.specfile.model import ModelSpec, default_checkpoint
+from bscrit.specfile.references import user_path
 from bscrit.specfile.sections import (
     CheckpointSpec,
     DataSpec,
@@ -115,7 +117,7 @@ def parse_spec(
     Raises:
         SpecError: listing every problem, each with its dotted key path.
     """
-    base_dir = Path(base_dir).expanduser().resolve()
+    base_dir = user_path(base_dir).resolve()
     spec_path = Path(path).resolve() if path is not None else (base_dir / source).resolve()
     if raw is None:
         raise SpecError(
@@ -183,18 +185,24 @@ def load_spec(path: str | Path) -> Spec:
 
     Raises:
         SpecError: the file is missing or unreadable, is not valid YAML (with line and column),
-            or has any problem (all listed, with key paths; a key given twice, with its lines).
+            passes a parsing limit of :mod:`bscrit.boundary` (size, depth, aliases), or has any
+            problem (all listed, with key paths; a key given twice, with its lines).
     """
-    p = Path(path).expanduser()
+    p = user_path(path)
     source = str(path)
     if not p.exists():
         raise SpecError(source, [SpecProblem("", f"file not found: {p}")])
     if not p.is_file():
         raise SpecError(source, [SpecProblem("", f"not a file: {p}")])
     try:
-        text = p.read_text(encoding="utf-8")
+        with open(p, "rb") as f:  # never more than the limit, whatever the file's size
+            data = f.read(boundary.MAX_YAML_BYTES + 1)
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(source, [SpecProblem("", f"cannot read {p}: {e}")]) from None
+    too_big = boundary.size_problem(p.stat().st_size, boundary.MAX_YAML_BYTES, "spec (YAML)")
+    if len(data) > boundary.MAX_YAML_BYTES and too_big:
+        raise SpecError(source, [SpecProblem("", f"the file is {too_big}")])
     raw, duplicates = read_yaml(text, source)
     p = p.resolve()
     return parse_spec(raw, source, p.parent, path=p, problems=duplicates)

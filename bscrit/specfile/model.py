@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from bscrit.checker import Checker
 from bscrit.load import checkpoint_file
+from bscrit.specfile.references import user_path
 
 #: The hint every "transformers is missing" message carries.
 HF_INSTALL = "pip install 'bscrit[hf]'"
@@ -61,7 +62,10 @@ def parse_hf(c: Checker, d: dict, base_dir: Path, kwargs: dict) -> ModelSpec | N
             hf_class = hf_class.strip()
     if raw is None:
         return None
-    p = Path(raw).expanduser()
+    if "\0" in raw:
+        c.add("model.hf", "a folder cannot hold a NUL character (\\0)")
+        return None
+    p = user_path(raw)
     folder = (p if p.is_absolute() else base_dir / p).resolve()
     if not folder.exists():
         hub_id = not p.is_absolute() and len(p.parts) <= 2 and not raw.startswith(".")

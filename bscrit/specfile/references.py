@@ -30,13 +30,16 @@ def check_factory(c: Checker, value: Any, path: str, base_dir: Path) -> str | No
     ref = c.string(value, path, 'a factory reference "file.py:fn" or "pkg.module:fn"')
     if ref is None:
         return None
+    if "\0" in ref:
+        c.add(path, "a factory reference cannot hold a NUL character (\\0)")
+        return None
     parts = split_ref(ref)
     if parts is None:
         c.add(path, f'expected "file.py:fn" or "pkg.module:fn", got {ref!r}')
         return None
     module_part, attr = parts
     if is_file_ref(module_part):
-        file = Path(module_part).expanduser()
+        file = user_path(module_part)
         if not file.is_absolute():
             file = base_dir / file
         file = file.resolve()
@@ -47,6 +50,15 @@ def check_factory(c: Checker, value: Any, path: str, base_dir: Path) -> str | No
     return ref
 
 
+def user_path(value: str | Path) -> Path:
+    """``Path(value).expanduser()``, or ``value`` as it is when ``~name`` names no user (the
+    file is then not found, said as such, instead of a RuntimeError)."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:
+        return Path(value)
+
+
 def resolve_path(value: str, base_dir: Path) -> Path:
-    p = Path(value).expanduser()
+    p = user_path(value)
     return (p if p.is_absolute() else base_dir / p).resolve()

@@ -136,6 +136,9 @@ def parse_checkpoint(c: Checker, value: Any, base_dir: Path) -> CheckpointSpec |
     if d.get("key") is not None:
         key = c.string(d["key"], "checkpoint.key")
     strip = _strings(c, d.get("strip_prefix"), "checkpoint.strip_prefix")
+    if raw_paths is not None and any("\0" in p for p in raw_paths):
+        c.add("checkpoint.path", "a path cannot hold a NUL character (\\0)")
+        return None
     if raw_paths is None or strip is None:
         return None
     paths = tuple(resolve_path(p, base_dir) for p in raw_paths)

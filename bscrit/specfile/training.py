@@ -130,6 +130,8 @@ def parse_schedule(c: Checker, value: Any) -> ScheduleSpec | None:
     total = None
     if d.get("total_steps") is not None:
         total = c.integer(d["total_steps"], "schedule.total_steps", minimum=1)
+    if total is not None and warmup > total:
+        c.add("schedule.warmup_steps", f"{warmup} is more than total_steps = {total}")
     if len(c.problems) > n_before:
         return None
     return ScheduleSpec(

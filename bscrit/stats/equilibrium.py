@@ -77,11 +77,19 @@ def relaxation_steps(opt: OptimizerInfo | None) -> tuple[float | None, str]:
         why = "1/(2ηλ) ([LMA21] eq. 10)"
         if opt.momentum:
             why += f" with η/(1 − μ) = {lr:.4g} for momentum {opt.momentum:g} (heuristic)"
-        return 1.0 / (2.0 * lr * opt.weight_decay), why
+        return _tau(lr, opt.weight_decay, why)
     if opt.name == "adamw":
-        tau = 1.0 / (2.0 * opt.lr * opt.weight_decay)
-        return tau, "1/(2ηλ) of AdamW's decoupled decay (a heuristic transfer of [LMA21] eq. 10)"
+        why = "1/(2ηλ) of AdamW's decoupled decay (a heuristic transfer of [LMA21] eq. 10)"
+        return _tau(opt.lr, opt.weight_decay, why)
     return None, f"no relaxation time is known for {opt.name} with coupled weight decay"
+
+
+def _tau(lr: float, weight_decay: float, why: str) -> tuple[float | None, str]:
+    """1/(2ηλ), or None when it is not a finite number (ηλ below the float range)."""
+    rate = 2.0 * lr * weight_decay
+    if not (rate > 0 and math.isfinite(1.0 / rate)):
+        return None, f"2ηλ = 2 · {lr:g} · {weight_decay:g} is too small for a relaxation time"
+    return 1.0 / rate, why
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,7 +229,7 @@ def spread_ratio(stats: Sequence[NoiseStats]) -> float | None:
     snr = [s.G.value / s.N.value for s in stats]
     ses = [jackknife_se([g / n for g, n in zip(s.jackknife_G, s.jackknife_N)]) for s in stats]
     mean = sum(snr) / len(snr)
-    sd = math.sqrt(sum((x - mean) ** 2 for x in snr) / (len(snr) - 1))
+    sd = math.sqrt(sum((x - mean) * (x - mean) for x in snr) / (len(snr) - 1))
     within = math.sqrt(sum(se * se for se in ses) / len(ses))
     return sd / within if within > 0 else math.inf
 

@@ -200,7 +200,7 @@ def jackknife_se(loo: Sequence[float]) -> float:
     if m < 2:
         return math.nan
     mean = sum(loo) / m
-    return math.sqrt((m - 1) / m * sum((x - mean) ** 2 for x in loo))
+    return math.sqrt((m - 1) / m * sum((x - mean) * (x - mean) for x in loo))  # x*x: no Overflow
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from bscrit.artifacts.records import CheckpointStats, Equilibrium, ParameterRow, ParamSetStats
+from bscrit.errors import MeasurementError
 from bscrit.optim.registry import OptimizerInfo, current_lr
 from bscrit.stats.equilibrium import (
     EquilibriumInterval,
@@ -89,6 +90,12 @@ class TensorSums:
     def is_scale_invariant(self, tau: float = TAU_FP32) -> bool:
         r = self.invariance_ratio
         return (not math.isnan(r)) and r <= tau
+
+    @property
+    def zero_gradient(self) -> bool:
+        """Whether its gradient was identically zero on every batch (Q_j = 0 in every group): a
+        parameter the loss never reaches (an unused head), which has no N to divide by."""
+        return all(q == 0.0 for q in self.sums.q)
 
 
 def set_sums(tensors: Sequence[TensorSums], preconditioned: bool = False) -> GroupSums:
@@ -207,6 +214,7 @@ class CheckpointSummary:
     equilibrium_note: str
     per_example: tuple[PerExampleStats, PerExampleStats | None] | None = None
     preconditioned: ParamSetStats | None = None  # G_P, N_P of all trainable tensors
+    zero_gradient_names: tuple[str, ...] = ()  # tensors whose gradient was 0 on every batch
 
 
 def summarize_checkpoint(
@@ -222,6 +230,13 @@ def summarize_checkpoint(
     With ``per_example`` (the C_j of the per-example estimator, with n and B) G and N come from
     :func:`~bscrit.stats.estimators.per_example_stats` instead of the batch estimator
     (docs/theory.md §2).
+
+    Tensors whose gradient was identically zero on every batch (:attr:`TensorSums.zero_gradient`)
+    are named in ``zero_gradient_names`` and left out of every parameter set (G, N, R, the
+    counts): their per-tensor row has G = N = 0 and no NSR.
+
+    Raises:
+        MeasurementError: every tensor's gradient was zero on every batch (no N at all).
     """
 
     def noise_of(idx: list[int]) -> tuple[NoiseStats, PerExampleStats | None]:
@@ -235,15 +250,17 @@ def summarize_checkpoint(
         noise, pe = noise_of(idx)
         return param_set_stats([tensors[i] for i in idx], noise), pe
 
-    si_idx = [i for i, t in enumerate(tensors) if t.is_scale_invariant(tau)]
-    all_stats, all_pe = set_stats(list(range(len(tensors))))
+    used = _nonzero(tensors)
+    si_idx = [i for i in used if tensors[i].is_scale_invariant(tau)]
+    all_stats, all_pe = set_stats(used)
     si_stats, si_pe = set_stats(si_idx) if si_idx else (None, None)
     eq, note = equilibrium(opt, *equilibrium_set(all_stats, si_stats))
-    rows = []
+    rows, measured = [], set(used)
     for i, t in enumerate(tensors):
-        noise = noise_of([i])[0]
-        rows.append(parameter_row(t, noise.G.value, noise.N.value, tau))
-    total = sum(t.numel for t in tensors)
+        noise = noise_of([i])[0] if i in measured else None  # a zero gradient: G = N = 0, no NSR
+        g, n = (noise.G.value, noise.N.value) if noise is not None else (0.0, 0.0)
+        rows.append(parameter_row(t, g, n, tau))
+    total = sum(tensors[i].numel for i in used)
     return CheckpointSummary(
         stats=CheckpointStats(
             path=path, all=all_stats, scale_invariant=si_stats, equilibrium=eq, elapsed_s=elapsed_s
@@ -253,8 +270,21 @@ def summarize_checkpoint(
         scale_invariant_fraction=(sum(tensors[i].numel for i in si_idx) / total) if total else 0.0,
         equilibrium_note=note,
         per_example=None if per_example is None else (all_pe, si_pe),  # type: ignore[arg-type]
-        preconditioned=_preconditioned(tensors),
+        preconditioned=_preconditioned([tensors[i] for i in used]),
+        zero_gradient_names=tuple(t.name for t in tensors if t.zero_gradient),
     )
+
+
+def _nonzero(tensors: Sequence[TensorSums]) -> list[int]:
+    """The indices of the tensors with a gradient somewhere (see :func:`summarize_checkpoint`)."""
+    used = [i for i, t in enumerate(tensors) if not t.zero_gradient]
+    if tensors and not used:
+        raise MeasurementError(
+            f"the gradient of every measured parameter ({len(tensors)} tensor(s)) was zero on "
+            "every batch: the loss does not depend on the parameters measured (are they the "
+            "ones the model uses? is the loss constant?)"
+        )
+    return used
 
 
 def _preconditioned(tensors: Sequence[TensorSums]) -> ParamSetStats | None:

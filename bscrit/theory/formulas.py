@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+from bscrit import boundary
 from bscrit.errors import UsageError
 from bscrit.stats.estimators import finite_population_factor, per_example_trace
 
@@ -29,11 +30,13 @@ DEFAULT_C2 = 2.0
 
 def check_c2(c2: float) -> float:
     """C² must be > 1 (C > 1 in [LMA21] Def. 5.1)."""
-    if not (isinstance(c2, int | float) and math.isfinite(c2) and c2 > 1.0):
+    x, why = boundary.number_problem(c2, low=1.0, low_open=True)
+    if why or x is None:
         raise UsageError(
-            f"{{c2}} must be a number > 1 (C > 1 in [LMA21] Def. 5.1), got {c2}", c2="c2"
+            f"{{c2}} must be a number > 1 (C > 1 in [LMA21] Def. 5.1), got {boundary.short(c2)}",
+            c2="c2",
         )
-    return float(c2)
+    return x
 
 
 def sde_nsr_threshold(c2: float = DEFAULT_C2) -> float:

@@ -41,10 +41,10 @@ def bounds_to_dict(b: MeasurementBounds) -> dict[str, Any]:
         "param_set": b.param_set,
         "param_set_reason": b.param_set_reason,
         "scale_invariant_fraction": b.scale_invariant_fraction,
-        "G": ns.G.value,
-        "G_ci95": list(ns.G.ci95),
-        "N": ns.N.value,
-        "N_ci95": list(ns.N.ci95),
+        "G": finite_or_none(ns.G.value),
+        "G_ci95": finite_pair(ns.G.ci95),
+        "N": finite_or_none(ns.N.value),
+        "N_ci95": finite_pair(ns.N.ci95),
         "signal_detected": ns.signal_detected,
         "nsr": finite_or_none(b.nsr),
         "nsr_ci95": finite_pair(b.nsr_ci95),
@@ -52,7 +52,7 @@ def bounds_to_dict(b: MeasurementBounds) -> dict[str, Any]:
         "b_star_ci95": finite_pair(b.b_star_ci95),
         "b_star_approx": finite_or_none(b.b_star_approx),
         "b_star_approx_ci95": finite_pair(b.b_star_approx_ci95),
-        "sde_nsr_threshold": b.sde_nsr_threshold,
+        "sde_nsr_threshold": finite_or_none(b.sde_nsr_threshold),
         "sde_certified_invalid": b.sde_certified_invalid,
         "thm55_base_batch_below": finite_or_none(b.thm55_base_batch_below),
         "thm55_kappa_min": finite_or_none(b.thm55_kappa_min),
@@ -60,7 +60,11 @@ def bounds_to_dict(b: MeasurementBounds) -> dict[str, Any]:
         "implicit_regularisation": (
             None
             if ir is None
-            else {"lr": ir.lr, "signal_term": ir.signal_term, "noise_term": ir.noise_term}
+            else {
+                "lr": ir.lr,
+                "signal_term": finite_or_none(ir.signal_term),
+                "noise_term": finite_or_none(ir.noise_term),
+            }  # fmt: skip
         ),
         "equilibrium_residual": finite_or_none(b.equilibrium_residual),
         "optimizer": b.optimizer.name if b.optimizer is not None else None,

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from bscrit import boundary
 from bscrit.errors import UsageError
 from bscrit.optim import registry as optim
 from bscrit.optim.registry import OptimizerInfo
@@ -20,6 +21,40 @@ if TYPE_CHECKING:
     from bscrit.artifacts.measurement import Measurement
 
 PathLike = str | os.PathLike[str]
+
+
+def check_request(
+    target_batch_size: object,
+    batch_size: object,
+    values: Mapping[str, object] | None,
+    epochs: object,
+    steps: object,
+    warmup_steps: object,
+    c2: object,
+) -> None:
+    """Every number ``bscrit scale`` is given, before any file is read (:mod:`bscrit.boundary`):
+    batch sizes and step counts int64, epochs, C² and hyperparameters finite within their ranges,
+    the warm-up no longer than the run; every problem at once.
+
+    Raises:
+        UsageError: listing each bad value, naming its option.
+    """
+    p = boundary.Problems()
+    p.integer("target_batch_size", target_batch_size, minimum=1)
+    if target_batch_size is None:
+        p.add("target_batch_size", "expected a positive integer (a batch size), got None")
+    p.integer("batch_size", batch_size, minimum=1)
+    p.number("epochs", epochs, low=0.0, low_open=True, what="a positive number")
+    s = p.integer("steps", steps, minimum=0)
+    w = p.integer("warmup_steps", warmup_steps, minimum=0)
+    if s is not None and w is not None and w > s:
+        p.add("warmup_steps", f"{w} is more than the run's steps ({s})")
+    p.number("c2", c2, low=1.0, low_open=True, what="a number > 1 (C > 1 in [LMA21] Def. 5.1)")
+    for key, v in (values or {}).items():
+        why = optim.check_value(key, v) if key in optim.HYPERPARAMETERS and v is not None else None
+        if why:
+            p.add(key, why)
+    p.raise_any()
 
 
 def scale_request(
@@ -46,6 +81,7 @@ def scale_request(
     from bscrit.artifacts.measurement import Measurement, load_measurement
     from bscrit.theory.prediction import range_context
 
+    check_request(target_batch_size, batch_size, values, epochs, steps, warmup_steps, c2)
     base: OptimizerInfo | None = None
     b = batch_size
     if from_spec is not None:

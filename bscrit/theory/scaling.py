@@ -117,8 +117,9 @@ def rule_limit(opt: OptimizerInfo, batch_size: int) -> RuleLimit:
             c = BETA_CAUTION / (1.0 - v[b])
             caution = c if caution is None else min(caution, c)
     coupled_sgd = not d.adaptive and v.get("weight_decay", 0.0) > 0
-    if (coupled_sgd or optim.decoupled(opt)) and v["weight_decay"] > 0 and v["lr"] > 0:
-        k = 1.0 / (v["lr"] * v["weight_decay"])
+    rate = v.get("lr", 0.0) * v.get("weight_decay", 0.0)  # 0 when ηλ underflows: no limit
+    if (coupled_sgd or optim.decoupled(opt)) and rate > 0 and math.isfinite(1.0 / rate):
+        k = 1.0 / rate
         limits.append(
             (k, "weight_decay", "the per-step weight decay factor 1 − κηλ must stay > 0 "
              "([LMA21] eq. 7)")
@@ -126,6 +127,8 @@ def rule_limit(opt: OptimizerInfo, batch_size: int) -> RuleLimit:
     if not limits:
         return RuleLimit(math.inf, None, None, caution, f"the {d.rule_reference} has no limit")
     k, key, why = min(limits)
+    if not math.isfinite(k * batch_size):  # a limit beyond every float: none in practice
+        return RuleLimit(math.inf, None, None, caution, f"the {d.rule_reference} has no limit")
     b_max = math.floor(k * batch_size)  # the largest B' with B'/B < κ_max (up to rounding)
     if b_max / batch_size >= k * (1.0 - 1e-12):
         b_max -= 1
@@ -370,6 +373,12 @@ def scale_hyperparameters(
         )
     old = optim.flat(replace(opt, name=name))
     new = optim.flat(new_opt)
+    overflow = [k for k, v in new.items() if isinstance(v, float) and not math.isfinite(v)]
+    if overflow:
+        raise UsageError(
+            f"{', '.join(overflow)} scaled by κ = {kappa:.4g} is not a finite number (from "
+            f"{', '.join(f'{k} = {old[k]:g}' for k in overflow)}): no run takes it"
+        )
     warnings: list[str] = []
     if name == "sgd" and opt.nesterov:
         warnings.append("Nesterov momentum is kept as is; the linear rule does not cover it")

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bscrit import boundary
 from bscrit.artifacts.jsonvalues import finite_or_none
 from bscrit.artifacts.measurement import Measurement
 from bscrit.errors import BscritError, UsageError
@@ -404,10 +405,9 @@ def make_schedule(
     c2 = check_c2(c2)
     if not points:
         raise UsageError("schedule needs at least one measurement")
-    if multiple_of is not None and multiple_of < 1:
-        raise UsageError(
-            f"{{multiple_of}} must be ≥ 1, got {multiple_of}", multiple_of="multiple_of"
-        )
+    why = None if multiple_of is None else boundary.integer_problem(multiple_of, minimum=1)
+    if why:
+        raise UsageError(f"{{multiple_of}}: {why}", multiple_of="multiple_of")
     for p in points:
         if p.step is None and p.examples_seen is None:
             raise UsageError(

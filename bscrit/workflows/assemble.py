@@ -60,6 +60,24 @@ def pooled_warnings(
     return warnings
 
 
+def zero_gradient_names(summaries: Sequence[CheckpointSummary]) -> list[str]:
+    """The tensors whose gradient was zero on every batch of some point, in order."""
+    names: list[str] = []
+    for s in summaries:
+        names.extend(n for n in s.zero_gradient_names if n not in names)
+    return names
+
+
+def zero_gradient_warning(names: Sequence[str]) -> str:
+    """The warning naming the tensors left out because their gradient was always zero."""
+    shown = ", ".join(names[:8]) + (f", … ({len(names) - 8} more)" if len(names) > 8 else "")
+    return (
+        f"{len(names)} parameter tensor(s) had a zero gradient on every batch (unused by the "
+        f"loss: an unused head, a branch never run?): {shown}; they are left out of G, N, NSR and "
+        "R (per tensor: G = N = 0, no NSR); freeze them (requires_grad=False) to silence this"
+    )
+
+
 def _per_example_extra(summaries: Sequence[CheckpointSummary]) -> dict[str, Any]:
     """``extra.T1`` (and ``T1_scale_invariant``) of a per-example measurement, pooled."""
     from bscrit.artifacts.jsonvalues import estimate_dict
@@ -141,6 +159,9 @@ def build_measurement(points: Sequence[MeasuredPoint], facts: RunFacts) -> Measu
     warnings = list(facts.notes)
     for p in points:
         warnings.extend(w for w in p.raw.warnings if w not in warnings)
+    zero = zero_gradient_names(summaries)
+    if zero:
+        warnings.append(zero_gradient_warning(zero))
     all_pooled = _pooled([s.stats.all for s in summaries])
     assert all_pooled is not None
     si_pooled = _pooled([s.stats.scale_invariant for s in summaries])
@@ -158,6 +179,8 @@ def build_measurement(points: Sequence[MeasuredPoint], facts: RunFacts) -> Measu
     if facts.adaptive is not None:
         extra["stopping"] = facts.adaptive.to_dict()
     extra |= _per_example_extra(summaries)
+    if zero:
+        extra["zero_gradient"] = zero
     extra |= dict(facts.extra)
     return Measurement(
         batch_size=facts.batch_size,

@@ -87,6 +87,27 @@ measure: {{batches: {batches}, groups: 10, seed: 0, device: {device}, mode: trai
 """
 
 
+#: The file an earlier demo left in its work directory: a rerun may replace its files.
+MARKER = ".bscrit-demo"
+
+
+def demo_files(workdir: Path, cfg: DemoConfig) -> list[Path]:
+    """The files a demo of ``cfg`` writes into ``workdir`` (the confirm ones already there)."""
+    from bscrit.runs.confirm.results import confirm_paths
+    from bscrit.runs.svag.results import svag_paths
+
+    ckpt = workdir / "checkpoints"
+    epochs = range(cfg.save_from, cfg.epochs + 1, cfg.save_every)
+    files = [workdir / n for n in ("spec.yaml", "measurement.json", "measurement.params.csv",
+                                   "prediction.json", "svag.png")]  # fmt: skip
+    files += [ckpt, ckpt / "final.pt", *(ckpt / f"final_epoch{e:04d}.pt" for e in epochs)]
+    files += [workdir / "svag", *svag_paths(workdir / "svag")]
+    files += sorted(workdir.glob("confirm-*.png"))
+    for d in sorted(workdir.glob("confirm-*")):
+        files += [d, *confirm_paths(d)] if d.is_dir() else []
+    return files
+
+
 @dataclass
 class DemoResult:
     """Paths and headline numbers of one demo run."""
@@ -179,8 +200,10 @@ def _run_demo(
     show: ModuleType | None,
 ) -> DemoResult:
     cfg = DemoConfig.quick() if quick else DemoConfig.full()
+    from bscrit.artifacts.files import write_atomic
+
     workdir = workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+    write_atomic(workdir / MARKER, "written by `bscrit demo`: a rerun may replace its files\n")
     d = _Demo(workdir, cfg, quick, device, say, show)
     try:
         tr, ckpts = _train_step(d)
@@ -250,19 +273,21 @@ def _train_step(d: _Demo) -> tuple[dict[str, Any], list[Path]]:
 
 
 def _measure_step(d: _Demo, ckpts: list[Path]) -> tuple[Spec, Measurement, Path]:
+    from bscrit.artifacts.files import write_atomic
     from bscrit.artifacts.measurement import write_measurement
     from bscrit.specfile.document import load_spec
     from bscrit.workflows.measure import run_measurement
     from bscrit.workflows.plan import MeasureOptions
 
     spec_path = d.workdir / "spec.yaml"
-    spec_path.write_text(
+    write_atomic(  # a link planted there is replaced, never followed
+        spec_path,
         SPEC_TEMPLATE.format(
             checkpoints=", ".join(str(p) for p in ckpts),
             batches=d.cfg.batches if d.cfg.batches is not None else "auto",
             device=d.device,
             **BASE,
-        )
+        ),
     )
     d.files.append(spec_path)
     d.say(f"[2/6] bscrit measure {spec_path.name}: G and N at {len(ckpts)} checkpoints, pooled")

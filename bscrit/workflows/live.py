@@ -315,26 +315,43 @@ def _replace(info: OptimizerInfo, **kw: Any) -> OptimizerInfo:
 
 
 def check_arguments(
-    batch_size: Any, num_batches: Any, groups: Any, micro_batch_size: Any, mode: str
+    batch_size: Any,
+    num_batches: Any,
+    groups: Any,
+    micro_batch_size: Any,
+    mode: str,
+    **counts: Any,
 ) -> None:
-    """Every check of :func:`bscrit.measure`'s numbers that needs no data, before any work."""
-    from bscrit.checker import check_batch_size
-    from bscrit.engine.data import check_num_batches
+    """Every check of :func:`bscrit.measure`'s numbers that needs no data, before any work
+    (:mod:`bscrit.boundary`: int64 integers in their ranges), every problem at once.
 
-    check_batch_size(batch_size)
-    for key, v in (("num_batches", num_batches), ("micro_batch_size", micro_batch_size)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
-            raise UsageError(f"{key}: expected an integer, got {v!r}")
-    if num_batches is not None:
-        check_num_batches(num_batches, where="num_batches")
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 2:
-        raise UsageError(f"groups: the jackknife needs an integer of at least 2, got {groups!r}")
-    if micro_batch_size is not None and (micro_batch_size < 1 or batch_size % micro_batch_size):
-        raise UsageError(
-            f"micro_batch_size {micro_batch_size} does not divide batch_size {batch_size}"
-        )
+    ``counts``: the other integers, ``seed`` (≥ 0), ``step``, ``examples_seen`` and
+    ``num_workers`` (≥ 0; None: not given).
+
+    Raises:
+        UsageError: listing each bad argument.
+    """
+    from bscrit import boundary
+    from bscrit.engine.data import MAX_BATCHES
+
+    p = boundary.Problems()
+    b = p.integer("batch_size", batch_size, minimum=1, what="a positive integer (a batch size)")
+    if batch_size is None:
+        p.add("batch_size", "expected a positive integer (a batch size), got None")
+    k = p.integer("num_batches", num_batches, minimum=1, maximum=MAX_BATCHES)
+    m = p.integer("groups", groups, minimum=2, what="an integer of at least 2 (the jackknife)")
+    if groups is None:
+        p.add("groups", "expected an integer of at least 2 (the jackknife), got None")
+    if k is not None and m is not None and k < 2 * m:
+        p.add("num_batches", f"expected at least 2 * groups = {2 * m}, got {k}")
+    micro = p.integer("micro_batch_size", micro_batch_size, minimum=1)
+    if micro is not None and b is not None and b % micro:
+        p.add("micro_batch_size", f"{micro} does not divide batch_size {b}")
+    for key, v in counts.items():
+        p.integer(key, v, minimum=0)
     if mode not in ("train", "eval"):
-        raise UsageError(f"mode: expected 'train' or 'eval', got {mode!r}")
+        p.add("mode", f"expected 'train' or 'eval', got {boundary.short(mode)}")
+    p.raise_any()
 
 
 def parameter_names(model: Any, names: Sequence[str]) -> list[Any]:

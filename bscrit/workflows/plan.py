@@ -146,9 +146,39 @@ class MeasurePlan:
         )
 
 
+#: ``--host-memory`` in GiB: its bytes (× 2³⁰) must fit int64.
+MAX_HOST_MEMORY_GIB = float(2**33 - 1)
+
+
+def check_options(o: MeasureOptions) -> None:
+    """Every number of ``o`` checked before the spec's data loads (:mod:`bscrit.boundary`): int64
+    integers in their ranges, finite floats; every problem at once, naming its option.
+
+    Raises:
+        UsageError: listing each bad option.
+    """
+    from bscrit import boundary
+
+    p = boundary.Problems()
+    for key, low in (("batches", 1), ("batch_size", 1), ("micro_batch_size", 1), ("groups", 2),
+                     ("max_batches", 4), ("num_workers", 0), ("prefetch", 1), ("last", 1),
+                     ("seed", 0), ("step", 0), ("examples_seen", 0)):  # fmt: skip
+        p.integer(key, getattr(o, key), minimum=low)
+    p.integer("samples", o.samples, minimum=2)
+    if o.sample_steps != "auto":
+        p.integer("sample_steps", o.sample_steps, minimum=1)
+    p.number("target_rel_error", o.target_rel_error, low=0.0, low_open=True,
+             what="a positive number")  # fmt: skip
+    p.number("host_memory", o.host_memory, low=0.0, high=MAX_HOST_MEMORY_GIB, high_open=False,
+             what=f"a number of GiB in [0, {MAX_HOST_MEMORY_GIB:,.0f}]")  # fmt: skip
+    p.raise_any()
+
+
 def plan_measurement(
     spec: Spec, checkpoints: Sequence[PathLike] | None, o: MeasureOptions, dist: DistContext | None
 ) -> MeasurePlan:
+    """Resolve ``o`` with the spec into a :class:`MeasurePlan`, every option and value checked
+    before any work (:func:`check_options` first)."""
     from bscrit.engine.adaptive import batches_per_point
     from bscrit.engine.data import check_batches
     from bscrit.engine.objective import check_examples
@@ -157,6 +187,7 @@ def plan_measurement(
     from bscrit.load.selection import progress, select
     from bscrit.specfile.document import resolve_micro_batch_size
 
+    check_options(o)
     ms = spec.measure
     if not (checkpoints or spec.checkpoint.paths):
         raise UsageError(

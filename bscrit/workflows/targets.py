@@ -29,6 +29,38 @@ def target_from_measurement(path: PathLike, c2: float = 2.0) -> tuple[int, str]:
     return target, f"B' = {target}: {why} of {path} ({scope})"
 
 
+#: The integer arguments of a run (svag, confirm) and their least values (each within int64; how
+#: much work they may plan is :mod:`bscrit.cli.limits`'s).
+_RUN_INTEGERS = {"effective_steps": 1, "eval_every": 1, "eval_batches": 2, "eval_examples": 1,
+                 "seed": 0, "seeds": 1, "points": 2, "tail_points": 1, "examples": 1}  # fmt: skip
+
+
+def check_run_arguments(kwargs: dict[str, Any], target_batch_size: Any, c2: Any) -> None:
+    """Every number ``svag`` / ``confirm`` is given, before any file is read
+    (:mod:`bscrit.boundary`): int64 counts, finite relaxation times and start step,
+    hyperparameters in their ranges, C² > 1; every problem at once.
+
+    Raises:
+        UsageError: listing each bad argument, naming its option.
+    """
+    from bscrit import boundary
+    from bscrit.optim import registry as optim
+
+    p = boundary.Problems()
+    p.integer("target_batch_size", target_batch_size, minimum=1)
+    p.number("c2", c2, low=1.0, low_open=True, what="a number > 1 (C > 1 in [LMA21] Def. 5.1)")
+    for key, low in _RUN_INTEGERS.items():
+        p.integer(key, kwargs.get(key), minimum=low)
+    p.number("relaxation_times", kwargs.get("relaxation_times"), low=0.0, low_open=True,
+             what="a positive number")  # fmt: skip
+    p.number("start_step", kwargs.get("start_step"), low=0.0, what="a number of steps ≥ 0")
+    for key, v in (kwargs.get("overrides") or {}).items():
+        why = optim.check_value(key, v) if v is not None and key in optim.HYPERPARAMETERS else None
+        if why:
+            p.add(key, why)
+    p.raise_any()
+
+
 def _target(
     target_batch_size: int | None,
     from_measurement: PathLike | None,
@@ -66,6 +98,7 @@ def plan_svag(
     from bscrit.runs.svag.plan import parse_ls, prepare_svag
     from bscrit.specfile.document import load_spec
 
+    check_run_arguments(kwargs, target_batch_size, c2)
     parsed = parse_ls(ls)
     target = _target(target_batch_size, from_measurement, c2, on_target)
     return prepare_svag(load_spec(spec_path), target_batch_size=target, ls=parsed, **kwargs)
@@ -87,5 +120,6 @@ def plan_confirm(
     from bscrit.runs.confirm.plan import prepare_confirm
     from bscrit.specfile.document import load_spec
 
+    check_run_arguments(kwargs, target_batch_size, c2)
     target = _target(target_batch_size, from_measurement, c2, on_target)
     return prepare_confirm(load_spec(spec_path), target_batch_size=target, **kwargs)

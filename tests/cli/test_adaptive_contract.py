@@ -107,7 +107,11 @@ def test_svag_verdict_of_an_adam_run_names_adam(tmp_path):
 
 def test_measurement_round_trip_keeps_the_preconditioned_reading(tmp_path):
     m = _adam("adam_wide.json")
-    pre = dataclasses.replace(m.all, G=0.004, jackknife_G=tuple(0.004 for _ in m.all.jackknife_G))
+    n = m.all.N  # a consistent preconditioned set: G = 0.004 inside its interval, NSR = N/G
+    pre = dataclasses.replace(
+        m.all, G=0.004, G_ci95=(0.003, 0.005), jackknife_G=tuple(0.004 for _ in m.all.jackknife_G),
+        nsr=n / 0.004, nsr_ci95=(n / 0.005, n / 0.003),
+    )  # fmt: skip
     m2 = dataclasses.replace(m, preconditioned=pre, preconditioner="diag(1/(sqrt(v)+eps))")
     path, _ = write_measurement(m2, tmp_path / "m.json")
     back = load_measurement(path)

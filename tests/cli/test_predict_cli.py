@@ -486,6 +486,8 @@ def test_scale_with_measurement_adam_small_nsr_warning(tmp_path):
     d = json.loads(Path(ADAM).read_text())
     d["stats"]["all"]["G"] = 0.5
     d["stats"]["all"]["jackknife"]["G"] = [0.5 + (0.01 if j % 2 == 0 else -0.01) for j in range(10)]
+    n = d["stats"]["all"]["N"]  # the stored G, NSR and intervals agree (the reader checks)
+    d["stats"]["all"] |= {"G_ci95": [0.45, 0.55], "nsr": n / 0.5, "nsr_ci95": [n / 0.55, n / 0.45]}
     p = tmp_path / "adam2.json"
     p.write_text(json.dumps(d))
     out = as_json(invoke("scale", "-m", str(p), "-t", "2048", "--json"))

@@ -278,6 +278,9 @@ def test_bad_inputs_are_refused_before_any_batch():
         (dict(batch_size=0), "positive integer"),
         (dict(micro_batch_size=5), "does not divide"),
         (dict(mode="test"), "'train' or 'eval'"),
+        (dict(seed=-1), "seed: expected a non-negative integer"),
+        (dict(step=2**63), r"step: expected a non-negative integer \(int64"),
+        (dict(num_batches=5, groups=4), r"num_batches: expected at least 2 \* groups = 8"),
     ]
     for kw, message in cases:
         args = dict(model=model, data=ds, loss_fn=nn.CrossEntropyLoss(), batch_size=B) | kw

@@ -23,7 +23,7 @@ HOMES = {
     "matplotlib": {"eager": set(), "lazy": {"report"}},
 }
 #: Pure math and records: never torch, typer, rich or matplotlib, even lazily.
-PURE = ("stats", "theory", "artifacts", "specfile", "optim", "checker", "errors")
+PURE = ("stats", "theory", "artifacts", "specfile", "optim", "checker", "errors", "boundary")
 
 
 def _modules() -> dict[str, Path]:

@@ -28,7 +28,8 @@ def test_pure_modules_do_not_import_torch():
         "import bscrit.theory.formulas, bscrit.theory.recommendation, bscrit.optim.saved\n"
         "import bscrit.artifacts.records, bscrit.artifacts.files, bscrit.artifacts.jsonvalues\n"
         "import bscrit.specfile.sections, bscrit.specfile.references, bscrit.specfile.device\n"
-        "import bscrit.stats.sample_plan\n"
+        "import bscrit.stats.sample_plan, bscrit.boundary, bscrit.artifacts.checks\n"
+        "import bscrit.artifacts.series\n"
         "bad = sorted(m for m in ('torch', 'numpy', 'pandas') if m in sys.modules)\n"
         "assert not bad, bad\n"
     )

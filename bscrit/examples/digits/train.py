@@ -22,9 +22,12 @@ Checkpoints are ``{"model": state_dict, "optimizer": ..., "epoch": ..., "batch_s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -121,6 +124,25 @@ def _epoch(
     )
 
 
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` into a temporary file created exclusively beside ``path``, then renamed over
+    it: an interrupted save leaves no half checkpoint, and a link at ``path`` is replaced, never
+    followed (nothing outside the folder is written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            mask = os.umask(0)
+            os.umask(mask)
+            os.fchmod(f.fileno(), 0o666 & ~mask)  # as open() would give, not mkstemp's 0600
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def train(
     out: str | Path | None = HERE / "ckpt.pt",
     epochs: int = 1000,
@@ -197,7 +219,6 @@ def train(
     saved: list[str] = []
 
     def save(path: Path, epoch: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {
             "model": model.state_dict(),
             "optimizer": opt.state_dict(),
@@ -206,7 +227,7 @@ def train(
             "batch_size": batch_size,
             "config": config,
         }
-        torch.save(state, path)
+        save_atomic(state, path)
         saved.append(str(path))
 
     start = save_from if save_from is not None else save_every

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from bscrit.engine.data import BatchSource
 from bscrit.engine.objective import batch_gradient, batch_len, batch_loss, item_count
-from bscrit.errors import BscritError, RunError, first_line
+from bscrit.errors import BscritError, RunError, UserCodeError, first_line
 from bscrit.stats.estimators import estimate_g_n
 
 __all__ = ["Grads", "KeepBuffers", "ModelEvaluator", "forward_errors", "loss_gradient"]
@@ -47,10 +47,14 @@ class KeepBuffers:
 
 @contextlib.contextmanager
 def forward_errors(where: str) -> Iterator[None]:
-    """A forward/backward pass that fails (labels out of range, shape mismatch, CUDA error)
-    becomes a :class:`RunError` naming ``where``; out-of-memory is left to the caller."""
+    """A forward/backward pass that fails (labels out of range, shape mismatch, CUDA error), or
+    the user's model, loss, dataset item or collate function raising (a
+    :class:`~bscrit.errors.UserCodeError`, which names which), becomes a :class:`RunError` naming
+    ``where``; out-of-memory is left to the caller."""
     try:
         yield
+    except UserCodeError as e:
+        raise RunError(e.at(where)) from e.error
     except (BscritError, KeyboardInterrupt, torch.cuda.OutOfMemoryError):
         raise
     except (RuntimeError, IndexError, ValueError, TypeError) as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from bscrit.boundary import INT64_MAX
 from bscrit.errors import UsageError
 from bscrit.optim.registry import OptimizerInfo
 from bscrit.stats.equilibrium import relaxation_steps
@@ -42,6 +43,12 @@ def default_examples(
     if tau is None:
         e = math.ceil(FALLBACK_EPOCHS * dataset_size)
         return e, f"{FALLBACK_EPOCHS:g} epochs ({why})"
+    if not relaxation_times * tau * batch_size <= INT64_MAX:  # a tiny ηλ (inf included)
+        raise UsageError(
+            f"{relaxation_times:g} relaxation times τ = {tau:.4g} steps at B = {batch_size} are "
+            "more examples than int64 counts: give {examples}",
+            examples="examples",
+        )
     e = math.ceil(relaxation_times * tau * batch_size)
     return e, (
         f"{relaxation_times:g} relaxation times τ = {why} = {tau:.4g} steps at B = {batch_size}"

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bscrit.artifacts.jsonvalues import finite_or_none
+from bscrit.boundary import number_problem, short
 from bscrit.errors import UsageError
 from bscrit.runs.common.artifact import none_to_nan
 from bscrit.runs.common.result import METRIC_LABELS
@@ -146,9 +147,12 @@ def _pct(x: float) -> str:
 
 def check_tolerance(tolerance: float) -> float:
     """δ must be a finite number > 0 (a :class:`UsageError` naming ``--tolerance`` otherwise)."""
-    if not tolerance > 0 or not math.isfinite(tolerance):
-        raise UsageError(f"{{tolerance}} must be > 0, got {tolerance}", tolerance="tolerance")
-    return float(tolerance)
+    x, why = number_problem(tolerance, low=0.0, low_open=True)
+    if why or x is None:
+        raise UsageError(
+            f"{{tolerance}} must be > 0, got {short(tolerance)}", tolerance="tolerance"
+        )
+    return x
 
 
 def decide(

@@ -99,15 +99,17 @@ class ModelOracle:
     def params(self) -> list[Tensor]:
         return self._params
 
-    def gradient(self, batch: tuple[Any, Any]) -> Grads:
+    def gradient(self) -> Grads:
+        """The loss gradient on the next batch of the stream."""
         with forward_errors(f"at SVAG batch {self.batches}"):
-            return loss_gradient(self.model, self.loss_fn, self._params, *batch, self.micro)
+            x, y = next(self.stream)
+            return loss_gradient(self.model, self.loss_fn, self._params, x, y, self.micro)
 
     def pair(self) -> tuple[Grads, Grads]:
         self.model.train()
-        g1 = self.gradient(next(self.stream))
+        g1 = self.gradient()
         self.batches += 1
         with KeepBuffers(self.model):
-            g2 = self.gradient(next(self.stream))
+            g2 = self.gradient()
         self.batches += 1
         return g1, g2

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bscrit.boundary import INT64_MAX
 from bscrit.checker import check_batch_size
 from bscrit.errors import UsageError
 from bscrit.optim import registry as optim
@@ -80,8 +81,8 @@ def parse_ls(text: str | Sequence[int]) -> tuple[int, ...]:
             ) from None
     else:
         ls = [int(x) for x in text]
-    if any(x < 1 for x in ls):
-        raise UsageError(f"{{l}}: every l must be an integer >= 1, got {ls}", l="l")
+    if any(x < 1 or x > INT64_MAX for x in ls):
+        raise UsageError(f"{{l}}: every l must be an integer in [1, 2⁶³ − 1], got {ls}", l="l")
     ls = sorted(set(ls))
     if len(ls) < 3:
         raise UsageError(
@@ -118,6 +119,12 @@ def run_length(
             f"{DEFAULT_EFFECTIVE_STEPS} effective steps (the default: {why})"
         )  # fmt: skip
     k = DEFAULT_RELAXATION_TIMES if relaxation_times is None else float(relaxation_times)
+    if not k * tau <= INT64_MAX:  # a tiny η'λ: τ beyond any step count (inf included)
+        raise UsageError(
+            f"{k:g} relaxation times τ = 1/(2η'λ) = {tau:.4g} at B' are more steps than int64 "
+            "counts: give {effective_steps}",
+            effective_steps="effective_steps",
+        )
     e = max(20, math.ceil(k * tau))
     return e, tau, f"{e} effective steps = {k:g} relaxation times τ = 1/(2η'λ) = {tau:.4g} at B'"
 

@@ -195,7 +195,7 @@ def _run_one(
         except RunError as e:
             if e.template.startswith(where):
                 raise
-            raise RunError(f"{where}: " + e.template, **e.options) from None
+            raise RunError(f"{where}: " + e.template, **e.options) from e.__cause__
 
 
 def _run_warnings(plan: SvagPlan, runs: list[SvagRun]) -> list[str]:
