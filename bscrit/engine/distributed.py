@@ -44,6 +44,8 @@ from bscrit.errors import BscritError, ExitCode, MeasurementError, UsageError, i
 ENV_TIMEOUT = "BSCRIT_DIST_TIMEOUT"
 #: Default timeout of a collective: a rank that does not answer within it is taken for dead.
 DEFAULT_TIMEOUT_S = 600.0
+#: The longest timeout accepted (seconds): a week.
+MAX_TIMEOUT_S = 7 * 86400.0
 #: Tensors are coalesced into flat buffers of about this size for the all_reduce.
 BUCKET_BYTES = 64 << 20
 #: Bytes of error message a rank can send to the others (UTF-8, truncated).
@@ -97,9 +99,10 @@ def timeout_seconds(value: float | None = None) -> float:
             value = float(raw)
         except ValueError:
             raise UsageError(f"{ENV_TIMEOUT}={raw!r}: expected a number of seconds") from None
-    if not value > 0:
+    if not 0 < value <= MAX_TIMEOUT_S:  # NaN and ∞ too (a timedelta cannot hold them)
         raise UsageError(
-            f"{{dist_timeout}}: expected a positive number of seconds, got {value}",
+            f"{{dist_timeout}}: expected a positive number of seconds, at most "
+            f"{MAX_TIMEOUT_S:,.0f} (a week), got {value}",
             dist_timeout="dist_timeout",
         )
     return float(value)

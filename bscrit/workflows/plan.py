@@ -150,6 +150,12 @@ class MeasurePlan:
 MAX_HOST_MEMORY_GIB = float(2**33 - 1)
 
 
+#: At most this many DataLoader worker processes (``--num-workers``), and batches each one
+#: prefetches (``--prefetch``): far beyond any machine's need, short of starting thousands.
+MAX_WORKERS = 256
+MAX_PREFETCH = 1024
+
+
 def check_options(o: MeasureOptions) -> None:
     """Every number of ``o`` checked before the spec's data loads (:mod:`bscrit.boundary`): int64
     integers in their ranges, finite floats; every problem at once, naming its option.
@@ -161,9 +167,12 @@ def check_options(o: MeasureOptions) -> None:
 
     p = boundary.Problems()
     for key, low in (("batches", 1), ("batch_size", 1), ("micro_batch_size", 1), ("groups", 2),
-                     ("max_batches", 4), ("num_workers", 0), ("prefetch", 1), ("last", 1),
-                     ("seed", 0), ("step", 0), ("examples_seen", 0)):  # fmt: skip
+                     ("max_batches", 4), ("last", 1), ("seed", 0), ("step", 0),
+                     ("examples_seen", 0)):  # fmt: skip
         p.integer(key, getattr(o, key), minimum=low)
+    # DataLoader processes and batches in flight: a typo must not start thousands of them
+    p.integer("num_workers", o.num_workers, minimum=0, maximum=MAX_WORKERS)
+    p.integer("prefetch", o.prefetch, minimum=1, maximum=MAX_PREFETCH)
     p.integer("samples", o.samples, minimum=2)
     if o.sample_steps != "auto":
         p.integer("sample_steps", o.sample_steps, minimum=1)
