@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
-
-import click
+from typing import Any
 
 from bscrit.cli import analyze, confirm, demo, measure, schedule, svag
 from bscrit.cli.common import app
@@ -59,7 +58,7 @@ def main() -> None:
     command(prog_name="bscrit")
 
 
-def _ascii_help(command: click.Command) -> None:
+def _ascii_help(command: Any) -> None:  # a click Command (typer's own click: no import)
     """The help texts of ``command`` and its subcommands in ASCII (≈ ∞ κ …: ``~ inf kappa``)."""
     from bscrit.report.encoding import to_ascii
 

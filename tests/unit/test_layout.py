@@ -21,6 +21,8 @@ HOMES = {
         "lazy": {"cli", "workflows", "api"},
     },
     "matplotlib": {"eager": set(), "lazy": {"report"}},
+    # never imported directly: typer vendors its own click (0.29) and bscrit does not depend on it
+    "click": {"eager": set(), "lazy": set()},
 }
 #: Pure math and records: never torch, typer, rich or matplotlib, even lazily.
 PURE = ("stats", "theory", "artifacts", "specfile", "optim", "checker", "errors", "boundary")
