@@ -96,6 +96,42 @@ class Checker:
             self.add(path, why)
         return x
 
+    def number_at(
+        self, d: Mapping, key: str, path: str, *, nullable: bool = False, **bounds: Any
+    ) -> None:
+        """A finite number at ``d[key]`` (``None`` too when ``nullable``), within ``bounds``."""
+        if key not in d:
+            self.add(join(path, key), "missing required key")
+        elif not (nullable and d[key] is None):
+            self.number(d[key], join(path, key), **bounds)
+
+    def numbers(self, value: Any, path: str, length: int | None, **bounds: Any) -> None:
+        """A list of ``length`` finite numbers (``nullable=True``: entries may be None)."""
+        nullable = bounds.pop("nullable", False)
+        if not isinstance(value, list):
+            self.add(path, f"expected a list of numbers, got {describe(value)}")
+            return
+        if length is not None and len(value) != length:
+            self.add(path, f"expected {length} numbers, got {len(value)}")
+            return
+        for i, x in enumerate(value):
+            if not (nullable and x is None):
+                self.number(x, join(path, i), **bounds)
+
+    def integer_at(self, d: Mapping, key: str, path: str, minimum: int | None) -> int | None:
+        """An integer at ``d[key]`` (required), at least ``minimum``."""
+        if key not in d:
+            self.add(join(path, key), "missing required key")
+            return None
+        return self.integer(d[key], join(path, key), minimum=minimum)
+
+    def mapping_at(self, d: Mapping, key: str, path: str) -> dict | None:
+        """``d[key]`` as a mapping, or None with the problem recorded (missing, not a mapping)."""
+        if key not in d:
+            self.add(join(path, key), "missing required key")
+            return None
+        return self.mapping(d[key], join(path, key))
+
     def boolean(self, value: Any, path: str) -> bool | None:
         if isinstance(value, bool):
             return value

@@ -28,35 +28,6 @@ _MAX_PROBLEMS = 10  # listed in one error; the rest are counted
 REL_TOLERANCE = 1e-6
 
 
-def _number(c: Checker, d: dict, key: str, path: str, *, nullable: bool = False, **kw: Any) -> None:
-    """A finite number at ``d[key]`` (``None`` too when ``nullable``), in the range of ``kw``."""
-    if key not in d:
-        c.add(join(path, key), "missing required key")
-    elif not (nullable and d[key] is None):
-        c.number(d[key], join(path, key), **kw)
-
-
-def _numbers(c: Checker, value: Any, path: str, length: int | None, **kw: Any) -> None:
-    """A list of ``length`` finite numbers (``nullable`` entries may be None)."""
-    nullable = kw.pop("nullable", False)
-    if not isinstance(value, list):
-        c.add(path, f"expected a list of numbers, got {describe(value)}")
-        return
-    if length is not None and len(value) != length:
-        c.add(path, f"expected {length} numbers, got {len(value)}")
-        return
-    for i, x in enumerate(value):
-        if not (nullable and x is None):
-            c.number(x, join(path, i), **kw)
-
-
-def _integer(c: Checker, d: dict, key: str, path: str, minimum: int | None) -> int | None:
-    if key not in d:
-        c.add(join(path, key), "missing required key")
-        return None
-    return c.integer(d[key], join(path, key), minimum=minimum)
-
-
 def _param_set_problems(c: Checker, value: Any, path: str, groups: int | None) -> None:
     """One parameter set's G, N, NSR, intervals, R, counts and jackknife lists, and what they say
     of each other (:func:`_param_set_consistency`)."""
@@ -72,24 +43,24 @@ def _param_set_problems(c: Checker, value: Any, path: str, groups: int | None) -
 def _param_set_values(c: Checker, d: dict, path: str, groups: int | None) -> None:
     nonneg = {"low": 0.0, "what": "a non-negative number"}
     for key in ("G", "N"):
-        _number(c, d, key, path, what="a finite number")
-        _number(c, d, f"{key}_se", path, **nonneg)
+        c.number_at(d, key, path, what="a finite number")
+        c.number_at(d, f"{key}_se", path, **nonneg)
         ci_path = join(path, f"{key}_ci95")
         if f"{key}_ci95" not in d:
             c.add(ci_path, "missing required key")
         else:
-            _numbers(c, d[f"{key}_ci95"], ci_path, 2, what="a finite number")
-    _number(c, d, "nsr", path, nullable=True, **nonneg)
+            c.numbers(d[f"{key}_ci95"], ci_path, 2, what="a finite number")
+    c.number_at(d, "nsr", path, nullable=True, **nonneg)
     if "nsr_ci95" not in d:
         c.add(join(path, "nsr_ci95"), "missing required key")
     else:
-        _numbers(c, d["nsr_ci95"], join(path, "nsr_ci95"), 2, nullable=True, **nonneg)
-    _number(c, d, "R", path, **nonneg)
-    _integer(c, d, "num_params", path, 1)
-    _integer(c, d, "num_tensors", path, 1)
-    _integer(c, d, "k", path, 2)
+        c.numbers(d["nsr_ci95"], join(path, "nsr_ci95"), 2, nullable=True, **nonneg)
+    c.number_at(d, "R", path, **nonneg)
+    c.integer_at(d, "num_params", path, 1)
+    c.integer_at(d, "num_tensors", path, 1)
+    c.integer_at(d, "k", path, 2)
     jk_path = join(path, "jackknife")
-    jk = _required_mapping(c, d, "jackknife", path)
+    jk = c.mapping_at(d, "jackknife", path)
     if jk is None:
         return
     for key in ("G", "N"):
@@ -97,7 +68,7 @@ def _param_set_values(c: Checker, d: dict, path: str, groups: int | None) -> Non
             c.add(join(jk_path, key), "missing required key")
         else:
             # one leave-one-group-out value per group
-            _numbers(c, jk[key], join(jk_path, key), groups, what="a finite number")
+            c.numbers(jk[key], join(jk_path, key), groups, what="a finite number")
 
 
 def _off(x: float, ref: float) -> bool:
@@ -137,18 +108,10 @@ def _param_set_consistency(c: Checker, d: dict, path: str) -> None:
         c.add(join(path, "nsr"), f"{shown} but N/G = {n:g}/{g:g} = {n / g:g}")
 
 
-def _required_mapping(c: Checker, d: dict, key: str, path: str) -> dict | None:
-    """``d[key]`` as a mapping, or None with the problem recorded (missing, or not a mapping)."""
-    if key not in d:
-        c.add(join(path, key), "missing required key")
-        return None
-    return c.mapping(d[key], join(path, key))
-
-
 def _stats_problems(c: Checker, d: dict, path: str, groups: int | None) -> None:
     """``stats.all`` (required) and ``stats.scale_invariant`` (null when there is none)."""
     st_path = join(path, "stats")
-    st = _required_mapping(c, d, "stats", path)
+    st = c.mapping_at(d, "stats", path)
     if st is None:
         return
     if st.get("all") is None:
@@ -168,7 +131,7 @@ def _equilibrium_problems(c: Checker, value: Any, path: str) -> None:
     if d is None:
         return
     for key in ("lr", "weight_decay", "R", "G", "N", "lhs", "rhs", "residual"):
-        _number(c, d, key, path, what="a finite number")
+        c.number_at(d, key, path, what="a finite number")
 
 
 def _optimizer_problems(c: Checker, value: Any, path: str) -> None:
@@ -182,7 +145,7 @@ def _optimizer_problems(c: Checker, value: Any, path: str) -> None:
     else:
         c.choice(d["name"], join(path, "name"), optim.NAMES)
     # lr 0 is a real state (the end of a cosine schedule): scaling it is refused later
-    _number(c, d, "lr", path, low=0.0, what="a non-negative number")
+    c.number_at(d, "lr", path, low=0.0, what="a non-negative number")
     if d.get("lr_current") is not None:
         c.number(d["lr_current"], join(path, "lr_current"), low=0.0, what="a non-negative number")
     for key in ("momentum", "weight_decay", "eps", "alpha", "nesterov", *optim.HYPERPARAMETERS):
@@ -254,9 +217,9 @@ def _per_parameter_problems(c: Checker, rows: Any) -> None:
         else:
             for j, size in enumerate(shape):
                 c.integer(size, join(join(path, "shape"), j), minimum=0)
-        _integer(c, r, "numel", path, 0)
+        c.integer_at(r, "numel", path, 0)
         for key in ("G", "N", "R"):
-            _number(c, r, key, path, what="a finite number")
+            c.number_at(r, key, path, what="a finite number")
         if r.get("invariance_ratio") is not None:  # optional; null: not measured
             c.number(r["invariance_ratio"], join(path, "invariance_ratio"))
 
@@ -276,8 +239,8 @@ def _equilibrium_interval_problems(c: Checker, value: Any, path: str) -> None:
         c.add(join(path, "scope"), "missing required key")
     else:
         c.choice(d["scope"], join(path, "scope"), _SCOPES)
-    points = _integer(c, d, "checkpoints", path, 1)
-    draws = _integer(c, d, "draws", path, 1)
+    points = c.integer_at(d, "checkpoints", path, 1)
+    draws = c.integer_at(d, "draws", path, 1)
     if points is not None and draws is not None and draws > points:
         c.add(join(path, "draws"), f"{draws} draws from {points} checkpoints")
     if d.get("relaxation_steps") is not None:
@@ -290,27 +253,27 @@ def _equilibrium_interval_problems(c: Checker, value: Any, path: str) -> None:
         for i, st in enumerate(steps):
             if st is not None:
                 c.integer(st, join(join(path, "steps"), i), minimum=0)
-    sets = _required_mapping(c, d, "sets", path)
+    sets = c.mapping_at(d, "sets", path)
     for name, st in (sets or {}).items():
         sp = join(join(path, "sets"), str(name))
         sd = c.mapping(st, sp)
         if sd is None:
             continue
         for key in ("G", "N"):
-            e = _required_mapping(c, sd, key, sp)
+            e = c.mapping_at(sd, key, sp)
             if e is not None:
-                _number(c, e, "value", join(sp, key), what="a finite number")
-                _number(c, e, "se", join(sp, key), nullable=True, low=0.0,
+                c.number_at(e, "value", join(sp, key), what="a finite number")
+                c.number_at(e, "se", join(sp, key), nullable=True, low=0.0,
                         what="a non-negative number")  # fmt: skip
                 if "ci95" not in e:
                     c.add(join(join(sp, key), "ci95"), "missing required key")
                 else:
-                    _numbers(c, e["ci95"], join(join(sp, key), "ci95"), 2, nullable=True)
-        _number(c, sd, "nsr", sp, nullable=True, low=0.0, what="a non-negative number")
+                    c.numbers(e["ci95"], join(join(sp, key), "ci95"), 2, nullable=True)
+        c.number_at(sd, "nsr", sp, nullable=True, low=0.0, what="a non-negative number")
         if "nsr_ci95" not in sd:
             c.add(join(sp, "nsr_ci95"), "missing required key")
         else:
-            _numbers(c, sd["nsr_ci95"], join(sp, "nsr_ci95"), 2, nullable=True, low=0.0,
+            c.numbers(sd["nsr_ci95"], join(sp, "nsr_ci95"), 2, nullable=True, low=0.0,
                      what="a non-negative number")  # fmt: skip
         if sd.get("spread") is not None:
             c.number(sd["spread"], join(sp, "spread"))
@@ -324,19 +287,19 @@ def measurement_problems(d: dict[str, Any]) -> list[SpecProblem]:
     value per group, finite G and N (NSR and interval ends may be null: unbounded), and so on.
     """
     c = Checker(numeric_strings=False)  # JSON: a number is a number
-    batch_size = _integer(c, d, "batch_size", "", 1)
-    dataset_size = _integer(c, d, "dataset_size", "", 1)
+    batch_size = c.integer_at(d, "batch_size", "", 1)
+    dataset_size = c.integer_at(d, "dataset_size", "", 1)
     if batch_size is not None and dataset_size is not None and dataset_size < batch_size:
         c.add(
             "dataset_size",
             f"{dataset_size} is smaller than batch_size = {batch_size} (a batch holds "
             "batch_size distinct examples)",
         )
-    groups = _integer(c, d, "groups", "", 2)
-    num_batches = _integer(c, d, "num_batches", "", 2)
+    groups = c.integer_at(d, "groups", "", 2)
+    num_batches = c.integer_at(d, "num_batches", "", 2)
     if groups is not None and num_batches is not None and num_batches < 2 * groups:
         c.add("num_batches", f"expected at least 2 * groups = {2 * groups}, got {num_batches}")
-    _integer(c, d, "seed", "", None)
+    c.integer_at(d, "seed", "", None)
     micro = d.get("micro_batch_size")  # optional; null: each batch in one pass
     if micro is not None and c.integer(micro, "micro_batch_size", minimum=1) is not None:
         if batch_size is not None and batch_size % micro:
@@ -355,9 +318,8 @@ def measurement_problems(d: dict[str, Any]) -> list[SpecProblem]:
             c.add(key, f"expected a string, got {describe(d[key])}")
     if d.get("estimator") is not None:
         c.choice(d["estimator"], "estimator", ("batch", "per-example"))
-    _number(c, d, "elapsed_s", "", low=0.0, what="a non-negative number")
-    _number(
-        c, d, "scale_invariant_fraction", "", low=0.0, high=1.0, high_open=False,
+    c.number_at(d, "elapsed_s", "", low=0.0, what="a non-negative number")
+    c.number_at(d, "scale_invariant_fraction", "", low=0.0, high=1.0, high_open=False,
         what="a fraction in [0, 1]",
     )  # fmt: skip
     _stats_problems(c, d, "", groups)
