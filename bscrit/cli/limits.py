@@ -12,6 +12,8 @@ and prints its plan. The Python API has no caps: its caller chose the numbers.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 from bscrit.errors import UsageError
 
@@ -56,3 +58,40 @@ def check_nproc(nproc: int, yes: bool) -> None:
             nproc="nproc",
             yes="yes",
         )
+
+
+def sampling_gate(batch_size: int, yes: bool) -> Callable[[Any, Any], None]:
+    """What ``--sample-steps`` does once planned: its cost, then the cap, then (maybe) ask."""
+
+    def on_sampling(plan: Any, opt: Any) -> None:
+        from bscrit import report
+        from bscrit.stats.sample_plan import sample_cost_lines
+
+        report.info("\n".join(sample_cost_lines(plan, opt, batch_size)))
+        sized_by = {k: k for k in ("sample_steps", "samples", "batches")}
+        check_passes(plan.forward_backward, yes, "measure --sample-steps", **sized_by)
+        from bscrit.cli.common import confirm_run
+
+        confirm_run(yes, "Train and measure?")
+
+    return on_sampling
+
+
+def check_measure_size(
+    batches: int | None, in_spec: object, max_batches: int | None, nproc: int | None, yes: bool
+) -> None:
+    """Before any work: the batches per checkpoint (``--batches``, else the spec's
+    ``measure.batches``; ``--max-batches``) within :data:`~bscrit.cli.limits.MAX_PASSES`, and
+    ``--nproc`` within the CPU cores, unless ``--yes``."""
+    from bscrit.engine.data import MAX_BATCHES
+
+    spec_k = in_spec if batches is None and isinstance(in_spec, int) else None
+    for value, key, what in (
+        (batches, "batches", "{batches}"),
+        (spec_k, "batches", "the spec's measure.batches"),
+        (max_batches, "max_batches", "{max_batches}"),
+    ):
+        if value is not None and value <= MAX_BATCHES:  # above: refused by the plan, --yes or not
+            check_passes(value, yes, f"{what} {value:,} (batches a checkpoint)", **{key: key})
+    if nproc is not None:
+        check_nproc(nproc, yes)

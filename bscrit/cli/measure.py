@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from bscrit.cli.common import confirm_run, handle_errors
-from bscrit.cli.limits import MAX_SAMPLES
+from bscrit.cli.common import handle_errors
+from bscrit.cli.limits import MAX_SAMPLES, check_measure_size, sampling_gate
 
 if TYPE_CHECKING:
     from bscrit.specfile.document import Spec
@@ -63,43 +62,6 @@ def _spec_and_outputs(
     for p in outs:
         inputs.refuse(p)
     return s, outs
-
-
-def _on_sampling(batch_size: int, yes: bool) -> Callable[[Any, Any], None]:
-    """What ``--sample-steps`` does once planned: its cost, then the cap, then (maybe) ask."""
-
-    def on_sampling(plan: Any, opt: Any) -> None:
-        from bscrit import report
-        from bscrit.cli.limits import check_passes
-        from bscrit.stats.sample_plan import sample_cost_lines
-
-        report.info("\n".join(sample_cost_lines(plan, opt, batch_size)))
-        sized_by = {k: k for k in ("sample_steps", "samples", "batches")}
-        check_passes(plan.forward_backward, yes, "measure --sample-steps", **sized_by)
-        confirm_run(yes, "Train and measure?")
-
-    return on_sampling
-
-
-def _check_size(
-    batches: int | None, in_spec: object, max_batches: int | None, nproc: int | None, yes: bool
-) -> None:
-    """Before any work: the batches per checkpoint (``--batches``, else the spec's
-    ``measure.batches``; ``--max-batches``) within :data:`~bscrit.cli.limits.MAX_PASSES`, and
-    ``--nproc`` within the CPU cores, unless ``--yes``."""
-    from bscrit.cli.limits import check_nproc, check_passes
-    from bscrit.engine.data import MAX_BATCHES
-
-    spec_k = in_spec if batches is None and isinstance(in_spec, int) else None
-    for value, key, what in (
-        (batches, "batches", "{batches}"),
-        (spec_k, "batches", "the spec's measure.batches"),
-        (max_batches, "max_batches", "{max_batches}"),
-    ):
-        if value is not None and value <= MAX_BATCHES:  # above: refused by the plan, --yes or not
-            check_passes(value, yes, f"{what} {value:,} (batches a checkpoint)", **{key: key})
-    if nproc is not None:
-        check_nproc(nproc, yes)
 
 
 @handle_errors
@@ -329,7 +291,7 @@ def measure(
         step=step,
         examples_seen=examples_seen,
     )
-    _check_size(opts.batches, s.measure.batches, opts.max_batches, nproc, yes)
+    check_measure_size(opts.batches, s.measure.batches, opts.max_batches, nproc, yes)
     if nproc is not None:  # the spec and options are valid: re-run this command under torchrun
         from bscrit.engine.launch import launch, measure_args_from_argv
         from bscrit.engine.sampling import check_sampling
@@ -346,7 +308,7 @@ def measure(
     m = measure_session(
         s, checkpoint, opts, dist_timeout, progress_factory=progress, on_rank=on_rank,
         on_error=report.error, on_info=None if quiet else report.info,
-        on_sampling=_on_sampling(s.batch_size, yes),
+        on_sampling=sampling_gate(s.batch_size, yes),
     )  # fmt: skip
     if m is None:  # a rank other than 0
         return
