@@ -125,6 +125,13 @@ class Checker:
             return None
         return self.integer(d[key], join(path, key), minimum=minimum)
 
+    def choice_at(self, d: Mapping, key: str, path: str, choices: tuple[str, ...]) -> str | None:
+        """One of ``choices`` at ``d[key]`` (required)."""
+        if key not in d:
+            self.add(join(path, key), "missing required key")
+            return None
+        return self.choice(d[key], join(path, key), choices)
+
     def mapping_at(self, d: Mapping, key: str, path: str) -> dict | None:
         """``d[key]`` as a mapping, or None with the problem recorded (missing, not a mapping)."""
         if key not in d:

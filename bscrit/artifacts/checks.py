@@ -140,10 +140,7 @@ def _optimizer_problems(c: Checker, value: Any, path: str) -> None:
     d = c.mapping(value, path)
     if d is None:
         return
-    if "name" not in d:
-        c.add(join(path, "name"), "missing required key")
-    else:
-        c.choice(d["name"], join(path, "name"), optim.NAMES)
+    c.choice_at(d, "name", path, optim.NAMES)
     # lr 0 is a real state (the end of a cosine schedule): scaling it is refused later
     c.number_at(d, "lr", path, low=0.0, what="a non-negative number")
     if d.get("lr_current") is not None:
@@ -235,10 +232,7 @@ def _equilibrium_interval_problems(c: Checker, value: Any, path: str) -> None:
     d = c.mapping(value, path)
     if d is None:
         return
-    if "scope" not in d:
-        c.add(join(path, "scope"), "missing required key")
-    else:
-        c.choice(d["scope"], join(path, "scope"), _SCOPES)
+    c.choice_at(d, "scope", path, _SCOPES)
     points = c.integer_at(d, "checkpoints", path, 1)
     draws = c.integer_at(d, "draws", path, 1)
     if points is not None and draws is not None and draws > points:

@@ -329,25 +329,6 @@ def test_overwriting_an_existing_out_is_said(work: Path, monkeypatch: pytest.Mon
     )
 
 
-SLOW_LOSS = """
-import pathlib
-from torch import nn
-
-class Marked(nn.CrossEntropyLoss):
-    def __init__(self, marker):
-        super().__init__()
-        self.marker = pathlib.Path(marker)
-
-    def forward(self, out, y):
-        if not self.marker.exists():
-            self.marker.write_text("measuring")
-        return super().forward(out, y)
-
-def make_loss(marker):
-    return Marked(marker)
-"""
-
-
 def test_sigterm_is_handled_like_ctrl_c_exit_143_and_nothing_written(work: Path) -> None:
     import os
     import signal
@@ -355,7 +336,7 @@ def test_sigterm_is_handled_like_ctrl_c_exit_143_and_nothing_written(work: Path)
     import sys
     import time
 
-    (work / "marked.py").write_text(SLOW_LOSS)
+    shutil.copy(ASSETS / "marked_loss.py", work / "marked.py")
     marker = work / "measuring"
     spec = (
         (work / "valid.yaml")

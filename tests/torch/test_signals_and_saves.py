@@ -17,24 +17,6 @@ import torch
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
-SLOW_LOSS = """
-import pathlib
-from torch import nn
-
-class Marked(nn.CrossEntropyLoss):
-    def __init__(self, marker):
-        super().__init__()
-        self.marker = pathlib.Path(marker)
-
-    def forward(self, out, y):
-        if not self.marker.exists():
-            self.marker.write_text("measuring")
-        return super().forward(out, y)
-
-def make_loss(marker):
-    return Marked(marker)
-"""
-
 
 @pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -43,7 +25,7 @@ def make_loss(marker):
 def test_sigterm_under_nproc_exits_143_and_writes_nothing(tmp_path: Path) -> None:
     for name in ("tiny.py", "tiny.pt", "valid.yaml"):
         shutil.copy(ASSETS / name, tmp_path / name)
-    (tmp_path / "marked.py").write_text(SLOW_LOSS)
+    shutil.copy(ASSETS / "marked_loss.py", tmp_path / "marked.py")
     marker = tmp_path / "measuring"
     loss = f"loss: {{factory: marked.py:make_loss, kwargs: {{marker: '{marker}'}}}}"
     spec = (tmp_path / "valid.yaml").read_text().replace("loss: cross_entropy", loss)
