@@ -180,8 +180,7 @@ def build_model(spec: Spec) -> nn.Module:
         model = model.module
     if not isinstance(model, nn.Module):
         raise _spec_error(source, key, f"expected an nn.Module, got {type(model).__name__}")
-    named = [*model.named_parameters(), *model.named_buffers()]  # as meta_tensors, inline
-    meta = [name for name, t in named if t is not None and t.is_meta]
+    meta = meta_tensors(model)
     if meta:
         raise _spec_error(source, key, meta_message(meta))
     return model

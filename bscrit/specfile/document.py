@@ -188,10 +188,7 @@ def load_spec(path: str | Path) -> Spec:
             passes a parsing limit of :mod:`bscrit.boundary` (size, depth, aliases), or has any
             problem (all listed, with key paths; a key given twice, with its lines).
     """
-    try:
-        p = Path(path).expanduser()
-    except RuntimeError:  # ~name of no user: not found, said as such below
-        p = Path(path)
+    p = user_path(path)
     source = str(path)
     if not p.exists():
         raise SpecError(source, [SpecProblem("", f"file not found: {p}")])
