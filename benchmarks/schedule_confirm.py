@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--examples", str(examples), "--seeds", str(seeds), "--start-step", "0",
                 "--yes", "--json", "--quiet",
             )  # fmt: skip
-            if code not in (0, 1):
+            if code not in (0, 1, 5):  # holds, fails, inconclusive
                 rows.append({**pt, **info, "target": target, "verdict": "error",
                              "error": err.strip().splitlines()[-1:]})  # fmt: skip
                 continue

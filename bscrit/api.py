@@ -28,7 +28,7 @@ from bscrit.errors import UsageError
 if TYPE_CHECKING:
     from bscrit.artifacts.measurement import Measurement
     from bscrit.theory.prediction import Prediction
-    from bscrit.theory.scaling import ScaledHyperparameters
+    from bscrit.theory.scaled import ScaledHyperparameters
 
 PathLike = str | os.PathLike[str]
 #: ``advance(n)``: told the batches done since the last call.

@@ -23,6 +23,12 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad command line, spec, checkpoint or artifact
     RUNTIME = 3  # the measurement or a run failed (NaN gradient, out of memory, the user's code)
     INTERNAL = 4  # an unexpected error inside bscrit: a bug (``--debug`` shows the traceback)
+    #: no answer either way: ``check``'s B' between the lower 95% bound of B* and its point
+    #: estimate; ``confirm``'s and ``svag``'s ``inconclusive`` (svag also ``not_converged``)
+    UNDECIDED = 5
+    #: ``check``: B' is inside the range, but the range rests on intervals that cover the
+    #: measured checkpoint(s) only, not the equilibrium (docs/theory.md §8)
+    PROVISIONAL = 6
     INTERRUPTED = 130  # Ctrl-C
     TERMINATED = 143  # SIGTERM (128 + 15), handled like Ctrl-C
 

@@ -13,7 +13,7 @@ Protocol (the *branched* protocol; docs/validation.md, "Adaptive optimizers (Ada
    (brute force here, with bscrit's unbiased estimators and delete-one-group jackknife; the raw
    part of the brute force is checked against the engine on the same batches).
 3. **Branches.** From the branch point, for every κ and seed: AdamW at B' = κ·B0 with the
-   hyperparameters of bscrit's square-root rule (``bscrit.theory.scaling.scale_hyperparameters``:
+   hyperparameters of bscrit's square-root rule (``bscrit.theory.scaled.scale_hyperparameters``:
    η√κ, β' = 1 − κ(1 − β) for β₁ and β₂, ε/√κ, λ√κ) for steps/κ steps (the same number of tokens),
    constant LR. Two variants of the Adam state at the branch: (a) v carried over unchanged, (b)
    v/κ ([MLPA22] Thm 5.3 compares runs whose (θ, m, u = v/σ²) agree). m is carried over in both.
@@ -75,7 +75,8 @@ from bscrit.optim.registry import OptimizerInfo  # noqa: E402
 from bscrit.runs.common.optimizer import make_optimizer  # noqa: E402
 from bscrit.stats.estimators import GroupSums, finite_population_factor, noise_stats  # noqa: E402
 from bscrit.stats.summary import param_set_stats  # noqa: E402
-from bscrit.theory.scaling import scale_hyperparameters, square_root_rule  # noqa: E402
+from bscrit.theory.scaled import scale_hyperparameters  # noqa: E402
+from bscrit.theory.scaling import square_root_rule  # noqa: E402
 
 C2 = 2.0  # [LMA21] Fig. 3's C², as in bscrit's B*
 FAIL_Z = 2.0  # failure: D > max(FAIL_Z · SE(D), FAIL_ABS)

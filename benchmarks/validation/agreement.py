@@ -156,7 +156,7 @@ def run_setting(name: str, args: argparse.Namespace) -> dict[str, Any]:
         if not svag_json.exists() or args.force:
             code, out, err, secs = bscrit("svag", str(spec), "-c", str(ckpt), "-t", str(b),
                                           "--json", "--yes", "--quiet", *extra)  # fmt: skip
-            if code != 0:
+            if code not in (0, 1, 5):  # a verdict exits 0, 1 or 5 (README, exit codes)
                 row["svag"], row["svag_error"] = "error", err.strip().splitlines()[-1:]
                 rows.append(row)
                 continue
@@ -189,7 +189,7 @@ def run_setting(name: str, args: argparse.Namespace) -> dict[str, Any]:
                         "--examples", str(n), "--seeds", str(args.seeds), "--yes", "--json",
                         *(["--decay"] if args.decay else []),
                     )  # fmt: skip
-                    if code not in (0, 1):
+                    if code not in (0, 1, 5):  # holds, fails, inconclusive
                         row["confirm"][str(n)] = "error"
                         continue
                     c = _json(out)

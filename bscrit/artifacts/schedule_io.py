@@ -6,7 +6,8 @@ Megatron-LM's ``--step-batch-size-schedule`` string and the stage YAML out (pure
 through its measurement JSON when there is one (a ``"measurement"`` key naming it relative to the
 series, or ``step-NNNNNNN.json`` beside the series, as the callbacks write it): then its numbers
 are exactly ``bscrit predict``'s and the stages get scaled hyperparameters. Otherwise the line's
-own B* and interval are used (no optimizer known: stages without hyperparameters).
+own B* and interval are used, with the line's ``optimizer`` when it records one (free mode's
+lines do): stages without hyperparameters when it does not.
 
 Megatron-LM (PR 4411) takes ``--step-batch-size-schedule "0:768 250B:1536 ..."``: entries
 ``THRESHOLD:GLOBAL_BATCH``, the first threshold 0, suffixes K/M/B/T = 10³/10⁶/10⁹/10¹²;
@@ -28,6 +29,7 @@ from bscrit.artifacts.jsonvalues import none_to_inf
 from bscrit.artifacts.measurement import check_schema, load_measurement
 from bscrit.artifacts.series import read_lines
 from bscrit.errors import ArtifactError, UsageError
+from bscrit.optim.registry import OptimizerInfo
 from bscrit.theory.formulas import DEFAULT_C2, check_c2
 from bscrit.theory.schedule import (
     KIND_SCHEDULE,
@@ -47,7 +49,8 @@ SERIES_KEYS = ("step", "b_star", "b_star_ci95", "batch_size")
 #: files training loops read. The rule is the measurement's (additive changes keep the number;
 #: any other bumps it with an entry in ``_YAML_UPGRADES``).
 #: 1 (0.3): kind, schema, clock, base_batch_size, optimizer, c2, stages (start_examples,
-#: start_step, batch_size, hyperparameters).
+#: start_step, batch_size, hyperparameters); at_switch (additive): what to do with the optimizer
+#: state at a switch (:func:`switch_state`).
 SCHEDULE_YAML_SCHEMA = 1
 #: ``_YAML_UPGRADES[v]`` rewrites a schema-v schedule YAML as schema v + 1 (none yet).
 _YAML_UPGRADES: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
@@ -73,6 +76,7 @@ def _series_point(d: dict[str, Any], where: str, folder: Path, c2: float) -> Sch
     lo = none_to_inf(ci[0])
     nsr_ci = d.get("nsr_ci95") or [None, None]
     rho = d.get("equilibrium_residual")
+    opt = d.get("optimizer")  # a free-mode line's record of the live optimizer (checked)
     reasons = heuristic_reasons(step, rho, None)
     return SchedulePoint(
         source=where,
@@ -91,6 +95,7 @@ def _series_point(d: dict[str, Any], where: str, folder: Path, c2: float) -> Sch
         equilibrium_residual=None if rho is None else float(rho),
         heuristic=bool(reasons),
         heuristic_reasons=reasons,
+        optimizer=OptimizerInfo.from_dict(opt) if isinstance(opt, dict) else None,
     )
 
 
@@ -180,6 +185,50 @@ def megatron_schedule(s: Schedule, seq_length: int | None = None) -> str:
     return " ".join(parts)
 
 
+def switch_state(opt: OptimizerInfo | None) -> dict[str, str]:
+    """What to do with the optimizer's state at each stage switch from B to B' = κB, as
+    ``{"second_moment", "first_moment", "why"}`` in ASCII (the YAML's and ``--json``'s
+    ``at_switch``).
+
+    [MLPA22] Thms 4.2/4.5 approximate Adam/RMSprop by an SDE whose state is (θ, m, u = v/σ²),
+    Thm 5.3 compares runs whose states agree, and the gradient noise σ² ∝ 1/B: at B' = κB the same
+    u is v/κ, and m, an average of the gradient, is kept. Exact only where the noise dominates v
+    (v ≈ σ²); where the mean gradient dominates it, v/κ under-estimates it. SGD's momentum buffer
+    averages the gradient and is kept. ``bscrit confirm``'s branch point does the same
+    (:mod:`bscrit.runs.confirm.run`).
+    """
+    from bscrit.optim import registry as optim
+
+    why = (
+        "[MLPA22] Thms 4.2/4.5 track u = v/sigma^2 with sigma^2 proportional to 1/B, so the "
+        "run continues at B' = kappa*B from v/kappa (Thm 5.3 compares runs with equal states); "
+        "exact only where the gradient noise dominates v"
+    )
+    name = opt.name if opt is not None else None
+    moment = optim.REGISTRY[name].second_moment if name in optim.REGISTRY else None
+    if moment is not None:
+        return {"second_moment": f"divide by kappa = new/old batch size ({moment})",
+                "first_moment": "keep", "why": why}  # fmt: skip
+    if name is None:
+        return {"second_moment": "divide by kappa = new/old batch size, if the optimizer keeps "
+                "one (Adam's exp_avg_sq, RMSprop's square_avg)", "first_moment": "keep",
+                "why": why}  # fmt: skip
+    return {"second_moment": f"none ({name} keeps no second moment)",
+            "first_moment": "keep (a momentum buffer averages the gradient)",
+            "why": why}  # fmt: skip
+
+
+def switch_state_line(opt: OptimizerInfo | None) -> str:
+    """:func:`switch_state` in one sentence, for the printed output and the YAML's comment."""
+    d = switch_state(opt)
+    if d["second_moment"].startswith("none"):
+        return f"at each switch keep the optimizer state ({d['second_moment'][6:-1]})"
+    return (
+        f"at each switch B -> kappa*B: second moment v: {d['second_moment']}; first moment m: "
+        f"keep ([MLPA22]: u = v/sigma^2 with sigma^2 ~ 1/B; exact where the noise dominates v)"
+    )
+
+
 def schedule_yaml_dict(s: Schedule) -> dict[str, Any]:
     """What ``--out S.yaml`` holds: the stages a training loop or callback switches between.
 
@@ -194,6 +243,7 @@ def schedule_yaml_dict(s: Schedule) -> dict[str, Any]:
         "base_batch_size": s.base_batch_size,
         "optimizer": s.optimizer.name if s.optimizer is not None else None,
         "c2": s.c2,
+        "at_switch": switch_state(s.optimizer),
         "stages": [
             {
                 "start_examples": st.start_examples,
@@ -304,5 +354,6 @@ def schedule_yaml_text(s: Schedule) -> str:
         "# bscrit batch-size schedule: switch to a stage once start_examples training examples\n"
         "# have been consumed; hyperparameters are the base optimizer scaled to that batch size\n"
         "# (bscrit.artifacts.schedule_io.stages_from_yaml_dict reads it back).\n"
+        f"# {switch_state_line(s.optimizer)}.\n"
     )
     return head + yaml.safe_dump(schedule_yaml_dict(s), sort_keys=False)

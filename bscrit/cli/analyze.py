@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from bscrit.cli.common import handle_errors
+from bscrit.cli.options import AdamRuleOpt
 from bscrit.errors import ExitCode
 from bscrit.optim import registry as optim
 
@@ -30,18 +31,21 @@ def predict(
         ),
     ],
     c2: Annotated[float, typer.Option("--c2", help=C2_HELP)] = 2.0,
+    adam_rule: AdamRuleOpt = "full",
     json_out: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
 ) -> None:
     """Critical batch size B* with 95% intervals, the recommended range and scaled hyperparameters.
 
-    For each measurement: NSR, B* = C²(B + B·N/G) [LMA21 Thm 5.6] and its approximation C²·B·N/G,
-    the Thm 5.2 verdict on the SDE approximation, the Thm 5.5 certificate, the simple noise scale
-    [McC18] and the implicit-regularisation terms [SDBD21 eq. 22]. Reads JSON only (no torch).
+    For each measurement: NSR, B* = C²(B + B·N/G) [LMA21 Thm 5.6: (C, κ)-linear scaling
+    invariance fails beyond it] and its approximation C²·B·N/G, the Thm 5.2 (ii) and Thm 5.5
+    readings from the ends of the NSR interval (certified only when it covers the equilibrium,
+    else provisional; a heuristic reading for any optimizer but plain SGD), the simple noise
+    scale [McC18] and the implicit-regularisation terms [SDBD21 eq. 22]. Reads JSON only.
     """
     from bscrit import report
     from bscrit.theory.prediction import predict_files
 
-    p = predict_files(measurements, c2)
+    p = predict_files(measurements, c2, adam_rule)
     if json_out:
         report.print_json(p.to_dict())
     else:
@@ -61,26 +65,52 @@ def check(
         ),
     ],
     c2: Annotated[float, typer.Option("--c2", help=C2_HELP)] = 2.0,
+    adam_rule: AdamRuleOpt = "full",
+    gate: Annotated[
+        str,
+        typer.Option(
+            "--gate",
+            help="What a B' between the lower 95% bound of B* and its point estimate gets: "
+            "'lower' (default): exit 5, undecided; 'point': exit 0 with a warning (the old "
+            "default).",
+        ),
+    ] = "lower",
     strict: Annotated[
         bool,
         typer.Option(
             "--strict",
-            help="Fail (exit 1) above the lower 95% bound of B*, not only above its estimate.",
+            help="Fail (exit 1) above the lower 95% bound of B*, instead of exit 5.",
+        ),
+    ] = False,
+    allow_provisional: Annotated[
+        bool,
+        typer.Option(
+            "--allow-provisional",
+            help="Exit 0, not 6, when B' is in range but the interval covers the measured "
+            "checkpoint(s) only, not the equilibrium (the line still says provisional).",
         ),
     ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
 ) -> None:
-    """CI gate: exit 0 when B' is in the recommended range, 1 when it is past B*, 2 on bad input.
+    """CI gate: is B' in the recommended range? Exit 0 yes, 1 no, 5 undecided, 6 provisional.
 
-    Exit 1 when B' is above the point estimate of B* [LMA21 Thm 5.6] (with --strict: above its
-    lower 95% bound) or above the dataset size n. Between the two without --strict: exit 0 with
-    a warning. One line says why, and which limit (the bound of B* or n) ends the range.
+    0: B' ≤ the lower 95% bound of B* (or ≤ the measured B), over the equilibrium. 6
+    (provisional): the same, but the interval covers the measured checkpoint(s) only, one draw
+    from the equilibrium the theorems speak of (--allow-provisional: exit 0). 5
+    (undecided): B' between the lower bound and the point estimate of B* (--gate point: exit 0
+    with a warning; --strict: exit 1). 1: B' above the point estimate of B* [LMA21 Thm 5.6],
+    past the scaling rule's reach or above the dataset size n. 2: bad input. One line says why,
+    which limit ends the range, and when the answer is provisional. Below the lower bound no
+    baseline gives evidence that the rule fails; that is not a guarantee that it holds.
     """
     from bscrit import report
     from bscrit.theory.prediction import check as check_target
     from bscrit.theory.prediction import predict_files
 
-    r = check_target(predict_files(measurements, c2), batch_size, strict)
+    r = check_target(
+        predict_files(measurements, c2, adam_rule), batch_size, strict, gate=gate,
+        allow_provisional=allow_provisional,
+    )  # fmt: skip
     if json_out:
         report.print_json(r.to_dict())
     else:
@@ -147,6 +177,7 @@ def scale(
         ),
     ] = None,
     c2: Annotated[float, typer.Option("--c2", help=C2_HELP)] = 2.0,
+    adam_rule: AdamRuleOpt = "full",
     json_out: Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")] = False,
 ) -> None:
     """Scale the hyperparameters from B to B' = κB: linear rule (SGD), square-root rule (Adam...).
@@ -171,6 +202,7 @@ def scale(
         from_spec=from_spec,
         measurement=measurement,
         c2=c2,
+        adam_rule=adam_rule,
     )
     if json_out:
         report.print_json(result.to_dict())

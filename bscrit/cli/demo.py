@@ -38,12 +38,13 @@ def demo(
     """Run the whole pipeline on the built-in digits example, offline, on CPU.
 
     Trains a small scale-invariant network (BatchNorm after every weight layer, fixed last layer)
-    on scikit-learn's digits with SGD + weight decay at a constant LR to equilibrium (about half
-    a minute), then runs measure -> predict -> scale -> a short svag at the top of the recommended
-    range -> confirm (branched training at B = 32 and B') at that top and at twice it when the
-    training set allows, printing each step and writing the spec, checkpoints, JSON, CSV and PNG
-    files into --workdir. Ends with what you can do and how sure bscrit is, every disagreement
-    between the steps explained. About five minutes on a laptop CPU; --quick about a minute.
+    on scikit-learn's digits with SGD + weight decay at a constant LR to equilibrium, saving six
+    checkpoints one relaxation time apart (about a minute), then runs measure -> predict -> scale
+    -> a short svag at the top of the recommended range -> confirm (branched training at B = 32
+    and B') at that top and at twice it when the training set allows, printing each step and
+    writing the spec, checkpoints, JSON, CSV and PNG files into --workdir. Ends with what you can
+    do and how sure bscrit is, every disagreement between the steps explained. About five minutes
+    on a laptop CPU; --quick about a minute.
     """
     import json
 

@@ -40,6 +40,7 @@ __all__ = [
     "SeedOpt",
     "SpecArg",
     "StartStepOpt",
+    "AdamRuleOpt",
     "TargetBatchSizeOpt",
     "UnsafeLoadOpt",
     "WeightDecayOpt",
@@ -59,8 +60,20 @@ CheckpointOpt = Annotated[
 StartStepOpt = Annotated[
     float | None,
     typer.Option(
-        help="Step of the checkpoint in the spec's LR schedule: svag, in steps at B' (default "
-        "0); confirm, in steps at B (default: the step saved in the checkpoint).",
+        help="Step of the checkpoint in the run's LR schedule (the spec's schedule:, else the "
+        "scheduler the checkpoint saved): svag, in steps at B' (default: the checkpoint's step "
+        "/ κ for a saved scheduler, else 0); confirm, in steps at B (default: the step saved in "
+        "the checkpoint).",
+    ),
+]
+AdamRuleOpt = Annotated[
+    str,
+    typer.Option(
+        "--adam-rule",
+        help="Adam/AdamW/RMSprop: which square-root rule scales to B'. full: [MLPA22]'s (η√κ, "
+        "β' = 1 − κ(1 − β), ε/√κ, AdamW λ√κ); lr-only: η√κ, betas, ε and λ kept (a common "
+        "practice, e.g. OLMo-core; reaches further, not [MLPA22]'s rule). SGD: ignored. "
+        "docs/theory.md §5.",
     ),
 ]
 SeedOpt = Annotated[

@@ -90,7 +90,13 @@ def schedule(
     """
     from bscrit import report
     from bscrit.artifacts.files import write_atomic
-    from bscrit.artifacts.schedule_io import load_points, megatron_schedule, schedule_yaml_text
+    from bscrit.artifacts.schedule_io import (
+        load_points,
+        megatron_schedule,
+        schedule_yaml_text,
+        switch_state,
+        switch_state_line,
+    )
     from bscrit.cli.outputs import Inputs, check_output_path, distinct_outputs
     from bscrit.report.schedule import format_schedule
     from bscrit.theory.schedule import make_schedule
@@ -113,11 +119,13 @@ def schedule(
         plot_schedule(s, plot)
     if json_out:
         d = s.to_dict()
+        d["at_switch"] = switch_state(s.optimizer)
         if megatron is not None:
             d["megatron"] = megatron
         report.print_json(d)
     elif output_format is ScheduleFormat.megatron:
         report.out.print(megatron, markup=False, highlight=False, soft_wrap=True)
+        report.info(f"optimizer state: {switch_state_line(s.optimizer)}")
         for w in s.warnings:
             report.warn(w)
     else:

@@ -8,6 +8,7 @@ import typer
 
 from bscrit.cli.common import handle_errors
 from bscrit.cli.options import (
+    AdamRuleOpt,
     AlphaOpt,
     Beta1Opt,
     Beta2Opt,
@@ -35,6 +36,7 @@ from bscrit.cli.options import (
     YesOpt,
     target_overrides,
 )
+from bscrit.errors import ExitCode
 
 if TYPE_CHECKING:
     from bscrit.runs.svag.verdict import VerdictConfig
@@ -90,7 +92,8 @@ def svag(
     ] = None,
     eval_batches: EvalBatchesOpt = 8,
     eval_examples: EvalExamplesOpt = 2048,
-    start_step: StartStepOpt = 0.0,
+    start_step: StartStepOpt = None,
+    adam_rule: AdamRuleOpt = "full",
     decide_on: Annotated[
         str,
         typer.Option(
@@ -102,6 +105,13 @@ def svag(
     rtol: Annotated[float | None, typer.Option(hidden=True, help="Deprecated, ignored.")] = None,
     z: Annotated[float | None, typer.Option(hidden=True, help="Deprecated, ignored.")] = None,
     fresh_optimizer_state: FreshOptimizerStateOpt = False,
+    allow_inconclusive: Annotated[
+        bool,
+        typer.Option(
+            "--allow-inconclusive",
+            help="Exit 0, not 5, when the verdict is inconclusive or not_converged.",
+        ),
+    ] = False,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     yes: YesOpt = False,
@@ -118,14 +128,16 @@ def svag(
     times 1/(2η'λ)), each step combining two batches as r1·g1 + r2·g2. Costs 2·l
     forward-backward passes per effective step for each l, printed first.
 
-    Verdict: C-closeness of SGD (l = 1) and its SDE (the runs l > 1, extrapolated in 1/l when
-    they show the trend) as in [LMA21] Def. 5.1: ratios SGD/SDE of |x|^2, G, ηN and the train /
+    Verdict: SGD (l = 1) against its SDE (the runs l > 1, extrapolated in 1/l when they show
+    the trend): ratios SGD/SDE of |x|^2, G, ηN ([LMA21] Def. 5.1's C-closeness) and the train /
     held-out loss, means over the tail window (from one relaxation time to the end) with 95%
     intervals (batch means, delta method), against [1/C, C], C = sqrt(--c2). The losses decide
-    (--decide-on def5.1: R, G, ηN too). sde_holds / sde_fails (an interval wholly outside) /
-    not_converged (the SVAG runs still drift, or their l-trend reverses). A diverged run is an
-    error (exit 3). --out writes svag.json and trajectories.csv; --plot a PNG like [LMA21] Fig. 4.
-    Details: docs/svag.md.
+    (--decide-on def5.1: R, G, ηN too). sde_holds (every interval inside; exit 0) / sde_fails
+    (an interval wholly outside; exit 1) / inconclusive (an interval reaches across a boundary;
+    exit 5) / not_converged (the SVAG runs still drift, or their l-trend reverses; exit 5).
+    --allow-inconclusive: exit 0 instead of 5. "C-close" ([LMA21] Def. 5.1) is said of R, G and
+    ηN only. A diverged run is an error (exit 3). --out writes svag.json and trajectories.csv;
+    --plot a PNG like [LMA21] Fig. 4. Details: docs/svag.md.
     """
     from bscrit import report
     from bscrit.report.svag_plot import plot_svag
@@ -145,7 +157,7 @@ def svag(
         overrides=target_overrides(lr, momentum, weight_decay, beta1, beta2, eps, alpha),
         eval_every=eval_every, eval_batches=eval_batches, eval_examples=eval_examples,
         start_step=start_step, seed=seed, device=device, warm_start=not fresh_optimizer_state,
-        unsafe=unsafe_load, on_target=report.info,
+        unsafe=unsafe_load, on_target=report.info, adam_rule=adam_rule,
     )  # fmt: skip
     cost = report.format_svag_cost(
         plan.ls, plan.effective_steps, plan.forward_backward(), plan.target_batch_size,
@@ -158,6 +170,16 @@ def svag(
         sized_by=("l", "effective_steps", "relaxation_times", "eval_every", "eval_batches"),
     )  # fmt: skip
     outputs.finish(result, write_svag, svag_paths, plot_svag, report.format_svag)
+    code = SVAG_EXIT.get(result.verdict.code, ExitCode.OK)
+    if code is ExitCode.UNDECIDED and allow_inconclusive:
+        code = ExitCode.OK
+    if code is not ExitCode.OK:
+        raise typer.Exit(int(code))
+
+
+#: The exit code of each svag verdict (the README's exit-code table).
+SVAG_EXIT = {"sde_holds": ExitCode.OK, "sde_fails": ExitCode.CHECK_FAILED,
+             "inconclusive": ExitCode.UNDECIDED, "not_converged": ExitCode.UNDECIDED}  # fmt: skip
 
 
 def _verdict_config(c2: float, decide_on: str, deprecated: bool) -> VerdictConfig:

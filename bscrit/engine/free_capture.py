@@ -73,6 +73,7 @@ class _Pending:
     scale: float  # accumulation: g_j = scale·Δ_j
     step: int | None
     examples_seen: int | None
+    epoch_start: bool = False
 
 
 def _is_ddp(model: Any) -> bool:
@@ -118,6 +119,9 @@ class FreeCapture:
             far they move (:class:`~bscrit.stats.free.Drift`).
         stride: read every ``stride``-th step only (the others cost nothing but a counter):
             divides the overhead by ``stride`` and the steps pooled per window alike.
+        within_epoch: with a finite ``dataset_size`` and epochs marked by :meth:`epoch_begin`,
+            read the steps inside the epochs too and pool them all, labelled ``within_epoch``
+            (biased along training, :data:`bscrit.stats.free.REGIMES`); default: first steps only.
 
     Example::
 
@@ -139,6 +143,7 @@ class FreeCapture:
         boundaries: Literal["hooks", "manual"] = "hooks",
         track_drift: bool = True,
         stride: int = 1,
+        within_epoch: bool = False,
     ) -> None:
         if accumulation not in ("mean", "sum"):
             raise UsageError(f"accumulation must be 'mean' or 'sum', got {accumulation!r}")
@@ -157,7 +162,8 @@ class FreeCapture:
         self.accumulation: Accumulation = accumulation
         self.boundaries = boundaries
         self.track_drift = track_drift
-        self.stride = stride
+        self.stride, self.within_epoch = stride, within_epoch
+        self._epoch_next = self._epochs_marked = False  # epoch_begin() before this step / ever
         self._step_calls = 0  # on_step_end calls: step number modulo stride decides reading
         self.ranks = _world_size() if _is_ddp(src) else 1
         self._groups: list[_Group] = []
@@ -253,8 +259,18 @@ class FreeCapture:
         if self.boundaries == "manual" and not self._paused:
             self._read_micro_batch()
 
+    def epoch_begin(self) -> None:
+        """A new shuffle of the finite data set starts (before the epoch's first backward): its
+        first step is read whatever the stride, and pooling keeps only epochs' first steps, the
+        ones independent of the weights (:func:`bscrit.stats.free.select_steps`)."""
+        self._epoch_next = self._epochs_marked = True
+
     @property
     def _reading(self) -> bool:
+        if self._epoch_next:
+            return True
+        if self._epochs_marked and self.dataset_size is not None and not self.within_epoch:
+            return False  # inside an epoch: not pooled, not read
         return self._step_calls % self.stride == 0
 
     def _read_micro_batch(self) -> None:
@@ -320,8 +336,8 @@ class FreeCapture:
         """
         count, sizes = self._count, self._sizes
         self._count, self._sizes, self._fresh = 0, set(), True
-        reading = self._reading
-        self._step_calls += 1
+        reading, first = self._reading, self._epoch_next
+        self._step_calls, self._epoch_next = self._step_calls + 1, False
         if not reading:
             self._local, self._global = [], []
             return
@@ -337,7 +353,8 @@ class FreeCapture:
             sum_sq = torch.stack(local).sum() * scale**2
             mean_sq = torch.stack(glob).sum() * scale**2 if glob else sum_sq * math.nan
             self._note_drift()
-            self._pending.append(_Pending(sum_sq, mean_sq, slices, size, 1.0, step, examples_seen))
+            pend = _Pending(sum_sq, mean_sq, slices, size, 1.0, step, examples_seen, first)
+            self._pending.append(pend)
             return
         acc = self._acc
         self._acc = []
@@ -357,6 +374,7 @@ class FreeCapture:
                     scale,
                     step,
                     examples_seen,
+                    first,
                 )
             )
 
@@ -371,6 +389,11 @@ class FreeCapture:
     def steps_recorded(self) -> int:
         """Steps recorded since the last :meth:`reset` (skipped ones not counted)."""
         return len(self._pending)
+
+    @property
+    def epoch_starts_recorded(self) -> int:
+        """Recorded steps that opened an epoch (:meth:`epoch_begin`)."""
+        return sum(p.epoch_start for p in self._pending)
 
     def reset(self) -> None:
         """Forget the recorded steps and the drift snapshot: the next window starts."""
@@ -417,7 +440,11 @@ class FreeCapture:
             if not (math.isfinite(sum_sq) and math.isfinite(mean_sq)):
                 skipped += 1
                 continue
-            out.append(FreeStep(sum_sq, mean_sq, p.slices, p.slice_size, p.step, p.examples_seen))
+            out.append(
+                FreeStep(
+                    sum_sq, mean_sq, p.slices, p.slice_size, p.step, p.examples_seen, p.epoch_start
+                )
+            )
         return out, skipped
 
     def drift(self) -> Drift | None:
@@ -439,6 +466,7 @@ class FreeCapture:
         c2: float = DEFAULT_C2,
         relaxation_steps: float | None = None,
         reset: bool = False,
+        pool: str | None = None,
     ) -> FreeEstimate:
         """Pool the recorded steps (:func:`~bscrit.stats.free.pool_steps`).
 
@@ -450,9 +478,11 @@ class FreeCapture:
             c2: C² of [LMA21].
             relaxation_steps: τ = 1/(2ηλ) (:func:`bscrit.stats.equilibrium.relaxation_steps`).
             reset: start a new window afterwards.
+            pool: ``"auto"`` or ``"all"`` (:func:`~bscrit.stats.free.select_steps`); default
+                ``"all"`` with ``within_epoch=True``, else ``"auto"``.
 
         Raises:
-            UsageError: fewer than 2 recorded steps.
+            UsageError: fewer than 2 recorded steps (epoch starts, when epochs are marked).
         """
         steps, skipped = self.steps()
         est = pool_steps(
@@ -463,6 +493,7 @@ class FreeCapture:
             relaxation_steps=relaxation_steps,
             drift=self.drift(),
             skipped=skipped,
+            pool=pool or ("all" if self.within_epoch else "auto"),
         )
         if reset:
             self.reset()

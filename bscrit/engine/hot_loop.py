@@ -41,6 +41,12 @@ INVARIANCE_BATCHES = 2
 BLOCK_BATCHES = 1024
 #: The progress bar advances at most this often (seconds), not after every batch.
 PROGRESS_S = 0.25
+#: The time per batch of the plan line is measured after the first ``ESTIMATE_WARMUP`` batches
+#: (they pay for allocations, kernel choice, DataLoader workers starting: 2-3x a later batch),
+#: over at least ``ESTIMATE_S`` seconds or ``ESTIMATE_BATCHES`` batches.
+ESTIMATE_WARMUP = 3
+ESTIMATE_S = 1.0
+ESTIMATE_BATCHES = 50
 
 
 @dataclass
@@ -85,12 +91,17 @@ class LoopResult:
 
 class _Clock:
     """Throttled progress (every ``PROGRESS_S`` seconds, not every batch) and the one estimate
-    of the time per batch, measured after the first batch (which pays for warm-up)."""
+    of the time per batch, measured after ``ESTIMATE_WARMUP`` batches (which pay for warm-up)."""
 
     def __init__(self, progress: Progress | None, estimate: Estimate | None, device: Any) -> None:
         self.progress, self.estimate, self.device = progress, estimate, device
-        self.pending, self.after_first, self.last = 0, 0, time.perf_counter()
-        self.first_done: float | None = None
+        self.pending, self.done, self.last = 0, 0, time.perf_counter()
+        self.start = 0.0  # when the warm-up batches were done
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":  # the time of the work, not of its launch
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     def tick(self) -> None:
         now = time.perf_counter()
@@ -99,15 +110,13 @@ class _Clock:
             self.flush(now)
         if self.estimate is None:
             return
-        if self.first_done is None:
-            self.first_done = now
+        self.done += 1
+        if self.done == ESTIMATE_WARMUP:
+            self.start = self._now()
             return
-        self.after_first += 1
-        if self.after_first >= 2 and (now - self.first_done >= 0.5 or self.after_first >= 50):
-            if self.device.type == "cuda":  # once: the time of the work, not of its launch
-                torch.cuda.synchronize(self.device)
-                now = time.perf_counter()
-            self.estimate((now - self.first_done) / self.after_first)
+        n = self.done - ESTIMATE_WARMUP
+        if n >= 2 and (now - self.start >= ESTIMATE_S or n >= ESTIMATE_BATCHES):
+            self.estimate((self._now() - self.start) / n)
             self.estimate = None
 
     def flush(self, now: float | None = None) -> None:

@@ -19,6 +19,7 @@ import contextlib
 import copy
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -69,12 +70,15 @@ def run_optimizer(
 ) -> tuple[torch.optim.Optimizer, list[str]]:
     """The run's optimizer over ``params``, its state loaded from ``saved`` when it matches.
 
-    The saved groups keep their own hyperparameters (a no-decay group stays without decay); a
-    value of ``opt`` that differs from the first saved group replaces it in every group that had
-    it, and a note says so.
+    The saved groups keep their own hyperparameters (a no-decay group stays without decay) and
+    the LR at the checkpoint (a decayed LR stays decayed: ``opt.lr_current``, constant from
+    there); a value of ``opt`` that differs from the first saved group replaces it in every group
+    that had it, and a note says so.
     """
     index, note = _saved_groups(params, saved)
-    cls, kwargs = optim.torch_kwargs(opt)
+    # the run continues at the LR at the checkpoint (a sample of *its* equilibrium), not at the
+    # schedule's base LR
+    cls, kwargs = optim.torch_kwargs(replace(opt, lr=optim.current_lr(opt)))
     notes = [note]
     if index is None:
         return getattr(torch.optim, cls)(list(params), **kwargs), notes

@@ -4,9 +4,12 @@ The callback creates a :class:`FreeWindow` when training starts. A
 :class:`~bscrit.engine.free_capture.FreeCapture` reads every optimizer step's micro-batch gradients
 inside ``backward()`` (or the DDP ranks' in a communication hook); the callback calls
 :meth:`FreeWindow.step_end` once per optimizer step, after the last backward and before the
-optimizer step. Every ``every_n_steps`` recorded steps the window is pooled
-(:func:`~bscrit.stats.free.pool_steps`, intervals over blocks of steps, the relaxation time
-1/(2ηλ) read from the live optimizer when bscrit knows it), one line is appended to
+optimizer step, and :meth:`FreeWindow.epoch_begin` when an epoch starts (on a data set with a
+length only the epochs' first steps are then read and pooled: docs/free.md "Regimes"). Every
+``every_n_steps`` steps the window is pooled, once it holds 2 epochs' first steps if epochs
+are marked (:func:`~bscrit.stats.free.pool_steps`, intervals over blocks of steps, the
+relaxation time 1/(2ηλ) read from the live optimizer when bscrit knows it), one line is
+appended to
 ``out_dir/series.jsonl`` (:func:`free_series_row`: the keys of
 :data:`~bscrit.integrations.recorder.SERIES_KEYS`, then ``"mode": "free"``, the weight drift and
 the whole estimate) and the metrics to log are returned. With DDP every rank pools (one
@@ -35,9 +38,13 @@ if TYPE_CHECKING:
     from bscrit.stats.free import FreeEstimate
 
 
-def free_series_row(est: FreeEstimate, seconds: float) -> dict[str, Any]:
+def free_series_row(
+    est: FreeEstimate, seconds: float, optimizer: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """One ``series.jsonl`` line of a pooled window: the every-n-steps keys first (``step`` is
-    the window's last step, ``file`` is null), then ``mode``, ``drift`` and ``free`` (the whole
+    the window's last step, ``file`` is null), then ``mode``, ``optimizer`` (the live optimizer
+    as a measurement JSON records it, read at the window's end; null when unknown: ``bscrit
+    schedule`` scales it), ``drift`` and ``free`` (the whole
     :meth:`~bscrit.stats.free.FreeEstimate.to_dict`)."""
     return {
         "step": est.last_step,
@@ -55,6 +62,8 @@ def free_series_row(est: FreeEstimate, seconds: float) -> dict[str, Any]:
         "param_set": "all",
         "file": None,
         "mode": "free",
+        "optimizer": optimizer,
+        "regime": est.regime,  # docs/free.md "Regimes"; est.covered: backed along training
         "drift": None if est.drift is None else est.drift.to_dict(),
         "free": est.to_dict(),
     }
@@ -108,8 +117,10 @@ class FreeWindow:
         self.capture: FreeCapture | None = None
         self.batch_size = self.micro_batch_size = 0
         self.tau: float | None = None
+        self.live_optimizer: tuple[Any, Any] | None = None  # (module, optimizer)
         self.rows: list[dict[str, Any]] = []
         self._calls = 0  # optimizer steps in the current window
+        self._epochs = False  # epoch_begin() called: windows pool epochs' first steps
 
     def start(
         self,
@@ -154,6 +165,7 @@ class FreeWindow:
 
             inner = model.module if ddp else model
             view = optimizer_selection(inner, optimizer)
+            self.live_optimizer = (inner, optimizer)  # read again at each window's end
             self.tau = relaxation_steps(view.info)[0] if view.info is not None else None
             if not ddp:  # the parameters the optimizer updates
                 ids = {id(p) for g in unwrap_optimizer(optimizer).param_groups for p in g["params"]}
@@ -166,6 +178,13 @@ class FreeWindow:
         )
         self.batch_size, self.micro_batch_size = batch_size, micro_batch_size
 
+    def epoch_begin(self) -> None:
+        """An epoch of a reshuffled finite data set starts: pool its first step only (the one
+        whose slices are independent of the weights, docs/free.md "Regimes")."""
+        self._epochs = True
+        if self.capture is not None:
+            self.capture.epoch_begin()
+
     def backward_end(self, examples: int | None) -> None:
         """After a micro-batch's backward, with its size (steps with unequal ones are skipped):
         reads it with ``boundaries="manual"``, records the size only with hooks."""
@@ -177,7 +196,9 @@ class FreeWindow:
     ) -> dict[str, float] | None:
         """After the step's last backward, before the optimizer step: record it; at the end of a
         window pool it, append the series line (``write``: rank 0) and return the metrics to
-        log (``bscrit/nsr``, ``bscrit/b_star``, ``bscrit/drift``), else None."""
+        log (``bscrit/nsr_raw``, ``bscrit/b_star_raw``, ``bscrit/drift``, …), else None.
+        ``step`` is the trainer's number of this optimizer step (1 for the first: the
+        callbacks pass the global step + 1, as it will read after the update)."""
         cap = self.capture
         if cap is None:
             return None
@@ -186,6 +207,8 @@ class FreeWindow:
         if self._calls < self.every_n_steps:
             return None
         self._calls = 0
+        if self._epochs and cap.dataset_size is not None and cap.epoch_starts_recorded < 2:
+            return None  # fewer than 2 epochs' first steps: the window goes on
         t0 = time.perf_counter()
         try:
             est = cap.estimate(
@@ -195,13 +218,40 @@ class FreeWindow:
             cap.reset()
             warnings.warn(f"bscrit free mode, window ending at step {step}: {e}", stacklevel=2)
             return None
-        row = free_series_row(est, time.perf_counter() - t0)
+        row = free_series_row(est, time.perf_counter() - t0, self.optimizer_record())
         self.rows.append(row)
         if write:
             append_line(self.out_dir / SERIES_FILE, json.dumps(row, allow_nan=False))
         drift = est.drift.relative if est.drift is not None else math.nan
-        return {"bscrit/nsr": est.nsr, "bscrit/b_star": est.b_star, "bscrit/drift": drift}
+        return {
+            "bscrit/nsr_raw": est.nsr,  # the names of recorder.METRICS, as in every-n mode
+            "bscrit/b_star_raw": est.b_star,
+            "bscrit/drift": drift,
+            "bscrit/free_covered": float(est.covered),  # 0: regime "within_epoch", biased
+        }
+
+    def optimizer_record(self) -> dict[str, Any] | None:
+        """The live optimizer's record (:func:`bscrit.workflows.live.optimizer_selection`, as
+        ``bscrit measure`` writes it; its values now), None without a known optimizer."""
+        if self.live_optimizer is None:
+            return None
+        from bscrit.workflows.live import optimizer_selection
+
+        info = optimizer_selection(*self.live_optimizer).info
+        return info.to_dict() if info is not None else None
 
     def close(self) -> None:
-        if self.capture is not None:
-            self.capture.close()
+        """Remove the hooks; warn when epochs were marked and no window could be pooled."""
+        cap = self.capture
+        if cap is None:
+            return
+        cap.close()
+        if self._epochs and cap.dataset_size is not None and not self.rows:
+            warnings.warn(
+                f"bscrit free mode wrote no window: on a data set with a length only each "
+                f"epoch's first step is independent of the weights, and a window needs 2 of them "
+                f"({cap.epoch_starts_recorded} in the last one); train over more epochs, or for "
+                "a single pass use a data set without a length (a stream), docs/free.md "
+                '"Regimes"',
+                stacklevel=2,
+            )

@@ -9,9 +9,11 @@
 After every n-th optimizer step (``on_train_batch_end`` once ``trainer.global_step`` has moved,
 so at the new weights) it measures the module on the training dataset with
 :func:`bscrit.measure`, writes ``out_dir/step-XXXXXXX.json`` and a line of
-``out_dir/series.jsonl`` (:mod:`bscrit.integrations.recorder`), and logs ``bscrit/nsr`` and
-``bscrit/b_star`` to the trainer's loggers. Only global rank 0 measures and writes. The run
-itself is unchanged (same final weights, bitwise).
+``out_dir/series.jsonl`` (:mod:`bscrit.integrations.recorder`), and logs the metrics of
+:data:`~bscrit.integrations.recorder.METRICS` (``bscrit/nsr_raw``, ``bscrit/b_star_raw``, …)
+to every logger of the trainer (``trainer.loggers``: TensorBoardLogger, WandbLogger,
+CSVLogger, …) with ``step=trainer.global_step``, whatever ``log_every_n_steps`` says. Only
+global rank 0 measures and writes. The run itself is unchanged (same final weights, bitwise).
 
 Needs Lightning (``pip install 'bscrit[lightning]'``): ``lightning`` or ``pytorch_lightning``.
 """
@@ -166,6 +168,11 @@ class BscritCallback(Callback):
             boundaries="manual",  # on_after_backward: one call per micro-batch, before clipping
         )
 
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        """mode="free": a new shuffle; only epochs' first steps are pooled (docs/free.md)."""
+        if self.free is not None:
+            self.free.epoch_begin()
+
     def on_train_batch_start(
         self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -183,12 +190,11 @@ class BscritCallback(Callback):
         the step (before clipping and the optimizer step) and, every n steps, pool the window."""
         if self.free is None:
             return
-        step = int(trainer.global_step)
+        step = int(trainer.global_step) + 1  # this step's number once taken, as in every_n mode
         assert self._batch_size is not None
         metrics = self.free.step_end(step, step * self._batch_size, trainer.is_global_zero)
         if metrics is not None and trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=step)
+            _log(trainer, metrics, step)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         if self.free is not None:
@@ -218,8 +224,13 @@ class BscritCallback(Callback):
                 optimizer=optimizers[0] if optimizers else None,
                 micro_batch_size=self._micro,
             )
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
+        _log(trainer, metrics, step)
+
+
+def _log(trainer: Any, metrics: dict[str, float], step: int) -> None:
+    """The metrics to each of the trainer's loggers, at the trainer's step number."""
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=step)
 
 
 def training_step_loss(model: Any, batch: Any) -> Any:

@@ -4,8 +4,9 @@ Every ``every_n_steps`` optimizer steps, after the step (at the new weights), th
 :func:`bscrit.measure` on the training dataset and hands the result here:
 :class:`SeriesRecorder` writes ``out_dir/step-XXXXXXX.json`` (the JSON ``bscrit measure``
 writes, with ``checkpoints[0].step``) and appends one line to ``out_dir/series.jsonl``
-(:func:`series_row`), and returns the metrics the callback logs (``bscrit/nsr``,
-``bscrit/b_star``). Only the process of rank 0 records (the callbacks check).
+(:func:`series_row`), and returns the metrics the callback logs (:func:`measurement_metrics`:
+``bscrit/nsr_raw``, ``bscrit/b_star_raw``, … one name per reading, the same in both modes;
+:data:`METRICS`). Only the process of rank 0 records (the callbacks check).
 
 The measurement changes nothing of the run (the guarantees of :func:`bscrit.measure`): a run
 with the callback ends with the same weights, bitwise, as one without it.
@@ -40,6 +41,43 @@ SERIES_KEYS = (
     "step", "examples_seen", "G", "N", "nsr", "b_star", "b_star_ci95", "G_ci95", "N_ci95",
     "nsr_ci95", "batch_size", "seconds", "param_set", "file",
 )  # fmt: skip
+
+
+#: The metrics the callbacks log, one name per meaning, in both modes (docs/api.md, "Metrics"):
+#: NSR = N^B/G and B* = C²B(1 + NSR) ([LMA21] Thm 5.6) of each reading measured: ``raw`` the
+#: gradient of every parameter the optimizer updates; ``scale_invariant`` the scale-invariant
+#: ones (every-n mode, when some are found); ``preconditioned`` P∇L, the noise the adaptive
+#: update sees (every-n mode, adaptive optimizers: Adam family, RMSprop). Free mode adds
+#: ``drift`` (the relative weight drift over the window) and ``free_covered`` (1 when the
+#: window's regime has intervals that cover the trajectory mean, else 0; docs/free.md
+#: "Regimes"). What was not measured is not logged.
+METRICS = (
+    "bscrit/nsr_raw", "bscrit/b_star_raw",
+    "bscrit/nsr_scale_invariant", "bscrit/b_star_scale_invariant",
+    "bscrit/nsr_preconditioned", "bscrit/b_star_preconditioned",
+    "bscrit/drift", "bscrit/free_covered",
+)  # fmt: skip
+#: The readings of :data:`METRICS` and the parameter sets of a measurement they come from.
+_READINGS = (("raw", "all"), ("scale_invariant", "scale_invariant"),
+             ("preconditioned", "preconditioned"))  # fmt: skip
+
+
+def measurement_metrics(m: Measurement, c2: float) -> dict[str, float]:
+    """``bscrit/nsr_<reading>`` and ``bscrit/b_star_<reading>`` for each reading ``m`` has
+    (:data:`METRICS`), each as ``bscrit predict`` computes it (the same intervals' point values;
+    inf when Ĝ ≤ 0: B* unbounded); a reading with N ≤ 0 (no noise measured) is left out."""
+    from bscrit.theory.bounds import interval_scope
+    from bscrit.theory.formulas import critical_batch_size
+
+    out: dict[str, float] = {}
+    for reading, param_set in _READINGS:
+        stats = getattr(m, param_set)
+        if stats is None or not stats.N > 0:
+            continue
+        ns, _, _ = interval_scope(m, param_set, stats.noise_stats())
+        out[f"bscrit/nsr_{reading}"] = ns.nsr
+        out[f"bscrit/b_star_{reading}"] = critical_batch_size(m.batch_size, ns.nsr, c2)
+    return out
 
 
 def check_mode(mode: str) -> None:
@@ -139,7 +177,7 @@ class SeriesRecorder:
         micro_batch_size: int | None = None,
     ) -> dict[str, float]:
         """Measure at the current weights, write the JSON and the series line; returns the
-        metrics to log (``bscrit/nsr``, ``bscrit/b_star``; inf when B* is unbounded)."""
+        metrics to log (:func:`measurement_metrics`; inf when B* is unbounded)."""
         from bscrit.api import measure, predict
 
         self.last_step = step
@@ -165,7 +203,7 @@ class SeriesRecorder:
         row = series_row(m, p, step, examples_seen, seconds, name)
         append_line(self.out_dir / SERIES_FILE, json.dumps(row, allow_nan=False))
         self.rows.append(row)
-        return {"bscrit/nsr": p.base.nsr, "bscrit/b_star": p.base.b_star}
+        return measurement_metrics(m, self.c2)
 
 
 def read_series(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

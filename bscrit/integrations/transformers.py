@@ -10,10 +10,15 @@ After every n-th optimizer step (``on_step_end``: ``state.global_step`` has move
 are the new ones) it measures the model on the Trainer's training dataset, collated by the
 Trainer's own collator, with :func:`bscrit.measure` (the loss: the model's own
 ``output.loss``, ``model(**batch)``), writes ``out_dir/step-XXXXXXX.json`` and a line of
-``out_dir/series.jsonl`` (:mod:`bscrit.integrations.recorder`), and logs ``bscrit/nsr`` and
-``bscrit/b_star``: appended to ``state.log_history`` (kept in ``trainer_state.json``) and added
-to the next ``on_log`` call's ``logs`` (reporters listed after this callback see them). Only
-the main process measures and writes. The run itself is unchanged (same final weights).
+``out_dir/series.jsonl`` (:mod:`bscrit.integrations.recorder`), and logs the metrics of
+:data:`~bscrit.integrations.recorder.METRICS` (``bscrit/nsr_raw``, ``bscrit/b_star_raw``, …) at
+the Trainer's ``state.global_step``: appended to ``state.log_history`` (kept in
+``trainer_state.json``) and added to the ``logs`` of the Trainer's own log call at that step
+(the callback sets ``control.should_log``), which the ``report_to`` integrations write
+(TensorBoard and W&B as ``train/bscrit/...``). The Trainer calls callbacks in the order of its list,
+``report_to`` ones before the user's, so when training starts the callback moves itself to the
+front of that list (:func:`_to_front`; a warning when it cannot). Only the main process
+measures and writes. The run itself is unchanged (same final weights).
 
 Needs transformers (``pip install 'bscrit[hf]'``; the ``Trainer`` itself needs accelerate).
 """
@@ -21,6 +26,7 @@ Needs transformers (``pip install 'bscrit[hf]'``; the ``Trainer`` itself needs a
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 try:
@@ -98,6 +104,7 @@ class BscritCallback(TrainerCallback):
         """Resolve B, the micro-batch size and the data; refuse what cannot work."""
         from bscrit.workflows.live import check_arguments, resolve_data, resolve_loss
 
+        _to_front(self, args)
         if self.free is not None:
             self._start_free(args, kwargs)
             return
@@ -137,12 +144,17 @@ class BscritCallback(TrainerCallback):
             slices=acc,
         )
 
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """mode="free": a new shuffle; only epochs' first steps are pooled (docs/free.md)."""
+        if self.free is not None:
+            self.free.epoch_begin()
+
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """mode="free": close the step (its micro-batch gradients were read inside backward(),
         before clipping) and, every n steps, pool the window."""
         if self.free is None:
             return
-        step = int(state.global_step)
+        step = int(state.global_step) + 1  # the number the Trainer gives this step (on_log)
         assert self._batch_size is not None
         metrics = self.free.step_end(step, step * self._batch_size, state.is_world_process_zero)
         if metrics is not None and state.is_world_process_zero:
@@ -157,8 +169,13 @@ class BscritCallback(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         step = int(state.global_step)
+        if self._pending:  # mode="free": a window closed in this step
+            control.should_log = True
         if self.mode != "every_n" or not self.recorder.due(step):
             return
+        # the Trainer logs this step, on every process alike (its log gathers the loss: a
+        # collective), and the metrics go with rank 0's logs
+        control.should_log = True
         if not state.is_world_process_zero:
             self.recorder.last_step = step
             return
@@ -182,13 +199,50 @@ class BscritCallback(TrainerCallback):
         self._pending = metrics
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
-        """Adds the latest measurement's metrics to the logs being reported (once)."""
+        """Adds the latest measurement's metrics to the logs being reported (once); the callback
+        is first in the Trainer's list, so every other callback's ``on_log`` sees them."""
         if self._pending and isinstance(logs, dict):
             logs.update(self._pending)
             self._pending = {}
 
     def _data(self, kwargs: dict[str, Any]) -> Any:
         return self.data if self.data is not None else kwargs.get("train_dataloader")
+
+
+def _to_front(callback: BscritCallback, args: Any) -> None:
+    """Move ``callback`` to the front of the Trainer's callback list, before the ``report_to``
+    integrations, so that its ``on_log`` adds the metrics before they write the logs.
+
+    The list is that of the ``CallbackHandler`` whose ``call_event`` calls this hook
+    (``on_train_begin``), found on the call stack: the Trainer passes neither itself nor its
+    handler to callbacks. Moving the current item to the front while the handler iterates the
+    list skips and repeats nothing. When no handler holds the callback (hooks driven by hand,
+    another transformers) and ``args.report_to`` names integrations, a warning says the metrics
+    reach only ``state.log_history`` and the callbacks listed after this one.
+    """
+    import sys
+
+    from transformers.trainer_callback import CallbackHandler
+
+    frame = sys._getframe(1)
+    for _ in range(12):
+        if frame is None:
+            break
+        handler = frame.f_locals.get("self")  # CallbackHandler.call_event's
+        cbs = getattr(handler, "callbacks", None) if isinstance(handler, CallbackHandler) else None
+        i = next((i for i, c in enumerate(cbs) if c is callback), None) if cbs else None
+        if isinstance(cbs, list) and i is not None:
+            if i > 0:
+                cbs.insert(0, cbs.pop(i))
+            return
+        frame = frame.f_back
+    if getattr(args, "report_to", None):
+        warnings.warn(
+            "BscritCallback: could not find the Trainer's callback list to go before the "
+            f"report_to integrations ({args.report_to}): the bscrit/* metrics reach "
+            "trainer_state.json's log_history and the callbacks listed after this one only",
+            stacklevel=3,
+        )
 
 
 def _world() -> int:

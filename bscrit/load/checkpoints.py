@@ -36,6 +36,7 @@ from bscrit.errors import CheckpointError, first_line
 from bscrit.load import checkpoint_file
 from bscrit.load.factories import build_model, one_line
 from bscrit.load.keys import match_keys
+from bscrit.load.scheduler import read_folder_schedule, read_object_schedule
 from bscrit.optim import saved
 from bscrit.optim.registry import OptimizerInfo
 from bscrit.specfile.document import Spec
@@ -55,6 +56,8 @@ class LoadedCheckpoint:
     optimizer_state: Mapping | None = None  # the saved optimizer state_dict, as saved
     step: int | None = None  # the training step it was saved at, when recorded
     optimizer_note: str | None = None  # why no optimizer was read, or a disagreement (a warning)
+    schedule: Mapping[str, Any] | None = None  # the run's LR schedule (bscrit.optim.lr_schedule)
+    schedule_note: str | None = None  # what of the scheduler could not be read (a warning)
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -223,13 +226,17 @@ def _load_folder(
             f" ({checkpoint_file.TRAINER_ARGS} names it but is a pickle,"
             f" read only with --unsafe-load)"
         )
+    opt_state = saved.optimizer_state(root)
+    sched = read_folder_schedule(str(folder), opt_state, layout.step)
     return LoadedCheckpoint(
         state_dict=sd,
         optimizer=reading.info,
         path=folder,
-        optimizer_state=saved.optimizer_state(root),
+        optimizer_state=opt_state,
         step=layout.step,
         optimizer_note=note,
+        schedule=sched.schedule,
+        schedule_note=sched.note,
     )
 
 
@@ -282,13 +289,17 @@ def load_checkpoint(
             f"{where}name it with checkpoint.key in the spec"
         )
     reading = saved.read_checkpoint(root)
+    opt_state = saved.optimizer_state(root)
+    sched = read_object_schedule(root, opt_state)
     return LoadedCheckpoint(
         state_dict=state_dict,
         optimizer=reading.info,
         path=path,
-        optimizer_state=saved.optimizer_state(root),
+        optimizer_state=opt_state,
         step=checkpoint_file.step_of(root),
         optimizer_note=reading.note,
+        schedule=sched.schedule,
+        schedule_note=sched.note,
     )
 
 

@@ -264,10 +264,13 @@ def _build_transform(transforms: tuple[dict, ...], key: str, source: str) -> Cal
     return built[0] if len(built) == 1 else T.Compose(built)
 
 
-def build_dataset(data: DataSpec, base_dir: Path, key: str = "data") -> torch.utils.data.Dataset:
+def build_dataset(
+    data: DataSpec, base_dir: Path, key: str = "data", source: str | None = None
+) -> torch.utils.data.Dataset:
     """Build a dataset of ``(input, target)`` pairs from a torchvision class or a factory.
 
     A relative ``root`` kwarg resolves against ``base_dir``; ``subset`` keeps the first n.
+    ``source`` is the spec named in errors (its file; default: ``base_dir``).
 
     Raises:
         SpecError: unknown dataset / transform name, bad factory reference.
@@ -275,13 +278,13 @@ def build_dataset(data: DataSpec, base_dir: Path, key: str = "data") -> torch.ut
             raised) or has no ``__len__`` / ``__getitem__``.
     """
     base_dir = Path(base_dir)
-    source = str(base_dir)
+    source = str(base_dir) if source is None else source
 
     def data_error(msg: str) -> DataError:
         return DataError(f"{key}: {msg}")
 
     if data.factory is not None:
-        fn = resolve_callable(data.factory, base_dir, f"{key}.factory")
+        fn = resolve_callable(data.factory, base_dir, f"{key}.factory", source=source)
         ds = _call_factory(
             fn, data.kwargs, ref=data.factory, key=f"{key}.factory", error=data_error
         )

@@ -13,6 +13,10 @@ loaded by :mod:`bscrit.load.checkpoints` like any model's (tied weights such as 
 from __future__ import annotations
 
 import difflib
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -110,3 +114,58 @@ def build_hf_model(m: ModelSpec, source: str) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise _problem(source, key, f"{name} built a {type(model).__name__}, not an nn.Module")
     return model
+
+
+# ----------------------------------------------------------------------------------------------
+# trainer_state.json: the batch of the run (read as JSON: no transformers, no pickle)
+# ----------------------------------------------------------------------------------------------
+
+#: The examples per optimizer step that ``epoch`` and ``global_step`` imply may differ from B by
+#: this factor before a warning (epoch boundaries and a last short batch move it a little).
+BATCH_TOLERANCE = 1.25
+
+
+def _number(raw: Mapping[str, Any], key: str) -> float | None:
+    v = raw.get(key)
+    ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+    return float(v) if ok else None
+
+
+def trainer_batch_warning(
+    folder: Path, batch_size: int, dataset_size: int | None, key: str = "batch_size"
+) -> str | None:
+    """A warning when an HF Trainer folder's ``trainer_state.json`` disagrees with the batch
+    size B that the measurement takes for the run's (``key`` names where B came from).
+
+    The Trainer records ``train_batch_size``, the batch *per device*; the batch of one optimizer
+    step is that × ``gradient_accumulation_steps`` × devices, which it does not record. Its
+    ``epoch`` (fractional) and ``global_step`` do: ``dataset_size × epoch / global_step``
+    examples per step (given ``dataset_size``, the spec's whole training set). A warning when
+    that differs from B by more than :data:`BATCH_TOLERANCE`, else when B is not a multiple of
+    ``train_batch_size``; None when the file is missing or unreadable, or both agree.
+    """
+    try:
+        raw = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(raw, Mapping):
+        return None
+    per_device, step, epoch = (
+        _number(raw, k) for k in ("train_batch_size", "global_step", "epoch")
+    )
+    where = f"{folder / 'trainer_state.json'}"
+    device = f"train_batch_size = {per_device:g} per device" if per_device else None
+    rule = "B is the batch of one optimizer step: per device × gradient accumulation × devices"
+    if step and epoch and dataset_size:
+        per_step = dataset_size * epoch / step
+        if not 1 / BATCH_TOLERANCE <= per_step / batch_size <= BATCH_TOLERANCE:
+            said = f" and {device}" if device else ""
+            return (
+                f"{key} = {batch_size}, but {where} records epoch {epoch:.4g} at step {step:g}"
+                f"{said}: about {per_step:,.0f} examples per optimizer step over the spec's "
+                f"{dataset_size:,} training examples; {rule}"
+            )
+        return None
+    if per_device and batch_size % per_device:
+        return f"{key} = {batch_size} is not a multiple of {where}'s {device}; {rule}"
+    return None

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 from bscrit.errors import CheckpointError
 from bscrit.load.checkpoints import LoadedCheckpoint
 from bscrit.optim import registry as optim
@@ -40,6 +43,7 @@ def resolve_optimizer(
         return reading.info, [reading.note] if reading.note else []
     if s is not None:
         notes = []
+        groups = None
         if state is not None:
             groups = saved.read_state(state, name=s.name).info
             reading = saved.read_state(state)
@@ -53,10 +57,20 @@ def resolve_optimizer(
                     "groups, whose values differ; give only optimizer.name in the spec to use "
                     "them (scaled per group)"
                 )
-        return s, notes
+        return _with_current_lr(s, groups), notes
     if ckpt is None:
         return None, []
     return ckpt.optimizer, [ckpt.optimizer_note] if ckpt.optimizer_note else []
+
+
+def _with_current_lr(spec_opt: OptimizerInfo, saved: OptimizerInfo | None) -> OptimizerInfo:
+    """The spec's optimizer with the LR at the checkpoint read from the saved state, when the
+    saved base LR is the spec's (a scheduler moved it); else as given."""
+    if saved is None or saved.lr_current is None:
+        return spec_opt
+    if not math.isclose(saved.lr, spec_opt.lr, rel_tol=1e-6):
+        return spec_opt
+    return replace(spec_opt, lr_current=saved.lr_current)
 
 
 def optimizer_for(spec: Spec, ckpt: LoadedCheckpoint | None) -> OptimizerInfo | None:

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from bscrit.optim.lr_schedule import peak_of_group
 from bscrit.optim.registry import (
     FLOAT_FIELDS,
     NAMES,
@@ -122,13 +123,22 @@ class OptimizerReading:
 
 
 def _group_values(d: OptimizerDef, g: Mapping) -> dict[str, float]:
-    v: dict[str, Any] = {"lr": to_float(g.get("initial_lr"), to_float(g.get("lr")))}
+    """A saved group's base values: the LR is the schedule's peak (OneCycle's ``max_lr``, else
+    ``initial_lr``, else ``lr``); a OneCycle-cycled momentum (β₁) is the one it pairs with the
+    peak, ``base_momentum``, not what it was cycled to at the checkpoint."""
+    v: dict[str, Any] = {"lr": peak_of_group(g)}
     betas = g.get("betas")
     if "beta1" in d.keys and isinstance(betas, (list, tuple)) and len(betas) == 2:
         v["beta1"], v["beta2"] = to_float(betas[0]), to_float(betas[1])
     for k in FLOAT_FIELDS:
         if k in d.keys:
             v[k] = to_float(g.get(k))
+    at_peak = to_float(g.get("base_momentum")) if "max_lr" in g else None
+    if at_peak is not None:
+        if "momentum" in d.keys and v.get("momentum") is not None:
+            v["momentum"] = at_peak
+        elif "beta1" in d.keys and v.get("beta1") is not None:
+            v["beta1"] = at_peak
     return {k: float(d.defaults[k] if v.get(k) is None else v[k]) for k in d.values}
 
 

@@ -51,7 +51,7 @@ def format_confirm_cost(plan: ConfirmPlan) -> Group:
 def format_confirm(r: ConfirmResult) -> Report:
     """The branches per seed (final losses, d), the interval and the verdict, with the notes."""
     from bscrit.runs.common.result import METRIC_LABELS
-    from bscrit.runs.confirm.verdict import relative_difference
+    from bscrit.runs.confirm.verdict import describe_tolerance, relative_difference
 
     v = r.verdict
     parts: list[RenderableType] = [
@@ -91,8 +91,11 @@ def format_confirm(r: ConfirmResult) -> Report:
         t.add_row(*row)
     parts.append(t)
     ci = "—" if v.ci95 is None else f"[{_pct(v.ci95[0])}, {_pct(v.ci95[1])}]"
-    parts.append(plain_line(f"  mean d = {_pct(v.mean)}, 95% t-interval {ci}, tolerance δ = "
-                       f"{100 * v.tolerance:g}%"))  # fmt: skip
+    finite = [x for x in base if math.isfinite(x)]
+    l_b = sum(finite) / len(finite) if finite else math.nan
+    size = f", i.e. {fmt(v.tolerance * l_b)} at L_B = {fmt(l_b)}" if math.isfinite(l_b) else ""
+    parts.append(plain_line(f"  mean d = {_pct(v.mean)}, 95% t-interval {ci}, tolerance "
+                            f"{describe_tolerance(v.tolerance)}{size}"))  # fmt: skip
     colour = {"holds": "green", "fails": "red", "inconclusive": "yellow"}.get(v.code, "")
     verdict = Text.assemble((f"verdict ({v.code}):", f"bold {colour}".strip()), f" {v.text}")
     verdict.no_wrap, verdict.overflow = True, "ignore"

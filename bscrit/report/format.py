@@ -1,7 +1,8 @@
 """Number formats and the layout helpers every report shares (rich renderables; nothing printed).
 
 :func:`fmt` and :func:`fmt_ci` write figures and intervals compactly; :func:`fmt_batch` a batch
-size ('∞' when unbounded) and :func:`fmt_hp` a hyperparameter. :func:`make_table` builds a
+size ('∞' when unbounded), :data:`fmt_batch_range` a range of them and :func:`fmt_hp` a
+hyperparameter. :func:`make_table` builds a
 table of labels and figures, :class:`Fit` picks the first layout that fits the console, and
 :func:`plain_line` is a line CI logs can grep (never wrapped).
 """
@@ -15,6 +16,12 @@ from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.measure import Measurement as Width
 from rich.table import Table
 from rich.text import Text
+
+from bscrit.theory.recommendation import batch_range
+
+#: A range of batch sizes, ``[32, 992.7]``: the same words in ``predict``'s table and ``check``'s
+#: reasons (those are written by :mod:`bscrit.theory.prediction`, which cannot import rich).
+fmt_batch_range = batch_range
 
 
 def fmt(x: float | None, digits: int = 4) -> str:

@@ -96,7 +96,12 @@ def _checkpoint_table(m: Measurement) -> Fit:
 
 def _equilibrium_parts(m: Measurement) -> list[RenderableType]:
     """What the intervals cover; with several draws, the table over the equilibrium (§8)."""
-    from bscrit.stats.equilibrium import one_draw_advice, relaxation_steps
+    from bscrit.stats.equilibrium import (
+        narrowing_advice,
+        one_draw_advice,
+        relaxation_steps,
+        wide_interval,
+    )
 
     e = m.equilibrium_interval
     advice = one_draw_advice(e.relaxation_steps if e else relaxation_steps(m.optimizer)[0])
@@ -117,7 +122,11 @@ def _equilibrium_parts(m: Measurement) -> list[RenderableType]:
     wide = make_table(title, ("parameters", *cols), ([k, *v] for k, v in sets.items()))
     narrow = make_table(title, ("", *sets), ([c, *(v[i] for v in sets.values())]
                                          for i, c in enumerate(cols)))  # fmt: skip
-    return [Fit(wide, narrow), Text(f"  draws: {e.note}")]
+    parts: list[RenderableType] = [Fit(wide, narrow), Text(f"  draws: {e.note}")]
+    if any(wide_interval(v.nsr_ci95) for v in e.sets.values()):
+        advice = narrowing_advice(e.scope, e.relaxation_steps, e.draws)
+        parts.append(Text(f"  to narrow it: {advice}"))
+    return parts
 
 
 def format_per_tensor(rows: Sequence[ParameterRow], limit: int | None = 20) -> Group:

@@ -11,19 +11,26 @@ from rich.console import Group, NewLine, RenderableType
 from rich.table import Table
 
 from bscrit.report.console import Report
-from bscrit.report.format import fmt, fmt_batch, fmt_batch_ci, fmt_ci, fmt_hp, plain_line
+from bscrit.report.format import (
+    fmt,
+    fmt_batch,
+    fmt_batch_ci,
+    fmt_batch_range,
+    fmt_ci,
+    fmt_hp,
+    plain_line,
+)
 
 if TYPE_CHECKING:
     from bscrit.theory.bounds import MeasurementBounds
     from bscrit.theory.prediction import CheckResult, Prediction
-    from bscrit.theory.scaling import ScaledHyperparameters
+    from bscrit.theory.scaled import ScaledHyperparameters
 
 
 def format_bounds(b: MeasurementBounds) -> Group:
     """One measurement's bounds ([LMA21] Thms 5.2, 5.5, 5.6; [McC18]; [SDBD21] eq. 22): a head
     line, the table of quantities with 95% intervals and the lines that read the theorems."""
     ns = b.noise
-    c2 = b.c2
     opt = b.optimizer
     opt_s = f"{opt.name}, lr {fmt_hp(opt.lr)}" if opt is not None else "no optimizer recorded"
     parts: list[RenderableType] = [
@@ -56,35 +63,7 @@ def format_bounds(b: MeasurementBounds) -> Group:
         t.add_row(f"NSR, {name} (not used)", fmt(o.nsr), fmt_ci(o.nsr_ci95))
         t.add_row(f"B*, {name} (not used)", fmt_batch(o.b_star), fmt_batch_ci(o.b_star_ci95))
     parts.append(t)
-    thr = b.sde_nsr_threshold
-    if b.sde_certified_invalid:
-        parts.append(
-            plain_line(
-                f"  Thm 5.2 (ii): NSR {fmt(ns.nsr)} < 1/(C² − 1) = {fmt(thr)}: the SDE "
-                "approximation is certified to FAIL at this setting."
-            )
-        )
-    else:
-        parts.append(
-            plain_line(
-                f"  Thm 5.2 (ii): NSR {fmt(ns.nsr)} ≥ 1/(C² − 1) = {fmt(thr)}: not certified to "
-                "fail."
-            )
-        )
-    if b.thm55_base_batch_below is not None:
-        parts.append(
-            plain_line(
-                f"  Thm 5.5: (C² − 1)·NSR = {fmt((c2 - 1) * ns.nsr)} < 1: B = {b.batch_size} is "
-                f"past the critical batch of every base batch below "
-                f"{fmt_batch(b.thm55_base_batch_below)} (κ > {fmt(b.thm55_kappa_min)})."
-            )
-        )
-    else:
-        parts.append(
-            plain_line(
-                f"  Thm 5.5: (C² − 1)·NSR = {fmt((c2 - 1) * ns.nsr)} ≥ 1: certifies nothing here."
-            )
-        )
+    parts += [plain_line(line) for line in theorem_lines(b)]
     if ir is not None:
         parts.append(
             plain_line(
@@ -95,6 +74,40 @@ def format_bounds(b: MeasurementBounds) -> Group:
     parts.append(plain_line(f"  Parameters: {b.param_set_reason}."))
     parts.append(plain_line(f"  Intervals: {b.interval_note}."))
     return Group(*parts)
+
+
+#: How a theorem flag is qualified in words (THEOREM_STATUSES of :mod:`bscrit.theory.bounds`).
+_HOW_SURE = {
+    "certified": "certified (95% interval over the equilibrium)",
+    "provisional": "provisional (the 95% interval covers the measured checkpoint(s) only; the "
+    "theorem speaks of the equilibrium)",
+}
+
+
+def theorem_lines(b: MeasurementBounds) -> list[str]:
+    """The Thm 5.2 (ii) and Thm 5.5 lines of ``predict``, read from the ends of the NSR interval
+    and its scope (:func:`bscrit.theory.bounds.theorem_status`), labelled heuristic where the
+    theorems are not proved (any optimizer but plain SGD; no scale-invariant subset)."""
+    lo, hi = b.nsr_ci95
+    c2, thr = b.c2, b.sde_nsr_threshold
+    nsr = f"NSR {fmt(b.nsr)} [95%: {fmt(lo)}, {fmt(hi)}]"
+    if b.sde_thm52 in _HOW_SURE:
+        t52 = (f"the whole interval < 1/(C² − 1) = {fmt(thr)}: the equilibria of SGD and its SDE "
+               f"are not C-close here, {_HOW_SURE[b.sde_thm52]}.")  # fmt: skip
+    elif b.sde_thm52 == "undecided":
+        t52 = f"the interval reaches across 1/(C² − 1) = {fmt(thr)}: undecided."
+    else:
+        t52 = f"the whole interval ≥ 1/(C² − 1) = {fmt(thr)}: the theorem says nothing here."
+    if b.thm55 in _HOW_SURE:
+        t55 = (f"(C² − 1)·NSR < 1 over the whole interval: B = {b.batch_size} is past the critical "
+               f"batch of every base batch below {fmt_batch(b.thm55_base_batch_below)} (κ > "
+               f"{fmt(b.thm55_kappa_min)}, from the upper end), {_HOW_SURE[b.thm55]}.")  # fmt: skip
+    elif b.thm55 == "undecided":
+        t55 = f"(C² − 1)·NSR reaches across 1 (C² = {c2:g}) within the interval: undecided."
+    else:
+        t55 = f"(C² − 1)·NSR ≥ 1 over the whole interval (C² = {c2:g}): certifies nothing here."
+    lines = [f"  Thm 5.2 (ii): {nsr}; {t52}", f"  Thm 5.5: {t55}"]
+    return lines + ([f"  Both a heuristic reading here: {b.heuristic}."] if b.heuristic else [])
 
 
 def format_scaled(s: ScaledHyperparameters, title: str | None = None) -> Group:
@@ -139,19 +152,22 @@ def format_prediction(p: Prediction) -> Report:
     t.add_column("")
     t.add_column("batch size", justify="right")
     if len(p.measurements) > 1:
-        t.add_row(
-            "B* across baselines (min – max)", f"{fmt_batch(p.range[0])} – {fmt_batch(p.range[1])}"
-        )
+        t.add_row("B* across baselines (min, max)", fmt_batch_range(p.range[0], p.range[1]))
     if r.empty:
         t.add_row("recommended range", "empty")
     else:
-        t.add_row("recommended range", f"{r.min} – {fmt_batch(r.max)}")
+        t.add_row("recommended range", fmt_batch_range(r.min, r.max))
         t.add_row("  largest power of two in it", fmt_batch(r.max_pow2))
         t.add_row("  largest multiple of 8 in it", fmt_batch(r.max_mult8))
         limit = {"b_star": "B* (lower 95% bound)", "scaling_rule": "the scaling rule's reach",
                  "dataset_size": "the dataset size n"}  # fmt: skip
         t.add_row("  limited by", limit.get(r.limited_by or "", r.limited_by or "nothing detected"))
     parts += [t, plain_line(f"  {r.note}.")]
+    if len(p.rule_reaches) > 1:  # the adaptive optimizers: every variant of the rule
+        for name, lim in p.rule_reaches.items():
+            used = " (used)" if name == p.adam_rule else ""
+            reach = "no limit" if lim.batch_max is None else f"B' <= {lim.batch_max}"
+            parts.append(plain_line(f"  --adam-rule {name}{used}: reaches {reach}; {lim.reason}"))
     if p.nsr_at_target is not None:
         parts.append(plain_line(
             f"  noise dominance at B' = {r.target}: NSR = {fmt(p.nsr_at_target)} "
@@ -168,6 +184,19 @@ def format_prediction(p: Prediction) -> Report:
 
 def format_check(r: CheckResult) -> Report:
     """Human output of ``bscrit check``: one line that says why; the measurements' warnings."""
-    tag = {"ok": "OK", "warn": "WARN", "fail": "FAIL"}[r.verdict]
     warnings = [f"{b.source}: {w}" for b in r.prediction.measurements for w in b.warnings]
-    return Report(plain_line(f"{tag}: {r.reason}"), warnings=warnings)
+    return Report(plain_line(f"{check_tag(r)}: {r.reason}"), warnings=warnings)
+
+
+def check_tag(r: CheckResult) -> str:
+    """The first word of ``check``'s line: OK, PROVISIONAL (exit 6), OK (provisional) (allowed),
+    UNDECIDED (exit 5), WARN (``--gate point``) or FAIL."""
+    if r.verdict == "fail":
+        return "FAIL"
+    if r.verdict == "warn":
+        if int(r.exit_code) == 5:
+            return "UNDECIDED"
+        return "WARN (provisional)" if r.provisional else "WARN"
+    if r.provisional:
+        return "PROVISIONAL" if int(r.exit_code) == 6 else "OK (provisional)"
+    return "OK"

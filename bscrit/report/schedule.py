@@ -8,9 +8,13 @@ from __future__ import annotations
 from rich.console import NewLine, RenderableType
 from rich.table import Table
 
+from bscrit.artifacts.schedule_io import switch_state_line
 from bscrit.report.console import Report
 from bscrit.report.format import fmt, fmt_batch, fmt_batch_ci, fmt_hp, plain_line
 from bscrit.theory.schedule import Schedule
+
+#: What a Megatron-LM user has to add at each switch (its schedule changes the batch size only).
+SWITCH_TODO = "rescale Adam's second moment v by 1/κ at each switch yourself (see above)"
 
 
 def format_schedule(s: Schedule, megatron: str | None = None) -> Report:
@@ -62,6 +66,8 @@ def format_schedule(s: Schedule, megatron: str | None = None) -> Report:
     if s.stages and s.stages[0].scaled is not None:
         parts.append(plain_line(f"  hyperparameters: {s.stages[0].scaled.reference}, from B = "
                            f"{s.base_batch_size}; switch stages by examples seen"))  # fmt: skip
+    parts.append(plain_line(f"  optimizer state: {switch_state_line(s.optimizer)}"))
     if megatron is not None:
         parts += [NewLine(), plain_line(f'Megatron-LM: --step-batch-size-schedule "{megatron}"')]
+        parts.append(plain_line(f"  Megatron-LM switches the batch size only: {SWITCH_TODO}"))
     return Report(*parts, warnings=s.warnings)

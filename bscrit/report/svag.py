@@ -115,13 +115,15 @@ def format_svag(r: SvagResult) -> Report:
     parts.append(
         plain_line(
             f"  * decides the verdict: sde_fails when a 95% interval lies wholly outside "
-            f"[1/C, C] = [{1 / C:.3g}, {C:.3g}] (✗), ? = it reaches across a boundary "
-            f"(rule: {v.config.fail_rule}). ηN/N̄ compares Tr Σ at B' (not SVAG's l·Σ); G decides "
+            f"[1/C, C] = [{1 / C:.3g}, {C:.3g}] (✗), else inconclusive when one reaches across a "
+            f"boundary (?), sde_holds only when all lie inside (✓) (rule: {v.config.fail_rule})."
+            " ηN/N̄ compares Tr Σ at B' (not SVAG's l·Σ); G decides "
             "only where the k evaluation batches resolve it (G ≥ N/k). SDE: "
             "extrapolated linearly in 1/l only where the runs show the trend, else the largest l."
         )
     )
-    colour = {"sde_holds": "green", "sde_fails": "red", "not_converged": "yellow"}.get(v.code, "")
+    colour = {"sde_holds": "green", "sde_fails": "red", "not_converged": "yellow",
+              "inconclusive": "yellow"}.get(v.code, "")  # fmt: skip
     verdict = Text.assemble((f"verdict ({v.code}):", f"bold {colour}".strip()), f" {v.text}")
     verdict.no_wrap, verdict.overflow = True, "ignore"
     parts.append(verdict)

@@ -25,6 +25,7 @@ the factory kwargs may use ``${spec_dir}`` (:mod:`bscrit.specfile.variables`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,17 +85,30 @@ REQUIRED_TOP_KEYS = ("model", "data", "loss", "batch_size")
 
 
 def micro_problem(micro: int, batch_size: int, key: str = "batch_size") -> str:
-    """Why ``micro`` cannot split a batch of ``batch_size`` examples into equal micro-batches."""
+    """Why ``micro`` cannot split a batch of ``batch_size`` examples into equal micro-batches,
+    with the divisors of ``batch_size`` nearest to it below and above."""
+    near = near_divisors(batch_size, micro)
+    hint = f"; divisors near it: {', '.join(map(str, near))}" if near else ""
     return (
         f"{micro} does not divide {key} = {batch_size} (the micro-batches of one batch must be "
-        f"equal; divisors near it: {', '.join(map(str, _near_divisors(batch_size, micro)))})"
+        f"equal{hint})"
     )
 
 
-def _near_divisors(n: int, x: int) -> list[int]:
-    small = [d for d in range(1, int(n**0.5) + 1) if n % d == 0]
+#: Divisors are listed for batch sizes up to this (a search of √B steps).
+MAX_DIVISOR_SEARCH = 10**12
+
+
+def near_divisors(n: int, x: int) -> list[int]:
+    """The largest divisor of ``n`` below ``x`` and the smallest above it (those that exist;
+    none for ``n`` above :data:`MAX_DIVISOR_SEARCH`)."""
+    if n > MAX_DIVISOR_SEARCH:
+        return []
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
     divisors = set(small) | {n // d for d in small}
-    return sorted(sorted(divisors, key=lambda d: (abs(d - x), d))[:2])
+    below = [d for d in divisors if d < x]
+    above = [d for d in divisors if d > x]
+    return ([max(below)] if below else []) + ([min(above)] if above else [])
 
 
 def parse_spec(

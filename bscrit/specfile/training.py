@@ -34,6 +34,7 @@ class ScheduleSpec:
     milestones: tuple[int, ...] = ()  # step: lr *= gamma at these steps
     gamma: float = 0.1
     total_steps: int | None = None  # cosine decay length, steps (None: the run's length)
+    given: bool = True  # False: the spec has no schedule: (the checkpoint's scheduler is read)
 
 
 def parse_optimizer(c: Checker, value: Any) -> OptimizerInfo | None:
@@ -95,7 +96,7 @@ def parse_optimizer(c: Checker, value: Any) -> OptimizerInfo | None:
 def parse_schedule(c: Checker, value: Any) -> ScheduleSpec | None:
     path = "schedule"
     if value is None:
-        return ScheduleSpec()
+        return ScheduleSpec(given=False)
     if isinstance(value, str):
         value = {"name": value}
     d = c.mapping(value, path)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bscrit.artifacts.jsonvalues import finite_or_none, finite_pair, none_to_inf
+from bscrit.optim import registry as optim
 from bscrit.optim.registry import OptimizerInfo
 from bscrit.stats.estimators import (
     LEVEL,
@@ -59,28 +60,32 @@ def relaxation_steps(opt: OptimizerInfo | None) -> tuple[float | None, str]:
     """τ = 1/(2ηλ) steps, the relaxation time of ‖x‖² under SGD ([LMA21] eq. 10), and how it was
     computed.
 
-    Eq. (10) shrinks E‖x‖² by (1 − ηλ)² ≈ 1 − 2ηλ per step. With heavy-ball momentum μ, η is
-    η/(1 − μ) (the heuristic of docs/theory.md §3). AdamW's decoupled decay shrinks the weights by
-    (1 − ηλ) per step as well, so the same τ is used there as a heuristic. Returns
+    η is the LR at the checkpoint (``lr_current``, what a scheduler had decayed it to), not the
+    schedule's base LR. Eq. (10) shrinks E‖x‖² by (1 − ηλ)² ≈ 1 − 2ηλ per step. With heavy-ball
+    momentum μ, η is η/(1 − μ) (the heuristic of docs/theory.md §3). AdamW's decoupled decay
+    shrinks the weights by (1 − ηλ) per step as well, so the same τ is used there as a
+    heuristic. Returns
     ``(None, why)`` without weight decay (no equilibrium of the norm, [LMA21] eq. 11) or for an
     optimizer whose decay does not act this way.
     """
     if opt is None:
         return None, "no optimizer known: the relaxation time 1/(2ηλ) is unknown"
-    if opt.weight_decay <= 0 or opt.lr <= 0:
+    eta = optim.current_lr(opt)  # the LR at the checkpoint, not the schedule's base
+    at = "" if eta == opt.lr else f" at the checkpoint's LR η = {eta:.4g}"
+    if opt.weight_decay <= 0 or eta <= 0:
         return None, (
-            f"{opt.name} without weight decay has no equilibrium of the norm ([LMA21] eq. 11) and "
-            "no relaxation time 1/(2ηλ)"
+            f"{opt.name} without weight decay (or at LR 0) has no equilibrium of the norm "
+            "([LMA21] eq. 11) and no relaxation time 1/(2ηλ)"
         )
     if opt.name == "sgd":
-        lr = opt.lr / (1.0 - opt.momentum) if opt.momentum else opt.lr
-        why = "1/(2ηλ) ([LMA21] eq. 10)"
+        lr = eta / (1.0 - opt.momentum) if opt.momentum else eta
+        why = f"1/(2ηλ){at} ([LMA21] eq. 10)"
         if opt.momentum:
             why += f" with η/(1 − μ) = {lr:.4g} for momentum {opt.momentum:g} (heuristic)"
         return _tau(lr, opt.weight_decay, why)
     if opt.name == "adamw":
-        why = "1/(2ηλ) of AdamW's decoupled decay (a heuristic transfer of [LMA21] eq. 10)"
-        return _tau(opt.lr, opt.weight_decay, why)
+        why = f"1/(2ηλ){at} of AdamW's decoupled decay (a heuristic transfer of [LMA21] eq. 10)"
+        return _tau(eta, opt.weight_decay, why)
     return None, f"no relaxation time is known for {opt.name} with coupled weight decay"
 
 
@@ -346,6 +351,37 @@ def one_draw_advice(tau: float | None) -> str:
         f"for the equilibrium: several checkpoints {apart} apart (-c runs/ --last 10), or "
         "--sample-steps (docs/theory.md §8)"
     )
+
+
+#: An NSR interval is called wide (and the output says what would narrow it) when its upper end
+#: is more than this many times its lower end, or infinite (a display threshold, not a test).
+WIDE_RATIO = 2.0
+
+
+def wide_interval(ci: tuple[float, float]) -> bool:
+    """Whether an NSR interval ``(lo, hi)`` is wide: ``hi > WIDE_RATIO · lo`` or unbounded."""
+    lo, hi = ci
+    return not math.isfinite(hi) or not lo > 0 or hi > WIDE_RATIO * lo
+
+
+def narrowing_advice(scope: str, tau: float | None, draws: int = 1) -> str:
+    """What would narrow an interval of this ``scope`` (:data:`SCOPES`), in words.
+
+    At one checkpoint (or one draw of several) the interval is the batch noise there: more
+    batches narrow it, and only more draws give one for the equilibrium. Over the equilibrium the
+    interval rests on ``draws`` independent draws (t at draws − 1 degrees of freedom, and the
+    scatter between them): more draws narrow it, more batches per checkpoint only the batch noise
+    within each draw.
+    """
+    apart = f"≥ {tau:.0f} steps = 1/(2ηλ)" if tau else "≥ 1/(2ηλ) steps"
+    if scope == "equilibrium":
+        return (
+            f"this interval rests on {draws} draws from the equilibrium: more draws narrow it "
+            f"(more checkpoints {apart} apart, -c runs/ --last 10, or a longer --sample-steps); "
+            "more batches narrow only the batch noise within each draw"
+        )
+    where = "this checkpoint" if scope == "checkpoint" else "these checkpoints"
+    return f"more batches (--batches) narrow the batch noise at {where}; {one_draw_advice(tau)}"
 
 
 def interval_warnings(e: EquilibriumInterval) -> list[str]:

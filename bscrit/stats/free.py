@@ -40,6 +40,13 @@ spans two or more relaxation times (the interval then covers the equilibrium), o
 :data:`DEFAULT_BLOCKS` blocks of equal size (the interval covers the average over this window's
 weights, conservatively: the drift of G, N across the window counts as noise).
 
+Along a training run (:func:`select_steps`, docs/free.md "Regimes") the estimators stay unbiased
+only where a step's slices are drawn independently of the weights x_t they are read at: a stream
+(each example used once, n = ∞) or the first step of each epoch of a reshuffled finite set (a
+fresh shuffle). Inside an epoch the slices come from the examples not yet used this epoch while
+x_t was just fitted on the used ones: E[h_j | x_t] ≠ ∇L(x_t), and the pooled N̂, Ĝ are biased
+(``benchmarks/free_trajectory.py``); such windows are labelled ``within_epoch``, not covered.
+
 Traps: the slices must be equal in size (a last, short micro-batch breaks the formulas: such
 steps are skipped by the capture); the gradients must be those of the *mean* slice loss (scale
 convention, :mod:`bscrit.engine.free_capture`); one step's Ĝ is very noisy (M is small), so never
@@ -79,6 +86,7 @@ class FreeStep:
         slice_size: b, examples per slice.
         step: the training step (optimizer steps before this one), None when unknown.
         examples_seen: training examples before this step, None when unknown.
+        epoch_start: the first step of an epoch of a reshuffled finite set (a fresh shuffle).
     """
 
     sum_sq: float
@@ -87,6 +95,7 @@ class FreeStep:
     slice_size: int
     step: int | None = None
     examples_seen: int | None = None
+    epoch_start: bool = False
 
     @property
     def batch_size(self) -> int:
@@ -202,6 +211,59 @@ def step_blocks(
     return blocks, "window", note
 
 
+#: Regimes, which steps are independent of the weights along a training run:
+#: regime → (its 95% intervals cover the trajectory mean, what it is). Coverage: docs/free.md
+#: "Regimes" (``python benchmarks/free_trajectory.py``).
+REGIMES: dict[str, tuple[bool, str]] = {
+    "stream": (
+        True,
+        "a stream, each example used once (dataset_size=None): every step's slices are fresh "
+        "draws, independent of the weights; G and N are those of the stream's distribution",
+    ),
+    "epoch_start": (
+        True,
+        "the first step of each epoch of a reshuffled finite set only: a fresh shuffle, "
+        "independent of the weights; G and N are those of the training set",
+    ),
+    "within_epoch": (
+        False,
+        "NOT COVERED: steps inside the epochs of a reshuffled finite set, whose slices come from "
+        "the examples not yet used this epoch while the weights were just fitted on the used "
+        "ones, so N and G are biased along training (benchmarks/free_trajectory.py: coverage "
+        "below 90%); mark the epochs (FreeCapture.epoch_begin(), as the callbacks do) to pool "
+        "each epoch's first step only, or pass dataset_size=None for a single pass",
+    ),
+}
+
+
+def select_steps(
+    steps: Sequence[FreeStep], dataset_size: int | None, pool: str = "auto"
+) -> tuple[list[FreeStep], str]:
+    """The steps to pool and their regime (:data:`REGIMES`).
+
+    ``dataset_size=None``: every step ("stream"). A finite n with ``pool="auto"`` and some steps
+    marked ``epoch_start``: those only ("epoch_start", at least 2 needed). Otherwise, or with
+    ``pool="all"``: every step, labelled "within_epoch" (unbiased only if the weights do not move).
+
+    Raises:
+        UsageError: an unknown ``pool``, or fewer than 2 epoch starts to pool.
+    """
+    if pool not in ("auto", "all"):
+        raise UsageError(f"free mode: pool must be 'auto' or 'all', got {pool!r}")
+    if dataset_size is None:
+        return list(steps), "stream"
+    firsts = [s for s in steps if s.epoch_start]
+    if pool == "all" or not firsts:
+        return list(steps), "within_epoch"
+    if len(firsts) < 2:
+        raise UsageError(
+            f"free mode: the window holds {len(firsts)} epoch start; on a reshuffled finite set "
+            "only an epoch's first step is independent of the weights, so a window must span at "
+            "least 2 epochs (or pass dataset_size=None for a single pass over a stream)"
+        )
+    return firsts, "epoch_start"
+
+
 # ----------------------------------------------------------------------------------------------
 # Pooling
 # ----------------------------------------------------------------------------------------------
@@ -253,6 +315,8 @@ class FreeEstimate:
         skipped: steps left out (fewer than 2 slices, unequal slices, non-finite sums).
         blocks, scope, note: the jackknife (:func:`step_blocks`).
         drift: the weight drift over the window, when the capture tracked it.
+        regime: :data:`REGIMES` key (:func:`select_steps`); ``covered`` says whether the
+            interval is backed along training, ``regime_note`` what the regime is.
     """
 
     G: Estimate
@@ -278,7 +342,17 @@ class FreeEstimate:
     skipped: int = 0
     relaxation_steps: float | None = None
     drift: Drift | None = None
+    regime: str = "within_epoch"
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def covered(self) -> bool:
+        """Whether the regime's 95% interval covers the trajectory mean (docs/free.md)."""
+        return REGIMES[self.regime][0]
+
+    @property
+    def regime_note(self) -> str:  # what the regime is, and what to do when not covered
+        return REGIMES[self.regime][1]
 
     @property
     def signal_detected(self) -> bool:
@@ -315,6 +389,7 @@ class FreeEstimate:
                 "note": self.note,
             },
             "drift": None if self.drift is None else self.drift.to_dict(),
+            "regime": {"name": self.regime, "covered": self.covered, "note": self.regime_note},
             **dict(self.extra),
         }
 
@@ -336,6 +411,7 @@ def pool_steps(
     max_blocks: int = DEFAULT_BLOCKS,
     drift: Drift | None = None,
     skipped: int = 0,
+    pool: str = "auto",
 ) -> FreeEstimate:
     """Pool the steps of a window: Ḡ, T̄₁, N^B, NSR^B and B* with block-jackknife intervals.
 
@@ -349,11 +425,13 @@ def pool_steps(
         max_blocks: blocks of the jackknife when τ does not set them.
         drift: the window's weight drift, reported as is.
         skipped: steps the capture left out, reported as is.
+        pool: ``"auto"`` or ``"all"``: which steps enter (:func:`select_steps`).
 
     Raises:
-        UsageError: fewer than 2 steps, a step with M < 2, or M·b > n.
+        UsageError: fewer than 2 steps (epoch starts), a step with M < 2, or M·b > n.
     """
     c2 = check_c2(c2)
+    steps, regime = select_steps(steps, dataset_size, pool)
     if len(steps) < 2:
         raise UsageError(
             f"free mode: pooling needs at least 2 steps with micro-batches, got {len(steps)}"
@@ -416,4 +494,5 @@ def pool_steps(
         skipped=skipped,
         relaxation_steps=relaxation_steps,
         drift=drift,
+        regime=regime,
     )

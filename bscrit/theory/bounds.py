@@ -13,6 +13,12 @@ least two independent draws, :mod:`bscrit.stats.equilibrium`, docs/theory.md §8
 with their intervals are those (:func:`interval_scope`): the recommended range then ends at the
 lower 95% bound of B* over the equilibrium, not at one checkpoint's.
 
+Theorem flags (docs/theory.md §4): Thm 5.2 (ii) and Thm 5.5 speak of the *equilibrium* NSR
+N∞/G∞, so they are read from the ends of the NSR interval, never from its point value, and
+called ``certified`` only when that interval covers the equilibrium (:func:`theorem_status`);
+from one checkpoint's interval the same reading is ``provisional``. For any optimizer but plain
+SGD (momentum included: [LMA21] §5 proves them for plain SGD) they are a heuristic reading.
+
 Which parameters: the theorems assume a scale-invariant loss. bscrit uses the scale-invariant subset
 when it covers at least :data:`SCALE_INVARIANT_MIN_FRACTION` of the trainable parameters, else all
 parameters, and always says which (:func:`choose_param_set`).
@@ -21,6 +27,7 @@ parameters, and always says which (:func:`choose_param_set`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -30,7 +37,12 @@ from bscrit.artifacts.records import ParamSetStats
 from bscrit.errors import ArtifactError
 from bscrit.optim import registry as optim
 from bscrit.optim.registry import OptimizerInfo
-from bscrit.stats.equilibrium import SetInterval, one_draw_advice, relaxation_steps
+from bscrit.stats.equilibrium import (
+    SetInterval,
+    narrowing_advice,
+    one_draw_advice,
+    relaxation_steps,
+)
 from bscrit.stats.estimators import NoiseStats
 from bscrit.theory.formulas import (
     DEFAULT_C2,
@@ -47,6 +59,12 @@ from bscrit.theory.formulas import (
 
 #: Use the scale-invariant subset when it holds at least this fraction of the parameters.
 SCALE_INVARIANT_MIN_FRACTION = 0.5
+
+#: What a theorem flag says (:func:`theorem_status`): ``certified`` (the whole 95% interval over
+#: the equilibrium satisfies the theorem's condition), ``provisional`` (the whole interval does,
+#: but it covers the measured checkpoint(s) only), ``undecided`` (the interval reaches across
+#: the condition's threshold), ``no`` (the whole interval misses the condition).
+THEOREM_STATUSES = ("certified", "provisional", "undecided", "no")
 
 #: Warn when the equilibrium residual |ρ| of [LMA21] eq. (11) exceeds this (docs/theory.md §3):
 #: (2 − ηλ)λR off by more than 50% from η(G + N) means the checkpoint is far from equilibrium.
@@ -169,9 +187,9 @@ class MeasurementBounds:
     b_star_approx: float
     b_star_approx_ci95: tuple[float, float]
     sde_nsr_threshold: float
-    sde_certified_invalid: bool
-    thm55_base_batch_below: float | None
-    thm55_kappa_min: float | None
+    sde_certified_invalid: bool  # Thm 5.2 (ii) from the NSR interval's upper end, at equilibrium
+    thm55_base_batch_below: float | None  # from the NSR interval's upper end (decreasing in NSR)
+    thm55_kappa_min: float | None  # likewise
     b_simple: float | None
     implicit_regularisation: ImplicitRegularisation | None
     equilibrium_residual: float | None
@@ -181,6 +199,10 @@ class MeasurementBounds:
     #: what the 95% intervals cover: "checkpoint", "checkpoints" or "equilibrium" (§8)
     interval_scope: str = "checkpoint"
     interval_note: str = ""  # the same in words, with how to get an equilibrium interval
+    sde_thm52: str = "no"  # Thm 5.2 (ii): one of THEOREM_STATUSES
+    thm55: str = "no"  # Thm 5.5: one of THEOREM_STATUSES
+    #: why the theorems are a heuristic reading here ("" for plain SGD on scale-invariant weights)
+    heuristic: str = ""
 
     @property
     def nsr(self) -> float:
@@ -211,6 +233,46 @@ def _noise_stats(s: ParamSetStats, source: str, which: str) -> NoiseStats:
         return s.noise_stats()
     except (ValueError, ZeroDivisionError) as e:
         raise ArtifactError(f"{source}: cannot recompute the intervals ({e})") from None
+
+
+def theorem_status(holds_lo: bool, holds_hi: bool, scope: str) -> str:
+    """One of :data:`THEOREM_STATUSES` from whether a theorem's condition holds at the two ends of
+    the NSR interval and what that interval covers.
+
+    Args:
+        holds_lo: the condition holds at the interval's lower end.
+        holds_hi: the condition holds at its upper end.
+        scope: ``interval_scope``'s "equilibrium", "checkpoints" or "checkpoint".
+    """
+    if holds_lo and holds_hi:
+        return "certified" if scope == "equilibrium" else "provisional"
+    return "undecided" if holds_lo or holds_hi else "no"
+
+
+def provisional_note(bounds: Sequence[MeasurementBounds]) -> str:
+    """Why an answer from these measurements is provisional ("" when every interval covers the
+    equilibrium): the first measurement whose interval does not, in its own words."""
+    b = next((b for b in bounds if b.interval_scope != "equilibrium"), None)
+    if b is None:
+        return ""
+    src = f" ({b.source})" if len(bounds) > 1 else ""
+    return f"provisional: the 95% interval{src} covers {b.interval_note.removeprefix('over ')}"
+
+
+def heuristic_reason(opt: OptimizerInfo | None, param_set: str) -> str:
+    """Why Thms 5.2, 5.5 and 5.6 of [LMA21] are only a heuristic reading for this measurement
+    ("" when they apply as proved: plain SGD on the scale-invariant parameters)."""
+    why: list[str] = []
+    if opt is not None and opt.name.lower() != "sgd":
+        why.append(f"the run used {opt.name}, and [LMA21] §5 proves them for plain SGD")
+    elif opt is not None and opt.momentum > 0:
+        why.append(
+            f"the run used SGD with momentum {opt.momentum:g}, and [LMA21] §5 proves them for "
+            "plain SGD (no momentum)"
+        )
+    if param_set == "all":
+        why.append("they assume a scale-invariant loss, and the bounds use all parameters")
+    return "; ".join(why)
 
 
 def interval_scope(m: Measurement, param_set: str, ns: NoiseStats) -> tuple[NoiseStats, str, str]:
@@ -255,10 +317,17 @@ def measurement_bounds(
     bs_ci = (critical_batch_size(b, nsr_lo, c2), critical_batch_size(b, nsr_hi, c2))
     ba = critical_batch_size_approx(b, nsr, c2)
     ba_ci = (critical_batch_size_approx(b, nsr_lo, c2), critical_batch_size_approx(b, nsr_hi, c2))
-    warnings += _signal_warnings(ns, bs_ci[0])
-    adaptive = m.optimizer is not None and optim.get(m.optimizer.name).adaptive
-    if sde_certified_invalid(nsr, c2):
-        warnings.append(_sde_warning(nsr, c2, adaptive))
+    e = m.equilibrium_interval
+    tau = e.relaxation_steps if e else relaxation_steps(m.optimizer)[0]
+    advice = narrowing_advice(scope, tau, e.draws if e else 1)
+    warnings += _signal_warnings(ns, bs_ci[0], advice)
+    heuristic = heuristic_reason(m.optimizer, choice.name)
+    thr = sde_nsr_threshold(c2)
+    thm52 = theorem_status(nsr_lo < thr, nsr_hi < thr, scope)
+    if thm52 in ("certified", "provisional"):
+        warnings.append(_sde_warning(nsr_hi, c2, thm52, heuristic))
+    k55 = thm55_kappa_min(nsr_hi, c2)  # decreasing in NSR: the upper end is the safe side
+    thm55 = theorem_status(thm55_kappa_min(nsr_lo, c2) is not None, k55 is not None, scope)
     rho = m.equilibrium.residual if m.equilibrium is not None else None
     if rho is not None and math.isfinite(rho) and abs(rho) > EQUILIBRIUM_RESIDUAL_MAX:
         warnings.append(_equilibrium_warning(rho))
@@ -278,10 +347,10 @@ def measurement_bounds(
         b_star_ci95=bs_ci,
         b_star_approx=ba,
         b_star_approx_ci95=ba_ci,
-        sde_nsr_threshold=sde_nsr_threshold(c2),
-        sde_certified_invalid=sde_certified_invalid(nsr, c2),
-        thm55_base_batch_below=thm55_base_batch_below(b, nsr, c2),
-        thm55_kappa_min=thm55_kappa_min(nsr, c2),
+        sde_nsr_threshold=thr,
+        sde_certified_invalid=thm52 == "certified" and sde_certified_invalid(nsr_hi, c2),
+        thm55_base_batch_below=thm55_base_batch_below(b, nsr_hi, c2),
+        thm55_kappa_min=k55,
         b_simple=simple_noise_scale(ns.N.value, ns.G.value, m.dataset_size, b),
         implicit_regularisation=ir,
         equilibrium_residual=rho,
@@ -290,40 +359,44 @@ def measurement_bounds(
         other_readings=other_readings(m, choice.name, c2),
         interval_scope=scope,
         interval_note=scope_note,
+        sde_thm52=thm52,
+        thm55=thm55,
+        heuristic=heuristic,
     )
 
 
-def _signal_warnings(ns: NoiseStats, b_star_lower: float) -> list[str]:
+def _signal_warnings(ns: NoiseStats, b_star_lower: float, advice: str) -> list[str]:
     """Why B* has no upper bound at this precision, when it has none (Ĝ ≤ 0 or Ĝ's interval
-    reaching 0)."""
+    reaching 0), and what would narrow the interval (``advice``, from
+    :func:`~bscrit.stats.equilibrium.narrowing_advice`)."""
     if ns.G.value <= 0:
         return [
             f"no signal detected: Ĝ = {ns.G.value:.3g} ≤ 0, the gradient is buried in the noise at "
-            f"this precision; B* > {b_star_lower:.0f} (lower 95% bound only). Measure more batches "
-            "to bound it"
+            f"this precision; B* > {b_star_lower:.0f} (lower 95% bound only); {advice}"
         ]
     if not ns.signal_detected:
         return [
             f"Ĝ's 95% interval [{ns.G.ci95[0]:.3g}, {ns.G.ci95[1]:.3g}] includes 0: B* has no "
-            f"upper bound at this precision; B* > {b_star_lower:.0f} (lower 95% bound only). "
-            "Measure more batches to bound it"
+            f"upper bound at this precision; B* > {b_star_lower:.0f} (lower 95% bound only); "
+            f"{advice}"
         ]
     return []
 
 
-def _sde_warning(nsr: float, c2: float, adaptive: bool) -> str:
-    """[LMA21] Thm 5.2 (ii) certifies that the SDE fails here: what that means for the rule."""
-    if not adaptive:
-        return (
-            f"NSR = {nsr:.3g} < 1/(C² − 1) = {sde_nsr_threshold(c2):.3g}: the SDE approximation is "
-            "certified to fail at this batch size [LMA21 Thm 5.2 (ii)], so the linear rule has no "
-            "SDE justification from here; B* is only an upper limit"
-        )
-    return (
-        f"NSR = {nsr:.3g} < 1/(C² − 1) = {sde_nsr_threshold(c2):.3g}: for SGD the SDE "
-        "approximation would be certified to fail here [LMA21 Thm 5.2 (ii)]; for this "
-        "adaptive run that is a heuristic reading of a result proved for SGD"
+def _sde_warning(nsr_hi: float, c2: float, status: str, heuristic: str) -> str:
+    """[LMA21] Thm 5.2 (ii) says the SGD and SDE equilibria are not C-close here (the whole NSR
+    interval below 1/(C² − 1)): what that means, how sure, and for which optimizer."""
+    head = (
+        f"the NSR interval lies below 1/(C² − 1) = {sde_nsr_threshold(c2):.3g} (upper end "
+        f"{nsr_hi:.3g}): by [LMA21 Thm 5.2 (ii)] the equilibria of SGD and its SDE are not "
+        "C-close at this batch size, so the scaling rule has no SDE justification from here"
     )
+    if status == "provisional":
+        head += (
+            " (provisional: the interval covers the measured checkpoint(s) only, the theorem "
+            "speaks of the equilibrium)"
+        )
+    return head + (f"; a heuristic reading: {heuristic}" if heuristic else "")
 
 
 def _equilibrium_warning(rho: float) -> str:
@@ -345,6 +418,12 @@ def _optimizer_readings(
     if opt.name.lower() == "sgd":
         lr = optim.current_lr(opt)  # the LR the checkpoint's dynamics run at
         sig, noi = implicit_regularisation(lr, ns.G.value, ns.N.value)
+        if opt.momentum > 0:
+            return ImplicitRegularisation(lr, sig, noi), [
+                f"the run used SGD with momentum {opt.momentum:g}: Thms 5.2, 5.5 and 5.6 of "
+                "[LMA21] are proved for plain SGD (§5), so B* is a heuristic reading for "
+                "momentum SGD"
+            ]
         return ImplicitRegularisation(lr, sig, noi), []
     d = optim.get(opt.name)
     how = f"scaled by the {d.rule_reference}"

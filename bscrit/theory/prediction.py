@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from bscrit.artifacts.jsonvalues import finite_or_none, finite_pair
@@ -18,15 +18,24 @@ from bscrit.artifacts.measurement import Measurement, load_measurement
 from bscrit.checker import check_batch_size
 from bscrit.errors import BscritError, ExitCode, UsageError
 from bscrit.optim import registry as optim
-from bscrit.theory.bounds import MeasurementBounds, measurement_bounds
+from bscrit.theory.bounds import MeasurementBounds, measurement_bounds, provisional_note
 from bscrit.theory.formulas import DEFAULT_C2, check_c2, nsr_at_batch
-from bscrit.theory.recommendation import Recommendation, b_star_range, first_limit, recommend
+from bscrit.theory.recommendation import (
+    Recommendation,
+    b_star_range,
+    batch_range,
+    first_limit,
+    limit_words,
+    recommend,
+)
+from bscrit.theory.scaled import ScaledHyperparameters, scale_hyperparameters
 from bscrit.theory.scaling import (
     ADAPTIVE_SDE_MIN_NSR,
+    DEFAULT_ADAM_RULE,
     RuleLimit,
-    ScaledHyperparameters,
+    check_adam_rule,
     rule_limit,
-    scale_hyperparameters,
+    rule_reaches,
 )
 
 
@@ -54,8 +63,11 @@ def bounds_to_dict(b: MeasurementBounds) -> dict[str, Any]:
         "b_star_approx_ci95": finite_pair(b.b_star_approx_ci95),
         "sde_nsr_threshold": finite_or_none(b.sde_nsr_threshold),
         "sde_certified_invalid": b.sde_certified_invalid,
+        "sde_thm52": b.sde_thm52,
+        "thm55": b.thm55,
         "thm55_base_batch_below": finite_or_none(b.thm55_base_batch_below),
         "thm55_kappa_min": finite_or_none(b.thm55_kappa_min),
+        "heuristic": b.heuristic or None,
         "b_simple": finite_or_none(b.b_simple),
         "implicit_regularisation": (
             None
@@ -85,6 +97,11 @@ class Prediction:
     scaled: ScaledHyperparameters | None  # base run's optimizer scaled to the top of the range
     warnings: tuple[str, ...]  # about the range / scaling (per-measurement ones live in bounds)
     rule_limit: RuleLimit | None = None  # how far the base optimizer's scaling rule reaches
+    #: Adam/AdamW/RMSprop: the variant of the square-root rule applied (None: SGD, or none known)
+    adam_rule: str | None = None
+    #: How far each variant of the rule reaches (``"linear"`` for SGD; ``"full"`` and
+    #: ``"lr-only"`` for the adaptive optimizers), and which limit binds each
+    rule_reaches: Mapping[str, RuleLimit] = field(default_factory=dict)
     #: NSR at the top of the range (preconditioned for adaptive runs when measured): the
     #: square-root rule's noise-dominance statistic, docs/theory.md §5 (threshold 1, heuristic)
     nsr_at_target: float | None = None
@@ -117,21 +134,32 @@ class Prediction:
                 }
             ),  # fmt: skip
             "warnings": list(self.warnings),
-        }
+        } | ({"adam_rule": self.adam_rule} if self.adam_rule is not None else {}) | (
+            {"rule_reaches": {k: r.to_dict() for k, r in self.rule_reaches.items()}}
+            if self.rule_reaches else {}
+        )  # fmt: skip
 
 
-def predict(measurements: Sequence[tuple[str, Measurement]], c2: float = DEFAULT_C2) -> Prediction:
+def predict(
+    measurements: Sequence[tuple[str, Measurement]],
+    c2: float = DEFAULT_C2,
+    adam_rule: str = DEFAULT_ADAM_RULE,
+) -> Prediction:
     """Bounds for each measurement, their range, the recommended range and scaled hyperparameters.
 
     Args:
         measurements: ``(source, measurement)`` pairs; the first is the base run.
         c2: C² of [LMA21] (> 1).
+        adam_rule: the square-root rule's variant for Adam/AdamW/RMSprop
+            (:data:`~bscrit.theory.scaling.ADAM_RULES`): it sets the rule's reach in the range
+            and the scaled hyperparameters; every variant's reach is reported.
     """
     c2 = check_c2(c2)
+    adam_rule = check_adam_rule(adam_rule)
     if not measurements:
         raise UsageError("predict needs at least one measurement")
     bounds = tuple(measurement_bounds(m, src, c2) for src, m in measurements)
-    limit = _rule_limit(bounds[0])
+    limit = _rule_limit(bounds[0], adam_rule)
     rec = recommend(bounds, limit)
     warnings: list[str] = []
     scaled: ScaledHyperparameters | None = None
@@ -152,7 +180,7 @@ def predict(measurements: Sequence[tuple[str, Measurement]], c2: float = DEFAULT
             nsr_target = nsr_t
         try:
             scaled = scale_hyperparameters(
-                base.optimizer, base.batch_size, target, nsr_target=nsr_t
+                base.optimizer, base.batch_size, target, nsr_target=nsr_t, adam_rule=adam_rule
             )
         except BscritError as e:
             warnings.append(f"no scaled hyperparameters for B' = {target}: {e.message}")
@@ -165,36 +193,70 @@ def predict(measurements: Sequence[tuple[str, Measurement]], c2: float = DEFAULT
         warnings=tuple(warnings),
         rule_limit=limit,
         nsr_at_target=nsr_target,
+        adam_rule=adam_rule if _adaptive(base) else None,
+        rule_reaches=_reaches(base),
     )
 
 
-def _rule_limit(base: MeasurementBounds) -> RuleLimit | None:
+def _adaptive(base: MeasurementBounds) -> bool:
+    return base.optimizer is not None and optim.get(base.optimizer.name).adaptive
+
+
+def _reaches(base: MeasurementBounds) -> dict[str, RuleLimit]:
+    """Every variant's reach from the base run's B ({} without an optimizer with a rule)."""
+    try:
+        return {} if base.optimizer is None else rule_reaches(base.optimizer, base.batch_size)
+    except BscritError:
+        return {}
+
+
+def _other_rule(p: Prediction, target: int) -> str:
+    """``"; --adam-rule lr-only reaches B' ≤ 1e8"`` when another variant reaches ``target``."""
+    for name, r in p.rule_reaches.items():
+        fits = r.batch_max is None or target <= r.batch_max
+        if name not in (p.adam_rule, "linear") and fits:
+            reach = "has no limit" if r.batch_max is None else f"reaches B' <= {r.batch_max}"
+            return f"; --adam-rule {name} (not [MLPA22]'s rule; docs/theory.md §5) {reach}"
+    return ""
+
+
+def _rule_limit(base: MeasurementBounds, adam_rule: str = DEFAULT_ADAM_RULE) -> RuleLimit | None:
     """How far the base run's optimizer rule reaches (None: no optimizer, or invalid values)."""
     if base.optimizer is None:
         return None
     try:
-        return rule_limit(base.optimizer, base.batch_size)
+        return rule_limit(base.optimizer, base.batch_size, adam_rule)
     except BscritError:
         return None
 
 
 def _rule_words(p: Prediction) -> tuple[str, str]:
-    """("linear scaling" | "the square-root rule", the Thm 5.6 reference fit for the optimizer)."""
+    """("linear scaling" | "the square-root rule", the Thm 5.6 reference fit for the optimizer:
+    a heuristic reading for anything but plain SGD, momentum SGD included)."""
     opt = p.base.optimizer
     if opt is not None and optim.get(opt.name).rule == "none":
         return (f"{opt.name} ({optim.get(opt.name).rule_reference})",
                 "(a heuristic reading of [LMA21 Thm 5.6], proved for SGD)")  # fmt: skip
+    if opt is not None and opt.name.lower() == "sgd" and opt.momentum > 0:
+        return "linear scaling", "(a heuristic reading of [LMA21 Thm 5.6], proved for plain SGD)"
     if opt is None or not optim.get(opt.name).adaptive:
         return "linear scaling", "[LMA21 Thm 5.6]"
+    if p.adam_rule == "lr-only":
+        return (f"LR-only square-root scaling for {opt.name} (--adam-rule lr-only, not [MLPA22]'s "
+                "rule)", "(a heuristic reading of [LMA21 Thm 5.6], proved for SGD)")  # fmt: skip
     return (
         f"the {optim.get(opt.name).rule_reference} for {opt.name}",
         "(a heuristic reading of [LMA21 Thm 5.6], proved for SGD)",
     )
 
 
-def predict_files(paths: Sequence[str | os.PathLike[str]], c2: float = DEFAULT_C2) -> Prediction:
+def predict_files(
+    paths: Sequence[str | os.PathLike[str]],
+    c2: float = DEFAULT_C2,
+    adam_rule: str = DEFAULT_ADAM_RULE,
+) -> Prediction:
     """:func:`predict` on measurement JSON files (raises ArtifactError for a bad file)."""
-    return predict([(str(p), load_measurement(p)) for p in paths], c2)
+    return predict([(str(p), load_measurement(p)) for p in paths], c2, adam_rule)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,6 +266,8 @@ def predict_files(paths: Sequence[str | os.PathLike[str]], c2: float = DEFAULT_C
 
 #: ``CheckResult.limited_by``: what sets the top of the range ``check`` applies.
 LIMITED_BY = ("b_star", "scaling_rule", "dataset_size")
+#: ``check``'s gates for a B' between B*'s lower 95% bound and its estimate: exit 5 / exit 0.
+GATES = ("lower", "point")
 
 
 @dataclass(frozen=True)
@@ -216,13 +280,16 @@ class CheckResult:
     """
 
     target: int
-    verdict: str  # "ok" | "warn" (exit 0) | "fail" (exit 1)
-    exit_code: ExitCode
+    verdict: str  # "ok" | "warn" (between the bound and the estimate) | "fail"
+    exit_code: ExitCode  # 0, 1, 5 (undecided) or 6 (provisional): :func:`check`
     reason: str  # the one line that says why
     strict: bool
     prediction: Prediction
     limited_by: str = "b_star"  # one of LIMITED_BY
     range_max: float = math.inf  # min(lower 95% bound of B*, the rule's reach, n)
+    gate: str = "lower"  # one of GATES
+    provisional: bool = False  # rests on intervals over the checkpoint(s), not the equilibrium
+    allow_provisional: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         p = self.prediction
@@ -233,6 +300,9 @@ class CheckResult:
             "exit_code": int(self.exit_code),
             "reason": self.reason,
             "strict": self.strict,
+            "gate": self.gate,
+            "provisional": self.provisional,
+            "allow_provisional": self.allow_provisional,
             "c2": p.c2,
             "base_batch_size": p.base.batch_size,
             "b_star": finite_or_none(p.b_star_min),
@@ -263,17 +333,27 @@ def _dataset_size(p: Prediction) -> int:
     return min(b.dataset_size for b in p.measurements)
 
 
-def check(prediction: Prediction, target: int, strict: bool = False) -> CheckResult:
-    """Is B' = ``target`` within the recommended range?
+def check(
+    prediction: Prediction,
+    target: int,
+    strict: bool = False,
+    *,
+    gate: str = "lower",
+    allow_provisional: bool = False,
+) -> CheckResult:
+    """Is B' = ``target`` within the recommended range? (``verdict`` and the CI exit code)
 
-    - B' > n, the dataset size: fail (exit 1): a batch cannot hold more distinct examples than
-      the data.
-    - B' ≤ the base B (scaling down or staying) or B' ≤ the top of the range, min(lower 95%
-      bound of B*, n): ok (exit 0); the reason says which of the two limits binds.
-    - lower bound < B' ≤ point estimate of B*: ok with a warning (exit 0), fail with ``strict``.
+    - B' > n, or past the scaling rule's reach: fail (exit 1). B' ≤ the base B: ok (exit 0).
+    - B' ≤ the top of the range, min(lower 95% bound of B*, the rule's reach, n): ok, exit 0;
+      6 (provisional) when an interval covers the measured checkpoint(s) only, not the
+      equilibrium, unless ``allow_provisional``. The reason says which limit binds.
+    - lower bound < B' ≤ point estimate of B*: "warn": exit 5 (undecided) with ``gate="lower"``;
+      with ``gate="point"`` as ok above (0, or 6); a fail (exit 1) with ``strict``.
     - B' > point estimate of B* (the smallest across baselines): fail (exit 1) [LMA21 Thm 5.6].
     """
     check_batch_size(target, "batch_size")
+    if gate not in GATES:
+        raise UsageError(f"{{gate}} must be one of {', '.join(GATES)}, got {gate!r}", gate="gate")
     p = prediction
     base = p.base.batch_size
     lower = b_star_lower(p)
@@ -285,8 +365,17 @@ def check(prediction: Prediction, target: int, strict: bool = False) -> CheckRes
     c2 = f"C² = {p.c2:g}"
     rule, thm = _rule_words(p)
 
-    def result(verdict: str, code: ExitCode, reason: str) -> CheckResult:
-        return CheckResult(target, verdict, code, reason, strict, p, limited_by, top)
+    note = provisional_note(p.measurements)
+
+    def result(verdict: str, code: ExitCode, reason: str, bound: bool = False) -> CheckResult:
+        """``bound``: the answer rests on B*'s interval (provisional when ``note``)."""
+        provisional = bound and bool(note)
+        if provisional:
+            reason += f"; {note}"
+            if code is ExitCode.OK and not allow_provisional:
+                code = ExitCode.PROVISIONAL
+        return CheckResult(target, verdict, code, reason, strict, p, limited_by, top, gate,
+                           provisional, allow_provisional)  # fmt: skip
 
     if target > n:
         bound = f"the lower 95% bound of B*, {_f(lower)}"
@@ -309,99 +398,34 @@ def check(prediction: Prediction, target: int, strict: bool = False) -> CheckRes
             "fail",
             ExitCode.CHECK_FAILED,
             f"B' = {target} is past what {rule} reaches from B = {base}: "
-            f"{p.rule_limit.reason} (κ = {kappa:.3g}); no scaled hyperparameters exist there",
+            f"{p.rule_limit.reason} (κ = {kappa:.3g}); no scaled hyperparameters exist there"
+            + _other_rule(p, target),
         )
     if target <= top:
-        if limited_by == "scaling_rule":
-            why = (
-                f"the end of the scaling rule's reach; the lower 95% bound of B* = {_f(lower)}, "
-                f"point estimate {_f(point)}; {c2}"
-            )
-        elif limited_by == "dataset_size":
-            why = (
-                f"capped at the dataset size n = {n}; the lower 95% bound of B* = {_f(lower)} is "
-                f"above it, point estimate {_f(point)}; {c2}"
-            )
-        else:
-            why = f"lower 95% bound of B* = {_f(lower)}, point estimate {_f(point)}; {c2}"
+        why = limit_words(limited_by, _f(lower), _f(point), n) + f"; {c2}"
         return result(
             "ok",
             ExitCode.OK,
-            f"B' = {target} is within the recommended range [{base}, {_f(top)}] ({why})",
+            f"B' = {target} is within the recommended range {batch_range(base, top)} ({why}): no "
+            f"evidence that {rule} fails there {thm}, no guarantee that it holds",
+            bound=True,
         )
     if target <= point:
         reason = (
             f"B' = {target} is above the lower 95% bound of B* ({_f(lower)}) but not above its "
-            f"point estimate ({_f(point)}); {c2}: {rule} by κ = {kappa:.3g} may fail {thm}"
+            f"point estimate ({_f(point)}); {c2}: undecided, {rule} by κ = {kappa:.3g} may fail "
+            f"{thm}"
         )
         if strict:
-            return result("fail", ExitCode.CHECK_FAILED, reason + " (--strict)")
-        return result("warn", ExitCode.OK, reason)
+            return result("fail", ExitCode.CHECK_FAILED, reason + " (--strict)", bound=True)
+        if gate == "lower":
+            return result("warn", ExitCode.UNDECIDED, reason + " (gate: lower bound)", bound=True)
+        return result("warn", ExitCode.OK, reason + " (gate: point estimate)", bound=True)
     return result(
         "fail",
         ExitCode.CHECK_FAILED,
         f"B' = {target} is above the critical batch size B* = {_f(point)} (lower 95% bound "
-        f"{_f(lower)}; {c2}): {rule} by κ = {kappa:.3g} > κ_max is predicted to fail {thm}",
+        f"{_f(lower)}; {c2}): at the estimated NSR, κ = {kappa:.3g} > κ_max and (C, κ)-linear "
+        f"scaling invariance fails {thm}; {rule} is expected to fail",
+        bound=True,
     )
-
-
-def range_context(
-    source: str, m: Measurement, batch_size: int, target: int, c2: float = DEFAULT_C2
-) -> tuple[list[str], float | None]:
-    """What ``scale --measurement`` adds: warnings about B' and the NSR at B'.
-
-    Returns:
-        ``(warnings, nsr_target)``: a warning when B' is beyond the measurement's recommended range
-        (the reason :func:`check` gives) or when the measurement's B differs from the base B; and
-        NSR^{B'} (docs/theory.md §1) for the adaptive-SDE warning of the square-root rule.
-    """
-    pred = predict([(source, m)], c2)
-    warnings: list[str] = []
-    if m.batch_size != batch_size:
-        warnings.append(
-            f"{source} was measured at B = {m.batch_size}, not the base B = {batch_size}: its "
-            "range is about a run at that batch size"
-        )
-    verdict = check(pred, target)
-    if verdict.verdict != "ok":
-        warnings.append(f"beyond the recommended range of {source}: {verdict.reason}")
-    pb = pred.base
-    return warnings, nsr_at_batch(pb.nsr, pb.batch_size, target, pb.dataset_size)
-
-
-def confirmation_target(prediction: Prediction, *, power_of_two: bool = False) -> tuple[int, str]:
-    """The batch size B' at which to confirm a prediction (``svag --from-measurement``, the demo).
-
-    The top of the recommended range
-    (:attr:`~bscrit.theory.recommendation.Recommendation.target`), capped at
-    n/2: a SVAG step draws two batches, which above n/2 overlap heavily and carry little noise.
-    ``power_of_two`` takes the largest power of two at or below that.
-
-    Returns:
-        ``(B', why)``: ``why`` says which limit gave B' in plain words.
-
-    Raises:
-        UsageError: the range is empty or has no finite top (nothing to confirm there).
-    """
-    r = prediction.recommended
-    if r.empty:
-        raise UsageError(
-            f"{r.note}; nothing to confirm (give {{target_batch_size}})",
-            target_batch_size="target_batch_size",
-        )
-    if r.target is None:
-        raise UsageError(
-            f"{r.note}; give {{target_batch_size}}", target_batch_size="target_batch_size"
-        )
-    n = prediction.base.dataset_size
-    target, why = r.target, "the top of the recommended range"
-    if target > n // 2:
-        target, why = (
-            n // 2,
-            f"n/2 = {n // 2} (the top of the recommended range, {r.target}, is above it)",
-        )
-    if power_of_two:
-        pow2 = 1 << (target.bit_length() - 1)
-        if pow2 != target:
-            target, why = pow2, f"the largest power of two within {why}"
-    return target, why

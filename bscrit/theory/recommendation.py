@@ -27,6 +27,30 @@ def b_star_range(bounds: Sequence[MeasurementBounds]) -> tuple[float, float]:
     return min(values), max(values)
 
 
+def _batch_end(x: float, up: bool) -> str:
+    """One end of a batch-size range: whole, or 4 significant digits below 1000, rounded
+    inward (``up`` for the low end) so that every integer in the printed range is in the range."""
+    if math.isinf(x):
+        return "∞" if x > 0 else "-∞"
+    if float(x).is_integer():
+        return f"{x:.0f}"
+    decimals = max(0, 3 - math.floor(math.log10(abs(x))))
+    scaled = x * 10**decimals
+    near = round(scaled)  # 0.3 × 10⁴ is 2999.9999999999995 in binary: not rounded down
+    scaled = near if abs(scaled - near) <= 1e-9 * abs(scaled) else scaled
+    v = (math.ceil if up else math.floor)(scaled) / 10**decimals
+    return f"{v:.{decimals}f}".rstrip("0").rstrip(".") if decimals else f"{v:.0f}"
+
+
+def batch_range(low: float, high: float) -> str:
+    """A range of batch sizes, ``[32, 992.7]`` (``[32, ∞)`` when unbounded): the one format of
+    ``predict``'s recommended range and ``check``'s reasons (:func:`bscrit.report.format`'s
+    ``fmt_batch_range``). The ends are rounded inward: B' = 993 is not shown inside
+    ``[32, 992.7]``."""
+    close = ")" if math.isinf(high) else "]"
+    return f"[{_batch_end(low, up=True)}, {_batch_end(high, up=False)}{close}"
+
+
 #: ``recommended.limited_by``: what ends the recommended range (None: no limit was detected, or
 #: the range is empty; the note says which).
 LIMITED_BY = ("b_star", "scaling_rule", "dataset_size")
@@ -65,6 +89,31 @@ class Recommendation:
         return int(math.floor(self.max))
 
 
+def _what_narrows(bounds: Sequence[MeasurementBounds]) -> str:
+    """What would narrow B*'s interval, by what the intervals cover (the warnings say more)."""
+    if all(b.interval_scope == "equilibrium" for b in bounds):
+        return (
+            "measure more draws from the equilibrium to narrow it (checkpoints ≥ 1/(2ηλ) apart, "
+            "or a longer --sample-steps)"
+        )
+    return (
+        "measure more batches to narrow the batch noise, and more draws (checkpoints ≥ 1/(2ηλ) "
+        "apart, or --sample-steps) for the equilibrium"
+    )
+
+
+def limit_words(limited_by: str, lower: str, point: str, n: int) -> str:
+    """Which limit ends the range ``check`` applies, with B*'s lower bound and point estimate
+    (both already formatted)."""
+    if limited_by == "scaling_rule":
+        return (f"the end of the scaling rule's reach; the lower 95% bound of B* = {lower}, "
+                f"point estimate {point}")  # fmt: skip
+    if limited_by == "dataset_size":
+        return (f"capped at the dataset size n = {n}; the lower 95% bound of B* = {lower} is "
+                f"above it, point estimate {point}")  # fmt: skip
+    return f"lower 95% bound of B* = {lower}, point estimate {point}"
+
+
 def first_limit(b_star_lower: float, rule: RuleLimit | None, n: int) -> tuple[float, str]:
     """The smallest of the three limits of the recommended range and its name (one of
     :data:`LIMITED_BY`; on a tie, the first in that order): the one rule ``recommend`` and
@@ -81,7 +130,7 @@ def recommend(bounds: Sequence[MeasurementBounds], rule: RuleLimit | None = None
 
     1. ``b_star``: the smallest lower 95% bound of B* over the baselines. Below it no baseline
        gives evidence that the rule fails [LMA21 Thm 5.6] (a necessary condition, not a
-       guarantee; a heuristic reading for adaptive optimizers).
+       guarantee; a heuristic reading for adaptive optimizers and momentum SGD).
     2. ``scaling_rule``: the largest B' the optimizer's rule reaches from B
        (:func:`bscrit.theory.scaling.rule_limit`, docs/theory.md §5).
     3. ``dataset_size``: a batch holds at most the n examples.
@@ -96,8 +145,8 @@ def recommend(bounds: Sequence[MeasurementBounds], rule: RuleLimit | None = None
     if not math.isfinite(top):
         return Recommendation(
             base, math.inf, None, None, False,
-            "no upper limit detected at this precision (Ĝ's interval is entirely ≤ 0): measure "
-            "more batches before scaling up",
+            "no upper limit detected at this precision (Ĝ's interval is entirely ≤ 0): "
+            f"{_what_narrows(bounds)} before scaling up",
         )  # fmt: skip
     if top < base:
         return Recommendation(
@@ -109,7 +158,7 @@ def recommend(bounds: Sequence[MeasurementBounds], rule: RuleLimit | None = None
     value, which_ = first_limit(top, rule, n)
     which: str | None = which_
     why = {
-        "b_star": f"the lower 95% bound of B* ({top:.0f})",
+        "b_star": f"the lower 95% bound of B* ({_batch_end(top, up=False)})",
         "scaling_rule": f"the scaling rule's reach: {rule.reason if rule else ''}",
         "dataset_size": f"n: capped at the dataset size n = {n}",
     }[which_]
@@ -121,7 +170,7 @@ def recommend(bounds: Sequence[MeasurementBounds], rule: RuleLimit | None = None
         which = None
         note += (
             "; no limit was detected: Ĝ's 95% interval reaches 0, so B* has no upper bound at "
-            "this precision and its lower bound is all that is known (measure more batches)"
+            f"this precision and its lower bound is all that is known ({_what_narrows(bounds)})"
         )
     return Recommendation(
         base,

@@ -15,7 +15,7 @@ from bscrit import boundary
 from bscrit.errors import UsageError
 from bscrit.optim import registry as optim
 from bscrit.optim.registry import OptimizerInfo
-from bscrit.theory.scaling import ScaledHyperparameters, scale_hyperparameters
+from bscrit.theory.scaled import ScaledHyperparameters, scale_hyperparameters
 
 if TYPE_CHECKING:
     from bscrit.artifacts.measurement import Measurement
@@ -57,6 +57,23 @@ def check_request(
     p.raise_any()
 
 
+def _no_lr(base: OptimizerInfo, m: Measurement | None, source: str) -> str:
+    """Why the base learning rate is unknown, and the ways to give it."""
+    if base.source != optim.NAME_ONLY:
+        return f"give the base run's learning rate with {{lr}} ({base.name})"
+    if m is None:  # the spec names the optimizer; its values live in the checkpoint
+        return (
+            f"the spec names the optimizer ({base.name}) but not its values, which the "
+            "checkpoint holds: give {measurement} with a measurement of that checkpoint "
+            "(bscrit measure reads them from it), or the base run's learning rate with {lr}"
+        )
+    had = f"the values of {m.optimizer.name}" if m.optimizer is not None else "no optimizer"
+    return (
+        f"the spec names the optimizer ({base.name}) but not its values, and {source} holds "
+        f"{had}: give the base run's learning rate with {{lr}}"
+    )
+
+
 def scale_request(
     target_batch_size: int,
     *,
@@ -69,6 +86,7 @@ def scale_request(
     from_spec: PathLike | None = None,
     measurement: PathLike | Measurement | None = None,
     c2: float = 2.0,
+    adam_rule: str = "full",
 ) -> ScaledHyperparameters:
     """``bscrit scale``: the base run's optimizer from a spec, a measurement or explicit values,
     scaled from B to B' by its rule (docs/theory.md §5).
@@ -79,7 +97,7 @@ def scale_request(
     :class:`~bscrit.artifacts.measurement.Measurement` (the Python API's :func:`bscrit.scale`).
     """
     from bscrit.artifacts.measurement import Measurement, load_measurement
-    from bscrit.theory.prediction import range_context
+    from bscrit.theory.targets import range_context
 
     check_request(target_batch_size, batch_size, values, epochs, steps, warmup_steps, c2)
     base: OptimizerInfo | None = None
@@ -106,12 +124,23 @@ def scale_request(
     if optimizer is not None and (base is None or base.name != optimizer):
         base = OptimizerInfo(optim.get(optimizer).name, lr=base.lr if base else 0.0, source="cli")
     if base is None:
+        where = (
+            f"{from_spec} has no optimizer section"
+            if from_spec is not None and m is None
+            else f"{source} holds no optimizer"
+            if m is not None
+            else "no optimizer"
+        )
         raise UsageError(
-            "no optimizer: give {optimizer} and {lr} (or {from_spec} spec.yaml)",
+            f"{where}: give {{optimizer}} and {{lr}}"
+            + (", or {measurement} with a measurement of a checkpoint that saved its optimizer"
+               if m is None else "")
+            + (" (or {from_spec} spec.yaml)" if from_spec is None else ""),
             optimizer="optimizer",
             lr="lr",
             from_spec="from_spec",
-        )
+            measurement="measurement",
+        )  # fmt: skip
     if b is None:
         raise UsageError(
             "no base batch size: give {batch_size} (or {from_spec} / {measurement})",
@@ -121,12 +150,12 @@ def scale_request(
         )
     values = dict(values or {})
     if values.get("lr") is None and not base.lr > 0:
-        raise UsageError(f"give the base run's learning rate with {{lr}} ({base.name})", lr="lr")
+        raise UsageError(_no_lr(base, m, source), lr="lr", measurement="measurement")
     opt = optim.with_values(base, values, source=base.source)
     warnings: list[str] = []
     nsr_target = None
     if m is not None:
-        warnings, nsr_target = range_context(source, m, b, target_batch_size, c2)
+        warnings, nsr_target = range_context(source, m, b, target_batch_size, c2, adam_rule)
     result = scale_hyperparameters(
         opt,
         b,
@@ -135,5 +164,6 @@ def scale_request(
         steps=steps,
         warmup_steps=warmup_steps,
         nsr_target=nsr_target,
+        adam_rule=adam_rule,
     )
     return replace(result, warnings=tuple(warnings) + result.warnings)

@@ -13,6 +13,11 @@ epochs (so the number of steps and the warm-up are divided by κ):
   SDE time and decays the weights by ηλ, so the decay rate per unit time is λ/η; keeping it gives
   λ' = √κ λ.
 
+Adam's rule has two variants (``adam_rule``, docs/theory.md §5 "Adam rule variants"): ``"full"``
+is [MLPA22]'s rule above; ``"lr-only"`` scales only η' = √κ η and keeps β₁, β₂, ε and λ (a
+common practice, e.g. OLMo-core's batch-size scheduler; not a rule [MLPA22] states). Both warm
+start Adam's v at v/κ at a branch (v tracks the gradient noise, σ² ∝ 1/B, whatever the betas).
+
 Coupled (L2) weight decay of SGD, Adam and RMSprop is part of the loss and does not depend on η:
 it is left unchanged. The square-root rule cannot be applied when κ(1 − β) ≥ 1 for some β (β' would
 be ≤ 0): :func:`square_root_rule` refuses with a message that gives the largest usable κ.
@@ -26,12 +31,30 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any
 
 from bscrit.checker import check_batch_size
 from bscrit.errors import UsageError
 from bscrit.optim import registry as optim
 from bscrit.optim.registry import OptimizerInfo
+
+#: Variants of the square-root rule (docs/theory.md §5): [MLPA22]'s full rule, or the LR alone.
+ADAM_RULES: tuple[str, ...] = ("full", "lr-only")
+DEFAULT_ADAM_RULE = "full"
+#: What each variant keeps, for reports.
+ADAM_RULE_TEXT = {
+    "full": "η√κ, β' = 1 − κ(1 − β), ε/√κ, AdamW λ√κ [MLPA22 Defs. 5.1–5.2]",
+    "lr-only": "η√κ only; β₁, β₂, ε, λ kept (a practice, e.g. OLMo-core; not [MLPA22]'s rule)",
+}
+
+
+def check_adam_rule(adam_rule: str) -> str:
+    """``adam_rule`` when it is one of :data:`ADAM_RULES`, else a :class:`UsageError`."""
+    if adam_rule not in ADAM_RULES:
+        raise UsageError(
+            f"unknown Adam rule {adam_rule!r}: expected one of {', '.join(ADAM_RULES)}",
+        )
+    return adam_rule
+
 
 #: Below this NSR at the target batch the noise no longer dominates the gradient, which the Adam /
 #: RMSprop SDE needs ([MLPA22] §4.1, Remark 4.3: σ ≫ ‖ḡ‖). A heuristic threshold, not a theorem.
@@ -91,8 +114,15 @@ class RuleLimit:
     caution_kappa: float | None
     reason: str
 
+    def to_dict(self) -> dict[str, object]:
+        k = self.kappa_max if math.isfinite(self.kappa_max) else None
+        return {"batch_max": self.batch_max, "kappa_max": k, "binding": self.binding,
+                "reason": self.reason}  # fmt: skip
 
-def rule_limit(opt: OptimizerInfo, batch_size: int) -> RuleLimit:
+
+def rule_limit(
+    opt: OptimizerInfo, batch_size: int, adam_rule: str = DEFAULT_ADAM_RULE
+) -> RuleLimit:
     """The largest κ (and B' = κB) the optimizer's scaling rule can reach from ``batch_size``.
 
     - Adam / AdamW / RMSprop, square-root rule [MLPA22 Defs. 5.1–5.2]: every β' = 1 − κ(1 − β)
@@ -101,17 +131,20 @@ def rule_limit(opt: OptimizerInfo, batch_size: int) -> RuleLimit:
       1 − η'λ = 1 − κηλ ([LMA21] eq. 7), which must stay > 0: κ < 1/(ηλ).
     - AdamW: its decoupled decay multiplies the weights by 1 − η'λ' = 1 − κηλ per step (η' = √κη,
       λ' = √κλ), the same condition.
+    - ``adam_rule="lr-only"``: the betas are kept (no limit from them); AdamW's factor is
+      1 − √κηλ, so κ < 1/(ηλ)².
     """
     d = optim.scalable(opt.name)
     check_batch_size(batch_size, "batch_size")
-    per_group = [rule_limit(g, batch_size) for _, g in optim.group_optimizers(opt)]
+    lr_only = d.adaptive and check_adam_rule(adam_rule) == "lr-only"
+    per_group = [rule_limit(g, batch_size, adam_rule) for _, g in optim.group_optimizers(opt)]
     if per_group:  # every group must stay valid: the smallest reach binds
         return min(per_group, key=lambda r: r.kappa_max)
     v = optim.flat(opt)
     limits: list[tuple[float, str, str]] = []  # (κ_max, key, reason)
     caution = None
     for b in ("beta1", "beta2", "alpha"):
-        if b in v and 0 < v[b] < 1:
+        if b in v and 0 < v[b] < 1 and not lr_only:
             k = 1.0 / (1.0 - v[b])
             limits.append((k, b, f"{b}' = 1 − κ(1 − {b}) must stay > 0 {d.reference}"))
             c = BETA_CAUTION / (1.0 - v[b])
@@ -119,28 +152,34 @@ def rule_limit(opt: OptimizerInfo, batch_size: int) -> RuleLimit:
     coupled_sgd = not d.adaptive and v.get("weight_decay", 0.0) > 0
     rate = v.get("lr", 0.0) * v.get("weight_decay", 0.0)  # 0 when ηλ underflows: no limit
     if (coupled_sgd or optim.decoupled(opt)) and rate > 0 and math.isfinite(1.0 / rate):
-        k = 1.0 / rate
+        k = 1.0 / rate**2 if lr_only else 1.0 / rate
+        factor = "1 − √κηλ" if lr_only else "1 − κηλ"
         limits.append(
-            (k, "weight_decay", "the per-step weight decay factor 1 − κηλ must stay > 0 "
+            (k, "weight_decay", f"the per-step weight decay factor {factor} must stay > 0 "
              "([LMA21] eq. 7)")
         )  # fmt: skip
+    name = "LR-only square-root scaling (η√κ, the rest kept)" if lr_only else d.rule_reference
     if not limits:
-        return RuleLimit(math.inf, None, None, caution, f"the {d.rule_reference} has no limit")
+        return RuleLimit(math.inf, None, None, caution, f"the {name} has no limit")
     k, key, why = min(limits)
     if not math.isfinite(k * batch_size):  # a limit beyond every float: none in practice
-        return RuleLimit(math.inf, None, None, caution, f"the {d.rule_reference} has no limit")
+        return RuleLimit(math.inf, None, None, caution, f"the {name} has no limit")
     b_max = math.floor(k * batch_size)  # the largest B' with B'/B < κ_max (up to rounding)
     if b_max / batch_size >= k * (1.0 - 1e-12):
         b_max -= 1
     return RuleLimit(k, b_max, key, caution, f"{why}: κ < {k:.4g}, B' <= {b_max}")
 
 
-def square_root_rule(opt: OptimizerInfo, kappa: float) -> OptimizerInfo:
+def square_root_rule(
+    opt: OptimizerInfo, kappa: float, adam_rule: str = DEFAULT_ADAM_RULE
+) -> OptimizerInfo:
     """Adam / AdamW / RMSprop from B to κB [MLPA22, Def. 5.1 (RMSprop) and Def. 5.2 (Adam)].
 
     η' = √κ η, β' = 1 − κ(1 − β) for every β (Adam's β₁, β₂; RMSprop's ``alpha``), ε' = ε/√κ.
     AdamW: λ' = √κ λ (derived: keeps λ/η, the decay rate per unit SDE time). Coupled weight decay
     (Adam, RMSprop) and RMSprop's heavy-ball momentum are left unchanged.
+
+    ``adam_rule="lr-only"``: η' = √κ η and nothing else.
 
     Raises:
         UsageError: when κ(1 − β) ≥ 1 for some β, i.e. β' ≤ 0: the rule cannot be applied.
@@ -153,6 +192,8 @@ def square_root_rule(opt: OptimizerInfo, kappa: float) -> OptimizerInfo:
         )
     s = math.sqrt(kappa)
     v = optim.flat(opt)
+    if check_adam_rule(adam_rule) == "lr-only":
+        return optim.from_flat(d.name, {**v, **optim.switches(opt), "lr": v["lr"] * s}, "scaled")
     new = {"lr": v["lr"] * s, "eps": v["eps"] / s}
     for b in ("beta1", "beta2", "alpha"):
         if b in v:
@@ -164,12 +205,36 @@ def square_root_rule(opt: OptimizerInfo, kappa: float) -> OptimizerInfo:
     return optim.from_flat(d.name, {**v, **optim.switches(opt), **new}, source="scaled")
 
 
-def scale_optimizer(opt: OptimizerInfo, kappa: float) -> OptimizerInfo:
+def scale_optimizer(
+    opt: OptimizerInfo, kappa: float, adam_rule: str = DEFAULT_ADAM_RULE
+) -> OptimizerInfo:
     """Apply the rule of ``opt.name``: :func:`linear_rule` or :func:`square_root_rule` (a
     :class:`UsageError` for an optimizer with no established rule)."""
     if optim.scalable(opt.name).rule == "linear":
         return linear_rule(opt, kappa)
-    return square_root_rule(opt, kappa)
+    return square_root_rule(opt, kappa, adam_rule)
+
+
+def scale_groups(
+    opt: OptimizerInfo, scaled: OptimizerInfo, kappa: float, adam_rule: str = DEFAULT_ADAM_RULE
+) -> OptimizerInfo:
+    """``scaled`` (``opt`` scaled by its rule) with every param group of ``opt`` scaled by the
+    same rule, so a run at B' trains each group as the base run did, scaled."""
+    groups = []
+    for g in opt.groups:
+        g_opt = optim.from_flat(opt.name, {**g.values, **optim.switches(opt)}, opt.source)
+        new = optim.flat(scale_optimizer(g_opt, kappa, adam_rule))
+        groups.append(replace(g, values=new, lr_current=None))
+    return replace(scaled, groups=tuple(groups))
+
+
+def rule_reaches(opt: OptimizerInfo, batch_size: int) -> dict[str, RuleLimit]:
+    """How far each variant of the optimizer's rule reaches from B (one entry, ``"linear"``, for
+    SGD; one per :data:`ADAM_RULES` for the adaptive optimizers)."""
+    d = optim.scalable(opt.name)
+    if not d.adaptive:
+        return {"linear": rule_limit(opt, batch_size)}
+    return {r: rule_limit(opt, batch_size, r) for r in ADAM_RULES}
 
 
 def svag_hyperparameters(opt: OptimizerInfo, l: int) -> OptimizerInfo:  # noqa: E741
@@ -190,6 +255,13 @@ def svag_hyperparameters(opt: OptimizerInfo, l: int) -> OptimizerInfo:  # noqa: 
     d = optim.scalable(opt.name)
     if l == 1:
         return opt
+    if opt.groups:  # each param group takes the same SVAG transformation
+        groups = []
+        for g in opt.groups:
+            g_opt = optim.from_flat(opt.name, {**g.values, **optim.switches(opt)}, opt.source)
+            values = optim.flat(svag_hyperparameters(g_opt, l))
+            groups.append(replace(g, values=values, lr_current=None))
+        return replace(svag_hyperparameters(replace(opt, groups=()), l), groups=tuple(groups))
     if not d.adaptive:
         return replace(opt, lr=opt.lr / l)
     s = math.sqrt(l)
@@ -241,185 +313,3 @@ def adaptive_sde_warning(nsr_target: float | None, optimizer: str) -> str | None
             "Remark 4.3; heuristic threshold)"
         )
     return None
-
-
-@dataclass(frozen=True)
-class ScaledGroup:
-    """One param group's hyperparameters, old and new (given where the groups' values differ)."""
-
-    index: int
-    tensors: int
-    params: int | None
-    old: dict[str, float]
-    new: dict[str, float]
-
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"index": self.index, "tensors": self.tensors, "params": self.params}
-        return d | {"hyperparameters": dict(self.new), "old_hyperparameters": dict(self.old)}
-
-
-@dataclass(frozen=True)
-class ScaledHyperparameters:
-    """The answer of ``bscrit scale``: old and new hyperparameters, rule, steps, warnings."""
-
-    optimizer: str
-    rule: str  # "linear" | "square-root"
-    reference: str  # e.g. "linear scaling rule [LMA21 Def. 2.1]"
-    batch_size: int
-    target_batch_size: int
-    kappa: float
-    old: dict[str, float]
-    new: dict[str, float]
-    notes: dict[str, str]  # per hyperparameter: why it changed or not
-    epochs: float | None
-    steps: tuple[int | None, int | None]  # (old, new)
-    warmup_steps: tuple[int | None, int | None]  # (old, new)
-    warnings: tuple[str, ...] = ()
-    groups: tuple[ScaledGroup, ...] = ()  # per param group, where the groups' values differ
-
-    def to_dict(self) -> dict[str, Any]:
-        """The ``scale --json`` object (and ``predict --json``'s ``scaled``)."""
-        return {
-            "rule": self.rule,
-            "reference": self.reference,
-            "optimizer": self.optimizer,
-            "batch_size": self.batch_size,
-            "target_batch_size": self.target_batch_size,
-            "kappa": self.kappa,
-            "hyperparameters": dict(self.new),
-            "old_hyperparameters": dict(self.old),
-            "notes": dict(self.notes),
-            "epochs": self.epochs,
-            "steps": self.steps[1],
-            "warmup_steps": self.warmup_steps[1],
-            "old_steps": self.steps[0],
-            "old_warmup_steps": self.warmup_steps[0],
-            "warnings": list(self.warnings),
-            "groups": [g.to_dict() for g in self.groups],
-        }
-
-
-def _notes(opt: OptimizerInfo, old: dict[str, float], new: dict[str, float]) -> dict[str, str]:
-    d = optim.get(opt.name)
-    notes: dict[str, str] = {}
-    if not d.adaptive:
-        notes["lr"] = "η' = κη " + "[LMA21 Def. 2.1]"
-        notes["momentum"] = "unchanged (Goyal et al. 2017; a heuristic)"
-        notes["weight_decay"] = "unchanged (coupled weight decay)"
-        return notes
-    ref = d.reference
-    notes["lr"] = f"η' = √κ η {ref}"
-    for b in ("beta1", "beta2", "alpha"):
-        if b in new:
-            notes[b] = f"β' = 1 − κ(1 − β) {ref}"
-    notes["eps"] = f"ε' = ε/√κ {ref}"
-    if optim.decoupled(opt):
-        notes["weight_decay"] = "λ' = √κ λ (derived: keeps λ/η; not stated in [MLPA22])"
-    else:
-        notes["weight_decay"] = "unchanged (coupled L2 weight decay)"
-    if "momentum" in new:
-        notes["momentum"] = "unchanged (heavy-ball momentum is not covered by [MLPA22 Def. 5.1])"
-    if "momentum_decay" in new:
-        notes["momentum_decay"] = "ψ' = κψ (derived: its schedule counts steps)"
-    return notes
-
-
-def scale_hyperparameters(
-    opt: OptimizerInfo,
-    batch_size: int,
-    target_batch_size: int,
-    *,
-    epochs: float | None = None,
-    steps: int | None = None,
-    warmup_steps: int | None = None,
-    nsr_target: float | None = None,
-) -> ScaledHyperparameters:
-    """Scale ``opt`` from ``batch_size`` to ``target_batch_size`` with the optimizer's rule.
-
-    κ = B'/B (κ < 1 scales down). Steps and warm-up steps are divided by κ (training length fixed
-    in epochs); epochs are unchanged. ``nsr_target`` (the NSR at B', when a measurement is known)
-    enables the adaptive-SDE warning of docs/theory.md §5.
-
-    Raises:
-        UsageError: invalid sizes, an unknown optimizer, or a κ the square-root rule cannot take.
-    """
-    check_batch_size(batch_size, "batch_size")
-    check_batch_size(target_batch_size, "target_batch_size")
-    if not (opt.lr > 0 and math.isfinite(opt.lr)):
-        raise UsageError(f"the learning rate must be a positive number, got {opt.lr}")
-    name = optim.scalable(opt.name).name
-    if not 0.0 <= opt.momentum < 1.0:
-        raise UsageError(f"momentum must be in [0, 1), got {opt.momentum}")
-    if not opt.weight_decay >= 0.0:
-        raise UsageError(f"weight decay must be >= 0, got {opt.weight_decay}")
-    if opt.eps is not None and not opt.eps > 0.0:
-        raise UsageError(f"eps must be > 0, got {opt.eps}")
-    kappa = target_batch_size / batch_size
-    limit = rule_limit(replace(opt, name=name), batch_size)
-    try:
-        new_opt = scale_optimizer(replace(opt, name=name), kappa)
-    except UsageError as e:  # offer the largest B' the rule can reach
-        if limit.batch_max is None or target_batch_size <= limit.batch_max:
-            raise
-        raise UsageError(
-            f"{e.template}; from B = {batch_size} the largest B' it reaches is {limit.batch_max}",
-            **e.options,
-        ) from None
-    if limit.batch_max is not None and target_batch_size > limit.batch_max:
-        raise UsageError(
-            f"the {optim.get(name).rule_reference} cannot scale {name} from B = {batch_size} to "
-            f"{target_batch_size} (κ = {kappa:.4g}): {limit.reason}; the largest B' it "
-            f"reaches is {limit.batch_max}"
-        )
-    old = optim.flat(replace(opt, name=name))
-    new = optim.flat(new_opt)
-    overflow = [k for k, v in new.items() if isinstance(v, float) and not math.isfinite(v)]
-    if overflow:
-        raise UsageError(
-            f"{', '.join(overflow)} scaled by κ = {kappa:.4g} is not a finite number (from "
-            f"{', '.join(f'{k} = {old[k]:g}' for k in overflow)}): no run takes it"
-        )
-    warnings: list[str] = []
-    if name == "sgd" and opt.nesterov:
-        warnings.append("Nesterov momentum is kept as is; the linear rule does not cover it")
-    if name == "rmsprop" and opt.momentum:
-        warnings.append(
-            "RMSprop momentum is kept unchanged: [MLPA22 Def. 5.1] covers RMSprop without momentum"
-        )
-    if limit.caution_kappa is not None and kappa > limit.caution_kappa:
-        low = ", ".join(f"{k}' = {new[k]:.3g}" for k in ("beta1", "beta2", "alpha")
-                        if k in new and new[k] < BETA_CAUTION)  # fmt: skip
-        warnings.append(
-            f"{low}: below {BETA_CAUTION:g}, the scaled moment estimates average over fewer than "
-            "two steps; the square-root rule is stretched close to its limit here (κ = "
-            f"{kappa:.3g}, limit {limit.kappa_max:.3g})"
-        )
-    if "docs/theory.md" in optim.get(name).reference:
-        warnings.append(
-            f"the square-root rule is stated for Adam and RMSprop [MLPA22]; for {name} it is "
-            "extended in docs/theory.md §5, not proved"
-        )
-    w = adaptive_sde_warning(nsr_target, name)
-    if w:
-        warnings.append(w)
-    groups = tuple(
-        ScaledGroup(g.index, g.tensors, g.params, optim.flat(o),
-                    optim.flat(scale_optimizer(replace(o, name=name), kappa)))
-        for g, o in optim.group_optimizers(opt)
-    )  # fmt: skip
-    return ScaledHyperparameters(
-        optimizer=name,
-        rule=optim.get(name).rule,
-        reference=optim.get(name).rule_reference,
-        batch_size=int(batch_size),
-        target_batch_size=int(target_batch_size),
-        kappa=kappa,
-        old=old,
-        new=new,
-        notes=_notes(replace(opt, name=name), old, new),
-        epochs=epochs,
-        steps=(steps, scale_steps(steps, kappa)),
-        warmup_steps=(warmup_steps, scale_steps(warmup_steps, kappa)),
-        warnings=tuple(warnings),
-        groups=groups,
-    )

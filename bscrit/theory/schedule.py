@@ -13,7 +13,7 @@ of two (or a multiple of K), starting at the point where it was measured. Stage 
 the largest such value within *every* later point's range: the running minimum from the end of
 the per-point choices, so the schedule never rises and never leaves a range measured at or after
 its start. Before the first point the run keeps its base batch size B. Each stage carries the
-base run's optimizer scaled from B by its rule (:func:`bscrit.theory.scaling.scale_hyperparameters`,
+base run's optimizer scaled from B by its rule (:func:`bscrit.theory.scaled.scale_hyperparameters`,
 the function behind ``bscrit scale``).
 
 Thm 5.6 assumes the SGD equilibrium of [LMA21] eq. (11). Each point carries its equilibrium
@@ -38,6 +38,7 @@ from bscrit import boundary
 from bscrit.artifacts.jsonvalues import finite_or_none
 from bscrit.artifacts.measurement import Measurement
 from bscrit.errors import BscritError, UsageError
+from bscrit.optim import lr_schedule
 from bscrit.optim import registry as optim
 from bscrit.optim.registry import OptimizerInfo
 from bscrit.stats.equilibrium import relaxation_steps
@@ -50,7 +51,7 @@ from bscrit.theory.formulas import (
     nsr_at_batch,
 )
 from bscrit.theory.prediction import predict
-from bscrit.theory.scaling import ScaledHyperparameters, scale_hyperparameters
+from bscrit.theory.scaled import ScaledHyperparameters, scale_hyperparameters, warnings_once
 
 KIND_SCHEDULE = "bscrit.schedule"
 SCHEMA = 1
@@ -83,6 +84,7 @@ class SchedulePoint:
     heuristic: bool
     heuristic_reasons: tuple[str, ...]
     optimizer: OptimizerInfo | None = None
+    lr_decaying: bool = False  # measured where the scheduler had decayed the LR (left out)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -102,7 +104,7 @@ class SchedulePoint:
             "equilibrium_residual": finite_or_none(self.equilibrium_residual),
             "heuristic": self.heuristic,
             "heuristic_reasons": list(self.heuristic_reasons),
-        }
+        } | ({"lr_decaying": True} if self.lr_decaying else {})
 
 
 @dataclass(frozen=True)
@@ -230,6 +232,11 @@ def point_from_measurement(source: str, m: Measurement, c2: float = DEFAULT_C2) 
         step = examples // m.batch_size
     tau = relaxation_steps(m.optimizer)[0]
     reasons = heuristic_reasons(step, b.equilibrium_residual, tau)
+    opt = m.optimizer
+    decaying = opt is not None and lr_schedule.decaying(opt.lr, opt.lr_current)
+    if decaying and opt is not None and opt.lr_current is not None:
+        reasons += (f"measured at LR {opt.lr_current:.3g}, {opt.lr_current / opt.lr:.0%} of the "
+                    f"base LR {opt.lr:.3g}: the scheduler is decaying it",)  # fmt: skip
     return SchedulePoint(
         source=source,
         step=step,
@@ -248,6 +255,7 @@ def point_from_measurement(source: str, m: Measurement, c2: float = DEFAULT_C2) 
         heuristic=bool(reasons),
         heuristic_reasons=reasons,
         optimizer=m.optimizer,
+        lr_decaying=decaying,
     )
 
 
@@ -358,7 +366,6 @@ def build_stages(
             warnings.append(f"no scaled hyperparameters for B = {b}: {e.message}")
             cache[b] = (None, None)
             return cache[b]
-        warnings.extend(f"B = {b}: {w}" for w in s.warnings if f"B = {b}: {w}" not in warnings)
         cache[b] = (dict(s.new), s)
         return cache[b]
 
@@ -376,6 +383,7 @@ def build_stages(
             stages.pop()
         stages.append(Stage(p.step or 0, p.examples_seen, p.tokens_seen, b, i, hp, sc,
                             p.heuristic))  # fmt: skip
+    warnings += warnings_once({b: sc for b, (_, sc) in cache.items()})  # not once per stage
     for p, b in zip(points, sizes, strict=True):
         if b == base and p.top < base:
             warnings.append(
@@ -383,6 +391,27 @@ def build_stages(
                 f"{p.top:.0f} < B = {base}): the schedule stays at B there"
             )
     return stages, warnings
+
+
+def _leave_out_decayed(pts: Sequence[SchedulePoint]) -> tuple[list[SchedulePoint], list[str]]:
+    """The points measured before the LR decayed, and a warning naming the others (a
+    :class:`UsageError` when none is left)."""
+    decayed = [p for p in pts if p.lr_decaying]
+    if not decayed:
+        return list(pts), []
+    below = f"below {lr_schedule.DECAYED_FRACTION:.0%} of its base"
+    if len(decayed) == len(pts):
+        raise UsageError(
+            f"every point was measured while the scheduler had decayed the LR {below} "
+            f"({decayed[0].source}, ...): NSR and B* are equilibrium statistics of a constant-LR "
+            "phase, and a decaying LR reads B* too high; measure checkpoints from before the decay"
+        )
+    names = ", ".join(p.source for p in decayed[:3]) + (", ..." if len(decayed) > 3 else "")
+    return [p for p in pts if not p.lr_decaying], [
+        f"{len(decayed)} point(s) left out of the stages ({names}): measured while the scheduler "
+        f"had decayed the LR {below}; NSR is an equilibrium statistic of a constant-LR phase, "
+        "and a decaying LR reads B* too high"
+    ]
 
 
 def make_schedule(
@@ -448,7 +477,9 @@ def make_schedule(
             "each point's interval covers its batch noise only (one checkpoint is one draw of "
             "the weights); the schedule moves with that draw (docs/theory.md §8)"
         )
-    stages, more = build_stages(pts, base.batch_size, opt, multiple_of, cap)
+    staged, left_out = _leave_out_decayed(pts)
+    warnings += left_out
+    stages, more = build_stages(staged, base.batch_size, opt, multiple_of, cap)
     tau = relaxation_steps(opt)[0]
     if tokens_per_example is None:
         ratios = [p.tokens_seen / p.examples_seen for p in pts

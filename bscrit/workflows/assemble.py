@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from bscrit.optim import lr_schedule
+
 if TYPE_CHECKING:
     from bscrit.artifacts.measurement import Measurement
     from bscrit.artifacts.records import Equilibrium, ParamSetStats
@@ -159,6 +161,14 @@ def build_measurement(points: Sequence[MeasuredPoint], facts: RunFacts) -> Measu
     warnings = list(facts.notes)
     for p in points:
         warnings.extend(w for w in p.raw.warnings if w not in warnings)
+    if opt is not None and lr_schedule.decaying(opt.lr, opt.lr_current):
+        warnings.append(
+            f"measured at LR {opt.lr_current:.3g}, {opt.lr_current / opt.lr:.0%} of the "  # type: ignore[operator]
+            f"schedule's base LR {opt.lr:.3g}: NSR and B* are equilibrium statistics of a "
+            "constant-LR phase ([LMA21] §5), and while the scheduler decays the LR the noise has "
+            "not settled to it; read B* from checkpoints before the decay (`bscrit schedule` "
+            "leaves such points out)"
+        )
     zero = zero_gradient_names(summaries)
     if zero:
         warnings.append(zero_gradient_warning(zero))

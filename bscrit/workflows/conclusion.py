@@ -3,17 +3,25 @@
 ``bscrit demo`` ends with these lines. The three tools answer different questions, so they can
 disagree without any of them being wrong, and the lines say which one decides what:
 
-- ``predict`` ([LMA21] Thm 5.6, docs/theory.md §4): from the measured noise, the batch sizes up to
-  which the SDE approximation is *certified* (the lower 95% bound of B*). It is a bound, not a
-  boundary: beyond it the theory stops vouching, training does not necessarily get worse.
-- ``svag`` ([LMA21] §4, Def. 5.1; docs/svag.md): whether plain SGD at B' is C-close to its SDE at
-  equilibrium. ``sde_fails`` says the *theory's model* no longer describes training at B'.
+- ``predict`` ([LMA21] Thm 5.6, docs/theory.md §4): from the measured noise, the critical batch
+  B* beyond which (C, κ)-linear scaling invariance (Def. 5.4: the equilibrium ratios of R, G, N)
+  *fails*; its range ends at the lower 95% bound of B*. Thm 5.6 certifies failure beyond B* and
+  nothing below it: below the bound the measurement gives no evidence that the rule fails, which
+  is not a guarantee that it holds. It is not a statement about the SDE approximation (that is
+  Thm 5.2), and [LMA21] links it to test error only empirically (its Fig. 3). For any optimizer
+  but plain SGD (Adam's square-root rule, momentum SGD) it is a heuristic reading: [LMA21] §5
+  proves it for plain SGD.
+- ``svag`` ([LMA21] §4; docs/svag.md): whether plain SGD at B' and its SDE agree on the decision
+  ratios SGD/SDE (by default the losses). ``sde_fails`` says the *theory's model* no longer
+  describes training at B'; ``inconclusive`` says nothing either way.
 - ``confirm`` (docs/confirm.md, the branched-training protocol of Merrill et al. 2025): whether
-  training at B' with the scaled hyperparameters reaches the same loss for the same examples:
-  the *definition* of "the scaling rule holds". It decides what the user can do.
+  training at B' with the scaled hyperparameters ends with a loss less than δ above the base
+  run's for the same examples (one-sided: the 95% interval of d lies below δ): bscrit's
+  *definition* of "the scaling rule holds". It decides what the user can do.
 
-So: the recommended batch size is the largest B' that ``confirm`` says ``holds``; without one,
-the top of predict's range, labelled as not confirmed. A disagreement is named and explained.
+So: the recommended batch size is the largest B' that ``confirm`` says ``holds`` below every B'
+where it ``fails`` (a hold above a failure is named, never recommended); without one, the top of
+predict's range, labelled as not confirmed. A disagreement is named and explained.
 """
 
 from __future__ import annotations
@@ -85,6 +93,17 @@ def _loss(metric: str) -> str:
     return "held-out loss" if metric == "eval_loss" else "training loss"
 
 
+def _heuristic(rule: str, momentum: float) -> str:
+    """ " (a heuristic reading ...)" when [LMA21]'s bounds are not proved for the run's optimizer:
+    anything but plain SGD (docs/theory.md §4)."""
+    if rule != "linear":
+        return (f" (a heuristic reading for the {rule} rule: [LMA21] proves its bounds for "
+                "plain SGD)")  # fmt: skip
+    if momentum > 0:
+        return " (a heuristic reading for momentum SGD: [LMA21] §5 proves it for plain SGD)"
+    return ""
+
+
 def _below_failure(top: int, failed: Sequence[Confirmation]) -> int:
     """The top of the range, capped below the smallest batch size where a branched run failed:
     the largest power of two under it (a failure at B' speaks against B' itself, not B'/2)."""
@@ -102,6 +121,7 @@ def conclude(
     rule: str,
     svag: tuple[int, str] | None,
     confirmations: Sequence[Confirmation],
+    momentum: float = 0.0,
 ) -> Conclusion:
     """Reconcile the three answers into one recommendation.
 
@@ -112,22 +132,27 @@ def conclude(
         rule: the scaling rule of the optimizer ("linear" or "square-root").
         svag: ``(B', verdict code)`` of the SVAG run, if one ran.
         confirmations: the confirm runs, any order.
+        momentum: the run's SGD momentum (> 0: predict's reading is labelled heuristic).
 
     Returns:
-        The recommended batch size (largest B' that held; else the top of predict's range,
-        unconfirmed) and the plain-words lines, with every disagreement between the tools named.
+        The recommended batch size (largest B' that held below every failure; else the top of
+        predict's range, unconfirmed) and the plain-words lines, with every disagreement
+        between the tools named.
     """
     runs = sorted(confirmations, key=lambda c: c.target_batch_size)
-    held = [c for c in runs if c.code == "holds"]
     failed = [c for c in runs if c.code == "fails"]
+    first_fail = failed[0].target_batch_size if failed else math.inf
+    held = [c for c in runs if c.code == "holds" and c.target_batch_size < first_fail]
     top = math.floor(recommended_max) if math.isfinite(recommended_max) else None
-    size, headline = _recommendation(base_batch_size, top, b_star_lower, rule, held, failed)
+    label = _heuristic(rule, momentum)
+    size, headline = _recommendation(base_batch_size, top, b_star_lower, rule, held, failed,
+                                     label)  # fmt: skip
     lines = [headline]
     notes: list[str] = []
     for c in failed:
         lines.append(
-            f"At B' = {c.target_batch_size} the scaled run was worse ({_interval(c)}): the "
-            f"{rule} rule fails there."
+            f"At B' = {c.target_batch_size} the scaled run was worse ({_interval(c)}, above "
+            f"δ = {100 * c.tolerance:g}%): the {rule} rule fails there."
         )
         if top is not None and c.target_batch_size <= top:
             notes.append(
@@ -137,16 +162,26 @@ def conclude(
             )
     for c in runs:
         if c.code == "inconclusive":
+            why = (f"the interval contains δ = {100 * c.tolerance:g}%" if c.ci95 is not None
+                   else "one seed, no interval")  # fmt: skip
             lines.append(
                 f"At B' = {c.target_batch_size} the branched run could not tell "
-                f"({_interval(c)} straddles ±{100 * c.tolerance:g}%): more seeds or examples "
-                "would decide."
+                f"({_interval(c)}: {why}): more seeds or examples would decide."
+            )
+        if c.code == "holds" and c.target_batch_size > first_fail:
+            notes.append(
+                f"At B' = {c.target_batch_size} the branched run held although it failed at the "
+                f"smaller {failed[0].target_batch_size}: outcomes that do not get worse with the "
+                f"batch size point to noise rather than a threshold, so bscrit does not "
+                f"recommend {c.target_batch_size}; more seeds or examples at both would tell."
             )
     if held and top is not None and held[-1].target_batch_size > top:
         notes.append(
             f"The run holds at {held[-1].target_batch_size}, above predict's range (up to "
-            f"{top}): the bound is conservative here (it certifies the SDE approximation, a "
-            "sufficient condition, not where training gets worse)."
+            f"{top}): no contradiction. The range ends at the lower 95% bound of B*; [LMA21] "
+            "Thm 5.6 says only that (C, κ)-linear scaling invariance (the equilibrium ratios of "
+            "R, G, N) fails beyond B*, nothing below B*, and links it to the loss only "
+            "empirically."
         )
     svag_note = _svag_note(svag, runs)
     if svag_note is not None:
@@ -166,25 +201,30 @@ def _recommendation(
     rule: str,
     held: Sequence[Confirmation],
     failed: Sequence[Confirmation],
+    label: str = "",
 ) -> tuple[int | None, str]:
-    """The batch size to use and the line that says why: the largest B' a branched run held at;
-    else predict's top (below the first failure), unconfirmed; else none above the base."""
+    """The batch size to use and the line that says why: the largest B' a branched run held at
+    (below every failure); else predict's top (below the first failure), unconfirmed; else none
+    above the base."""
     if held:
         best = held[-1]
         size = best.target_batch_size
         return size, (
             f"You can train at B' = {size} (κ = {size / base_batch_size:g}× the base "
             f"{base_batch_size}) with the {rule}-scaled hyperparameters: a branched run from the "
-            f"checkpoint reached the same {_loss(best.metric)} as the base run for the same "
-            f"examples ({_interval(best)}, within ±{100 * best.tolerance:g}%, {best.seeds} "
-            f"seeds, {best.examples} examples)."
+            f"checkpoint ended with a {_loss(best.metric)} less than δ = "
+            f"{100 * best.tolerance:g}% above the base run's for the same examples "
+            f"({_interval(best)}, upper end below δ; {best.seeds} seeds, {best.examples} "
+            "examples)."
         )
     if top is not None and (below := _below_failure(top, failed)) > base_batch_size:
         capped = f", below the failure at {failed[0].target_batch_size}" if below < top else ""
         return below, (
-            f"bscrit predicts the {rule} rule holds up to B' = {top} (the lower 95% bound of "
-            f"B*, {b_star_lower:.0f}); use at most {below}{capped}. No branched run confirmed "
-            "it: treat it as an estimate, run `bscrit confirm` at the size you plan to use."
+            f"predict's range ends at B' = {top} (the lower 95% bound of B*, "
+            f"{b_star_lower:.0f}){label}: below it the measurement gives no evidence that the "
+            f"{rule} rule fails, which is not a guarantee that it holds; stay at or below "
+            f"{below}{capped}. No branched run confirmed it: run `bscrit confirm` at the size "
+            "you plan to use."
         )
     return None, (
         f"bscrit found no batch size above the base {base_batch_size} that it can "
@@ -201,11 +241,11 @@ def _svag_note(svag: tuple[int, str] | None, runs: Sequence[Confirmation]) -> st
     at = next((c for c in runs if c.target_batch_size == s_target), None)
     if s_code == "sde_fails" and at is not None and at.code == "holds":
         return (
-            f"SVAG says SGD at {s_target} is no longer C-close to its SDE, while the "
-            "branched run holds there: the SDE is the theory's model, and a model that "
-            "stops fitting does not by itself make training worse. The branched run "
-            "answers the question you asked; the SVAG verdict says the theory no longer "
-            "vouches for larger batches."
+            f"SVAG says SGD at {s_target} has left its SDE (a decision ratio SGD/SDE lies "
+            "outside [1/C, C]), while the branched run holds there: the SDE is the theory's "
+            "model, and a model that stops fitting does not by itself make training worse. "
+            "The branched run answers the question you asked; the SVAG verdict says the SDE "
+            "no longer describes training at this batch size."
         )
     if s_code == "sde_holds" and at is not None and at.code == "fails":
         return (
@@ -217,6 +257,11 @@ def _svag_note(svag: tuple[int, str] | None, runs: Sequence[Confirmation]) -> st
         return (
             f"SVAG at {s_target} did not settle (its runs with different l disagree): it "
             "gives no evidence either way."
+        )
+    if s_code == "inconclusive":
+        return (
+            f"SVAG at {s_target} was inconclusive (a ratio SGD/SDE whose 95% interval reaches "
+            "across a boundary of [1/C, C]): it gives no evidence either way."
         )
     return None
 

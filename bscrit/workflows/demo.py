@@ -34,6 +34,13 @@ if TYPE_CHECKING:
 
 #: Base run: B = 32, η = 0.1, λ = 5e-4 reaches equilibrium of ‖x‖² by about epoch 500 (R flat).
 BASE = {"batch_size": 32, "lr": 0.1, "weight_decay": 5e-4}
+#: Steps per epoch of the base run: n = 1500 training examples of digits, full batches of 32.
+STEPS_PER_EPOCH = 1500 // 32
+#: Epochs between the full demo's checkpoints: one relaxation time τ = 1/(2ηλ) = 10,000 steps
+#: ([LMA21] eq. 10) rounded up to whole epochs, so that each checkpoint is its own draw from the
+#: equilibrium (docs/theory.md §8). Closer checkpoints are merged into draws of ≥ τ steps: five
+#: checkpoints 100 epochs apart made 2 draws, and the NSR interval had no upper end.
+DRAW_EPOCHS = math.ceil(1.0 / (2 * BASE["lr"] * BASE["weight_decay"]) / STEPS_PER_EPOCH)
 
 
 @dataclass(frozen=True)
@@ -52,8 +59,13 @@ class DemoConfig:
 
     @staticmethod
     def full() -> DemoConfig:
+        """Six checkpoints τ apart from epoch 500 (at equilibrium): six independent draws, so the
+        interval over the equilibrium has Student's t at 5 degrees of freedom (2.57), not at 1
+        (12.7) as for the 2 draws of five checkpoints 100 epochs apart, whose NSR interval had
+        no upper end."""
         return DemoConfig(
-            epochs=1000, save_from=600, save_every=100, batches=None, svag_ls=(1, 2, 4),
+            epochs=500 + 5 * DRAW_EPOCHS, save_from=500, save_every=DRAW_EPOCHS, batches=None,
+            svag_ls=(1, 2, 4),
             svag_steps=300, svag_eval_every=30, confirm_examples=None, confirm_seeds=3,
         )  # fmt: skip
 
@@ -290,7 +302,11 @@ def _measure_step(d: _Demo, ckpts: list[Path]) -> tuple[Spec, Measurement, Path]
         ),
     )
     d.files.append(spec_path)
-    d.say(f"[2/6] bscrit measure {spec_path.name}: G and N at {len(ckpts)} checkpoints, pooled")
+    apart = f"{d.cfg.save_every} epochs = {d.cfg.save_every * STEPS_PER_EPOCH} steps apart"
+    d.say(
+        f"[2/6] bscrit measure {spec_path.name}: G and N at {len(ckpts)} checkpoints {apart}, "
+        "pooled; the checkpoints ≥ τ = 1/(2ηλ) apart are the draws of the equilibrium interval"
+    )
     spec = load_spec(spec_path)
     show = d.show
     progress = None if show is None else (lambda desc, t: show.progress(desc, t, "batch"))
@@ -319,7 +335,7 @@ def _predict_step(d: _Demo, m: Measurement, m_path: Path) -> tuple[Prediction, P
 
 
 def _scale_step(d: _Demo, m: Measurement, p: Prediction) -> None:
-    from bscrit.theory.scaling import scale_hyperparameters
+    from bscrit.theory.scaled import scale_hyperparameters
 
     pow2 = p.recommended.max_pow2
     if pow2 is None or m.optimizer is None:
@@ -338,7 +354,7 @@ def _scale_step(d: _Demo, m: Measurement, p: Prediction) -> None:
 def _svag_step(
     d: _Demo, spec: Spec, checkpoint: Path, p: Prediction, enabled: bool
 ) -> tuple[int | None, str | None, Path | None, Path | None]:
-    from bscrit.theory.prediction import confirmation_target
+    from bscrit.theory.targets import confirmation_target
 
     if not enabled or p.recommended.target is None:
         why = "--no-svag" if not enabled else "no finite top of range"
@@ -400,8 +416,8 @@ def _run_svag(
 
 def _confirm_targets(p: Prediction, n: int) -> list[int]:
     """B' of the branched runs: the one svag checks (the top of the recommended range, from
-    :func:`~bscrit.theory.prediction.confirmation_target`) and twice that when it fits the data."""
-    from bscrit.theory.prediction import confirmation_target
+    :func:`~bscrit.theory.targets.confirmation_target`) and twice that when it fits the data."""
+    from bscrit.theory.targets import confirmation_target
 
     target, _ = confirmation_target(p, power_of_two=True)
     return [b for b in (target, 2 * target) if b <= n]

@@ -145,7 +145,7 @@ def run_measurement(
 
     plan = plan_measurement(spec, checkpoints, options or MeasureOptions(), dist)
     measured: list[MeasuredPoint] = []
-    warnings: list[str] = []
+    warnings: list[str] = list(plan.notes)
     opt: OptimizerInfo | None = None
     pre_reason: str | None = None  # why there is no preconditioned reading
     selections = []

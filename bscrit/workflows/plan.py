@@ -80,6 +80,7 @@ class MeasurePlan:
     selection_note: str | None = None  # how a folder or glob was expanded
     labels: list[str] = dataclasses.field(default_factory=list)  # one per measured point
     sampling: Any = None  # (SamplePlan, notes) once --sample-steps has planned its points
+    notes: list[str] = dataclasses.field(default_factory=list)  # warnings found while planning
 
     def __post_init__(self) -> None:
         self.labels = self.labels or [str(p) for p in self.paths]
@@ -225,7 +226,7 @@ def plan_measurement(
     # an absurd k is refused before the data loads
     check_batches(o.batches, ms.batches, o.max_batches, f"{spec.path}: measure.batches")
     device = dist.device if dist is not None else resolve_device(o.device or ms.device)
-    dataset = build_dataset(spec.data, spec.base_dir, "data")
+    dataset = build_dataset(spec.data, spec.base_dir, "data", str(spec.path))
     loss_fn = build_loss(spec)
     check_examples(dataset, loss_fn, str(spec.path))
     n = len(dataset)
@@ -234,6 +235,7 @@ def plan_measurement(
         sampling=o.sampling, points=len(paths),
     )  # fmt: skip
     steps, from_epochs = chosen.steps_or_epochs(max(1, n // batch_size))
+    notes = _batch_notes(paths, batch_size, None if spec.data.subset else n, o.batch_size)
     prog = progress(paths, steps, spec.batch_size, step=o.step, examples_seen=o.examples_seen)
     if hasattr(loss_fn, "to"):  # an nn.Module loss, e.g. class weights of a CrossEntropyLoss
         loss_fn = loss_fn.to(device)
@@ -254,7 +256,24 @@ def plan_measurement(
         steps=prog.steps,
         seen=(prog.examples_seen, prog.tokens_seen),
         selection_note="; ".join(x for x in (chosen.note, from_epochs, prog.note) if x) or None,
+        notes=notes,
     )
+
+
+def _batch_notes(
+    paths: Sequence[Path], batch_size: int, dataset_size: int | None, given: int | None
+) -> list[str]:
+    """The first warning of an HF Trainer folder whose ``trainer_state.json`` disagrees with B
+    (:func:`bscrit.load.hf.trainer_batch_warning`)."""
+    from bscrit.load.hf import trainer_batch_warning
+
+    key = "--batch-size" if given else "the spec's batch_size"
+    for path in paths:
+        if path.is_dir():
+            warning = trainer_batch_warning(path, batch_size, dataset_size, key)
+            if warning is not None:
+                return [warning]
+    return []
 
 
 #: The plan line (batches, groups, time per batch and in all) is printed when the measurement is
@@ -299,6 +318,12 @@ def plan_line(
     per = f"about {_duration(seconds_per_batch)} a batch" + (
         f" on each of {ranks} ranks" * (ranks > 1)
     )
-    about = "at most about" if a is not None else "about"
-    line = f"plan: {what} of B = {b} in {groups}{each}, {per}: {about} {_duration(total)} in all"
+    when = f"about {_duration(total)} in all"
+    if a is not None:  # the run stops at the first check that meets the target: often the start
+        first = _duration(seconds_per_batch * a.start * c / ranks)
+        when = (
+            f"about {first} for the first {a.start:,}, at most about {_duration(total)} if the "
+            f"target needs all {k:,}"
+        )
+    line = f"plan: {what} of B = {b} in {groups}{each}, {per}: {when}"
     return line + (f"; {memory}" if memory else "")

@@ -21,7 +21,8 @@ def target_from_measurement(path: PathLike, c2: float = 2.0) -> tuple[int, str]:
     """B' = :func:`~bscrit.theory.prediction.confirmation_target` of the prediction from the
     measurement at ``path``, and one line saying why (which end of which interval, of which file,
     over which scope: the equilibrium, or one point)."""
-    from bscrit.theory.prediction import confirmation_target, predict_files
+    from bscrit.theory.prediction import predict_files
+    from bscrit.theory.targets import confirmation_target
 
     pred = predict_files([path], c2)
     target, why = confirmation_target(pred)

@@ -4,8 +4,10 @@ A 2-layer GPT-2 (vocabulary 256: bytes, nothing downloaded) trains on lines of P
 standard library (``examples/hf-gpt2/data.py``), B = 16 as 2 accumulated micro-batches of 8;
 ``BscritCallback`` measures every 20 steps with the model's own loss (``model(**batch).loss``,
 micro-batches weighted by their label counts), writes ``OUT/step-XXXXXXX.json`` and
-``OUT/series.jsonl``, and puts ``bscrit/nsr`` and ``bscrit/b_star`` into the Trainer's
-``log_history``. The Trainer needs accelerate (``pip install 'bscrit[hf]'``).
+``OUT/series.jsonl``, and puts ``bscrit/nsr_raw``, ``bscrit/b_star_raw`` and (AdamW)
+``bscrit/*_preconditioned`` into the Trainer's logs (``log_history``, and the ``report_to``
+integrations: set ``report_to=["tensorboard"]`` to see them in TensorBoard). The Trainer needs
+accelerate (``pip install 'bscrit[hf]'``).
 
     python examples/callbacks/hf_tiny_gpt2.py [OUT]          # default OUT: bscrit-hf
 """
@@ -52,8 +54,10 @@ def main(out: str = "bscrit-hf", steps: int = 60, every: int = 20) -> list[dict]
     )
     trainer.train()
     for h in trainer.state.log_history:
-        if "bscrit/nsr" in h:
-            print(f"step {h['step']}: NSR = {h['bscrit/nsr']:.3g}, B* = {h['bscrit/b_star']:.0f}")
+        if "bscrit/b_star_raw" in h:
+            pre = h.get("bscrit/b_star_preconditioned", float("nan"))
+            print(f"step {h['step']}: B* = {pre:.0f} (Adam-preconditioned gradient), "
+                  f"{h['bscrit/b_star_raw']:.0f} (raw gradient)")  # fmt: skip
     return callback.recorder.rows
 
 

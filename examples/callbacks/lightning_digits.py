@@ -3,7 +3,8 @@
 The scale-invariant digits network of ``bscrit demo`` (BatchNorm after every weight layer),
 SGD + momentum + weight decay, B = 32, 600 steps; ``BscritCallback`` measures every 100 steps
 (k = 100 batches) at the new weights, writes ``OUT/step-XXXXXXX.json`` and
-``OUT/series.jsonl``, and logs ``bscrit/nsr`` and ``bscrit/b_star`` to the CSV logger.
+``OUT/series.jsonl``, and logs ``bscrit/nsr_raw``, ``bscrit/b_star_raw`` (and the
+scale-invariant reading, ``bscrit/*_scale_invariant``) to the CSV logger.
 
     python examples/callbacks/lightning_digits.py [OUT]      # default OUT: bscrit-lightning
     bscrit predict bscrit-lightning/step-0000600.json         # the last point, in full

@@ -57,7 +57,8 @@ def test_b_star_binds_for_an_adam_run_with_a_bounded_b_star():
 
 def test_check_exits_1_past_the_rule_and_scale_offers_the_largest_feasible_batch(tmp_path):
     p = predict([("adam", _adam("adam_noisy.json"))])
-    assert check(p, 2559).exit_code == 0 and check(p, 2560).exit_code == 1
+    assert check(p, 2559).exit_code == 6  # in range, from one checkpoint: provisional
+    assert check(p, 2559, allow_provisional=True).exit_code == 0 and check(p, 2560).exit_code == 1
     r = runner.invoke(app, ["check", str(MEAS / "adam_noisy.json"), "-b", "4096"])
     assert r.exit_code == 1 and "square-root scaling rule" in r.stdout
     r = runner.invoke(app, ["scale", "--optimizer", "adam", "-b", "256", "-t", "4096",
@@ -74,7 +75,7 @@ def _outputs_of_every_command(tmp_path: Path) -> list[str]:
                      ["check", m, "-b", "59000", "--json"],
                      ["scale", "-m", m, "-t", "1024"]):  # fmt: skip
             r = runner.invoke(app, args)
-            assert r.exit_code in (0, 1), (args, r.output)
+            assert r.exit_code in (0, 1, 5, 6), (args, r.output)  # an answer, never an error
             outs.append(r.output)
     return outs
 

@@ -104,6 +104,18 @@ def test_huge_kappa_diverges_and_fails_with_exit_1(spec):
     assert d["hyperparameters"]["target"]["lr"] == pytest.approx(3.2)
 
 
+def test_inconclusive_exits_5_unless_allowed(spec):
+    """One seed gives no interval: inconclusive, which a CI gate must not read as holds."""
+    torch.set_num_threads(1)
+    one = ["--examples", "2048", "--seeds", "1", "--points", "4", "--eval-batches", "2", "-q"]
+    r = runner.invoke(app, ["confirm", str(spec), "-t", "16", *one, "--json"])
+    assert r.exit_code == 5, r.output
+    assert json.loads(r.stdout)["verdict"] == "inconclusive"
+    r = runner.invoke(app, ["confirm", str(spec), "-t", "16", *one, "--allow-inconclusive"])
+    assert r.exit_code == 0, r.output
+    assert "verdict (inconclusive)" in r.output
+
+
 def test_a_tiny_tolerance_is_inconclusive_or_worse_and_bad_input_exits_2(spec, tmp_path):
     r = runner.invoke(app, ["confirm", str(spec), "-t", "2048", *FAST])
     assert r.exit_code == 2 and "exceeds the 1024 training examples" in r.output
@@ -114,7 +126,8 @@ def test_a_tiny_tolerance_is_inconclusive_or_worse_and_bad_input_exits_2(spec, t
 
 
 def test_from_measurement_confirms_at_the_top_of_predicts_range(spec, tmp_path):
-    from bscrit.theory.prediction import confirmation_target, predict_files
+    from bscrit.theory.prediction import predict_files
+    from bscrit.theory.targets import confirmation_target
 
     torch.set_num_threads(1)
     m = tmp_path / "m.json"
@@ -122,6 +135,8 @@ def test_from_measurement_confirms_at_the_top_of_predicts_range(spec, tmp_path):
     assert r.exit_code == 0, r.output
     expected, _ = confirmation_target(predict_files([m]))
     r = runner.invoke(app, ["confirm", str(spec), "--from-measurement", str(m), *FAST, "--json"])
-    assert r.exit_code in (0, 1), r.output
+    assert r.exit_code in (0, 1, 5), r.output  # a verdict, never an error
+    code = json.loads(r.stdout)["verdict"]
+    assert r.exit_code == {"holds": 0, "fails": 1, "inconclusive": 5}[code]
     assert json.loads(r.stdout)["target_batch_size"] == expected
     assert f"B' = {expected}: " in r.stderr

@@ -28,7 +28,7 @@ def test_agreement_smoke(tmp_path: Path) -> None:
     for row in res["rows"]:
         assert row["sweep"] in {"holds", "fails"}
         assert row["predict"] in {"holds", "borderline", "fails"}
-        assert row["svag"] in {"sde_holds", "sde_fails", "not_converged"}
+        assert row["svag"] in {"sde_holds", "sde_fails", "inconclusive", "not_converged"}
         assert set(row["confirm"].values()) <= {"holds", "fails", "inconclusive"}
     md = (tmp_path / "out" / "smoke" / "agreement.md").read_text()
     assert "| B' |" in md and "confirm says" in md

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
@@ -27,12 +29,23 @@ def load(name: str):
 
 
 def check(out: Path, steps: list[int]) -> None:
+    """Each line of series.jsonl is what ``bscrit predict`` says of the measurement it names."""
     rows = read_series(out / "series.jsonl")
     assert [r["step"] for r in rows] == steps
     for r in rows:
         m = bscrit.load_measurement(out / r["file"])
-        assert m.checkpoints[0].step == r["step"]
-        assert r["b_star"] is None or r["b_star"] >= m.batch_size
+        assert m.checkpoints[0].step == r["step"] and r["batch_size"] == m.batch_size
+        b = bscrit.predict(m).base
+        assert r["param_set"] == b.param_set
+        for key, value in (("G", b.noise.G.value), ("N", b.noise.N.value),
+                           ("nsr", b.noise.nsr), ("b_star", b.b_star)):  # fmt: skip
+            if math.isfinite(value):
+                assert r[key] == pytest.approx(value, rel=1e-9), key
+            else:
+                assert r[key] is None, key
+        lo, hi = r["b_star_ci95"]
+        assert lo == pytest.approx(b.b_star_ci95[0], rel=1e-9)
+        assert (hi is None) == (not math.isfinite(b.b_star_ci95[1]))
 
 
 def test_lightning_example(tmp_path):
@@ -43,7 +56,13 @@ def test_lightning_example(tmp_path):
     check(tmp_path, [100, 200])
     (metrics,) = tmp_path.glob("logs/*/metrics.csv")  # the CSV logger got the metrics
     header = metrics.read_text().splitlines()[0].split(",")
-    assert {"bscrit/nsr", "bscrit/b_star", "train_loss"} <= set(header)
+    assert {"bscrit/nsr_raw", "bscrit/b_star_raw", "train_loss"} <= set(header)
+    # the NSR logged at each measured step is the one series.jsonl has for the same set
+    logged = list(csv.DictReader(metrics.read_text().splitlines()))
+    series = read_series(tmp_path / "series.jsonl")
+    reading = {"all": "raw"}.get(series[0]["param_set"], series[0]["param_set"])
+    nsr = [float(r[f"bscrit/nsr_{reading}"]) for r in logged if r.get(f"bscrit/nsr_{reading}")]
+    assert nsr == pytest.approx([r["nsr"] for r in series], rel=1e-6)
 
 
 def test_hf_example(tmp_path):

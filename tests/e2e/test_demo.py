@@ -28,7 +28,7 @@ def test_quick_demo_runs_the_pipeline_and_writes_every_artifact(tmp_path: Path) 
     p = read_json(summary["prediction"])
     assert p["measurements"][0]["b_star"] == pytest.approx(summary["b_star"])
     assert p["recommended"]["min"] == 32
-    assert summary["svag_verdict"] in {"sde_holds", "sde_fails", "not_converged"}
+    assert summary["svag_verdict"] in {"sde_holds", "sde_fails", "inconclusive", "not_converged"}
     assert Path(summary["svag_plot"]).stat().st_size > 10_000  # a real PNG
     assert (work / "svag" / "trajectories.csv").exists()
     # step 6 confirms where svag looked (and at twice that when it fits n = 1500)
@@ -38,10 +38,15 @@ def test_quick_demo_runs_the_pipeline_and_writes_every_artifact(tmp_path: Path) 
     for t in targets:
         assert (work / f"confirm-{t}" / "confirm.json").exists()
         assert (work / f"confirm-{t}.png").stat().st_size > 10_000
-    # the last lines: one recommendation, and what decided it
+    # the last lines before the JSON: one recommendation, and what decided it (rich may wrap)
     concl = summary["conclusion"]
-    assert concl["lines"] and "what you can do" in r.output
-    assert r.output.rstrip().endswith(concl["lines"][-1][-40:]) or "{" in r.output
+    text = r.stdout[: r.stdout.rindex("\n{")]
+    assert concl["lines"] and "what you can do" in text
+    assert "".join(text.split()).endswith("".join(concl["lines"][-1].split()))
+    # two checkpoints 20 epochs apart are one draw: the advice names what would give more
+    assert "for the equilibrium: several checkpoints ≥ 10000 steps = 1/(2ηλ) apart" in " ".join(
+        r.output.split()
+    )
     assert (work / "spec.yaml").exists() and (work / "measurement.params.csv").exists()
 
 

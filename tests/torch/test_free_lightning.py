@@ -28,24 +28,27 @@ def test_free_mode_leaves_the_run_bitwise_unchanged_and_writes_windows(tmp_path)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     rows = read_series(out / "series.jsonl")
-    # each window's last gradient: the weights after 4, 9, 14, 19 updates
-    assert [r["step"] for r in rows] == [4, 9, 14, 19]
+    logged = [(s, m) for s, m in log.metrics if "bscrit/nsr_raw" in m]
+    assert rows and len(logged) == len(rows)
+    for r, (s, _) in zip(rows, logged):
+        # trainer.global_step's numbers once the step is taken (1 = the first): the window's
+        # last pooled step, logged at the step that closes the window (every 5th)
+        assert 1 <= r["free"]["first_step"] < r["step"] <= s <= 20 and s % 5 == 0
     for r in rows:
         assert tuple(r)[: len(SERIES_KEYS)] == SERIES_KEYS and r["mode"] == "free"
+        assert r["regime"] == "epoch_start" and r["free"]["regime"]["covered"]  # epochs marked
         assert r["batch_size"] == 16 and r["examples_seen"] == 16 * r["step"]
         free = r["free"]
         assert (free["slices"], free["micro_batch_size"], free["dataset_size"]) == (2, 8, 96)
-        assert free["steps_pooled"] == 5 and free["steps_skipped"] == 0
-        assert free["first_step"] == r["step"] - 4
+        assert free["steps_pooled"] >= 2 and free["steps_skipped"] == 0
+        assert r["optimizer"]["name"] == "adamw"  # the live optimizer, for `bscrit schedule`
         assert r["drift"]["relative"] > 0 and r["file"] is None
         # τ = 1/(2ηλ) of the run's AdamW (η = 0.01, λ = 0.05): the window is far shorter
         assert free["interval"]["relaxation_steps"] == pytest.approx(1000.0)
         assert free["interval"]["scope"] == "window"
         lo, hi = r["G_ci95"]
         assert lo <= r["G"] <= hi
-    logged = [(s, m) for s, m in log.metrics if "bscrit/nsr" in m]
-    assert [s for s, _ in logged] == [4, 9, 14, 19]
-    assert all("bscrit/drift" in m and "bscrit/b_star" in m for _, m in logged)
+    assert all("bscrit/drift" in m and "bscrit/b_star_raw" in m for _, m in logged)
 
 
 def test_free_mode_needs_several_micro_batches(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -25,6 +26,8 @@ CONFIG = dict(
     vocab_size=64, n_positions=8, n_embd=16, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=0
 )
 PER_DEVICE, STEPS, EVERY = 4, 20, 5
+ADAMW_METRICS = ("bscrit/nsr_raw", "bscrit/b_star_raw",
+                 "bscrit/nsr_preconditioned", "bscrit/b_star_preconditioned")  # fmt: skip
 
 
 def gpt2() -> torch.nn.Module:
@@ -76,10 +79,13 @@ def hand_loop(callback: BscritCallback | None) -> tuple[torch.nn.Module, transfo
         state.global_step += 1
         if callback is not None:
             callback.on_step_end(args, state, control, **kw)
+            # a measured step asks the Trainer to log: the metrics go with that step's logs
+            assert control.should_log == (state.global_step % EVERY == 0)
+            control.should_log = False  # as CallbackHandler.on_log does
             logs = {"loss": 0.0}
             callback.on_log(args, state, control, logs=logs, **kw)
-            if state.global_step % EVERY == 0:
-                assert set(logs) == {"loss", "bscrit/nsr", "bscrit/b_star"}
+            if state.global_step % EVERY == 0:  # AdamW: the raw and preconditioned readings
+                assert set(logs) == {"loss", *ADAMW_METRICS}
     return model, state
 
 
@@ -110,9 +116,18 @@ def test_hand_driven_hooks_leave_the_run_bitwise_unchanged(tmp_path):
     measured, state = hand_loop(BscritCallback(out, every_n_steps=EVERY, num_batches=8, groups=2))
     assert same(plain, measured)
     rows = check_series(out, PER_DEVICE)
-    history = [h for h in state.log_history if "bscrit/nsr" in h]
+    history = [h for h in state.log_history if "bscrit/nsr_raw" in h]
     assert [h["step"] for h in history] == [r["step"] for r in rows]
-    assert all(math.isclose(h["bscrit/nsr"], r["nsr"]) for h, r in zip(history, rows) if r["nsr"])
+    for h, r in zip(history, rows):  # each name is one reading, as `bscrit predict` gives it
+        assert set(h) == {"step", *ADAMW_METRICS}
+        p = bscrit.predict(bscrit.load_measurement(out / r["file"]))
+        assert p.base.param_set == "preconditioned" == r["param_set"]
+        (raw,) = p.base.other_readings
+        assert raw.name == "all"
+        assert h["bscrit/nsr_preconditioned"] == pytest.approx(p.base.nsr)
+        assert h["bscrit/b_star_preconditioned"] == pytest.approx(p.base.b_star)
+        assert h["bscrit/nsr_raw"] == pytest.approx(raw.nsr)
+        assert h["bscrit/b_star_raw"] == pytest.approx(raw.b_star)
 
 
 def test_bad_settings_are_refused_before_training(tmp_path):
@@ -123,6 +138,29 @@ def test_bad_settings_are_refused_before_training(tmp_path):
     cb = BscritCallback(tmp_path, micro_batch_size=3)
     with pytest.raises(UsageError, match="does not divide"):
         cb.on_train_begin(args, transformers.TrainerState(), transformers.TrainerControl())
+
+
+def test_hooks_outside_a_trainer_warn_that_report_to_is_not_reached(tmp_path):
+    """No CallbackHandler on the call stack to go first in: said when report_to names some."""
+    args = SimpleNamespace(
+        per_device_train_batch_size=4, gradient_accumulation_steps=1, report_to=["tensorboard"]
+    )
+    state, control = transformers.TrainerState(), transformers.TrainerControl()
+    with pytest.warns(UserWarning, match=r"report_to integrations \(\['tensorboard'\]\)"):
+        BscritCallback(tmp_path).on_train_begin(args, state, control)
+    args.report_to = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        BscritCallback(tmp_path).on_train_begin(args, state, control)
+
+
+def test_other_ranks_ask_for_the_same_logs_and_measure_nothing(tmp_path):
+    """The Trainer's log gathers the loss across processes (a collective): every rank must log
+    at the measured step, not rank 0 alone, or the run would hang."""
+    state, control = transformers.TrainerState(), transformers.TrainerControl()
+    state.is_world_process_zero, state.global_step = False, EVERY
+    BscritCallback(tmp_path / "x", every_n_steps=EVERY).on_step_end(None, state, control)
+    assert control.should_log and not (tmp_path / "x").exists() and not state.log_history
 
 
 def trainer_run(tmp_path, callbacks):
@@ -159,5 +197,5 @@ def test_a_real_trainer_run_is_bitwise_unchanged(tmp_path):
     check_series(out, 2 * PER_DEVICE)
     m = bscrit.load_measurement(out / "step-0000005.json")
     assert m.micro_batch_size == PER_DEVICE  # chunks of the per-device batch, like a step
-    history = [h for h in trainer.state.log_history if "bscrit/b_star" in h]
+    history = [h for h in trainer.state.log_history if "bscrit/b_star_raw" in h]
     assert [h["step"] for h in history] == [5, 10, 15, 20]

@@ -123,9 +123,13 @@ def test_the_run_is_bitwise_unchanged_and_the_series_is_written(tmp_path):
         assert r["nsr"] == pytest.approx(p.base.nsr) and r["b_star"] == pytest.approx(p.base.b_star)
         lo, hi = r["b_star_ci95"]
         assert lo is not None and lo <= r["b_star"] and (hi is None or r["b_star"] <= hi)
-    logged = [(s, m) for s, m in log.metrics if "bscrit/nsr" in m]
+    logged = [(s, m) for s, m in log.metrics if "bscrit/nsr_raw" in m]
     assert [s for s, _ in logged] == [5, 10, 15, 20]
-    assert all(math.isclose(m["bscrit/nsr"], r["nsr"]) for (_, m), r in zip(logged, rows))
+    for (_, m), r in zip(logged, rows):  # AdamW: the series' reading is the preconditioned one
+        assert r["param_set"] == "preconditioned"
+        assert math.isclose(m["bscrit/nsr_preconditioned"], r["nsr"])
+        assert math.isclose(m["bscrit/b_star_preconditioned"], r["b_star"])
+        assert m["bscrit/nsr_raw"] != m["bscrit/nsr_preconditioned"]  # two readings, two names
     # one file per measured step, each the JSON `bscrit measure` writes
     assert sorted(p.name for p in out.glob("step-*.json")) == [
         f"step-{s:07d}.json" for s in (5, 10, 15, 20)

@@ -12,7 +12,7 @@ from bscrit.errors import UsageError
 from bscrit.load.checkpoints import load_checkpoint
 from bscrit.optim import registry as optim
 from bscrit.optim import saved
-from bscrit.theory.scaling import scale_hyperparameters
+from bscrit.theory.scaled import scale_hyperparameters
 
 
 def saved_state(make, steps: int = 2) -> dict:

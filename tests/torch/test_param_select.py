@@ -16,7 +16,7 @@ from bscrit.errors import CheckpointError
 from bscrit.optim import registry as optim
 from bscrit.specfile.document import load_spec
 from bscrit.stats.summary import TAU_BF16, TAU_FP32
-from bscrit.theory.scaling import scale_hyperparameters
+from bscrit.theory.scaled import scale_hyperparameters
 from bscrit.workflows.measure import run_measurement
 from bscrit.workflows.plan import MeasureOptions
 

@@ -237,7 +237,8 @@ def _with_equilibrium(m, steps: list[int], gs: list[float], ns: list[float]):  #
 
 def test_predict_check_and_confirmation_take_the_equilibrium_interval() -> None:
     from bscrit.theory.formulas import critical_batch_size
-    from bscrit.theory.prediction import check, confirmation_target, predict
+    from bscrit.theory.prediction import check, predict
+    from bscrit.theory.targets import confirmation_target
 
     m = _fixture()
     tau, _ = relaxation_steps(m.optimizer)  # type: ignore[attr-defined]

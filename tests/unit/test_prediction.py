@@ -18,7 +18,7 @@ import pytest
 
 from bscrit.artifacts.measurement import Measurement, load_measurement
 from bscrit.artifacts.records import ParamSetStats
-from bscrit.errors import BscritError, ExitCode
+from bscrit.errors import BscritError, ExitCode, UsageError
 from bscrit.stats.estimators import t_quantile
 from bscrit.theory.bounds import choose_param_set
 from bscrit.theory.formulas import DEFAULT_C2
@@ -234,16 +234,40 @@ def test_check_verdicts_around_the_bounds(b128_prediction: Prediction) -> None:
     above = [math.floor(star) + 1, 10 * math.ceil(star)]
     assert base < inside < between[0] <= between[1] <= between[2] < above[0]
 
-    expected = [(t, "ok", 0) for t in (1, base // 2, base, base + 1, inside)]
-    expected += [(t, "warn", 0) for t in between]
+    # one checkpoint: inside the range is provisional (exit 6), scaling down is not
+    expected = [(t, "ok", 0) for t in (1, base // 2, base)]
+    expected += [(t, "ok", 6) for t in (base + 1, inside)]
+    expected += [(t, "warn", 5) for t in between]  # the default gate: the lower bound
     expected += [(t, "fail", 1) for t in above]
     for target, verdict, code in expected:
         r = check(p, target)
         assert (r.verdict, int(r.exit_code)) == (verdict, code), target
-        assert r.target == target and r.strict is False
+        assert r.target == target and r.strict is False and r.gate == "lower"
+        assert r.provisional is (target > base)
         assert str(target) in r.reason
+        assert ("provisional: the 95% interval covers" in r.reason) is (target > base)
     assert check(p, above[0]).exit_code is ExitCode.CHECK_FAILED
-    assert check(p, between[0]).exit_code is ExitCode.OK
+    assert check(p, between[0]).exit_code is ExitCode.UNDECIDED
+    assert check(p, inside).exit_code is ExitCode.PROVISIONAL
+
+
+def test_gate_point_and_allow_provisional_relax_the_gate(b128_prediction: Prediction) -> None:
+    p = b128_prediction
+    lo, star = p.recommended.max, p.b_star_min
+    between, inside = math.floor(star), math.floor(lo)
+    # --gate point: the warn zone passes (exit 0 once provisional answers are allowed)
+    assert int(check(p, between, gate="point").exit_code) == 6
+    r = check(p, between, gate="point", allow_provisional=True)
+    assert (r.verdict, int(r.exit_code)) == ("warn", 0) and "gate: point estimate" in r.reason
+    # --allow-provisional: in range passes, still said to be provisional
+    r = check(p, inside, allow_provisional=True)
+    assert (r.verdict, int(r.exit_code), r.provisional) == ("ok", 0, True)
+    assert r.to_dict()["provisional"] is True and r.to_dict()["allow_provisional"] is True
+    # it never turns undecided or fail into a pass
+    assert int(check(p, between, allow_provisional=True).exit_code) == 5
+    assert int(check(p, math.floor(star) + 1, allow_provisional=True).exit_code) == 1
+    with pytest.raises(UsageError, match="gate"):
+        check(p, inside, gate="upper")
 
 
 def test_strict_turns_warn_into_fail(b128_prediction: Prediction) -> None:
@@ -254,9 +278,9 @@ def test_strict_turns_warn_into_fail(b128_prediction: Prediction) -> None:
     r = check(p, warn_target, strict=True)
     assert (r.verdict, int(r.exit_code), r.strict) == ("fail", 1, True)
     assert "--strict" in r.reason
-    # strict changes nothing for ok and fail.
+    # strict changes nothing for ok (provisional here: one checkpoint) and fail.
     ok = check(p, math.floor(lo), strict=True)
-    assert (ok.verdict, int(ok.exit_code)) == ("ok", 0)
+    assert (ok.verdict, int(ok.exit_code)) == ("ok", 6)
     fail = check(p, math.floor(star) + 1, strict=True)
     assert (fail.verdict, int(fail.exit_code)) == ("fail", 1)
 
@@ -284,7 +308,8 @@ def test_check_says_which_limit_binds_the_range() -> None:
     assert n < lo  # the dataset size binds
     p = predict([("small-n", dataclasses.replace(m, dataset_size=n))])
     at_n = check(p, n)
-    assert (at_n.verdict, at_n.exit_code, at_n.limited_by) == ("ok", ExitCode.OK, "dataset_size")
+    assert (at_n.verdict, at_n.limited_by) == ("ok", "dataset_size")
+    assert at_n.exit_code is ExitCode.PROVISIONAL  # one checkpoint's interval
     assert at_n.range_max == n
     assert f"capped at the dataset size n = {n}" in at_n.reason
     assert f"lower 95% bound of B* = {n}" not in at_n.reason  # n is not called a bound of B*

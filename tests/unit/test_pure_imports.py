@@ -48,7 +48,7 @@ def test_predict_check_scale_cli_do_not_import_torch():
         f"             ['scale', '--optimizer', 'adam', '-b', '32', '-t', '64', '--lr', '1e-3'],\n"
         f"             ['scale', '-m', {m!r}, '-t', '1024']):\n"
         "    res = runner.invoke(app, args)\n"
-        "    assert res.exit_code in (0, 1), (args, res.output)\n"
+        "    assert res.exit_code in (0, 1, 5, 6), (args, res.output)\n"  # an answer, no error
         "bad = sorted(m for m in ('torch', 'numpy', 'pandas') if m in sys.modules)\n"
         "assert not bad, bad\n"
     )

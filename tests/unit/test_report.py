@@ -27,7 +27,8 @@ from bscrit.report.format import fmt, fmt_ci, plain_line
 from bscrit.runs.svag.results import SvagResult, SvagRun, svag_verdict
 from bscrit.runs.svag.verdict import RATIO_LABELS
 from bscrit.theory.prediction import check, predict_files
-from bscrit.theory.scaling import scale_hyperparameters
+from bscrit.theory.recommendation import batch_range
+from bscrit.theory.scaled import scale_hyperparameters
 
 MEAS = Path(__file__).parents[1] / "assets" / "measurements"
 FIXTURES = ("sgd_b128", "sgd_b512", "sgd_small_nsr", "adam_noisy")
@@ -381,15 +382,17 @@ def test_prediction_two_baselines() -> None:
         )
         assert got["parameter set"][1] == "scale-invariant"
         assert got["equilibrium residual ρ"][1] == f"{b.equilibrium_residual:+.3f}"
+        nlo, nhi = ns.nsr_ci95
         assert (
-            f"  Thm 5.2 (ii): NSR {fmt(ns.nsr)} ≥ 1/(C² − 1) = {fmt(b.sde_nsr_threshold)}: "
-            "not certified to fail." in got_lines
-        )
+            f"  Thm 5.2 (ii): NSR {fmt(ns.nsr)} [95%: {fmt(nlo)}, {fmt(nhi)}]; the whole "
+            f"interval ≥ 1/(C² − 1) = {fmt(b.sde_nsr_threshold)}: the theorem says nothing here."
+        ) in got_lines
+        assert f"  Both a heuristic reading here: {b.heuristic}." in got_lines  # momentum 0.9
         assert f"  Parameters: {b.param_set_reason}." in got_lines
     r = p.recommended
     got = rows(text.split("Recommendation")[1])
-    assert got["B* across baselines (min – max)"][1] == f"{p.range[0]:.0f} – {p.range[1]:.0f}"
-    assert got["recommended range"][1] == f"{r.min} – {r.max:.0f}"
+    assert got["B* across baselines (min, max)"][1] == batch_range(*p.range)
+    assert got["recommended range"][1] == batch_range(r.min, r.max)
     assert got["largest power of two in it"][1] == str(r.max_pow2)
     assert got["largest multiple of 8 in it"][1] == str(r.max_mult8)
     assert r.min == p.base.batch_size and r.max == pytest.approx(p.base.b_star_ci95[0])
@@ -413,25 +416,32 @@ def test_prediction_two_baselines() -> None:
 def test_prediction_one_baseline_has_no_range_row() -> None:
     p = predict_files([path("sgd_b128")])
     got = rows(render(report.format_prediction(p)))
-    assert "B* across baselines (min – max)" not in got
+    assert "B* across baselines (min, max)" not in got
     assert "recommended range" in got
 
 
 def test_prediction_certified_failure_and_thm55() -> None:
     p = predict_files([path("sgd_small_nsr")])
     (b,) = p.measurements
-    assert b.sde_certified_invalid and b.thm55_base_batch_below is not None
+    # one checkpoint's interval: the readings are provisional, never "certified"
+    assert (b.sde_thm52, b.thm55) == ("provisional", "provisional")
+    assert not b.sde_certified_invalid and b.thm55_base_batch_below is not None
     got_lines = lines(render(report.format_prediction(p)))
     ns = b.noise
+    lo, hi = ns.nsr_ci95
     assert (
-        f"  Thm 5.2 (ii): NSR {fmt(ns.nsr)} < 1/(C² − 1) = {fmt(b.sde_nsr_threshold)}: the "
-        "SDE approximation is certified to FAIL at this setting."
+        f"  Thm 5.2 (ii): NSR {fmt(ns.nsr)} [95%: {fmt(lo)}, {fmt(hi)}]; the whole interval < "
+        f"1/(C² − 1) = {fmt(b.sde_nsr_threshold)}: the equilibria of SGD and its SDE are not "
+        "C-close here, provisional (the 95% interval covers the measured checkpoint(s) only; "
+        "the theorem speaks of the equilibrium)."
     ) in got_lines
     assert (
-        f"  Thm 5.5: (C² − 1)·NSR = {fmt((b.c2 - 1) * ns.nsr)} < 1: B = {b.batch_size} is "
-        f"past the critical batch of every base batch below "
-        f"{b.thm55_base_batch_below:.0f} (κ > {fmt(b.thm55_kappa_min)})."
+        f"  Thm 5.5: (C² − 1)·NSR < 1 over the whole interval: B = {b.batch_size} is past the "
+        f"critical batch of every base batch below {b.thm55_base_batch_below:.0f} (κ > "
+        f"{fmt(b.thm55_kappa_min)}, from the upper end), provisional (the 95% interval covers "
+        "the measured checkpoint(s) only; the theorem speaks of the equilibrium)."
     ) in got_lines
+    assert not any("certified" in line for line in got_lines)
 
 
 def test_prediction_unbounded_b_star() -> None:
@@ -459,8 +469,10 @@ def test_check_line(target: int, strict: bool) -> None:
     p = predict_files([path("sgd_b128"), path("sgd_b512")])
     r = check(p, target, strict)
     rep = report.format_check(r)
-    tag = {"ok": "OK", "warn": "WARN", "fail": "FAIL"}[r.verdict]
+    # one checkpoint each: in range is provisional (exit 6); the warn zone undecided (exit 5)
+    tag = {"ok": "PROVISIONAL", "warn": "UNDECIDED", "fail": "FAIL"}[r.verdict]
     assert lines(render(rep, width=80)) == [f"{tag}: {r.reason}"]  # one line, never wrapped
+    assert int(r.exit_code) == {"ok": 6, "warn": 5, "fail": 1}[r.verdict]
     assert list(rep.warnings) == [f"{b.source}: {w}" for b in p.measurements for w in b.warnings]
     lo, est = p.base.b_star_ci95[0], p.base.b_star
     expected = "ok" if target <= lo else ("fail" if strict or target > est else "warn")
@@ -640,3 +652,24 @@ def test_plot_svag_writes_a_png(tmp_path: Path) -> None:
     plot_svag(_svag_result(), target)
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in target.parent.iterdir()] == ["svag.png"]  # no temporary left
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "shown"),
+    [(32, 992.7, "[32, 992.7]"), (128, 1866.75, "[128, 1866]"), (8, 99.996, "[8, 99.99]"),
+     (16, math.inf, "[16, ∞)"), (0.3, 0.7, "[0.3, 0.7]"), (12.01, 64.0, "[12.01, 64]")],
+)  # fmt: skip
+def test_a_batch_range_is_one_format_rounded_inward(low, high, shown):
+    assert batch_range(low, high) == shown
+
+
+def test_predict_and_check_print_the_recommended_range_alike() -> None:
+    p = predict_files([path("sgd_b128")])
+    r = p.recommended
+    shown = batch_range(r.min, r.max)
+    assert shown == "[128, 1866]"  # the top, 1866.75, is not rounded up to a B' that fails
+    got = rows(render(report.format_prediction(p)))
+    assert got["recommended range"][1] == shown
+    c = check(p, 1024)
+    assert f"within the recommended range {shown} (" in c.reason
+    assert check(p, 1867).verdict != "ok"  # above the range printed and the range itself

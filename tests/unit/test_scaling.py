@@ -9,11 +9,11 @@ import pytest
 from bscrit.errors import BscritError
 from bscrit.optim.registry import OptimizerInfo, flat
 from bscrit.optim.state import ParamGroupInfo
+from bscrit.theory.scaled import scale_hyperparameters
 from bscrit.theory.scaling import (
     adaptive_sde_warning,
     linear_rule,
     rule_limit,
-    scale_hyperparameters,
     scale_steps,
     square_root_rule,
     svag_hyperparameters,

@@ -26,7 +26,7 @@ from bscrit.artifacts.schedule_io import (
 from bscrit.errors import ArtifactError, UsageError
 from bscrit.theory.prediction import predict
 from bscrit.theory.rescale import scale_request
-from bscrit.theory.scaling import scale_hyperparameters
+from bscrit.theory.scaled import scale_hyperparameters
 from bscrit.theory.schedule import (
     SchedulePoint,
     Stage,
@@ -129,6 +129,19 @@ def test_stages_start_at_the_points_where_the_size_rises_with_scaled_hyperparame
     assert s.stages[1].hyperparameters["lr"] == pytest.approx(0.1 * 256 / 32)
     assert stage_at(s.stages, 1000 * 32 - 1).batch_size == 32
     assert s.stage_at(1000 * 32).batch_size == 256
+
+
+def test_a_warning_of_every_stage_is_said_once():
+    opt = load_measurement(ASSETS / "sgd_b128.json").optimizer
+    assert opt is not None
+    opt = dataclasses.replace(opt, nesterov=True)
+    pts = [point(100, 50), point(1000, 300), point(5000, 2000)]
+    s = make_schedule([dataclasses.replace(p, optimizer=opt) for p in pts])
+    assert [g.batch_size for g in s.stages] == [32, 256, 1024]
+    nesterov = [w for w in s.warnings if "Nesterov" in w]
+    assert nesterov == [
+        "every stage: Nesterov momentum is kept as is; the linear rule does not cover it"
+    ]
 
 
 def test_a_point_at_step_0_sets_the_first_stage():

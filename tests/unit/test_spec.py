@@ -227,7 +227,7 @@ def test_devices_refused(device):
 
 
 def test_schedule():
-    assert parse(minimal()).schedule == ScheduleSpec()
+    assert parse(minimal()).schedule == ScheduleSpec(given=False)
     s = parse(minimal(schedule={"name": "cosine", "warmup_steps": 10, "total_steps": 1000}))
     assert s.schedule == ScheduleSpec(name="cosine", warmup_steps=10, total_steps=1000)
     msgs = problems(minimal(schedule={"name": "linear", "milestones": [5, 2], "gamma": 0}))

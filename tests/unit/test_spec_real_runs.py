@@ -131,3 +131,63 @@ def test_strings_without_variables_and_other_values_are_left_alone():
         minimal(data={"factory": "tiny.py:make_dataset", "kwargs": kwargs}), "t.yaml", ASSETS
     )
     assert spec.data.kwargs == kwargs
+
+
+# ---------------------------------------------------------------------------------------------
+# every problem at once: a factory's missing name beside the others (issue 27)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_factory_typo_is_reported_with_the_micro_batch_size_and_names_the_spec_file(tmp_path):
+    (tmp_path / "net.py").write_text("import torch\n\ndef make_model():\n    return None\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "model: net.py:make_modle\ndata: net.py:make_data\nloss: cross_entropy\n"
+        "batch_size: 8\nmicro_batch_size: 5\n"
+    )
+    with pytest.raises(SpecError) as info:
+        load_spec(spec)
+    found = {p.key: p.message for p in info.value.problems}
+    assert set(found) == {"model.factory", "data.factory", "micro_batch_size"}
+    hint = "has no attribute 'make_modle' (did you mean 'make_model'?)"
+    assert found["model.factory"].endswith(hint)
+    assert "has no attribute 'make_data'" in found["data.factory"]
+    assert info.value.source == str(spec)  # the file, not its folder
+    assert info.value.message.startswith(f"invalid spec {spec} (3 problem(s)):")
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from os.path import *\n",  # names that cannot be read without the import
+        "def __getattr__(name):\n    return print\n",
+        "globals()['make_x'] = print\n",
+        "import sys\nsys.modules[__name__] = print\n",
+    ],
+)
+def test_a_factory_file_that_binds_names_at_run_time_is_left_to_the_import(tmp_path, source):
+    (tmp_path / "dyn.py").write_text(source)
+    parse_spec(minimal(model=f"{tmp_path}/dyn.py:make_x"), "test.yaml", ASSETS)
+
+
+def test_names_bound_under_if_try_with_and_by_imports_are_found(tmp_path):
+    (tmp_path / "f.py").write_text(
+        "import os.path as osp\nfrom math import sqrt\ntry:\n    import numpy\n"
+        "except ImportError:\n    pass\nelse:\n    a = 1\nif True:\n    class K: ...\n"
+        "with open(__file__) as fh:\n    def g(): ...\n(b, c), d = (1, 2), 3\n"
+    )
+    for name in ("osp", "sqrt", "numpy", "a", "K", "g", "b", "c", "d", "fh"):
+        parse_spec(minimal(loss=f"{tmp_path}/f.py:{name}"), "test.yaml", ASSETS)
+    (tmp_path / "bad.py").write_text("def f(:\n")
+    found = problems(minimal(loss=f"{tmp_path}/bad.py:f"))
+    assert "cannot import" in found["loss.factory"] and "SyntaxError" in found["loss.factory"]
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "micro", "near"),
+    [(8, 5, "4, 8"), (8, 3, "2, 4"), (256, 48, "32, 64"), (12, 5, "4, 6"), (256, 512, "256"),
+     (97, 5, "1, 97")],
+)  # fmt: skip
+def test_a_micro_batch_size_gets_the_nearest_divisors_below_and_above(batch_size, micro, near):
+    found = problems(minimal(batch_size=batch_size, micro_batch_size=micro))
+    assert found["micro_batch_size"].endswith(f"divisors near it: {near})")

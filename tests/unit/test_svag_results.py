@@ -161,14 +161,59 @@ def test_a_reversed_l_trend_is_not_converged():
 
 
 def test_interval_rule_against_point_rule():
-    """A ratio whose point is outside but whose interval reaches inside: undecided under the
-    interval rule (holds), a failure under the point rule."""
+    """A ratio whose point is outside but whose interval reaches inside: inconclusive under the
+    interval rule (never sde_holds: undecided does not default to holds), a failure under the
+    point rule."""
     runs = [flat(1, 1.5, wave=0.4), flat(2, 1.0), flat(4, 1.0)]
     vi = decide(runs, 20.0, config=VerdictConfig(fail_rule="interval"))
     r = vi.ratio("train_loss")
     assert r.status == "straddles" and not r.point_inside
-    assert vi.code == "sde_holds" and vi.undecided == ("train_loss",) and "Undecided" in vi.text
+    assert vi.code == "inconclusive" and vi.undecided == ("train_loss",)
+    assert "undecided" in vi.text and "not a hold" in vi.text and "agree" not in vi.text
     assert decide(runs, 20.0, config=VerdictConfig(fail_rule="point")).code == "sde_fails"
+
+
+def test_straddling_with_the_point_inside_is_inconclusive_too():
+    """The point estimate inside [1/C, C] does not make a straddling interval a hold."""
+    runs = [flat(1, 1.32, wave=0.4), flat(2, 1.0), flat(4, 1.0)]
+    v = decide(runs, 20.0)
+    r = v.ratio("train_loss")
+    assert r.status == "straddles" and r.point_inside, r
+    assert v.code == "inconclusive"
+
+
+def _ratio(metric: str, ratio: float, lo: float, hi: float, status: str, decides: bool):
+    from bscrit.runs.svag.ratios import RatioEstimate
+
+    return RatioEstimate(metric, ratio, 1.0, ratio, lo, hi, status, status == "inside", decides,
+                         "largest_l")  # fmt: skip
+
+
+def test_c_close_is_said_only_of_def51_ratios_and_denied_when_r_lies_outside():
+    """mnist1d-si at B' = 512 (benchmarks/validation/results/agreement): the losses decide and
+    lie inside, R's ratio 1.55 [1.46, 1.65] lies wholly outside [1/√2, √2]: not C-close."""
+    from bscrit.runs.svag.verdict import def51_reading
+
+    losses = [_ratio("train_loss", 1.1, 1.0, 1.2, "inside", True),
+              _ratio("eval_loss", 1.0, 0.9, 1.1, "inside", True)]  # fmt: skip
+    r_out = _ratio("norm_sq", 1.55, 1.46, 1.65, "outside", False)
+    g_in = _ratio("G", 1.0, 0.9, 1.1, "inside", False)
+    n_in = _ratio("N", 1.0, 0.9, 1.1, "inside", False)
+    words = def51_reading([r_out, g_in, n_in, *losses])
+    assert words.startswith("Not C-close") and "1.55 [1.46, 1.65]" in words
+    assert "(shown, not deciding)" in words
+    r_in = _ratio("norm_sq", 1.1, 1.0, 1.2, "inside", False)
+    assert "C-close in the sense" in def51_reading([r_in, g_in, n_in, *losses])
+    assert not def51_reading([r_in, g_in, n_in, *losses]).startswith("Not")
+    g_unres = _ratio("G", 1.0, 0.5, 2.0, "unresolved", False)
+    assert "do not settle" in def51_reading([r_in, g_unres, n_in, *losses])
+
+
+def test_default_verdict_text_never_says_c_close_when_only_the_losses_decide():
+    v = decide([flat(1, 1.0), flat(2, 1.04), flat(4, 1.05)], 20.0)
+    assert v.code == "sde_holds" and v.config.decide_on == ("train_loss", "eval_loss")
+    head = v.text.split(". ")[0]
+    assert "agree on" in head and "C-close" not in head
 
 
 def test_tail_window_skips_a_relaxation_time_or_takes_the_last_half():
@@ -268,3 +313,16 @@ def test_svag_results_and_verdict_do_not_import_torch():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_momentum_sgd_verdict_is_labelled_heuristic():
+    """[LMA21]'s SDE and SVAG are for plain SGD: momentum SGD's verdict says it is heuristic."""
+    from bscrit.optim.registry import OptimizerInfo
+    from bscrit.runs.svag.results import svag_verdict
+
+    runs = [flat(1, 1.0), flat(2, 1.04), flat(4, 1.05)]
+    plain, _ = svag_verdict(runs, OptimizerInfo("sgd", lr=0.1), 64)
+    heavy, _ = svag_verdict(runs, OptimizerInfo("sgd", lr=0.1, momentum=0.9), 64)
+    assert plain.code == heavy.code == "sde_holds"
+    assert "heuristic" not in plain.text
+    assert "heuristic reading for momentum SGD (μ = 0.9)" in heavy.text

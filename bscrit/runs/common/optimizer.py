@@ -9,12 +9,13 @@ multiplier at any (effective) step (:func:`lr_factor`).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from bscrit.optim import lr_schedule
 from bscrit.optim import registry as optim
 from bscrit.optim.registry import OptimizerInfo
 from bscrit.theory.scaling import scale_steps
@@ -22,19 +23,40 @@ from bscrit.theory.scaling import scale_steps
 __all__ = ["lr_factor", "make_optimizer", "target_schedule"]
 
 
-def make_optimizer(params: Sequence[Tensor], opt: OptimizerInfo) -> torch.optim.Optimizer:
-    """PyTorch's own optimizer with the hyperparameters of ``opt`` (one parameter group)."""
+def make_optimizer(
+    params: Sequence[Tensor], opt: OptimizerInfo, groups: Sequence[int] | None = None
+) -> torch.optim.Optimizer:
+    """PyTorch's own optimizer with the hyperparameters of ``opt``.
+
+    ``groups`` gives, per parameter of ``params``, the index of its saved param group: when the
+    groups' values differ (:func:`bscrit.optim.registry.group_optimizers`), each parameter is
+    trained with its own group's values (a no-decay group stays without decay), as the run was.
+    Else (or without ``groups``) one group with ``opt``'s values.
+    """
+    per_group = optim.group_optimizers(opt)
     cls, kwargs = optim.torch_kwargs(opt)
-    return getattr(torch.optim, cls)(list(params), **kwargs)
+    if not per_group or groups is None or len(groups) != len(params):
+        return getattr(torch.optim, cls)(list(params), **kwargs)
+    built = []
+    for g, g_opt in per_group:
+        mine = [p for p, i in zip(params, groups, strict=True) if i == g.index]
+        if mine:
+            built.append({"params": mine, **optim.torch_kwargs(g_opt)[1]})
+    return getattr(torch.optim, cls)(built, **kwargs)
 
 
 def target_schedule(schedule: Any, kappa: float) -> dict[str, Any]:
-    """The spec's schedule (in steps of the base run at batch size B) in steps at B' = κB.
+    """The run's schedule (in steps of the base run at batch size B) in steps at B' = κB.
 
     Training length is fixed in epochs (docs/theory.md §5), so warm-up, milestones and the cosine
     length are divided by κ (:func:`bscrit.theory.scaling.scale_steps`). ``schedule`` is a
-    :class:`~bscrit.specfile.document.ScheduleSpec` (or None: constant).
+    :class:`~bscrit.specfile.document.ScheduleSpec`, a schedule read from the checkpoint (a
+    mapping of :mod:`bscrit.optim.lr_schedule`, evaluated at κ × the target step), or None
+    (constant).
     """
+    if isinstance(schedule, Mapping):
+        return {"name": "read", "kappa": float(kappa), "base": dict(schedule),
+                "describe": lr_schedule.describe(schedule)}  # fmt: skip
     if schedule is None:
         return {"name": "constant", "warmup_steps": 0, "milestones": [], "gamma": 0.1,
                 "total_steps": None}  # fmt: skip
@@ -57,6 +79,8 @@ def lr_factor(schedule: dict[str, Any], e: float, e_end: float, default_total: f
       ``default_total``, decaying to 0 (``CosineAnnealingLR``).
     """
     name = schedule.get("name", "constant")
+    if name == "read":  # the base run's own schedule, at the base-run step κe
+        return lr_schedule.factor_at(schedule["base"], float(schedule["kappa"]) * e)
     w = float(schedule.get("warmup_steps") or 0)
     f = 1.0
     if w > 0 and e < w:

@@ -26,10 +26,12 @@ from bscrit.load.checkpoints import LoadedCheckpoint, load_model
 from bscrit.load.device import resolve_device
 from bscrit.load.factories import build_dataset, build_loss
 from bscrit.load.optimizer import resolve_optimizer
+from bscrit.optim import lr_schedule
 from bscrit.optim import registry as optim
 from bscrit.optim.registry import OptimizerInfo
+from bscrit.optim.state import groups_of, indices
 from bscrit.runs.common.evaluation import ModelEvaluator
-from bscrit.theory.scaling import scale_optimizer
+from bscrit.theory.scaling import DEFAULT_ADAM_RULE, scale_groups, scale_optimizer
 
 if TYPE_CHECKING:
     from bscrit.specfile.document import Spec
@@ -60,6 +62,7 @@ class RunPlan:
     schedule: dict[str, Any]
     start_step: float
     warm_start: bool = True
+    param_groups: tuple[int, ...] | None = None  # per trained parameter, its saved param group
     micro_batch_size: int | None = None  # gradients in chunks of at most this many examples
     spec: str | None = None
     checkpoint: str | None = None
@@ -111,7 +114,7 @@ def _held_out(
     """The spec's eval_data and the fixed random subset of ``eval_examples`` evaluated."""
     if spec.eval_data is None:
         return None, []
-    eval_ds = build_dataset(spec.eval_data, spec.base_dir, "eval_data")
+    eval_ds = build_dataset(spec.eval_data, spec.base_dir, "eval_data", str(spec.path))
     m = len(eval_ds)
     if eval_examples is None or eval_examples >= m:
         idx = list(range(m))
@@ -136,6 +139,51 @@ class Start:
     device: torch.device
     seed: int
     warnings: list[str]
+
+    @property
+    def param_groups(self) -> tuple[int, ...] | None:
+        """Per trained parameter (in the model's order), the index of its saved param group;
+        None when the optimizer state could not be matched to the model."""
+        idx = self.selection.state_indices
+        groups = groups_of(self.checkpoint.optimizer_state)
+        if idx is None or not groups:
+            return None
+        where = {i: g for g, grp in enumerate(groups) for i in indices(grp)}
+        found = tuple(where.get(i) for i in idx)
+        return None if any(g is None for g in found) else found  # type: ignore[return-value]
+
+    def default_start_step(self) -> float:
+        """The checkpoint's step in the base run: the one it saved, else its scheduler's, else
+        0."""
+        if self.checkpoint.step is not None:
+            return float(self.checkpoint.step)
+        sched = self.checkpoint.schedule
+        return float((sched or {}).get("step") or 0)
+
+    def schedule(self) -> tuple[Any, list[str]]:
+        """The base run's LR schedule, and notes on where it came from (docs/theory.md §5):
+        the spec's ``schedule:``; else the one the checkpoint saved (its scheduler,
+        :mod:`bscrit.load.scheduler`); else constant at the LR at the checkpoint."""
+        ckpt, base = self.checkpoint, self.base
+        if self.spec.schedule is not None and self.spec.schedule.given:
+            return self.spec.schedule, []
+        notes = [ckpt.schedule_note] if ckpt.schedule_note else []
+        if ckpt.schedule is not None:
+            notes.append(
+                f"the base run's LR schedule, read from the checkpoint: "
+                f"{lr_schedule.describe(ckpt.schedule)}; every run continues its "
+                "remaining steps (at B': at κ × the step, scaled by the rule)"
+            )
+            return ckpt.schedule, notes
+        if base is None or base.lr_current is None or base.lr <= 0:
+            notes.append("no schedule in the spec or the checkpoint: every run uses a constant "
+                         "LR (the base LR, scaled by the rule at B')")  # fmt: skip
+            return None, notes
+        level = base.lr_current / base.lr
+        notes.append(f"no schedule in the spec or the checkpoint: every run uses a constant LR, "
+                     f"the LR at the checkpoint ({base.lr_current:.4g}; scaled by the rule at "
+                     "B')")  # fmt: skip
+        return {"name": "constant", "level": level, "source": "the LR at the checkpoint"}, notes
 
     @property
     def dataset_size(self) -> int:
@@ -163,6 +211,7 @@ class Start:
             target_batch_size=int(target_batch_size), dataset_size=n,
             kappa=target_batch_size / spec.batch_size, micro_batch_size=spec.micro_batch_size,
             spec=str(spec.path), checkpoint=str(self.checkpoint.path), warnings=self.warnings,
+            param_groups=self.param_groups,
         )  # fmt: skip
 
 
@@ -188,7 +237,7 @@ def load_start(
     seed = spec.measure.seed if seed is None else int(seed)
     dev = resolve_device(device or spec.measure.device)
     model, ckpt = load_model(spec, checkpoint, unsafe=unsafe)
-    train_ds = build_dataset(spec.data, spec.base_dir, "data")
+    train_ds = build_dataset(spec.data, spec.base_dir, "data", str(spec.path))
     warnings = check_size(len(train_ds))
     sel = select_parameters(model, ckpt.optimizer_state, f"checkpoint {ckpt.path}")
     for name, p in model.named_parameters():  # bscrit's own copy of the model
@@ -206,17 +255,26 @@ def scaled_target(
     *,
     overridden: str,
     runs: str,
+    groups: tuple[int, ...] | None = None,
+    adam_rule: str = DEFAULT_ADAM_RULE,
 ) -> tuple[OptimizerInfo, list[str]]:
-    """The run's optimizer scaled to B' = κB by its rule (:func:`scale_optimizer`), then the
-    ``overrides`` (``--lr`` etc.; None: not given), and the notes saying what was overridden
-    (``overridden``: "overridden on the command line") and that ``runs`` ("both branches") use
-    the main param group's values."""
-    target = optim.with_values(scale_optimizer(base, kappa), dict(overrides))
+    """The run's optimizer scaled to B' = κB by its rule (:func:`scale_optimizer`, each param
+    group scaled alike: :func:`scale_groups`), then the ``overrides`` (``--lr`` etc.; None: not
+    given), and the notes saying what was overridden (``overridden``: "overridden on the command
+    line") and how ``runs`` ("both branches") treat the param groups (``groups``: each trained
+    parameter's group, None when they could not be matched)."""
+    scaled = scale_groups(base, scale_optimizer(base, kappa, adam_rule), kappa, adam_rule)
+    if base.lr_current is not None and base.lr > 0:  # the LR at the checkpoint, scaled alike
+        scaled = replace(scaled, lr_current=base.lr_current * scaled.lr / base.lr)
+    target = optim.with_values(scaled, dict(overrides))
     given = [k for k, v in overrides.items() if v is not None]
     notes = [f"{overridden}: {', '.join(given)}"] if given else []
     if optim.group_optimizers(base):
-        notes.append(
-            f"the base run's {len(base.groups)} param groups have different values; {runs} "
-            "use the main group's for every parameter"
-        )
+        if groups is None:
+            notes.append(f"the base run's {len(base.groups)} param groups have different values "
+                         f"but could not be matched to the model's parameters; {runs} use the "
+                         "main group's for every parameter")  # fmt: skip
+        else:
+            notes.append(f"{runs} train each of the base run's {len(base.groups)} param groups "
+                         "with its own values (scaled by the rule at B')")  # fmt: skip
     return target, notes

@@ -38,6 +38,11 @@ from bscrit.runs.confirm.budget import (
     example_grid,
 )
 from bscrit.runs.confirm.verdict import DECAY_TAIL_POINTS, DEFAULT_TAIL_POINTS
+from bscrit.theory.scaling import (
+    ADAM_RULE_TEXT,
+    DEFAULT_ADAM_RULE,
+    check_adam_rule,
+)
 
 if TYPE_CHECKING:
     from bscrit.specfile.document import Spec
@@ -118,7 +123,11 @@ class ConfirmPlan(RunPlan):
 
 
 def _target_optimizer(
-    base: OptimizerInfo, overrides: Mapping[str, float | None], kappa: float
+    base: OptimizerInfo,
+    overrides: Mapping[str, float | None],
+    kappa: float,
+    groups: tuple[int, ...] | None = None,
+    adam_rule: str = DEFAULT_ADAM_RULE,
 ) -> tuple[OptimizerInfo, str, str, list[str]]:
     """``(target, rule, reference, notes)``: the base scaled to B' by its rule, then overridden."""
     d = optim.scalable(base.name)
@@ -130,9 +139,12 @@ def _target_optimizer(
         )
     target, notes = scaled_target(
         base, overrides, kappa, overridden="target overridden on the command line",
-        runs="both branches",
+        runs="both branches", groups=groups, adam_rule=adam_rule,
     )  # fmt: skip
-    return target, d.rule, d.rule_reference, notes
+    reference = d.rule_reference
+    if d.adaptive and adam_rule != DEFAULT_ADAM_RULE:
+        reference += f", --adam-rule {adam_rule}: {ADAM_RULE_TEXT[adam_rule]}"
+    return target, d.rule, reference, notes
 
 
 def _saved_state(
@@ -181,8 +193,8 @@ def _check_sizes(n: int, target_batch_size: int, batch_size: int) -> list[str]:
 
 
 def _base_optimizer(start: Start) -> tuple[OptimizerInfo, list[str]]:
-    """The run's optimizer (the base branch trains with it) and a warning when the checkpoint's
-    LR is not the schedule's base LR."""
+    """The run's optimizer (the base branch trains with it) and a note when the checkpoint's LR
+    is not the schedule's base LR (its peak)."""
     base = start.base
     if base is None:
         raise UsageError(
@@ -192,8 +204,9 @@ def _base_optimizer(start: Start) -> tuple[OptimizerInfo, list[str]]:
         )
     if base.lr_current is not None and not math.isclose(base.lr_current, base.lr, rel_tol=1e-6):
         return base, [
-            f"the checkpoint's LR is {base.lr_current:.6g}, the schedule's base {base.lr:.6g}: "
-            "both branches follow the spec's schedule from --start-step"
+            f"the LR at the checkpoint is {base.lr_current:.6g}, the schedule's base (peak) "
+            f"{base.lr:.6g}: the rule scales the base; the runs follow the schedule from the "
+            "checkpoint's step (--start-step)"
         ]
     return base, []
 
@@ -217,6 +230,7 @@ def prepare_confirm(
     device: str | None = None,
     warm_start: bool = True,
     unsafe: bool = False,
+    adam_rule: str = DEFAULT_ADAM_RULE,
 ) -> ConfirmPlan:
     """Load the checkpoint and data of a spec and plan both branches.
 
@@ -230,6 +244,8 @@ def prepare_confirm(
             21; 1 with ``decay``, the loss at the end of the decay).
         start_step: the checkpoint's step in the base run (the schedule); default the step saved
             in the checkpoint, else 0.
+        adam_rule: the square-root rule's variant for Adam/AdamW/RMSprop
+            (:data:`~bscrit.theory.scaling.ADAM_RULES`).
 
     Raises:
         UsageError: B' larger than the training set, no optimizer, an optimizer confirm does not
@@ -248,7 +264,11 @@ def prepare_confirm(
     )  # fmt: skip
     base, lr_warnings = _base_optimizer(start)
     kappa = target_batch_size / b
-    target, rule, reference, notes = _target_optimizer(base, dict(overrides or {}), kappa)
+    target, rule, reference, notes = _target_optimizer(
+        base, dict(overrides or {}), kappa, start.param_groups, check_adam_rule(adam_rule)
+    )
+    schedule, sched_notes = start.schedule()
+    notes += sched_notes
     n = start.dataset_size
     if examples is None:
         examples, why = default_examples(base, b, n, relaxation_times)
@@ -259,7 +279,7 @@ def prepare_confirm(
         notes.append(f"B'/B = {kappa:.4g} is not an integer: the base branch's examples at each "
                      f"grid point are rounded to whole steps at B (within {b // 2})")  # fmt: skip
     if start_step is None:
-        start_step = float(start.checkpoint.step or 0)
+        start_step = start.default_start_step()
     saved, state_why = _saved_state(
         start.checkpoint.optimizer_state, start.selection.state_indices, base.name,
         optim.flat(base).get("momentum", 0.0),
@@ -271,8 +291,8 @@ def prepare_confirm(
     shared["warnings"] = shared["warnings"] + lr_warnings
     return ConfirmPlan(
         **shared, rule=rule, rule_reference=reference, base_optimizer=base,
-        target_optimizer=target, schedule=target_schedule(spec.schedule, 1.0),
-        target_schedule=target_schedule(spec.schedule, kappa), start_step=float(start_step),
+        target_optimizer=target, schedule=target_schedule(schedule, 1.0),
+        target_schedule=target_schedule(schedule, kappa), start_step=float(start_step),
         base_batches=fixed_batches(n, b, eval_batches, start.seed), examples=int(examples),
         examples_why=why, grid_base=grid_base, grid_target=grid_target,
         seeds=tuple(start.seed + i for i in range(seeds)), decay=decay, tail_points=tail_points,

@@ -29,6 +29,7 @@ from bscrit.runs.common.artifact import (
 from bscrit.runs.common.result import RunResult
 from bscrit.runs.confirm.verdict import (
     DEFAULT_TAIL_POINTS,
+    TOLERANCE_UNIT,
     ConfirmVerdict,
     criterion,
     relative_difference,
@@ -164,6 +165,7 @@ class ConfirmResult(RunResult):
             "dataset_size": self.dataset_size,
             "seeds": list(self.seeds),
             "tolerance": v.tolerance,
+            "tolerance_unit": TOLERANCE_UNIT,
             "metric": m,
             "tail_points": self.tail_points,
             "criterion": criterion(v.tolerance, m, self.tail_points),

@@ -187,7 +187,7 @@ def run_branch(
         params = [p for p in model.parameters() if p.requires_grad]
         stream = plan.train.stream(bsz, torch.Generator().manual_seed(seed))
         evaluate = plan.evaluator(model, loss_fn, plan.seeds[0])
-        optimizer = make_optimizer(params, opt)
+        optimizer = make_optimizer(params, opt, plan.param_groups)
         if start is not None:
             start(optimizer, params)
         decay = plan.decay

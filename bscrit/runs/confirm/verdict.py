@@ -39,7 +39,8 @@ from bscrit.runs.common.artifact import none_to_nan
 from bscrit.runs.common.result import METRIC_LABELS
 from bscrit.stats.estimators import LEVEL, t_quantile
 
-__all__ = ["DEFAULT_TOLERANCE", "ConfirmVerdict", "check_tolerance", "criterion", "decide",
+__all__ = ["DEFAULT_TOLERANCE", "TOLERANCE_UNIT", "ConfirmVerdict", "check_tolerance",
+           "criterion", "decide", "describe_tolerance",
            "relative_difference", "t_interval"]  # fmt: skip
 
 #: Default tolerance δ on the relative final-loss difference (L_B' − L_B)/L_B, chosen on
@@ -47,6 +48,8 @@ __all__ = ["DEFAULT_TOLERANCE", "ConfirmVerdict", "check_tolerance", "criterion"
 #: and 2 relaxation times, every δ in (7.1%, 14.5%) agrees with the LSR sweep on all 7 batch
 #: sizes there (δ = 5% leaves B' = 512 inconclusive); 10% then agrees on all 7 of mnist1d-affine.
 DEFAULT_TOLERANCE = 0.10
+#: The unit of δ, said wherever it is printed or written (``tolerance_unit`` in the JSON).
+TOLERANCE_UNIT = "relative: a fraction of the base run's final loss L_B, on d = (L_B' − L_B)/L_B"
 #: The final loss is the mean over this many last grid points (of ``DEFAULT_POINTS`` + 1): the
 #: last fifth, which averages out the loss's fluctuation at a constant LR (on digits at B' = 256,
 #: 3 points left the 95% interval of d twice as wide as 5). With ``--decay``: the last point.
@@ -87,13 +90,19 @@ def t_interval(
     return mean, sd, (mean - half, mean + half)
 
 
+def describe_tolerance(tolerance: float) -> str:
+    """δ with its unit in words: ``"δ = 10% of the base run's loss (relative)"``."""
+    return f"δ = {100 * tolerance:g}% of the base run's loss (relative)"
+
+
 def criterion(tolerance: float, metric: str, tail_points: int) -> str:
     """The criterion in words (what ``--json`` reports as ``criterion``)."""
     label = METRIC_LABELS.get(metric, metric)
     return (
         f"d = (L_B' − L_B)/L_B per seed, L = {label} averaged over the last {tail_points} grid "
         f"points; 95% t-interval of the mean of d over the seeds; holds if the whole interval "
-        f"< δ = {tolerance:g}, fails if the whole interval > δ or a B' branch diverged, else "
+        f"< δ = {tolerance:g} (relative, a fraction of L_B), fails if the whole interval > δ or "
+        "a B' branch diverged, else "
         "inconclusive"
     )
 
@@ -122,6 +131,7 @@ class ConfirmVerdict:
             "sd": finite_or_none(self.sd),
             "ci95": None if self.ci95 is None else [finite_or_none(x) for x in self.ci95],
             "tolerance": self.tolerance,
+            "tolerance_unit": TOLERANCE_UNIT,
             "diverged": list(self.diverged),
         }
 
@@ -186,11 +196,12 @@ def decide(
         )
         return ConfirmVerdict("inconclusive", text, **common)  # type: ignore[arg-type]
     span = f"d = {_pct(mean)} (95%: {_pct(ci[0])} to {_pct(ci[1])})"
-    delta = f"δ = {100 * tolerance:g}%"
+    delta = describe_tolerance(tolerance)
     if ci[1] < tolerance:
         code = "holds"
-        text = (f"{span} lies below {delta}: at {b} the scaled run reaches the base "
-                "run's loss for the same examples; the scaling rule holds.")  # fmt: skip
+        text = (f"{span} lies below {delta}: at {b} the scaled run ends less than δ above "
+                "the base run's loss for the same examples (one-sided, at 95%); the scaling "
+                "rule holds by this criterion.")  # fmt: skip
     elif ci[0] > tolerance:
         code = "fails"
         text = (f"{span} lies above {delta}: at {b} the scaled run ends with a higher "

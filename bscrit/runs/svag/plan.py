@@ -24,6 +24,7 @@ from bscrit.runs.common.optimizer import target_schedule
 from bscrit.runs.common.plan import RunPlan, load_start, scaled_target
 from bscrit.runs.svag.verdict import DEFAULT_EFFECTIVE_STEPS, DEFAULT_RELAXATION_TIMES
 from bscrit.stats.equilibrium import relaxation_steps
+from bscrit.theory.scaling import DEFAULT_ADAM_RULE, check_adam_rule
 
 #: Evaluation points per run by default (every E/40 effective steps): the tail window's blocks
 #: of τ/2 need a few points each.
@@ -165,6 +166,8 @@ def _target_optimizer(
     optimizer_name: str | None,
     overrides: dict[str, float | None],
     kappa: float,
+    groups: tuple[int, ...] | None = None,
+    adam_rule: str = DEFAULT_ADAM_RULE,
 ) -> tuple[OptimizerInfo, str, str, list[str]]:
     """``(target, rule, rule_reference, notes)``: the base optimizer scaled to B' by its rule and
     overridden, or (no base optimizer) the one given on the command line."""
@@ -189,8 +192,11 @@ def _target_optimizer(
         return target, "given", "hyperparameters given on the command line", notes
     d = _runnable(base.name)
     target, notes = scaled_target(
-        base, overrides, kappa, overridden="overridden on the command line", runs="the SVAG runs"
-    )
+        base, overrides, kappa, overridden="overridden on the command line", runs="the SVAG runs",
+        groups=groups, adam_rule=adam_rule,
+    )  # fmt: skip
+    if d.adaptive and adam_rule != DEFAULT_ADAM_RULE:
+        return target, d.rule, f"{d.rule_reference}, --adam-rule {adam_rule}", notes
     return target, d.rule, d.rule_reference, notes
 
 
@@ -220,6 +226,9 @@ def _momentum_note(target: OptimizerInfo) -> list[str]:
 
 
 def _schedule_note(sched: dict[str, Any], target_batch_size: int, start_step: float) -> list[str]:
+    if sched["name"] == "read":
+        return [f"schedule {sched['describe']}, continued from step {start_step:g} at B' = "
+                f"{target_batch_size} (base-run step {start_step * sched['kappa']:g})"]  # fmt: skip
     if sched["name"] == "constant" and not sched["warmup_steps"]:
         return []
     return [
@@ -242,11 +251,12 @@ def prepare_svag(
     eval_every: int | None = None,
     eval_batches: int = 8,
     eval_examples: int | None = 2048,
-    start_step: float = 0.0,
+    start_step: float | None = None,
     seed: int | None = None,
     device: str | None = None,
     warm_start: bool = True,
     unsafe: bool = False,
+    adam_rule: str = DEFAULT_ADAM_RULE,
 ) -> SvagPlan:
     """Load the checkpoint and data of a spec and work out the target hyperparameters and cost.
 
@@ -269,12 +279,16 @@ def prepare_svag(
     )  # fmt: skip
     kappa = target_batch_size / spec.batch_size
     target, rule, reference, notes = _target_optimizer(
-        start.base, optimizer_name, dict(overrides or {}), kappa
-    )
+        start.base, optimizer_name, dict(overrides or {}), kappa, start.param_groups,
+        check_adam_rule(adam_rule),
+    )  # fmt: skip
     notes += _momentum_note(target)
     steps, tau, sizing = run_length(target, effective_steps, relaxation_times)
-    sched = target_schedule(spec.schedule, kappa)
-    notes += _schedule_note(sched, target_batch_size, start_step)
+    schedule, sched_notes = start.schedule()
+    sched = target_schedule(schedule, kappa)
+    if start_step is None:  # svag counts steps at B': the checkpoint's step in the base run / κ
+        start_step = start.default_start_step() / kappa if isinstance(schedule, dict) else 0.0
+    notes += sched_notes + _schedule_note(sched, target_batch_size, start_step)
     shared = start.plan_fields(target_batch_size, eval_batches, eval_examples)
     if shared["held_out"] is None:
         notes.append("no eval_data in the spec: no held-out loss/accuracy")

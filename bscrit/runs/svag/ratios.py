@@ -20,7 +20,7 @@ from bscrit.runs.svag.tail import TailStat
 from bscrit.stats.estimators import t_quantile
 
 __all__ = ["LEVEL", "RatioEstimate", "SdeEstimate", "diff_significant", "ratio_estimate",
-           "sde_estimate"]  # fmt: skip
+           "ratio_status", "sde_estimate"]  # fmt: skip
 
 LEVEL = 0.95  # the intervals' level
 
@@ -152,6 +152,16 @@ class RatioEstimate:
         )  # fmt: skip
 
 
+def ratio_status(lo: float, hi: float, C: float) -> str:  # noqa: N803
+    """Where the 95% interval [lo, hi] of a ratio lies against [1/C, C]: "inside", "outside"
+    (wholly above C or below 1/C) or "straddles" (it reaches across a boundary)."""
+    if lo >= 1.0 / C and hi <= C:
+        return "inside"
+    if lo > C or hi < 1.0 / C:
+        return "outside"
+    return "straddles"
+
+
 def ratio_estimate(
     sgd: TailStat,
     sde: SdeEstimate,
@@ -170,12 +180,7 @@ def ratio_estimate(
     se_log = math.hypot(sgd.se / sgd.mean, sde.se / sde.value)
     half = _q(min(sgd.df, sde.df)) * se_log if math.isfinite(se_log) else math.inf
     lo, hi = (r * math.exp(-half), r * math.exp(half)) if math.isfinite(half) else (0.0, math.inf)
-    if lo >= 1.0 / C and hi <= C:
-        status = "inside"
-    elif lo > C or hi < 1.0 / C:
-        status = "outside"
-    else:
-        status = "straddles"
+    status = ratio_status(lo, hi, C)
     inside = 1.0 / C <= r <= C
     return RatioEstimate(sgd.metric, sgd.mean, sde.value, r, lo, hi, status, inside, decides,
                          sde.source)  # fmt: skip

@@ -24,6 +24,7 @@ Format history of ``svag.json``, its own (the rule at the top of
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -132,6 +133,11 @@ def svag_verdict(
         rule=f"{d.rule} scaling rule" if d is not None else "scaling rule",
         eval_batches=eval_batches,
     )
+    if target_optimizer.name.lower() == "sgd" and target_optimizer.momentum > 0:
+        verdict = dataclasses.replace(verdict, text=(
+            f"{verdict.text} A heuristic reading for momentum SGD (μ = "
+            f"{target_optimizer.momentum:g}): [LMA21]'s SDE and SVAG are for plain SGD, and SVAG "
+            "keeps the momentum unchanged."))  # fmt: skip
     return verdict, tau
 
 

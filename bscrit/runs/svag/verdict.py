@@ -21,8 +21,16 @@ is that trace (N^{B'}), so the third ratio is a ratio of recorded N's. C = √c2
 5. **Settled?** (:func:`unsettled`): ``not_converged`` only when R or a loss of an SVAG run
    still drifts over the window, or the l-trend reverses, beyond the noise and ``settle_rtol``.
 6. **Decision** (:func:`decide`): ``fail_rule="interval"``: ``sde_fails`` when a decision
-   ratio's interval lies wholly outside [1/C, C]; ``"point"``: when its estimate does.
+   ratio's interval lies wholly outside [1/C, C]; ``"point"``: when its estimate does. Else
+   ``inconclusive`` when a decision ratio's interval reaches across a boundary (or is undefined):
+   undecided never defaults to ``sde_holds``. ``sde_holds`` only when every decision ratio's
+   interval lies inside.
    How the defaults were chosen (on mnist1d-si only): docs/svag.md.
+
+Words. "C-close" is [LMA21] Def. 5.1's term, about R, G and ηN only. The text says the runs are
+C-close only when those three ratios all decide and lie inside, and not C-close whenever one of
+them lies wholly outside, deciding or not (:func:`def51_reading`); when only the losses decide,
+it says that SGD and its SDE agree (or differ) on the losses.
 """
 
 from __future__ import annotations
@@ -44,7 +52,8 @@ from bscrit.runs.svag.tail import DEFAULT_SKIP, TailStat, tail_stat, tail_window
 from bscrit.stats.estimators import t_quantile
 
 __all__ = ["DECIDE_ON", "DECISION_METRICS", "LOSS_METRICS", "RATIO_LABELS", "RATIO_METRICS",
-           "VERDICT_TEXT", "Verdict", "VerdictConfig", "decide", "unsettled"]  # fmt: skip
+           "VERDICT_TEXT", "Verdict", "VerdictConfig", "decide", "def51_reading", "unsettled",
+           "verdict_code"]  # fmt: skip
 
 #: Def. 5.1's R, G, ηN and the training / held-out loss (``--decide-on def5.1``).
 DECISION_METRICS: tuple[str, ...] = ("norm_sq", "G", "N", "train_loss", "eval_loss")
@@ -76,16 +85,24 @@ DEFAULT_RELAXATION_TIMES = 4.0  # default run length in τ = 1/(2ηλ) at B'
 DEFAULT_EFFECTIVE_STEPS = 300  # run length when no relaxation time is known
 DEFAULT_SETTLE_RTOL = 0.1  # a drift or an l-trend reversal counts only beyond this
 
+#: Def. 5.1's own test functions: "C-close" is said of these three ratios only.
+DEF51_METRICS: tuple[str, ...] = ("norm_sq", "G", "N")
+
 VERDICT_TEXT: dict[str, str] = {
     "sde_holds": (
-        "{run} at batch size {b} and its SDE (from l = {sde}) are C-close ([LMA21] Def. 5.1, "
-        "C = √{c2:g} = {C:.3g}): no ratio SGD/SDE of {decided} is outside [1/C, C]{how}; the "
-        "{rule} is expected to hold."
+        "{run} at batch size {b} and its SDE (from l = {sde}) agree on {decided}: every ratio "
+        "SGD/SDE lies within [1/C, C]{how}, C = √{c2:g} = {C:.3g}; the {rule} keeps its SDE "
+        "justification here."
     ),
     "sde_fails": (
-        "{run} at batch size {b} and its SDE (from l = {sde}) are not C-close ([LMA21] Def. 5.1, "
-        "C = √{c2:g} = {C:.3g}): {failing} outside [1/C, C]{how}; {run} has left the SDE regime, "
-        "expect the {rule} to fail here."
+        "{run} at batch size {b} and its SDE (from l = {sde}) differ: {failing} outside [1/C, "
+        "C]{how}, C = √{c2:g} = {C:.3g}; {run} has left the SDE regime, and the {rule} loses its "
+        "SDE justification here (expect it to fail)."
+    ),
+    "inconclusive": (
+        "{run} at batch size {b} and its SDE (from l = {sde}): undecided, {undecided} reaches "
+        "across a boundary of [1/C, C]{how}, C = √{c2:g} = {C:.3g}; no verdict (not a hold): a "
+        "longer run (--relaxation-times) narrows the intervals."
     ),
     "not_converged": (
         "the SVAG runs of {run} at batch size {b} have not settled ({why}); no verdict on "
@@ -178,8 +195,8 @@ def unsettled(
 
 @dataclass(frozen=True)
 class Verdict:
-    """The calibrated verdict: ``code`` in {sde_holds, sde_fails, not_converged}, with every
-    number behind it."""
+    """The calibrated verdict: ``code`` in {sde_holds, sde_fails, inconclusive, not_converged},
+    with every number behind it."""
 
     code: str
     text: str
@@ -204,12 +221,14 @@ class Verdict:
             "code": self.code,
             "text": self.text,
             "criterion": (
-                "C-closeness of [LMA21] Def. 5.1: every decision ratio SGD/SDE (R, G, ηN, train "
-                "and held-out loss) within [1/C, C], C = √c2; 95% intervals by the delta method on "
-                "the log ratio with batch-means standard errors over the tail window; fail_rule "
-                "'interval': fails when an interval lies wholly outside, 'point': when a point "
-                "estimate does; not_converged when an SVAG run drifts over the window or the "
-                "l-trend reverses (significant and > settle_rtol)"
+                "the decision ratios SGD/SDE (config.decide_on, of R, G, ηN of [LMA21] Def. 5.1 "
+                "and the train and held-out loss) against [1/C, C], C = √c2; 95% intervals by "
+                "the delta method on the log ratio with batch-means standard errors over the "
+                "tail window; fail_rule 'interval': fails when an interval lies wholly outside, "
+                "'point': when a point estimate does; else inconclusive when an interval reaches "
+                "across a boundary (or is undefined); holds only when every interval lies "
+                "inside; not_converged when an SVAG run drifts over the window or the l-trend "
+                "reverses (significant and > settle_rtol)"
             ),
             "config": self.config.to_dict(),
             "reference_l": self.reference_l,
@@ -263,6 +282,39 @@ class Verdict:
 
 def _fmt_ratio(r: RatioEstimate) -> str:
     return f"{RATIO_LABELS[r.metric]} {r.ratio:.3g} [{r.lo:.3g}, {r.hi:.3g}]"
+
+
+def verdict_code(unsettled: bool, failing: bool, undecided: bool) -> str:
+    """The code from the three findings, in this order: ``not_converged`` (the SVAG runs have not
+    settled), ``sde_fails`` (a decision ratio fails), ``inconclusive`` (one is undecided: its
+    interval reaches across a boundary, or is undefined), else ``sde_holds``."""
+    if unsettled:
+        return "not_converged"
+    if failing:
+        return "sde_fails"
+    return "inconclusive" if undecided else "sde_holds"
+
+
+def def51_reading(ratios: Sequence[RatioEstimate]) -> str:
+    """What the ratios say about C-closeness in the sense of [LMA21] Def. 5.1 (R, G, ηN), whether
+    they decide or not: "not C-close" when one lies wholly outside [1/C, C]; "C-close" when all
+    three are resolved and inside; else that they do not settle it."""
+    r51 = [r for r in ratios if r.metric in DEF51_METRICS]
+    out = [r for r in r51 if r.status == "outside"]
+    if out:
+        shown = "" if all(r.decides for r in out) else " (shown, not deciding)"
+        which = "; ".join(_fmt_ratio(r) for r in out)
+        return (f"Not C-close in the sense of [LMA21] Def. 5.1: {which} lies wholly outside "
+                f"[1/C, C]{shown}.")  # fmt: skip
+    if len(r51) < len(DEF51_METRICS):
+        return "Def. 5.1's ratios (R, G, ηN) were not all recorded: C-closeness is not assessed."
+    if all(r.status == "inside" for r in r51):
+        return ("R, G and ηN lie within [1/C, C] as well: C-close in the sense of [LMA21] "
+                "Def. 5.1.")  # fmt: skip
+    return (
+        "Def. 5.1's ratios (R, G, ηN) do not settle C-closeness here (an interval reaches "
+        "across a boundary, or G is unresolved)."
+    )
 
 
 def decide(
@@ -337,11 +389,13 @@ def decide(
            "why": "; ".join(why),
            "decided": ", ".join(RATIO_LABELS[m] for m in metrics if m in cfg.decide_on),
            "failing": "; ".join(_fmt_ratio(r) for r in failing)}  # fmt: skip
-    code = "not_converged" if why else ("sde_fails" if failing else "sde_holds")
+    fmt["undecided"] = "; ".join(_fmt_ratio(r) for r in undecided)
+    code = verdict_code(bool(why), bool(failing), bool(undecided))
     text = VERDICT_TEXT[code].format(**fmt)
-    if undecided and code != "not_converged":
-        text += (" Undecided (the 95% interval reaches across a boundary): "
-                 + "; ".join(_fmt_ratio(r) for r in undecided) + ".")  # fmt: skip
+    if code == "sde_fails" and undecided:
+        text += f" Undecided (the 95% interval reaches across a boundary): {fmt['undecided']}."
+    if code != "not_converged":
+        text += " " + def51_reading(ratios)
     ext = [m for m in metrics if sdes[m].source == "extrapolated"]
     if ext:
         text += (" Extrapolated in 1/l (the runs show the trend): "
