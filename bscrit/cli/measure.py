@@ -29,6 +29,12 @@ class Amp(str, Enum):
     bf16 = "bf16"
 
 
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16_autocast = "bf16-autocast"
+    bf16_weights = "bf16-weights"
+
+
 class Estimator(str, Enum):
     batch = "batch"
     per_example = "per-example"
@@ -156,7 +162,17 @@ def measure(
         ),
     ] = None,
     amp: Annotated[
-        Amp | None, typer.Option(help="bf16 autocast for forward/backward (CUDA only).")
+        Amp | None, typer.Option(help="bf16: the same as --precision bf16-autocast.")
+    ] = None,
+    precision: Annotated[
+        Precision | None,
+        typer.Option(
+            help="How the run computed its gradients (default: the spec's measure.precision, else "
+            "as the model is built). fp32: the model in float32. bf16-autocast: torch.autocast "
+            "in bf16 on CPU or CUDA, weights as they are. bf16-weights: a bf16 copy of the model "
+            "runs forward/backward (as FSDP's param_dtype=bf16 or a pure-bf16 run), gradients "
+            "cast to float32 before any sum. Sums stay float32/float64.",
+        ),
     ] = None,
     batch_size: Annotated[
         int | None,
@@ -275,6 +291,7 @@ def measure(
         device=device,
         mode=mode.value if mode else None,
         amp=amp.value if amp else None,
+        precision=precision.value if precision else None,
         batch_size=batch_size,
         micro_batch_size=micro_batch_size,
         unsafe_load=unsafe_load,

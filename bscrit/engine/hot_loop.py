@@ -20,6 +20,7 @@ from bscrit.engine.data import (
 from bscrit.engine.gram import GramCache, norm64, per_tensor_sums, total_sums
 from bscrit.engine.groups import SumsPlan, deal, open_sums
 from bscrit.engine.objective import batch_gradient
+from bscrit.engine.precision import cast_floating, sum_dtype, sum_templates, to_sum_dtype
 from bscrit.engine.sanity import check_finite, check_loss, sum_check
 from bscrit.errors import BscritError, MeasurementError, UsageError, UserCodeError, first_line
 from bscrit.stats.estimators import GroupSums
@@ -146,14 +147,17 @@ class _HotLoop:
         preconditioner: Sequence[Tensor] | None = None,
         micro: int | None = None,
         sums_plan: SumsPlan | None = None,
+        input_dtype: torch.dtype | None = None,
     ) -> None:
+        self.input_dtype = input_dtype  # floating inputs cast to the weights' dtype (bf16 weights)
         self.model, self.source, self.loss_fn, self.device = model, source, loss_fn, device
         self.micro = micro  # examples per forward/backward chunk; None: the whole batch
         params = [p for _, p in named]
         self.precond = None
         if preconditioner is not None:
             self.precond = [
-                f.to(device=device, dtype=p.dtype) for f, p in zip(preconditioner, params)
+                f.to(device=device, dtype=sum_dtype(p.dtype))
+                for f, p in zip(preconditioner, params)
             ]
         if preconditioner is not None and len(preconditioner) != len(named):
             raise UsageError(f"preconditioner: {len(self.precond)} tensors for {len(named)}")
@@ -165,8 +169,9 @@ class _HotLoop:
         self.weights = [p.detach() for p in self.params]
         self.w_flat = [w.reshape(-1) for w in self.weights]
         self.w_norm = torch.stack([norm64(w) for w in self.weights])
-        self.group_sum = [torch.zeros_like(w) for w in self.weights]
-        self.host = open_sums(self.weights, device, sums_plan)  # group j's sum (host or file)
+        like = sum_templates(self.weights)  # bf16/fp16 gradients are summed in float32
+        self.group_sum = [torch.zeros(t.shape, dtype=t.dtype, device=device) for t in like]
+        self.host = open_sums(like, device, sums_plan)  # group j's sum (host or file)
         self.q_rows: list[Tensor] = []  # group j's Q_j per tensor (float64, on the device)
         self.qp_rows: list[Tensor] = []  # the same for P g (stays 0 without a preconditioner)
         self.qp_batch = torch.zeros(len(self.params), dtype=torch.float64, device=device)
@@ -179,7 +184,7 @@ class _HotLoop:
         self.loss_sum = torch.zeros(2, **f64)  # (Σ loss, number of batches) for the mean loss
         self.zero_grads: dict[int, Tensor] = {}
         self.autocast = (
-            torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            torch.autocast(device_type=device.type, dtype=torch.bfloat16)
             if amp == "bf16"
             else torch.autocast(device_type=device.type, enabled=False)
         )
@@ -299,11 +304,13 @@ class _HotLoop:
 
     def _batch(self, x: Any, y: Any, b: int, invariance: bool) -> tuple[Tensor, Tensor]:
         """Forward, backward and fold batch ``b`` in; returns (per-tensor ‖g‖ float64, loss)."""
+        if self.input_dtype is not None:
+            x = cast_floating(x, self.input_dtype)
         try:
             with self.autocast:
                 loss, grads = batch_gradient(
                     self.model, self.loss_fn, self.params, x, y, micro=self.micro,
-                    check=self._first_check(b) if self.first else None,
+                    check=self._first_check(b) if self.first else None, float32_sums=True,
                 )  # fmt: skip
             self.first = False
         except UserCodeError as e:  # the model, the loss or the backward pass raised
@@ -327,9 +334,10 @@ class _HotLoop:
                 if t not in self.zero_grads:
                     self.zero_grads[t] = torch.zeros_like(self.weights[t])
                 grads[t] = self.zero_grads[t]
+        grads = to_sum_dtype(grads)  # bf16 weights: float32 from here on
         n64 = torch.stack(torch._foreach_norm(grads)).double()
         if invariance:  # the invariance test reads W: a few batches per group
-            dots = [torch.dot(wf, g.reshape(-1).to(wf.dtype)) for wf, g in zip(self.w_flat, grads)]
+            dots = [torch.dot(wf.to(g.dtype), g.reshape(-1)) for wf, g in zip(self.w_flat, grads)]
             self.abs_dot.add_(torch.stack(dots).double().abs())
             self.norm_prod.add_(self.w_norm * n64)
         torch._foreach_add_(self.group_sum, grads)

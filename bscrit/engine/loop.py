@@ -37,7 +37,6 @@ bitwise afterwards, the train/eval flag is restored, and the global RNG state is
 from __future__ import annotations
 
 import contextlib
-import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -68,6 +67,7 @@ from bscrit.engine.hot_loop import (
     _HotLoop,
 )
 from bscrit.engine.objective import batchnorm_warning
+from bscrit.engine.precision import WEIGHT_DTYPES, check_precision, place_model, sum_templates
 from bscrit.errors import DataError, MeasurementError, UsageError
 from bscrit.stats.summary import TensorSums, default_tau
 
@@ -104,6 +104,7 @@ def _validate(
     amp: str | None,
     device: torch.device,
     micro: int | None = None,
+    weights: str | None = None,
 ) -> None:
     """Every argument check of :func:`measure_model` that needs no work (before any batch)."""
     check_batch_size(batch_size)
@@ -125,13 +126,7 @@ def _validate(
         raise UsageError(f"groups: the jackknife needs at least 2 groups, got {groups}")
     if mode not in ("train", "eval"):
         raise UsageError(f"mode: expected 'train' or 'eval', got {mode!r}")
-    if amp not in (None, "bf16"):
-        raise UsageError(f"amp: expected 'bf16' or none, got {amp!r}")
-    if amp == "bf16" and device.type != "cuda":
-        raise UsageError(
-            "{amp} bf16 needs a CUDA device; drop {amp} or use {device} cuda", amp="amp",
-            device="device",
-        )  # fmt: skip
+    check_precision(amp, weights, device)
 
 
 @dataclass(frozen=True)
@@ -147,7 +142,10 @@ class LoopSettings:
         seed: seeds the batch indices and the model's randomness (dropout), not the global RNG.
         device: where to run.
         mode: "train" (BatchNorm with batch statistics, as in training) or "eval".
-        amp: None or "bf16" (CUDA autocast).
+        amp: None or "bf16": ``torch.autocast`` in bfloat16 on CPU or CUDA, weights as they are.
+        weights: None (as the model is), "bf16" or "fp32": the model copied in that dtype for the
+            forward/backward (``--precision bf16-weights``: how sharded runs keep them); the
+            gradients are cast to float32 before any sum (:mod:`bscrit.engine.precision`).
         num_workers: DataLoader workers for datasets that are not in-memory tensors.
         prefetch: DataLoader ``prefetch_factor`` (batches per worker; default 4).
         compile: run the forward pass through ``torch.compile`` (the backward follows).
@@ -171,6 +169,7 @@ class LoopSettings:
     device: Any = "cpu"  # torch.device or its name
     mode: str = "train"
     amp: str | None = None
+    weights: str | None = None
     num_workers: int = 0
     prefetch: int | None = None
     compile: bool = False
@@ -229,7 +228,7 @@ def measure_model(
     num_batches, micro_batch_size, tau = s.num_batches, s.micro_batch_size, s.tau
     device = torch.device(s.device)
     n = len(dataset)
-    _validate(n, batch_size, groups, mode, amp, device, micro_batch_size)
+    _validate(n, batch_size, groups, mode, amp, device, micro_batch_size, s.weights)
     micro = micro_batch_size if micro_batch_size and micro_batch_size < batch_size else None
     k = len(batch_rows) if batch_rows is not None else (
         num_batches if num_batches is not None else default_num_batches(n, batch_size)
@@ -243,8 +242,7 @@ def measure_model(
     rows = batch_rows if batch_rows is not None else BatchPlan(n, batch_size, k, seed)
     chunks = rows.chunks() if isinstance(rows, BatchPlan) else [rows]
 
-    if not all(p.device == device for p in model.parameters()):
-        model = copy.deepcopy(model).to(device)
+    model = place_model(model, device, s.weights)
     named = trainable_parameters(model)
     if not named:
         raise MeasurementError("model: has no trainable parameters (all requires_grad=False)")
@@ -253,7 +251,7 @@ def measure_model(
     hooks = hooks or LoopHooks()
     most_groups = max(groups, hooks.max_groups if hooks.next_rows is not None else 0)
     weights = [p.detach() for _, p in named]
-    sums_plan = plan_sums(weights, most_groups, s.host_memory, s.spill_dir)
+    sums_plan = plan_sums(sum_templates(weights), most_groups, s.host_memory, s.spill_dir)
     if on_plan is not None:
         on_plan(sums_plan)
     loop = _HotLoop(
@@ -270,6 +268,7 @@ def measure_model(
         preconditioner=preconditioner,
         micro=micro,
         sums_plan=sums_plan,
+        input_dtype=WEIGHT_DTYPES.get(s.weights or ""),
     )
     if (bn := batchnorm_warning(model, micro, mode, batch_size)) is not None:
         loop.warnings.append(bn)

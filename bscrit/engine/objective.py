@@ -288,12 +288,15 @@ def batch_gradient(
     micro: int | None = None,
     check: Check | None = None,
     on_output: OnOutput | None = None,
+    float32_sums: bool = False,
 ) -> tuple[Tensor, list[Tensor | None]]:
     """``(loss, gradient)`` of the mean loss of a batch w.r.t. ``params`` (None: unused).
 
     With ``micro`` the batch runs in chunks of ``micro`` examples, their gradients combined
     with the weights of :func:`chunk_weights` (module docstring): the loss and gradient are
-    those of the whole batch up to float rounding. ``.grad`` is left alone.
+    those of the whole batch up to float rounding. ``.grad`` is left alone. ``float32_sums``:
+    bf16/fp16 chunk gradients are summed in float32 (the measurement's hot loop; a training
+    step keeps the parameters' dtype, which ``.grad`` needs).
     """
     chunks = split_batch(x, y, micro)
     weights = chunk_weights(model, loss_fn, chunks) if len(chunks) > 1 else [1.0]
@@ -309,7 +312,11 @@ def batch_gradient(
         scaled = loss if isinstance(w, float) and w == 1.0 else loss * _as(w, loss)
         with user_code("the backward pass"):
             g = torch.autograd.grad(scaled, params, allow_unused=True)
-        grads = list(g) if grads is None else _accumulate(grads, g)
+        if grads is None:  # with float32_sums, bf16/fp16 chunks are accumulated in float32
+            up = float32_sums and len(chunks) > 1
+            grads = [to_float32(t) for t in g] if up else list(g)
+        else:
+            grads = _accumulate(grads, g)
         total = scaled.detach() if total is None else total + scaled.detach()
     assert total is not None and grads is not None
     return total, grads
@@ -317,6 +324,11 @@ def batch_gradient(
 
 def _as(w: Tensor | float, like: Tensor) -> Tensor | float:
     return w.to(device=like.device, dtype=like.dtype) if isinstance(w, Tensor) else w
+
+
+def to_float32(t: Tensor | None) -> Tensor | None:
+    """A bf16/fp16 gradient as float32 (others as they are; None stays None)."""
+    return t.float() if t is not None and t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 def _accumulate(acc: list[Tensor | None], new: tuple[Tensor | None, ...]) -> list[Tensor | None]:

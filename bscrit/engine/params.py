@@ -19,6 +19,9 @@ each group lists its tensors in the model's order (true for ``model.parameters()
 2. else one contiguous run of the model's tensors (a head, a block), when exactly one fits;
 3. else any placement, when exactly one fits.
 
+A state saved by parameter name (``get_optimizer_state_dict``, a DCP checkpoint; its names kept as
+``param_names``) is matched by name instead, when every name is a model parameter's.
+
 Several fits are an error that says so (never a guess); no fit is a warning, and the
 ``requires_grad`` tensors are measured. :func:`requires_grad_only` makes the selection what the
 engine sees (``requires_grad``) for the measurement and restores every flag afterwards.
@@ -35,7 +38,7 @@ from typing import Any
 from torch import nn
 
 from bscrit.errors import CheckpointError
-from bscrit.optim.state import group_shapes
+from bscrit.optim.state import group_shapes, param_names
 
 Shape = tuple[int, ...]
 #: States the matcher may visit before it gives up and calls the match ambiguous.
@@ -237,6 +240,12 @@ def select_parameters(
     size = sum(len(g) for g in groups)
     if size == 0:
         return m.selection(m.trainable, "requires_grad", None)
+    by_name = _by_name(m.names, param_names(optimizer_state))
+    if by_name is not None:
+        if sorted(p for ps in by_name for p in ps) == m.trainable:
+            return m.selection(m.trainable, "requires_grad, matching the optimizer state by name",
+                               by_name)  # fmt: skip
+        return m.optimizers(by_name, True, where)
     try:
         count, placement = align(m.shapes, groups, m.trainable, cover=True)
         if count:
@@ -260,6 +269,21 @@ def select_parameters(
             f"{len(named)} parameter tensors by order and shape (an optimizer built over other "
             f"parameters?): measuring the {len(m.trainable)} with requires_grad"))  # fmt: skip
     return m.optimizers(placement, True, where)
+
+
+def _by_name(names: Sequence[str], saved: list[list[str]] | None) -> list[list[int]] | None:
+    """Per group, the model positions of the parameters a by-name optimizer state lists (with a
+    ``module.`` / ``model.`` / ``_orig_mod.`` wrapper prefix dropped when that makes them fit);
+    None when the names do not all name distinct model parameters."""
+    if not saved:
+        return None
+    pos = {n: i for i, n in enumerate(names)}
+    for prefix in ("", "module.", "model.", "_orig_mod."):
+        cut = [[n[len(prefix) :] if n.startswith(prefix) else n for n in g] for g in saved]
+        flat = [n for g in cut for n in g]
+        if all(n in pos for n in flat) and len(set(flat)) == len(flat):
+            return [[pos[n] for n in g] for g in cut]
+    return None
 
 
 def _ambiguous(where: str, size: int, total: int, why: str) -> CheckpointError:

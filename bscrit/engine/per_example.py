@@ -48,7 +48,6 @@ weight-gradient convolution with the examples as groups (no im2col).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -64,6 +63,7 @@ from bscrit.engine.loop import (
     measure_model,
     trainable_parameters,
 )
+from bscrit.engine.precision import place_model
 from bscrit.errors import ExitCode, MeasurementError, UsageError
 from bscrit.stats.estimators import GroupSums, PerExampleRaw, per_example_stats
 
@@ -472,8 +472,7 @@ def measure_per_example(
         raise UsageError("the per-example estimator needs a batch size B >= 2")
     device = torch.device(s.device)
     check_model(model, s.mode)
-    if not all(p.device == device for p in model.parameters()):
-        model = copy.deepcopy(model).to(device)
+    model = place_model(model, device, s.weights)  # before the hooks go on (deep copies)
     params = [p for _, p in trainable_parameters(model)]
     collector = PerExampleNorms(model, params, device).install()
     n = len(dataset)

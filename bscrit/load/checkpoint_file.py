@@ -367,6 +367,19 @@ def saved_ints(path: str | os.PathLike[str], keys: tuple[str, ...]) -> dict[str,
     return {k: v for k in keys if isinstance(v := root.get(k), int) and not isinstance(v, bool)}
 
 
+#: A ``torch.distributed.checkpoint`` folder holds this file (OLMo-core: in ``model_and_optim/``).
+DCP_METADATA = ".metadata"
+
+
+def is_dcp_folder(path: str | os.PathLike[str]) -> bool:
+    """A ``torch.distributed.checkpoint`` folder: a ``.metadata`` file in it, or in OLMo-core's
+    ``model_and_optim/`` subfolder (read by :mod:`bscrit.load.dcp`)."""
+    p = os.fspath(path)
+    return os.path.isfile(os.path.join(p, DCP_METADATA)) or os.path.isfile(
+        os.path.join(p, "model_and_optim", DCP_METADATA)
+    )
+
+
 @dataclass(frozen=True)
 class Layout:
     """What a checkpoint path is, answered once (no torch, no pickle run): the one description
@@ -374,7 +387,8 @@ class Layout:
 
     Attributes:
         path: the path itself.
-        kind: ``"folder"`` (Hugging Face or HF Trainer), ``"index"`` (a sharded ``*.index.json``),
+        kind: ``"dcp"`` (a ``torch.distributed.checkpoint`` folder, :func:`is_dcp_folder`),
+            ``"folder"`` (Hugging Face or HF Trainer), ``"index"`` (a sharded ``*.index.json``),
             ``"safetensors"`` or ``"torch"`` (a ``torch.save`` file).
         weights: a folder's weight file (the first of :data:`WEIGHT_FILES`) described in turn,
             None if it has none.
@@ -402,6 +416,8 @@ def layout(path: str | os.PathLike[str]) -> Layout:
         CheckpointError: a shard index or ``trainer_state.json`` that cannot be read.
     """
     p = os.fspath(path)
+    if is_dcp_folder(p):
+        return Layout(p, "dcp")
     if os.path.isdir(p):
         opt, args = os.path.join(p, TRAINER_OPTIMIZER), os.path.join(p, TRAINER_ARGS)
         weights = folder_weights(p)

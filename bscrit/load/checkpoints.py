@@ -16,6 +16,11 @@ HF Trainer ``checkpoint-N/`` folder, whose ``optimizer.pt`` is the optimizer sta
 is ``transformer.wte.weight``) are saved once; a missing key whose model tensor is the same memory
 as a present key's is filled from it.
 
+A ``torch.distributed.checkpoint`` folder (a ``.metadata`` file: torchtitan, OLMo-core,
+``dcp.save``) is read whole in one process by :mod:`bscrit.load.dcp`, weights-only too; its
+optimizer state, keyed by parameter name, is turned into the index form the rest of bscrit reads
+(:func:`bscrit.optim.state.indexed`).
+
 A file that cannot be read or does not fit the model is a :class:`CheckpointError` with a
 one-line cause. What a file is, without torch, is :mod:`bscrit.load.checkpoint_file`.
 """
@@ -39,6 +44,7 @@ from bscrit.load.keys import match_keys
 from bscrit.load.scheduler import read_folder_schedule, read_object_schedule
 from bscrit.optim import saved
 from bscrit.optim.registry import OptimizerInfo
+from bscrit.optim.state import indexed
 from bscrit.specfile.document import Spec
 from bscrit.specfile.model import HF_INSTALL
 
@@ -240,6 +246,28 @@ def _load_folder(
     )
 
 
+def _load_dcp(path: Path) -> LoadedCheckpoint:
+    """A ``torch.distributed.checkpoint`` folder (:mod:`bscrit.load.dcp`): its optimizer state,
+    keyed by parameter name, is turned into PyTorch's index form."""
+    from bscrit.load import dcp
+
+    sd, opt_by_name, step = dcp.read_folder(path)
+    opt_state = indexed(opt_by_name)
+    root = {"optimizer": opt_state} if opt_state is not None else {}
+    reading = saved.read_checkpoint(root)
+    sched = read_object_schedule(root, opt_state)
+    return LoadedCheckpoint(
+        state_dict=sd,
+        optimizer=reading.info,
+        path=path,
+        optimizer_state=opt_state,
+        step=step,
+        optimizer_note=reading.note,
+        schedule=sched.schedule,
+        schedule_note=sched.note,
+    )
+
+
 def load_checkpoint(
     path: Path | str, *, key: str | None = None, unsafe: bool = False
 ) -> LoadedCheckpoint:
@@ -263,6 +291,9 @@ def load_checkpoint(
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     layout = checkpoint_file.layout(path)
+    if layout.kind == "dcp":
+        _no_key(path, key, "a torch.distributed.checkpoint folder")
+        return _load_dcp(path)
     if layout.kind == "folder":
         return _load_folder(layout, key=key, unsafe=unsafe)
     if layout.kind in ("index", "safetensors"):
@@ -289,7 +320,7 @@ def load_checkpoint(
             f"{where}name it with checkpoint.key in the spec"
         )
     reading = saved.read_checkpoint(root)
-    opt_state = saved.optimizer_state(root)
+    opt_state = indexed(saved.optimizer_state(root))
     sched = read_object_schedule(root, opt_state)
     return LoadedCheckpoint(
         state_dict=state_dict,

@@ -4,7 +4,9 @@ Users keep a checkpoint every epoch or every N steps; ``-c runs/`` or ``-c 'runs
 with ``--last K`` measures the last K of them by training step. The step is read without torch
 and without running the file's pickle (:mod:`bscrit.load.checkpoint_file`): a top-level ``step`` or
 ``global_step`` (Lightning saves ``global_step``), or for a Hugging Face Trainer folder
-(``checkpoint-N/``) the ``global_step`` of its ``trainer_state.json``. When a step is missing the
+(``checkpoint-N/``) the ``global_step`` of its ``trainer_state.json``; for a
+``torch.distributed.checkpoint`` folder (``step-N/`` with a ``.metadata``) its saved
+``train_state.step`` / ``step``, else the N of its name. When a step is missing the
 checkpoints are ordered by a natural sort of their names (``epoch9`` before ``epoch10``), and the
 note says so. A saved ``epoch`` (without a step) orders them too, and times the steps per epoch it
 estimates how far apart they are, which the equilibrium interval needs (docs/theory.md §8).
@@ -77,7 +79,9 @@ def natural_key(path: Path) -> list[object]:
 
 def is_checkpoint_folder(path: Path) -> bool:
     """A folder that is one checkpoint (``save_pretrained`` output or a Trainer folder)."""
-    return path.is_dir() and any((path / f).exists() for f in FOLDER_MARKERS)
+    return path.is_dir() and (
+        checkpoint_file.is_dcp_folder(path) or any((path / f).exists() for f in FOLDER_MARKERS)
+    )
 
 
 def _step_of_mapping(obj: object) -> int | None:
@@ -97,6 +101,10 @@ def saved_step(path: Path) -> int | None:
 
 def saved_position(path: Path) -> tuple[int | None, int | None]:
     """``(step, epoch)`` saved with a checkpoint (None where not saved, or unreadable)."""
+    if path.is_dir() and checkpoint_file.is_dcp_folder(path):
+        from bscrit.load import dcp  # torch
+
+        return dcp.saved_step(path), None
     if path.is_dir():
         state = path / "trainer_state.json"
         try:
@@ -228,7 +236,8 @@ def _in_folder(folder: Path) -> list[Path]:
     if not found:
         raise CheckpointError(
             f"folder {folder} holds no checkpoint: expected files ending in "
-            f"{', '.join(SUFFIXES)} or Hugging Face checkpoint folders (checkpoint-N/)"
+            f"{', '.join(SUFFIXES)}, Hugging Face checkpoint folders (checkpoint-N/) or "
+            "torch.distributed.checkpoint folders (step-N/ with a .metadata file)"
         )
     return found
 

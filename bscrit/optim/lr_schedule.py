@@ -153,7 +153,8 @@ def _decode(st: Mapping[str, Any], group: Mapping[str, Any]) -> dict[str, Any] |
         return {"name": "onecycle", "phases": [dict(p) for p in st["_schedule_phases"]],
                 "initial": _ratio(group.get("initial_lr", base), peak),
                 "minimum": _ratio(group.get("min_lr", 0.0), peak),
-                "anneal": st.get("_anneal_func_type", "cos")}  # fmt: skip
+                "anneal": st.get("_anneal_func_type", "cos"),
+                "cycle_momentum": bool(st.get("cycle_momentum", False))}  # fmt: skip
     if "_schedulers" in st:
         parts = [_decode(p, group) for p in st["_schedulers"]]
         if any(p is None for p in parts):

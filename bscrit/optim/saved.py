@@ -29,6 +29,7 @@ from bscrit.optim.state import (
     candidates,
     group_params,
     groups_of,
+    indexed,
     indices,
     main_group,
     names_in,
@@ -153,6 +154,7 @@ def read_state(
     group's (:func:`~bscrit.optim.state.main_group`: the largest decayed group, so a timm-style
     no-decay group listed first does not make the run's weight decay 0).
     """
+    opt_state = indexed(opt_state)  # a by-name state (get_optimizer_state_dict): index form
     groups = groups_of(opt_state)
     if not groups or opt_state is None:
         return OptimizerReading(None, None)

@@ -99,6 +99,45 @@ def groups_of(opt_state: Mapping | None) -> list[Mapping]:
     return [g for g in groups if isinstance(g, Mapping)]
 
 
+def by_name(opt_state: Mapping | None) -> bool:
+    """The state names its parameters (``get_optimizer_state_dict``: ``"params": ["fc.weight"]``,
+    the state keyed by the same names) rather than numbering them."""
+    groups = groups_of(opt_state)
+    names = [p for g in groups for p in (g.get("params") or ())]
+    return bool(names) and all(isinstance(p, str) and not p.isdigit() for p in names)
+
+
+def indexed(opt_state: Mapping | None) -> Mapping | None:
+    """A by-name state (:func:`by_name`) in PyTorch's index form: indices in the order the groups
+    list the names, group after group (as ``Optimizer.state_dict`` numbers them), each group's
+    names kept as ``param_names`` (PyTorch ≥ 2.6 saves the same key). Others are returned as is."""
+    if opt_state is None or not by_name(opt_state):
+        return opt_state
+    state = opt_state.get("state")
+    state = state if isinstance(state, Mapping) else {}
+    groups, new_state, i = [], {}, 0
+    for g in groups_of(opt_state):
+        names = [str(p) for p in g.get("params") or ()]
+        groups.append({**g, "params": list(range(i, i + len(names))), "param_names": names})
+        for n in names:
+            if isinstance(state.get(n), Mapping):
+                new_state[i] = state[n]
+            i += 1
+    return {**opt_state, "state": new_state, "param_groups": groups}
+
+
+def param_names(opt_state: Mapping | None) -> list[list[str]] | None:
+    """Per group, the parameter names saved with it (``param_names``), None when any group has
+    none or they do not match its ``params`` one to one."""
+    out = []
+    for g in groups_of(opt_state):
+        names = g.get("param_names")
+        if not isinstance(names, (list, tuple)) or len(names) != len(indices(g)):
+            return None
+        out.append([str(n) for n in names])
+    return out or None
+
+
 def indices(group: Mapping) -> list[int]:
     """The parameter indices a group lists (``params``)."""
     params = group.get("params")

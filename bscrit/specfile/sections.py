@@ -64,6 +64,7 @@ class MeasureSpec:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     mode: str = "train"  # train | eval
+    precision: str | None = None  # fp32 | bf16-autocast | bf16-weights (None: as the model is)
 
 
 MODEL_KEYS = ("name", "factory", "hf", "hf_class", "kwargs")
@@ -72,7 +73,9 @@ DATA_KEYS = ("dataset", "factory", "kwargs", "transforms", "subset", "num_worker
 TRANSFORM_KEYS = ("name", "kwargs")
 LOSS_KEYS = ("name", "factory", "kwargs")
 LOSS_NAMES = ("cross_entropy", "mse", "model")
-MEASURE_KEYS = ("batches", "groups", "seed", "device", "mode")
+MEASURE_KEYS = ("batches", "groups", "seed", "device", "mode", "precision")
+#: measure.precision (bscrit.engine.precision.PRECISIONS; no torch here)
+PRECISIONS = ("fp32", "bf16-autocast", "bf16-weights")
 MODES = ("train", "eval")
 
 
@@ -285,6 +288,11 @@ def parse_measure(c: Checker, value: Any) -> MeasureSpec | None:
     mode = "train"
     if d.get("mode") is not None:
         mode = c.choice(d["mode"], "measure.mode", MODES) or "train"
+    precision = None
+    if d.get("precision") is not None:
+        precision = c.choice(d["precision"], "measure.precision", PRECISIONS)
     if len(c.problems) > n_before:
         return None
-    return MeasureSpec(batches=batches, groups=groups, seed=seed, device=device, mode=mode)
+    return MeasureSpec(
+        batches=batches, groups=groups, seed=seed, device=device, mode=mode, precision=precision
+    )

@@ -35,7 +35,8 @@ class MeasureOptions:
     seed: int | None = None
     device: str | None = None
     mode: str | None = None
-    amp: str | None = None
+    amp: str | None = None  # "bf16": the same as precision="bf16-autocast"
+    precision: str | None = None  # fp32 | bf16-autocast | bf16-weights (bscrit.engine.precision)
     batch_size: int | None = None
     micro_batch_size: int | None = None  # forward/backward in chunks (default: the spec's)
     unsafe_load: bool = False
@@ -80,6 +81,7 @@ class MeasurePlan:
     selection_note: str | None = None  # how a folder or glob was expanded
     labels: list[str] = dataclasses.field(default_factory=list)  # one per measured point
     sampling: Any = None  # (SamplePlan, notes) once --sample-steps has planned its points
+    precision: str | None = None  # resolved: option, --amp, else the spec's measure.precision
     notes: list[str] = dataclasses.field(default_factory=list)  # warnings found while planning
 
     def __post_init__(self) -> None:
@@ -88,8 +90,10 @@ class MeasurePlan:
     def loop_settings(self, ci: int) -> LoopSettings:
         """How the engine measures point number ``ci`` (its seed is the plan's + ci)."""
         from bscrit.engine.loop import LoopSettings
+        from bscrit.engine.precision import PRECISIONS
 
         o = self.options
+        amp, weights = PRECISIONS.get(self.precision or "", (None, None))
         return LoopSettings(
             batch_size=self.batch_size,
             num_batches=self.k,
@@ -97,7 +101,8 @@ class MeasurePlan:
             seed=self.seed + ci,
             device=self.device,
             mode=self.mode,
-            amp=o.amp,
+            amp=amp,
+            weights=weights,
             num_workers=self.spec.data.num_workers if o.num_workers is None else o.num_workers,
             prefetch=o.prefetch,
             compile=o.compile,
@@ -137,7 +142,7 @@ class MeasurePlan:
             num_batches=None if adaptive else self.k,
             groups=None if adaptive else self.groups,
             spec=str(self.spec.path),
-            amp=o.amp,
+            amp={"bf16-autocast": "bf16"}.get(self.precision or "", self.precision),
             estimator=o.estimator,
             adaptive=self.adaptive,
             what="sampled points" if o.sampling else "checkpoints",
@@ -192,6 +197,7 @@ def plan_measurement(
     from bscrit.engine.adaptive import batches_per_point
     from bscrit.engine.data import check_batches
     from bscrit.engine.objective import check_examples
+    from bscrit.engine.precision import resolve_precision
     from bscrit.load.device import resolve_device
     from bscrit.load.factories import build_dataset, build_loss
     from bscrit.load.selection import progress, select
@@ -199,6 +205,7 @@ def plan_measurement(
 
     check_options(o)
     ms = spec.measure
+    precision = resolve_precision(o.precision, o.amp) or ms.precision
     if not (checkpoints or spec.checkpoint.paths):
         raise UsageError(
             f"{spec.path}: no checkpoint: give {{checkpoint}} PATH or set checkpoint.path in the "
@@ -257,6 +264,7 @@ def plan_measurement(
         seen=(prog.examples_seen, prog.tokens_seen),
         selection_note="; ".join(x for x in (chosen.note, from_epochs, prog.note) if x) or None,
         notes=notes,
+        precision=precision,
     )
 
 

@@ -231,8 +231,8 @@ def test_bad_option_values_exit_2(work: Path) -> None:
     assert r.exit_code == 2
     r = _measure(str(work / "valid.yaml"), "--batches", "7", "--groups", "4")
     assert r.exit_code == 2 and "at least 2 batches per group" in r.output
-    r = _measure(str(work / "valid.yaml"), "--amp", "bf16", "--device", "cpu")
-    assert r.exit_code == 2 and "CUDA" in r.output
+    r = _measure(str(work / "valid.yaml"), "--amp", "bf16", "--precision", "bf16-weights")
+    assert r.exit_code == 2 and "contradicts" in r.output
 
 
 # ----------------------------------------------------------------------------------------------

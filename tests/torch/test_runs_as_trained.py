@@ -106,6 +106,7 @@ def test_onecycle_base_lr_is_the_peak_and_confirm_continues_the_remaining_schedu
     assert all(g["lr"] == pytest.approx(2 * MAX_LR) and g["nesterov"] for g in built.param_groups)
     assert not any("main group" in n for n in plan.notes)
     assert any("onecycle" in n for n in plan.notes)
+    assert any("cycled the momentum" in n for n in plan.notes)  # what differs, said
     branch = run_branch(plan, "target", 0)  # it runs, with those groups
     assert all(math.isfinite(v) for v in branch.values["train_loss"])
 

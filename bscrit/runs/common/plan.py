@@ -174,6 +174,9 @@ class Start:
                 f"{lr_schedule.describe(ckpt.schedule)}; every run continues its "
                 "remaining steps (at B': at κ × the step, scaled by the rule)"
             )
+            if ckpt.schedule.get("cycle_momentum") and base is not None:
+                notes.append("OneCycle also cycled the momentum: the runs keep the momentum it "
+                             "pairs with the peak LR (base_momentum) at every step")  # fmt: skip
             return ckpt.schedule, notes
         if base is None or base.lr_current is None or base.lr <= 0:
             notes.append("no schedule in the spec or the checkpoint: every run uses a constant "
