@@ -69,7 +69,16 @@ def confirm(
             "--tolerance",
             min=0.0,
             help="δ, relative: a fraction of the base run's loss, on d = (L_B' − L_B)/L_B "
-            "(default 0.10 = 10%; docs/confirm.md on choosing it).",
+            "(default 0.10 = 10%; docs/confirm.md on choosing it). Not with --tolerance-abs.",
+        ),
+    ] = None,
+    tolerance_abs: Annotated[
+        float | None,
+        typer.Option(
+            "--tolerance-abs",
+            min=0.0,
+            help="δ, absolute: in the loss's own units (nats for a cross-entropy), on "
+            "d = L_B' − L_B, e.g. 0.01; instead of --tolerance (both: exit 2).",
         ),
     ] = None,
     decay: Annotated[
@@ -122,20 +131,21 @@ def confirm(
     linear LR decay to 0 (--no-decay: compare at the constant LR). d = (L_B' − L_B)/L_B of the
     final held-out loss (train loss without eval_data), per seed; "holds" when the 95%
     t-interval of its mean lies below --tolerance (default 0.10: 10% of L_B), "fails" when
-    above (or B' diverged), else "inconclusive". Exit 0 holds, 1 fails, 5 inconclusive
-    (--allow-inconclusive: 0). The defaults (2 relaxation times, the decay, δ = 0.10) were
-    chosen on MNIST-1D against an LSR sweep: docs/validation.md. --out writes confirm.json and
-    curves.csv; --plot a PNG of the loss against examples. Details: docs/confirm.md.
+    above (or B' diverged), else "inconclusive". --tolerance-abs X instead: d = L_B' − L_B in
+    the loss's units (nats for a cross-entropy), against δ = X. Exit 0 holds, 1 fails, 5
+    inconclusive (--allow-inconclusive: 0). The defaults (2 relaxation times, the decay,
+    δ = 0.10) were chosen on MNIST-1D against an LSR sweep: docs/validation.md. --out writes
+    confirm.json and curves.csv; --plot a PNG of the loss against examples. Details:
+    docs/confirm.md.
     """
     from bscrit import report
     from bscrit.report.confirm_plot import plot_confirm
     from bscrit.runs.confirm.results import confirm_paths, write_confirm
     from bscrit.runs.confirm.run import run_confirm
-    from bscrit.runs.confirm.verdict import check_tolerance
+    from bscrit.runs.confirm.verdict import tolerance_and_unit
     from bscrit.workflows.targets import plan_confirm
 
-    if tolerance is not None:
-        check_tolerance(tolerance)  # δ = 0 refused before any work
+    tolerance_and_unit(tolerance, tolerance_abs)  # both, or δ = 0, refused before any work
     outputs = RunOutputs(out, plot, json_out, quiet, yes)
     outputs.check(
         confirm_paths, spec, [("the checkpoint", checkpoint), ("the measurement", from_measurement)]
@@ -150,7 +160,9 @@ def confirm(
     )  # fmt: skip
     result = outputs.run(
         "confirm", report.format_confirm_cost(plan), plan.total_steps,
-        lambda advance: run_confirm(plan, tolerance=tolerance, on_step=advance),
+        lambda advance: run_confirm(
+            plan, tolerance=tolerance, tolerance_abs=tolerance_abs, on_step=advance
+        ),
         passes=sum(plan.forward_backward().values()),
         sized_by=("examples", "seeds", "points", "eval_batches"),
     )  # fmt: skip

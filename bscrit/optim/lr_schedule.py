@@ -58,13 +58,15 @@ def _cos_anneal(start: float, end: float, pct: float) -> float:
 
 
 def _onecycle(s: Mapping[str, Any], t: float) -> float:
+    """OneCycleLR's closed form; past its last step the LR stays at the end of the last phase
+    (PyTorch refuses to step further)."""
     start = 0.0
     lrs = {"initial_lr": s["initial"], "max_lr": 1.0, "min_lr": s["minimum"]}
     phases = s["phases"]
     for i, ph in enumerate(phases):
         end = float(ph["end_step"])
         if t <= end or i == len(phases) - 1:
-            pct = (t - start) / (end - start) if end > start else 1.0
+            pct = min(1.0, (t - start) / (end - start)) if end > start else 1.0
             a, b = lrs[ph["start_lr"]], lrs[ph["end_lr"]]
             if s.get("anneal", "cos") == "cos":
                 return _cos_anneal(a, b, pct)

@@ -19,12 +19,6 @@ if TYPE_CHECKING:
     from bscrit.runs.confirm.results import ConfirmResult
 
 
-def _pct(x: float) -> str:
-    if not math.isfinite(x):
-        return "nan" if math.isnan(x) else ("+∞" if x > 0 else "−∞")
-    return f"{100 * x:+.2f}%"
-
-
 def format_confirm_cost(plan: ConfirmPlan) -> Group:
     """What both branches will cost, before they start (``show(..., stderr=True)``)."""
     k = len(plan.seeds)
@@ -51,9 +45,18 @@ def format_confirm_cost(plan: ConfirmPlan) -> Group:
 def format_confirm(r: ConfirmResult) -> Report:
     """The branches per seed (final losses, d), the interval and the verdict, with the notes."""
     from bscrit.runs.common.result import METRIC_LABELS
-    from bscrit.runs.confirm.verdict import describe_tolerance, relative_difference
+    from bscrit.runs.confirm.verdict import (
+        ABSOLUTE,
+        describe_tolerance,
+        difference,
+        format_difference,
+    )
 
     v = r.verdict
+
+    def _pct(x: float) -> str:  # d in the verdict's unit: +1.23% or +0.0123
+        return format_difference(x, v.unit)
+
     parts: list[RenderableType] = [
         plain_line(
             f"confirm: branched training from {r.checkpoint} at B = {r.batch_size} and B' = "
@@ -66,9 +69,9 @@ def format_confirm(r: ConfirmResult) -> Report:
     metric = v.metric
     label = METRIC_LABELS.get(metric, metric)
     other = "train_loss" if metric == "eval_loss" else None
+    d_is = "L_B' − L_B (in the loss's units)" if v.unit == ABSOLUTE else "(L_B' − L_B)/L_B"
     t = Table(
-        title=f"final {label} (mean of the last {r.tail_points} grid points) per seed; "
-        "d = (L_B' − L_B)/L_B",
+        title=f"final {label} (mean of the last {r.tail_points} grid points) per seed; d = {d_is}",
         title_justify="left",
     )
     t.add_column("seed", justify="right")
@@ -84,7 +87,7 @@ def format_confirm(r: ConfirmResult) -> Report:
     for i, s in enumerate(r.seeds):
         row = [str(s), fmt(base[i]), fmt(target[i]), _pct(v.per_seed[i])]
         if other:
-            row.append(_pct(relative_difference(ob[i], ot[i])))
+            row.append(_pct(difference(ob[i], ot[i], v.unit)))
         secs = sum(b.elapsed_s for b in r.branches if b.seed == s)
         tb = r.branch("target", s)
         row.append(f"{secs:.1f} s" + (" (B' diverged)" if tb and tb.diverged_at else ""))
@@ -93,9 +96,13 @@ def format_confirm(r: ConfirmResult) -> Report:
     ci = "—" if v.ci95 is None else f"[{_pct(v.ci95[0])}, {_pct(v.ci95[1])}]"
     finite = [x for x in base if math.isfinite(x)]
     l_b = sum(finite) / len(finite) if finite else math.nan
-    size = f", i.e. {fmt(v.tolerance * l_b)} at L_B = {fmt(l_b)}" if math.isfinite(l_b) else ""
+    size = ""
+    if math.isfinite(l_b) and v.unit == ABSOLUTE and l_b != 0:
+        size = f", i.e. {100 * v.tolerance / abs(l_b):.3g}% of L_B = {fmt(l_b)}"
+    elif math.isfinite(l_b) and v.unit != ABSOLUTE:
+        size = f", i.e. {fmt(v.tolerance * l_b)} at L_B = {fmt(l_b)}"
     parts.append(plain_line(f"  mean d = {_pct(v.mean)}, 95% t-interval {ci}, tolerance "
-                            f"{describe_tolerance(v.tolerance)}{size}"))  # fmt: skip
+                            f"{describe_tolerance(v.tolerance, v.unit)}{size}"))  # fmt: skip
     colour = {"holds": "green", "fails": "red", "inconclusive": "yellow"}.get(v.code, "")
     verdict = Text.assemble((f"verdict ({v.code}):", f"bold {colour}".strip()), f" {v.text}")
     verdict.no_wrap, verdict.overflow = True, "ignore"

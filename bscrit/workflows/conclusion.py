@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bscrit.artifacts.jsonvalues import finite_or_none
+from bscrit.runs.confirm.verdict import RELATIVE, describe_tolerance
 
 
 @dataclass(frozen=True)
@@ -41,20 +42,22 @@ class Confirmation:
 
     target_batch_size: int
     code: str  # holds | fails | inconclusive
-    mean: float  # relative loss difference d = (L_B' - L_B) / L_B
+    mean: float  # loss difference d: (L_B' - L_B) / L_B (relative) or L_B' - L_B (absolute)
     ci95: tuple[float, float] | None
     tolerance: float
     seeds: int
     examples: int
     metric: str  # "eval_loss" | "train_loss"
+    unit: str = RELATIVE  # of d and δ: "relative" | "absolute" (the loss's units)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "target_batch_size": self.target_batch_size,
             "code": self.code,
-            "relative_difference": finite_or_none(self.mean),
+            f"{self.unit}_difference": finite_or_none(self.mean),
             "ci95": None if self.ci95 is None else [finite_or_none(x) for x in self.ci95],
             "tolerance": self.tolerance,
+            "tolerance_unit": self.unit,
             "seeds": self.seeds,
             "examples": self.examples,
             "metric": self.metric,
@@ -79,14 +82,27 @@ class Conclusion:
         }
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:+.1f}%" if math.isfinite(x) else "n/a"
+def _pct(x: float, unit: str = RELATIVE) -> str:
+    """d as the lines print it: ``+1.2%`` (relative) or ``+0.0123`` (absolute, the loss's
+    units)."""
+    if not math.isfinite(x):
+        return "n/a"
+    return f"{100 * x:+.1f}%" if unit == RELATIVE else f"{x:+.3g}"
 
 
 def _interval(c: Confirmation) -> str:
     if c.ci95 is None:
-        return f"d = {_pct(c.mean)}"
-    return f"d = {_pct(c.mean)} [95%: {_pct(c.ci95[0])}, {_pct(c.ci95[1])}]"
+        return f"d = {_pct(c.mean, c.unit)}"
+    lo, hi = (_pct(x, c.unit) for x in c.ci95)
+    return f"d = {_pct(c.mean, c.unit)} [95%: {lo}, {hi}]"
+
+
+def _delta(c: Confirmation, short: bool = False) -> str:
+    """δ with its unit: ``δ = 5% of the base run's loss (relative)``, ``δ = 0.01 (absolute, in
+    the loss's units, e.g. nats)``; ``short``, before "above the base run's": ``δ = 5%``."""
+    if short and c.unit == RELATIVE:
+        return f"δ = {100 * c.tolerance:g}%"
+    return describe_tolerance(c.tolerance, c.unit)
 
 
 def _loss(metric: str) -> str:
@@ -152,7 +168,7 @@ def conclude(
     for c in failed:
         lines.append(
             f"At B' = {c.target_batch_size} the scaled run was worse ({_interval(c)}, above "
-            f"δ = {100 * c.tolerance:g}%): the {rule} rule fails there."
+            f"{_delta(c)}): the {rule} rule fails there."
         )
         if top is not None and c.target_batch_size <= top:
             notes.append(
@@ -162,7 +178,7 @@ def conclude(
             )
     for c in runs:
         if c.code == "inconclusive":
-            why = (f"the interval contains δ = {100 * c.tolerance:g}%" if c.ci95 is not None
+            why = (f"the interval contains {_delta(c)}" if c.ci95 is not None
                    else "one seed, no interval")  # fmt: skip
             lines.append(
                 f"At B' = {c.target_batch_size} the branched run could not tell "
@@ -212,10 +228,9 @@ def _recommendation(
         return size, (
             f"You can train at B' = {size} (κ = {size / base_batch_size:g}× the base "
             f"{base_batch_size}) with the {rule}-scaled hyperparameters: a branched run from the "
-            f"checkpoint ended with a {_loss(best.metric)} less than δ = "
-            f"{100 * best.tolerance:g}% above the base run's for the same examples "
-            f"({_interval(best)}, upper end below δ; {best.seeds} seeds, {best.examples} "
-            "examples)."
+            f"checkpoint ended with a {_loss(best.metric)} less than {_delta(best, short=True)} "
+            f"above the base run's for the same examples ({_interval(best)}, upper end below δ; "
+            f"{best.seeds} seeds, {best.examples} examples)."
         )
     if top is not None and (below := _below_failure(top, failed)) > base_batch_size:
         capped = f", below the failure at {failed[0].target_batch_size}" if below < top else ""
@@ -278,4 +293,5 @@ def confirmation_of(result: Any) -> Confirmation:
         seeds=len(result.seeds),
         examples=int(result.examples),
         metric=str(v.metric),
+        unit=str(getattr(v, "unit", RELATIVE)),
     )

@@ -140,3 +140,19 @@ def test_from_measurement_confirms_at_the_top_of_predicts_range(spec, tmp_path):
     assert r.exit_code == {"holds": 0, "fails": 1, "inconclusive": 5}[code]
     assert json.loads(r.stdout)["target_batch_size"] == expected
     assert f"B' = {expected}: " in r.stderr
+
+
+def test_an_absolute_tolerance_compares_l_b_prime_minus_l_b_in_the_losss_units(spec, tmp_path):
+    torch.set_num_threads(1)
+    out = tmp_path / "abs"
+    r = runner.invoke(app, ["confirm", str(spec), "-t", "16", *FAST, "--tolerance-abs", "0.05",
+                            "--out", str(out), "--allow-inconclusive"])  # fmt: skip
+    assert r.exit_code in (0, 1), r.output
+    d = json.loads((out / "confirm.json").read_text())
+    assert d["tolerance"] == 0.05 and d["tolerance_unit"] == "absolute"
+    per_seed = d["relative_difference"]["per_seed"]
+    base, target = d["losses"]["base"], d["losses"]["target"]
+    assert per_seed == pytest.approx([t - b for b, t in zip(base, target, strict=True)])
+    lo, hi = d["relative_difference"]["ci95"]
+    assert d["verdict"] == ("holds" if hi < 0.05 else "fails" if lo > 0.05 else "inconclusive")
+    assert "δ = 0.05 (absolute, in the loss's units, e.g. nats)" in r.output

@@ -208,13 +208,14 @@ RUN_REFUSED = {
              ("--momentum", "inf"), ("--c2", "nan"), ("-t", "9223372036854775808")],
     "confirm": [("--start-step", "nan"), ("--seed", "-1"), ("--examples", "9" * 25),
                 ("--tolerance", "inf"), ("--tolerance", "nan"), ("--eval-examples", "9" * 25),
+                ("--tolerance-abs", "inf"), ("--tolerance-abs", "nan"),
                 ("--beta1", "1.5"), ("-t", "0")],
 }  # fmt: skip
 RUN_NUMBERS = {
     "svag": ["--relaxation-times", "--start-step", "--seed", "--effective-steps", "--eval-every",
              "--eval-batches", "--eval-examples", "--lr", "--momentum", "--weight-decay"],
     "confirm": ["--start-step", "--seed", "--examples", "--seeds", "--points", "--tolerance",
-                "--eval-batches", "--eval-examples", "--lr", "--momentum"],
+                "--tolerance-abs", "--eval-batches", "--eval-examples", "--lr", "--momentum"],
 }  # fmt: skip
 
 

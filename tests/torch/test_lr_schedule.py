@@ -164,3 +164,12 @@ def test_predict_and_check_report_every_variant_and_use_the_chosen_one():
     r = check(full, 4000)
     assert int(r.exit_code) == 1 and "--adam-rule lr-only" in r.reason
     assert int(check(only, 4000).exit_code) != 1
+
+
+def test_onecycle_past_its_end_stays_at_its_minimum():
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    opt = torch.optim.SGD(p, lr=0.1, momentum=0.9)
+    sched = S.OneCycleLR(opt, max_lr=0.2, total_steps=50)
+    s = lr_schedule.from_torch_state(sched.state_dict(), opt.param_groups[0], "t").schedule
+    end = lr_schedule.factor_at(s, 49)
+    assert [lr_schedule.factor_at(s, t) for t in (60, 100, 500)] == [end] * 3

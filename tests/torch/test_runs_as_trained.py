@@ -215,3 +215,28 @@ def test_hf_trainer_cosine_schedule_groups_and_lr_at_the_checkpoint(tmp_path):
     assert 1e-3 * lr_schedule.factor_at(s, 6) == pytest.approx(opt.lr_current)
     for step, lr in logged.items():  # including the steps after the checkpoint
         assert 1e-3 * lr_schedule.factor_at(s, step - lag) == pytest.approx(lr, rel=1e-6, abs=1e-12)
+
+
+def test_saved_state_reaches_its_own_parameter_when_groups_reorder_them():
+    """The optimizer numbers its state group by group; the saved state follows the model's order.
+    Same shapes everywhere, so a mix-up would not crash: each parameter must get its own state."""
+    from bscrit.optim.registry import OptimizerInfo
+    from bscrit.optim.state import ParamGroupInfo
+    from bscrit.runs.confirm.run import load_saved_state
+
+    params = [nn.Parameter(torch.zeros(3)) for _ in range(4)]
+    groups = (1, 0, 1, 0)  # model order: decayed, no-decay, decayed, no-decay
+    opt = OptimizerInfo("adam", lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1, groups=(
+        ParamGroupInfo(0, 2, {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
+                              "weight_decay": 0.0}),
+        ParamGroupInfo(1, 2, {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
+                              "weight_decay": 0.1}),
+    ))  # fmt: skip
+    built = make_optimizer(params, opt, groups)
+    assert [g["weight_decay"] for g in built.param_groups] == [0.0, 0.1]
+    saved = [{"step": torch.tensor(5.0), "exp_avg": torch.full((3,), float(i)),
+              "exp_avg_sq": torch.full((3,), 10.0 + i)} for i in range(4)]  # fmt: skip
+    load_saved_state(built, saved, kappa=2.0, params=params)
+    for i, p in enumerate(params):
+        assert torch.equal(built.state[p]["exp_avg"], torch.full((3,), float(i)))
+        assert torch.equal(built.state[p]["exp_avg_sq"], torch.full((3,), (10.0 + i) / 2))

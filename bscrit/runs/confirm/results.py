@@ -8,7 +8,11 @@ the verdict of :mod:`bscrit.runs.confirm.verdict`) and writes the folder of ``bs
 
 Format history of ``confirm.json``, its own (the rule at the top of
 :mod:`bscrit.artifacts.measurement`; independent of the measurement's schema):
-1 (0.3): the first.
+1 (0.3): the first. Later, within schema 1: ``tolerance_unit`` may be ``"absolute"``
+(``--tolerance-abs``: d = L_B' − L_B in the loss's units, in every ``d``, ``per_seed`` and
+``train_loss_difference`` value and under the key ``relative_difference`` too, kept for the
+schema; the per-seed rows then say ``absolute_difference``); a file without the key, or with the
+relative sentence, reads as relative.
 """
 
 from __future__ import annotations
@@ -29,11 +33,11 @@ from bscrit.runs.common.artifact import (
 from bscrit.runs.common.result import RunResult
 from bscrit.runs.confirm.verdict import (
     DEFAULT_TAIL_POINTS,
-    TOLERANCE_UNIT,
     ConfirmVerdict,
     criterion,
-    relative_difference,
+    difference,
     t_interval,
+    unit_label,
 )
 
 __all__ = ["CONFIRM_ARTIFACT", "CONFIRM_SCHEMA", "KIND_CONFIRM", "Branch", "ConfirmResult",
@@ -125,8 +129,9 @@ class ConfirmResult(RunResult):
     def _per_seed(self) -> list[dict[str, Any]]:
         """Per seed: d and the final value of every test function in each branch."""
         out = []
+        key = f"{self.verdict.unit}_difference"  # relative_difference | absolute_difference
         for s, d in zip(self.seeds, self.verdict.per_seed, strict=True):
-            row: dict[str, Any] = {"seed": s, "relative_difference": finite_or_none(d)}
+            row: dict[str, Any] = {"seed": s, key: finite_or_none(d)}
             for name in ("base", "target"):
                 b = self.branch(name, s)
                 row[name] = {k: finite_or_none(b.final(k, self.tail_points)) if b else None
@@ -135,10 +140,11 @@ class ConfirmResult(RunResult):
         return out
 
     def _train_loss_difference(self) -> dict[str, Any]:
-        """d of the training loss, when the verdict is on the held-out loss."""
+        """d of the training loss (in the verdict's unit), when the verdict is on the held-out
+        loss."""
         pairs = zip(self.finals("base", "train_loss"), self.finals("target", "train_loss"),
                     strict=True)  # fmt: skip
-        d = [relative_difference(b, t) for b, t in pairs]
+        d = [difference(b, t, self.verdict.unit) for b, t in pairs]
         mean, _, ci = t_interval(d)
         return {"per_seed": [finite_or_none(x) for x in d], "mean": finite_or_none(mean),
                 "ci95": None if ci is None else [finite_or_none(x) for x in ci]}  # fmt: skip
@@ -165,10 +171,10 @@ class ConfirmResult(RunResult):
             "dataset_size": self.dataset_size,
             "seeds": list(self.seeds),
             "tolerance": v.tolerance,
-            "tolerance_unit": TOLERANCE_UNIT,
+            "tolerance_unit": unit_label(v.unit),
             "metric": m,
             "tail_points": self.tail_points,
-            "criterion": criterion(v.tolerance, m, self.tail_points),
+            "criterion": criterion(v.tolerance, m, self.tail_points, v.unit),
             "relative_difference": v.to_dict(),
             "losses": {
                 "base": [finite_or_none(x) for x in self.finals("base")],
@@ -200,7 +206,7 @@ class ConfirmResult(RunResult):
                 examples_why=str(d.get("examples_why", "")),
                 seeds=tuple(int(s) for s in d["seeds"]),
                 branches=tuple(Branch.from_dict(b) for b in d["branches"]),
-                verdict=ConfirmVerdict.from_dict(d["relative_difference"]),
+                verdict=_verdict(d),
                 tail_points=int(d.get("tail_points", DEFAULT_TAIL_POINTS)),
                 decay=d.get("decay"),
                 dataset_size=int(d.get("dataset_size", 0)),
@@ -215,6 +221,14 @@ class ConfirmResult(RunResult):
             )
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise CONFIRM_ARTIFACT.malformed(source, e) from None
+
+
+def _verdict(d: Mapping[str, Any]) -> ConfirmVerdict:
+    """The verdict of ``confirm.json``; its unit from the top-level ``tolerance_unit`` when the
+    verdict's own lacks it (absent from both: relative, as every file before absolute δ)."""
+    v = dict(d["relative_difference"])
+    v.setdefault("tolerance_unit", d.get("tolerance_unit"))
+    return ConfirmVerdict.from_dict(v)
 
 
 def curves_csv(result: ConfirmResult) -> str:

@@ -46,13 +46,12 @@ from bscrit.runs.confirm.budget import DECAY_FRACTION
 from bscrit.runs.confirm.plan import ConfirmPlan
 from bscrit.runs.confirm.results import Branch, ConfirmResult
 from bscrit.runs.confirm.verdict import (
-    DEFAULT_TOLERANCE,
     DIVERGENCE_FACTOR,
     LOSS_METRICS,
     ConfirmVerdict,
-    check_tolerance,
     decide,
-    relative_difference,
+    difference,
+    tolerance_and_unit,
 )
 
 __all__ = ["decay_factor", "load_saved_state", "run_branch", "run_confirm"]
@@ -81,15 +80,22 @@ def load_saved_state(
     optimizer: torch.optim.Optimizer,
     saved: Sequence[Mapping[str, Any]],
     kappa: float = 1.0,
+    params: Sequence[Tensor] | None = None,
 ) -> None:
-    """Give ``optimizer`` (one param group, its parameters in the order of ``saved``) the
-    checkpoint's per-parameter state, with every second moment (``exp_avg_sq``, ``square_avg``)
-    divided by ``kappa`` ([MLPA22] Thm 5.3; κ = 1 for the base branch). The hyperparameters stay
-    ``optimizer``'s; PyTorch's ``load_state_dict`` moves the tensors to each parameter's device
-    and dtype. Other keys (momentum buffers, ``exp_avg``, ``grad_avg``, ``step``) are copied."""
+    """Give ``optimizer`` the checkpoint's per-parameter state, with every second moment
+    (``exp_avg_sq``, ``square_avg``) divided by ``kappa`` ([MLPA22] Thm 5.3; κ = 1 for the base
+    branch). ``saved`` follows ``params`` (the trained parameters in the model's order); the
+    optimizer may hold them in several param groups (its ``state_dict`` numbers them group by
+    group), so each parameter gets its own state by identity. Without ``params`` the optimizer's
+    order is ``saved``'s. The hyperparameters stay ``optimizer``'s; PyTorch's
+    ``load_state_dict`` moves the tensors to each parameter's device and dtype. Other keys
+    (momentum buffers, ``exp_avg``, ``grad_avg``, ``step``) are copied."""
     sd = optimizer.state_dict()
+    order = [p for g in optimizer.param_groups for p in g["params"]]
+    at = {id(p): i for i, p in enumerate(params)} if params is not None else None
     state: dict[int, dict[str, Any]] = {}
-    for i, st in enumerate(saved):
+    for j, p in enumerate(order):
+        st = saved[at[id(p)] if at is not None else j]
         new: dict[str, Any] = {}
         for k, v in st.items():
             if isinstance(v, Tensor):
@@ -97,7 +103,7 @@ def load_saved_state(
                 if k in SECOND_MOMENT_KEYS:
                     v = v / kappa
             new[k] = v
-        state[i] = new
+        state[j] = new
     sd["state"] = state
     optimizer.load_state_dict(sd)
 
@@ -109,7 +115,7 @@ def _start(
     if plan.saved_state is not None:
         kappa = plan.kappa if which == "target" else 1.0
         saved = plan.saved_state
-        return lambda opt, params: load_saved_state(opt, saved, kappa)
+        return lambda opt, params: load_saved_state(opt, saved, kappa, params)
     if which in moments:
         m = moments[which]
         return lambda opt, params: warm_start(opt, params, m, 1)
@@ -236,22 +242,27 @@ def run_confirm(
     plan: ConfirmPlan,
     *,
     tolerance: float | None = None,
+    tolerance_abs: float | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> ConfirmResult:
     """Run both branches for every seed of the plan and give the verdict.
 
     Args:
-        tolerance: δ (default :data:`~bscrit.runs.confirm.verdict.DEFAULT_TOLERANCE`).
+        tolerance: δ relative, a fraction of L_B on d = (L_B' − L_B)/L_B (default
+            :data:`~bscrit.runs.confirm.verdict.DEFAULT_TOLERANCE`).
+        tolerance_abs: δ absolute, in the loss's units (nats for a cross-entropy) on
+            d = L_B' − L_B; not with ``tolerance`` (a :class:`UsageError`).
         on_step: called with the number of optimizer steps done (progress bars).
 
     Returns:
         The :class:`~bscrit.runs.confirm.results.ConfirmResult`.
 
     Raises:
+        UsageError: both tolerances, or one not a finite number > 0.
         RunError: a base branch diverged (the run itself is unstable from this checkpoint: no
             verdict about B'), a non-finite start, out of memory, a failing forward pass.
     """
-    tol = check_tolerance(DEFAULT_TOLERANCE if tolerance is None else tolerance)
+    tol, unit = tolerance_and_unit(tolerance, tolerance_abs)
     t0 = time.perf_counter()
     moments = _moments(plan)
     starts = {w: _start(plan, w, moments) for w in ("base", "target")}
@@ -271,9 +282,9 @@ def run_confirm(
         branches += [base, target]
         if target.diverged_at is not None:
             diverged.append(f"seed {seed} at {target.diverged_at} examples")
-        d.append(relative_difference(base.final(metric, plan.tail_points),
-                                     target.final(metric, plan.tail_points)))  # fmt: skip
-    verdict = decide(d, tol, metric=metric, diverged=diverged,
+        d.append(difference(base.final(metric, plan.tail_points),
+                            target.final(metric, plan.tail_points), unit))  # fmt: skip
+    verdict = decide(d, tol, metric=metric, diverged=diverged, unit=unit,
                      target_batch_size=plan.target_batch_size)  # fmt: skip
     return _result(plan, branches, verdict, time.perf_counter() - t0)
 

@@ -11,7 +11,8 @@ The verdict. Let L_B(s), L_B'(s) be the final losses of seed s (mean over the la
 ``tail_points`` grid points; held-out loss when the spec has ``eval_data``, else the loss on the
 fixed training batches). Per seed
 
-    d_s = (L_B'(s) − L_B(s)) / L_B(s),
+    d_s = (L_B'(s) − L_B(s)) / L_B(s)    (relative, ``--tolerance``; the default), or
+    d_s = L_B'(s) − L_B(s)               (absolute, in the loss's units, ``--tolerance-abs``),
 
 and over the K seeds (paired: the same seed in both branches) the mean d̄ with the 95% Student-t
 interval d̄ ± t_{0.975, K−1} · sd(d)/√K. With the tolerance δ fixed before the run:
@@ -39,9 +40,11 @@ from bscrit.runs.common.artifact import none_to_nan
 from bscrit.runs.common.result import METRIC_LABELS
 from bscrit.stats.estimators import LEVEL, t_quantile
 
-__all__ = ["DEFAULT_TOLERANCE", "TOLERANCE_UNIT", "ConfirmVerdict", "check_tolerance",
-           "criterion", "decide", "describe_tolerance",
-           "relative_difference", "t_interval"]  # fmt: skip
+__all__ = ["ABSOLUTE", "DEFAULT_TOLERANCE", "RELATIVE", "TOLERANCE_UNIT",
+           "TOLERANCE_UNIT_ABSOLUTE", "ConfirmVerdict", "absolute_difference", "check_tolerance",
+           "criterion", "decide", "describe_tolerance", "difference", "format_difference",
+           "relative_difference", "t_interval", "tolerance_and_unit", "unit_label",
+           "unit_of"]  # fmt: skip
 
 #: Default tolerance δ on the relative final-loss difference (L_B' − L_B)/L_B, chosen on
 #: mnist1d-si (docs/validation.md, "Agreement"): with the LR decay at the end of both branches
@@ -50,6 +53,11 @@ __all__ = ["DEFAULT_TOLERANCE", "TOLERANCE_UNIT", "ConfirmVerdict", "check_toler
 DEFAULT_TOLERANCE = 0.10
 #: The unit of δ, said wherever it is printed or written (``tolerance_unit`` in the JSON).
 TOLERANCE_UNIT = "relative: a fraction of the base run's final loss L_B, on d = (L_B' − L_B)/L_B"
+#: The unit of an absolute δ (``--tolerance-abs``) in the JSON: δ in the loss's own units (nats
+#: for a cross-entropy), on d = L_B' − L_B.
+TOLERANCE_UNIT_ABSOLUTE = "absolute"
+#: The two units of δ (``ConfirmVerdict.unit``).
+RELATIVE, ABSOLUTE = "relative", "absolute"
 #: The final loss is the mean over this many last grid points (of ``DEFAULT_POINTS`` + 1): the
 #: last fifth, which averages out the loss's fluctuation at a constant LR (on digits at B' = 256,
 #: 3 points left the 95% interval of d twice as wide as 5). With ``--decay``: the last point.
@@ -74,6 +82,46 @@ def relative_difference(base: float, target: float) -> float:
     return (target - base) / abs(base)
 
 
+def absolute_difference(base: float, target: float) -> float:
+    """d = L_B' − L_B (in the loss's units); +inf when the target is not finite."""
+    if not math.isfinite(target):
+        return math.inf
+    return target - base
+
+
+def difference(base: float, target: float, unit: str = RELATIVE) -> float:
+    """d of one seed in ``unit``: (L_B' − L_B)/L_B (relative) or L_B' − L_B (absolute)."""
+    if unit == ABSOLUTE:
+        return absolute_difference(base, target)
+    return relative_difference(base, target)
+
+
+def unit_label(unit: str) -> str:
+    """What ``tolerance_unit`` says in the JSON: :data:`TOLERANCE_UNIT` (relative, as before
+    absolute δ existed) or ``"absolute"``."""
+    return TOLERANCE_UNIT_ABSOLUTE if unit == ABSOLUTE else TOLERANCE_UNIT
+
+
+def unit_of(label: Any) -> str:
+    """The unit (:data:`RELATIVE` or :data:`ABSOLUTE`) of a JSON ``tolerance_unit``: missing (files
+    written before absolute δ existed) or ``"relative..."`` → relative; ``"absolute..."`` →
+    absolute; anything else a :class:`ValueError`."""
+    if label is None:
+        return RELATIVE
+    text = str(label)
+    for unit in (RELATIVE, ABSOLUTE):
+        if text.startswith(unit):
+            return unit
+    raise ValueError(f"tolerance_unit must say 'relative' or 'absolute', got {short(label)}")
+
+
+def format_difference(x: float, unit: str = RELATIVE) -> str:
+    """d as printed: ``+1.23%`` (relative) or ``+0.0123`` (absolute, the loss's units)."""
+    if not math.isfinite(x):
+        return "nan" if math.isnan(x) else ("+∞" if x > 0 else "−∞")
+    return f"{x:+.4g}" if unit == ABSOLUTE else f"{100 * x:+.2f}%"
+
+
 def t_interval(
     values: Sequence[float], level: float = LEVEL
 ) -> tuple[float, float, tuple[float, float] | None]:
@@ -90,18 +138,25 @@ def t_interval(
     return mean, sd, (mean - half, mean + half)
 
 
-def describe_tolerance(tolerance: float) -> str:
-    """δ with its unit in words: ``"δ = 10% of the base run's loss (relative)"``."""
+def describe_tolerance(tolerance: float, unit: str = RELATIVE) -> str:
+    """δ with its unit in words: ``"δ = 10% of the base run's loss (relative)"`` or
+    ``"δ = 0.01 (absolute, in the loss's units, e.g. nats)"``."""
+    if unit == ABSOLUTE:
+        return f"δ = {tolerance:g} (absolute, in the loss's units, e.g. nats)"
     return f"δ = {100 * tolerance:g}% of the base run's loss (relative)"
 
 
-def criterion(tolerance: float, metric: str, tail_points: int) -> str:
+def criterion(tolerance: float, metric: str, tail_points: int, unit: str = RELATIVE) -> str:
     """The criterion in words (what ``--json`` reports as ``criterion``)."""
     label = METRIC_LABELS.get(metric, metric)
+    if unit == ABSOLUTE:
+        d, delta = "d = L_B' − L_B", f"δ = {tolerance:g} (absolute, in the loss's units)"
+    else:
+        d, delta = "d = (L_B' − L_B)/L_B", f"δ = {tolerance:g} (relative, a fraction of L_B)"
     return (
-        f"d = (L_B' − L_B)/L_B per seed, L = {label} averaged over the last {tail_points} grid "
+        f"{d} per seed, L = {label} averaged over the last {tail_points} grid "
         f"points; 95% t-interval of the mean of d over the seeds; holds if the whole interval "
-        f"< δ = {tolerance:g} (relative, a fraction of L_B), fails if the whole interval > δ or "
+        f"< {delta}, fails if the whole interval > δ or "
         "a B' branch diverged, else "
         "inconclusive"
     )
@@ -120,6 +175,7 @@ class ConfirmVerdict:
     ci95: tuple[float, float] | None
     tolerance: float
     diverged: tuple[str, ...] = ()  # "seed 1 at 12800 examples" of the target branches
+    unit: str = RELATIVE  # of d and δ: "relative" ((L_B' − L_B)/L_B) or "absolute" (L_B' − L_B)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -131,7 +187,7 @@ class ConfirmVerdict:
             "sd": finite_or_none(self.sd),
             "ci95": None if self.ci95 is None else [finite_or_none(x) for x in self.ci95],
             "tolerance": self.tolerance,
-            "tolerance_unit": TOLERANCE_UNIT,
+            "tolerance_unit": unit_label(self.unit),
             "diverged": list(self.diverged),
         }
 
@@ -148,21 +204,33 @@ class ConfirmVerdict:
             ci95=None if ci is None else (none_to_nan(ci[0]), none_to_nan(ci[1])),
             tolerance=float(d["tolerance"]),
             diverged=tuple(str(x) for x in d.get("diverged", [])),
+            unit=unit_of(d.get("tolerance_unit")),
         )
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:+.2f}%" if math.isfinite(x) else ("+∞" if x > 0 else "−∞")
-
-
-def check_tolerance(tolerance: float) -> float:
-    """δ must be a finite number > 0 (a :class:`UsageError` naming ``--tolerance`` otherwise)."""
+def check_tolerance(tolerance: float, option: str = "tolerance") -> float:
+    """δ must be a finite number > 0 (a :class:`UsageError` naming ``--tolerance``, or the
+    ``option`` given, e.g. ``tolerance_abs``, otherwise)."""
     x, why = number_problem(tolerance, low=0.0, low_open=True)
     if why or x is None:
-        raise UsageError(
-            f"{{tolerance}} must be > 0, got {short(tolerance)}", tolerance="tolerance"
-        )
+        raise UsageError(f"{{tolerance}} must be > 0, got {short(tolerance)}", tolerance=option)
     return x
+
+
+def tolerance_and_unit(
+    tolerance: float | None = None, tolerance_abs: float | None = None
+) -> tuple[float, str]:
+    """``(δ, unit)`` from the two options: ``tolerance_abs`` → absolute, else ``tolerance`` (default
+    :data:`~bscrit.runs.confirm.verdict.DEFAULT_TOLERANCE`) relative; both given, or a δ that is
+    not a finite number > 0, is a :class:`UsageError` naming the option."""
+    if tolerance is not None and tolerance_abs is not None:
+        raise UsageError(
+            "give {tolerance} (relative) or {tolerance_abs} (absolute), not both",
+            tolerance="tolerance", tolerance_abs="tolerance_abs",
+        )  # fmt: skip
+    if tolerance_abs is not None:
+        return check_tolerance(tolerance_abs, "tolerance_abs"), ABSOLUTE
+    return check_tolerance(DEFAULT_TOLERANCE if tolerance is None else tolerance), RELATIVE
 
 
 def decide(
@@ -172,31 +240,38 @@ def decide(
     metric: str = "eval_loss",
     diverged: Sequence[str] = (),
     target_batch_size: int | None = None,
+    unit: str = RELATIVE,
 ) -> ConfirmVerdict:
-    """The verdict from the per-seed relative differences d_s (module docstring).
+    """The verdict from the per-seed differences d_s (module docstring).
 
     Args:
-        per_seed: d_s = (L_B' − L_B)/L_B of each seed (+inf for a diverged target branch).
-        tolerance: δ, fixed before the run.
+        per_seed: d_s of each seed in ``unit`` (+inf for a diverged target branch).
+        tolerance: δ, fixed before the run, in ``unit``.
+        unit: :data:`RELATIVE` (d = (L_B' − L_B)/L_B, the default) or :data:`ABSOLUTE`
+            (d = L_B' − L_B, in the loss's units).
         metric: the loss the d_s are of (reported).
         diverged: where target branches diverged ("seed 1 at 12800 examples"); any → fails.
         target_batch_size: B', for the text.
     """
-    check_tolerance(tolerance)
+    if unit not in (RELATIVE, ABSOLUTE):
+        raise ValueError(f"unit must be {RELATIVE!r} or {ABSOLUTE!r}, got {unit!r}")
+    check_tolerance(tolerance, "tolerance_abs" if unit == ABSOLUTE else "tolerance")
     b = f"B' = {target_batch_size}" if target_batch_size is not None else "B'"
     mean, sd, ci = t_interval(per_seed)
+
+    def fmt(x: float) -> str:
+        return format_difference(x, unit)
+
     common = dict(metric=metric, per_seed=tuple(per_seed), mean=mean, sd=sd, ci95=ci,
-                  tolerance=tolerance, diverged=tuple(diverged))  # fmt: skip
+                  tolerance=tolerance, diverged=tuple(diverged), unit=unit)  # fmt: skip
     if diverged:
         text = f"the {b} branch diverged ({'; '.join(diverged)}): the scaling rule fails there."
         return ConfirmVerdict("fails", text, **common)  # type: ignore[arg-type]
     if ci is None:
-        text = (
-            f"one seed gives no interval (d = {_pct(mean)}); run --seeds 2 or more for a verdict."
-        )
+        text = f"one seed gives no interval (d = {fmt(mean)}); run --seeds 2 or more for a verdict."
         return ConfirmVerdict("inconclusive", text, **common)  # type: ignore[arg-type]
-    span = f"d = {_pct(mean)} (95%: {_pct(ci[0])} to {_pct(ci[1])})"
-    delta = describe_tolerance(tolerance)
+    span = f"d = {fmt(mean)} (95%: {fmt(ci[0])} to {fmt(ci[1])})"
+    delta = describe_tolerance(tolerance, unit)
     if ci[1] < tolerance:
         code = "holds"
         text = (f"{span} lies below {delta}: at {b} the scaled run ends less than δ above "

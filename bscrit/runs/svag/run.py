@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -49,10 +49,11 @@ def _optimizer_and_schedule(
     schedule: dict[str, Any],
     start_step: float,
     end: float,
+    groups: Sequence[int] | None = None,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """PyTorch's optimizer with the SVAG hyperparameters ``hp`` (warm-started from ``moments``)
     and its LR schedule, stepped once per SVAG step but read on effective steps."""
-    optimizer = make_optimizer(oracle.params, hp)
+    optimizer = make_optimizer(oracle.params, hp, groups)
     if moments is not None:
         warm_start(optimizer, oracle.params, moments, l)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -74,6 +75,7 @@ def run_svag(
     start_step: float = 0.0,
     on_step: Callable[[int], None] | None = None,
     moments: GradientMoments | None = None,
+    groups: Sequence[int] | None = None,
 ) -> SvagRun:
     """Run SVAG with parameter l for ``effective_steps`` effective steps (l × as many SVAG steps).
 
@@ -92,6 +94,8 @@ def run_svag(
         on_step: called with 1 after every SVAG step (progress bars).
         moments: gradient moments at the start; given, Adam/AdamW/RMSprop start from them
             (:func:`~bscrit.runs.common.warm.warm_start`) rather than from a zero state.
+        groups: per parameter of the oracle, its saved param group: each group trains with its
+            own values (:func:`~bscrit.runs.common.optimizer.make_optimizer`).
 
     Returns:
         The :class:`~bscrit.runs.svag.results.SvagRun`; a non-finite test function stops the run
@@ -112,7 +116,7 @@ def run_svag(
     hp = svag_hyperparameters(opt, l)
     optimizer, scheduler = _optimizer_and_schedule(
         oracle, hp, l, moments, schedule or {"name": "constant"}, start_step,
-        start_step + effective_steps,
+        start_step + effective_steps, groups,
     )  # fmt: skip
 
     def step() -> None:
@@ -190,7 +194,7 @@ def _run_one(
                 oracle, plan.target_optimizer, l, plan.effective_steps,
                 evaluate=plan.evaluator(model, loss_fn, plan.seed), eval_every=plan.eval_every,
                 schedule=plan.schedule, start_step=plan.start_step, on_step=on_step,
-                moments=moments,
+                moments=moments, groups=plan.param_groups,
             )  # fmt: skip
         except RunError as e:
             if e.template.startswith(where):
