@@ -197,7 +197,7 @@ def heuristic_reasons(step: int | None, rho: float | None, tau: float | None) ->
     """Why a point is outside Thm 5.6's assumption of equilibrium (empty: none found)."""
     out = []
     if rho is None or not math.isfinite(rho):
-        out.append("no equilibrium residual (no weight decay or no optimizer known)")
+        out.append("no equilibrium residual (defined for SGD with weight decay, [LMA21] eq. 11)")
     elif abs(rho) > EQUILIBRIUM_RESIDUAL_MAX:
         out.append(f"equilibrium residual |ρ| = {abs(rho):.2f} > {EQUILIBRIUM_RESIDUAL_MAX:g}")
     if tau is not None and step is not None and step < tau:

@@ -201,7 +201,7 @@ def test_early_or_off_equilibrium_points_are_heuristic(tmp_path):
     off = point_from_measurement("b", load_measurement(with_step(tmp_path, "sgd_b512.json", 9000)))
     assert off.heuristic and any("|ρ| = 0.80 > 0.5" in r for r in off.heuristic_reasons)
     assert heuristic_reasons(5, None, None) == (
-        "no equilibrium residual (no weight decay or no optimizer known)",
+        "no equilibrium residual (defined for SGD with weight decay, [LMA21] eq. 11)",
     )
 
 
