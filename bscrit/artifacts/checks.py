@@ -134,7 +134,7 @@ def _equilibrium_problems(c: Checker, value: Any, path: str) -> None:
         c.number_at(d, key, path, what="a finite number")
 
 
-def _optimizer_problems(c: Checker, value: Any, path: str) -> None:
+def optimizer_problems(c: Checker, value: Any, path: str) -> None:
     if value is None:
         return
     d = c.mapping(value, path)
@@ -318,7 +318,7 @@ def measurement_problems(d: dict[str, Any]) -> list[SpecProblem]:
     )  # fmt: skip
     _stats_problems(c, d, "", groups)
     _equilibrium_problems(c, d.get("equilibrium"), "equilibrium")
-    _optimizer_problems(c, d.get("optimizer"), "optimizer")
+    optimizer_problems(c, d.get("optimizer"), "optimizer")
     _checkpoints_problems(c, d.get("checkpoints"), groups)
     _per_parameter_problems(c, d.get("per_parameter"))
     _equilibrium_interval_problems(c, d.get("equilibrium_interval"), "equilibrium_interval")

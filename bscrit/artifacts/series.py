@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bscrit import boundary
-from bscrit.artifacts.checks import REL_TOLERANCE, _optimizer_problems
+from bscrit.artifacts.checks import REL_TOLERANCE, optimizer_problems
 from bscrit.artifacts.files import read_text
 from bscrit.artifacts.jsonvalues import none_to_inf
 from bscrit.checker import Checker
@@ -85,7 +85,7 @@ def line_problems(d: Any) -> list[str]:
             kw = {"what": "a number"} if low is None else {"low": low, "what": "a number ≥ 0"}
             c.number(d[key], key, **kw)
     pairs = {k: _pair(c, d[k], k, low) for k, low in _PAIRS.items() if k in d}
-    _optimizer_problems(c, d.get("optimizer"), "optimizer")  # free mode's record; null: unknown
+    optimizer_problems(c, d.get("optimizer"), "optimizer")  # free mode's record; null: unknown
     if not c.problems:
         _consistency(c, d, pairs)
     return [f"key '{p.key}': {p.message}" for p in c.problems]

@@ -253,11 +253,19 @@ def _load_dcp(path: Path) -> LoadedCheckpoint:
 
     sd, opt_by_name, step = dcp.read_folder(path)
     opt_state = indexed(opt_by_name)
-    root = {"optimizer": opt_state} if opt_state is not None else {}
+    return _from_root(sd, path, {"optimizer": opt_state} if opt_state is not None else {}, step)
+
+
+def _from_root(
+    state_dict: dict[str, Tensor], path: Path, root: Any, step: int | None
+) -> LoadedCheckpoint:
+    """The checkpoint whose optimizer state and scheduler are read from the loaded ``root``
+    (a ``torch.save`` dict, or a DCP folder's optimizer state in index form)."""
     reading = saved.read_checkpoint(root)
+    opt_state = indexed(saved.optimizer_state(root))
     sched = read_object_schedule(root, opt_state)
     return LoadedCheckpoint(
-        state_dict=sd,
+        state_dict=state_dict,
         optimizer=reading.info,
         path=path,
         optimizer_state=opt_state,
@@ -319,19 +327,7 @@ def load_checkpoint(
             f"no state_dict found in checkpoint {path} ({checkpoint_file.describe_keys(obj)}); "
             f"{where}name it with checkpoint.key in the spec"
         )
-    reading = saved.read_checkpoint(root)
-    opt_state = indexed(saved.optimizer_state(root))
-    sched = read_object_schedule(root, opt_state)
-    return LoadedCheckpoint(
-        state_dict=state_dict,
-        optimizer=reading.info,
-        path=path,
-        optimizer_state=opt_state,
-        step=checkpoint_file.step_of(root),
-        optimizer_note=reading.note,
-        schedule=sched.schedule,
-        schedule_note=sched.note,
-    )
+    return _from_root(state_dict, path, root, checkpoint_file.step_of(root))
 
 
 def load_model(

@@ -30,12 +30,14 @@ Traps:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from bscrit.checker import check_batch_size
 from bscrit.errors import UsageError
 from bscrit.optim import registry as optim
 from bscrit.optim.registry import OptimizerInfo
+from bscrit.optim.state import ParamGroupInfo
 
 #: Variants of the square-root rule (docs/theory.md §5): [MLPA22]'s full rule, or the LR alone.
 ADAM_RULES: tuple[str, ...] = ("full", "lr-only")
@@ -220,12 +222,19 @@ def scale_groups(
 ) -> OptimizerInfo:
     """``scaled`` (``opt`` scaled by its rule) with every param group of ``opt`` scaled by the
     same rule, so a run at B' trains each group as the base run did, scaled."""
+    return replace(scaled, groups=_map_groups(opt, lambda o: scale_optimizer(o, kappa, adam_rule)))
+
+
+def _map_groups(
+    opt: OptimizerInfo, change: Callable[[OptimizerInfo], OptimizerInfo]
+) -> tuple[ParamGroupInfo, ...]:
+    """Every param group of ``opt`` with its values changed by ``change`` (applied to the group
+    as an optimizer of its own, ``opt``'s switches kept); the LR at the checkpoint dropped."""
     groups = []
     for g in opt.groups:
         g_opt = optim.from_flat(opt.name, {**g.values, **optim.switches(opt)}, opt.source)
-        new = optim.flat(scale_optimizer(g_opt, kappa, adam_rule))
-        groups.append(replace(g, values=new, lr_current=None))
-    return replace(scaled, groups=tuple(groups))
+        groups.append(replace(g, values=optim.flat(change(g_opt)), lr_current=None))
+    return tuple(groups)
 
 
 def rule_reaches(opt: OptimizerInfo, batch_size: int) -> dict[str, RuleLimit]:
@@ -256,12 +265,8 @@ def svag_hyperparameters(opt: OptimizerInfo, l: int) -> OptimizerInfo:  # noqa: 
     if l == 1:
         return opt
     if opt.groups:  # each param group takes the same SVAG transformation
-        groups = []
-        for g in opt.groups:
-            g_opt = optim.from_flat(opt.name, {**g.values, **optim.switches(opt)}, opt.source)
-            values = optim.flat(svag_hyperparameters(g_opt, l))
-            groups.append(replace(g, values=values, lr_current=None))
-        return replace(svag_hyperparameters(replace(opt, groups=()), l), groups=tuple(groups))
+        groups = _map_groups(opt, lambda o: svag_hyperparameters(o, l))
+        return replace(svag_hyperparameters(replace(opt, groups=()), l), groups=groups)
     if not d.adaptive:
         return replace(opt, lr=opt.lr / l)
     s = math.sqrt(l)
