@@ -186,6 +186,13 @@ def rates(points: list[dict[str, Any]], answer: str = "check", truth: str = "tru
             "refused_given_holds": r(c["refuse_holds"], n_hold)}  # fmt: skip
 
 
+def expected_runs(st: dict[str, Any]) -> int:
+    """The number of runs of a setting's complete truth (``truth.jobs``)."""
+    if st["kind"] == "sgd":
+        return (1 + len(st["grid"])) * len(st["seeds"])
+    return len(st["seeds"]) * (1 + len(st["rules"]) * len(st["kappas"]))
+
+
 def load(registered: Path = REGISTERED, truth: Path = TRUTH) -> list[dict[str, Any]]:
     out = []
     for f in sorted(registered.glob("*.json")):
@@ -193,7 +200,12 @@ def load(registered: Path = REGISTERED, truth: Path = TRUTH) -> list[dict[str, A
         if not t.exists():
             continue
         rows = [json.loads(x) for x in t.read_text().splitlines() if x.strip()]
-        out.append(score_setting(json.loads(f.read_text()), rows))
+        reg = json.loads(f.read_text())
+        if len(rows) < expected_runs(reg["setting"]):
+            print(f"prereg: {f.stem}: truth incomplete ({len(rows)} of "
+                  f"{expected_runs(reg['setting'])} runs), not scored", file=sys.stderr)  # fmt: skip
+            continue
+        out.append(score_setting(reg, rows))
     return out
 
 
