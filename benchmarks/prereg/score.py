@@ -201,9 +201,10 @@ def load(registered: Path = REGISTERED, truth: Path = TRUTH) -> list[dict[str, A
             continue
         rows = [json.loads(x) for x in t.read_text().splitlines() if x.strip()]
         reg = json.loads(f.read_text())
-        if len(rows) < expected_runs(reg["setting"]):
-            print(f"prereg: {f.stem}: truth incomplete ({len(rows)} of "
-                  f"{expected_runs(reg['setting'])} runs), not scored", file=sys.stderr)  # fmt: skip
+        want = expected_runs(reg["setting"])
+        if len(rows) < want:
+            print(f"prereg: {f.stem}: truth incomplete ({len(rows)} of {want} runs), not scored",
+                  file=sys.stderr)  # fmt: skip
             continue
         out.append(score_setting(reg, rows))
     return out
