@@ -213,7 +213,10 @@ def load(registered: Path = REGISTERED, truth: Path = TRUTH) -> list[dict[str, A
 def summary(settings: list[dict[str, Any]]) -> dict[str, Any]:
     pts = [p for s in settings for p in s["points"]]
     lm = [p for p in pts if "truth_fails_rel" in p]
-    return {"schema": "bscrit-prereg-score/1", "settings": settings,
+    kinds = ("agree", "disagree", "inconclusive")
+    agreement = {t: {v: sum(1 for p in pts if p.get(f"{t}_vs_truth") == v) for v in kinds}
+                 for t in ("confirm", "svag")}  # fmt: skip
+    return {"schema": "bscrit-prereg-score/1", "settings": settings, "agreement": agreement,
             "check": rates(pts), "check_gate_point": rates(pts, "check_gate_point"),
             "check_lm_rel_0.10": rates(lm, truth="truth_fails_rel")}  # fmt: skip
 
@@ -287,6 +290,9 @@ def markdown(s: dict[str, Any]) -> str:
            "| counts | rule fails | rule holds |", "|---|---|---|"]  # fmt: skip
     for a in (APPROVE, REFUSE, UNDECIDED):
         out.append(f"| check {a} | {c['counts'][f'{a}_fails']} | {c['counts'][f'{a}_holds']} |")
+    out += ["", "| tool vs truth | agree | disagree | inconclusive |", "|---|---|---|---|"]
+    for t, v in s["agreement"].items():
+        out.append(f"| {t} | {v['agree']} | {v['disagree']} | {v['inconclusive']} |")
     out += ["", "## Per setting", ""]
     for st in s["settings"]:
         out += [f"### {st['setting']}", "",
