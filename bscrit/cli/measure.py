@@ -14,6 +14,7 @@ from bscrit.cli.limits import MAX_SAMPLES, check_measure_size, sampling_gate
 
 if TYPE_CHECKING:
     from bscrit.specfile.document import Spec
+    from bscrit.workflows.plan import MeasureOptions
 
 # ==============================================================================================
 # measure  (issue: bscrit measure)
@@ -33,6 +34,10 @@ class Precision(str, Enum):
     fp32 = "fp32"
     bf16_autocast = "bf16-autocast"
     bf16_weights = "bf16-weights"
+
+
+class Shard(str, Enum):
+    fsdp = "fsdp"
 
 
 class Estimator(str, Enum):
@@ -68,6 +73,18 @@ def _spec_and_outputs(
     for p in outs:
         inputs.refuse(p)
     return s, outs
+
+
+def _check_shard(opts: MeasureOptions, s: Spec, nproc: int | None) -> None:
+    """``--shard fsdp``: B divisible by the ranks (``--nproc``, torchrun's, else one), and the
+    rest, checked before any process starts."""
+    if opts.shard is None:
+        return
+    from bscrit.engine.distributed import detect
+    from bscrit.workflows.plan import check_shard_options
+
+    world = nproc or (detect() or (0, 1, 0))[1]
+    check_shard_options(opts, s, opts.batch_size or s.batch_size, world)
 
 
 @handle_errors
@@ -205,6 +222,15 @@ def measure(
             "several machines use torchrun yourself. See docs/distributed.md.",
         ),
     ] = None,
+    shard: Annotated[
+        Shard | None,
+        typer.Option(
+            help="fsdp: shard the model over the ranks with FSDP2 (torchrun, --nproc N, or one "
+            "process): each rank computes B/N examples of every batch and keeps the group sums "
+            "of its shard. Blocks: measure.shard_blocks, else the model's _no_split_modules. "
+            "See docs/distributed.md.",
+        ),
+    ] = None,
     dist_timeout: Annotated[
         float | None,
         typer.Option(
@@ -307,8 +333,10 @@ def measure(
         samples=samples,
         step=step,
         examples_seen=examples_seen,
+        shard=shard.value if shard else None,
     )
     check_measure_size(opts.batches, s.measure.batches, opts.max_batches, nproc, yes)
+    _check_shard(opts, s, nproc)
     if nproc is not None:  # the spec and options are valid: re-run this command under torchrun
         from bscrit.engine.launch import launch, measure_args_from_argv
         from bscrit.engine.sampling import check_sampling

@@ -97,3 +97,22 @@ def peak_rss() -> int | None:
         return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, else KiB
     except (ImportError, OSError):
         return None
+
+
+def free_heap() -> int:
+    """Bytes malloc holds free inside this process (glibc ``mallinfo2``'s ``fordblks``): memory
+    a new allocation can reuse although ``MemAvailable`` no longer counts it (after an earlier
+    measurement in the same process, with :func:`tune_cpu_allocator`'s thresholds); 0 where
+    unknown (not glibc, or glibc older than 2.33)."""
+    import ctypes
+
+    class _Mallinfo2(ctypes.Structure):
+        names = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+        _fields_ = [(name, ctypes.c_size_t) for name in names.split()]
+
+    try:
+        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return 0
+    mallinfo2.restype = _Mallinfo2
+    return int(mallinfo2().fordblks)

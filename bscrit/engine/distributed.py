@@ -146,8 +146,9 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     names = {c.__name__ for c in type(model).__mro__}
     if names & {"FullyShardedDataParallel", "FSDPModule"}:
         raise UsageError(
-            "model: FSDP-sharded models are not supported (each rank needs the full parameters); "
-            "return the plain module from the factory (DistributedDataParallel is unwrapped)"
+            "model: the factory returned a model already sharded by FSDP; return the plain "
+            "module (DistributedDataParallel is unwrapped), and add --shard fsdp to measure it "
+            "sharded (docs/distributed.md)"
         )
     return model
 
@@ -253,6 +254,9 @@ class DistContext:
         self._group_start = 0  # index of the first batch of the current block (all ranks)
         self._next_start = 0
 
+    #: Whether the model is sharded over the ranks (:class:`bscrit.engine.sharded.ShardedContext`).
+    sharded = False
+
     @property
     def is_main(self) -> bool:
         return self.rank == 0
@@ -305,6 +309,14 @@ class DistContext:
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return unwrap_model(model)
+
+    def load_model(self, spec: Any, path: Any, *, unsafe: bool = False) -> tuple[nn.Module, Any]:
+        """The spec's model at checkpoint ``path`` (:func:`bscrit.load.checkpoints.load_model`),
+        ready for this rank (:meth:`prepare_model`), and the checkpoint."""
+        from bscrit.load.checkpoints import load_model
+
+        model, ckpt = load_model(spec, path, unsafe=unsafe)
+        return self.prepare_model(model), ckpt
 
     def describe(self, batch_size: int) -> dict[str, Any]:
         """The ``extra.distributed`` entry of the measurement JSON."""

@@ -38,6 +38,7 @@ from torch import Tensor
 from bscrit.engine import gram
 from bscrit.engine.allocator import available_memory
 from bscrit.errors import MeasurementError, UsageError
+from bscrit.stats.memory_plan import MemoryPlan, format_bytes
 
 #: Share of the available host memory the group sums may take before they spill to disk.
 HOST_MEMORY_FRACTION = 0.5
@@ -45,14 +46,6 @@ HOST_MEMORY_FRACTION = 0.5
 SPILL_READ_BYTES = 64 << 20
 #: Largest single read or write of the spill file (some systems cap one call near 2 GiB).
 _IO_BYTES = 1 << 30
-
-
-def format_bytes(n: float) -> str:
-    """``"4.6 GiB"``, ``"420 MiB"``, ``"12 KiB"``."""
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.3g} {unit}" if n < 100 * size else f"{n / size:,.0f} {unit}"
-    return f"{n:.0f} B"
 
 
 def _memory_filesystem(folder: str) -> bool:
@@ -82,6 +75,8 @@ class SumsPlan:
         in_memory_fs: the spill folder is tmpfs/ramfs (the "file" is memory after all).
         cuda: the running sums are on a CUDA device (spilled sums then need a host staging
             buffer; on CPU the running sum is host memory already).
+        memory: the per-rank memory plan of the whole measurement (set by the engine,
+            :func:`bscrit.engine.memory.plan_run_memory`).
     """
 
     group_bytes: int
@@ -90,6 +85,7 @@ class SumsPlan:
     spill_dir: str | None = None
     in_memory_fs: bool = False
     cuda: bool = False
+    memory: MemoryPlan | None = None
 
     @property
     def total(self) -> int:

@@ -70,12 +70,15 @@ class LoopHooks:
             ``max_groups``, else are dealt round-robin into the groups (sizes within one batch):
             host memory and the cost of a call stop growing.
         max_groups: the most groups ``next_rows`` may grow the run to (0: never a new group).
+        loop: builds the hot loop in place of :class:`_HotLoop` (same keyword arguments): a
+            sharded run's (:mod:`bscrit.engine.sharded_loop`).
     """
 
     local_rows: Callable[[int, Tensor], Tensor] | None = None
     reduce: Callable[[list[Tensor]], None] | None = None
     next_rows: NextRows | None = None
     max_groups: int = 0
+    loop: Callable[..., _HotLoop] | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,12 @@ class LoopResult:
     counts: tuple[int, ...]
     mean_loss: float
     preconditioned: list[GroupSums] | None = None  # sums of P g per tensor, when P was given
+
+
+def local_tensor(t: Tensor) -> Tensor:
+    """``t`` detached; for a ``DTensor`` (an FSDP2-sharded parameter) this rank's shard."""
+    t = t.detach()
+    return t.to_local() if hasattr(t, "to_local") else t
 
 
 class _Clock:
@@ -166,7 +175,7 @@ class _HotLoop:
         self.params = [p for _, p in named]
         self.warnings: list[str] = []
         f64 = dict(dtype=torch.float64, device=device)
-        self.weights = [p.detach() for p in self.params]
+        self.weights = [local_tensor(p) for p in self.params]  # a DTensor's own shard
         self.w_flat = [w.reshape(-1) for w in self.weights]
         self.w_norm = torch.stack([norm64(w) for w in self.weights])
         like = sum_templates(self.weights)  # bf16/fp16 gradients are summed in float32
@@ -204,8 +213,7 @@ class _HotLoop:
             self._block(j, rows)
         if self.hooks.next_rows is not None and self.cache is not None:
             self._extend(self.hooks.next_rows)
-        if self.hooks.reduce is not None:
-            self.hooks.reduce([self.abs_dot, self.norm_prod, self.loss_sum])
+        self._reduce_end()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         loss_n = float(self.loss_sum[1])
@@ -278,8 +286,7 @@ class _HotLoop:
         self.loss_sum[0] += losses_j[: len(local)].sum()
         self.loss_sum[1] += len(local)
         qp_j = self.qp_batch - qp_start
-        if self.hooks.reduce is not None:
-            self.hooks.reduce([*self.group_sum, q_j, qp_j])
+        self._reduce_block(q_j, qp_j)
         self.group_sum = self.host.add(j, self.group_sum)
         self.q_rows[j] += q_j
         self.qp_rows[j] += qp_j
@@ -288,6 +295,30 @@ class _HotLoop:
             self.cache.changed(j)
         self.batch_index += len(rows_j)
         self.clock.flush()
+
+    # -- what a sharded run does differently (bscrit.engine.sharded_loop overrides these) -------
+
+    def _gradient(self, x: Any, y: Any, b: int) -> tuple[Tensor, list[Tensor | None]]:
+        """(loss, gradient per tensor) of batch ``b``: the whole batch in this process."""
+        return batch_gradient(
+            self.model, self.loss_fn, self.params, x, y, micro=self.micro,
+            check=self._first_check(b) if self.first else None, float32_sums=True,
+        )  # fmt: skip
+
+    def _invariance(self, dots: Tensor, n64: Tensor) -> None:
+        """Fold one batch's ⟨W, g⟩ and ‖g‖ per tensor into the scale-invariance sums."""
+        self.abs_dot.add_(dots.abs())
+        self.norm_prod.add_(self.w_norm * n64)
+
+    def _reduce_block(self, q_j: Tensor, qp_j: Tensor) -> None:
+        """The end of a block: the block's sums summed across ranks (distributed runs)."""
+        if self.hooks.reduce is not None:
+            self.hooks.reduce([*self.group_sum, q_j, qp_j])
+
+    def _reduce_end(self) -> None:
+        """The end of the loop: the invariance sums and the loss summed across ranks."""
+        if self.hooks.reduce is not None:
+            self.hooks.reduce([self.abs_dot, self.norm_prod, self.loss_sum])
 
     def _first_check(self, b: int) -> Callable[[Tensor, Any, Any], None]:
         """The first batch's checks, on each of its micro-batches: a scalar mean loss that
@@ -308,10 +339,7 @@ class _HotLoop:
             x = cast_floating(x, self.input_dtype)
         try:
             with self.autocast:
-                loss, grads = batch_gradient(
-                    self.model, self.loss_fn, self.params, x, y, micro=self.micro,
-                    check=self._first_check(b) if self.first else None, float32_sums=True,
-                )  # fmt: skip
+                loss, grads = self._gradient(x, y, b)
             self.first = False
         except UserCodeError as e:  # the model, the loss or the backward pass raised
             raise MeasurementError(e.at(f"at batch {b}")) from e.error
@@ -338,8 +366,7 @@ class _HotLoop:
         n64 = torch.stack(torch._foreach_norm(grads)).double()
         if invariance:  # the invariance test reads W: a few batches per group
             dots = [torch.dot(wf.to(g.dtype), g.reshape(-1)) for wf, g in zip(self.w_flat, grads)]
-            self.abs_dot.add_(torch.stack(dots).double().abs())
-            self.norm_prod.add_(self.w_norm * n64)
+            self._invariance(torch.stack(dots).double(), n64)
         torch._foreach_add_(self.group_sum, grads)
         if self.precond is not None:  # Q_P: one more norm per batch
             pn = torch.stack(torch._foreach_norm(torch._foreach_mul(grads, self.precond))).double()

@@ -54,8 +54,7 @@ from bscrit.engine.data import (
     group_blocks,
     group_counts,
 )
-from bscrit.engine.gram import norm64
-from bscrit.engine.groups import SumsPlan, plan_sums
+from bscrit.engine.groups import SumsPlan
 from bscrit.engine.hot_loop import (
     BLOCK_BATCHES,
     Estimate,
@@ -66,8 +65,9 @@ from bscrit.engine.hot_loop import (
     _Clock,
     _HotLoop,
 )
+from bscrit.engine.memory import plan_run
 from bscrit.engine.objective import batchnorm_warning
-from bscrit.engine.precision import WEIGHT_DTYPES, check_precision, place_model, sum_templates
+from bscrit.engine.precision import WEIGHT_DTYPES, check_precision, place_model
 from bscrit.errors import DataError, MeasurementError, UsageError
 from bscrit.stats.summary import TensorSums, default_tau
 
@@ -242,7 +242,7 @@ def measure_model(
     rows = batch_rows if batch_rows is not None else BatchPlan(n, batch_size, k, seed)
     chunks = rows.chunks() if isinstance(rows, BatchPlan) else [rows]
 
-    model = place_model(model, device, s.weights)
+    source, model = model, place_model(model, device, s.weights)
     named = trainable_parameters(model)
     if not named:
         raise MeasurementError("model: has no trainable parameters (all requires_grad=False)")
@@ -251,10 +251,10 @@ def measure_model(
     hooks = hooks or LoopHooks()
     most_groups = max(groups, hooks.max_groups if hooks.next_rows is not None else 0)
     weights = [p.detach() for _, p in named]
-    sums_plan = plan_sums(sum_templates(weights), most_groups, s.host_memory, s.spill_dir)
+    sums_plan = plan_run(model, source, weights, most_groups, s, device, preconditioner)
     if on_plan is not None:
         on_plan(sums_plan)
-    loop = _HotLoop(
+    loop = (hooks.loop or _HotLoop)(
         model=torch.compile(model) if s.compile else model,  # same parameters and buffers
         named=named,
         source=BatchSource(dataset, device, s.num_workers, s.prefetch, s.collate_fn),
@@ -288,7 +288,7 @@ def measure_model(
         loop.host.close()  # a spill file is deleted
     _restore(model, buffers, was_training)
     return RawMeasurement(
-        tensors=_tensor_sums(named, result),
+        tensors=_tensor_sums(named, result, loop.w_norm),
         batch_size=batch_size,
         dataset_size=n,
         num_batches=sum(result.counts),
@@ -313,15 +313,18 @@ def _restore(model: nn.Module, buffers: dict[str, Tensor], was_training: bool) -
                 b.copy_(buffers[nm])
 
 
-def _tensor_sums(named: list[tuple[str, nn.Parameter]], r: LoopResult) -> list[TensorSums]:
-    """Per-tensor sums of a finished loop, with ‖W‖² in float64 (no float64 copy of W)."""
-    f64_norms = [norm64(p) for _, p in named]
+def _tensor_sums(
+    named: list[tuple[str, nn.Parameter]], r: LoopResult, w_norm: Tensor
+) -> list[TensorSums]:
+    """Per-tensor sums of a finished loop, with ‖W‖² in float64 (the loop's ``w_norm``: no
+    float64 copy of W; a sharded loop's is summed over the ranks), shapes the global ones."""
+    f64_norms = w_norm.cpu().tolist()
     return [
         TensorSums(
             name=nm,
             shape=tuple(p.shape),
             sums=r.sums[i],
-            norm_sq=float(f64_norms[i]) ** 2,
+            norm_sq=f64_norms[i] ** 2,
             abs_dot=r.abs_dot[i],
             norm_prod=r.norm_prod[i],
             preconditioned=r.preconditioned[i] if r.preconditioned is not None else None,

@@ -27,14 +27,30 @@ from bscrit.errors import BscritError, MeasurementError, UsageError, debug_enabl
 
 
 def init(
-    device: str, timeout: float | None = None, env: tuple[int, int, int] | None = None
+    device: str,
+    timeout: float | None = None,
+    env: tuple[int, int, int] | None = None,
+    *,
+    shard: str | None = None,
+    blocks: tuple[str, ...] | None = None,
 ) -> DistContext | None:
     """Join the torchrun process group; None outside a distributed launch.
 
     gloo carries CPU tensors (and the status messages, with a real timeout); NCCL the CUDA sums.
     An existing default process group (initialised by the caller) is reused and left open.
+    ``shard="fsdp"``: a :class:`~bscrit.engine.sharded.ShardedContext` (``blocks``: the spec's
+    ``measure.shard_blocks``); outside torchrun it is a world of one process.
     """
     env = env if env is not None else detect()
+    store: dict = {}
+    if shard is not None:
+        from bscrit.engine.sharded import require_fully_shard
+
+        require_fully_shard()
+        if env is None:  # one process: a process group of its own, over an in-memory store
+            import torch.distributed as dist
+
+            env, store = (0, 1, 0), {"store": dist.HashStore(), "rank": 0, "world_size": 1}
     if env is None:
         return None
     import torch.distributed as dist
@@ -50,7 +66,7 @@ def init(
     if owns:
         backend = "cpu:gloo,cuda:nccl" if dev.type == "cuda" else "gloo"
         try:
-            dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+            dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), **store)
         except Exception as e:
             raise MeasurementError(
                 f"rank {rank}: cannot join the process group of {world} ranks "
@@ -60,6 +76,12 @@ def init(
     control = None
     if "gloo" not in backend:  # a caller's NCCL-only group: status messages need a CPU backend
         control = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
+    if shard is not None:
+        from bscrit.engine.sharded import ShardedContext
+
+        return ShardedContext(
+            rank, world, local, dev, backend, timeout_s, control, owns, blocks=blocks
+        )
     return DistContext(rank, world, local, dev, backend, timeout_s, control, owns)
 
 
@@ -79,14 +101,17 @@ class Session:
         timeout: float | None = None,
         *,
         on_error: Callable[[str], None] | None = None,
+        shard: str | None = None,
+        blocks: tuple[str, ...] | None = None,
     ) -> None:
         self.device = device
         self.timeout = timeout
         self.on_error = on_error
+        self.shard, self.blocks = shard, blocks  # --shard fsdp, measure.shard_blocks
         self.ctx: DistContext | None = None
 
     def __enter__(self) -> DistContext | None:
-        self.ctx = init(self.device, self.timeout)
+        self.ctx = init(self.device, self.timeout, shard=self.shard, blocks=self.blocks)
         return self.ctx
 
     def __exit__(

@@ -90,12 +90,23 @@ def _find_state_dict(obj: Any, depth: int = 0) -> dict[str, Tensor] | None:
     return None
 
 
-def _torch_load(path: Path, *, unsafe: bool, key: str | None = None, what: str = "checkpoint"):
-    """``torch.load`` with bscrit's messages: not a torch file, pickled objects, damage."""
+def _torch_load(
+    path: Path, *, unsafe: bool, key: str | None = None, what: str = "checkpoint",
+    mmap: bool = False,
+):  # fmt: skip
+    """``torch.load`` with bscrit's messages: not a torch file, pickled objects, damage.
+    ``mmap``: the tensors map the file (a sharded run reads only its rows; a legacy-format
+    file, which cannot be mapped, is read whole)."""
     problem = checkpoint_file.file_problem(path)
     if problem is not None:
         raise CheckpointError(f"cannot read {what} {path}: {problem}")
     try:
+        if mmap:
+            try:
+                return torch.load(path, map_location="cpu", weights_only=not unsafe, mmap=True)
+            except RuntimeError as e:  # not the zip format: read whole below
+                if "mmap" not in str(e):
+                    raise
         return torch.load(path, map_location="cpu", weights_only=not unsafe)
     except Exception as e:
         msg = str(e)
@@ -117,7 +128,9 @@ def _torch_load(path: Path, *, unsafe: bool, key: str | None = None, what: str =
         ) from None
 
 
-def _read_safetensors(path: Path) -> dict[str, Tensor]:
+def _read_safetensors(path: Path, lazy: bool = False) -> dict[str, Any]:
+    """The tensors of a safetensors file; ``lazy``: :class:`~bscrit.load.lazy_tensors.Entry`
+    handles instead (names and shapes from the header, rows read on demand)."""
     try:
         from safetensors.torch import load_file
     except ImportError:
@@ -126,6 +139,10 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
             f"package: {HF_INSTALL}"
         ) from None
     try:
+        if lazy:
+            from bscrit.load.lazy_tensors import entries
+
+            return entries(path)
         return dict(load_file(str(path), device="cpu"))
     except Exception as e:
         raise CheckpointError(
@@ -133,15 +150,18 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
         ) from None
 
 
-def _read_weights(layout: checkpoint_file.Layout, *, unsafe: bool) -> dict[str, Tensor]:
+def _read_weights(
+    layout: checkpoint_file.Layout, *, unsafe: bool, lazy: bool = False
+) -> dict[str, Tensor]:
     """A weights-only file: ``*.safetensors``, a sharded ``*.index.json`` (every shard), or a
-    ``pytorch_model.bin`` (a torch.save'd state_dict)."""
+    ``pytorch_model.bin`` (a torch.save'd state_dict); ``lazy``: safetensors tensors as
+    handles that read rows on demand (a sharded measurement)."""
     path = Path(layout.path)
     if layout.kind == "index":
         shards = layout.shards or {}
         sd: dict[str, Tensor] = {}
         for part in layout.parts:
-            sd.update(_read_weights(part, unsafe=unsafe))
+            sd.update(_read_weights(part, unsafe=unsafe, lazy=lazy))
         absent = [k for k in shards if k not in sd]
         if absent:
             more = ", ..." if len(absent) > 3 else ""
@@ -151,8 +171,8 @@ def _read_weights(layout: checkpoint_file.Layout, *, unsafe: bool) -> dict[str, 
             )
         return sd
     if layout.kind == "safetensors":
-        return _read_safetensors(path)
-    obj = _torch_load(path, unsafe=unsafe)
+        return _read_safetensors(path, lazy)
+    obj = _torch_load(path, unsafe=unsafe, mmap=lazy)
     sd = _find_state_dict(obj)
     if sd is None:
         keys = checkpoint_file.describe_keys(obj)
@@ -192,7 +212,7 @@ def trainer_optimizer_name(path: Any) -> str | None:
 
 
 def _load_folder(
-    layout: checkpoint_file.Layout, *, key: str | None, unsafe: bool
+    layout: checkpoint_file.Layout, *, key: str | None, unsafe: bool, lazy: bool = False
 ) -> LoadedCheckpoint:
     """A Hugging Face folder (``save_pretrained``) or an HF Trainer ``checkpoint-N/`` folder."""
     folder = Path(layout.path)
@@ -209,11 +229,11 @@ def _load_folder(
             f"{', '.join(checkpoint_file.WEIGHT_FILES)}; {checkpoint_file.listing(folder)}){hint}"
         )
     _no_key(folder, key, "a Hugging Face folder")
-    sd = _read_weights(layout.weights, unsafe=unsafe)
+    sd = _read_weights(layout.weights, unsafe=unsafe, lazy=lazy)
     root: dict[str, Any] = {}
     if layout.optimizer_file is not None:
         opt_file = Path(layout.optimizer_file)
-        state = _torch_load(opt_file, unsafe=unsafe, what="the optimizer state")
+        state = _torch_load(opt_file, unsafe=unsafe, what="the optimizer state", mmap=lazy)
         if not (isinstance(state, Mapping) and "param_groups" in state):
             raise CheckpointError(
                 f"{opt_file} holds no optimizer state_dict (no 'param_groups'; "
@@ -277,7 +297,7 @@ def _from_root(
 
 
 def load_checkpoint(
-    path: Path | str, *, key: str | None = None, unsafe: bool = False
+    path: Path | str, *, key: str | None = None, unsafe: bool = False, lazy: bool = False
 ) -> LoadedCheckpoint:
     """Read a checkpoint (read-only) into a state_dict and, if present, optimizer info and step.
 
@@ -290,6 +310,8 @@ def load_checkpoint(
         unsafe: ``torch.load(weights_only=False)``: unpickles arbitrary objects, which can
             execute code from the file. Only for trusted files (CLI ``--unsafe-load``). For a
             Trainer folder it also reads ``training_args.bin`` (the optimizer's name).
+        lazy: safetensors weights as handles that read rows on demand
+            (:mod:`bscrit.load.lazy_tensors`: each rank of a sharded run reads its own).
 
     Raises:
         CheckpointError: missing, corrupt, holds pickled objects (without ``unsafe``), no
@@ -303,11 +325,11 @@ def load_checkpoint(
         _no_key(path, key, "a torch.distributed.checkpoint folder")
         return _load_dcp(path)
     if layout.kind == "folder":
-        return _load_folder(layout, key=key, unsafe=unsafe)
+        return _load_folder(layout, key=key, unsafe=unsafe, lazy=lazy)
     if layout.kind in ("index", "safetensors"):
         _no_key(path, key, "a sharded index" if layout.kind == "index" else "a safetensors file")
-        return LoadedCheckpoint(_read_weights(layout, unsafe=unsafe), None, path)
-    obj = _torch_load(path, unsafe=unsafe, key=key)
+        return LoadedCheckpoint(_read_weights(layout, unsafe=unsafe, lazy=lazy), None, path)
+    obj = _torch_load(path, unsafe=unsafe, key=key, mmap=lazy)
     root = obj
     if key is not None:
         for part in key.split("."):

@@ -23,8 +23,9 @@ is returned as saved-by-name and turned into PyTorch's index form by
 :func:`bscrit.optim.state.indexed`. The step is ``train_state.step`` or a top-level ``step`` /
 ``global_step``, else the folder's name (``step-1000``, ``step1000``).
 
-The whole model and optimizer state are read into host memory (a full gather): loading into a
-sharded model belongs to the sharded measurement, which does not exist yet.
+:func:`read_folder` reads the whole model and optimizer state into host memory (a full gather);
+a sharded measurement (``--shard fsdp``) reads each rank's shards only
+(:mod:`bscrit.load.dcp_sharded`, with the same reader and planner).
 """
 
 from __future__ import annotations
@@ -160,8 +161,16 @@ def _planner(values: dict[str, Any], problems: list[str], folder: str) -> Any:
     return _WeightsOnlyPlanner(flatten_state_dict=False, flatten_sharded_tensors=False)
 
 
-def _read(folder: str, md: Any, keys: list[str]) -> dict[str, Any]:
-    """The saved values of ``keys`` (flat DCP keys): tensors allocated from the metadata."""
+def _read(
+    folder: str,
+    md: Any,
+    keys: list[str],
+    targets: Mapping[str, Any] | None = None,
+    no_dist: bool = True,
+) -> dict[str, Any]:
+    """The saved values of ``keys`` (flat DCP keys): tensors allocated from the metadata, or
+    read into ``targets`` (``DTensor`` shards of a sharded model: each rank reads its own part,
+    ``no_dist=False``, every rank calling with the same keys)."""
     from torch.distributed.checkpoint import load
     from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
@@ -171,7 +180,9 @@ def _read(folder: str, md: Any, keys: list[str]) -> dict[str, Any]:
     problems: list[str] = []  # a refused value (DCP wraps the planner's exceptions)
     for k in keys:
         m = md.state_dict_metadata[k]
-        if isinstance(m, TensorStorageMetadata):
+        if targets is not None and k in targets:
+            values[k] = targets[k]
+        elif isinstance(m, TensorStorageMetadata):
             values[k] = torch.empty(tuple(m.size), dtype=m.properties.dtype)
         else:
             values[k] = None  # filled by load_bytes
@@ -179,7 +190,7 @@ def _read(folder: str, md: Any, keys: list[str]) -> dict[str, Any]:
         with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
             warnings.simplefilter("ignore", UserWarning)
             planner = _planner(read_bytes, problems, folder)
-            load(values, storage_reader=_reader(folder), planner=planner, no_dist=True)
+            load(values, storage_reader=_reader(folder), planner=planner, no_dist=no_dist)
     except (Exception, CheckpointException) as e:  # DCP's is a BaseException
         if problems:
             raise CheckpointError(problems[0]) from None
@@ -284,6 +295,37 @@ def read_folder(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict |
         CheckpointError: not a DCP folder, unreadable, no model tensors found (the top-level keys
             are named), a value that is not weights-only, or torch older than 2.4.
     """
+    folder, md, paths, wanted = plan_read(path)
+    values = _read(folder, md, list(wanted))
+    model: dict[str, Tensor] = {}
+    optim_flat: dict[tuple, Any] = {}
+    step = None
+    for k, role in wanted.items():
+        p = paths[k]
+        if role == "model":
+            model[model_key(p)] = values[k]
+        elif role == "optim":
+            optim_flat[p[1:]] = values[k]
+        elif step is None:
+            step = _step(values[k])
+    optimizer = _optimizer(optim_flat)
+    if step is None:
+        step = step_from_name(path if folder != os.fspath(path) else folder)
+    return model, optimizer, step
+
+
+def model_key(path: tuple) -> str:
+    """The model's state_dict key of a saved model tensor at nested ``path``."""
+    return ".".join(map(str, path[1:] if path[0] in MODEL_KEYS else path))
+
+
+def plan_read(path: str | os.PathLike[str]) -> tuple[str, Any, dict[str, tuple], dict[str, str]]:
+    """``(folder, metadata, each flat key's nested path, {flat key: "model" | "optim" |
+    "step"})``: the keys bscrit reads from the DCP checkpoint at or in ``path``.
+
+    Raises:
+        CheckpointError: not a DCP folder, unreadable metadata, no model tensors in it.
+    """
     folder = dcp_folder(path)
     if folder is None:
         raise CheckpointError(f"{path} is not a torch.distributed.checkpoint folder (no .metadata)")
@@ -310,23 +352,7 @@ def read_folder(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict |
             "(OLMo-core, dcp.save({'model': ...})) or the model's keys at the top level "
             "(torchtitan)"
         )
-    values = _read(folder, md, list(wanted))
-    model: dict[str, Tensor] = {}
-    optim_flat: dict[tuple, Any] = {}
-    step = None
-    for k, role in wanted.items():
-        p = paths[k]
-        if role == "model":
-            name = ".".join(map(str, p[1:] if p[0] in MODEL_KEYS else p))
-            model[name] = values[k]
-        elif role == "optim":
-            optim_flat[p[1:]] = values[k]
-        elif step is None:
-            step = _step(values[k])
-    optimizer = _optimizer(optim_flat)
-    if step is None:
-        step = step_from_name(path if folder != os.fspath(path) else folder)
-    return model, optimizer, step
+    return folder, md, paths, wanted
 
 
 def _optimizer(flat: Mapping[tuple, Any]) -> dict | None:

@@ -65,6 +65,7 @@ class MeasureSpec:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     mode: str = "train"  # train | eval
     precision: str | None = None  # fp32 | bf16-autocast | bf16-weights (None: as the model is)
+    shard_blocks: tuple[str, ...] | None = None  # --shard fsdp: classes sharded as one unit each
 
 
 MODEL_KEYS = ("name", "factory", "hf", "hf_class", "kwargs")
@@ -73,7 +74,7 @@ DATA_KEYS = ("dataset", "factory", "kwargs", "transforms", "subset", "num_worker
 TRANSFORM_KEYS = ("name", "kwargs")
 LOSS_KEYS = ("name", "factory", "kwargs")
 LOSS_NAMES = ("cross_entropy", "mse", "model")
-MEASURE_KEYS = ("batches", "groups", "seed", "device", "mode", "precision")
+MEASURE_KEYS = ("batches", "groups", "seed", "device", "mode", "precision", "shard_blocks")
 #: measure.precision (bscrit.engine.precision.PRECISIONS; no torch here)
 PRECISIONS = ("fp32", "bf16-autocast", "bf16-weights")
 MODES = ("train", "eval")
@@ -291,8 +292,12 @@ def parse_measure(c: Checker, value: Any) -> MeasureSpec | None:
     precision = None
     if d.get("precision") is not None:
         precision = c.choice(d["precision"], "measure.precision", PRECISIONS)
+    blocks = None
+    if d.get("shard_blocks") is not None:
+        blocks = _strings(c, d["shard_blocks"], "measure.shard_blocks") or None
     if len(c.problems) > n_before:
         return None
     return MeasureSpec(
-        batches=batches, groups=groups, seed=seed, device=device, mode=mode, precision=precision
-    )
+        batches=batches, groups=groups, seed=seed, device=device, mode=mode, precision=precision,
+        shard_blocks=blocks,
+    )  # fmt: skip

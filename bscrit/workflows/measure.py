@@ -44,21 +44,41 @@ def _memory_now(sums: SumsPlan, device: Any, ranks: int) -> str:
 
 
 def _estimator(
-    plan: MeasurePlan, dist: DistContext | None, on_info: Callable[[str], None]
+    plan: MeasurePlan,
+    dist: DistContext | None,
+    on_info: Callable[[str], None] | None,
+    memory: list[Any] | None = None,
 ) -> tuple[Callable[[SumsPlan], None], Callable[[float], None]]:
-    """``(on_plan, estimate)`` for the engine: told where the sums live, then the seconds per
-    batch, they tell ``on_info`` the plan line of a long measurement."""
+    """``(on_plan, estimate)`` for the engine: told where the sums live (and the memory plan,
+    kept in ``memory`` and printed when large), then the seconds per batch, they tell
+    ``on_info`` the plan line of a long measurement."""
+    from bscrit.report.memory_plan import memory_line
+    from bscrit.stats.memory_plan import estimate_seconds
+
     sums: list[SumsPlan] = []  # told by the engine before the first batch
+
+    def on_plan(s: SumsPlan) -> None:
+        sums.append(s)
+        if memory is not None and s.memory is not None:
+            memory.append(s.memory)
+        line = memory_line(s.memory) if s.memory is not None and on_info else None
+        if line is not None and on_info is not None:
+            on_info(line)
 
     def estimate(seconds_per_batch: float) -> None:
         ranks = dist.world_size if dist is not None else 1
-        memory = _memory_now(sums[0], plan.device, ranks) if sums else None
+        now = _memory_now(sums[0], plan.device, ranks) if sums else None
         spilled = bool(sums) and sums[0].spilled
-        line = plan_line(plan, seconds_per_batch, ranks, memory, spilled)
-        if line is not None:
+        sharing = 1 if getattr(dist, "sharded", False) else ranks  # sharded: all do every batch
+        line = plan_line(plan, seconds_per_batch, sharing, now, spilled)
+        if memory:  # the plan's time: the batches of one rank x its seconds per batch
+            k, i = plan.adaptive.max_batches if plan.adaptive else plan.k, memory[0].inputs
+            seconds = estimate_seconds(k, seconds_per_batch, i.world_size, i.sharded)
+            memory[0] = replace(memory[0], seconds=seconds)
+        if line is not None and on_info is not None:
             on_info(line)
 
-    return sums.append, estimate
+    return on_plan, estimate
 
 
 def _measure_one(
@@ -70,6 +90,7 @@ def _measure_one(
     dist: DistContext | None,
     on_info: Callable[[str], None] | None = None,
     preconditioner: Any = None,
+    memory: list[Any] | None = None,
 ) -> MeasuredPoint:
     """Measure point number ``ci`` (its model loaded) with the plan's
     :class:`~bscrit.engine.loop.LoopSettings` and summarise it."""
@@ -86,8 +107,8 @@ def _measure_one(
         settings = replace(settings, seed=runtime.pop("seed"))
     if plan.adaptive is not None:
         runtime["hooks"] = adaptive_hooks(plan.adaptive, n, b, seed, runtime.get("hooks"))
-    if on_info is not None and ci == 0:
-        runtime["on_plan"], runtime["estimate"] = _estimator(plan, dist, on_info)
+    if ci == 0:  # the memory plan (printed when large, kept for the JSON), the plan line
+        runtime["on_plan"], runtime["estimate"] = _estimator(plan, dist, on_info, memory)
     total = plan.adaptive.max_batches if plan.adaptive is not None else plan.k
     many = len(plan.labels) > 1
     desc = f"measure {Path(label).name}" + (f" ({ci + 1}/{len(plan.labels)})" if many else "")
@@ -145,6 +166,7 @@ def run_measurement(
 
     plan = plan_measurement(spec, checkpoints, options or MeasureOptions(), dist)
     measured: list[MeasuredPoint] = []
+    memory: list[Any] = []  # the first point's memory plan (bscrit.stats.memory_plan)
     warnings: list[str] = list(plan.notes)
     opt: OptimizerInfo | None = None
     pre_reason: str | None = None  # why there is no preconditioned reading
@@ -160,12 +182,14 @@ def run_measurement(
             pre_reason = pre_reason or why
             factors = pre.factors if pre is not None else None
             point = _measure_one(
-                plan, ci, model, opt, progress_factory, dist, on_info, preconditioner=factors
+                plan, ci, model, opt, progress_factory, dist, on_info, factors, memory
             )
         del model
         described = pre.description if pre is not None else None
         measured.append(replace(point, preconditioner=described))
     facts = plan.facts(opt, selections[0].to_dict(), warnings, pre_reason, dist)
+    if memory:
+        facts = replace(facts, extra={**facts.extra, "memory_plan": memory[0].to_dict()})
     return build_measurement(measured, facts)
 
 
@@ -193,7 +217,9 @@ def measure_session(
 
     tune_cpu_allocator()
     device = options.device or spec.measure.device
-    with Session(device, dist_timeout, on_error=on_error) as dist:
+    blocks = spec.measure.shard_blocks
+    shard = options.shard
+    with Session(device, dist_timeout, on_error=on_error, shard=shard, blocks=blocks) as dist:
         main = dist is None or dist.is_main
         if on_rank is not None:
             on_rank(main)

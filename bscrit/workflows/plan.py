@@ -52,6 +52,7 @@ class MeasureOptions:
     samples: int | None = None  # measure at K points over those T steps
     step: int | None = None  # the one checkpoint's training step (overrides the saved one)
     examples_seen: int | None = None  # its training examples consumed (default: step × B)
+    shard: str | None = None  # "fsdp": the model sharded over the ranks (bscrit.engine.sharded)
 
     @property
     def sampling(self) -> bool:
@@ -229,6 +230,14 @@ def plan_measurement(
         )
     batch_size = o.batch_size or spec.batch_size
     micro = resolve_micro_batch_size(spec, o.micro_batch_size, batch_size)
+    if o.shard is not None:  # before the data loads
+        if not getattr(dist, "sharded", False):
+            raise UsageError(
+                "{shard} fsdp: the model is sharded inside the session that measure_session "
+                "opens (bscrit measure does); run_measurement alone would not shard it",
+                shard="shard",
+            )
+        check_shard_options(o, spec, batch_size, dist.world_size if dist is not None else 1)
     groups = o.groups or ms.groups
     # an absurd k is refused before the data loads
     check_batches(o.batches, ms.batches, o.max_batches, f"{spec.path}: measure.batches")
@@ -265,6 +274,28 @@ def plan_measurement(
         selection_note="; ".join(x for x in (chosen.note, from_epochs, prog.note) if x) or None,
         notes=notes,
         precision=precision,
+    )
+
+
+def check_shard_options(o: MeasureOptions, spec: Spec, batch_size: int, world: int) -> None:
+    """``--shard fsdp`` on ``world`` ranks: what it cannot do refused before any work
+    (:func:`bscrit.engine.sharded.check_shard_plan`); also called before ``--nproc`` starts."""
+    from bscrit.engine.precision import resolve_precision
+    from bscrit.engine.sharded import check_shard_plan, require_fully_shard
+    from bscrit.specfile.document import resolve_micro_batch_size
+
+    if o.shard not in (None, "fsdp"):
+        raise UsageError(f"{{shard}}: expected 'fsdp', got {o.shard!r}", shard="shard")
+    require_fully_shard()
+    check_shard_plan(
+        world=world,
+        batch_size=batch_size,
+        micro=resolve_micro_batch_size(spec, o.micro_batch_size, batch_size),
+        estimator=o.estimator,
+        sampling=o.sampling,
+        adaptive=o.target_rel_error is not None,
+        compile=o.compile,
+        precision=resolve_precision(o.precision, o.amp) or spec.measure.precision,
     )
 
 

@@ -36,10 +36,11 @@ def measured_points(
     for path in plan.paths:
         if on_checkpoint is not None:
             on_checkpoint(str(path))
-        model, ckpt = load_model(spec, path, unsafe=plan.options.unsafe_load)
+        if dist is not None:  # ready for this rank (sharded, under --shard)
+            model, ckpt = dist.load_model(spec, path, unsafe=plan.options.unsafe_load)
+        else:
+            model, ckpt = load_model(spec, path, unsafe=plan.options.unsafe_load)
         opt, notes = resolve_optimizer(spec, ckpt)
-        if dist is not None:
-            model = dist.prepare_model(model)
         # the parameters the run's optimizer updates (docs/theory.md §1, "Which parameters")
         sel = select_parameters(model, ckpt.optimizer_state, f"checkpoint {path}")
         if opt is not None and sel.group_params:

@@ -84,3 +84,22 @@ def test_runner_end_to_end_on_the_smoke_settings(tmp_path):
     assert all(r["exit"] in (0, 1, 5, 6) for r in reg["answers"]["check"])
     truth = (tmp_path / "truth" / "smoke-lm.jsonl").read_text().splitlines()
     assert len(truth) == 5  # κ = 1 and κ = 2, 4 under both rules, one seed
+
+
+def test_readme_and_check_help_state_the_committed_false_ok_rate():
+    import re
+
+    s = json.loads((PREREG / "results" / "score.json").read_text())
+    f = s["check"]["false_ok"]
+    lo, hi = (round(100 * x) for x in f["ci95"])
+    readme = (ROOT / "README.md").read_text()
+    got = re.search(r"(\d+) of the (\d+) batch sizes `check` approved", readme)
+    assert got and (int(got[1]), int(got[2])) == (f["k"], f["n"])
+    assert f"false-OK rate of {round(100 * f['rate'])}% (Wilson 95% CI\n{lo}–{hi}%)" in readme
+    from bscrit.cli.analyze import check
+
+    doc = " ".join(check.__doc__.split())
+    assert (
+        f"{f['k']} of {f['n']} approvals failed (false-OK rate {round(100 * f['rate'])}%, "
+        f"95% CI {lo}–{hi}%" in doc
+    )
