@@ -225,7 +225,7 @@ def git_history_problems(registered: Path = REGISTERED, truth: Path = TRUTH) -> 
     """Every registration committed once, in a commit before its truth file's first commit."""
 
     def commits(path: Path) -> list[str]:
-        p = subprocess.run(["git", "log", "--format=%H", "--follow", "--", str(path)],
+        p = subprocess.run(["git", "log", "--format=%H", "--", str(path)],
                            capture_output=True, text=True, cwd=HERE)  # fmt: skip
         return p.stdout.split()
 
@@ -244,6 +244,8 @@ def git_history_problems(registered: Path = REGISTERED, truth: Path = TRUTH) -> 
         if len(reg) > 1:
             problems.append(f"{f.name}: changed after its registration ({len(reg)} commits)")
         tc = commits(t) if t.exists() else []
+        if len(tc) > 1:
+            problems.append(f"{t.name}: the truth changed after its commit ({len(tc)} commits)")
         if tc:
             anc = subprocess.run(["git", "merge-base", "--is-ancestor", reg[-1], tc[-1]], cwd=HERE)
             if anc.returncode != 0 or reg[-1] == tc[-1]:

@@ -283,12 +283,14 @@ class DistContext:
     def reduce(self, tensors: list[Tensor]) -> None:
         """Status exchange (raises :class:`PeerFailed` if a rank failed), then sum ``tensors``."""
         self.exchange()
+        self.all_sum(tensors)
+
+    def all_sum(self, tensors: list[Tensor], what: str = "summing the group sums") -> None:
+        """In-place sum over the ranks, a lost rank reported as such (``what`` was going on)."""
         try:
             all_reduce_sum(tensors)
         except Exception as e:
-            raise CollectiveError(
-                self._lost("summing the group sums", e), dist_timeout="dist_timeout"
-            ) from None
+            raise CollectiveError(self._lost(what, e), dist_timeout="dist_timeout") from None
 
     # -- arguments of measure_model -------------------------------------------------------------
 

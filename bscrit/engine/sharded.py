@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from bscrit.engine.data import BatchPlan
-from bscrit.engine.distributed import CollectiveError, DistContext, all_reduce_sum, unwrap_model
+from bscrit.engine.distributed import DistContext, unwrap_model
 from bscrit.engine.hot_loop import LoopHooks
 from bscrit.errors import UsageError
 
@@ -227,14 +227,9 @@ class ShardedContext(DistContext):
             "model_seed": "seed + rank * 1000003 (dropout/augmentation per rank)",
         }
 
-    def all_sum(self, tensors: list[Tensor]) -> None:
+    def all_sum(self, tensors: list[Tensor], what: str = "summing the sums of the shards") -> None:
         """In-place sum over the ranks, a lost rank reported as such."""
-        try:
-            all_reduce_sum(tensors)
-        except Exception as e:
-            raise CollectiveError(
-                self._lost("summing the sums of the shards", e), dist_timeout="dist_timeout"
-            ) from None
+        super().all_sum(tensors, what)
 
     def reduce_scalars(self, tensors: list[Tensor]) -> None:
         """The status exchange (a failed rank stops every rank), then :meth:`all_sum`."""
