@@ -11,7 +11,10 @@ still run):
 3. free-mode overhead: ``free_overhead.py`` (the capture inside a training loop);
 4. bf16 error: ``bf16_error.py``, G, N and NSR of bf16 against fp32 on the same batches;
 5. the demo: ``bscrit demo --quick`` on the device (end to end, timed);
-6. sharded (FSDP2): not run: bscrit has no sharded measurement yet (issue 25), said in the output.
+6. sharded: ``bscrit measure --shard fsdp`` as a world of one on the device against the same
+   measurement unsharded (the 19.3M-parameter MLP of ``sharded_memory.py``): seconds, G and N
+   and their relative difference, the memory plan's per-rank total (several GPUs: run
+   ``sharded_memory.py``'s command with ``--nproc``; not part of this one-GPU suite).
 
 It writes one markdown file (``--out``, default ``gpu-suite.md``): a summary table (step, status,
 seconds) and each step's table, ready to paste into docs/performance.md.
@@ -42,8 +45,8 @@ sys.path[:0] = [str(HERE), str(ROOT)]  # the benchmark scripts and bscrit
 #: The whole suite's budget in seconds (each step gets its own, cut to what is left of this).
 TOTAL_S = 470.0
 #: (step, budget seconds on a GPU) in the order they run.
-STEPS = (("overhead", 170), ("memory", 110), ("free", 50), ("bf16", 40), ("demo", 100))
-SHARDED = "not run: bscrit has no sharded (FSDP2) measurement yet (issue 25)"
+STEPS = (("overhead", 150), ("memory", 100), ("free", 50), ("bf16", 40), ("demo", 90),
+         ("sharded", 60))  # fmt: skip
 
 
 def _overhead(device: str, smoke: bool) -> None:
@@ -118,7 +121,46 @@ def _demo(device: str, smoke: bool) -> None:
             raise SystemExit(r.returncode)
 
 
-RUNNERS = {"overhead": _overhead, "memory": _memory, "free": _free, "bf16": _bf16, "demo": _demo}
+def _sharded(device: str, smoke: bool) -> None:
+    import json
+
+    import sharded_memory as sm
+
+    width, depth = (64, 2) if smoke else (sm.WIDTH, sm.DEPTH)
+    size = ["-k", "8", "-m", "4"] if smoke else []
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bscrit-suite-shard-") as work:
+        spec = sm._write_spec(Path(work), width, depth)
+        spec.write_text(spec.read_text().replace("device: cpu", f"device: {device}"))
+        for label, extra in (
+            ("unsharded", []),
+            ("--shard fsdp (world of one)", ["--shard", "fsdp"]),
+        ):
+            out = Path(work) / f"m{len(rows)}.json"
+            cmd = [sys.executable, "-m", "bscrit", "measure", str(spec), "--out", str(out),
+                   "--quiet", *size, *extra]  # fmt: skip
+            t0 = time.perf_counter()
+            r = subprocess.run(cmd, capture_output=True, text=True, cwd=work)
+            seconds = time.perf_counter() - t0
+            if r.returncode != 0:
+                sys.stderr.write(r.stderr[-4000:])
+                raise SystemExit(r.returncode)
+            m = json.loads(out.read_text())
+            plan = (m.get("extra") or {}).get("memory_plan") or {}
+            st = m["stats"]["all"]
+            rows.append((label, seconds, st["G"], st["N"], plan.get("total_bytes")))
+    g0, n0 = rows[0][2], rows[0][3]
+    print(f"# sharded (FSDP2) on one device: MLP, {width} wide, {depth} blocks (`bscrit measure`)")
+    print("| run | seconds | G | N | G rel. diff | N rel. diff | plan per rank (MiB) |")
+    print("|---|---|---|---|---|---|---|")
+    for label, sec, g, n, total in rows:
+        mib = f"{total / 2**20:,.1f}" if total else "—"
+        print(f"| {label} | {sec:.1f} | {g:.6g} | {n:.6g} | {abs(g - g0) / abs(g0):.1e} | "
+              f"{abs(n - n0) / abs(n0):.1e} | {mib} |")  # fmt: skip
+
+
+RUNNERS = {"overhead": _overhead, "memory": _memory, "free": _free, "bf16": _bf16, "demo": _demo,
+           "sharded": _sharded}  # fmt: skip
 
 
 def _run_step(name: str, device: str, smoke: bool, budget: float) -> tuple[str, float, str]:
@@ -189,7 +231,6 @@ def main(argv: list[str] | None = None) -> int:
         summary.append((name, status, seconds))
         print(f"gpu_suite: {name}: {status} ({seconds:.0f} s)", file=sys.stderr, flush=True)
         sections.append(f"### {name}\n\n{_as_section(out)}\n")
-    summary.append(("sharded (FSDP2)", SHARDED, 0.0))
     total = time.perf_counter() - start
     head = [
         f"## GPU suite: {_device_line(args.device)}"

@@ -23,10 +23,10 @@ def test_gpu_suite_cpu_smoke(tmp_path: Path) -> None:
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     text = out.read_text()
-    for step in ("overhead", "memory", "free", "bf16", "demo"):
+    for step in ("overhead", "memory", "free", "bf16", "demo", "sharded"):
         assert f"| {step} | ok |" in text, text[:2000]
         assert f"### {step}\n" in text
-    assert "| sharded (FSDP2) | not run: bscrit has no sharded" in text
+    assert "| --shard fsdp (world of one) |" in text  # the sharded step's row
     assert "| small_cnn | fp32 | 8 | 8 |" in text  # the overhead row
     assert "| digits (B = 32) | 0 | bf16-weights |" in text  # the bf16 error row
     assert "\n# " not in text  # the steps' titles are paragraphs, not top-level headings
