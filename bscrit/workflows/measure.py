@@ -61,9 +61,10 @@ def _estimator(
         sums.append(s)
         if memory is not None and s.memory is not None:
             memory.append(s.memory)
-        line = memory_line(s.memory) if s.memory is not None and on_info else None
-        if line is not None and on_info is not None:
-            on_info(line)
+        if s.memory is not None and on_info is not None:
+            line = memory_line(s.memory)
+            if line is not None:
+                on_info(line)
 
     def estimate(seconds_per_batch: float) -> None:
         ranks = dist.world_size if dist is not None else 1
